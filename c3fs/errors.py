@@ -1,0 +1,79 @@
+"""Error classes. User mistakes are `C3fsError` subclasses: one-line message, exit code.
+
+Damage to stored data is typed (`BlobMissing`, `BlobCorrupt`) with the ids needed to name it,
+so the mount can answer EIO naming the chunk and `verify` can say which jobs break.
+"""
+
+from __future__ import annotations
+
+
+class C3fsError(Exception):
+    """An error the user can act on: printed as one line, exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class UsageError(C3fsError):
+    exit_code = 2
+
+
+class InvalidId(UsageError):
+    pass
+
+
+class NotFound(C3fsError):
+    exit_code = 3
+
+
+class AlreadyExists(C3fsError):
+    exit_code = 4
+
+
+class NotADirectory(C3fsError):
+    exit_code = 3
+
+
+class IsADirectory(C3fsError):
+    exit_code = 3
+
+
+class StoreError(C3fsError):
+    """The store is unusable: wrong format version, unreachable, permissions."""
+
+    exit_code = 5
+
+
+class StoreVersionError(StoreError):
+    pass
+
+
+class FormatError(C3fsError):
+    """Bytes that do not decode as the object they claim to be (crafted or damaged)."""
+
+    exit_code = 6
+
+
+class DataError(C3fsError):
+    """Stored data is missing or damaged. Never answered with wrong bytes."""
+
+    exit_code = 6
+
+
+class BlobMissing(DataError):
+    def __init__(self, blob_id: bytes, pack_id: str | None = None, detail: str = "") -> None:
+        self.blob_id = blob_id
+        self.pack_id = pack_id
+        where = f" in pack {pack_id}" if pack_id else ""
+        super().__init__(f"blob {blob_id.hex()} is missing{where}{': ' + detail if detail else ''}")
+
+
+class BlobCorrupt(DataError):
+    def __init__(self, blob_id: bytes, pack_id: str | None = None, detail: str = "") -> None:
+        self.blob_id = blob_id
+        self.pack_id = pack_id
+        where = f" in pack {pack_id}" if pack_id else ""
+        super().__init__(f"blob {blob_id.hex()} is corrupt{where}{': ' + detail if detail else ''}")
+
+
+class LockedError(C3fsError):
+    exit_code = 7

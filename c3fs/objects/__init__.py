@@ -1,0 +1,1 @@
+"""Object formats: chunk/tree ids, the blob codec, packs, trees and job records."""

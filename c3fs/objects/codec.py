@@ -1,0 +1,75 @@
+"""Blob codec: one chunk or tree, zstd-compressed when that shrinks it, raw otherwise.
+
+The codec and the plain length live beside the blob (pack trailer, index), never inside it,
+so a reader knows how much memory a blob may take *before* decompressing it: a blob that
+claims more than `MAX_PLAIN` is refused, and the zstd frame must agree with the claim.
+Every decode checks blake3 of the result against the blob id.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from c3fs.errors import BlobCorrupt
+from c3fs.objects.ids import blob_id
+
+RAW = 0
+ZSTD = 1
+CODECS = (RAW, ZSTD)
+MAX_PLAIN = 64 * 1024 * 1024  # chunks are far smaller; this bounds trees too
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache = getattr(_local, "compressors", None)
+    if cache is None:
+        cache = _local.compressors = {}
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def encode(plain: bytes | memoryview, level: int = 1) -> tuple[int, bytes]:
+    """Return (codec, stored bytes): zstd if it saves at least 1/32 of the size, else raw."""
+    packed = _compressor(level).compress(plain)
+    if len(packed) + (len(plain) >> 5) < len(plain):
+        return ZSTD, packed
+    return RAW, bytes(plain)
+
+
+def decode(expected_id: bytes, codec: int, stored: bytes, plain_len: int) -> bytes:
+    """Decode and verify one blob. Raises BlobCorrupt, never returns wrong bytes."""
+    if not 0 <= plain_len <= MAX_PLAIN:
+        raise BlobCorrupt(expected_id, detail=f"claims {plain_len} plain bytes (max {MAX_PLAIN})")
+    if codec == RAW:
+        plain = stored
+    elif codec == ZSTD:
+        plain = _unzstd(expected_id, stored, plain_len)
+    else:
+        raise BlobCorrupt(expected_id, detail=f"unknown codec {codec}")
+    if len(plain) != plain_len or blob_id(plain) != expected_id:
+        raise BlobCorrupt(expected_id, detail="content does not match its id")
+    return plain
+
+
+def _unzstd(expected_id: bytes, stored: bytes, plain_len: int) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(stored)
+    except zstandard.ZstdError as exc:
+        raise BlobCorrupt(expected_id, detail=f"bad zstd frame: {exc}") from None
+    if declared != plain_len:
+        raise BlobCorrupt(expected_id, detail=f"zstd frame says {declared} bytes, index {plain_len}")
+    try:
+        return _decompressor().decompress(stored, max_output_size=plain_len)
+    except zstandard.ZstdError as exc:
+        raise BlobCorrupt(expected_id, detail=f"zstd: {exc}") from None

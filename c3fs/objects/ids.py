@@ -1,0 +1,43 @@
+"""Identifiers: blob ids (blake3 of the plain bytes) and user-chosen job/project names."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+import blake3
+
+from c3fs.errors import InvalidId
+
+ID_LEN = 32
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def blob_id(data: bytes | memoryview) -> bytes:
+    """The id of a chunk or tree: blake3 of its plain bytes (32 bytes)."""
+    return blake3.blake3(data).digest()
+
+
+def check_name(value: str, what: str = "job id") -> str:
+    """Return `value` if it is a valid job, project or dataset name, else raise InvalidId."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise InvalidId(
+            f"invalid {what} {value!r}: use 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
+        )
+    return value
+
+
+def new_job_id() -> str:
+    """A fresh job id such as `job_20261127_031952_a1b2c3`: sortable by time, unique."""
+    return time.strftime("job_%Y%m%d_%H%M%S_", time.gmtime()) + secrets.token_hex(3)
+
+
+def parse_hex_id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != ID_LEN:
+        raise InvalidId(f"not a blob id: {text!r}")
+    return raw

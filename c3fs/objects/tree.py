@@ -1,0 +1,112 @@
+"""Trees: one directory, entries sorted by name bytes, encoded with msgspec (msgpack).
+
+A file lists its chunk ids (concatenated, 32 bytes each) and their plain sizes, so a reader
+computes offsets without touching the index. A directory names its subtree's id, a symlink
+its target. Names are bytes: any POSIX name survives; a name that could escape a directory
+(empty, `.`, `..`, `/` or NUL inside) is refused when a tree is decoded, not when it is used.
+"""
+
+from __future__ import annotations
+
+import stat
+from typing import Annotated
+
+import msgspec
+
+from c3fs.errors import FormatError
+from c3fs.objects.codec import MAX_PLAIN
+
+FILE = 0
+DIR = 1
+LINK = 2
+TREE_VERSION = 1
+MAX_NAME = 255
+MAX_TARGET = 4096
+
+NonNeg = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class Entry(msgspec.Struct, array_like=True, frozen=True):
+    name: bytes
+    kind: Annotated[int, msgspec.Meta(ge=0, le=2)]
+    mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
+    size: NonNeg
+    mtime_ns: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+    target: bytes = b""  # subtree id (DIR) or link target (LINK)
+    chunks: bytes = b""  # FILE: concatenated 32-byte chunk ids
+    sizes: list[NonNeg] = []  # FILE: plain size of each chunk
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIR
+
+    @property
+    def st_mode(self) -> int:
+        kind_bits = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}[self.kind]
+        return kind_bits | self.mode
+
+    def chunk_ids(self) -> list[bytes]:
+        return [self.chunks[i : i + 32] for i in range(0, len(self.chunks), 32)]
+
+
+class Tree(msgspec.Struct, array_like=True):
+    version: int
+    entries: list[Entry]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Tree)
+
+
+def encode_tree(entries: list[Entry]) -> bytes:
+    """Encode entries (sorted here by name bytes) after checking them as decode would."""
+    ordered = sorted(entries, key=lambda e: e.name)
+    tree = Tree(TREE_VERSION, ordered)
+    _check(tree)
+    return _encoder.encode(tree)
+
+
+def decode_tree(data: bytes) -> Tree:
+    try:
+        tree = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise FormatError(f"damaged tree: {exc}") from None
+    _check(tree)
+    return tree
+
+
+def check_name(name: bytes) -> None:
+    if not name or len(name) > MAX_NAME or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise FormatError(f"unsafe name in tree: {name!r}")
+
+
+def _check(tree: Tree) -> None:
+    if tree.version != TREE_VERSION:
+        raise FormatError(f"tree version {tree.version} is not supported")
+    previous = None
+    for entry in tree.entries:
+        check_name(entry.name)
+        if previous is not None and entry.name <= previous:
+            raise FormatError(f"tree entries out of order at {entry.name!r}")
+        previous = entry.name
+        _check_entry(entry)
+
+
+def _check_entry(entry: Entry) -> None:
+    if entry.kind == DIR and len(entry.target) != 32:
+        raise FormatError(f"directory {entry.name!r} has no subtree id")
+    if entry.kind == LINK and (
+        not entry.target or len(entry.target) > MAX_TARGET or b"\0" in entry.target
+    ):
+        raise FormatError(f"symlink {entry.name!r} has a bad target")
+    if entry.kind != FILE and (entry.chunks or entry.sizes):
+        raise FormatError(f"{entry.name!r} is not a file but lists chunks")
+    if entry.kind == FILE:
+        _check_file(entry)
+
+
+def _check_file(entry: Entry) -> None:
+    if entry.target or len(entry.chunks) != 32 * len(entry.sizes):
+        raise FormatError(f"file {entry.name!r} has a bad chunk list")
+    if any(size == 0 or size > MAX_PLAIN for size in entry.sizes) or sum(entry.sizes) != entry.size:
+        raise FormatError(f"file {entry.name!r}: chunk sizes do not add up to {entry.size}")

@@ -1,0 +1,99 @@
+"""The backend protocol: a few verbs over named objects, and the errors they raise.
+
+A backend is dumb storage. It knows nothing of packs or jobs; `Store` gives keys meaning.
+Every backend must pass `tests/test_backend_conformance.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Protocol
+
+from c3fs.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(StoreError):
+    """A backend operation failed permanently (permissions, bad credentials, full disk)."""
+
+
+class TemporaryBackendError(BackendError):
+    """A backend operation failed in a way that may pass (timeout, 5xx, connection reset)."""
+
+
+class KeyMissing(BackendError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: no such object in the store")
+
+
+class KeyExists(BackendError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: already exists in the store")
+
+
+class Backend(Protocol):
+    url: str
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes of `key` from `offset` (`length` of them, or to the end). KeyMissing if absent."""
+
+    def size(self, key: str) -> int:
+        """Size of `key` in bytes. KeyMissing if absent."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` at `key`, replacing any object there; atomic: all or nothing visible."""
+
+    def create(self, key: str, data: bytes) -> None:
+        """Like put, but KeyExists if `key` already exists (never overwrites)."""
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object whose key starts with `prefix`, in no set order."""
+
+    def delete(self, key: str) -> None:
+        """Remove `key`; removing a missing key is not an error."""
+
+
+class RetryingBackend:
+    """Wraps a backend: temporary errors are retried with exponential backoff and jitter."""
+
+    def __init__(self, inner: Backend, attempts: int = 5, base_delay: float = 0.2) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.attempts = attempts
+        self.base_delay = base_delay
+
+    def _retry(self, what: str, fn, *args, **kwargs):
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except TemporaryBackendError as exc:
+                if attempt == self.attempts:
+                    raise
+                delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+                log.warning("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self._retry(f"get {key}", self.inner.get, key, offset, length)
+
+    def size(self, key: str) -> int:
+        return self._retry(f"stat {key}", self.inner.size, key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self._retry(f"put {key}", self.inner.put, key, data)
+
+    def create(self, key: str, data: bytes) -> None:
+        self._retry(f"create {key}", self.inner.create, key, data)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return iter(self._retry(f"list {prefix}", lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key: str) -> None:
+        self._retry(f"delete {key}", self.inner.delete, key)

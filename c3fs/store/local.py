@@ -1,0 +1,185 @@
+"""The local-directory backend: one file per key under a root directory.
+
+- missing key: `get`/`size` raise KeyMissing; `delete` ignores it.
+- repeated write: `put` replaces atomically (temp file, fsync, rename, fsync dir);
+  `create` links the temp file into place, so it fails with KeyExists and never overwrites.
+- crash half-way: only `.tmp.*` files can be left behind; `list` never shows them and
+  `sweep_temp` removes old ones.
+Files are created 0600 and directories 0700: a store is private to its owner.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+from c3fs.store.backend import BackendError, KeyExists, KeyMissing
+
+TMP_PREFIX = ".tmp."
+_FD_CACHE = 64
+
+
+class LocalBackend:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).absolute()
+        self.url = str(self.root)
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fd_lock = threading.Lock()
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"cannot create store directory {self.root}: {exc.strerror}") from None
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/") or "\0" in key:
+            raise BackendError(f"bad key {key!r}")
+        return self.root / key
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if length is None:
+            length = self.size(key) - offset
+        cached = key.startswith("packs/")  # immutable by name: safe to keep open
+        fd = self._open(key) if cached else self._open_once(key)
+        try:
+            return os.pread(fd, length, offset)
+        except OSError as exc:
+            raise BackendError(f"read {key}: {exc.strerror}") from None
+        finally:
+            if not cached:
+                os.close(fd)
+
+    def _open_once(self, key: str) -> int:
+        try:
+            return os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KeyMissing(key) from None
+        except OSError as exc:
+            raise BackendError(f"open {key}: {exc.strerror}") from None
+
+    def _open(self, key: str) -> int:
+        with self._fd_lock:
+            fd = self._fds.get(key)
+            if fd is not None:
+                self._fds.move_to_end(key)
+                return fd
+            fd = self._open_once(key)
+            self._fds[key] = fd
+            if len(self._fds) > _FD_CACHE:
+                _, old = self._fds.popitem(last=False)
+                os.close(old)
+            return fd
+
+    def _forget_fd(self, key: str) -> None:
+        with self._fd_lock:
+            fd = self._fds.pop(key, None)
+            if fd is not None:
+                os.close(fd)
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise KeyMissing(key) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        tmp, path = self._write_temp(key, data)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            _unlink(tmp)
+            raise BackendError(f"rename into {key}: {exc.strerror}") from None
+        self._forget_fd(key)
+        _fsync_dir(path.parent)
+
+    def create(self, key: str, data: bytes) -> None:
+        tmp, path = self._write_temp(key, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise KeyExists(key) from None
+        except OSError as exc:
+            raise BackendError(f"link into {key}: {exc.strerror}") from None
+        finally:
+            _unlink(tmp)
+        _fsync_dir(path.parent)
+
+    def _write_temp(self, key: str, data: bytes) -> tuple[Path, Path]:
+        path = self._path(key)
+        tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _unlink(tmp)
+            what = "disk full" if exc.errno == errno.ENOSPC else exc.strerror
+            raise BackendError(f"write {key} in {self.root}: {what}") from None
+        return tmp, path
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base, _, _ = prefix.rpartition("/")
+        start = self.root / base if base else self.root
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                key = name if rel == "." else f"{rel}/{name}"
+                if name.startswith(TMP_PREFIX) or not key.startswith(prefix):
+                    continue
+                try:
+                    yield key, os.stat(os.path.join(dirpath, name)).st_size
+                except FileNotFoundError:
+                    continue
+
+    def delete(self, key: str) -> None:
+        self._forget_fd(key)
+        _unlink(self._path(key))
+
+    def sweep_temp(self, older_than: float = 3600.0) -> int:
+        """Remove temp files left by crashed writers, older than `older_than` seconds."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if name.startswith(TMP_PREFIX) and os.stat(path).st_mtime < cutoff:
+                    _unlink(Path(path))
+                    removed += 1
+        return removed
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

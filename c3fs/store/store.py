@@ -1,0 +1,189 @@
+"""The store: packs and refs on a backend, with a format version in `config`.
+
+Keys::
+
+    config                       StoreConfig (JSON)
+    packs/<xx>/<pack id>         packs (see c3fs.objects.pack)
+    refs/jobs/<job id>           job records, create-only
+    refs/datasets/<name>         dataset records, create-only
+    locks/<name>                 push and gc locks (see c3fs.store.locks)
+
+The store's objects are the truth; the LMDB index is rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+
+from c3fs.errors import FormatError, NotFound, StoreError, StoreVersionError
+from c3fs.objects import pack as packfmt
+from c3fs.objects.ids import check_name
+from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
+from c3fs.store.backend import Backend, KeyExists, KeyMissing
+from c3fs.store.local import LocalBackend
+
+FORMAT_VERSION = 1
+KiB, MiB = 1024, 1024 * 1024
+REF_PREFIX = {JOB: "refs/jobs/", DATASET: "refs/datasets/"}
+
+
+class StoreConfig(msgspec.Struct, kw_only=True):
+    format: str = "c3fs"
+    version: int = FORMAT_VERSION
+    store_id: str
+    created: float
+    chunk_min: int = 64 * KiB
+    chunk_avg: int = 128 * KiB
+    chunk_max: int = 1 * MiB
+    zstd_level: int = 1
+    pack_target: int = 32 * MiB
+    quota: int | None = None
+
+
+class Store:
+    def __init__(self, backend: Backend, config: StoreConfig) -> None:
+        self.backend = backend
+        self.config = config
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.backend, LocalBackend)
+
+    # config -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, backend: Backend, create: bool = True) -> Store:
+        try:
+            raw = backend.get("config")
+        except KeyMissing:
+            if not create:
+                raise StoreError(f"no c3fs store at {backend.url}") from None
+            return cls._create(backend)
+        return cls(backend, _decode_config(raw, backend.url))
+
+    @classmethod
+    def _create(cls, backend: Backend) -> Store:
+        config = StoreConfig(store_id=secrets.token_hex(8), created=time.time())
+        try:
+            backend.create("config", msgspec.json.encode(config))
+        except KeyExists:  # another process created it first: use theirs
+            return cls.open(backend, create=False)
+        return cls(backend, config)
+
+    def save_config(self, **changes) -> None:
+        self.config = msgspec.structs.replace(self.config, **changes)
+        self.backend.put("config", msgspec.json.encode(self.config))
+
+    # packs --------------------------------------------------------------------------------
+    @staticmethod
+    def pack_key(pack_id: str) -> str:
+        return f"packs/{pack_id[:2]}/{pack_id}"
+
+    def put_pack(self, pack_id: str, data: bytes) -> None:
+        self.backend.put(self.pack_key(pack_id), data)
+
+    def read(self, pack_id: str, offset: int, length: int) -> bytes:
+        return self.backend.get(self.pack_key(pack_id), offset, length)
+
+    def list_packs(self) -> Iterator[tuple[str, int]]:
+        for key, size in self.backend.list("packs/"):
+            pack_id = key.rpartition("/")[2]
+            if len(pack_id) == 64:
+                yield pack_id, size
+
+    def pack_entries(self, pack_id: str, size: int | None = None) -> list[packfmt.PackEntry]:
+        """The trailer of a pack, read with two ranged gets (footer, then trailer)."""
+        key = self.pack_key(pack_id)
+        if size is None:
+            size = self.backend.size(key)
+        if size < len(packfmt.MAGIC) + packfmt.FOOTER.size:
+            raise FormatError(f"pack {pack_id} is truncated ({size} bytes)")
+        footer = self.backend.get(key, size - packfmt.FOOTER.size, packfmt.FOOTER.size)
+        try:
+            length, digest = packfmt.parse_footer(footer, size)
+            start = size - packfmt.FOOTER.size - length
+            trailer = self.backend.get(key, start, length)
+            if digest.hex() != pack_id:
+                raise FormatError("trailer digest is not the pack id")
+            return packfmt.parse_trailer(trailer, digest, start)
+        except FormatError as exc:
+            raise FormatError(f"pack {pack_id}: {exc}") from None
+
+    def delete_pack(self, pack_id: str) -> None:
+        self.backend.delete(self.pack_key(pack_id))
+
+    # refs ---------------------------------------------------------------------------------
+    def ref_key(self, kind: str, name: str) -> str:
+        return REF_PREFIX[kind] + check_name(name, "dataset name" if kind == DATASET else "job id")
+
+    def create_ref(self, record: JobRecord) -> None:
+        """Register a job or dataset: create-only, so an id can never be taken twice."""
+        self.backend.create(self.ref_key(record.kind, record.id), encode_record(record))
+
+    def get_ref(self, kind: str, name: str) -> JobRecord:
+        try:
+            raw = self.backend.get(self.ref_key(kind, name))
+        except KeyMissing:
+            raise NotFound(f"no {kind} {name!r} in the store") from None
+        try:
+            return decode_record(raw)
+        except FormatError as exc:
+            raise FormatError(f"{kind} {name}: {exc}") from None
+
+    def list_refs(self, kind: str) -> Iterator[str]:
+        prefix = REF_PREFIX[kind]
+        for key, _ in self.backend.list(prefix):
+            yield key[len(prefix) :]
+
+    def delete_ref(self, kind: str, name: str) -> None:
+        key = self.ref_key(kind, name)
+        try:
+            self.backend.size(key)
+        except KeyMissing:
+            raise NotFound(f"no {kind} {name!r} in the store") from None
+        self.backend.delete(key)
+
+
+def _decode_config(raw: bytes, url: str) -> StoreConfig:
+    try:
+        head = msgspec.json.decode(raw)
+        version = head.get("version") if isinstance(head, dict) else None
+    except msgspec.DecodeError:
+        raise StoreError(f"{url}: the store config is damaged") from None
+    if not isinstance(head, dict) or head.get("format") != "c3fs":
+        raise StoreError(f"{url} is not a c3fs store")
+    if version != FORMAT_VERSION:
+        raise StoreVersionError(
+            f"{url} is a c3fs store of format version {version}; this c3fs reads version "
+            f"{FORMAT_VERSION}"
+        )
+    try:
+        return msgspec.json.decode(raw, type=StoreConfig)
+    except msgspec.ValidationError as exc:
+        raise StoreError(f"{url}: the store config is damaged: {exc}") from None
+
+
+def default_store_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "c3fs" / "store"
+
+
+def open_backend(url: str | None) -> Backend:
+    """`s3://bucket/prefix` -> S3 backend; anything else is a local directory path."""
+    url = url or os.environ.get("C3FS_STORE") or str(default_store_path())
+    if url.startswith("s3://"):
+        from c3fs.store.s3 import open_s3_backend
+
+        return open_s3_backend(url)
+    if "://" in url:
+        raise StoreError(f"unsupported store URL {url!r}: use a directory path or s3://bucket/prefix")
+    return LocalBackend(url)
