@@ -129,7 +129,7 @@ class LocalBackend:
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         base, _, _ = prefix.rpartition("/")
         start = self.root / base if base else self.root
-        for dirpath, dirnames, filenames in os.walk(start):
+        for dirpath, _dirs, filenames in os.walk(start):
             rel = os.path.relpath(dirpath, self.root)
             for name in filenames:
                 key = name if rel == "." else f"{rel}/{name}"

@@ -1,0 +1,261 @@
+"""The LMDB index: where each blob lives, which packs exist, the job and dataset records.
+
+It is a cache of the store, never the truth: `sync` reconciles it with the store's listing
+(packs added or removed by other processes or machines, jobs registered elsewhere) and
+`rebuild` recreates it from pack trailers and refs alone. A damaged environment is moved
+aside and rebuilt. Only the `local` table (what `pull` already fetched) is this machine's own.
+
+Read transactions are short and may run on the FUSE event loop; writes happen in one
+transaction per pack or per sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import lmdb
+
+from c3fs.errors import FormatError, StoreError
+from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
+from c3fs.objects.pack import PackEntry
+from c3fs.store.backend import KeyMissing
+from c3fs.store.store import Store
+
+log = logging.getLogger(__name__)
+
+SCHEMA = b"1"
+_LOC = struct.Struct("<32sQIIBB")
+_PACK = struct.Struct("<Q")
+_MAP_SIZE = 1 << 36
+
+
+class Location(NamedTuple):
+    pack_id: str
+    offset: int
+    length: int
+    plain_len: int
+    codec: int
+    kind: int
+
+
+def cache_root() -> Path:
+    base = os.environ.get("C3FS_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(xdg) / "c3fs"
+
+
+def index_path(store_id: str) -> Path:
+    return cache_root() / store_id / "index"
+
+
+class Index:
+    def __init__(self, path: Path, store_id: str) -> None:
+        self.path = path
+        self.store_id = store_id.encode()
+        self._sync_lock = threading.Lock()
+        self.env = self._open_env()
+        self.fresh = self._check_identity()
+
+    def _open_env(self) -> lmdb.Environment:
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            return self._lmdb_open()
+        except lmdb.Error as exc:
+            log.warning("index at %s is damaged (%s); rebuilding it from the store", self.path, exc)
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return self._lmdb_open()
+
+    def _lmdb_open(self) -> lmdb.Environment:
+        env = lmdb.open(
+            str(self.path), map_size=_MAP_SIZE, max_dbs=8, readahead=False, mode=0o600, lock=True
+        )
+        self.blobs = env.open_db(b"blobs")
+        self.packs = env.open_db(b"packs")
+        self.jobs = env.open_db(b"jobs")
+        self.datasets = env.open_db(b"datasets")
+        self.meta = env.open_db(b"meta")
+        self.local = env.open_db(b"local")
+        return env
+
+    def _check_identity(self) -> bool:
+        """True when the index is new (or was for another store) and needs a full sync."""
+        with self.env.begin(write=True) as txn:
+            if txn.get(b"store_id", db=self.meta) == self.store_id and txn.get(
+                b"schema", db=self.meta
+            ) == SCHEMA:
+                return txn.get(b"synced", db=self.meta) is None
+            for db in (self.blobs, self.packs, self.jobs, self.datasets, self.local):
+                txn.drop(db, delete=False)
+            txn.put(b"store_id", self.store_id, db=self.meta)
+            txn.put(b"schema", SCHEMA, db=self.meta)
+            txn.delete(b"synced", db=self.meta)
+        return True
+
+    def close(self) -> None:
+        self.env.close()
+
+    # blobs --------------------------------------------------------------------------------
+    def lookup(self, blob_id: bytes) -> Location | None:
+        with self.env.begin(buffers=False) as txn:
+            raw = txn.get(blob_id, db=self.blobs)
+        if raw is None:
+            return None
+        pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
+        return Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+    def has_blobs(self, blob_ids: Iterable[bytes]) -> list[bool]:
+        with self.env.begin() as txn:
+            return [txn.get(blob_id, db=self.blobs) is not None for blob_id in blob_ids]
+
+    def add_pack(self, pack_id: str, size: int, entries: list[PackEntry], replace: bool = False) -> None:
+        """Record a durable pack and its blobs (`replace`: point blobs here even if known)."""
+        pack_raw = bytes.fromhex(pack_id)
+        with self.env.begin(write=True) as txn:
+            ids = b"".join(entry.id for entry in entries)
+            txn.put(pack_raw, _PACK.pack(size) + ids, db=self.packs)
+            for e in entries:
+                value = _LOC.pack(pack_raw, e.offset, e.length, e.plain_len, e.codec, e.kind)
+                txn.put(e.id, value, db=self.blobs, overwrite=replace)
+
+    def remove_pack(self, pack_id: str) -> None:
+        pack_raw = bytes.fromhex(pack_id)
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(pack_raw, db=self.packs)
+            if raw is None:
+                return
+            ids = raw[_PACK.size :]
+            for i in range(0, len(ids), 32):
+                loc = txn.get(ids[i : i + 32], db=self.blobs)
+                if loc is not None and loc[:32] == pack_raw:
+                    txn.delete(ids[i : i + 32], db=self.blobs)
+            txn.delete(pack_raw, db=self.packs)
+
+    def pack_sizes(self) -> dict[str, int]:
+        with self.env.begin() as txn:
+            return {
+                bytes(k).hex(): _PACK.unpack_from(v)[0] for k, v in txn.cursor(db=self.packs)
+            }
+
+    def pack_blob_ids(self, pack_id: str) -> list[bytes]:
+        with self.env.begin() as txn:
+            raw = txn.get(bytes.fromhex(pack_id), db=self.packs) or b""
+        ids = raw[_PACK.size :]
+        return [ids[i : i + 32] for i in range(0, len(ids), 32)]
+
+    # records ------------------------------------------------------------------------------
+    def _db(self, kind: str):
+        return self.jobs if kind == JOB else self.datasets
+
+    def put_record(self, record: JobRecord) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
+
+    def remove_record(self, kind: str, name: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(name.encode(), db=self._db(kind))
+
+    def record(self, kind: str, name: str) -> JobRecord | None:
+        with self.env.begin() as txn:
+            raw = txn.get(name.encode(), db=self._db(kind))
+        return decode_record(raw) if raw is not None else None
+
+    def records(self, kind: str = JOB) -> list[JobRecord]:
+        with self.env.begin() as txn:
+            raws = [bytes(v) for _, v in txn.cursor(db=self._db(kind))]
+        return [decode_record(raw) for raw in raws]
+
+    def record_names(self, kind: str = JOB) -> set[str]:
+        with self.env.begin() as txn:
+            return {bytes(k).decode() for k in txn.cursor(db=self._db(kind)).iternext(values=False)}
+
+    # local state --------------------------------------------------------------------------
+    def local_get(self, key: str) -> bytes | None:
+        with self.env.begin() as txn:
+            return txn.get(key.encode(), db=self.local)
+
+    def local_put(self, key: str, value: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(key.encode(), value, db=self.local)
+
+    # sync with the store ------------------------------------------------------------------
+    def sync(self, store: Store, packs: bool = True, refs: bool = True) -> None:
+        """Bring the index up to date with the store's listing (cheap when nothing changed)."""
+        with self._sync_lock:
+            if packs:
+                self._sync_packs(store)
+            if refs:
+                for kind in (JOB, DATASET):
+                    self._sync_refs(store, kind)
+            with self.env.begin(write=True) as txn:
+                txn.put(b"synced", repr(time.time()).encode(), db=self.meta)
+
+    def _sync_packs(self, store: Store) -> None:
+        known = self.pack_sizes()
+        present = dict(store.list_packs())
+        for pack_id in known.keys() - present.keys():
+            log.info("pack %s is gone from the store; forgetting its blobs", pack_id)
+            self.remove_pack(pack_id)
+        for pack_id in present.keys() - known.keys():
+            self._learn_pack(store, pack_id, present[pack_id])
+
+    def _learn_pack(self, store: Store, pack_id: str, size: int) -> None:
+        try:
+            entries = store.pack_entries(pack_id, size)
+        except KeyMissing:
+            return
+        except FormatError as exc:
+            log.error("skipping damaged pack %s: %s", pack_id, exc)
+            return
+        self.add_pack(pack_id, size, entries)
+
+    def _sync_refs(self, store: Store, kind: str) -> None:
+        known = self.record_names(kind)
+        present = set(store.list_refs(kind))
+        for name in known - present:
+            self.remove_record(kind, name)
+        for name in sorted(present - known):
+            self.learn_ref(store, kind, name)
+
+    def learn_ref(self, store: Store, kind: str, name: str) -> JobRecord | None:
+        try:
+            record = store.get_ref(kind, name)
+        except FormatError as exc:
+            log.error("skipping damaged %s ref %s: %s", kind, name, exc)
+            return None
+        except StoreError as exc:
+            log.warning("cannot read %s ref %s: %s", kind, name, exc)
+            return None
+        self.put_record(record)
+        return record
+
+    def rebuild(self, store: Store) -> None:
+        """Forget everything but local state and relearn it from the store."""
+        with self._sync_lock, self.env.begin(write=True) as txn:
+            for db in (self.blobs, self.packs, self.jobs, self.datasets):
+                txn.drop(db, delete=False)
+        self.sync(store)
+
+    def iter_blobs(self) -> Iterator[tuple[bytes, Location]]:
+        with self.env.begin() as txn:
+            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.blobs)]
+        for blob_id, raw in items:
+            pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
+            yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+def open_index(store: Store) -> Index:
+    index = Index(index_path(store.config.store_id), store.config.store_id)
+    if index.fresh:
+        index.sync(store)
+    return index

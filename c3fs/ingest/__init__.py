@@ -1,0 +1,265 @@
+"""Ingest: a directory -> content-defined chunks -> packs -> trees -> one root id.
+
+The walk runs in the calling thread, bottom-up: a directory's tree is built once its files
+and subdirectories are stored. Files go to a pool of `workers` threads; each cuts its file
+with FastCDC (streaming, never the whole file in memory) and sends every chunk to a second
+pool that hashes it (blake3) and, when the index does not know it yet, compresses it (zstd).
+Both release the GIL, so both cores work even on a single large file. `PackSink` gathers
+new blobs into packs and writes full packs in the background, a bounded number at a time;
+a pack's blobs enter the index only once the pack is durable. Nothing names the blobs until
+the caller registers a job, so a crash at any point leaves only unreferenced packs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyfastcdc
+
+from c3fs.errors import C3fsError, NotFound
+from c3fs.index import Index
+from c3fs.objects import codec
+from c3fs.objects.ids import blob_id
+from c3fs.objects.pack import CHUNK, TREE, PackBuilder
+from c3fs.objects.tree import DIR, FILE, LINK, Entry, encode_tree
+from c3fs.store.store import Store
+
+log = logging.getLogger(__name__)
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))  # the walk recurses per directory level
+Progress = Callable[[int], None]
+
+
+class SourceError(C3fsError):
+    """A file of the pushed directory cannot be read."""
+
+    exit_code = 3
+
+
+@dataclass
+class IngestStats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    logical_bytes: int = 0
+    chunks: int = 0
+    new_chunks: int = 0
+    stored_bytes: int = 0  # bytes of the packs this ingest wrote
+    packs: int = 0
+    skipped: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+class PackSink:
+    """Collects new blobs into packs; writes full packs in the background, `inflight` at most."""
+
+    def __init__(self, store: Store, index: Index, stats: IngestStats, inflight: int = 2) -> None:
+        self.store = store
+        self.index = index
+        self.stats = stats
+        self.target = store.config.pack_target
+        self._builder = PackBuilder()
+        self._pending: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(inflight)
+        self._pool = ThreadPoolExecutor(inflight, thread_name_prefix="c3fs-pack")
+        self._writes: list[Future] = []
+
+    def known(self, blob: bytes) -> bool:
+        with self._lock:
+            if blob in self._pending:
+                return True
+        return self.index.lookup(blob) is not None
+
+    def add(self, kind: int, blob: bytes, codec_id: int, stored: bytes, plain_len: int) -> bool:
+        """Queue a blob for the current pack; False if it is already stored or queued."""
+        with self._lock:
+            if blob in self._pending:
+                return False
+            self._pending.add(blob)
+            self._builder.add(kind, blob, codec_id, stored, plain_len)
+            full = self._builder if self._builder.size >= self.target else None
+            if full is not None:
+                self._builder = PackBuilder()
+        if full is not None:
+            self._write(full)
+        return True
+
+    def _write(self, builder: PackBuilder) -> None:
+        self._check_failed()
+        self._slots.acquire()
+        self._writes.append(self._pool.submit(self._write_pack, builder))
+
+    def _write_pack(self, builder: PackBuilder) -> None:
+        try:
+            pack_id, data = builder.finish()
+            self.store.put_pack(pack_id, data)
+            self.index.add_pack(pack_id, len(data), builder.entries)
+            with self._lock:
+                self._pending.difference_update(e.id for e in builder.entries)
+            self.stats.add(stored_bytes=len(data), packs=1)
+            log.debug("wrote pack %s: %d blobs, %d bytes", pack_id, len(builder), len(data))
+        finally:
+            self._slots.release()
+
+    def _check_failed(self) -> None:
+        for future in [f for f in self._writes if f.done()]:
+            future.result()  # raises the write's error
+            self._writes.remove(future)
+
+    def flush(self) -> None:
+        """Write the last pack and wait until every pack is durable and indexed."""
+        with self._lock:
+            last, self._builder = self._builder, PackBuilder()
+        if len(last):
+            self._write(last)
+        for future in self._writes:
+            future.result()
+        self._writes.clear()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Ingester:
+    """Stores directory trees in `store`. One instance per push; not reusable."""
+
+    def __init__(self, store: Store, index: Index, workers: int = 2, progress: Progress | None = None):
+        self.store = store
+        self.config = store.config
+        self.stats = IngestStats()
+        self.sink = PackSink(store, index, self.stats)
+        self.progress = progress or (lambda n: None)
+        self._files = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-file")
+        self._chunks = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-chunk")
+        self._window = 4 * workers
+        self._local = threading.local()
+
+    def __enter__(self) -> Ingester:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._files.shutdown(wait=True, cancel_futures=True)
+        self._chunks.shutdown(wait=True, cancel_futures=True)
+        self.sink.close()
+
+    def ingest_dir(self, path: str | os.PathLike) -> bytes:
+        """Store everything below `path`; return the root tree id once all packs are durable."""
+        top = os.fsencode(path)
+        try:
+            st = os.stat(top)
+        except FileNotFoundError:
+            raise NotFound(f"{os.fsdecode(top)}: no such directory") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise SourceError(f"{os.fsdecode(top)} is not a directory")
+        root = self._dir_entry(top, b"root", st)
+        self.sink.flush()
+        return root.target
+
+    def store_tree(self, entries: list[Entry]) -> bytes:
+        """Store one tree made of existing entries (used to compose job trees)."""
+        data = encode_tree(entries)
+        tree_id = blob_id(data)
+        self._store_blob(TREE, tree_id, data)
+        return tree_id
+
+    # walking ------------------------------------------------------------------------------
+    def _dir_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Entry:
+        pending: list[Entry | Future] = []
+        for item in sorted(self._scan(path), key=lambda d: d.name):
+            entry = self._entry(item)
+            if entry is not None:
+                pending.append(entry)
+        entries = [p.result() if isinstance(p, Future) else p for p in pending]
+        tree_id = self.store_tree(entries)
+        self.stats.add(dirs=1)
+        return Entry(name, DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, target=tree_id)
+
+    def _scan(self, path: bytes) -> Iterator[os.DirEntry]:
+        try:
+            with os.scandir(path) as it:
+                yield from it
+        except OSError as exc:
+            raise SourceError(f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}") from None
+
+    def _entry(self, item: os.DirEntry) -> Entry | Future | None:
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError as exc:
+            raise SourceError(f"{os.fsdecode(item.path)}: {exc.strerror}") from None
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISDIR(st.st_mode):
+            return self._dir_entry(item.path, item.name, st)
+        if stat.S_ISREG(st.st_mode):
+            return self._files.submit(self._file_entry, item.path, item.name, st)
+        if stat.S_ISLNK(st.st_mode):
+            self.stats.add(symlinks=1)
+            return Entry(item.name, LINK, mode, 0, st.st_mtime_ns, target=os.readlink(item.path))
+        log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(item.path))
+        self.stats.skipped.append(os.fsdecode(item.path))
+        return None
+
+    # files --------------------------------------------------------------------------------
+    def _file_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Entry:
+        ids: list[bytes] = []
+        sizes: list[int] = []
+        try:
+            with open(path, "rb", buffering=0) as f:
+                for chunk_id, size in self._store_chunks(f, st.st_size):
+                    ids.append(chunk_id)
+                    sizes.append(size)
+        except OSError as exc:
+            raise SourceError(f"{os.fsdecode(path)}: cannot read: {exc.strerror}") from None
+        total = sum(sizes)
+        self.stats.add(files=1, logical_bytes=total, chunks=len(ids))
+        self.progress(total)
+        return Entry(name, FILE, stat.S_IMODE(st.st_mode), total, st.st_mtime_ns,
+                     chunks=b"".join(ids), sizes=sizes)
+
+    def _store_chunks(self, f, size_hint: int) -> Iterator[tuple[bytes, int]]:
+        if size_hint < self.config.chunk_min:
+            data = f.read(self.config.chunk_min)
+            if len(data) < self.config.chunk_min:  # still small: one chunk, no chunker
+                if data:
+                    yield self._store_chunk(data)
+                return
+            f.seek(0)  # it grew since stat: cut it like any large file
+        window: deque[Future] = deque()
+        for chunk in self._cutter().cut_stream(f):
+            window.append(self._chunks.submit(self._store_chunk, bytes(chunk.data)))
+            if len(window) >= self._window:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    def _cutter(self) -> pyfastcdc.FastCDC:
+        cutter = getattr(self._local, "cutter", None)
+        if cutter is None:
+            c = self.config
+            cutter = pyfastcdc.FastCDC(c.chunk_avg, min_size=c.chunk_min, max_size=c.chunk_max)
+            self._local.cutter = cutter
+        return cutter
+
+    def _store_chunk(self, data: bytes) -> tuple[bytes, int]:
+        chunk_id = blob_id(data)
+        self._store_blob(CHUNK, chunk_id, data)
+        return chunk_id, len(data)
+
+    def _store_blob(self, kind: int, blob: bytes, data: bytes) -> None:
+        if self.sink.known(blob):
+            return
+        codec_id, stored = codec.encode(data, self.config.zstd_level)
+        if self.sink.add(kind, blob, codec_id, stored, len(data)) and kind == CHUNK:
+            self.stats.add(new_chunks=1)

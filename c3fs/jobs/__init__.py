@@ -1,0 +1,1 @@
+"""The artifact lifecycle: push and run jobs, download them, account for their storage."""

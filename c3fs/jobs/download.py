@@ -1,0 +1,163 @@
+"""Copy a node of the namespace to local disk: the engine behind `cp` and `pull`.
+
+Files are written in parallel, each to a temp name in its final directory and renamed into
+place, so an interrupted copy never leaves a half-written file under a real name. Modes,
+mtimes and symlinks are restored; links are created, never followed. A directory on the
+way that is a symlink or a file is an error, never written through. A file whose size and
+mtime already match is skipped, so a copy run again fetches only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from c3fs.errors import C3fsError
+from c3fs.objects.tree import DIR, FILE, LINK
+from c3fs.vfs import Node, Vfs
+
+log = logging.getLogger(__name__)
+TMP = b".c3fs-tmp."
+
+
+class DestinationError(C3fsError):
+    exit_code = 4
+
+
+@dataclass
+class CopyStats:
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    dirs: int = 0
+    links: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Copier:
+    def __init__(self, vfs: Vfs, workers: int = 4, progress: Callable[[int], None] | None = None):
+        self.vfs = vfs
+        self.workers = workers
+        self.progress = progress or (lambda n: None)
+        self.stats = CopyStats()
+
+    def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
+        """Copy `node` to `dest`: a file to that path, a directory's contents into that dir."""
+        target = os.fsencode(dest)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="c3fs-cp") as pool:
+            futures: list[Future] = []
+            dirs: list[tuple[bytes, Node]] = []
+            if node.kind == DIR:
+                os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+                self._copy_dir(node, target, pool, futures, dirs)
+            else:
+                self._prepare_parent(target)
+                self._copy_leaf(node, target, pool, futures)
+            for future in futures:
+                future.result()
+        for path, dir_node in reversed(dirs):  # after their contents: modes may forbid writes
+            _set_meta(path, dir_node)
+        return self.stats
+
+    def _copy_dir(self, node: Node, path: bytes, pool, futures, dirs) -> None:
+        _make_dir(path)
+        dirs.append((path, node))
+        self.stats.dirs += 1
+        for name, child in self.vfs.children(node):
+            child_path = os.path.join(path, name)
+            if child.kind == DIR:
+                self._copy_dir(child, child_path, pool, futures, dirs)
+            else:
+                self._copy_leaf(child, child_path, pool, futures)
+
+    def _copy_leaf(self, node: Node, path: bytes, pool, futures) -> None:
+        if node.kind == LINK:
+            _place_link(self.vfs.readlink(node), path)
+            self.stats.links += 1
+        elif node.kind == FILE:
+            if _unchanged(path, node):
+                self.stats.skipped += 1
+                self.progress(node.size)
+                return
+            futures.append(pool.submit(self._write_file, node, path))
+
+    def _write_file(self, node: Node, path: bytes) -> None:
+        parent, name = os.path.split(path)
+        tmp = os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                for data in self.vfs.open(node).iter_chunks():
+                    out.write(data)
+                    self.progress(len(data))
+            _set_meta(tmp, node)
+            os.rename(tmp, path)
+        except OSError as exc:
+            _unlink(tmp)
+            raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+        self.stats.files += 1
+        self.stats.bytes += node.size
+
+    def _prepare_parent(self, target: bytes) -> None:
+        parent = os.path.dirname(target) or b"."
+        if not os.path.isdir(parent):
+            raise DestinationError(f"{os.fsdecode(parent)}: no such directory")
+
+
+def _make_dir(path: bytes) -> None:
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DestinationError(f"{os.fsdecode(path)}: cannot create directory: {exc.strerror}") from None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise DestinationError(f"{os.fsdecode(path)} exists and is not a directory")
+    if st.st_mode & 0o700 != 0o700:
+        os.chmod(path, st.st_mode | 0o700)  # a copy made before may have left it read-only
+
+
+def _place_link(target: bytes, path: bytes) -> None:
+    parent, name = os.path.split(path)
+    tmp = os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
+    try:
+        os.symlink(target, tmp)
+        os.rename(tmp, path)  # replaces whatever was there; never follows it
+    except IsADirectoryError:
+        _unlink(tmp)
+        raise DestinationError(f"{os.fsdecode(path)} is a directory; cannot place a symlink there") from None
+    except OSError as exc:
+        _unlink(tmp)
+        raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
+
+
+def _unchanged(path: bytes, node: Node) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        raise DestinationError(f"{os.fsdecode(path)} is a directory where a file belongs")
+    return stat.S_ISREG(st.st_mode) and st.st_size == node.size and st.st_mtime_ns == node.mtime_ns
+
+
+def _set_meta(path: bytes, node: Node) -> None:
+    os.chmod(path, node.mode)
+    os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
+
+
+def _unlink(path: bytes) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,83 @@
+"""Register a directory as a job (or dataset): ingest it, then create its ref.
+
+The ref is created last, create-only, after every pack is durable: a job is either wholly
+visible or not at all, and an id can never be taken twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from c3fs.errors import AlreadyExists, NotFound
+from c3fs.ingest import Ingester, IngestStats
+from c3fs.objects.ids import check_name, new_job_id
+from c3fs.objects.job import DATASET, JOB, SUCCEEDED, JobRecord
+from c3fs.repo import Repo
+from c3fs.store.backend import KeyExists
+from c3fs.store.locks import push_lock
+
+log = logging.getLogger(__name__)
+
+
+def ensure_free(repo: Repo, kind: str, name: str) -> None:
+    try:
+        repo.store.get_ref(kind, name)
+    except NotFound:
+        return
+    raise AlreadyExists(f"{kind} {name!r} already exists in the store")
+
+
+def ingest(repo: Repo, build: Callable[[Ingester], bytes],
+           progress: Callable[[int], None] | None = None) -> tuple[bytes, IngestStats]:
+    """Run `build` (which stores trees and returns a root id) under the push lock."""
+    repo.index.sync(repo.store, refs=False)  # dedup against packs other machines wrote
+    with push_lock(repo.store), Ingester(repo.store, repo.index, progress=progress) as ingester:
+        root = build(ingester)
+        ingester.sink.flush()
+        return root, ingester.stats
+
+
+def register(repo: Repo, record: JobRecord) -> JobRecord:
+    try:
+        repo.store.create_ref(record)
+    except KeyExists:
+        raise AlreadyExists(f"{record.kind} {record.id!r} already exists in the store") from None
+    repo.index.put_record(record)
+    _warn_quota(repo)
+    return record
+
+
+def _warn_quota(repo: Repo) -> None:
+    quota = repo.store.config.quota
+    if quota is None:
+        return
+    used = sum(r.stored_delta for r in repo.jobs() + repo.datasets())
+    if used > quota:
+        log.warning("storage usage %d bytes exceeds the quota of %d bytes (soft quota: "
+                    "nothing is rejected)", used, quota)
+
+
+def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | None = None,
+             kind: str = JOB, progress: Callable[[int], None] | None = None,
+             **fields) -> JobRecord:
+    """Store `path` and register it as job `job_id` (a fresh id if None) of `project`."""
+    check_name(project, "project")
+    name = check_name(job_id, "dataset name" if kind == DATASET else "job id") if job_id else new_job_id()
+    ensure_free(repo, kind, name)
+    started = time.time()
+    root, stats = ingest(repo, lambda ing: ing.ingest_dir(path), progress)
+    return register(repo, record_for(kind, name, project, root, stats, started, **fields))
+
+
+def record_for(kind: str, name: str, project: str, root: bytes, stats: IngestStats,
+               started: float, **fields) -> JobRecord:
+    now = time.time()
+    base = dict(kind=kind, id=name, project=project, status=SUCCEEDED, created=now,
+                started=started, ended=now, root=root.hex(), logical_bytes=stats.logical_bytes,
+                files=stats.files, stored_delta=stats.stored_bytes, host=socket.gethostname())
+    base.update(fields)
+    return JobRecord(**base)

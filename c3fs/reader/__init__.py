@@ -1,0 +1,159 @@
+"""Reading blobs and files: the one read path under the mount, `ls`, `cp` and `pull`.
+
+`BlobSource.get` returns the verified plain bytes of a blob. It keeps a bounded LRU of
+decoded blobs, merges concurrent requests for the same blob into one fetch, and can
+prefetch blobs in worker threads. `FileReader` serves any byte range of a file by bisecting
+the cumulative chunk offsets computed once at open, and reads ahead when access is sequential.
+
+Thread-safe: the FUSE adapter calls it from worker threads, `cp` from a thread pool.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from c3fs.errors import BlobCorrupt, BlobMissing, DataError
+from c3fs.index import Index
+from c3fs.objects import codec
+from c3fs.objects.tree import Entry
+from c3fs.store.backend import BackendError, KeyMissing
+from c3fs.store.store import Store
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+
+
+class BlobSource:
+    def __init__(self, store: Store, index: Index, cache_bytes: int = 128 * MiB, workers: int = 4):
+        self.store = store
+        self.index = index
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cached = 0
+        self._inflight: dict[bytes, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-fetch")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def get(self, blob_id: bytes) -> bytes:
+        """Verified plain bytes of `blob_id`; BlobMissing / BlobCorrupt, never wrong bytes."""
+        with self._lock:
+            data = self._cache.get(blob_id)
+            if data is not None:
+                self._cache.move_to_end(blob_id)
+                return data
+            future = self._inflight.get(blob_id)
+            owner = future is None
+            if owner:
+                future = self._inflight[blob_id] = Future()
+        if not owner:
+            return future.result()
+        try:
+            data = self._fetch(blob_id)
+            self._remember(blob_id, data)
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._inflight[blob_id]
+        future.set_result(data)
+        return data
+
+    def prefetch(self, blob_ids: list[bytes]) -> None:
+        """Start fetching blobs not yet cached or in flight, in worker threads."""
+        with self._lock:
+            wanted = [b for b in blob_ids if b not in self._cache and b not in self._inflight]
+        for blob_id in wanted:
+            self._pool.submit(self._quiet_get, blob_id)
+
+    def _quiet_get(self, blob_id: bytes) -> None:
+        try:
+            self.get(blob_id)
+        except DataError:
+            pass  # the foreground read reports it
+
+    def _remember(self, blob_id: bytes, data: bytes) -> None:
+        if len(data) > self.cache_bytes // 4:
+            return
+        with self._lock:
+            if blob_id in self._cache:
+                return
+            self._cache[blob_id] = data
+            self._cached += len(data)
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= len(old)
+
+    def _fetch(self, blob_id: bytes) -> bytes:
+        try:
+            return self._fetch_once(blob_id)
+        except (BlobMissing, KeyMissing):
+            # Another process may have repacked (gc) or pushed it: relearn packs, try again.
+            self.index.sync(self.store, refs=False)
+            return self._fetch_once(blob_id)
+
+    def _fetch_once(self, blob_id: bytes) -> bytes:
+        loc = self.index.lookup(blob_id)
+        if loc is None:
+            raise BlobMissing(blob_id)
+        try:
+            stored = self.store.read(loc.pack_id, loc.offset, loc.length)
+        except KeyMissing:
+            raise BlobMissing(blob_id, loc.pack_id, "pack not in the store") from None
+        except BackendError as exc:
+            raise BlobMissing(blob_id, loc.pack_id, str(exc)) from None
+        if len(stored) != loc.length:
+            raise BlobCorrupt(blob_id, loc.pack_id, "pack is truncated")
+        try:
+            return codec.decode(blob_id, loc.codec, stored, loc.plain_len)
+        except BlobCorrupt as exc:
+            raise BlobCorrupt(blob_id, loc.pack_id, str(exc).split(": ", 1)[-1]) from None
+
+
+class FileReader:
+    """Random-access reads of one file. Cheap to create; one per open handle."""
+
+    def __init__(self, blobs: BlobSource, entry: Entry, readahead: int = 8) -> None:
+        self.blobs = blobs
+        self.ids = entry.chunk_ids()
+        self.starts = [0, *itertools.accumulate(entry.sizes)]
+        self.size = entry.size
+        self.readahead = readahead
+        self._next_offset = -1
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        first = bisect.bisect_right(self.starts, offset) - 1
+        last = bisect.bisect_left(self.starts, end) - 1
+        if self.readahead and offset == self._next_offset:
+            self.blobs.prefetch(self.ids[last + 1 : last + 1 + self.readahead])
+        self._next_offset = end
+        parts = []
+        for i in range(first, last + 1):
+            data = self.blobs.get(self.ids[i])
+            lo = max(offset - self.starts[i], 0)
+            hi = min(end - self.starts[i], len(data))
+            parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def chunk_at(self, offset: int) -> bytes:
+        """The id of the chunk holding `offset` (for error messages)."""
+        i = bisect.bisect_right(self.starts, offset) - 1
+        return self.ids[min(max(i, 0), len(self.ids) - 1)] if self.ids else b""
+
+    def iter_chunks(self):
+        """Every chunk of the file in order (for copying a whole file), reading ahead."""
+        for i, blob_id in enumerate(self.ids):
+            if self.readahead:
+                self.blobs.prefetch(self.ids[i + 1 : i + 1 + self.readahead])
+            yield self.blobs.get(blob_id)

@@ -1,0 +1,67 @@
+"""A repository: one store, its local index and a blob source, opened together."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from c3fs.errors import NotFound
+from c3fs.index import Index, open_index
+from c3fs.objects.job import DATASET, JOB, JobRecord
+from c3fs.objects.tree import Tree, decode_tree
+from c3fs.reader import BlobSource
+from c3fs.store.store import Store, open_backend
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+
+
+@dataclass
+class Repo:
+    store: Store
+    index: Index
+    blobs: BlobSource
+    refresh_interval: float = 2.0
+    _last_refresh: float = field(default=0.0, repr=False)
+
+    @classmethod
+    def open(cls, url: str | None = None, cache_bytes: int = 128 * MiB, create: bool = True) -> Repo:
+        store = Store.open(open_backend(url), create=create)
+        index = open_index(store)
+        interval = 2.0 if store.is_local else 10.0
+        return cls(store, index, BlobSource(store, index, cache_bytes), interval)
+
+    def close(self) -> None:
+        self.blobs.close()
+        self.index.close()
+
+    def refresh(self, force: bool = False) -> None:
+        """Learn jobs and packs added or removed elsewhere, at most every refresh_interval."""
+        now = time.monotonic()
+        if force or now - self._last_refresh >= self.refresh_interval:
+            self._last_refresh = now
+            self.index.sync(self.store)
+
+    def __post_init__(self) -> None:
+        self.tree = functools.lru_cache(maxsize=1024)(self._tree)
+
+    def _tree(self, tree_id: bytes) -> Tree:
+        """A decoded tree (cached: trees are immutable and named by content)."""
+        return decode_tree(self.blobs.get(tree_id))
+
+    def record(self, kind: str, name: str) -> JobRecord:
+        """The record of a job or dataset; asks the store when the index does not know it."""
+        record = self.index.record(kind, name)
+        if record is None:
+            record = self.index.learn_ref(self.store, kind, name)
+        if record is None:
+            raise NotFound(f"no {kind} {name!r}")
+        return record
+
+    def jobs(self) -> list[JobRecord]:
+        return self.index.records(JOB)
+
+    def datasets(self) -> list[JobRecord]:
+        return self.index.records(DATASET)

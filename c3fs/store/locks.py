@@ -1,0 +1,68 @@
+"""Push and gc locks, as objects in the store so they work across machines.
+
+A push creates `locks/push-<token>` before it writes anything and removes it at the end;
+gc creates `locks/gc` (create-only) and then refuses to run while any fresh push lock
+exists. A push refuses to start while `locks/gc` exists. Each side writes its own lock
+before it looks for the other's, so at least one of two racing parties sees the other.
+Locks older than `STALE` seconds (a crashed process) are ignored and may be removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+
+from c3fs.errors import LockedError
+from c3fs.store.backend import KeyExists, KeyMissing
+from c3fs.store.store import Store
+
+STALE = 6 * 3600.0
+GC_KEY = "locks/gc"
+
+
+def _lock_body() -> bytes:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
+
+
+def _is_fresh(store: Store, key: str) -> bool:
+    try:
+        body = json.loads(store.backend.get(key))
+        return time.time() - float(body["time"]) < STALE
+    except KeyMissing:
+        return False
+    except (ValueError, KeyError, TypeError):
+        return True  # unreadable: be careful, treat as held
+
+
+@contextlib.contextmanager
+def push_lock(store: Store) -> Iterator[None]:
+    key = f"locks/push-{secrets.token_hex(8)}"
+    store.backend.put(key, _lock_body())
+    try:
+        if _is_fresh(store, GC_KEY):
+            raise LockedError("gc is running on this store; push again when it has finished")
+        yield
+    finally:
+        store.backend.delete(key)
+
+
+@contextlib.contextmanager
+def gc_lock(store: Store) -> Iterator[None]:
+    if not _is_fresh(store, GC_KEY):
+        store.backend.delete(GC_KEY)
+    try:
+        store.backend.create(GC_KEY, _lock_body())
+    except KeyExists:
+        raise LockedError("another gc is running on this store") from None
+    try:
+        pushes = [k for k, _ in store.backend.list("locks/push-") if _is_fresh(store, k)]
+        if pushes:
+            raise LockedError(f"{len(pushes)} push(es) in progress; run gc when they have finished")
+        yield
+    finally:
+        store.backend.delete(GC_KEY)

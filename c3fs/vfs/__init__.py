@@ -1,0 +1,191 @@
+"""The read-only namespace, defined once; the mount, `ls`, `cp` and `pull` walk it alike.
+
+    /jobs/<job id>/...                       a job's artifacts
+    /projects/<project>/jobs/<job id>/...    the same nodes (same inode numbers)
+    /datasets/<name>/...                     an uploaded dataset
+    /projects/<project>/datasets/<name>/...  the same dataset
+
+Every node has a canonical path (`/jobs/<id>/...` or `/datasets/<name>/...` for content) and
+its inode number is a hash of that path, so inodes are stable across the two paths, across
+lookups and across remounts. Names are bytes throughout.
+"""
+
+from __future__ import annotations
+
+import bisect
+import stat
+from dataclasses import dataclass, replace
+
+import blake3
+
+from c3fs.errors import NotADirectory, NotFound
+from c3fs.objects.ids import check_name
+from c3fs.objects.job import DATASET, JOB, JobRecord
+from c3fs.objects.tree import DIR, FILE, LINK, Entry
+from c3fs.reader import FileReader
+from c3fs.repo import Repo
+
+ROOT_INO = 1
+JOBS, PROJECTS, DATASETS = b"jobs", b"projects", b"datasets"
+_TOP = {JOBS: JOB, DATASETS: DATASET}
+_KIND_DIR = {JOB: JOBS, DATASET: DATASETS}
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    ino: int
+    kind: int  # tree.FILE, DIR or LINK
+    mode: int  # permission bits
+    size: int
+    mtime_ns: int
+    path: tuple[bytes, ...]  # canonical path
+    ref: tuple[str, str] | None = None  # (kind, name) of the job or dataset it belongs to
+    tree_id: bytes | None = None  # a directory backed by a tree
+    entry: Entry | None = None  # a file or symlink
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIR
+
+    @property
+    def st_mode(self) -> int:
+        kind_bits = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}[self.kind]
+        return kind_bits | self.mode
+
+    @property
+    def display(self) -> str:
+        return "/" + "/".join(p.decode(errors="surrogateescape") for p in self.path)
+
+
+def ino_of(path: tuple[bytes, ...]) -> int:
+    if not path:
+        return ROOT_INO
+    digest = blake3.blake3(b"\0".join(path)).digest(8)
+    return (int.from_bytes(digest, "little") >> 1) | 2  # never 0 or 1, fits in 63 bits
+
+
+def _virtual(path: tuple[bytes, ...], mtime_ns: int = 0) -> Node:
+    return Node(ino_of(path), DIR, 0o555, 0, mtime_ns, path)
+
+
+def split_path(path: str | bytes) -> tuple[bytes, ...]:
+    raw = path.encode(errors="surrogateescape") if isinstance(path, str) else path
+    parts = tuple(p for p in raw.split(b"/") if p and p != b".")
+    if b".." in parts:
+        raise NotFound(f"{path!r}: '..' is not allowed in c3fs paths")
+    return parts
+
+
+class Vfs:
+    """Paths to nodes over one Repo. `root` may name a sub-tree (a mount of one job)."""
+
+    def __init__(self, repo: Repo, root: str = "/") -> None:
+        self.repo = repo
+        self.root = replace(self.resolve(root), ino=ROOT_INO) if split_path(root) else _virtual(())
+
+    # walking ------------------------------------------------------------------------------
+    def resolve(self, path: str | bytes) -> Node:
+        node = _virtual(())
+        for name in split_path(path):
+            node = self.lookup(node, name)
+        return node
+
+    def lookup(self, parent: Node, name: bytes) -> Node:
+        if not parent.is_dir:
+            raise NotADirectory(f"{parent.display} is not a directory")
+        if parent.tree_id is not None:
+            return self._tree_child(parent, name)
+        return self._virtual_child(parent, name)
+
+    def children(self, node: Node) -> list[tuple[bytes, Node]]:
+        """(name, node) of every entry of a directory, sorted by name."""
+        if not node.is_dir:
+            raise NotADirectory(f"{node.display} is not a directory")
+        if node.tree_id is not None:
+            tree = self.repo.tree(node.tree_id)
+            return [(e.name, self._entry_node(node, e)) for e in tree.entries]
+        return sorted(self._virtual_children(node.path), key=lambda item: item[0])
+
+    def open(self, node: Node, readahead: int = 8) -> FileReader:
+        if node.entry is None or node.kind != FILE:
+            raise NotFound(f"{node.display} is not a regular file")
+        return FileReader(self.repo.blobs, node.entry, readahead)
+
+    def readlink(self, node: Node) -> bytes:
+        if node.kind != LINK or node.entry is None:
+            raise NotFound(f"{node.display} is not a symlink")
+        return node.entry.target
+
+    def walk(self, node: Node, rel: tuple[bytes, ...] = ()):
+        """Yield (relative path, node) for `node` and everything below it, depth first."""
+        yield rel, node
+        if node.is_dir:
+            for name, child in self.children(node):
+                yield from self.walk(child, (*rel, name))
+
+    # content ------------------------------------------------------------------------------
+    def _tree_child(self, parent: Node, name: bytes) -> Node:
+        entries = self.repo.tree(parent.tree_id).entries
+        i = bisect.bisect_left(entries, name, key=lambda e: e.name)
+        if i == len(entries) or entries[i].name != name:
+            raise NotFound(f"{parent.display}/{name.decode(errors='replace')}: no such file")
+        return self._entry_node(parent, entries[i])
+
+    @staticmethod
+    def _entry_node(parent: Node, entry: Entry) -> Node:
+        path = (*parent.path, entry.name)
+        tree_id = entry.target if entry.kind == DIR else None
+        return Node(ino_of(path), entry.kind, entry.mode, entry.size, entry.mtime_ns, path,
+                    parent.ref, tree_id, entry)
+
+    def ref_root(self, record: JobRecord) -> Node:
+        path = (_KIND_DIR[record.kind], record.id.encode())
+        mtime = int((record.ended or record.created) * 1e9)
+        return Node(ino_of(path), DIR, 0o755, 0, mtime, path, (record.kind, record.id),
+                    record.root_id)
+
+    # the virtual part ---------------------------------------------------------------------
+    def _virtual_child(self, parent: Node, name: bytes) -> Node:
+        path = parent.path
+        if len(path) == 0 and name in (JOBS, PROJECTS, DATASETS):
+            return _virtual((name,))
+        if len(path) == 1 and path[0] in _TOP:
+            return self.ref_root(self._record(_TOP[path[0]], name))
+        if len(path) == 1 and path[0] == PROJECTS and self._project_exists(name):
+            return _virtual((PROJECTS, name))
+        if len(path) == 2 and name in (JOBS, DATASETS):
+            return _virtual((*path, name))
+        if len(path) == 3 and path[0] == PROJECTS:
+            record = self._record(_TOP[path[2]], name)
+            if record.project.encode() == path[1]:
+                return self.ref_root(record)
+        raise NotFound(f"{parent.display}/{name.decode(errors='replace')}: no such file")
+
+    def _virtual_children(self, path: tuple[bytes, ...]) -> list[tuple[bytes, Node]]:
+        self.repo.refresh()
+        if len(path) == 0:
+            return [(n, _virtual((n,))) for n in (DATASETS, JOBS, PROJECTS)]
+        if len(path) == 1 and path[0] in _TOP:
+            return [(r.id.encode(), self.ref_root(r)) for r in self._records(_TOP[path[0]])]
+        if len(path) == 1:
+            projects = {r.project.encode() for r in self._records(JOB) + self._records(DATASET)}
+            return [(p, _virtual((PROJECTS, p))) for p in projects]
+        if len(path) == 2:
+            return [(n, _virtual((*path, n))) for n in (DATASETS, JOBS)]
+        records = self._records(_TOP[path[2]])
+        return [(r.id.encode(), self.ref_root(r)) for r in records if r.project.encode() == path[1]]
+
+    def _records(self, kind: str) -> list[JobRecord]:
+        return self.repo.index.records(kind)
+
+    def _record(self, kind: str, name: bytes) -> JobRecord:
+        try:
+            text = check_name(name.decode(), kind)
+        except Exception:
+            raise NotFound(f"no {kind} {name!r}") from None
+        return self.repo.record(kind, text)
+
+    def _project_exists(self, name: bytes) -> bool:
+        self.repo.refresh()
+        records = self._records(JOB) + self._records(DATASET)
+        return any(r.project.encode() == name for r in records)

@@ -1,0 +1,215 @@
+"""The storage commands: push, ls, cp, index."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import click
+
+from c3fs.errors import IsADirectory, UsageError
+from c3fs.jobs.download import Copier
+from c3fs.jobs.push import push_dir
+from c3fs.objects.job import DATASET, JobRecord
+from c3fs.objects.tree import DIR, FILE
+from c3fs.vfs import Node, Vfs, split_path
+from cli import output
+from cli.main import Ctx, app, pass_ctx
+
+NAMESPACE_TOP = (b"jobs", b"projects", b"datasets")
+
+
+def is_namespace(path: str) -> bool:
+    return path.startswith("/") and split_path(path)[:1] in [(t,) for t in NAMESPACE_TOP] or path == "/"
+
+
+def show(name: bytes) -> str:
+    return name.decode("utf-8", "backslashreplace")
+
+
+# push ---------------------------------------------------------------------------------------
+@app.command(context_settings={"max_content_width": 100})
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.option("-p", "--project", required=True, help="Project the job belongs to.")
+@click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
+@pass_ctx
+def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bool) -> None:
+    """Store DIRECTORY as a finished job's artifacts.
+
+    \b
+    Examples:
+      c3fs push ./artifacts --project vision
+      c3fs push ./out -p vision -j job_resnet_01 --json
+    """
+    repo = ctx.repo()
+    with output.progress_bar("push", _tree_bytes(directory)) as advance:
+        record = push_dir(repo, directory, project, job_id, progress=advance)
+    if as_json:
+        output.print_json(record)
+        return
+    output.out.print(record.id)
+    output.err.print(f"{record.files} files, {output.human(record.logical_bytes)} logical, "
+                     f"{output.human(record.stored_delta)} newly stored", highlight=False)
+
+
+def _tree_bytes(directory: str) -> int | None:
+    if not output.err.is_terminal:
+        return None
+    total = 0
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+# ls -----------------------------------------------------------------------------------------
+@app.command()
+@click.argument("path", default="/")
+@click.option("-l", "long", is_flag=True, help="Long listing: status, size, files, age / mode, size, mtime.")
+@click.option("--json", "as_json", is_flag=True, help="JSON: full job records, or entry details.")
+@pass_ctx
+def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
+    """List a path of the namespace.
+
+    \b
+    Paths:
+      /                                   jobs, projects, datasets
+      /jobs/                              every job
+      /jobs/<id>/sub/dir                  a job's artifacts
+      /projects/<p>/jobs/                 the jobs of one project
+      /projects/<p>/datasets/             the datasets of one project
+    \b
+    Examples:
+      c3fs ls -l /jobs/
+      c3fs ls --json /projects/vision/jobs/
+    """
+    repo = ctx.repo()
+    repo.refresh(force=True)
+    vfs = Vfs(repo)
+    node = vfs.resolve(path)
+    items = vfs.children(node) if node.is_dir else [(node.path[-1], node)]
+    if as_json:
+        output.print_json([_json_item(vfs, name, n) for name, n in items])
+    elif long:
+        _print_long(vfs, items)
+    else:
+        for name, child in items:
+            output.out.print(show(name) + ("/" if child.is_dir else ""), markup=False)
+
+
+def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
+    if node.ref and len(node.path) == 2:
+        return vfs.repo.record(*node.ref)
+    return None
+
+
+def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
+    record = _record_of(vfs, node)
+    if record is not None:
+        return {"name": show(name), "type": record.kind, "record": record}
+    kind = {FILE: "file", DIR: "dir"}.get(node.kind, "symlink")
+    item = {"name": show(name), "type": kind, "mode": oct(node.mode), "size": node.size,
+            "mtime_ns": node.mtime_ns, "path": node.display}
+    if node.entry is not None and node.kind != DIR and node.kind != FILE:
+        item["target"] = show(node.entry.target)
+    return item
+
+
+def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
+    records = [_record_of(vfs, n) for _, n in items]
+    if items and all(records):
+        table = output.table("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE")
+        for r in sorted(records, key=lambda r: r.created):
+            status = r.status + (f" ({r.reason})" if r.reason else "")
+            table.add_row(r.id, r.project, status, output.human(r.logical_bytes),
+                          output.human(r.stored_delta), str(r.files), output.age(r.ended or r.created))
+        output.out.print(table)
+        return
+    for name, node in items:
+        line = f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} {show(name)}"
+        if node.entry is not None and node.kind not in (FILE, DIR):
+            line += f" -> {show(node.entry.target)}"
+        output.out.print(line, markup=False)
+
+
+# cp -----------------------------------------------------------------------------------------
+@app.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory and everything in it.")
+@click.option("-p", "--project", help="Project of an uploaded dataset (else from DST).")
+@pass_ctx
+def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
+    """Copy a file or tree out of the store, or upload a directory as a dataset.
+
+    Downloading writes every file to a temp name and renames it into place; modes, mtimes
+    and symlinks are restored, and files already present with the same size and mtime are
+    skipped. A directory's contents go into DST (created if missing).
+
+    \b
+    Examples:
+      c3fs cp /jobs/job_abc123/metrics.json .
+      c3fs cp -r /jobs/job_abc123/ ./local-output/
+      c3fs cp -r ./imagenet-mini /projects/vision/datasets/imagenet-mini
+    """
+    repo = ctx.repo()
+    if is_namespace(dst) and not is_namespace(src):
+        _upload_dataset(ctx, src, dst, recursive, project)
+        return
+    if not is_namespace(src):
+        raise UsageError(f"{src!r} is not a c3fs path (it must start with /jobs/, /projects/ "
+                         "or /datasets/)")
+    vfs = Vfs(repo)
+    node = vfs.resolve(src)
+    if node.is_dir and not recursive:
+        raise IsADirectory(f"{src} is a directory (use cp -r)")
+    target = dst
+    if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
+        target = os.path.join(dst, show(node.path[-1]))
+    total = sum(n.size for _, n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
+    with output.progress_bar("cp", total) as advance:
+        stats = Copier(vfs, progress=advance).copy(node, target)
+    output.err.print(f"{stats.files} files copied ({output.human(stats.bytes)}), "
+                     f"{stats.skipped} unchanged, {stats.links} symlinks", highlight=False)
+
+
+def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
+    parts = [p.decode() for p in split_path(dst)]
+    if len(parts) == 4 and parts[0] == "projects" and parts[2] == "datasets":
+        project, name = parts[1], parts[3]
+    elif len(parts) == 2 and parts[0] == "datasets" and project:
+        name = parts[1]
+    else:
+        raise UsageError(f"upload to {dst!r}: use /projects/<project>/datasets/<name> "
+                         "(or /datasets/<name> with --project)")
+    if not recursive:
+        raise UsageError("uploading a dataset copies a directory: use cp -r")
+    repo = ctx.repo()
+    with output.progress_bar("upload", _tree_bytes(src)) as advance:
+        record = push_dir(repo, src, project, name, kind=DATASET, progress=advance)
+    output.out.print(f"/projects/{record.project}/datasets/{record.id}")
+    output.err.print(f"{record.files} files, {output.human(record.logical_bytes)} logical, "
+                     f"{output.human(record.stored_delta)} newly stored", highlight=False)
+
+
+# index --------------------------------------------------------------------------------------
+@app.group()
+def index() -> None:
+    """Maintain the local index (a cache of the store, rebuilt from it)."""
+
+
+@index.command("rebuild")
+@pass_ctx
+def index_rebuild(ctx: Ctx) -> None:
+    """Rebuild the local LMDB index from the store's packs and refs."""
+    repo = ctx.repo()
+    repo.index.rebuild(repo.store)
+    packs = len(repo.index.pack_sizes())
+    output.err.print(f"index rebuilt: {packs} packs, {len(repo.jobs())} jobs, "
+                     f"{len(repo.datasets())} datasets", highlight=False)
+
+

@@ -1,0 +1,99 @@
+"""The `c3fs` command line: parse, call the library, print. No logic of its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from c3fs.errors import C3fsError, UsageError
+from c3fs.objects.job import DATASET, JOB
+from c3fs.repo import Repo
+from cli import output
+
+log = logging.getLogger("c3fs")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Ctx:
+    def __init__(self, store: str | None) -> None:
+        self.store_url = store
+        self._repo: Repo | None = None
+
+    def repo(self) -> Repo:
+        if self._repo is None:
+            self._repo = Repo.open(self.store_url)
+        return self._repo
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--store", envvar="C3FS_STORE", metavar="PATH|s3://BUCKET/PREFIX",
+              help="The store (default: $XDG_DATA_HOME/c3fs/store; env C3FS_STORE).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="c3fs")
+@click.pass_context
+def app(ctx: click.Context, store: str | None, verbose: int) -> None:
+    """c3fs: a content-addressed filesystem for the outputs of compute jobs.
+
+    \b
+    Examples:
+      c3fs push ./outputs --project vision          # store a directory as a job
+      c3fs run --project vision -- python train.py  # run a job, collect its artifacts
+      c3fs ls -l /jobs/                             # jobs with status, size, age
+      c3fs cp -r /jobs/job_abc123/ ./local-output/  # download a job's artifacts
+      c3fs mount /jobs/job_abc123 /data/prev        # mount a job read-only
+    """
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    state = Ctx(store)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"c3fs: {record.levelname.lower()}: {record.getMessage()}"
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point; `argv` lets tests call the CLI in-process."""
+    try:
+        app.main(args=argv, prog_name="c3fs", standalone_mode=False)
+    except C3fsError as exc:
+        output.err.print(f"c3fs: error: {exc}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        output.err.print("c3fs: aborted", markup=False)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        output.err.print("c3fs: interrupted", markup=False)
+        sys.exit(130)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(0)
+
+
+def kind_of(path: str) -> str:
+    return DATASET if "/datasets/" in path or path.startswith("/datasets") else JOB
+
+
+def bad_usage(message: str) -> UsageError:
+    return UsageError(message)
+
+
+from cli import commands  # noqa: E402,F401  (registers the commands on `app`)
