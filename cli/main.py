@@ -96,4 +96,4 @@ def bad_usage(message: str) -> UsageError:
     return UsageError(message)
 
 
-from cli import commands  # noqa: E402,F401  (registers the commands on `app`)
+from cli import commands, lifecycle, mount  # noqa: E402,F401  (register commands on `app`)

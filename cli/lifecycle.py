@@ -1,0 +1,1 @@
+"""Lifecycle commands: run, pull, balance, rm, gc, verify, config."""

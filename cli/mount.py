@@ -1,0 +1,1 @@
+"""mount and umount commands (FUSE)."""
