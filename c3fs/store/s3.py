@@ -104,7 +104,10 @@ class S3Backend:
                 prefix=self.prefix or None,
                 config={name: value for name, value in config.items() if value},
                 client_options=_client_options(endpoint, connect_timeout, request_timeout),
-                retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=request_timeout)},
+                retry_config={
+                    "max_retries": 0,
+                    "retry_timeout": timedelta(seconds=request_timeout),
+                },
             )
 
     @classmethod
@@ -153,7 +156,11 @@ class S3Backend:
         multipart = len(data) > MULTIPART_THRESHOLD
         with self._errors("put", key):
             obstore.put(
-                self.store, _check_key(key), data, use_multipart=multipart, chunk_size=MULTIPART_CHUNK
+                self.store,
+                _check_key(key),
+                data,
+                use_multipart=multipart,
+                chunk_size=MULTIPART_CHUNK,
             )
 
     def create(self, key: str, data: bytes) -> None:
@@ -203,7 +210,7 @@ class S3Backend:
         status, code = _status(text), _s3_code(text)
         if code == "NoSuchBucket":
             return self._no_bucket()
-        if isinstance(exc, PermissionDeniedError | UnauthenticatedError) or code in _ACCESS_CODES or status in (401, 403):
+        if _is_denied(exc, status, code):
             return BackendError(self._scrub(self._denied(code or status)))
         message = self._scrub(f"{what} {key}: {self._describe(text, status, code)}")
         if _is_temporary(text, status, code):
@@ -261,9 +268,19 @@ def _s3_code(text: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _is_denied(exc: Exception, status: int | None, code: str | None) -> bool:
+    if isinstance(exc, PermissionDeniedError | UnauthenticatedError):
+        return True
+    return code in _ACCESS_CODES or status in (401, 403)
+
+
 def _is_temporary(text: str, status: int | None, code: str | None) -> bool:
     if status is not None:
-        return status >= 500 or status in _TEMPORARY_STATUS or code in _TEMPORARY_CODES
+        return (
+            (status >= 500 and status != 501)
+            or status in _TEMPORARY_STATUS
+            or code in _TEMPORARY_CODES
+        )
     return "HTTP error" in text and "credential" not in text.lower()
 
 
