@@ -1,1 +1,261 @@
-"""Lifecycle commands: run, pull, balance, rm, gc, verify, config."""
+"""Lifecycle commands: run, pull, balance, rm, gc, verify, config; `data` aliases."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from c3fs.errors import UsageError
+from c3fs.jobs.accounting import balance as compute_balance
+from c3fs.jobs.config import load_config
+from c3fs.jobs.maintenance import gc as run_gc
+from c3fs.jobs.maintenance import verify as run_verify
+from c3fs.jobs.pull import pull as run_pull
+from c3fs.jobs.run import JobSpec, run_job
+from c3fs.objects.job import JOB
+from cli import output
+from cli.commands import cp, ls
+from cli.main import Ctx, app, pass_ctx
+
+
+# run ----------------------------------------------------------------------------------------
+@app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-p", "--project", help="Project (default: `project:` in .c3, else 'default').")
+@click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Stop the job after this long (TIMEOUT).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Job config (default: ./.c3 if present).")
+@click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=".", help="Working directory of the job (default: .).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_ctx
+def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command) -> None:
+    """Run COMMAND as a job; collect its artifacts into the store.
+
+    The job writes into $C3_ARTIFACTS_DIR (fresh and empty, always set) and into the
+    `output:` dirs of .c3; both are collected into one manifest at /jobs/<id>/. The
+    `datasets:` of .c3 are mounted read-only before the command starts.
+
+    \b
+    Status and exit code:
+      SUCCEEDED                 exit 0, artifacts stored
+      FAILED (SCRIPT_ERROR)     the command's exit code (upload is best effort)
+      FAILED (UPLOAD_ERROR)     74: exit 0 but the artifacts could not be stored
+      TIMEOUT                   124 (--timeout passed)
+      CANCELED                  130 (Ctrl-C or SIGTERM)
+    \b
+    Examples:
+      c3fs run --project vision -- python train.py --epochs 3
+      c3fs run --timeout 3600 -- ./eval.sh
+    \b
+    .c3:
+      project: vision
+      output: [results, checkpoints]
+      datasets:
+        - ref: /jobs/job_preprocess
+          mount: /data/preprocessed
+    """
+    workdir = workdir.resolve()
+    config = load_config(config_path, workdir)
+    spec = JobSpec(list(command), workdir, config, project or config.project or "default",
+                   job_id, timeout, ctx.store_url)
+    record, code = run_job(ctx.repo(), spec)
+    if record is not None:
+        status = record.status + (f" ({record.reason})" if record.reason else "")
+        output.err.print(f"job {record.id}: {status}, {record.files} files, "
+                         f"{output.human(record.logical_bytes)} logical, "
+                         f"{output.human(record.stored_delta)} newly stored", highlight=False)
+        output.out.print(record.id)
+    sys.exit(code)
+
+
+# pull ---------------------------------------------------------------------------------------
+@app.command()
+@click.argument("jobs", nargs=-1)
+@click.option("-d", "--dest", default=".", show_default=True, help="Directory to pull into.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON.")
+@pass_ctx
+def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool) -> None:
+    """Download jobs' artifacts into DEST/<job id>/.
+
+    With no JOBS, every completed (SUCCEEDED) job not pulled to this machine before.
+    Run again after an interruption: only missing or different files are fetched.
+
+    \b
+    Examples:
+      c3fs pull job_abc123
+      c3fs pull --dest ./runs          # all new completed jobs
+    """
+    with output.progress_bar("pull", None) as advance:
+        pulled = run_pull(ctx.repo(), list(jobs), dest, advance)
+    if as_json:
+        output.print_json([{"job": p.record.id, "dest": p.dest, "files": p.stats.files,
+                            "bytes": p.stats.bytes, "unchanged": p.stats.skipped} for p in pulled])
+        return
+    if not pulled:
+        output.err.print("nothing new to pull")
+    for p in pulled:
+        output.out.print(f"{p.record.id} -> {p.dest} ({p.stats.files} files, "
+                         f"{output.human(p.stats.bytes)}, {p.stats.skipped} unchanged)", markup=False)
+
+
+# balance ------------------------------------------------------------------------------------
+@app.command()
+@click.option("--by-project", is_flag=True, help="One row per project.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
+    """Show storage usage: stored bytes, logical bytes, savings and the (soft) quota.
+
+    \b
+    Examples:
+      c3fs balance
+      c3fs balance --by-project --json
+    """
+    b = compute_balance(ctx.repo())
+    if as_json:
+        output.print_json({"stored_bytes": b.stored_bytes, "packs": b.packs,
+                           "logical_bytes": b.total.logical_bytes, "saving": b.saving,
+                           "charged_bytes": b.total.charged_bytes, "quota": b.quota,
+                           "used_share": b.used_share, "over_quota": b.over_quota,
+                           "jobs": b.total.jobs, "datasets": b.total.datasets,
+                           "projects": b.projects})
+        return
+    quota = "none" if b.quota is None else f"{output.human(b.quota)} ({b.used_share:.1%} used)"
+    lines = [("stored", output.human(b.stored_bytes) + f" in {b.packs} packs"),
+             ("logical", output.human(b.total.logical_bytes) + f" in {b.total.files} files"),
+             ("saved by dedup+compression", f"{b.saving:.1%}"),
+             ("jobs / datasets", f"{b.total.jobs} / {b.total.datasets}"), ("quota (soft)", quota)]
+    for label, value in lines:
+        output.out.print(f"{label:<28} {value}", markup=False)
+    if b.over_quota:
+        output.err.print("c3fs: warning: usage exceeds the quota (soft: nothing is rejected)")
+    if by_project:
+        table = output.table("PROJECT", "JOBS", "DATASETS", "LOGICAL", "CHARGED")
+        for name, u in sorted(b.projects.items()):
+            table.add_row(name, str(u.jobs), str(u.datasets), output.human(u.logical_bytes),
+                          output.human(u.charged_bytes))
+        output.out.print(table)
+
+
+# rm / gc / verify -----------------------------------------------------------------------------
+@app.command()
+@click.argument("jobs", nargs=-1, required=True)
+@click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
+@pass_ctx
+def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
+    """Remove jobs (their refs); `c3fs gc` then frees the bytes nothing else uses.
+
+    \b
+    Examples:
+      c3fs rm job_abc123 job_def456 && c3fs gc
+    """
+    repo = ctx.repo()
+    kind = "dataset" if dataset else JOB
+    for name in jobs:
+        repo.store.get_ref(kind, name)  # unknown -> NotFound before anything is removed
+    for name in jobs:
+        repo.store.delete_ref(kind, name)
+        repo.index.remove_record(kind, name)
+        output.err.print(f"removed {kind} {name}", markup=False)
+
+
+@app.command()
+@click.option("-n", "--dry-run", is_flag=True, help="Say what would be freed; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
+    """Free every stored byte that no job or dataset reaches.
+
+    Deletes dead packs and repacks partly-live ones. Holds the store's gc lock: it will not
+    start while a push runs, and pushes wait for it (fail with a clear message).
+
+    \b
+    Examples:
+      c3fs gc --dry-run
+      c3fs gc
+    """
+    report = run_gc(ctx.repo(), dry_run)
+    if as_json:
+        output.print_json(report)
+        return
+    verb = "would free" if dry_run else "freed"
+    output.out.print(f"{verb} {output.human(report.bytes_freed)}: {report.packs_deleted} packs "
+                     f"deleted, {report.packs_repacked} repacked into {report.packs_written}",
+                     markup=False)
+
+
+@app.command()
+@click.argument("jobs", nargs=-1)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def verify(ctx: Ctx, jobs: tuple[str, ...], as_json: bool) -> None:
+    """Read every blob the jobs reach (default: all) and check its hash.
+
+    Names each damaged or missing blob with the jobs and paths it breaks; exits 6 if
+    anything is wrong.
+
+    \b
+    Examples:
+      c3fs verify
+      c3fs verify job_abc123 --json
+    """
+    report = run_verify(ctx.repo(), list(jobs))
+    if as_json:
+        output.print_json(report)
+    else:
+        for p in report.problems:
+            output.out.print(f"DAMAGED {p.kind} {p.blob_id[:16]}: {p.error}", markup=False)
+            for where in p.broken[:20]:
+                output.out.print(f"  breaks {where}", markup=False)
+            if len(p.broken) > 20:
+                output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
+        verdict = "OK" if report.ok else f"{len(report.problems)} problems"
+        output.err.print(f"verified {report.records} jobs/datasets, {report.blobs} blobs, "
+                         f"{output.human(report.bytes)}: {verdict}", markup=False)
+    if not report.ok:
+        sys.exit(6)
+
+
+# config -------------------------------------------------------------------------------------
+@app.group()
+def config() -> None:
+    """Show or change the store's settings (quota)."""
+
+
+@config.command("show")
+@pass_ctx
+def config_show(ctx: Ctx) -> None:
+    """Print the store's config as JSON."""
+    output.print_json(ctx.repo().store.config)
+
+
+@config.command("set")
+@click.argument("key", type=click.Choice(["quota"]))
+@click.argument("value")
+@pass_ctx
+def config_set(ctx: Ctx, key: str, value: str) -> None:
+    """Set a store setting.
+
+    \b
+    Examples:
+      c3fs config set quota 50GiB
+      c3fs config set quota none
+    """
+    quota = None if value.lower() in ("none", "off", "") else output.parse_size(value)
+    if quota is not None and quota <= 0:
+        raise UsageError("quota must be positive (or 'none')")
+    ctx.repo().store.save_config(quota=quota)
+    output.err.print(f"quota set to {'none' if quota is None else output.human(quota)}")
+
+
+# data aliases (the platform's `c3 data ls/cp`) ------------------------------------------------
+@app.group()
+def data() -> None:
+    """Aliases for people used to the platform: `c3fs data ls`, `c3fs data cp`."""
+
+
+data.add_command(ls, "ls")
+data.add_command(cp, "cp")

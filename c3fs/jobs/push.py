@@ -55,7 +55,7 @@ def _warn_quota(repo: Repo) -> None:
     quota = repo.store.config.quota
     if quota is None:
         return
-    used = sum(r.stored_delta for r in repo.jobs() + repo.datasets())
+    used = sum(repo.index.pack_sizes().values())
     if used > quota:
         log.warning("storage usage %d bytes exceeds the quota of %d bytes (soft quota: "
                     "nothing is rejected)", used, quota)

@@ -92,6 +92,10 @@ class BlobSource:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= len(old)
 
+    def fetch_uncached(self, blob_id: bytes) -> bytes:
+        """Read and verify a blob from the store, bypassing the cache (for `verify`)."""
+        return self._fetch(blob_id)
+
     def _fetch(self, blob_id: bytes) -> bytes:
         try:
             return self._fetch_once(blob_id)

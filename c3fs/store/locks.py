@@ -4,7 +4,8 @@ A push creates `locks/push-<token>` before it writes anything and removes it at 
 gc creates `locks/gc` (create-only) and then refuses to run while any fresh push lock
 exists. A push refuses to start while `locks/gc` exists. Each side writes its own lock
 before it looks for the other's, so at least one of two racing parties sees the other.
-Locks older than `STALE` seconds (a crashed process) are ignored and may be removed.
+Locks older than `STALE` seconds, or whose process on this host is gone (a crash), are
+ignored and may be removed.
 """
 
 from __future__ import annotations
@@ -30,13 +31,26 @@ def _lock_body() -> bytes:
 
 
 def _is_fresh(store: Store, key: str) -> bool:
+    """A lock counts unless it is old, or its process on this host is gone."""
     try:
         body = json.loads(store.backend.get(key))
+        if body["host"] == socket.gethostname() and not _alive(int(body["pid"])):
+            return False
         return time.time() - float(body["time"]) < STALE
     except KeyMissing:
         return False
     except (ValueError, KeyError, TypeError):
         return True  # unreadable: be careful, treat as held
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -1,0 +1,219 @@
+"""`c3fs run`: run a command as a job and collect its artifacts, as the platform does.
+
+Lifecycle: a fresh, empty `$C3_ARTIFACTS_DIR` is created (outside the working directory)
+and exported with `C3_JOB_ID` and `C3_PROJECT`; each `.c3` dataset is mounted read-only;
+the command runs in the working directory in its own process group; the datasets are
+unmounted (always); the artifacts dir and the `output:` dirs are collected into one tree;
+the job is registered. Statuses follow the platform:
+
+- exit 0, upload ok                  -> SUCCEEDED
+- exit 0, upload failed              -> FAILED / UPLOAD_ERROR (not retried; exit code 74)
+- exit != 0                          -> FAILED / SCRIPT_ERROR, exit code kept
+- `--timeout` passed                 -> TIMEOUT (exit code 124)
+- SIGINT / SIGTERM to `c3fs run`     -> CANCELED (exit code 130)
+
+When the script failed, timed out or was canceled, the upload is best effort: errors are
+logged and whatever was collected stays browsable. When the upload fails, the local
+artifacts dir is kept and its path logged: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from c3fs.errors import C3fsError
+from c3fs.jobs.collect import collect
+from c3fs.jobs.config import JobConfig, check_mount_path, output_dir
+from c3fs.jobs.push import ensure_free, ingest, record_for, register
+from c3fs.objects.ids import check_name, new_job_id
+from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
+from c3fs.repo import Repo
+from c3fs.vfs import Vfs
+
+log = logging.getLogger(__name__)
+UPLOAD_ERROR_EXIT = 74
+TIMEOUT_EXIT = 124
+CANCELED_EXIT = 130
+KILL_GRACE = 10.0
+
+
+@dataclass
+class JobSpec:
+    command: list[str]
+    workdir: Path
+    config: JobConfig
+    project: str
+    job_id: str | None = None
+    timeout: float | None = None
+    store_url: str | None = None
+
+
+@dataclass
+class Outcome:
+    status: str = SUCCEEDED
+    reason: str = ""
+    exit_code: int | None = None
+    started: float = 0.0
+    inputs: list[Input] = field(default_factory=list)
+
+
+def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
+    """Run the job; return its record (None if it could not be written) and the exit code."""
+    check_name(spec.project, "project")
+    job_id = check_name(spec.job_id, "job id") if spec.job_id else new_job_id()
+    ensure_free(repo, JOB, job_id)
+    outputs = [(output_dir(spec.workdir, rel), spec.workdir / rel) for rel in spec.config.output]
+    run_dir = Path(tempfile.mkdtemp(prefix=f"c3fs-run-{job_id}-"))
+    artifacts = run_dir / "artifacts"
+    artifacts.mkdir()
+    log.info("job %s: artifacts dir %s", job_id, artifacts)
+    outcome = Outcome(started=time.time())
+    mounted: list[Path] = []
+    try:
+        outcome.inputs = _mount_datasets(repo, spec, mounted)
+        _execute(spec, job_id, artifacts, outcome)
+    finally:
+        _unmount_all(mounted)
+    record = _upload(repo, spec, job_id, artifacts, outputs, outcome)
+    if outcome.reason != "UPLOAD_ERROR":
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return record, _exit_code(outcome)
+
+
+def _exit_code(outcome: Outcome) -> int:
+    if outcome.status == TIMEOUT:
+        return TIMEOUT_EXIT
+    if outcome.status == CANCELED:
+        return CANCELED_EXIT
+    if outcome.reason == "UPLOAD_ERROR":
+        return UPLOAD_ERROR_EXIT
+    return outcome.exit_code or 0
+
+
+class _Canceled(Exception):
+    pass
+
+
+def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome) -> None:
+    env = dict(os.environ, C3_ARTIFACTS_DIR=str(artifacts), C3_JOB_ID=job_id,
+               C3_PROJECT=spec.project)
+    try:
+        proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True)
+    except OSError as exc:
+        log.error("cannot start %s: %s", spec.command[0], exc.strerror)
+        outcome.status, outcome.reason, outcome.exit_code = FAILED, "SCRIPT_ERROR", 127
+        return
+    previous = _forward_signals()
+    try:
+        code = proc.wait(timeout=spec.timeout)
+        outcome.exit_code = code if code >= 0 else 128 - code
+        if code != 0:
+            outcome.status, outcome.reason = FAILED, "SCRIPT_ERROR"
+    except subprocess.TimeoutExpired:
+        log.error("job %s timed out after %ss; stopping it", job_id, spec.timeout)
+        outcome.status, outcome.exit_code = TIMEOUT, _stop(proc)
+    except _Canceled:
+        log.error("job %s canceled; stopping it", job_id)
+        outcome.status, outcome.exit_code = CANCELED, _stop(proc)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _forward_signals() -> dict:
+    def cancel(signum, frame):
+        raise _Canceled()
+
+    return {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    """SIGTERM the job's process group, SIGKILL it after a grace period; return its code."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            code = proc.wait(timeout=wait)
+            return code if code >= 0 else 128 - code
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.wait()
+
+
+def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, outcome: Outcome):
+    started = outcome.started
+    fields = dict(status=outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
+                  command=list(spec.command), inputs=outcome.inputs)
+    try:
+        root, stats = ingest(repo, lambda ing: collect(repo, ing, artifacts, outputs))
+        return register(repo, record_for(JOB, job_id, spec.project, root, stats, started, **fields))
+    except (C3fsError, OSError) as exc:
+        return _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields)
+
+
+def _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields):
+    if outcome.status == SUCCEEDED:
+        log.error("job %s: uploading artifacts failed: %s; status FAILED (UPLOAD_ERROR). "
+                  "The artifacts are kept in %s", job_id, exc, artifacts)
+        outcome.status, outcome.reason = FAILED, "UPLOAD_ERROR"
+        fields.update(status=FAILED, reason="UPLOAD_ERROR")
+    else:
+        log.error("job %s: best-effort upload failed: %s (artifacts kept in %s)",
+                  job_id, exc, artifacts)
+        outcome.reason = outcome.reason or "UPLOAD_ERROR"
+    try:  # record the failure itself, with an empty tree, if the store still takes writes
+        from c3fs.ingest import IngestStats
+
+        root, _ = ingest(repo, lambda ing: ing.store_tree([]))
+        return register(repo, record_for(JOB, job_id, spec.project, root, IngestStats(),
+                                         outcome.started, **fields))
+    except (C3fsError, OSError) as exc2:
+        log.error("job %s: could not record the failed job either: %s", job_id, exc2)
+        return None
+
+
+# datasets (job chaining) ----------------------------------------------------------------------
+def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path]) -> list[Input]:
+    inputs = []
+    if not spec.config.datasets:
+        return inputs
+    from c3fs.fuse import mount  # the FUSE layer is only needed by jobs that mount inputs
+
+    vfs = Vfs(repo)
+    for ds in spec.config.datasets:
+        node = vfs.resolve(ds.ref)
+        if not node.is_dir or node.tree_id is None:
+            raise C3fsError(f"dataset ref {ds.ref!r} is not a job, dataset or folder in one")
+        path = check_mount_path(ds.mount, spec.workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        mount(spec.store_url or repo.store.url, ds.ref, str(path))
+        mounted.append(path)
+        inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount))
+        log.info("mounted %s at %s", ds.ref, path)
+    return inputs
+
+
+def _unmount_all(mounted: list[Path]) -> None:
+    if not mounted:
+        return
+    from c3fs.fuse import unmount
+
+    for path in reversed(mounted):
+        try:
+            unmount(str(path))
+        except C3fsError as exc:
+            log.error("could not unmount %s: %s; trying a lazy unmount", path, exc)
+            try:
+                unmount(str(path), lazy=True)
+            except C3fsError:
+                log.error("could not unmount %s", path)
