@@ -184,21 +184,23 @@ def _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields):
 
 # datasets (job chaining) ----------------------------------------------------------------------
 def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path]) -> list[Input]:
-    inputs = []
     if not spec.config.datasets:
-        return inputs
-    from c3fs.fuse import mount  # the FUSE layer is only needed by jobs that mount inputs
-
+        return []
     vfs = Vfs(repo)
-    for ds in spec.config.datasets:
+    inputs = []
+    for ds in spec.config.datasets:  # check every ref before mounting any
         node = vfs.resolve(ds.ref)
         if not node.is_dir or node.tree_id is None:
             raise C3fsError(f"dataset ref {ds.ref!r} is not a job, dataset or folder in one")
+        check_mount_path(ds.mount, spec.workdir)
+        inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount))
+    from c3fs.fuse import mount  # the FUSE layer is only needed by jobs that mount inputs
+
+    for ds in inputs:
         path = check_mount_path(ds.mount, spec.workdir)
         path.mkdir(parents=True, exist_ok=True)
         mount(spec.store_url or repo.store.url, ds.ref, str(path))
         mounted.append(path)
-        inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount))
         log.info("mounted %s at %s", ds.ref, path)
     return inputs
 

@@ -1,0 +1,291 @@
+"""The artifact lifecycle end to end through the real CLI in subprocesses (issue 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+JOB_SCRIPT = textwrap.dedent("""\
+    import os, json
+    out = os.environ["C3_ARTIFACTS_DIR"]
+    assert os.path.isdir(out) and not os.listdir(out), "artifacts dir must be fresh and empty"
+    os.makedirs("results", exist_ok=True)
+    open("results/summary.txt", "w").write("ok")
+    open("stray.txt", "w").write("not collected")
+    os.makedirs(os.path.join(out, "plots"))
+    open(os.path.join(out, "plots", "loss.png"), "wb").write(b"\\x89PNG" + os.urandom(5000))
+    json.dump({"job": os.environ["C3_JOB_ID"], "project": os.environ["C3_PROJECT"]},
+              open(os.path.join(out, "metrics.json"), "w"))
+    open(os.path.join(out, "ckpt.bin"), "wb").write(os.urandom(300_000))
+    """)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.py").write_text(JOB_SCRIPT)
+    (work / ".c3").write_text("project: vision\noutput:\n  - results\n")
+    return work
+
+
+def record(c3fs_bin, job_id: str) -> dict:
+    res = c3fs_bin("ls", "--json", "/jobs/")
+    assert res.code == 0, res.err
+    items = {i["name"]: i["record"] for i in json.loads(res.out)}
+    return items[job_id]
+
+
+def test_run_collects_artifacts_and_outputs(c3fs_bin, workdir: Path, tmp_path: Path) -> None:
+    res = c3fs_bin("run", "-j", "job1", "--", sys.executable, "job.py", cwd=workdir)
+    assert res.code == 0, res.err
+    assert res.out.strip().splitlines()[-1] == "job1"
+    rec = record(c3fs_bin, "job1")
+    assert (rec["status"], rec["reason"], rec["exit_code"]) == ("SUCCEEDED", "", 0)
+    assert rec["project"] == "vision" and rec["files"] == 4
+    assert rec["command"][-1] == "job.py" and rec["ended"] >= rec["started"]
+    listing = c3fs_bin("ls", "/projects/vision/jobs/job1").out.split()
+    assert sorted(listing) == ["ckpt.bin", "metrics.json", "plots/", "results/"]
+    assert "stray.txt" not in listing
+    out = tmp_path / "out"
+    assert c3fs_bin("cp", "-r", "/jobs/job1", str(out)).code == 0
+    assert json.loads((out / "metrics.json").read_text()) == {"job": "job1", "project": "vision"}
+    assert (out / "results" / "summary.txt").read_text() == "ok"
+
+
+def test_statuses_failure_timeout(c3fs_bin, workdir: Path) -> None:
+    (workdir / "fail.py").write_text(
+        "import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/partial.txt', 'w').write('x'); raise SystemExit(3)")
+    res = c3fs_bin("run", "-j", "bad", "--", sys.executable, "fail.py", cwd=workdir)
+    assert res.code == 3
+    rec = record(c3fs_bin, "bad")
+    assert (rec["status"], rec["reason"], rec["exit_code"]) == ("FAILED", "SCRIPT_ERROR", 3)
+    assert "partial.txt" in c3fs_bin("ls", "/jobs/bad").out  # best effort upload kept it
+    res = c3fs_bin("run", "-j", "slow", "--timeout", "0.5", "--", "sleep", "30", cwd=workdir)
+    assert res.code == 124
+    assert record(c3fs_bin, "slow")["status"] == "TIMEOUT"
+    res = c3fs_bin("run", "-j", "nocmd", "--", "/no/such/command", cwd=workdir)
+    assert res.code == 127 and record(c3fs_bin, "nocmd")["reason"] == "SCRIPT_ERROR"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cancel(c3fs_bin, store_env, workdir: Path, sig: int) -> None:
+    marker = workdir / "started"
+    (workdir / "wait.py").write_text(textwrap.dedent(f"""\
+        import os, time
+        open(os.environ['C3_ARTIFACTS_DIR'] + '/before-cancel.txt', 'w').write('x')
+        open({str(marker)!r}, 'w').close()
+        time.sleep(60)
+        """))
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "run", "-j", "c1", "--", sys.executable,
+                             "wait.py"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 130
+    rec = record(c3fs_bin, "c1")
+    assert rec["status"] == "CANCELED"
+    assert "before-cancel.txt" in c3fs_bin("ls", "/jobs/c1").out
+
+
+def _tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_upload_error_disk_full(c3fs_bin, store_env, workdir: Path, tmp_path: Path, monkeypatch) -> None:
+    small = tmp_path / "small"
+    _tmpfs(small, "1m")
+    try:
+        monkeypatch.setenv("C3FS_STORE", str(small / "store"))
+        (workdir / "big.py").write_text(
+            "import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/big.bin', 'wb').write(os.urandom(3_000_000))")
+        res = c3fs_bin("run", "-j", "full", "--", sys.executable, "big.py", cwd=workdir)
+        assert res.code == 74, res.err
+        assert "UPLOAD_ERROR" in res.err and "disk full" in res.err
+        kept = [line for line in res.err.splitlines() if "artifacts are kept in" in line]
+        kept_dir = Path(kept[0].rsplit("kept in ", 1)[1].strip())
+        assert (kept_dir / "big.bin").stat().st_size == 3_000_000  # nothing lost
+        rec = record(c3fs_bin, "full")
+        assert (rec["status"], rec["reason"]) == ("FAILED", "UPLOAD_ERROR")
+        assert c3fs_bin("verify").code == 0
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
+def test_upload_error_read_only_store(c3fs_bin, store_env, workdir: Path) -> None:
+    assert c3fs_bin("ls", "/").code == 0  # creates the store
+    subprocess.run(["mount", "--bind", str(store_env.store), str(store_env.store)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(store_env.store)], check=True)
+        res = c3fs_bin("run", "-j", "ro", "--", "true", cwd=workdir)
+        assert res.code == 74 and "UPLOAD_ERROR" in res.err
+        assert "Traceback" not in res.err
+    finally:
+        subprocess.run(["umount", "-l", str(store_env.store)], check=False)
+    assert c3fs_bin("ls", "/jobs/").out.split() == []
+
+
+def test_balance_quota_rm_gc(c3fs_bin, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(os.urandom(2_000_000))
+    (data / "b.txt").write_text("hello " * 10000)
+    empty = json.loads(c3fs_bin("balance", "--json").out)
+    assert empty["stored_bytes"] == 0 and empty["jobs"] == 0
+    assert c3fs_bin("push", str(data), "-p", "p1", "-j", "one").code == 0
+    (data / "c.bin").write_bytes(os.urandom(1_000_000))
+    assert c3fs_bin("push", str(data), "-p", "p2", "-j", "two").code == 0
+    bal = json.loads(c3fs_bin("balance", "--json", "--by-project").out)
+    assert 3_000_000 < bal["stored_bytes"] < 3_300_000  # a.bin stored once
+    assert bal["logical_bytes"] > 5_000_000 and bal["saving"] > 0.3
+    assert set(bal["projects"]) == {"p1", "p2"}
+    assert c3fs_bin("config", "set", "quota", "1MiB").code == 0
+    res = c3fs_bin("balance")
+    assert "exceeds the quota" in res.err and res.code == 0
+    res = c3fs_bin("push", str(data), "-p", "p1", "-j", "three")
+    assert res.code == 0 and "exceeds the quota" in res.err  # soft: stored anyway
+    assert c3fs_bin("rm", "two", "three").code == 0
+    gc = json.loads(c3fs_bin("gc", "--json").out)
+    assert gc["bytes_freed"] >= 900_000
+    after = json.loads(c3fs_bin("balance", "--json").out)
+    assert after["stored_bytes"] <= bal["stored_bytes"] - 900_000
+    assert c3fs_bin("verify").code == 0
+    out = tmp_path / "out"
+    assert c3fs_bin("cp", "-r", "/jobs/one", str(out)).code == 0
+    assert (out / "a.bin").read_bytes() == (data / "a.bin").read_bytes()
+    res = c3fs_bin("rm", "nope")
+    assert res.code == 3 and "nope" in res.err
+
+
+def test_pull_new_jobs_and_resume(c3fs_bin, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "w.bin").write_bytes(os.urandom(500_000))
+    (data / "m.json").write_text("{}")
+    for job in ("j1", "j2"):
+        assert c3fs_bin("push", str(data), "-p", "p", "-j", job).code == 0
+    dest = tmp_path / "pulled"
+    first = json.loads(c3fs_bin("pull", "--dest", str(dest), "--json").out)
+    assert sorted(p["job"] for p in first) == ["j1", "j2"]
+    assert (dest / "j1" / "w.bin").read_bytes() == (data / "w.bin").read_bytes()
+    again = c3fs_bin("pull", "--dest", str(dest), "--json")
+    assert json.loads(again.out) == []  # nothing new
+    (dest / "j1" / "w.bin").unlink()  # an interrupted pull, run again by name
+    resumed = json.loads(c3fs_bin("pull", "j1", "--dest", str(dest), "--json").out)
+    assert resumed[0]["files"] == 1 and resumed[0]["unchanged"] == 1
+    assert (dest / "j1" / "w.bin").read_bytes() == (data / "w.bin").read_bytes()
+    (dest / "blocked").mkdir()
+    (dest / "blocked" / "j1").write_text("a file in the way")
+    res = c3fs_bin("pull", "j1", "--dest", str(dest / "blocked"))
+    assert res.code != 0 and "not a directory" in res.err and "Traceback" not in res.err
+
+
+def test_verify_names_damaged_blob(c3fs_bin, store_env, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "weights.bin").write_bytes(os.urandom(400_000))
+    assert c3fs_bin("push", str(data), "-p", "p", "-j", "v1").code == 0
+    pack = max((p for p in (store_env.store / "packs").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(pack.read_bytes())
+    raw[100] ^= 0xFF
+    pack.write_bytes(raw)
+    res = c3fs_bin("verify")
+    assert res.code == 6
+    assert "job v1:/weights.bin" in res.out and "corrupt" in res.out
+
+
+@pytest.mark.parametrize("config, message", [
+    ("output:\n  - ../outside\n", "not inside the working directory"),
+    ("output:\n  - /etc\n", "not inside the working directory"),
+    ("output: [ unclosed\n", "not valid YAML"),
+    ("output: 5\n", "Expected `array`"),
+    ("project: 'bad/name'\n", "invalid project"),
+    ("datasets:\n  - ref: /jobs/missing\n    mount: x\n", "no job 'missing'"),
+])
+def test_bad_config_refused_before_running(c3fs_bin, workdir: Path, config: str, message: str) -> None:
+    (workdir / ".c3").write_text(config)
+    res = c3fs_bin("run", "--", "touch", "ran", cwd=workdir)
+    assert res.code != 0 and message in res.err, res.err
+    assert not (workdir / "ran").exists()
+    assert "Traceback" not in res.err
+
+
+def test_config_warnings_and_odd_artifacts(c3fs_bin, workdir: Path) -> None:
+    (workdir / ".c3").write_text("project: p\nflavour: x\noutput:\n  - missing_dir\n")
+    res = c3fs_bin("run", "-j", "w1", "--", "true", cwd=workdir)
+    assert res.code == 0 and "unknown key 'flavour'" in res.err and "missing_dir" in res.err
+    res = c3fs_bin("run", "-j", "w2", "--", "sh", "-c", 'rm -rf "$C3_ARTIFACTS_DIR"', cwd=workdir)
+    assert res.code == 0 and "deleted by the job" in res.err
+    res = c3fs_bin("run", "-j", "w3", "--", "sh", "-c",
+                   'rmdir "$C3_ARTIFACTS_DIR" && echo data > "$C3_ARTIFACTS_DIR"', cwd=workdir)
+    assert res.code == 0 and "replaced by a file" in res.err
+    assert c3fs_bin("ls", "/jobs/w3").out.split() == ["artifacts"]
+
+
+def test_output_dir_name_clash(c3fs_bin, workdir: Path, tmp_path: Path) -> None:
+    (workdir / ".c3").write_text("output:\n  - results\n  - deep/nested\n")
+    (workdir / "deep" / "nested").mkdir(parents=True)
+    (workdir / "deep" / "nested" / "n.txt").write_text("n")
+    script = 'mkdir -p results "$C3_ARTIFACTS_DIR/results"; echo a > "$C3_ARTIFACTS_DIR/results/a"; echo o > results/o'
+    res = c3fs_bin("run", "-j", "clash", "--", "sh", "-c", script, cwd=workdir)
+    assert res.code == 0 and "stored as results~output" in res.err
+    assert c3fs_bin("ls", "/jobs/clash").out.split() == ["deep/", "results/", "results~output/"]
+    assert c3fs_bin("ls", "/jobs/clash/results~output").out.split() == ["o"]
+    assert c3fs_bin("ls", "/jobs/clash/deep/nested").out.split() == ["n.txt"]
+
+
+def test_two_runs_at_once(c3fs_bin, workdir: Path) -> None:
+    procs = [subprocess.Popen([str(Path(sys.executable).parent / "c3fs"), "run", "-j", f"par{i}",
+                               "--", sys.executable, "job.py"], cwd=workdir,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert {"par0/", "par1/"} <= set(c3fs_bin("ls", "/jobs/").out.split())
+    assert c3fs_bin("verify").code == 0
+
+
+def test_datasets_upload_list_download(c3fs_bin, tmp_path: Path) -> None:
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "train.csv").write_text("a,b\n" * 50000)
+    res = c3fs_bin("cp", "-r", str(data), "/projects/vision/datasets/mini")
+    assert res.code == 0, res.err
+    assert c3fs_bin("ls", "/projects/vision/datasets/").out.split() == ["mini/"]
+    assert c3fs_bin("ls", "/datasets/").out.split() == ["mini/"]
+    assert c3fs_bin("cp", "-r", str(data), "/projects/vision/datasets/mini").code == 4  # write-once
+    res = c3fs_bin("push", str(data), "-p", "vision", "-j", "same", "--json")
+    assert json.loads(res.out)["stored_delta"] < 2000  # dedups with the dataset
+    out = tmp_path / "back"
+    assert c3fs_bin("cp", "-r", "/datasets/mini", str(out)).code == 0
+    assert (out / "train.csv").read_text() == (data / "train.csv").read_text()
+
+
+def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path) -> None:
+    assert c3fs_bin("ls", "/").code == 0
+    lock = store_env.store / "locks" / "push-feedc0de"
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()}))
+    res = c3fs_bin("gc")
+    assert res.code == 7 and "push(es) in progress" in res.err
+    lock.unlink()
+    gc_lock = store_env.store / "locks" / "gc"
+    gc_lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()}))
+    (tmp_path / "d").mkdir()
+    res = c3fs_bin("push", str(tmp_path / "d"), "-p", "p")
+    assert res.code == 7 and "gc is running" in res.err
+    gc_lock.unlink()
+    assert c3fs_bin("push", str(tmp_path / "d"), "-p", "p").code == 0
