@@ -77,7 +77,7 @@ class Copier:
 
     def _copy_leaf(self, node: Node, path: bytes, pool, futures) -> None:
         if node.kind == LINK:
-            _place_link(self.vfs.readlink(node), path)
+            _place_link(self.vfs.readlink(node), path, node.mtime_ns)
             self.stats.links += 1
         elif node.kind == FILE:
             if _unchanged(path, node):
@@ -127,11 +127,12 @@ def _make_dir(path: bytes) -> None:
         os.chmod(path, st.st_mode | 0o700)  # a copy made before may have left it read-only
 
 
-def _place_link(target: bytes, path: bytes) -> None:
+def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:
     parent, name = os.path.split(path)
     tmp = os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
     try:
         os.symlink(target, tmp)
+        os.utime(tmp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)  # the link's own mtime
         os.rename(tmp, path)  # replaces whatever was there; never follows it
     except IsADirectoryError:
         _unlink(tmp)
