@@ -66,7 +66,8 @@ def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | No
              **fields) -> JobRecord:
     """Store `path` and register it as job `job_id` (a fresh id if None) of `project`."""
     check_name(project, "project")
-    name = check_name(job_id, "dataset name" if kind == DATASET else "job id") if job_id else new_job_id()
+    what = "dataset name" if kind == DATASET else "job id"
+    name = new_job_id() if job_id is None else check_name(job_id, what)  # "" is invalid, not "none"
     ensure_free(repo, kind, name)
     started = time.time()
     root, stats = ingest(repo, lambda ing: ing.ingest_dir(path), progress)
