@@ -63,7 +63,14 @@ class IngestStats:
 
 
 class PackSink:
-    """Collects new blobs into packs; writes full packs in the background, `inflight` at most."""
+    """Collects new blobs into packs; writes full packs in the background, `inflight` at most.
+
+    Packs are written without waiting for the disk (writeback starts at once) and made
+    durable in batches of `sync_every` bytes and at `flush`; only then do their blobs enter
+    the index. Until then `_pending` answers for them, so a push dedups against itself.
+    """
+
+    sync_every = 512 * 1024 * 1024
 
     def __init__(self, store: Store, index: Index, stats: IngestStats, inflight: int = 2) -> None:
         self.store = store
@@ -76,6 +83,9 @@ class PackSink:
         self._slots = threading.BoundedSemaphore(inflight)
         self._pool = ThreadPoolExecutor(inflight, thread_name_prefix="c3fs-pack")
         self._writes: list[Future] = []
+        self._unsynced: list[tuple[str, int, list]] = []
+        self._unsynced_bytes = 0
+        self._sync_lock = threading.Lock()
 
     def known(self, blob: bytes) -> bool:
         with self._lock:
@@ -105,14 +115,28 @@ class PackSink:
     def _write_pack(self, builder: PackBuilder) -> None:
         try:
             pack_id, data = builder.finish()
-            self.store.put_pack(pack_id, data)
-            self.index.add_pack(pack_id, len(data), builder.entries)
-            with self._lock:
-                self._pending.difference_update(e.id for e in builder.entries)
+            self.store.put_pack(pack_id, data, sync=False)
             self.stats.add(stored_bytes=len(data), packs=1)
             log.debug("wrote pack %s: %d blobs, %d bytes", pack_id, len(builder), len(data))
+            with self._sync_lock:
+                self._unsynced.append((pack_id, len(data), builder.entries))
+                self._unsynced_bytes += len(data)
+                due = self._unsynced_bytes >= self.sync_every
+            if due:
+                self._sync()
         finally:
             self._slots.release()
+
+    def _sync(self) -> None:
+        """fsync the packs written so far, then index their blobs."""
+        with self._sync_lock:
+            batch, self._unsynced, self._unsynced_bytes = self._unsynced, [], 0
+            self.store.sync_packs([pack_id for pack_id, _, _ in batch])
+            for pack_id, size, entries in batch:
+                self.index.add_pack(pack_id, size, entries)
+        with self._lock:
+            for _, _, entries in batch:
+                self._pending.difference_update(e.id for e in entries)
 
     def _check_failed(self) -> None:
         for future in [f for f in self._writes if f.done()]:
@@ -128,6 +152,7 @@ class PackSink:
         for future in self._writes:
             future.result()
         self._writes.clear()
+        self._sync()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

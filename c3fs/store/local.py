@@ -1,7 +1,9 @@
 """The local-directory backend: one file per key under a root directory.
 
 - missing key: `get`/`size` raise KeyMissing; `delete` ignores it.
-- repeated write: `put` replaces atomically (temp file, fsync, rename, fsync dir);
+- repeated write: `put` replaces atomically (temp file, fsync, rename, fsync dir); packs
+  may be written with sync=False and made durable together by `flush` (before any ref
+  names them);
   `create` links the temp file into place, so it fails with KeyExists and never overwrites.
 - crash half-way: only `.tmp.*` files can be left behind; `list` never shows them and
   `sweep_temp` removes old ones.
@@ -87,15 +89,32 @@ class LocalBackend:
         except FileNotFoundError:
             raise KeyMissing(key) from None
 
-    def put(self, key: str, data: bytes) -> None:
-        tmp, path = self._write_temp(key, data)
+    def put(self, key: str, data: bytes, *, sync: bool = True) -> None:
+        """Replace `key` atomically. With sync=False the data is not fsynced yet (only its
+        writeback is started): call `flush([key])` before anything may depend on it."""
+        tmp, path = self._write_temp(key, data, sync)
         try:
             os.replace(tmp, path)
         except OSError as exc:
             _unlink(tmp)
             raise BackendError(f"rename into {key}: {exc.strerror}") from None
         self._forget_fd(key)
-        _fsync_dir(path.parent)
+        if sync:
+            _fsync_dir(path.parent)
+
+    def flush(self, keys: list[str]) -> None:
+        """Make keys written with sync=False durable: fsync each file, then its directory."""
+        dirs = set()
+        for key in keys:
+            path = self._path(key)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dirs.add(path.parent)
+        for directory in dirs:
+            _fsync_dir(directory)
 
     def create(self, key: str, data: bytes) -> None:
         tmp, path = self._write_temp(key, data)
@@ -109,7 +128,7 @@ class LocalBackend:
             _unlink(tmp)
         _fsync_dir(path.parent)
 
-    def _write_temp(self, key: str, data: bytes) -> tuple[Path, Path]:
+    def _write_temp(self, key: str, data: bytes, sync: bool = True) -> tuple[Path, Path]:
         path = self._path(key)
         tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
@@ -117,7 +136,10 @@ class LocalBackend:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 _write_all(fd, data)
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
+                else:  # start writeback now, so the final flush finds little left to do
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -88,8 +88,17 @@ class Store:
     def pack_key(pack_id: str) -> str:
         return f"packs/{pack_id[:2]}/{pack_id}"
 
-    def put_pack(self, pack_id: str, data: bytes) -> None:
-        self.backend.put(self.pack_key(pack_id), data)
+    def put_pack(self, pack_id: str, data: bytes, sync: bool = True) -> None:
+        """Write a pack. sync=False may defer durability until `sync_packs` (local disks)."""
+        if self.is_local:
+            self.backend.put(self.pack_key(pack_id), data, sync=sync)
+        else:
+            self.backend.put(self.pack_key(pack_id), data)
+
+    def sync_packs(self, pack_ids: list[str]) -> None:
+        """Make packs written with sync=False durable (a no-op where a put is durable)."""
+        if self.is_local and pack_ids:
+            self.backend.flush([self.pack_key(p) for p in pack_ids])
 
     def read(self, pack_id: str, offset: int, length: int) -> bytes:
         return self.backend.get(self.pack_key(pack_id), offset, length)
