@@ -54,7 +54,10 @@ class Node:
 
     @property
     def display(self) -> str:
-        return "/" + "/".join(p.decode(errors="surrogateescape") for p in self.path)
+        return "/" + "/".join(p.decode(errors="backslashreplace") for p in self.path)
+
+    def child_display(self, name: bytes) -> str:
+        return self.display.rstrip("/") + "/" + name.decode(errors="backslashreplace")
 
 
 def ino_of(path: tuple[bytes, ...]) -> int:
@@ -128,7 +131,7 @@ class Vfs:
         entries = self.repo.tree(parent.tree_id).entries
         i = bisect.bisect_left(entries, name, key=lambda e: e.name)
         if i == len(entries) or entries[i].name != name:
-            raise NotFound(f"{parent.display}/{name.decode(errors='replace')}: no such file")
+            raise NotFound(f"{parent.child_display(name)}: no such file or directory")
         return self._entry_node(parent, entries[i])
 
     @staticmethod
@@ -159,7 +162,7 @@ class Vfs:
             record = self._record(_TOP[path[2]], name)
             if record.project.encode() == path[1]:
                 return self.ref_root(record)
-        raise NotFound(f"{parent.display}/{name.decode(errors='replace')}: no such file")
+        raise NotFound(f"{parent.child_display(name)}: no such file or directory")
 
     def _virtual_children(self, path: tuple[bytes, ...]) -> list[tuple[bytes, Node]]:
         self.repo.refresh()
