@@ -35,3 +35,119 @@ def s3_url(s3_server: MotoServer, monkeypatch: _s3_pytest.MonkeyPatch) -> str:
 
 
 # ---- end of S3 server fixtures ---------------------------------------------------------
+
+
+# ---- storage-core fixtures (issue 2: tests/test_objects.py, test_store_index.py, ----------
+# ---- test_ingest_read.py, test_cli_core.py) -----------------------------------------------
+import contextlib as _core_contextlib  # noqa: E402
+import io as _core_io  # noqa: E402
+import logging as _core_logging  # noqa: E402
+import os as _core_os  # noqa: E402
+import subprocess as _core_subprocess  # noqa: E402
+import sys as _core_sys  # noqa: E402
+from collections.abc import Callable as _CoreCallable  # noqa: E402
+from dataclasses import dataclass as _core_dataclass  # noqa: E402
+from pathlib import Path as _CorePath  # noqa: E402
+
+import pytest as _core_pytest  # noqa: E402
+
+C3FS_BIN = _CorePath(_core_sys.executable).parent / "c3fs"
+
+
+@_core_dataclass(frozen=True)
+class StoreEnv:
+    """A private store and index cache for one test; C3FS_STORE / C3FS_CACHE_DIR point here."""
+
+    root: _CorePath
+    store: _CorePath
+    cache: _CorePath
+
+
+@_core_dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+    def assert_one_line_error(self) -> str:
+        """Exit code != 0 and stderr is exactly one `c3fs: error: ...` line, no traceback."""
+        assert self.code != 0, f"expected a failure, got exit 0; stderr: {self.err!r}"
+        assert "Traceback" not in self.err, self.err
+        assert len(self.err_lines) == 1, f"expected one error line, got: {self.err!r}"
+        assert self.err_lines[0].startswith("c3fs: error: "), self.err
+        return self.err_lines[0]
+
+
+@_core_pytest.fixture
+def store_env(tmp_path: _CorePath, monkeypatch: _core_pytest.MonkeyPatch) -> StoreEnv:
+    env = StoreEnv(tmp_path, tmp_path / "store", tmp_path / "cache")
+    monkeypatch.setenv("C3FS_STORE", str(env.store))
+    monkeypatch.setenv("C3FS_CACHE_DIR", str(env.cache))
+    monkeypatch.setenv("COLUMNS", "80")  # what a CI log or a pipe gets
+    return env
+
+
+@_core_pytest.fixture
+def repo(store_env: StoreEnv):
+    """A Repo on the test's store (real LMDB under the test's cache dir)."""
+    from c3fs.repo import Repo
+
+    opened = Repo.open(str(store_env.store))
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    return exc.code if isinstance(exc.code, int) else 1
+
+
+def run_cli_in_process(argv: list[str]) -> CliResult:
+    """`cli.main.main(argv)` with stdout/stderr captured and the root logger restored."""
+    from cli.main import main
+
+    out, err = _core_io.StringIO(), _core_io.StringIO()
+    root = _core_logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    code = 0
+    try:
+        with _core_contextlib.redirect_stdout(out), _core_contextlib.redirect_stderr(err):
+            try:
+                main(list(argv))
+            except SystemExit as exc:
+                code = _exit_code(exc)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@_core_pytest.fixture
+def run_cli(store_env: StoreEnv) -> _CoreCallable[..., CliResult]:
+    """run_cli(["push", dir, "-p", "p"]) -> CliResult(code, out, err), in this process."""
+    return run_cli_in_process
+
+
+@_core_pytest.fixture
+def c3fs_bin(store_env: StoreEnv) -> _CoreCallable[..., CliResult]:
+    """c3fs_bin("ls", "/jobs/") runs .venv/bin/c3fs in a subprocess with the test's env."""
+
+    def run(*args: str | bytes, timeout: float = 600, **kwargs) -> CliResult:
+        proc = _core_subprocess.run(
+            [str(C3FS_BIN), *args], capture_output=True, timeout=timeout,
+            env=dict(_core_os.environ), **kwargs,
+        )
+        decode = lambda b: b.decode("utf-8", "surrogateescape")  # noqa: E731
+        return CliResult(proc.returncode, decode(proc.stdout), decode(proc.stderr))
+
+    return run
+
+
+# ---- end of storage-core fixtures ---------------------------------------------------------

@@ -1,0 +1,406 @@
+"""Bad input through the real CLI: a one-line `c3fs: error: ...`, exit code != 0, no
+traceback, and nothing lost or registered. Also crafted stores whose trees try to escape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import msgspec
+import pytest
+import trees
+from conftest import CliResult
+
+from c3fs.errors import AlreadyExists
+from c3fs.ingest import IngestStats
+from c3fs.jobs.push import record_for, register
+from c3fs.objects import codec
+from c3fs.objects.ids import blob_id
+from c3fs.objects.job import JOB, JobRecord
+from c3fs.objects.pack import CHUNK, TREE, PackBuilder
+from c3fs.objects.tree import DIR, FILE, LINK, TREE_VERSION, Entry, Tree, encode_tree
+from c3fs.store.local import LocalBackend
+from c3fs.store.store import Store, StoreConfig
+
+BAD_IDS = ["../x", "a/b", "", "-x", "a" * 129, ".x", "_x", "a b", "é", "x\ny", "..", "/"]
+NOBODY = 65534
+
+
+def refs(store_env) -> list[str]:
+    root = store_env.store / "refs"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def packs(store_env) -> list[str]:
+    root = store_env.store / "packs"
+    return sorted(p.name for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def small_src(tmp_path: Path, name: str = "src", body: bytes = b"hello") -> Path:
+    src = tmp_path / name
+    (src / "sub").mkdir(parents=True)
+    trees.write_file(src / "a.txt", body, 0o644, trees.BASE_NS)
+    trees.write_file(src / "sub" / "b.txt", body * 2, 0o600, trees.BASE_NS + 1)
+    return src
+
+
+def push_ok(run_cli, src: Path, job: str, project: str = "proj") -> dict:
+    result = run_cli(["push", str(src), "-p", project, "-j", job, "--json"])
+    assert result.code == 0, result.err
+    return json.loads(result.out)
+
+
+# ---- ids ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("job_id", BAD_IDS, ids=repr)
+def test_invalid_job_id(run_cli, store_env, tmp_path: Path, job_id: str) -> None:
+    result = run_cli(["push", str(small_src(tmp_path)), "-p", "proj", f"--job={job_id}"])
+    line = result.assert_one_line_error()
+    assert "invalid job id" in line
+    assert result.code == 2
+    assert refs(store_env) == [] and packs(store_env) == []
+
+
+@pytest.mark.parametrize("project", BAD_IDS, ids=repr)
+def test_invalid_project_id(run_cli, store_env, tmp_path: Path, project: str) -> None:
+    result = run_cli(["push", str(small_src(tmp_path)), f"--project={project}", "-j", "ok"])
+    line = result.assert_one_line_error()
+    assert "invalid project" in line
+    assert refs(store_env) == [] and packs(store_env) == []
+
+
+def test_job_id_that_already_exists(run_cli, store_env, tmp_path: Path) -> None:
+    original = push_ok(run_cli, small_src(tmp_path, "one", b"first"), "job_1")
+    before = packs(store_env)
+    result = run_cli(["push", str(small_src(tmp_path, "two", b"second")), "-p", "other",
+                      "-j", "job_1"])
+    line = result.assert_one_line_error()
+    assert "already exists" in line and result.code == 4
+    assert refs(store_env) == ["jobs/job_1"] and packs(store_env) == before
+    listed = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)
+    assert [item["record"] for item in listed] == [original]
+    assert run_cli(["cp", "-r", "/jobs/job_1", str(tmp_path / "back")]).code == 0
+    assert (tmp_path / "back" / "a.txt").read_bytes() == b"first"
+
+
+def test_register_race_loses_nothing(repo, tmp_path: Path) -> None:
+    """Two pushes that both passed the early check: the second `register` is refused."""
+    record = record_for(JOB, "job_1", "proj", b"\1" * 32, IngestStats(), 0.0)
+    register(repo, record)
+    with pytest.raises(AlreadyExists):
+        register(repo, msgspec.structs.replace(record, root="22" * 32))
+    assert repo.store.get_ref(JOB, "job_1") == record
+    assert repo.index.record(JOB, "job_1") == record
+
+
+# ---- sources --------------------------------------------------------------------------------
+def test_missing_source_dir(run_cli, store_env, tmp_path: Path) -> None:
+    result = run_cli(["push", str(tmp_path / "nope"), "-p", "proj", "-j", "j"])
+    line = result.assert_one_line_error()
+    assert "no such directory" in line
+    assert refs(store_env) == []
+
+
+def test_source_is_a_file(run_cli, store_env, tmp_path: Path) -> None:
+    trees.write_file(tmp_path / "file", b"x")
+    result = run_cli(["push", str(tmp_path / "file"), "-p", "proj", "-j", "j"])
+    assert result.code == 2 and "is a file" in result.err  # click's own usage error
+    assert "Traceback" not in result.err
+    assert refs(store_env) == []
+
+
+@pytest.fixture
+def nobody_dirs(monkeypatch: pytest.MonkeyPatch):
+    """A world-traversable work dir, with store and cache owned by `nobody` (we run as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run c3fs as another user")
+    base = Path(tempfile.mkdtemp(prefix="c3fs-nobody-", dir="/tmp"))
+    base.chmod(0o755)
+    for name in ("store", "cache"):
+        (base / name).mkdir()
+        os.chown(base / name, NOBODY, NOBODY)
+    monkeypatch.setenv("C3FS_STORE", str(base / "store"))
+    monkeypatch.setenv("C3FS_CACHE_DIR", str(base / "cache"))
+    yield base
+    for dirpath, dirnames, _ in os.walk(base):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    shutil.rmtree(base)
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess:
+    """Run argv as uid/gid `nobody` with no supplementary groups and no capabilities."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root privileges")
+    drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return subprocess.run([*drop, *argv], capture_output=True, text=True, errors="replace",
+                          env=dict(os.environ), timeout=120)
+
+
+def c3fs_as_nobody(*args: str):
+    proc = as_nobody(str(Path(sys.executable).parent / "c3fs"), *args)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("what", ["file", "dir"])
+def test_unreadable_source(nobody_dirs: Path, what: str) -> None:
+    """Root reads everything, so the push runs as `nobody` over a root-owned mode-000 entry."""
+    src = nobody_dirs / "src"
+    (src / "deep").mkdir(parents=True)
+    trees.write_file(src / "readable.txt", b"fine")
+    trees.write_file(src / "deep" / "also-fine", trees.rand_bytes(200_000, 1))
+    if what == "file":
+        trees.write_file(src / "deep" / "secret", b"top secret", 0o000)
+    else:
+        (src / "deep" / "locked").mkdir(mode=0o000)
+    for path in (src, src / "deep"):
+        path.chmod(0o755)
+    blocked = src / "deep" / ("secret" if what == "file" else "locked")
+    probe = as_nobody(sys.executable, "-c", f"import os; os.listdir({str(src)!r}); "
+                      f"open({str(blocked)!r}) if {what == 'file'} else os.listdir({str(blocked)!r})")
+    if "PermissionError" not in probe.stderr:
+        pytest.skip(f"cannot make {blocked} unreadable here: {probe.stderr.strip()[-200:]}")
+    result = c3fs_as_nobody("push", str(src), "-p", "proj", "-j", "j1")
+    line = result.assert_one_line_error()
+    assert ("secret" if what == "file" else "locked") in line
+    assert "Permission denied" in line
+    assert not (nobody_dirs / "store" / "refs" / "jobs" / "j1").exists()
+    listed = c3fs_as_nobody("ls", "/jobs/")
+    assert listed.code == 0 and listed.out == "", listed.err
+
+
+# ---- cp destinations ---------------------------------------------------------------------
+def test_cp_of_a_dir_without_r(run_cli, tmp_path: Path) -> None:
+    push_ok(run_cli, small_src(tmp_path), "j1")
+    for src in ("/jobs/j1", "/jobs/j1/sub", "/projects/proj/jobs/j1/"):
+        result = run_cli(["cp", src, str(tmp_path / "dst")])
+        line = result.assert_one_line_error()
+        assert "cp -r" in line
+    assert not (tmp_path / "dst").exists()
+
+
+def test_cp_where_a_file_is_in_the_way(run_cli, tmp_path: Path) -> None:
+    push_ok(run_cli, small_src(tmp_path), "j1")
+    trees.write_file(tmp_path / "is-a-file", b"keep me")
+    result = run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "is-a-file")])
+    assert "not a directory" in result.assert_one_line_error()
+    assert (tmp_path / "is-a-file").read_bytes() == b"keep me"
+
+    (tmp_path / "dst").mkdir()
+    trees.write_file(tmp_path / "dst" / "sub", b"keep me too")
+    result = run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "dst")])
+    assert "not a directory" in result.assert_one_line_error()
+    assert (tmp_path / "dst" / "sub").read_bytes() == b"keep me too"
+
+    (tmp_path / "dst2" / "a.txt").mkdir(parents=True)  # a directory where a file belongs
+    result = run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "dst2")])
+    assert "is a directory" in result.assert_one_line_error()
+    assert os.listdir(tmp_path / "dst2" / "a.txt") == []
+
+    result = run_cli(["cp", "/jobs/j1/a.txt", str(tmp_path / "no" / "such" / "dir" / "x")])
+    assert "no such directory" in result.assert_one_line_error()
+
+
+def test_cp_never_writes_through_a_symlinked_dir(run_cli, tmp_path: Path) -> None:
+    push_ok(run_cli, small_src(tmp_path), "j1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "dst").mkdir()
+    os.symlink(outside, tmp_path / "dst" / "sub")
+    result = run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "dst")])
+    assert "not a directory" in result.assert_one_line_error()
+    assert os.listdir(outside) == []
+    assert os.readlink(tmp_path / "dst" / "sub") == str(outside)
+
+
+def test_cp_replaces_a_symlink_where_a_file_belongs(run_cli, tmp_path: Path) -> None:
+    push_ok(run_cli, small_src(tmp_path), "j1")
+    trees.write_file(tmp_path / "precious", b"do not overwrite")
+    (tmp_path / "dst").mkdir()
+    os.symlink(tmp_path / "precious", tmp_path / "dst" / "a.txt")
+    result = run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "dst")])
+    assert result.code == 0, result.err
+    assert (tmp_path / "precious").read_bytes() == b"do not overwrite"
+    assert not os.path.islink(tmp_path / "dst" / "a.txt")
+    assert (tmp_path / "dst" / "a.txt").read_bytes() == b"hello"
+
+
+def test_cp_leaves_no_temp_files_on_corrupt_data(run_cli, store_env, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    trees.write_file(src / "model.bin", trees.rand_bytes(600_000, 4))
+    push_ok(run_cli, src, "j1")
+    (pack,) = [p for p in (store_env.store / "packs").rglob("*") if p.is_file()]
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    pack.write_bytes(bytes(data))
+    (tmp_path / "dst").mkdir()
+    result = run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "dst")])
+    line = result.assert_one_line_error()
+    assert "corrupt" in line and pack.name in line
+    assert result.code == 6
+    assert os.listdir(tmp_path / "dst") == []  # no half-written file, no temp file
+
+
+# ---- crafted trees that try to escape ------------------------------------------------------
+def raw_tree(entries: list[Entry]) -> bytes:
+    """Encode a tree without encode_tree's checks, as an attacker would."""
+    return msgspec.msgpack.encode(Tree(TREE_VERSION, entries))
+
+
+def craft_job(store_dir: Path, job_id: str, build) -> None:
+    """Pack the blobs `build(add)` makes into the store and register `job_id` on its root."""
+    store = Store.open(LocalBackend(store_dir))
+    builder = PackBuilder()
+
+    def add(kind: int, plain: bytes) -> bytes:
+        codec_id, stored = codec.encode(plain)
+        builder.add(kind, blob_id(plain), codec_id, stored, len(plain))
+        return blob_id(plain)
+
+    root = build(add)
+    pack_id, data = builder.finish()
+    store.put_pack(pack_id, data)
+    store.create_ref(JobRecord(id=job_id, project="evil", created=1.0, root=root.hex()))
+
+
+def evil_entries(add, name: bytes, kind: int) -> list[Entry]:
+    payload = b"pwned"
+    chunk = add(CHUNK, payload)
+    if kind == FILE:
+        return [Entry(name, FILE, 0o644, len(payload), 0, chunks=chunk, sizes=[len(payload)])]
+    if kind == LINK:
+        return [Entry(name, LINK, 0o777, 0, 0, target=b"/etc/passwd")]
+    inner = add(TREE, encode_tree([Entry(b"evil", FILE, 0o644, len(payload), 0, chunks=chunk,
+                                         sizes=[len(payload)])]))
+    return [Entry(name, DIR, 0o755, 0, 0, target=inner)]
+
+
+ESCAPES = [(b"..", DIR), (b"..", FILE), (b"..", LINK), (b".", DIR), (b"../evil", FILE),
+           (b"../../evil", FILE), (b"/tmp/evil", FILE), (b"a/../../evil", DIR), (b"", FILE),
+           (b"evil\0x", FILE)]
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["at-root", "in-subdir"])
+@pytest.mark.parametrize(("name", "kind"), ESCAPES, ids=lambda v: repr(v))
+def test_cp_of_a_crafted_escaping_tree_is_refused(run_cli, store_env, tmp_path: Path,
+                                                  name: bytes, kind: int, nested: bool) -> None:
+    def build(add) -> bytes:
+        entries = [*evil_entries(add, name, kind),
+                   Entry(b"zz-fine", FILE, 0o644, 0, 0)]
+        tree_id = add(TREE, raw_tree(entries))
+        if nested:
+            tree_id = add(TREE, encode_tree([Entry(b"ok", DIR, 0o755, 0, 0, target=tree_id)]))
+        return tree_id
+
+    craft_job(store_env.store, "evil", build)
+    box = tmp_path / "box"
+    (box / "deeper").mkdir(parents=True)
+    dst = box / "deeper" / "dst"
+    result = run_cli(["cp", "-r", "/jobs/evil", str(dst)])
+    line = result.assert_one_line_error()
+    assert "unsafe name" in line and result.code == 6
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                     if not str(p).startswith(str(store_env.root / "store"))
+                     and not str(p).startswith(str(store_env.root / "cache")))
+    allowed = {"box", "box/deeper", "box/deeper/dst", "box/deeper/dst/ok", "store", "cache"}
+    assert set(written) <= allowed, written
+    assert not Path("/tmp/evil").exists()
+    ls = run_cli(["ls", "/jobs/evil/ok" if nested else "/jobs/evil"])
+    assert "unsafe name" in ls.assert_one_line_error()
+
+
+def test_crafted_tree_with_unsorted_names_is_refused(run_cli, store_env, tmp_path: Path) -> None:
+    def build(add) -> bytes:
+        chunk = add(CHUNK, b"x")
+        files = [Entry(n, FILE, 0o644, 1, 0, chunks=chunk, sizes=[1]) for n in (b"b", b"a")]
+        return add(TREE, raw_tree(files))
+
+    craft_job(store_env.store, "unsorted", build)
+    result = run_cli(["cp", "-r", "/jobs/unsorted", str(tmp_path / "dst")])
+    assert "out of order" in result.assert_one_line_error()
+
+
+# ---- ls and stores -----------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/jobs/nope", "/jobs/j1/nope", "/nope", "/projects/nope/jobs/",
+                                  "/projects/proj/jobs/nope", "/jobs/j1/a.txt/child",
+                                  "/jobs/j1/../j1", "/projects/other/jobs/j1"])
+def test_ls_of_a_missing_path(run_cli, tmp_path: Path, path: str) -> None:
+    push_ok(run_cli, small_src(tmp_path), "j1")
+    result = run_cli(["ls", path])
+    result.assert_one_line_error()
+    assert result.code == 3
+
+
+def write_config(store_dir: Path, **changes) -> bytes:
+    config = msgspec.to_builtins(StoreConfig(store_id="s1", created=1.0))
+    config.update(changes)
+    raw = json.dumps(config).encode()
+    LocalBackend(store_dir).put("config", raw)
+    return raw
+
+
+@pytest.mark.parametrize("argv", [["ls", "/"], ["ls", "/jobs/"], ["index", "rebuild"],
+                                  ["cp", "-r", "/jobs/x", "{tmp}/out"], ["push", "{tmp}", "-p", "p"]])
+def test_store_of_another_format_version(run_cli, store_env, argv: list[str]) -> None:
+    raw = write_config(store_env.store, version=2)
+    (store_env.root / "src").mkdir()
+    result = run_cli([arg.replace("{tmp}", str(store_env.root / "src")) for arg in argv])
+    line = result.assert_one_line_error()
+    assert "format version 2" in line and "reads version 1" in line
+    assert result.code == 5
+    assert (store_env.store / "config").read_bytes() == raw
+    assert refs(store_env) == [] and packs(store_env) == []
+
+
+def test_store_of_another_version_through_the_installed_command(c3fs_bin, store_env) -> None:
+    write_config(store_env.store, version=7)
+    result = c3fs_bin("ls", "/jobs/")
+    assert "format version 7" in result.assert_one_line_error()
+
+
+def test_damaged_config_and_store_path_that_is_a_file(run_cli, store_env, tmp_path) -> None:
+    store_env.store.mkdir()
+    (store_env.store / "config").write_bytes(b"\x00garbage")
+    assert "damaged" in run_cli(["ls", "/"]).assert_one_line_error()
+    trees.write_file(tmp_path / "a-file", b"x")
+    result = run_cli(["--store", str(tmp_path / "a-file"), "ls", "/"])
+    result.assert_one_line_error()
+    assert (tmp_path / "a-file").read_bytes() == b"x"
+
+
+def test_cp_from_a_local_path_is_a_usage_error(run_cli, tmp_path: Path) -> None:
+    result = run_cli(["cp", str(tmp_path), str(tmp_path / "x")])
+    assert "not a c3fs path" in result.assert_one_line_error()
+
+
+def test_errors_through_the_installed_command(c3fs_bin, store_env, tmp_path: Path) -> None:
+    for argv in (["push", str(tmp_path), "-p", "proj", "--job=../x"],
+                 ["push", str(tmp_path / "missing"), "-p", "proj"],
+                 ["ls", "/jobs/nope"], ["cp", "-r", "/jobs/nope", str(tmp_path / "d")]):
+        result = c3fs_bin(*argv)
+        result.assert_one_line_error()
+    assert refs(store_env) == []
+
+
+def test_help_works_for_every_command(run_cli) -> None:
+    for argv in (["--help"], ["push", "--help"], ["ls", "--help"], ["cp", "--help"],
+                 ["index", "rebuild", "--help"]):
+        result = run_cli(argv)
+        assert result.code == 0 and "Usage:" in result.out, result.err
+
+
+def test_push_prints_the_job_id_and_a_summary(run_cli, tmp_path: Path) -> None:
+    result = run_cli(["push", str(small_src(tmp_path)), "-p", "proj"])
+    assert result.code == 0, result.err
+    job_id = result.out.strip()
+    assert job_id.startswith("job_") and len(result.out.splitlines()) == 1
+    assert "2 files" in result.err and "newly stored" in result.err
+    assert stat.S_ISDIR(os.stat(tmp_path / "src").st_mode)
+    assert run_cli(["ls", "/jobs/"]).out.split() == [job_id + "/"]

@@ -1,0 +1,339 @@
+"""Store (config, versions, refs) and the LMDB index: sync, rebuild, recovery.
+
+Real LocalBackend, real LMDB. Two processes sharing a store are modelled by two Store/Index
+instances over the same directory, each with its own index directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+import msgspec
+import pytest
+from trees import rand_bytes, write_file
+
+from c3fs.errors import (
+    BlobCorrupt,
+    BlobMissing,
+    FormatError,
+    InvalidId,
+    NotFound,
+    StoreError,
+    StoreVersionError,
+)
+from c3fs.index import Index, index_path, open_index
+from c3fs.jobs.push import push_dir
+from c3fs.objects.job import DATASET, JOB, JobRecord
+from c3fs.objects.pack import PackBuilder
+from c3fs.reader import BlobSource
+from c3fs.repo import Repo
+from c3fs.store.backend import KeyExists
+from c3fs.store.local import LocalBackend
+from c3fs.store.store import FORMAT_VERSION, Store, StoreConfig
+from c3fs.vfs import Vfs
+
+KiB = 1024
+
+
+def index_contents(index: Index) -> dict[str, dict[bytes, bytes]]:
+    tables = {"blobs": index.blobs, "packs": index.packs, "jobs": index.jobs,
+              "datasets": index.datasets}
+    with index.env.begin() as txn:
+        return {name: {bytes(k): bytes(v) for k, v in txn.cursor(db=db)}
+                for name, db in tables.items()}
+
+
+def snapshot_index(store_dir: Path) -> dict[str, dict[bytes, bytes]]:
+    store = Store.open(LocalBackend(store_dir), create=False)
+    index = Index(index_path(store.config.store_id), store.config.store_id)
+    try:
+        return index_contents(index)
+    finally:
+        index.close()
+
+
+def make_src(root: Path, tag: str, size: int = 300 * KiB) -> Path:
+    root.mkdir(parents=True)
+    write_file(root / "weights.bin", rand_bytes(size, zlib.crc32(tag.encode())))
+    write_file(root / "metrics.json", json.dumps({"tag": tag}).encode())
+    (root / "sub").mkdir()
+    write_file(root / "sub" / "log.txt", f"log of {tag}\n".encode() * 100)
+    return root
+
+
+def record(name: str = "job_1", **changes) -> JobRecord:
+    fields = dict(id=name, project="vision", created=1.0, root="ab" * 32)
+    fields.update(changes)
+    return JobRecord(**fields)
+
+
+# ---- store config ----------------------------------------------------------------------------
+def test_open_creates_config_once(tmp_path: Path) -> None:
+    backend = LocalBackend(tmp_path / "store")
+    store = Store.open(backend)
+    config = msgspec.json.decode(backend.get("config"))
+    assert config["format"] == "c3fs" and config["version"] == FORMAT_VERSION
+    assert config["store_id"] == store.config.store_id
+    again = Store.open(LocalBackend(tmp_path / "store"))
+    assert again.config == store.config
+    assert oct((tmp_path / "store").stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_open_without_create_on_empty_dir(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no c3fs store"):
+        Store.open(LocalBackend(tmp_path / "empty"), create=False)
+
+
+@pytest.mark.parametrize("version", [0, 2, 99, None, "1"])
+def test_other_format_version_is_refused_clearly(tmp_path: Path, version) -> None:
+    backend = LocalBackend(tmp_path / "store")
+    config = msgspec.to_builtins(StoreConfig(store_id="s1", created=1.0))
+    config["version"] = version
+    backend.put("config", json.dumps(config).encode())
+    with pytest.raises(StoreVersionError) as info:
+        Store.open(backend)
+    message = str(info.value)
+    assert f"format version {version}" in message
+    assert f"reads version {FORMAT_VERSION}" in message
+    assert str(backend.root) in message and "\n" not in message
+    assert backend.get("config") == json.dumps(config).encode()  # not "upgraded" in place
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"\xff\xfe", b'{"format": "\xff"}',
+                                 b'{"format": "restic", "version": 1}',
+                                 json.dumps({"format": "c3fs", "version": 1}).encode(),
+                                 json.dumps({"format": "c3fs", "version": 1, "store_id": 5,
+                                             "created": 1}).encode()],
+                         ids=["empty", "truncated", "list", "binary", "bad-utf8", "other-format",
+                              "missing-fields", "wrong-types"])
+def test_damaged_or_foreign_config_is_store_error(tmp_path: Path, raw: bytes) -> None:
+    backend = LocalBackend(tmp_path / "store")
+    backend.put("config", raw)
+    with pytest.raises(StoreError) as info:
+        Store.open(backend)
+    assert not isinstance(info.value, StoreVersionError)
+    assert "\n" not in str(info.value)
+
+
+# ---- refs -------------------------------------------------------------------------------------
+def test_create_ref_twice_is_key_exists(tmp_path: Path) -> None:
+    store = Store.open(LocalBackend(tmp_path / "store"))
+    first = record(root="11" * 32)
+    store.create_ref(first)
+    with pytest.raises(KeyExists):
+        store.create_ref(record(root="22" * 32))
+    assert store.get_ref(JOB, "job_1") == first
+    assert sorted(store.list_refs(JOB)) == ["job_1"]
+    assert list(store.list_refs(DATASET)) == []
+
+
+def test_ref_names_are_checked(tmp_path: Path) -> None:
+    store = Store.open(LocalBackend(tmp_path / "store"))
+    for bad in ("../config", "a/b", "", "-x"):
+        with pytest.raises(InvalidId):
+            store.get_ref(JOB, bad)
+        with pytest.raises(InvalidId):
+            store.create_ref(msgspec.structs.replace(record(), id=bad))
+    assert list(store.backend.list("refs/")) == []
+
+
+def test_missing_and_damaged_refs(tmp_path: Path) -> None:
+    store = Store.open(LocalBackend(tmp_path / "store"))
+    with pytest.raises(NotFound):
+        store.get_ref(JOB, "nope")
+    with pytest.raises(NotFound):
+        store.delete_ref(JOB, "nope")
+    store.backend.put("refs/jobs/broken", b'{"id": "broken", "\xff')
+    with pytest.raises(FormatError, match="job broken"):
+        store.get_ref(JOB, "broken")
+
+
+def test_datasets_and_jobs_are_separate_namespaces(tmp_path: Path) -> None:
+    store = Store.open(LocalBackend(tmp_path / "store"))
+    store.create_ref(record("same"))
+    store.create_ref(record("same", kind=DATASET))
+    assert store.get_ref(DATASET, "same").kind == DATASET
+    store.delete_ref(JOB, "same")
+    assert list(store.list_refs(JOB)) == [] and list(store.list_refs(DATASET)) == ["same"]
+
+
+# ---- index sync between two instances ---------------------------------------------------------
+def test_index_learns_and_forgets_what_another_instance_did(repo: Repo, tmp_path: Path) -> None:
+    """A pushes; B (another process: own Store object, own LMDB) syncs and sees it all."""
+    other_store = Store.open(LocalBackend(repo.store.url), create=False)
+    other = Index(tmp_path / "other-index", other_store.config.store_id)
+    try:
+        assert other.fresh
+        first = push_dir(repo, make_src(tmp_path / "a", "a"), "vision", "job_a")
+        other.sync(other_store)
+        assert other.record(JOB, "job_a") == first
+        assert index_contents(other) == index_contents(repo.index)
+
+        second = push_dir(repo, make_src(tmp_path / "b", "b"), "nlp", "job_b")
+        ds = push_dir(repo, make_src(tmp_path / "c", "c"), "nlp", "set_c", kind=DATASET)
+        other.sync(other_store)
+        assert other.record(JOB, "job_b") == second
+        assert other.record(DATASET, "set_c") == ds
+        assert index_contents(other) == index_contents(repo.index)
+
+        # job_b's content lives in packs of its own: delete them and its ref
+        packs_before = set(other.pack_sizes())
+        root_b = second.root_id
+        b_packs = [p for p in packs_before if root_b in other.pack_blob_ids(p)]
+        assert b_packs
+        for pack_id in b_packs:
+            repo.store.delete_pack(pack_id)
+        repo.store.delete_ref(JOB, "job_b")
+        other.sync(other_store)
+        assert other.record(JOB, "job_b") is None
+        assert other.lookup(root_b) is None
+        assert set(other.pack_sizes()) == packs_before - set(b_packs)
+        assert other.record(JOB, "job_a") == first
+        assert other.lookup(first.root_id) is not None
+    finally:
+        other.close()
+
+
+def test_reader_follows_blobs_moved_to_another_pack(repo: Repo, tmp_path: Path) -> None:
+    """Another process repacks (as gc would): a stale index finds the blobs by syncing."""
+    src = make_src(tmp_path / "a", "a", size=2 * 1024 * KiB)
+    push_dir(repo, src, "vision", "job_a")
+    old_packs = list(repo.store.list_packs())
+    builder = PackBuilder()
+    for blob_id, loc in repo.index.iter_blobs():
+        stored = repo.store.read(loc.pack_id, loc.offset, loc.length)
+        builder.add(loc.kind, blob_id, loc.codec, stored, loc.plain_len)
+    new_id, data = builder.finish()
+    repo.store.put_pack(new_id, data)
+    for pack_id, _ in old_packs:
+        repo.store.delete_pack(pack_id)
+
+    fresh_blobs = BlobSource(repo.store, repo.index)  # empty cache: must fetch
+    vfs = Vfs(Repo(repo.store, repo.index, fresh_blobs))
+    node = vfs.resolve("/jobs/job_a/weights.bin")
+    assert vfs.open(node).read(0, node.size) == (src / "weights.bin").read_bytes()
+    assert set(repo.index.pack_sizes()) == {new_id}
+    fresh_blobs.close()
+
+
+def test_missing_and_corrupt_blobs_are_typed_errors(repo: Repo, tmp_path: Path) -> None:
+    src = make_src(tmp_path / "a", "a")
+    push_dir(repo, src, "vision", "job_a")
+    (pack_id, size), = repo.store.list_packs()
+    key = repo.store.backend.root / Store.pack_key(pack_id)
+    data = bytearray(key.read_bytes())
+    node = Vfs(repo).resolve("/jobs/job_a/weights.bin")
+    loc = repo.index.lookup(node.entry.chunk_ids()[0])
+    data[loc.offset + loc.length // 2] ^= 0xFF
+    key.chmod(0o600)
+    key.write_bytes(bytes(data))
+    repo.store.backend.close()  # drop the cached fd of the old file
+
+    blobs = BlobSource(repo.store, repo.index)
+    with pytest.raises(BlobCorrupt) as info:
+        blobs.get(node.entry.chunk_ids()[0])
+    assert info.value.pack_id == pack_id and pack_id in str(info.value)
+    with pytest.raises(BlobMissing):
+        blobs.get(b"\7" * 32)
+    blobs.close()
+
+
+def test_index_skips_damaged_packs_and_refs(repo: Repo, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    push_dir(repo, make_src(tmp_path / "a", "a"), "vision", "job_a")
+    bogus = "ab" * 32
+    repo.store.backend.put(Store.pack_key(bogus), b"C3PACK1\n" + b"\0" * 100)
+    repo.store.backend.put("refs/jobs/broken", b"{not json")
+    repo.store.backend.put("refs/jobs/badutf8", b'{"id": "\xc3"}')
+    caplog.set_level(logging.ERROR)
+    repo.index.rebuild(repo.store)
+    assert repo.index.record_names(JOB) == {"job_a"}
+    assert bogus not in repo.index.pack_sizes()
+    logged = caplog.text
+    assert bogus in logged and "broken" in logged and "badutf8" in logged
+
+
+def test_index_of_another_store_is_reset(repo: Repo, tmp_path: Path) -> None:
+    push_dir(repo, make_src(tmp_path / "a", "a"), "vision", "job_a")
+    path = repo.index.path
+    repo.index.close()
+    foreign = Index(path, "another-store")
+    try:
+        assert foreign.fresh
+        assert all(not table for table in index_contents(foreign).values())
+    finally:
+        foreign.close()
+    repo.index = Index(path, repo.store.config.store_id)  # the fixture closes it
+    assert repo.index.fresh
+
+
+# ---- rebuild and recovery, through the CLI -----------------------------------------------
+def push_three(run_cli, tmp_path: Path) -> None:
+    for tag, extra in (("a", []), ("b", []), ("c", ["-j", "job_c"])):
+        result = run_cli(["push", str(make_src(tmp_path / tag, tag)), "-p", "vision", *extra])
+        assert result.code == 0, result.err
+    result = run_cli(["cp", "-r", str(tmp_path / "a"), "/projects/vision/datasets/set_a"])
+    assert result.code == 0, result.err
+
+
+def test_index_rebuild_equals_the_original(run_cli, store_env, tmp_path: Path) -> None:
+    push_three(run_cli, tmp_path)
+    before = snapshot_index(store_env.store)
+    assert len(before["jobs"]) == 3 and len(before["datasets"]) == 1 and before["blobs"]
+    result = run_cli(["index", "rebuild"])
+    assert result.code == 0, result.err
+    assert "3 jobs, 1 datasets" in result.err
+    assert snapshot_index(store_env.store) == before
+
+
+def test_deleted_index_is_rebuilt_on_open(run_cli, store_env, tmp_path: Path) -> None:
+    push_three(run_cli, tmp_path)
+    before = snapshot_index(store_env.store)
+    shutil.rmtree(store_env.cache)
+    result = run_cli(["ls", "/jobs/job_c/sub"])
+    assert result.code == 0, result.err
+    assert result.out.split() == ["log.txt"]
+    assert snapshot_index(store_env.store) == before
+    result = run_cli(["cp", "-r", "/jobs/job_c", str(tmp_path / "out")])
+    assert result.code == 0, result.err
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == (tmp_path / "c" / "weights.bin").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "zeros", "empty", "lock-garbage"])
+def test_damaged_lmdb_file_is_replaced_and_rebuilt(run_cli, store_env, tmp_path: Path,
+                                                   damage: str) -> None:
+    push_three(run_cli, tmp_path)
+    before = snapshot_index(store_env.store)
+    store_id = Store.open(LocalBackend(store_env.store), create=False).config.store_id
+    data_file = index_path(store_id) / "data.mdb"
+    size = max(data_file.stat().st_size, 64 * KiB)
+    if damage == "garbage":
+        data_file.write_bytes(rand_bytes(size, 7))
+    elif damage == "zeros":
+        data_file.write_bytes(b"\0" * size)
+    elif damage == "empty":
+        data_file.write_bytes(b"")
+    else:
+        (index_path(store_id) / "lock.mdb").write_bytes(rand_bytes(8 * KiB, 8))
+    result = run_cli(["ls", "/jobs/"])
+    assert result.code == 0, result.err
+    assert "job_c/" in result.out.split()
+    if damage in ("garbage", "zeros"):
+        assert "rebuilding it from the store" in result.err
+    assert snapshot_index(store_env.store) == before
+
+
+def test_open_index_syncs_a_fresh_index(repo: Repo, tmp_path: Path) -> None:
+    push_dir(repo, make_src(tmp_path / "a", "a"), "vision", "job_a")
+    want = index_contents(repo.index)
+    path = repo.index.path
+    repo.index.close()
+    shutil.rmtree(path)
+    repo.index = open_index(repo.store)
+    assert index_contents(repo.index) == want
+    assert os.path.isdir(path)
