@@ -29,7 +29,7 @@ def show(name: bytes) -> str:
 
 # push ---------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+@click.argument("directory")
 @click.option("-p", "--project", required=True, help="Project the job belongs to.")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")

@@ -110,8 +110,7 @@ def test_missing_source_dir(run_cli, store_env, tmp_path: Path) -> None:
 def test_source_is_a_file(run_cli, store_env, tmp_path: Path) -> None:
     trees.write_file(tmp_path / "file", b"x")
     result = run_cli(["push", str(tmp_path / "file"), "-p", "proj", "-j", "j"])
-    assert result.code == 2 and "is a file" in result.err  # click's own usage error
-    assert "Traceback" not in result.err
+    assert "is not a directory" in result.assert_one_line_error()
     assert refs(store_env) == []
 
 

@@ -2,8 +2,8 @@
 
 It is a cache of the store, never the truth: `sync` reconciles it with the store's listing
 (packs added or removed by other processes or machines, jobs registered elsewhere) and
-`rebuild` recreates it from pack trailers and refs alone. A damaged environment is moved
-aside and rebuilt. Only the `local` table (what `pull` already fetched) is this machine's own.
+`rebuild` recreates it from pack trailers and refs alone. An environment LMDB cannot open
+is deleted and rebuilt. Only the `local` table (what `pull` already fetched) is this machine's own.
 
 Read transactions are short and may run on the FUSE event loop; writes happen in one
 transaction per pack or per sync.

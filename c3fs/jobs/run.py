@@ -68,7 +68,7 @@ class Outcome:
 def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
     """Run the job; return its record (None if it could not be written) and the exit code."""
     check_name(spec.project, "project")
-    job_id = check_name(spec.job_id, "job id") if spec.job_id else new_job_id()
+    job_id = new_job_id() if spec.job_id is None else check_name(spec.job_id, "job id")
     ensure_free(repo, JOB, job_id)
     outputs = [(output_dir(spec.workdir, rel), spec.workdir / rel) for rel in spec.config.output]
     run_dir = Path(tempfile.mkdtemp(prefix=f"c3fs-run-{job_id}-"))
