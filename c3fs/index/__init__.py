@@ -27,6 +27,7 @@ from c3fs.errors import FormatError, StoreError
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
 from c3fs.store.backend import KeyMissing
+from c3fs.store.local import make_private_dir
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,13 @@ class Index:
         self.fresh = self._check_identity()
 
     def _open_env(self) -> lmdb.Environment:
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(self.path)
         try:
             return self._lmdb_open()
         except lmdb.Error as exc:
             log.warning("index at %s is damaged (%s); rebuilding it from the store", self.path, exc)
             shutil.rmtree(self.path, ignore_errors=True)
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(self.path)
             return self._lmdb_open()
 
     def _lmdb_open(self) -> lmdb.Environment:

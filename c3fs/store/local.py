@@ -34,7 +34,7 @@ class LocalBackend:
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._fd_lock = threading.Lock()
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(self.root)
         except OSError as exc:
             raise BackendError(f"cannot create store directory {self.root}: {exc.strerror}") from None
 
@@ -132,7 +132,7 @@ class LocalBackend:
         path = self._path(key)
         tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 _write_all(fd, data)
@@ -183,6 +183,23 @@ class LocalBackend:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+def make_private_dir(path: Path) -> None:
+    """`mkdir -p` whose every new directory is owner-only (0700), whatever the umask.
+
+    `Path.mkdir(mode, parents=True)` gives the intermediate directories the default mode
+    (0777 under umask 0): a store's `packs/` or `refs/` would be writable by anyone.
+    """
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
