@@ -11,6 +11,7 @@ transaction per pack or per sync.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,6 +37,10 @@ SCHEMA = b"1"
 _LOC = struct.Struct("<32sQIIBB")
 _PACK = struct.Struct("<Q")
 _MAP_SIZE = 1 << 36
+
+
+class IndexUnavailable(StoreError):
+    """The local index cannot be opened or written (disk full, no permission)."""
 
 
 class Location(NamedTuple):
@@ -68,14 +73,31 @@ class Index:
         self.fresh = self._check_identity()
 
     def _open_env(self) -> lmdb.Environment:
-        make_private_dir(self.path)
         try:
-            return self._lmdb_open()
-        except lmdb.Error as exc:
-            log.warning("index at %s is damaged (%s); rebuilding it from the store", self.path, exc)
-            shutil.rmtree(self.path, ignore_errors=True)
             make_private_dir(self.path)
-            return self._lmdb_open()
+            try:
+                return self._lmdb_open()
+            except (lmdb.DiskError, lmdb.ReadonlyError):
+                raise
+            except lmdb.Error as exc:
+                log.warning("index at %s is damaged (%s); rebuilding it from the store",
+                            self.path, exc)
+                shutil.rmtree(self.path, ignore_errors=True)
+                make_private_dir(self.path)
+                return self._lmdb_open()
+        except (lmdb.Error, OSError) as exc:
+            raise IndexUnavailable(f"cannot open the local index at {self.path}: "
+                                   f"{_reason(exc, self.path)}") from None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction; a full disk is a one-line error, not an lmdb traceback."""
+        try:
+            with self.env.begin(write=True) as txn:
+                yield txn
+        except lmdb.Error as exc:
+            raise IndexUnavailable(f"cannot write the local index at {self.path}: "
+                                   f"{_reason(exc, self.path)}") from None
 
     def _lmdb_open(self) -> lmdb.Environment:
         env = lmdb.open(
@@ -91,7 +113,7 @@ class Index:
 
     def _check_identity(self) -> bool:
         """True when the index is new (or was for another store) and needs a full sync."""
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             if txn.get(b"store_id", db=self.meta) == self.store_id and txn.get(
                 b"schema", db=self.meta
             ) == SCHEMA:
@@ -122,7 +144,7 @@ class Index:
     def add_pack(self, pack_id: str, size: int, entries: list[PackEntry], replace: bool = False) -> None:
         """Record a durable pack and its blobs (`replace`: point blobs here even if known)."""
         pack_raw = bytes.fromhex(pack_id)
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             ids = b"".join(entry.id for entry in entries)
             txn.put(pack_raw, _PACK.pack(size) + ids, db=self.packs)
             for e in entries:
@@ -131,7 +153,7 @@ class Index:
 
     def remove_pack(self, pack_id: str) -> None:
         pack_raw = bytes.fromhex(pack_id)
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             raw = txn.get(pack_raw, db=self.packs)
             if raw is None:
                 return
@@ -159,11 +181,11 @@ class Index:
         return self.jobs if kind == JOB else self.datasets
 
     def put_record(self, record: JobRecord) -> None:
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
 
     def remove_record(self, kind: str, name: str) -> None:
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.delete(name.encode(), db=self._db(kind))
 
     def record(self, kind: str, name: str) -> JobRecord | None:
@@ -186,7 +208,7 @@ class Index:
             return txn.get(key.encode(), db=self.local)
 
     def local_put(self, key: str, value: bytes) -> None:
-        with self.env.begin(write=True) as txn:
+        with self._write() as txn:
             txn.put(key.encode(), value, db=self.local)
 
     # sync with the store ------------------------------------------------------------------
@@ -198,7 +220,7 @@ class Index:
             if refs:
                 for kind in (JOB, DATASET):
                     self._sync_refs(store, kind)
-            with self.env.begin(write=True) as txn:
+            with self._write() as txn:
                 txn.put(b"synced", repr(time.time()).encode(), db=self.meta)
 
     def _sync_packs(self, store: Store) -> None:
@@ -242,7 +264,7 @@ class Index:
 
     def rebuild(self, store: Store) -> None:
         """Forget everything but local state and relearn it from the store."""
-        with self._sync_lock, self.env.begin(write=True) as txn:
+        with self._sync_lock, self._write() as txn:
             for db in (self.blobs, self.packs, self.jobs, self.datasets):
                 txn.drop(db, delete=False)
         self.sync(store)
@@ -253,6 +275,17 @@ class Index:
         for blob_id, raw in items:
             pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+def _reason(exc: Exception, path: Path) -> str:
+    """The error, or "disk full" when it is (LMDB may then report EIO instead of ENOSPC)."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    try:
+        fs = os.statvfs(path)
+        full = fs.f_bavail * fs.f_frsize < 1024 * 1024
+    except OSError:
+        full = False
+    return "disk full" if full or "No space left" in text else text
 
 
 def open_index(store: Store) -> Index:
