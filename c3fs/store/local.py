@@ -199,7 +199,8 @@ def make_private_dir(path: Path) -> None:
         try:
             os.mkdir(directory, 0o700)
         except FileExistsError:
-            pass
+            if not directory.is_dir():  # a file in the way
+                raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
