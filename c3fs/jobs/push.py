@@ -32,13 +32,21 @@ def ensure_free(repo: Repo, kind: str, name: str) -> None:
 
 
 def ingest(repo: Repo, build: Callable[[Ingester], bytes],
-           progress: Callable[[int], None] | None = None) -> tuple[bytes, IngestStats]:
-    """Run `build` (which stores trees and returns a root id) under the push lock."""
-    repo.index.sync(repo.store, refs=False)  # dedup against packs other machines wrote
-    with push_lock(repo.store), Ingester(repo.store, repo.index, progress=progress) as ingester:
-        root = build(ingester)
-        ingester.sink.flush()
-        return root, ingester.stats
+           make_record: Callable[[bytes, IngestStats], JobRecord],
+           progress: Callable[[int], None] | None = None) -> JobRecord:
+    """Run `build` (which stores trees and returns a root id), then register the record
+    `make_record(root, stats)`, all under the push lock.
+
+    Both the index sync and the ref are inside the lock: a gc can neither delete packs
+    between our sync and our dedup lookups, nor see our new packs (and the old blobs we
+    dedup against) as garbage before our ref names them.
+    """
+    with push_lock(repo.store):
+        repo.index.sync(repo.store, refs=False)  # dedup against packs other machines wrote
+        with Ingester(repo.store, repo.index, progress=progress) as ingester:
+            root = build(ingester)
+            ingester.sink.flush()
+        return register(repo, make_record(root, ingester.stats))
 
 
 def register(repo: Repo, record: JobRecord) -> JobRecord:
@@ -70,8 +78,10 @@ def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | No
     name = new_job_id() if job_id is None else check_name(job_id, what)  # "" is invalid, not "none"
     ensure_free(repo, kind, name)
     started = time.time()
-    root, stats = ingest(repo, lambda ing: ing.ingest_dir(path), progress)
-    return register(repo, record_for(kind, name, project, root, stats, started, **fields))
+    return ingest(repo, lambda ing: ing.ingest_dir(path),
+                  lambda root, stats: record_for(kind, name, project, root, stats, started,
+                                                 **fields),
+                  progress)
 
 
 def record_for(kind: str, name: str, project: str, root: bytes, stats: IngestStats,

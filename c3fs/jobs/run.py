@@ -32,7 +32,7 @@ from pathlib import Path
 from c3fs.errors import C3fsError
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dir
-from c3fs.jobs.push import ensure_free, ingest, record_for, register
+from c3fs.jobs.push import ensure_free, ingest, record_for
 from c3fs.objects.ids import check_name, new_job_id
 from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
 from c3fs.repo import Repo
@@ -155,8 +155,9 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
     fields = dict(status=outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
                   command=list(spec.command), inputs=outcome.inputs)
     try:
-        root, stats = ingest(repo, lambda ing: collect(repo, ing, artifacts, outputs))
-        return register(repo, record_for(JOB, job_id, spec.project, root, stats, started, **fields))
+        return ingest(repo, lambda ing: collect(repo, ing, artifacts, outputs),
+                      lambda root, stats: record_for(JOB, job_id, spec.project, root, stats,
+                                                     started, **fields))
     except (C3fsError, OSError) as exc:
         return _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields)
 
@@ -174,9 +175,9 @@ def _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields):
     try:  # record the failure itself, with an empty tree, if the store still takes writes
         from c3fs.ingest import IngestStats
 
-        root, _ = ingest(repo, lambda ing: ing.store_tree([]))
-        return register(repo, record_for(JOB, job_id, spec.project, root, IngestStats(),
-                                         outcome.started, **fields))
+        return ingest(repo, lambda ing: ing.store_tree([]),
+                      lambda root, _: record_for(JOB, job_id, spec.project, root, IngestStats(),
+                                                 outcome.started, **fields))
     except (C3fsError, OSError) as exc2:
         log.error("job %s: could not record the failed job either: %s", job_id, exc2)
         return None
