@@ -1,1 +1,59 @@
-"""mount and umount commands (FUSE)."""
+"""The mount commands: mount and umount (FUSE)."""
+
+from __future__ import annotations
+
+import click
+
+from c3fs import fuse
+from cli import output
+from cli.main import Ctx, app, pass_ctx
+
+
+@app.command(context_settings={"max_content_width": 100})
+@click.argument("paths", nargs=-1, required=True, metavar="[REF] MOUNTPOINT")
+@click.option("-f", "--foreground", is_flag=True,
+              help="Serve in this process until unmounted (logs go to stderr).")
+@click.option("--allow-other", is_flag=True,
+              help="Let other users see the mount (needs user_allow_other in /etc/fuse.conf).")
+@click.option("--cache-size", default="256MiB", show_default=True, metavar="SIZE",
+              help="Memory for decoded chunks (the daemon uses this plus a small constant).")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=str),
+              help="Where the background daemon logs (default: under the cache directory).")
+@pass_ctx
+def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
+          cache_size: str, log_file: str | None) -> None:
+    """Mount REF read-only at MOUNTPOINT (an existing, empty directory).
+
+    REF is the whole namespace when omitted (jobs/, projects/<p>/jobs/, datasets/), or one
+    tree: /jobs/<id>, /projects/<p>/jobs/<id>, /datasets/<name>, or a folder inside any of
+    them. The command returns once the mount is ready; the daemon stays in the background
+    (unless --foreground) and logs to a file. Jobs pushed later appear without a remount.
+    Unmount with `c3fs umount MOUNTPOINT`.
+
+    \b
+    Examples:
+      c3fs mount /mnt/c3                              # every job and dataset
+      c3fs mount /jobs/job_abc123 /data/prev_weights  # one job's artifacts
+      c3fs mount /projects/vision/jobs/job_abc123/checkpoints /data/ckpt
+      c3fs mount /datasets/imagenet-mini /data/imagenet --cache-size 1GiB
+    """
+    if len(paths) > 2:
+        raise click.UsageError("expected [REF] MOUNTPOINT")
+    ref, mountpoint = paths if len(paths) == 2 else ("/", paths[0])
+    fuse.mount(ctx.store_url, ref, mountpoint, foreground=foreground, allow_other=allow_other,
+               cache_bytes=output.parse_size(cache_size), log_file=log_file)
+
+
+@app.command(context_settings={"max_content_width": 100})
+@click.argument("mountpoint", type=click.Path(path_type=str))
+@click.option("-z", "--lazy", is_flag=True,
+              help="Detach now, finish when the mount is no longer busy.")
+def umount(mountpoint: str, lazy: bool) -> None:
+    """Unmount a c3fs mount (also one whose daemon died: "Transport endpoint is not connected").
+
+    \b
+    Examples:
+      c3fs umount /data/prev_weights
+      c3fs umount --lazy /mnt/c3       # a shell still has its working directory there
+    """
+    fuse.unmount(mountpoint, lazy=lazy)

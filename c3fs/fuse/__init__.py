@@ -1,0 +1,304 @@
+"""Mount and unmount c3fs read-only through FUSE (pyfuse3 + trio).
+
+    mount(store_url, ref, mountpoint)   returns once the mount answers; the daemon runs on
+    unmount(mountpoint, lazy=False)     fusermount3 -u [-z]; also after the daemon died
+
+`mount` checks the mountpoint and FUSE here (cheap, in the caller), then starts the daemon:
+it forks (fast: no new interpreter) when the caller is single-threaded, else it runs
+`python -m c3fs.fuse`, which forks in turn. The daemon detaches (setsid, double fork, stdio
+to its log file), opens the store, resolves the ref, mounts, and reports "ok" or one error
+line through a pipe. The caller then polls `os.path.ismount` until the mount answers.
+
+This module imports neither trio nor pyfuse3 so the CLI stays quick to start; the request
+handlers live in `c3fs.fuse.ops`, the serving loop in `c3fs.fuse.daemon`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from c3fs.errors import C3fsError
+from c3fs.index import cache_root
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+DEFAULT_CACHE = 256 * MiB
+READY_TIMEOUT = 120.0  # opening a big remote store may sync its listing first
+
+__all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file", "is_mounted",
+           "mount", "unmount"]
+
+
+class MountError(C3fsError):
+    exit_code = 8
+
+
+class FuseUnavailable(MountError):
+    pass
+
+
+# mount ------------------------------------------------------------------------------------
+def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool = False,
+          allow_other: bool = False, cache_bytes: int = DEFAULT_CACHE,
+          log_file: str | None = None, timeout: float = READY_TIMEOUT) -> None:
+    """Mount `ref` ("/" or "" for the whole namespace) read-only at `mountpoint`.
+
+    Returns once the mount answers requests (with `foreground`: once it is unmounted again).
+    Raises a one-line C3fsError when FUSE is unavailable, the mountpoint is missing, not a
+    directory, busy or not empty, the ref is unknown, or the daemon cannot start.
+    """
+    check_fuse()
+    mountpoint = os.path.realpath(mountpoint)
+    check_mountpoint(mountpoint)
+    args = (store_url, ref or "/", mountpoint, allow_other, cache_bytes)
+    if foreground:
+        _serve_here(*args)
+        return
+    log_file = log_file or str(default_log_file(mountpoint))
+    if threading.active_count() == 1:
+        pid = _fork_daemon(args, log_file, timeout)
+    else:  # forking a threaded process is unsafe: start a fresh interpreter that forks
+        pid = _spawn_daemon(args, log_file, timeout)
+    _wait_answering(mountpoint, pid, log_file, timeout)
+
+
+def check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise FuseUnavailable("FUSE is unavailable: /dev/fuse is missing (load the fuse "
+                              "module, or give the container --device /dev/fuse)")
+    if shutil.which("fusermount3") is None:
+        raise FuseUnavailable("FUSE is unavailable: fusermount3 is not installed "
+                              "(install the fuse3 package)")
+
+
+def check_mountpoint(mountpoint: str) -> None:
+    if is_mounted(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is busy: something is already mounted "
+                         f"there (c3fs umount {mountpoint})")
+    if not os.path.lexists(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} does not exist (mkdir -p {mountpoint})")
+    if not os.path.isdir(mountpoint):
+        raise MountError(f"mountpoint {mountpoint} is not a directory")
+    with os.scandir(mountpoint) as entries:
+        if next(entries, None) is not None:
+            raise MountError(f"mountpoint {mountpoint} is not empty")
+
+
+def default_log_file(mountpoint: str) -> Path:
+    """Where a background daemon logs: one file per mountpoint under the cache directory."""
+    digest = hashlib.blake2b(mountpoint.encode(errors="surrogateescape"), digest_size=4).hexdigest()
+    name = os.path.basename(mountpoint.rstrip("/")) or "root"
+    return cache_root() / "mounts" / f"{name}-{digest}.log"
+
+
+def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes) -> None:
+    from c3fs.fuse import daemon
+
+    daemon.run(store_url, ref, mountpoint, allow_other=allow_other, cache_bytes=cache_bytes,
+               ready=lambda: None)
+
+
+# the daemon's start: fork, detach, report through a pipe ----------------------------------
+def _fork_daemon(args: tuple, log_file: str, timeout: float) -> int:
+    """Fork a detached daemon; return its pid once it reports the mount exists."""
+    read_fd, write_fd = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child, which never returns
+        os.close(read_fd)
+        _detach_and_run(args, log_file, write_fd)
+    os.close(write_fd)
+    os.waitpid(child, 0)
+    with os.fdopen(read_fd, "rb", buffering=0) as status:
+        return _read_status(status, timeout)
+
+
+def _detach_and_run(args: tuple, log_file: str, status_fd: int) -> None:
+    code = 1
+    try:
+        os.setsid()
+        if os.fork() > 0:
+            os._exit(0)
+        os.write(status_fd, f"pid {os.getpid()}\n".encode())
+        _redirect_stdio(log_file)
+        code = _run_daemon(args, status_fd)
+    finally:
+        os._exit(code)
+
+
+def _redirect_stdio(log_file: str) -> None:
+    os.chdir("/")
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s c3fs[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    level = min(logging.getLogger().level, logging.INFO) or logging.INFO
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _run_daemon(args: tuple, status_fd: int) -> int:
+    """Run the daemon; report "ok" or "error <code> <message>"; return the exit status."""
+    from c3fs.fuse import daemon
+
+    store_url, ref, mountpoint, allow_other, cache_bytes = args
+
+    def ready() -> None:
+        os.write(status_fd, b"ok\n")
+        os.close(status_fd)
+
+    try:
+        daemon.run(store_url, ref, mountpoint, allow_other=allow_other,
+                   cache_bytes=cache_bytes, ready=ready)
+    except C3fsError as exc:
+        log.error("%s", exc)
+        _report_error(status_fd, exc.exit_code, str(exc))
+        return exc.exit_code
+    except BaseException as exc:
+        log.exception("the mount daemon failed")
+        _report_error(status_fd, 1, f"the mount daemon failed: {exc!r}")
+        return 1
+    return 0
+
+
+def _report_error(status_fd: int, code: int, message: str) -> None:
+    line = f"error {code} {' '.join(message.split())}\n".encode(errors="replace")
+    try:
+        os.write(status_fd, line)
+    except OSError:
+        pass  # already reported ready: the error is in the log
+
+
+def _read_status(status, timeout: float) -> int:
+    """Parse the daemon's "pid N" / "ok" / "error CODE MESSAGE" lines; return its pid."""
+    deadline = time.monotonic() + timeout
+    pid = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([status], [], [], left)[0]:
+            _kill(pid)
+            raise MountError(f"the mount daemon did not report ready within {timeout:.0f} s")
+        line = status.readline().decode(errors="replace").strip()
+        if line.startswith("pid "):
+            pid = int(line[4:])
+        elif line == "ok":
+            return pid
+        elif line.startswith("error "):
+            _, code, message = (line.split(" ", 2) + [""])[:3]
+            raise _error(message or "the mount daemon failed", int(code))
+        elif not line:
+            raise MountError("the mount daemon exited before the mount was ready")
+
+
+def _error(message: str, code: int) -> MountError:
+    error = MountError(message)
+    error.exit_code = code
+    return error
+
+
+def _spawn_daemon(args: tuple, log_file: str, timeout: float) -> int:
+    store_url, ref, mountpoint, allow_other, cache_bytes = args
+    argv = [sys.executable, "-m", "c3fs.fuse", "--cache-bytes", str(cache_bytes),
+            "--log-file", log_file, ref, mountpoint]
+    argv[3:3] = ["--store", store_url] if store_url else []
+    argv[3:3] = ["--allow-other"] if allow_other else []
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout + 5, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise MountError(f"the mount daemon did not report ready within {timeout:.0f} s") from None
+    lines = proc.stderr.strip().splitlines()
+    if proc.returncode != 0:
+        raise _error(lines[-1] if lines else "the mount daemon failed", proc.returncode)
+    return int(proc.stdout.split()[-1])
+
+
+def _wait_answering(mountpoint: str, pid: int, log_file: str, timeout: float) -> None:
+    """Poll until the kernel shows the mount and the daemon answers (os.path.ismount)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not os.path.ismount(mountpoint):
+        if not _alive(pid):
+            raise MountError(f"the mount daemon died during start (see {log_file})")
+        if time.monotonic() > deadline:
+            raise MountError(f"{mountpoint} did not become a mount within {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill(pid: int) -> None:
+    if pid:
+        try:
+            os.kill(pid, 15)
+        except OSError:
+            pass
+
+
+# unmount ----------------------------------------------------------------------------------
+def unmount(mountpoint: str, lazy: bool = False) -> None:
+    """Unmount a c3fs mount (fusermount3 -u, -z with `lazy`), also when its daemon died."""
+    mountpoint = os.path.abspath(mountpoint)
+    if not is_mounted(mountpoint):
+        raise MountError(f"{mountpoint} is not mounted")
+    command = shutil.which("fusermount3")
+    if command is None:
+        raise FuseUnavailable("cannot unmount: fusermount3 is not installed (install fuse3)")
+    argv = [command, "-u", *(["-z"] if lazy else []), mountpoint]
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0 and is_mounted(mountpoint):
+        reason = (proc.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        if "busy" in reason.lower():
+            raise MountError(f"{mountpoint} is busy (a process has files or its working "
+                             "directory there): close them, or use --lazy")
+        raise MountError(f"cannot unmount {mountpoint}: {reason}")
+
+
+def is_mounted(path: str) -> bool:
+    """True when `path` is a mount point, even one whose daemon died (never blocks on it)."""
+    path = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                        os.path.basename(path.rstrip("/")))
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            points = {_unescape(line.split(b" ")[4]) for line in f}
+    except OSError:
+        return os.path.ismount(path)
+    return os.fsencode(path) in points
+
+
+def _unescape(field: bytes) -> bytes:
+    """Mount points in mountinfo escape space, tab, newline and backslash as \\ooo."""
+    if b"\\" not in field:
+        return field
+    out, i = bytearray(), 0
+    while i < len(field):
+        if field[i : i + 1] == b"\\" and field[i + 1 : i + 4].isdigit():
+            out.append(int(field[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return bytes(out)

@@ -1,0 +1,111 @@
+"""The mount daemon: open the repo, resolve the ref, mount, serve until unmounted or signalled.
+
+`run` is called in the process that will serve the mount (the detached daemon, or the
+caller itself with --foreground). It reports "ready" or a one-line error through `status`
+once the kernel mount exists, then serves requests on a trio loop until the file system is
+unmounted (`c3fs umount`, fusermount3 -u) or SIGTERM / SIGINT / SIGHUP arrive, and unmounts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from c3fs.errors import C3fsError, NotADirectory
+from c3fs.fuse.ops import Operations
+from c3fs.repo import Repo
+from c3fs.vfs import Vfs
+
+log = logging.getLogger(__name__)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+MAX_TASKS = 64  # concurrent FUSE requests in flight (pyfuse3 worker tasks)
+READ_AHEAD_KB = 4096  # kernel readahead for the mount (the default, 128 KiB, is too small)
+
+
+class MountFailed(C3fsError):
+    exit_code = 8
+
+
+def fuse_options(allow_other: bool) -> set[str]:
+    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    options |= {"ro", "nosuid", "nodev", "fsname=c3fs", "subtype=c3fs"}
+    if allow_other:
+        options.add("allow_other")
+    return options
+
+
+def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
+    repo = Repo.open(store_url, cache_bytes)
+    try:
+        vfs = Vfs(repo, ref or "/")
+    except BaseException:
+        repo.close()
+        raise
+    if not vfs.root.is_dir:
+        repo.close()
+        raise NotADirectory(f"{ref} is a file: mount a job, a dataset or a folder")
+    return vfs
+
+
+def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
+        cache_bytes: int, ready: Callable[[], None]) -> None:
+    """Mount and serve until unmounted; C3fsError (one line) when the mount cannot start."""
+    limit_malloc_arenas()
+    vfs = open_vfs(store_url, ref, cache_bytes)
+    try:
+        try:
+            pyfuse3.init(Operations(vfs), mountpoint, fuse_options(allow_other))
+        except RuntimeError as exc:
+            raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
+        log.info("mounted %s at %s (store %s)", ref or "/", mountpoint, vfs.repo.store.url)
+        ready()
+        try:
+            trio.run(_serve, mountpoint)
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
+    finally:
+        vfs.repo.close()
+
+
+async def _serve(mountpoint: str) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(trio.to_thread.run_sync, set_readahead, mountpoint)
+        await pyfuse3.main(min_tasks=2, max_tasks=MAX_TASKS)
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def set_readahead(mountpoint: str) -> None:
+    """Raise the kernel readahead of this mount's bdi (root only; best effort)."""
+    try:
+        dev = os.stat(mountpoint).st_dev
+        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.debug("kernel readahead left at its default: %s", exc)
+
+
+def limit_malloc_arenas() -> None:
+    """Keep glibc from growing one heap per reading thread (RSS stays near the cache size)."""
+    try:
+        libc = ctypes.CDLL(None)  # the process's own symbols (not find_library: it forks ldconfig)
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: fixed, so big chunks go back to the OS
+    except (OSError, AttributeError):
+        pass

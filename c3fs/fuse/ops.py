@@ -1,0 +1,352 @@
+"""The pyfuse3 Operations over a Vfs: translation only (inodes, errno values, thread offload).
+
+Where work runs (the S3QL rule, see STYLE.md):
+
+- on the trio event loop: everything answered from memory — getattr, forget, readdir pages
+  (the listing is taken once at opendir), open, release, readlink, xattrs, access;
+- in worker threads (`trio.to_thread.run_sync` under one `CapacityLimiter`): anything that may
+  fetch or decode a blob or touch the store — lookup (trees, unknown job ids), opendir (the
+  listing), read (FileReader), statfs.
+
+Errors: handlers raise only `pyfuse3.FUSEError`, built in one place (`_fuse_error`) from one
+table (`ERRNO`). A missing or corrupt chunk is EIO with one `log.error` line naming the job,
+the path and the chunk; anything unexpected is EIO with `log.exception`.
+
+Extended attributes (read-only):
+
+- `user.c3fs.digest` — a stable content id. Files: hex blake3 of the concatenated 32-byte
+  chunk ids (chunk ids are blake3 of the plain chunk bytes, so equal digests mean equal bytes
+  within one store); directories: the hex id of their tree (a Merkle root over the whole
+  sub-tree).
+- `user.c3fs.job` (or `user.c3fs.dataset`) — the job id (dataset name) the node belongs to.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import blake3
+import pyfuse3
+import trio
+
+from c3fs.errors import DataError, FormatError, IsADirectory, NotADirectory, NotFound
+from c3fs.objects.job import DATASET
+from c3fs.objects.tree import FILE, LINK
+from c3fs.reader import FileReader
+from c3fs.vfs import ROOT_INO, Node, Vfs
+
+log = logging.getLogger(__name__)
+
+CONTENT_TIMEOUT = 3600.0  # a job's tree never changes
+LISTING_TIMEOUT = 1.0  # /jobs, /projects/...: new jobs must show up quickly
+BLOCK_SIZE = 1 << 20  # st_blksize: `cat` and friends read this much per call
+OPEN_IN_THREAD = 4096  # files with more chunks than this are opened in a worker thread
+XATTR_DIGEST = b"user.c3fs.digest"
+XATTR_JOB = b"user.c3fs.job"
+XATTR_DATASET = b"user.c3fs.dataset"
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+class ReadOnly(Exception):
+    """A write-type request on the read-only mount."""
+
+
+class NoAttribute(Exception):
+    """An extended attribute the node does not have."""
+
+
+# STYLE.md rule 2: the one place where errors become errno values (first match wins).
+ERRNO: tuple[tuple[type[BaseException], int], ...] = (
+    (NotFound, errno.ENOENT),
+    (NotADirectory, errno.ENOTDIR),
+    (IsADirectory, errno.EISDIR),
+    (ReadOnly, errno.EROFS),
+    (NoAttribute, pyfuse3.ENOATTR),
+    (DataError, errno.EIO),  # missing or corrupt chunk: logged with job, path and chunk
+    (FormatError, errno.EIO),  # a damaged tree: logged the same way
+)
+LOGGED = (DataError, FormatError)
+
+
+def errno_of(exc: BaseException) -> int | None:
+    for kind, number in ERRNO:
+        if isinstance(exc, kind):
+            return number
+    return None
+
+
+def handler(method: Callable) -> Callable:
+    """Run a request handler; turn whatever it raises into a FUSEError (never anything else)."""
+
+    @functools.wraps(method)
+    async def run(self: Operations, *args):
+        try:
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise self._fuse_error(exc, method.__name__, args) from None
+
+    return run
+
+
+@dataclass(slots=True)
+class OpenFile:
+    node: Node
+    reader: FileReader
+
+
+class Inodes:
+    """The nodes the kernel knows, with their lookup counts (released in `forget`)."""
+
+    def __init__(self, root: Node) -> None:
+        self.root = root
+        self._nodes: dict[int, Node] = {ROOT_INO: root}
+        self._counts: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, ino: int) -> Node:
+        node = self._nodes.get(ino)
+        if node is None:
+            raise NotFound(f"inode {ino} is not known (forgotten)")
+        return node
+
+    def find(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def remember(self, node: Node) -> None:
+        """The kernel took one more reference to `node` (a lookup or a readdirplus entry)."""
+        self._nodes[node.ino] = node
+        self._counts[node.ino] = self._counts.get(node.ino, 0) + 1
+
+    def forget(self, ino: int, count: int) -> None:
+        left = self._counts.get(ino, 0) - count
+        if left > 0:
+            self._counts[ino] = left
+            return
+        self._counts.pop(ino, None)
+        if ino != ROOT_INO:
+            self._nodes.pop(ino, None)
+
+
+class Operations(pyfuse3.Operations):
+    """Read-only FUSE requests translated to the Vfs."""
+
+    enable_writeback_cache = False
+    supports_dot_lookup = False
+
+    def __init__(self, vfs: Vfs, threads: int = 16, readahead: int = 8) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.inodes = Inodes(vfs.root)
+        self.limiter = trio.CapacityLimiter(threads)
+        self.readahead = readahead
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, tuple[Node, list[tuple[bytes, Node]]]] = {}
+        self._handles = itertools.count(1)
+
+    async def _thread(self, fn: Callable, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    # attributes ---------------------------------------------------------------------------
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        attr.generation = 0
+        attr.entry_timeout = attr.attr_timeout = timeout_of(node)
+        attr.st_mode = node.st_mode
+        attr.st_nlink = 1
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_rdev = 0
+        attr.st_size = size_of(node)
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_blocks = (attr.st_size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        return attr
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        self.inodes.remember(node)
+        return self.attributes(node)
+
+    # names --------------------------------------------------------------------------------
+    @handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        try:
+            node = await self._thread(self.vfs.lookup, parent, name)
+        except NotFound:
+            if parent.ref is None:  # a listing that grows: never cache a miss
+                raise
+            return negative_entry()  # content never changes: the kernel may cache the miss
+        return self._entry(node)
+
+    @handler
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @handler
+    async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
+        return self.attributes(self.inodes.get(inode))
+
+    @handler
+    async def readlink(self, inode: int, ctx=None) -> bytes:
+        return self.vfs.readlink(self.inodes.get(inode))
+
+    @handler
+    async def access(self, inode: int, mode: int, ctx=None) -> bool:
+        self.inodes.get(inode)
+        if mode & os.W_OK:
+            raise ReadOnly()
+        return True
+
+    # directories --------------------------------------------------------------------------
+    @handler
+    async def opendir(self, inode: int, ctx=None) -> int:
+        node = self.inodes.get(inode)
+        listing = await self._thread(self.vfs.children, node)
+        fh = next(self._handles)
+        self._dirs[fh] = (node, listing)
+        return fh
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Entries from position `start_id` of the listing taken at opendir; next_id = i + 1."""
+        _, listing = self._dirs[fh]
+        for i in range(start_id, len(listing)):
+            name, node = listing[i]
+            if not pyfuse3.readdir_reply(token, name, self.attributes(node), i + 1):
+                return
+            self.inodes.remember(node)  # readdirplus: every reported entry is a lookup
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # files --------------------------------------------------------------------------------
+    @handler
+    async def open(self, inode: int, flags: int, ctx=None) -> pyfuse3.FileInfo:
+        if flags & WRITE_FLAGS:
+            raise ReadOnly()
+        node = self.inodes.get(inode)
+        if node.kind != FILE:
+            raise IsADirectory(f"{node.display} is not a regular file")
+        many = node.entry is not None and len(node.entry.chunks) > 32 * OPEN_IN_THREAD
+        reader = (await self._thread(self.vfs.open, node, self.readahead) if many
+                  else self.vfs.open(node, self.readahead))
+        fh = next(self._handles)
+        self._files[fh] = OpenFile(node, reader)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._thread(self._files[fh].reader.read, off, size)
+
+    @handler
+    async def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
+
+    # the file system ----------------------------------------------------------------------
+    @handler
+    async def statfs(self, ctx=None) -> pyfuse3.StatvfsData:
+        stored = await self._thread(lambda: sum(self.vfs.repo.index.pack_sizes().values()))
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = data.f_frsize = BLOCK_SIZE
+        data.f_blocks = (stored + BLOCK_SIZE - 1) // BLOCK_SIZE
+        data.f_bfree = data.f_bavail = 0
+        data.f_files = len(self.inodes)
+        data.f_ffree = data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # extended attributes ------------------------------------------------------------------
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx=None) -> bytes:
+        value = xattrs(self.inodes.get(inode)).get(name)
+        if value is None:
+            raise NoAttribute()
+        return value
+
+    @handler
+    async def listxattr(self, inode: int, ctx=None) -> Sequence[bytes]:
+        return list(xattrs(self.inodes.get(inode)))
+
+    # everything that would write ----------------------------------------------------------
+    @handler
+    async def _refuse(self, *args) -> None:
+        raise ReadOnly()
+
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _refuse
+    write = create = setxattr = removexattr = _refuse
+
+    # errors -------------------------------------------------------------------------------
+    def _fuse_error(self, exc: Exception, op: str, args: tuple) -> pyfuse3.FUSEError:
+        number = errno_of(exc)
+        if number is None:
+            log.exception("unexpected error in %s (%s): answering EIO", op, self._where(op, args))
+            return pyfuse3.FUSEError(errno.EIO)
+        if isinstance(exc, LOGGED):
+            node = self._node_of(op, args)
+            job = node.ref[1] if node is not None and node.ref else "-"
+            chunk = getattr(exc, "blob_id", None)
+            log.error("%s failed (EIO): job %s, path %s, chunk %s: %s", op, job,
+                      self._where(op, args), chunk.hex() if chunk else "-", exc)
+        return pyfuse3.FUSEError(number)
+
+    def _node_of(self, op: str, args: tuple) -> Node | None:
+        if not args or not isinstance(args[0], int):
+            return None
+        if op in ("read", "release", "flush"):
+            handle = self._files.get(args[0])
+            return handle.node if handle else None
+        if op in ("readdir", "releasedir"):
+            return self._dirs.get(args[0], (None, None))[0]
+        return self.inodes.find(args[0])
+
+    def _where(self, op: str, args: tuple) -> str:
+        node = self._node_of(op, args)
+        where = node.display if node is not None else "?"
+        if op == "lookup" and len(args) > 1:
+            where = where.rstrip("/") + "/" + args[1].decode(errors="replace")
+        if op == "read" and len(args) > 2:
+            where += f" [offset {args[1]}, {args[2]} bytes]"
+        return where
+
+
+def size_of(node: Node) -> int:
+    if node.kind == LINK and node.entry is not None:
+        return len(node.entry.target)  # what lstat says of a symlink
+    return node.size if node.kind == FILE else 0
+
+
+def timeout_of(node: Node) -> float:
+    return CONTENT_TIMEOUT if node.ref is not None else LISTING_TIMEOUT
+
+
+def negative_entry() -> pyfuse3.EntryAttributes:
+    attr = pyfuse3.EntryAttributes()
+    attr.st_ino = 0
+    attr.entry_timeout = CONTENT_TIMEOUT
+    return attr
+
+
+def xattrs(node: Node) -> dict[bytes, bytes]:
+    """The extended attributes of a node (see the module docstring)."""
+    found: dict[bytes, bytes] = {}
+    if node.kind == FILE and node.entry is not None:
+        found[XATTR_DIGEST] = blake3.blake3(node.entry.chunks).hexdigest().encode()
+    elif node.tree_id is not None:
+        found[XATTR_DIGEST] = node.tree_id.hex().encode()
+    if node.ref is not None:
+        kind, name = node.ref
+        found[XATTR_DATASET if kind == DATASET else XATTR_JOB] = name.encode()
+    return found

@@ -1,0 +1,479 @@
+"""Real FUSE mounts through the `c3fs mount` CLI, plus the Operations called directly.
+
+Every mount is waited for by polling and torn down with `fusermount3 -u -z` (tests/fusehelp).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+from fusehelp import (
+    C3FS,
+    alive,
+    daemon_pids,
+    force_unmount,
+    fuse_works,
+    mount,
+    mounted,
+    run_c3fs,
+    stop,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.fuse,
+              pytest.mark.skipif(not fuse_works(), reason="needs /dev/fuse and fusermount3")]
+
+JOB, PROJECT = "job_alpha", "proj"
+MTIME_NS = 1_700_000_000_123_456_789
+ODD_NAME = b"caf\xe9 \xff.txt"  # not UTF-8
+
+
+@dataclass
+class World:
+    root: Path
+    src: Path
+    store: Path
+    env: dict[str, str]
+
+    def push(self, src: Path, job: str, project: str = PROJECT) -> None:
+        run_c3fs("push", str(src), "--project", project, "--job", job, env=self.env)
+
+
+def make_source(src: Path) -> None:
+    rng = random.Random(4)
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "many").mkdir()
+    (src / "dup").mkdir()
+    (src / "hello.txt").write_bytes(b"hello world\n")
+    (src / "dup" / "hello.txt").write_bytes(b"hello world\n")
+    (src / "empty").write_bytes(b"")
+    (src / "big.bin").write_bytes(rng.randbytes(6 * 1024 * 1024 + 12345))
+    (src / "victim.bin").write_bytes(rng.randbytes(40_000))
+    (src / "sub" / "deeper" / "file.txt").write_bytes(b"deep\n" * 1000)
+    for i in range(400):
+        (src / "many" / f"f{i:04d}").write_bytes(f"small file {i}\n".encode())
+    (src / "script.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    (src / "script.sh").chmod(0o755)
+    (src / "secret").write_bytes(b"s3cr3t")
+    (src / "secret").chmod(0o600)
+    with open(os.path.join(os.fsencode(src), ODD_NAME), "wb") as f:
+        f.write(b"odd name\n")
+    os.symlink("hello.txt", src / "link")
+    os.symlink("/etc/passwd", src / "abs_link")
+    for path in sorted(src.rglob("*"), reverse=True):
+        os.utime(path, ns=(MTIME_NS, MTIME_NS + hash(path.name) % 10**9), follow_symlinks=False)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("fuse")
+    src, store = root / "src", root / "store"
+    src.mkdir()
+    make_source(src)
+    env = dict(os.environ, C3FS_STORE=str(store), C3FS_CACHE_DIR=str(root / "cache"))
+    w = World(root, src, store, env)
+    w.push(src, JOB)
+    return w
+
+
+@pytest.fixture(scope="module")
+def mnt(world: World):
+    with mount(world.env, world.root / "mnt") as path:
+        yield path
+
+
+@pytest.fixture
+def job(mnt: Path) -> Path:
+    return mnt / "jobs" / JOB
+
+
+def source_files(src: Path) -> list[bytes]:
+    out = []
+    for dirpath, _, files in os.walk(os.fsencode(src)):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                out.append(os.path.relpath(path, os.fsencode(src)))
+    return out
+
+
+# reading ----------------------------------------------------------------------------------
+def test_every_file_reads_byte_exact(world: World, job: Path) -> None:
+    files = source_files(world.src)
+    assert len(files) > 400
+    for rel in files:
+        expected = open(os.path.join(os.fsencode(world.src), rel), "rb").read()
+        assert open(os.path.join(os.fsencode(job), rel), "rb").read() == expected, rel
+
+
+def test_random_offsets(world: World, job: Path) -> None:
+    expected = (world.src / "big.bin").read_bytes()
+    rng = random.Random(7)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECT", 0)  # past the page cache, to the daemon
+    fd = os.open(job / "big.bin", flags)
+    try:
+        for _ in range(300):
+            offset = rng.randrange(len(expected) + 100)
+            size = rng.choice([1, 17, 4096, 65536, 300_000, 2_000_000])
+            assert os.pread(fd, size, offset) == expected[offset : offset + size], (offset, size)
+    finally:
+        os.close(fd)
+
+
+def test_eight_concurrent_readers(world: World, job: Path) -> None:
+    expected = (world.src / "big.bin").read_bytes()
+    failures: list[str] = []
+
+    def reader(n: int) -> None:
+        fd = os.open(job / "big.bin", os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        try:
+            step = 4096 * (n + 1) + 1000 * n
+            starts = list(range(0, len(expected), step))
+            random.Random(n).shuffle(starts)
+            for start in starts:
+                if os.pread(fd, step, start) != expected[start : start + step]:
+                    failures.append(f"reader {n} at {start}")
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_listing_of_many_entries_is_complete(world: World, job: Path) -> None:
+    assert sorted(os.listdir(job / "many")) == sorted(os.listdir(world.src / "many"))
+    assert sorted(os.listdir(os.fsencode(job))) == sorted(os.listdir(os.fsencode(world.src)))
+
+
+# metadata ---------------------------------------------------------------------------------
+def test_sizes_modes_mtimes_and_links_match_the_source(world: World, job: Path) -> None:
+    src_b, job_b = os.fsencode(world.src), os.fsencode(job)
+    checked = 0
+    for dirpath, dirs, files in os.walk(src_b):
+        for name in dirs + files:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, src_b)
+            want, got = os.lstat(path), os.lstat(os.path.join(job_b, rel))
+            assert stat.S_IFMT(got.st_mode) == stat.S_IFMT(want.st_mode), rel
+            assert stat.S_IMODE(got.st_mode) == stat.S_IMODE(want.st_mode), rel
+            assert got.st_mtime_ns == want.st_mtime_ns, rel
+            if not stat.S_ISDIR(want.st_mode):
+                assert got.st_size == want.st_size, rel
+            if stat.S_ISLNK(want.st_mode):
+                assert os.readlink(os.path.join(job_b, rel)) == os.readlink(path)
+            checked += 1
+    assert checked > 400
+    assert (job / "link").read_bytes() == b"hello world\n"
+    assert os.readlink(job / "abs_link") == "/etc/passwd"  # kept as a link, never resolved
+    assert (Path(os.fsdecode(job_b + b"/" + ODD_NAME))).read_bytes() == b"odd name\n"
+
+
+def test_same_inode_through_jobs_and_projects(mnt: Path) -> None:
+    for rel in ["", "hello.txt", "sub", "sub/deeper/file.txt", "link", "many/f0001"]:
+        a = os.lstat(mnt / "jobs" / JOB / rel)
+        b = os.lstat(mnt / "projects" / PROJECT / "jobs" / JOB / rel)
+        assert a.st_ino == b.st_ino, rel
+    assert os.lstat(mnt / "jobs" / JOB / "hello.txt").st_ino != os.lstat(
+        mnt / "jobs" / JOB / "dup" / "hello.txt").st_ino
+
+
+def test_xattrs(job: Path) -> None:
+    names = os.listxattr(job / "hello.txt")
+    assert set(names) == {"user.c3fs.digest", "user.c3fs.job"}
+    assert os.getxattr(job / "hello.txt", "user.c3fs.job") == JOB.encode()
+    digest = os.getxattr(job / "hello.txt", "user.c3fs.digest")
+    assert len(digest) == 64 and int(digest, 16) >= 0
+    assert digest == os.getxattr(job / "dup" / "hello.txt", "user.c3fs.digest")
+    assert digest != os.getxattr(job / "big.bin", "user.c3fs.digest")
+    assert len(os.getxattr(job / "sub", "user.c3fs.digest")) == 64  # the tree id
+    with pytest.raises(OSError) as exc:
+        os.getxattr(job / "hello.txt", "user.nope")
+    assert exc.value.errno == errno.ENODATA
+    assert os.listxattr(job.parent) == []  # /jobs is virtual
+
+
+def test_statfs(mnt: Path) -> None:
+    st = os.statvfs(mnt)
+    assert st.f_flag & os.ST_RDONLY
+    assert st.f_namemax == 255
+    assert st.f_bavail == 0 and st.f_blocks > 0
+
+
+# errors -----------------------------------------------------------------------------------
+WRITES = {
+    "open for write": lambda j: os.open(j / "hello.txt", os.O_WRONLY),
+    "create": lambda j: os.open(j / "new.txt", os.O_WRONLY | os.O_CREAT, 0o644),
+    "mkdir": lambda j: os.mkdir(j / "newdir"),
+    "unlink": lambda j: os.unlink(j / "hello.txt"),
+    "rmdir": lambda j: os.rmdir(j / "sub" / "deeper"),
+    "rename": lambda j: os.rename(j / "hello.txt", j / "renamed.txt"),
+    "setxattr": lambda j: os.setxattr(j / "hello.txt", "user.x", b"1"),
+    "truncate": lambda j: os.truncate(j / "hello.txt", 0),
+    "symlink": lambda j: os.symlink("x", j / "newlink"),
+    "chmod": lambda j: os.chmod(j / "hello.txt", 0o777),
+    "utime": lambda j: os.utime(j / "hello.txt", (0, 0)),
+    "link": lambda j: os.link(j / "hello.txt", j / "hard"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(WRITES))
+def test_writes_get_erofs(job: Path, what: str) -> None:
+    with pytest.raises(OSError) as exc:
+        WRITES[what](job)
+    assert exc.value.errno == errno.EROFS
+    assert (job / "hello.txt").read_bytes() == b"hello world\n"
+
+
+@pytest.mark.parametrize("rel", ["jobs/job_alpha/nope", "jobs/job_nope", "jobs/Bad Name!",
+                                 "projects/nope", f"projects/other/jobs/{JOB}",
+                                 "jobs/job_alpha/sub/deeper/nope", "nope"])
+def test_missing_names_are_enoent(mnt: Path, rel: str) -> None:
+    for _ in range(2):  # the second time may come from the kernel's negative cache
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / rel)
+
+
+def test_enotdir(job: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        os.stat(job / "hello.txt" / "x")
+    with pytest.raises(NotADirectoryError):
+        os.listdir(job / "hello.txt")
+
+
+# the namespace while mounted --------------------------------------------------------------
+def test_job_pushed_while_mounted_appears(world: World, mnt: Path) -> None:
+    src = world.root / "src_beta"
+    src.mkdir()
+    (src / "result.txt").write_bytes(b"beta\n")
+    assert "job_beta" not in os.listdir(mnt / "jobs")
+    world.push(src, "job_beta", project="other")
+    # a lookup by name asks the store at once; the listings catch up within a refresh
+    assert (mnt / "jobs" / "job_beta" / "result.txt").read_bytes() == b"beta\n"
+    wait_until(lambda: "job_beta" in os.listdir(mnt / "jobs"), "job_beta in /jobs", 10)
+    wait_until(lambda: "other" in os.listdir(mnt / "projects"), "project in /projects", 10)
+    assert os.listdir(mnt / "projects" / "other" / "jobs") == ["job_beta"]
+
+
+@pytest.mark.parametrize("ref, expected", [
+    (f"/jobs/{JOB}", None),
+    (f"/projects/{PROJECT}/jobs/{JOB}/sub", ["deeper"]),
+    ("/datasets/ds_one", None),
+])
+def test_mount_of_one_ref(world: World, tmp_path: Path, ref: str, expected) -> None:
+    if "datasets" in ref:
+        run_c3fs("cp", "-r", str(world.src), f"/projects/{PROJECT}/datasets/ds_one",
+                 env=world.env)
+    with mount(world.env, tmp_path / "m", ref) as m:
+        names = sorted(os.listdir(os.fsencode(m)))
+        if expected is None:
+            assert names == sorted(os.listdir(os.fsencode(world.src)))
+            assert (m / "hello.txt").read_bytes() == b"hello world\n"
+            assert os.getxattr(m, "user.c3fs.digest")  # the root is the ref's tree
+        else:
+            assert names == [n.encode() for n in expected]
+            assert (m / "deeper" / "file.txt").read_bytes() == b"deep\n" * 1000
+        with pytest.raises(OSError) as exc:
+            os.mkdir(m / "x")
+        assert exc.value.errno == errno.EROFS
+
+
+# damage -----------------------------------------------------------------------------------
+def test_corrupt_pack_gives_eio_for_that_file_only(world: World, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(world.store, store)
+    env = dict(world.env, C3FS_STORE=str(store), C3FS_CACHE_DIR=str(tmp_path / "cache"))
+    pack_file, offset, chunk = locate_chunk(store, tmp_path / "cache", monkeypatch,
+                                            f"/jobs/{JOB}/victim.bin")
+    with open(pack_file, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    log_file = tmp_path / "mount.log"
+    with mount(env, tmp_path / "m", None, "--log-file", str(log_file)) as m:
+        job = m / "jobs" / JOB
+        for _ in range(2):
+            with pytest.raises(OSError) as exc:
+                (job / "victim.bin").read_bytes()
+            assert exc.value.errno == errno.EIO
+        assert (job / "big.bin").read_bytes() == (world.src / "big.bin").read_bytes()
+        assert (job / "hello.txt").read_bytes() == b"hello world\n"
+        assert os.path.ismount(m)
+        log = log_file.read_text()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert errors, log
+    for line in errors:
+        assert JOB in line and "victim.bin" in line and chunk.hex() in line, line
+    assert "Traceback" not in log
+
+
+def locate_chunk(store: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
+                 path: str) -> tuple[Path, int, bytes]:
+    """(pack file, an offset inside the stored blob, chunk id) of the first chunk of `path`."""
+    from c3fs.repo import Repo
+    from c3fs.store.store import Store
+    from c3fs.vfs import Vfs
+
+    monkeypatch.setenv("C3FS_CACHE_DIR", str(cache))
+    repo = Repo.open(str(store))
+    try:
+        chunk = Vfs(repo).resolve(path).entry.chunk_ids()[0]
+        loc = repo.index.lookup(chunk)
+    finally:
+        repo.close()
+    return store / Store.pack_key(loc.pack_id), loc.offset + loc.length // 2, chunk
+
+
+# the daemon's life ------------------------------------------------------------------------
+def test_umount_after_the_daemon_was_killed(world: World, tmp_path: Path) -> None:
+    with mount(world.env, tmp_path / "m") as m:
+        pids = daemon_pids(m)
+        assert len(pids) == 1
+        stop(pids[0], signal.SIGKILL)
+        wait_until(lambda: not alive(pids[0]), "the daemon to die")
+        with pytest.raises(OSError) as exc:
+            os.listdir(m)
+        assert exc.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        run_c3fs("umount", str(m), env=world.env)
+        assert not mounted(m)
+        assert os.listdir(m) == []
+
+
+def test_sigterm_unmounts_cleanly(world: World, tmp_path: Path) -> None:
+    with mount(world.env, tmp_path / "m", f"/jobs/{JOB}") as m:
+        assert (m / "hello.txt").read_bytes() == b"hello world\n"
+        [pid] = daemon_pids(m)
+        stop(pid, signal.SIGTERM)
+        wait_until(lambda: not mounted(m), "SIGTERM to unmount")
+        wait_until(lambda: not alive(pid), "the daemon to exit")
+
+
+def test_foreground_mount_stops_on_sigint(world: World, tmp_path: Path) -> None:
+    m = tmp_path / "m"
+    m.mkdir()
+    proc = subprocess.Popen([C3FS, "mount", "--foreground", f"/jobs/{JOB}", str(m)],
+                            env=world.env, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.ismount(m) or proc.poll() is not None, "foreground mount")
+        assert (m / "hello.txt").read_bytes() == b"hello world\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0, proc.stderr.read()
+        assert not mounted(m)
+    finally:
+        force_unmount(m)
+        proc.kill()
+        proc.wait()
+
+
+def test_mount_from_a_threaded_caller(world: World, tmp_path: Path) -> None:
+    """With other threads alive, mount() starts `python -m c3fs.fuse` instead of forking."""
+    m = tmp_path / "m"
+    m.mkdir()
+    code = ("import sys, threading; from c3fs.fuse import mount\n"
+            "threading.Thread(target=threading.Event().wait, args=(60,), daemon=True).start()\n"
+            "mount(sys.argv[1], sys.argv[2], sys.argv[3])\n")
+    try:
+        subprocess.run([sys.executable, "-c", code, str(world.store), f"/jobs/{JOB}", str(m)],
+                       env=world.env, check=True, timeout=60)
+        assert os.path.ismount(m)
+        assert (m / "hello.txt").read_bytes() == b"hello world\n"
+        run_c3fs("umount", str(m), env=world.env)
+        assert not mounted(m)
+    finally:
+        force_unmount(m)
+
+
+def mount_error(world: World, *args: str, env: dict | None = None) -> str:
+    proc = run_c3fs("mount", *args, env=env or world.env, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("c3fs: error: "), proc.stderr
+    return lines[0]
+
+
+def test_mount_errors_are_one_line(world: World, mnt: Path, tmp_path: Path) -> None:
+    assert "does not exist" in mount_error(world, str(tmp_path / "missing"))
+    (tmp_path / "file").write_text("x")
+    assert "not a directory" in mount_error(world, str(tmp_path / "file"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    assert "not empty" in mount_error(world, str(tmp_path / "full"))
+    assert "busy" in mount_error(world, str(mnt))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "job_nope" in mount_error(world, "/jobs/job_nope", str(empty))
+    assert "is a file" in mount_error(world, f"/jobs/{JOB}/hello.txt", str(empty))
+    assert not mounted(empty)
+    no_fuse = dict(world.env, PATH="/nonexistent")
+    assert "fusermount3" in mount_error(world, str(empty), env=no_fuse)
+
+
+def test_umount_of_something_not_mounted(world: World, tmp_path: Path) -> None:
+    proc = run_c3fs("umount", str(tmp_path), env=world.env, check=False)
+    assert proc.returncode != 0 and "not mounted" in proc.stderr
+
+
+# the Operations, called directly ----------------------------------------------------------
+@pytest.fixture
+def ops(world: World, monkeypatch: pytest.MonkeyPatch):
+    from c3fs.fuse.ops import Operations
+    from c3fs.repo import Repo
+    from c3fs.vfs import Vfs
+
+    monkeypatch.setenv("C3FS_CACHE_DIR", world.env["C3FS_CACHE_DIR"])
+    repo = Repo.open(str(world.store))
+    yield Operations(Vfs(repo))
+    repo.close()
+
+
+def test_lookup_counts_are_released_by_forget(ops) -> None:
+    async def main() -> None:
+        jobs = await ops.lookup(1, b"jobs")
+        job = await ops.lookup(jobs.st_ino, JOB.encode())
+        again = await ops.lookup(jobs.st_ino, JOB.encode())
+        assert job.st_ino == again.st_ino
+        assert (await ops.getattr(job.st_ino)).st_mode & stat.S_IFDIR
+        await ops.forget([(job.st_ino, 1)])
+        assert (await ops.getattr(job.st_ino)).st_ino == job.st_ino  # one lookup left
+        await ops.forget([(job.st_ino, 1), (jobs.st_ino, 1), (1, 1)])
+        with pytest.raises(Exception) as exc:
+            await ops.getattr(job.st_ino)
+        assert exc.value.errno == errno.ENOENT
+        assert (await ops.getattr(1)).st_ino == 1  # the root is never forgotten
+
+    trio.run(main)
+
+
+def test_handlers_raise_only_fuse_errors(ops) -> None:
+    import pyfuse3
+
+    async def main() -> None:
+        jobs = await ops.lookup(1, b"jobs")
+        for call, number in [
+            (ops.lookup(jobs.st_ino, b"job_nope"), errno.ENOENT),
+            (ops.mkdir(1, b"x", 0o755, None), errno.EROFS),
+            (ops.getxattr(1, b"user.x", None), pyfuse3.ENOATTR),
+            (ops.read(12345, 0, 10), errno.EIO),  # unknown handle: unexpected -> EIO
+        ]:
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await call
+            assert exc.value.errno == number
+
+    trio.run(main)
