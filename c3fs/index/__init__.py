@@ -103,6 +103,7 @@ class Index:
         env = lmdb.open(
             str(self.path), map_size=_MAP_SIZE, max_dbs=8, readahead=False, mode=0o600, lock=True
         )
+        _check_not_truncated(env, self.path / "data.mdb")
         self.blobs = env.open_db(b"blobs")
         self.packs = env.open_db(b"packs")
         self.jobs = env.open_db(b"jobs")
@@ -275,6 +276,16 @@ class Index:
         for blob_id, raw in items:
             pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+def _check_not_truncated(env: lmdb.Environment, data_file: Path) -> None:
+    """LMDB maps data.mdb: a page past the end of a truncated file is SIGBUS, not an error.
+    The meta page (read with read(), always there) says how many pages must exist."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    actual = os.path.getsize(data_file)
+    if actual < needed:
+        env.close()
+        raise lmdb.CorruptedError(f"data.mdb is truncated ({actual} of {needed} bytes)")
 
 
 def _reason(exc: Exception, path: Path) -> str:
