@@ -2,6 +2,7 @@
 
 1. make a sample job output (a plot PNG, metrics, a weights file) and `push` it;
 2. `ls` it, `cp -r` it back and check the copy is byte-identical, modes and mtimes too;
+   `mount` it read-only and read it back;
 3. `run` a training stage that writes artifacts, then an evaluation stage that mounts the
    first stage's artifacts read-only through `.c3` `datasets:` (job chaining);
 4. `balance`, `verify`.
@@ -109,6 +110,20 @@ def chain(work: Path) -> None:
     print(f"lineage: {eval_id} read {train_id} through a read-only mount")
 
 
+def mount_and_read(job: str, sample: Path) -> None:
+    mnt = ROOT / "mnt"
+    mnt.mkdir()
+    c3fs("mount", f"/jobs/{job}", str(mnt))
+    try:
+        print(f"$ ls {mnt}\n" + "  ".join(sorted(os.listdir(mnt))))
+        same = (mnt / "weights.bin").read_bytes() == (sample / "weights.bin").read_bytes()
+        print(f"weights.bin through the mount is {'identical' if same else 'DIFFERENT'}")
+        if not same:
+            sys.exit("demo: the mount served different bytes")
+    finally:
+        c3fs("umount", str(mnt))
+
+
 def main() -> None:
     shutil.rmtree(ROOT, ignore_errors=True)
     ROOT.mkdir()
@@ -121,6 +136,7 @@ def main() -> None:
     c3fs("ls", "-l", f"/projects/demo/jobs/{job}")
     c3fs("cp", "-r", f"/jobs/{job}", str(ROOT / "copy"))
     compare(sample, ROOT / "copy")
+    mount_and_read(job, sample)
     chain(ROOT)
     c3fs("ls", "-l", "/projects/demo/jobs/")
     c3fs("balance")
