@@ -17,9 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from c3fs.errors import C3fsError
+from c3fs.errors import C3fsError, DataError, FormatError
 from c3fs.objects.tree import DIR, FILE, LINK
-from c3fs.vfs import Node, Vfs
+from c3fs.vfs import Node, Vfs, unreadable
 
 log = logging.getLogger(__name__)
 TMP = b".c3fs-tmp."
@@ -68,7 +68,11 @@ class Copier:
         _make_dir(path)
         dirs.append((path, node))
         self.stats.dirs += 1
-        for name, child in self.vfs.children(node):
+        try:
+            children = self.vfs.children(node)
+        except (DataError, FormatError) as exc:
+            raise unreadable(node, exc) from None
+        for name, child in children:
             child_path = os.path.join(path, name)
             if child.kind == DIR:
                 self._copy_dir(child, child_path, pool, futures, dirs)
@@ -100,6 +104,9 @@ class Copier:
         except OSError as exc:
             _unlink(tmp)
             raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
+        except (DataError, FormatError) as exc:  # never a partial file under the real name
+            _unlink(tmp)
+            raise unreadable(node, exc) from None
         except BaseException:
             _unlink(tmp)
             raise

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import blake3
 
-from c3fs.errors import NotADirectory, NotFound
+from c3fs.errors import C3fsError, DataError, FormatError, NotADirectory, NotFound
 from c3fs.objects.ids import check_name
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import DIR, FILE, LINK, Entry
@@ -71,6 +71,15 @@ def _virtual(path: tuple[bytes, ...], mtime_ns: int = 0) -> Node:
     return Node(ino_of(path), DIR, 0o555, 0, mtime_ns, path)
 
 
+def unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
+    """`exc` saying which job and path it breaks (`/jobs/<id>/<path>: blob ... is corrupt`),
+    of the same kind (DataError or FormatError) and keeping the damaged blob's id."""
+    error = (FormatError if isinstance(exc, FormatError) else DataError)(
+        f"cannot read {node.display}: {exc}")
+    error.blob_id = getattr(exc, "blob_id", None)
+    return error
+
+
 def split_path(path: str | bytes) -> tuple[bytes, ...]:
     raw = path.encode(errors="surrogateescape") if isinstance(path, str) else path
     parts = tuple(p for p in raw.split(b"/") if p and p != b".")
@@ -90,7 +99,10 @@ class Vfs:
     def resolve(self, path: str | bytes) -> Node:
         node = _virtual(())
         for name in split_path(path):
-            node = self.lookup(node, name)
+            try:
+                node = self.lookup(node, name)
+            except (DataError, FormatError) as exc:
+                raise unreadable(node, exc) from None
         return node
 
     def lookup(self, parent: Node, name: bytes) -> Node:
