@@ -62,7 +62,7 @@ def encode_record(record: JobRecord) -> bytes:
 def decode_record(data: bytes) -> JobRecord:
     try:
         record = _decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 is not a DecodeError
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # bad UTF-8, deep nesting
         raise FormatError(f"damaged job record: {exc}") from None
     try:
         check_name(record.id)

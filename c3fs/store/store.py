@@ -166,7 +166,7 @@ def _decode_config(raw: bytes, url: str) -> StoreConfig:
     try:
         head = msgspec.json.decode(raw)
         version = head.get("version") if isinstance(head, dict) else None
-    except (msgspec.DecodeError, UnicodeDecodeError):  # bad UTF-8 is not a DecodeError
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # nor deep nesting
         raise StoreError(f"{url}: the store config is damaged") from None
     if not isinstance(head, dict) or head.get("format") != "c3fs":
         raise StoreError(f"{url} is not a c3fs store")
