@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app.main(args=argv, prog_name="c3fs", standalone_mode=False)
     except C3fsError as exc:
-        output.err.print(f"c3fs: error: {exc}", markup=False, highlight=False)
+        output.err.print(f"c3fs: error: {one_line(str(exc))}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         output.err.print("c3fs: aborted", markup=False)
@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     sys.exit(0)
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: an error stays one line, and a name from a
+    crafted store cannot send escape sequences to the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def kind_of(path: str) -> str:
