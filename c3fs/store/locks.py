@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -19,8 +20,10 @@ import time
 from collections.abc import Iterator
 
 from c3fs.errors import LockedError
-from c3fs.store.backend import KeyExists, KeyMissing
+from c3fs.store.backend import BackendError, KeyExists, KeyMissing
 from c3fs.store.store import Store
+
+log = logging.getLogger(__name__)
 
 STALE = 6 * 3600.0
 GC_KEY = "locks/gc"
@@ -61,8 +64,10 @@ def push_lock(store: Store) -> Iterator[None]:
         if _is_fresh(store, GC_KEY):
             raise LockedError("gc is running on this store; push again when it has finished")
         yield
-    finally:
-        store.backend.delete(key)
+    except BaseException:
+        _release_after_error(store, key)
+        raise
+    store.backend.delete(key)
 
 
 @contextlib.contextmanager
@@ -78,5 +83,16 @@ def gc_lock(store: Store) -> Iterator[None]:
         if pushes:
             raise LockedError(f"{len(pushes)} push(es) in progress; run gc when they have finished")
         yield
-    finally:
-        store.backend.delete(GC_KEY)
+    except BaseException:
+        _release_after_error(store, GC_KEY)
+        raise
+    store.backend.delete(GC_KEY)
+
+
+def _release_after_error(store: Store, key: str) -> None:
+    """Remove our lock on the way out of a failure, without hiding that failure behind a
+    second one (the store is often unreachable then). A lock left behind goes stale."""
+    try:
+        store.backend.delete(key)
+    except BackendError as exc:
+        log.warning("could not remove lock %s: %s", key, exc)
