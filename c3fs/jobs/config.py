@@ -62,6 +62,10 @@ def load_config(path: Path | None, workdir: Path) -> JobConfig:
         check_name(config.project, "project")
     for rel in config.output:
         output_dir(workdir, rel)
+    for dataset in config.datasets:
+        check_mount_path(dataset.mount, workdir)
+        if ".." in dataset.ref.split("/"):
+            raise ConfigError(f"dataset ref {dataset.ref!r} must not contain '..'")
     return config
 
 

@@ -79,6 +79,11 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
     mounted: list[Path] = []
     try:
         outcome.inputs = _mount_datasets(repo, spec, mounted)
+    except BaseException:  # nothing ran: leave nothing behind
+        _unmount_all(mounted)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    try:
         _execute(spec, job_id, artifacts, outcome)
     finally:
         _unmount_all(mounted)
