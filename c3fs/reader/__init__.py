@@ -67,6 +67,15 @@ class BlobSource:
         future.set_result(data)
         return data
 
+    def peek(self, blob_id: bytes) -> bytes | None:
+        """The cached bytes of `blob_id`, or None: never fetches, so it may run on the FUSE
+        event loop (which then sends only cache misses to a worker thread)."""
+        with self._lock:
+            data = self._cache.get(blob_id)
+            if data is not None:
+                self._cache.move_to_end(blob_id)
+            return data
+
     def prefetch(self, blob_ids: list[bytes]) -> None:
         """Start fetching blobs not yet cached or in flight, in worker threads."""
         with self._lock:
@@ -134,6 +143,13 @@ class FileReader:
         self._next_offset = -1
 
     def read(self, offset: int, size: int) -> bytes:
+        return self._read(offset, size, self.blobs.get)
+
+    def read_cached(self, offset: int, size: int) -> bytes | None:
+        """`read` from cached chunks only: None as soon as one is not cached (never blocks)."""
+        return self._read(offset, size, self.blobs.peek)
+
+    def _read(self, offset: int, size: int, get) -> bytes | None:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
@@ -141,13 +157,15 @@ class FileReader:
         last = bisect.bisect_left(self.starts, end) - 1
         if self.readahead and offset == self._next_offset:
             self.blobs.prefetch(self.ids[last + 1 : last + 1 + self.readahead])
-        self._next_offset = end
         parts = []
         for i in range(first, last + 1):
-            data = self.blobs.get(self.ids[i])
+            data = get(self.ids[i])
+            if data is None:
+                return None
             lo = max(offset - self.starts[i], 0)
             hi = min(end - self.starts[i], len(data))
             parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
+        self._next_offset = end
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def chunk_at(self, offset: int) -> bytes:
