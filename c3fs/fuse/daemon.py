@@ -78,7 +78,7 @@ async def _serve(mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
         nursery.start_soon(trio.to_thread.run_sync, set_readahead, mountpoint)
-        await pyfuse3.main(min_tasks=2, max_tasks=MAX_TASKS)
+        await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
         nursery.cancel_scope.cancel()
 
 

@@ -3,10 +3,14 @@
 Where work runs (the S3QL rule, see STYLE.md):
 
 - on the trio event loop: everything answered from memory — getattr, forget, readdir pages
-  (the listing is taken once at opendir), open, release, readlink, xattrs, access;
+  (the listing is taken once at opendir), open, release, readlink, xattrs, access, and reads
+  whose chunks are all in the decoded-chunk cache (`FileReader.read_cached`);
 - in worker threads (`trio.to_thread.run_sync` under one `CapacityLimiter`): anything that may
   fetch or decode a blob or touch the store — lookup (trees, unknown job ids), opendir (the
-  listing), read (FileReader), statfs.
+  listing), reads that miss the cache (`FileReader.read`), statfs.
+
+`open` starts fetching a file's first chunks (BlobSource.prefetch, the reader's own pool), so
+the first READ usually finds them cached.
 
 Errors: handlers raise only `pyfuse3.FUSEError`, built in one place (`_fuse_error`) from one
 table (`ERRNO`). A missing or corrupt chunk is EIO with one `log.error` line naming the job,
@@ -47,6 +51,8 @@ CONTENT_TIMEOUT = 3600.0  # a job's tree never changes
 LISTING_TIMEOUT = 1.0  # /jobs, /projects/...: new jobs must show up quickly
 BLOCK_SIZE = 1 << 20  # st_blksize: `cat` and friends read this much per call
 OPEN_IN_THREAD = 4096  # files with more chunks than this are opened in a worker thread
+OPEN_PREFETCH = 4  # chunks fetched as soon as a file is opened
+XATTR_PREFIX = b"user.c3fs."  # `ls -l` asks every file for security.* and ACLs: answer fast
 XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
@@ -243,13 +249,18 @@ class Operations(pyfuse3.Operations):
         many = node.entry is not None and len(node.entry.chunks) > 32 * OPEN_IN_THREAD
         reader = (await self._thread(self.vfs.open, node, self.readahead) if many
                   else self.vfs.open(node, self.readahead))
+        reader.blobs.prefetch(reader.ids[:OPEN_PREFETCH])  # ready by the first READ
         fh = next(self._handles)
         self._files[fh] = OpenFile(node, reader)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self._thread(self._files[fh].reader.read, off, size)
+        reader = self._files[fh].reader
+        data = reader.read_cached(off, size)  # chunks in memory: no thread round trip
+        if data is None:
+            data = await self._thread(reader.read, off, size)
+        return data
 
     @handler
     async def release(self, fh: int) -> None:
@@ -271,7 +282,8 @@ class Operations(pyfuse3.Operations):
     # extended attributes ------------------------------------------------------------------
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx=None) -> bytes:
-        value = xattrs(self.inodes.get(inode)).get(name)
+        node = self.inodes.get(inode)
+        value = xattrs(node).get(name) if name.startswith(XATTR_PREFIX) else None
         if value is None:
             raise NoAttribute()
         return value
