@@ -28,6 +28,7 @@ from pathlib import Path
 
 from c3fs.errors import C3fsError
 from c3fs.index import cache_root
+from c3fs.store.local import make_private_dir
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -136,7 +137,7 @@ def _detach_and_run(args: tuple, log_file: str, status_fd: int) -> None:
 
 def _redirect_stdio(log_file: str) -> None:
     os.chdir("/")
-    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(Path(log_file).parent)  # 0700 whatever the umask, like the cache
     null = os.open(os.devnull, os.O_RDWR)
     log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(null, 0)
