@@ -205,6 +205,10 @@ def test_xattrs(job: Path) -> None:
     with pytest.raises(OSError) as exc:
         os.getxattr(job / "hello.txt", "user.nope")
     assert exc.value.errno == errno.ENODATA
+    for name in ["security.selinux", "system.posix_acl_access"]:  # namespaces we do not have
+        with pytest.raises(OSError) as exc:
+            os.getxattr(job / "hello.txt", name)
+        assert exc.value.errno == errno.EOPNOTSUPP
     assert os.listxattr(job.parent) == []  # /jobs is virtual
 
 

@@ -10,7 +10,8 @@ Where work runs (the S3QL rule, see STYLE.md):
   listing), reads that miss the cache (`FileReader.read`), statfs.
 
 `open` starts fetching a file's first chunks (BlobSource.prefetch, the reader's own pool), so
-the first READ usually finds them cached.
+the first READ usually finds them cached, and tells `DirectoryReadahead`, which warms the
+next small files of the directory (see c3fs/fuse/readahead.py).
 
 Errors: handlers raise only `pyfuse3.FUSEError`, built in one place (`_fuse_error`) from one
 table (`ERRNO`). A missing or corrupt chunk is EIO with one `log.error` line naming the job,
@@ -40,10 +41,11 @@ import pyfuse3
 import trio
 
 from c3fs.errors import DataError, FormatError, IsADirectory, NotADirectory, NotFound
+from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.objects.job import DATASET
 from c3fs.objects.tree import FILE, LINK
 from c3fs.reader import FileReader
-from c3fs.vfs import ROOT_INO, Node, Vfs
+from c3fs.vfs import ROOT_INO, Node, Vfs, ino_of
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ LISTING_TIMEOUT = 1.0  # /jobs, /projects/...: new jobs must show up quickly
 BLOCK_SIZE = 1 << 20  # st_blksize: `cat` and friends read this much per call
 OPEN_IN_THREAD = 4096  # files with more chunks than this are opened in a worker thread
 OPEN_PREFETCH = 4  # chunks fetched as soon as a file is opened
-XATTR_PREFIX = b"user.c3fs."  # `ls -l` asks every file for security.* and ACLs: answer fast
+USER_NAMESPACE = b"user."  # the only xattr namespace the mount has
+XATTR_PREFIX = b"user.c3fs."
 XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
@@ -67,6 +70,14 @@ class NoAttribute(Exception):
     """An extended attribute the node does not have."""
 
 
+class NoNamespace(Exception):
+    """An xattr namespace the mount does not implement (security.*, system.* ACLs, trusted.*).
+
+    EOPNOTSUPP rather than ENOATTR: `ls -l` then remembers that the file system has no
+    SELinux labels or ACLs and stops asking for them, file after file (two requests each).
+    """
+
+
 # STYLE.md rule 2: the one place where errors become errno values (first match wins).
 ERRNO: tuple[tuple[type[BaseException], int], ...] = (
     (NotFound, errno.ENOENT),
@@ -74,6 +85,7 @@ ERRNO: tuple[tuple[type[BaseException], int], ...] = (
     (IsADirectory, errno.EISDIR),
     (ReadOnly, errno.EROFS),
     (NoAttribute, pyfuse3.ENOATTR),
+    (NoNamespace, errno.EOPNOTSUPP),
     (DataError, errno.EIO),  # missing or corrupt chunk: logged with job, path and chunk
     (FormatError, errno.EIO),  # a damaged tree: logged the same way
 )
@@ -155,6 +167,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = Inodes(vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
         self.readahead = readahead
+        self.directory_readahead = DirectoryReadahead(vfs.repo, self.limiter)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[tuple[bytes, Node]]]] = {}
@@ -215,6 +228,12 @@ class Operations(pyfuse3.Operations):
             raise ReadOnly()
         return True
 
+    def _parent(self, node: Node) -> Node | None:
+        """The directory holding `node`, if the kernel still knows it."""
+        path = node.path[:-1]
+        root = self.inodes.root
+        return root if path == root.path else self.inodes.find(ino_of(path))
+
     # directories --------------------------------------------------------------------------
     @handler
     async def opendir(self, inode: int, ctx=None) -> int:
@@ -250,6 +269,9 @@ class Operations(pyfuse3.Operations):
         reader = (await self._thread(self.vfs.open, node, self.readahead) if many
                   else self.vfs.open(node, self.readahead))
         reader.blobs.prefetch(reader.ids[:OPEN_PREFETCH])  # ready by the first READ
+        parent = self._parent(node)
+        if parent is not None:
+            self.directory_readahead.opened(parent, node)
         fh = next(self._handles)
         self._files[fh] = OpenFile(node, reader)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
@@ -283,6 +305,8 @@ class Operations(pyfuse3.Operations):
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx=None) -> bytes:
         node = self.inodes.get(inode)
+        if not name.startswith(USER_NAMESPACE):
+            raise NoNamespace()
         value = xattrs(node).get(name) if name.startswith(XATTR_PREFIX) else None
         if value is None:
             raise NoAttribute()
