@@ -7,19 +7,28 @@ sampled.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from reliability.relkit import (
+    GiB,
     KiB,
     MiB,
     Site,
+    daemon_of,
+    drop_page_cache,
+    file_digest,
     make_local_store,
+    mounted,
+    needs_fuse,
     spread_delays,
     tree_digest,
 )
@@ -85,28 +94,29 @@ GC_PUSH_ROUNDS = 4
 def test_gc_during_push_never_removes_a_live_blob(tmp_path: Path, big_tree: Path) -> None:
     """A removed job's blobs are exactly what the next push dedups against: the most
     dangerous moment for gc. Either side may refuse (exit 7); no blob a job uses may go."""
+    (src,) = shared_sources(tmp_path / "src", big_tree, 1)  # 96 MiB in 3 files + 50 small
     site = Site(str(tmp_path / "store"), tmp_path / "cache")
     make_local_store(site.root, 4 * MiB)
     pushed: dict[str, Path] = {}
     outcomes = []
-    for i, delay in enumerate(spread_delays(7, GC_PUSH_ROUNDS, 1.0)):
-        site.push(big_tree, f"old-{i}")
+    for i, delay in enumerate(spread_delays(7, GC_PUSH_ROUNDS, 0.8)):
+        site.push(src, f"old-{i}")
         site.run("rm", f"old-{i}").ok()
-        push = site.popen("push", big_tree, "-p", "rel", "-j", f"new-{i}")
+        push = site.popen("push", src, "-p", "rel", "-j", f"new-{i}")
         time.sleep(delay)
         gc = site.popen("gc")
         (_, push_err), (_, gc_err) = push.communicate(timeout=120), gc.communicate(timeout=120)
         assert push.returncode in (0, 7) and gc.returncode in (0, 7), (push_err, gc_err)
         if push.returncode == 7:
             assert b"gc is running" in push_err
-            site.push(big_tree, f"new-{i}")
+            site.push(src, f"new-{i}")
         if gc.returncode == 7:
             assert b"in progress" in gc_err or b"another gc" in gc_err
         outcomes.append((push.returncode, gc.returncode))
-        pushed[f"new-{i}"] = big_tree
+        pushed[f"new-{i}"] = src
         site.assert_verifies()
     site.run("gc").ok()
-    assert site.jobs() == sorted(pushed)
+    assert site.jobs() == sorted(pushed), outcomes
     site.assert_verifies()
 
 
@@ -158,3 +168,194 @@ def test_gc_between_a_push_index_sync_and_its_lock(tmp_path: Path, small_tree: P
     assert json.loads(machine_a.run("balance", "--json").ok().out)["jobs"] == 1
     machine_a.assert_verifies()
     machine_b.assert_verifies()
+
+
+# gc racing mount reads --------------------------------------------------------------------------
+class Readers:
+    """Threads that read files of a mount over and over (page cache dropped each time) and
+    compare every byte with the source, until stopped; errors are collected, not raised."""
+
+    def __init__(self, mnt: Path, src: Path, files: list[str], threads: int) -> None:
+        self.mnt, self.src, self.files = mnt, src, files
+        self.digests = {f: file_digest(src / f) for f in files}
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.reads = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._loop, args=(i,), daemon=True)
+                        for i in range(threads)]
+
+    def __enter__(self) -> Readers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def _loop(self, seed: int) -> None:
+        rng = random.Random(seed)
+        scattered = seed % 2 == 1  # odd threads read at random offsets, even ones whole files
+        while not self.stop.is_set():
+            name = rng.choice(self.files)
+            try:
+                drop_page_cache(self.mnt / name)
+                done = self._scattered(name, rng) if scattered else self._whole(name)
+            except OSError as exc:
+                self.errors.append(f"{name}: {exc}")
+                done = 0
+            with self._lock:
+                self.reads += 1
+                self.bytes += done
+
+    def _whole(self, name: str) -> int:
+        digest, size = hashlib.sha256(), 0
+        with open(self.mnt / name, "rb", buffering=0) as f:
+            while block := f.read(MiB):
+                digest.update(block)
+                size += len(block)
+        if digest.hexdigest() != self.digests[name]:
+            self.errors.append(f"{name}: wrong bytes")
+        return size
+
+    def _scattered(self, name: str, rng: random.Random) -> int:
+        size, done = (self.src / name).stat().st_size, 0
+        with open(self.mnt / name, "rb", buffering=0) as mine, open(self.src / name, "rb") as src:
+            for _ in range(32):
+                offset, length = rng.randrange(max(size, 1)), rng.randint(1, MiB)
+                got = os.pread(mine.fileno(), length, offset)
+                if got != os.pread(src.fileno(), length, offset):
+                    self.errors.append(f"{name}@{offset}+{length}: wrong bytes")
+                done += len(got)
+        return done
+
+
+@needs_fuse
+@pytest.mark.parametrize("gc_from", ["same-machine", "other-machine"])
+def test_gc_during_mount_reads(tmp_path: Path, small_tree: Path, gc_from: str) -> None:
+    """The mounted job's chunks sit in a removed job's packs, which gc repacks and deletes
+    while 4 readers keep reading: every read must succeed with the right bytes."""
+    dead, live = tmp_path / "dead", tmp_path / "live"
+    for src, own in ((dead, "dead-only.bin"), (live, "live-only.bin")):
+        shutil.copytree(small_tree, src, symlinks=True)
+        (src / own).write_bytes(random.Random(own).randbytes(2 * MiB))
+    site = Site(str(tmp_path / "store"), tmp_path / "cache")
+    make_local_store(site.root, 1 * MiB)
+    site.push(dead, "dead")
+    site.push(live, "live")
+    site.run("rm", "dead").ok()
+    gc_site = site if gc_from == "same-machine" else site.with_cache(tmp_path / "cache-gc")
+    files = sorted(str(p.relative_to(live)) for p in live.rglob("*")
+                   if p.is_file() and not p.is_symlink())
+    with mounted(site, "/jobs/live", tmp_path / "mnt", "--cache-size", "4MiB") as mnt:
+        with Readers(mnt, live, files, threads=4) as readers:
+            time.sleep(0.5)
+            before = readers.reads
+            report = json.loads(gc_site.run("gc", "--json").ok().out)
+            time.sleep(0.5)
+            during = readers.reads - before
+        assert report["packs_repacked"] > 0, report  # the mounted job's packs were rewritten
+        assert readers.errors == [] and during > 0
+        for name in files:  # and once more after gc, nothing cached
+            drop_page_cache(mnt / name)
+            assert file_digest(mnt / name) == readers.digests[name], name
+    site.assert_verifies()
+
+
+# load on one mount --------------------------------------------------------------------------------
+@needs_fuse
+def test_16_readers_on_one_mount(tmp_path: Path, big_tree: Path, site: Site) -> None:
+    """8 sequential readers (whole files) and 8 random readers (preads at random offsets and
+    lengths), all at once; every byte compared with the source."""
+    site.push(big_tree, "big")
+    files = sorted(str(p.relative_to(big_tree)) for p in big_tree.rglob("*")
+                   if p.is_file() and not p.is_symlink())
+    big = [f for f in files if f.startswith("weights-")]
+    picked = {seed: big + random.Random(seed).sample(files, 100) for seed in range(8)}
+    digests = {name: file_digest(big_tree / name) for names in picked.values() for name in names}
+    errors: list[str] = []
+
+    def sequential(seed: int, mnt: Path) -> None:
+        for name in picked[seed]:
+            if file_digest(mnt / name) != digests[name]:
+                errors.append(f"{name}: wrong bytes")
+
+    def scattered(seed: int, mnt: Path) -> None:
+        rng = random.Random(100 + seed)
+        handles = {name: (os.open(mnt / name, os.O_RDONLY), os.open(big_tree / name, os.O_RDONLY))
+                   for name in big}
+        try:
+            for _ in range(200):
+                name = rng.choice(big)
+                offset = rng.randrange(32 * MiB)
+                length = rng.choice([1, 4096, 65536 + 17, 1 * MiB, 3 * MiB])
+                mine, source = handles[name]
+                if os.pread(mine, length, offset) != os.pread(source, length, offset):
+                    errors.append(f"{name}@{offset}+{length}: wrong bytes")
+        finally:
+            for fds in handles.values():
+                for fd in fds:
+                    os.close(fd)
+
+    with mounted(site, "/jobs/big", tmp_path / "mnt", "--cache-size", "64MiB") as mnt:
+        for name in files:
+            drop_page_cache(mnt / name)
+        threads = [threading.Thread(target=work, args=(i, mnt))
+                   for i in range(8) for work in (sequential, scattered)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not any(t.is_alive() for t in threads), "readers hung"
+        assert errors == []
+        assert time.monotonic() - started < 300
+
+
+@needs_fuse
+@pytest.mark.slow
+def test_10_gib_of_reads_with_bounded_daemon_memory(tmp_path: Path, site: Site) -> None:
+    """Re-read 240 MiB of files (page cache dropped before each read; 2 threads read whole
+    files, 2 read at random offsets) until 10 GiB have gone through the daemon; its RSS,
+    sampled every 0.1 s, stays under 100 MiB + its cache size."""
+    cache = 64 * MiB
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        with open(src / f"checkpoint-{i}.bin", "wb") as f:
+            rng = random.Random(i)
+            for block in range(40):
+                f.write(rng.randbytes(MiB) if block % 2 else bytes([i + block]) * MiB)
+    site.push(src, "soak")
+    files = sorted(p.name for p in src.iterdir())
+    with mounted(site, "/jobs/soak", tmp_path / "mnt", "--cache-size", "64MiB") as mnt:
+        daemon = daemon_of(mnt)
+        assert daemon is not None
+        rchar_before = daemon.io_counters().read_chars
+        peak = [daemon.memory_info().rss]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                peak.append(daemon.memory_info().rss)
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.monotonic()
+        with Readers(mnt, src, files, threads=4) as readers:
+            while readers.bytes < 10 * GiB and time.monotonic() - started < 240:
+                time.sleep(0.2)
+        sampling.set()
+        sampler.join()
+        elapsed = time.monotonic() - started
+        served = daemon.io_counters().read_chars - rchar_before
+    assert readers.errors == []
+    assert readers.bytes >= 10 * GiB, f"only {readers.bytes / GiB:.1f} GiB in {elapsed:.0f} s"
+    assert served > 2 * GiB, f"the daemon read only {served / GiB:.1f} GiB of packs"
+    assert max(peak) <= 100 * MiB + cache, f"daemon RSS peaked at {max(peak) / MiB:.0f} MiB"
+    print(f"\n10 GiB soak: {readers.bytes / GiB:.1f} GiB in {elapsed:.0f} s, "
+          f"daemon RSS peak {max(peak) / MiB:.0f} MiB, packs read {served / GiB:.1f} GiB")
