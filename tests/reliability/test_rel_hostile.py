@@ -296,18 +296,53 @@ def file_entry(name: bytes, content: bytes) -> Entry:
     return Entry(name, FILE, 0o644, len(content), 1, chunks=blob_id(content), sizes=[len(content)])
 
 
-def craft_job(site: Site, job: str, trees: list[bytes], contents: list[bytes] = ()) -> None:
-    """Write a pack holding `trees` (the first is the root) and `contents`, and a job ref."""
+def put_pack(site: Site, blobs: list[tuple[int, bytes, int, bytes, int]]) -> None:
+    """Write one pack of (kind, id, codec, stored bytes, claimed plain length) blobs."""
     builder = PackBuilder()
-    for content in contents:
-        builder.add(CHUNK, blob_id(content), codec.RAW, content, len(content))
-    for tree in trees:
-        builder.add(TREE, blob_id(tree), codec.RAW, tree, len(tree))
+    for blob in blobs:
+        builder.add(*blob)
     pack_id, data = builder.finish()
     with site.repo() as repo:
         repo.store.put_pack(pack_id, data)
+
+
+def craft_job(site: Site, job: str, trees: list[bytes], contents: list[bytes] = ()) -> None:
+    """Write a pack holding `trees` (the first is the root) and `contents`, and a job ref."""
+    put_pack(site, [(CHUNK, blob_id(c), codec.RAW, c, len(c)) for c in contents] +
+             [(TREE, blob_id(t), codec.RAW, t, len(t)) for t in trees])
+    with site.repo() as repo:
         repo.store.create_ref(JobRecord(id=job, project="rel", created=time.time(),
                                         root=blob_id(trees[0]).hex()))
+
+
+def test_bombs_in_a_store(tmp_path: Path, site: Site, bombs: dict[str, bytes]) -> None:
+    """A pack that holds 1 GiB of zeros claimed as 1,000 bytes, and a pack whose trailer
+    claims 1 GiB for a blob: cp fails on one line naming the file, its peak RSS stays small,
+    verify names exactly the two files, the innocent file copies."""
+    small, huge = b"s" * 1000, b"h" * 1000  # the ids the bombs pretend to be
+    put_pack(site, [(CHUNK, blob_id(small), codec.ZSTD, bombs["sized"], 1000)])
+    put_pack(site, [(CHUNK, blob_id(huge), codec.ZSTD, bombs["sized"], GiB)])
+    craft_job(site, "bombs", [encode_tree([
+        Entry(b"small-claim.bin", FILE, 0o644, 1000, 1, chunks=blob_id(small), sizes=[1000]),
+        Entry(b"huge-claim.bin", FILE, 0o644, 1000, 1, chunks=blob_id(huge), sizes=[1000]),
+        file_entry(b"fine.txt", b"fine\n")])], [b"fine\n"])
+    for name in ("small-claim.bin", "huge-claim.bin"):
+        proc = subprocess.Popen([str(BIN), "cp", f"/jobs/bombs/{name}", str(tmp_path / name)],
+                                env=site.env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        error = proc.stderr.read().decode()
+        assert os.waitstatus_to_exitcode(status) == 6, error
+        lines = error.splitlines()  # (a damaged pack is also logged each time it is seen)
+        assert f"cannot read /jobs/bombs/{name}" in lines[-1] and "Traceback" not in error
+        assert all("damaged pack" in line for line in lines[:-1]), error
+        assert usage.ru_maxrss * 1024 < 150 * MiB, f"cp peaked at {usage.ru_maxrss} KiB"
+        assert not (tmp_path / name).exists()
+    code, report = site.verify()
+    assert code == 6
+    assert {where for p in report["problems"] for where in p["broken"]} == {
+        "job bombs:/small-claim.bin", "job bombs:/huge-claim.bin"}
+    site.run("cp", "/jobs/bombs/fine.txt", tmp_path / "fine.txt").ok()
+    assert (tmp_path / "fine.txt").read_bytes() == b"fine\n"
 
 
 UNSAFE_NAMES = [b"..", b".", b"", b"a/b", b"/", b"../../escape", b"a\0b", b"x" * 256]
