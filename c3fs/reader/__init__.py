@@ -18,10 +18,10 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from c3fs.errors import BlobCorrupt, BlobMissing, DataError
-from c3fs.index import Index
+from c3fs.index import Index, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
-from c3fs.store.backend import BackendError, KeyMissing
+from c3fs.store.backend import Backend, BackendError, KeyMissing
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,27 +102,45 @@ class BlobSource:
                 self._cached -= len(old)
 
     def fetch_uncached(self, blob_id: bytes) -> bytes:
-        """Read and verify a blob from the store, bypassing the cache (for `verify`)."""
-        return self._fetch(blob_id)
+        """Read and verify a blob from the store itself, bypassing every cache (`verify`)."""
+        return self._fetch(blob_id, cached=False)
 
-    def _fetch(self, blob_id: bytes) -> bytes:
+    def _fetch(self, blob_id: bytes, cached: bool = True) -> bytes:
         try:
-            return self._fetch_once(blob_id)
+            return self._fetch_once(blob_id, cached)
         except (BlobMissing, KeyMissing):
             # Another process may have repacked (gc) or pushed it: relearn packs, try again.
             self.index.sync(self.store, refs=False)
-            return self._fetch_once(blob_id)
+            return self._fetch_once(blob_id, cached)
 
-    def _fetch_once(self, blob_id: bytes) -> bytes:
+    def _fetch_once(self, blob_id: bytes, cached: bool = True) -> bytes:
         loc = self.index.lookup(blob_id)
         if loc is None:
             raise BlobMissing(blob_id)
+        backend = self.store.backend if cached else getattr(self.store.backend, "uncached",
+                                                              self.store.backend)
         try:
-            stored = self.store.read(loc.pack_id, loc.offset, loc.length)
+            return self._decode(blob_id, loc, self._read(backend, blob_id, loc))
+        except BlobCorrupt:
+            # A disk cache under the store may hold a bad copy: drop it and read again, once.
+            invalidate = getattr(backend, "invalidate", None)
+            key = Store.pack_key(loc.pack_id)
+            if invalidate is None or not invalidate(key, loc.offset, loc.length):
+                raise
+            log.warning("blob %s: cached copy was damaged; read it again", blob_id.hex())
+            return self._decode(blob_id, loc, self._read(backend, blob_id, loc))
+
+    @staticmethod
+    def _read(backend: Backend, blob_id: bytes, loc: Location) -> bytes:
+        try:
+            return backend.get(Store.pack_key(loc.pack_id), loc.offset, loc.length)
         except KeyMissing:
             raise BlobMissing(blob_id, loc.pack_id, "pack not in the store") from None
         except BackendError as exc:
             raise BlobMissing(blob_id, loc.pack_id, str(exc)) from None
+
+    @staticmethod
+    def _decode(blob_id: bytes, loc: Location, stored: bytes) -> bytes:
         if len(stored) != loc.length:
             raise BlobCorrupt(blob_id, loc.pack_id, "pack is truncated")
         try:
@@ -157,6 +175,7 @@ class FileReader:
         last = bisect.bisect_left(self.starts, end) - 1
         if self.readahead and offset == self._next_offset:
             self.blobs.prefetch(self.ids[last + 1 : last + 1 + self.readahead])
+        self._next_offset = end  # before fetching: concurrent sequential reads still prefetch
         parts = []
         for i in range(first, last + 1):
             data = get(self.ids[i])
@@ -165,7 +184,6 @@ class FileReader:
             lo = max(offset - self.starts[i], 0)
             hi = min(end - self.starts[i], len(data))
             parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
-        self._next_offset = end
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def chunk_at(self, offset: int) -> bytes:
