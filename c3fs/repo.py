@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass, field
 
 from c3fs.errors import NotFound
-from c3fs.index import Index, open_index
+from c3fs.index import Index, cache_root, open_index
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import Tree, decode_tree
 from c3fs.reader import BlobSource
+from c3fs.store.cache import BlockCache
 from c3fs.store.store import Store, open_backend
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,14 @@ class Repo:
     _last_refresh: float = field(default=0.0, repr=False)
 
     @classmethod
-    def open(cls, url: str | None = None, cache_bytes: int = 128 * MiB, create: bool = True) -> Repo:
+    def open(cls, url: str | None = None, cache_bytes: int = 128 * MiB, create: bool = True,
+             disk_cache_bytes: int | None = None) -> Repo:
+        """`cache_bytes`: decoded blobs in memory. `disk_cache_bytes`: for a remote store,
+        the local disk cache of fetched pack blocks (default $C3FS_DISK_CACHE or 1 GiB)."""
         store = Store.open(open_backend(url), create=create)
+        if not store.is_local:
+            cache_dir = cache_root() / store.config.store_id
+            store = Store(BlockCache(store.backend, cache_dir, disk_cache_bytes), store.config)
         index = open_index(store)
         interval = 2.0 if store.is_local else 10.0
         return cls(store, index, BlobSource(store, index, cache_bytes), interval)
