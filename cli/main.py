@@ -35,10 +35,13 @@ class Ctx:
 @click.group(context_settings=CONTEXT)
 @click.option("--store", envvar="C3FS_STORE", metavar="PATH|s3://BUCKET/PREFIX",
               help="The store (default: $XDG_DATA_HOME/c3fs/store; env C3FS_STORE).")
+@click.option("--disk-cache", metavar="SIZE", envvar="C3FS_DISK_CACHE",
+              help="For an s3:// store: the local disk cache of fetched data, LRU "
+                   "(default 1GiB; env C3FS_DISK_CACHE).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="c3fs")
 @click.pass_context
-def app(ctx: click.Context, store: str | None, verbose: int) -> None:
+def app(ctx: click.Context, store: str | None, disk_cache: str | None, verbose: int) -> None:
     """c3fs: a content-addressed filesystem for the outputs of compute jobs.
 
     \b
@@ -53,6 +56,9 @@ def app(ctx: click.Context, store: str | None, verbose: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if disk_cache:  # read where the store is opened, also by a mount daemon or a job's mounts
+        output.parse_size(disk_cache)
+        os.environ["C3FS_DISK_CACHE"] = disk_cache
     state = Ctx(store)
     ctx.obj = state
     ctx.call_on_close(state.close)
