@@ -1,0 +1,1 @@
+"""c3fs benchmark harness: `python -m bench gen|run` (see bench/README.md)."""

@@ -1,0 +1,285 @@
+"""Measuring primitives: cold caches, timed commands with peak RSS, FUSE mounts, sizes, stats."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+MOUNT_TIMEOUT = 120.0
+IS_ROOT = os.geteuid() == 0
+
+
+class StepFailed(RuntimeError):
+    """A tool's command failed; the message says which and how (last lines of its stderr)."""
+
+
+@dataclass
+class Command:
+    argv: list[str]
+    cwd: Path | None = None
+    env: dict[str, str] | None = None
+    stdin: bytes | None = None
+
+    def describe(self) -> str:
+        """The command line, paths shown relative to the repository (`cd DIR && ...` if any)."""
+        line = " ".join(_short_path(a) for a in self.argv)
+        return f"cd {_short_path(str(self.cwd))} && {line}" if self.cwd else line
+
+
+def _short_path(arg: str) -> str:
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    return arg.replace(root, "")
+
+
+@dataclass
+class Timed:
+    seconds: float
+    peak_rss: int
+    stdout: str
+
+
+# caches -------------------------------------------------------------------------------------------
+def drop_caches() -> bool:
+    """Write back and drop the page cache, dentries and inodes (root only). True if dropped."""
+    os.sync()
+    if not IS_ROOT:
+        return False
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+    return True
+
+
+# peak RSS of a process tree -----------------------------------------------------------------------
+class RssPoller:
+    """Polls the summed RSS of a process and its descendants every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, tree_rss(self.pid))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+
+def tree_rss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def run_timed(cmd: Command, timeout: float = 3600) -> Timed:
+    """Run `cmd`, return wall seconds, peak RSS (polled tree sum or the kernel's maxrss) and stdout."""
+    env = {**os.environ, **(cmd.env or {})}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE)
+    with RssPoller(proc.pid) as poller:
+        out, err = _communicate(proc, cmd.stdin, timeout)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {_tail(err)}")
+    return Timed(seconds, max(poller.peak, usage.ru_maxrss * 1024), out.decode(errors="replace"))
+
+
+def _communicate(proc: subprocess.Popen, stdin: bytes | None, timeout: float) -> tuple[bytes, bytes]:
+    """Like Popen.communicate but leaves the child unreaped, so wait4 can read its rusage."""
+    out: list[bytes] = []
+    err: list[bytes] = []
+    readers = [threading.Thread(target=lambda s=s, b=b: b.append(s.read()), daemon=True)
+               for s, b in ((proc.stdout, out), (proc.stderr, err))]
+    for reader in readers:
+        reader.start()
+    if stdin:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(stdin)
+    proc.stdin.close()
+    for reader in readers:
+        reader.join(timeout)
+    return b"".join(out), b"".join(err)
+
+
+def run(cmd: Command, timeout: float = 3600) -> str:
+    """Run an untimed helper command (init, version...); raise StepFailed on failure."""
+    env = {**os.environ, **(cmd.env or {})}
+    proc = subprocess.run(cmd.argv, cwd=cmd.cwd, env=env, capture_output=True, timeout=timeout,
+                          input=cmd.stdin)
+    if proc.returncode != 0:
+        raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {_tail(proc.stderr)}")
+    return proc.stdout.decode(errors="replace")
+
+
+def _tail(stderr: bytes, lines: int = 3) -> str:
+    text = stderr.decode(errors="replace").strip().splitlines()
+    return " | ".join(text[-lines:]) or "(no stderr)"
+
+
+# reading ------------------------------------------------------------------------------------------
+def cat_files(root: Path, relpaths: Sequence[str]) -> float:
+    """`cat` every file (in order, batched by xargs) to /dev/null; return wall seconds."""
+    names = b"\0".join(p.encode() for p in relpaths)
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        proc = subprocess.run(["xargs", "-0", "cat"], cwd=root, input=names, stdout=null,
+                              stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise StepFailed(f"cat under {root} failed: {_tail(proc.stderr)}")
+    return seconds
+
+
+def ls_lr(root: Path) -> float:
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as null:
+        proc = subprocess.run(["ls", "-lR", "."], cwd=root, stdout=null, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise StepFailed(f"ls -lR {root} failed: {_tail(proc.stderr)}")
+    return seconds
+
+
+def wait_first_byte(path: Path, start: float, timeout: float = MOUNT_TIMEOUT) -> float:
+    """Poll until one byte of `path` is readable; return seconds since `start` (perf_counter)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path, "rb") as f:
+                if f.read(1):
+                    return time.perf_counter() - start
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise StepFailed(f"{path} not readable after {timeout:.0f} s")
+        time.sleep(0.002)
+
+
+# mounts -------------------------------------------------------------------------------------------
+@dataclass
+class Mount:
+    """A live mount: where it is, the daemon's pid (for RSS) and when the mount command started."""
+
+    mountpoint: Path
+    started: float
+    daemon_pid: int | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def poller(self) -> RssPoller | contextlib.nullcontext:
+        pid = self.daemon_pid or find_daemon(self.mountpoint)
+        return RssPoller(pid, interval=0.05) if pid else contextlib.nullcontext()
+
+
+def find_daemon(mountpoint: Path) -> int | None:
+    """The pid of the process whose command line names `mountpoint` (a backgrounded daemon)."""
+    target = str(mountpoint)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info["pid"] != os.getpid() and target in cmdline:
+            return proc.info["pid"]
+    return None
+
+
+def wait_mounted(mountpoint: Path, proc: subprocess.Popen | None, timeout: float = MOUNT_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        if proc is not None and proc.poll() is not None:
+            raise StepFailed(f"mount of {mountpoint} exited {proc.returncode}: "
+                             f"{_tail(proc.stderr.read() if proc.stderr else b'')}")
+        if time.monotonic() > deadline:
+            raise StepFailed(f"{mountpoint} not mounted after {timeout:.0f} s")
+        time.sleep(0.002)
+
+
+@contextlib.contextmanager
+def foreground_mount(cmd: Command, mountpoint: Path) -> Iterator[Mount]:
+    """Start a FUSE daemon in the foreground, wait until mounted; always unmount and reap it."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **(cmd.env or {})}
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_mounted(mountpoint, proc)
+        yield Mount(mountpoint, started, proc.pid, proc)
+    finally:
+        unmount(mountpoint)
+        _reap(proc)
+
+
+def unmount(mountpoint: Path) -> None:
+    if os.path.ismount(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+def _reap(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# sizes and stats ----------------------------------------------------------------------------------
+def apparent_bytes(path: Path) -> int:
+    """Sum of file sizes under `path`."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def file_count(path: Path) -> int:
+    if path.is_file():
+        return 1
+    return sum(len(files) for _d, _s, files in os.walk(path))
+
+
+def fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def summarize(values: Sequence[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "values": list(values)}
