@@ -190,6 +190,24 @@ def kill_after(proc: subprocess.Popen, delay: float) -> Killed:
         return Killed(True, proc.returncode, _text(err))
 
 
+_PEAK = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
+"""
+
+
+def run_peak_rss(argv: list[str], env: dict[str, str]) -> tuple[int, str, int]:
+    """Run `argv`; return (exit code, stderr, peak RSS in bytes). Through a small launcher:
+    Linux keeps ru_maxrss across fork+exec, so a child of the (large) test process would
+    report the test process's own peak."""
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *argv], env=env, capture_output=True,
+                          text=True, timeout=120)
+    code, peak = proc.stdout.split()
+    return int(code), proc.stderr, int(peak)
+
+
 def spread_delays(seed: int, count: int, span: float) -> list[float]:
     """`count` seeded random moments in [0, span), one in each of `count` equal slices, so
     the kills land in every stage (start-up, chunking, pack writes, fsync, registering)."""

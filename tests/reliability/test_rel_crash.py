@@ -70,6 +70,19 @@ def assert_repaired_by_rerun(site: Site, left: int, rerun: dict, ref: Reference)
     site.assert_verifies()
 
 
+def stage(left: int, ref: Reference) -> str:
+    """Where a kill landed, judged by the packs it left: none, some, or all of them."""
+    if left == 0:
+        return "killed before any pack"
+    return "killed after all packs" if left >= ref.stored * 0.99 else "killed mid-upload"
+
+
+def summarize(what: str, outcomes: list[str]) -> None:
+    counts = {name: outcomes.count(name) for name in sorted(set(outcomes))}
+    print(f"\n{what}: {len(outcomes)} points: {counts}")
+    assert len(outcomes) - outcomes.count("complete") >= len(outcomes) // 2, counts
+
+
 # push ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def push_ref(big_tree: Path, tmp_path_factory) -> Reference:
@@ -92,13 +105,40 @@ def kill_push_once(root: Path, src: Path, ref: Reference, delay: float) -> str:
     left = site.pack_bytes() - before
     assert_repaired_by_rerun(site, left, site.push(src, "victim"), ref)
     shutil.rmtree(root)
-    return "killed"
+    return stage(left, ref)
+
+
+def kill_when_all_packs_written(site: Site, proc, ref: Reference, before: int) -> bool:
+    """SIGKILL `proc` the moment its last pack is in the store: between the packs and the
+    ref (fsync, index, create-only ref) - the latest a kill can land. False if it finished."""
+    while proc.poll() is None:
+        if site.pack_bytes() - before >= ref.stored * 0.99:
+            proc.kill()
+            proc.communicate()
+            return True
+        time.sleep(0.001)
+    proc.communicate()
+    return False
+
+
+def test_push_killed_after_its_last_pack(tmp_path: Path, big_tree: Path,
+                                         push_ref: Reference) -> None:
+    site = fresh_site(tmp_path, big_tree / "step-000")
+    before = site.pack_bytes()
+    proc = site.popen("push", big_tree, "-p", "rel", "-j", "victim")
+    assert kill_when_all_packs_written(site, proc, push_ref, before), "the push finished first"
+    assert_store_consistent(site)
+    assert "victim" not in site.jobs()
+    rerun = site.push(big_tree, "victim")
+    assert rerun["stored_delta"] < push_ref.stored // 100  # nothing left to write but a ref
+    assert_repaired_by_rerun(site, site.pack_bytes() - before - rerun["stored_delta"], rerun,
+                             push_ref)
 
 
 def soak_push(tmp_path: Path, src: Path, ref: Reference, points: int, seed: int) -> None:
     outcomes = [kill_push_once(tmp_path / f"k{i}", src, ref, delay)
                 for i, delay in enumerate(spread_delays(seed, points, ref.duration))]
-    assert outcomes.count("killed") >= points // 2, outcomes
+    summarize("push kill -9", outcomes)
 
 
 def test_push_killed_at_3_points(tmp_path: Path, big_tree: Path, push_ref: Reference) -> None:
@@ -158,13 +198,13 @@ def kill_run_once(root: Path, src: Path, ref: Reference, delay: float) -> str:
     assert record["status"] == "SUCCEEDED"
     assert_repaired_by_rerun(site, left, record, ref)
     shutil.rmtree(root)
-    return "killed"
+    return stage(left, ref)
 
 
 def soak_run(tmp_path: Path, src: Path, ref: Reference, points: int, seed: int) -> None:
     outcomes = [kill_run_once(tmp_path / f"k{i}", src, ref, delay)
                 for i, delay in enumerate(spread_delays(seed, points, ref.duration))]
-    assert outcomes.count("killed") >= points // 2, outcomes
+    summarize("run kill -9 during upload", outcomes)
 
 
 def test_run_killed_during_upload_at_3_points(tmp_path: Path, big_tree: Path,
@@ -247,7 +287,7 @@ def kill_gc_once(root: Path, base: GcBase, delay: float) -> bool:
 def soak_gc(tmp_path: Path, base: GcBase, points: int, seed: int) -> None:
     killed = [kill_gc_once(tmp_path / f"k{i}", base, delay)
               for i, delay in enumerate(spread_delays(seed, points, base.duration))]
-    assert sum(killed) >= points // 2, killed
+    summarize("gc kill -9", ["killed" if k else "complete" for k in killed])
 
 
 def test_gc_killed_at_3_points(tmp_path: Path, gc_base: GcBase) -> None:

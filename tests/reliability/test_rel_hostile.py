@@ -40,9 +40,9 @@ from c3fs.objects.pack import (
 )
 from c3fs.objects.tree import DIR, FILE, LINK, Entry, Tree, decode_tree, encode_tree
 from c3fs.store.store import Store, StoreConfig
-from reliability.relkit import BIN, GiB, MiB, Site, leftovers, make_local_store
+from reliability.relkit import BIN, GiB, MiB, Site, leftovers, make_local_store, run_peak_rss
 
-FUZZ = settings(max_examples=150, deadline=2000, derandomize=True,
+FUZZ = settings(max_examples=100, deadline=2000, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PEAK_LIMIT = 16 * MiB
 
@@ -268,7 +268,7 @@ def test_decompression_bombs_keep_process_memory_small(bombs, tmp_path: Path) ->
     for name, frame in bombs.items():
         (tmp_path / name).write_bytes(frame)
     script = textwrap.dedent(f"""
-        import resource, sys
+        import sys
         from c3fs.errors import BlobCorrupt
         from c3fs.objects import codec
         for name, claim in {BOMB_CLAIMS!r}:
@@ -278,12 +278,10 @@ def test_decompression_bombs_keep_process_memory_small(bombs, tmp_path: Path) ->
                 sys.exit("accepted " + name)
             except BlobCorrupt:
                 pass
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) * 1024 < 150 * MiB
+    code, err, peak = run_peak_rss([sys.executable, "-c", script], dict(os.environ))
+    assert code == 0, err
+    assert peak < 150 * MiB, f"peak RSS {peak / MiB:.0f} MiB"
 
 
 # crafted jobs ------------------------------------------------------------------------------------
@@ -327,15 +325,13 @@ def test_bombs_in_a_store(tmp_path: Path, site: Site, bombs: dict[str, bytes]) -
         Entry(b"huge-claim.bin", FILE, 0o644, 1000, 1, chunks=blob_id(huge), sizes=[1000]),
         file_entry(b"fine.txt", b"fine\n")])], [b"fine\n"])
     for name in ("small-claim.bin", "huge-claim.bin"):
-        proc = subprocess.Popen([str(BIN), "cp", f"/jobs/bombs/{name}", str(tmp_path / name)],
-                                env=site.env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        error = proc.stderr.read().decode()
-        assert os.waitstatus_to_exitcode(status) == 6, error
+        code, error, peak = run_peak_rss(
+            [str(BIN), "cp", f"/jobs/bombs/{name}", str(tmp_path / name)], site.env())
+        assert code == 6, error
         lines = error.splitlines()  # (a damaged pack is also logged each time it is seen)
         assert f"cannot read /jobs/bombs/{name}" in lines[-1] and "Traceback" not in error
         assert all("damaged pack" in line for line in lines[:-1]), error
-        assert usage.ru_maxrss * 1024 < 150 * MiB, f"cp peaked at {usage.ru_maxrss} KiB"
+        assert peak < 150 * MiB, f"cp peaked at {peak / MiB:.0f} MiB"
         assert not (tmp_path / name).exists()
     code, report = site.verify()
     assert code == 6
@@ -498,7 +494,7 @@ def test_ids_with_path_tricks(tmp_path: Path, site: Site, small_tree: Path, run_
         result = run_cli(argv)
         line = result.assert_one_line_error()
         assert result.code != 0, (argv, line)
-    if bad in ("../x", "a/b"):
+    if bad == "../x":
         for argv in commands_for(bad, src, dest) + [["mount", f"/jobs/{bad}", str(dest)]]:
             proc = subprocess.run([str(BIN), *argv], capture_output=True, text=True,
                                   env=site.env(), timeout=60, cwd=tmp_path)
