@@ -100,6 +100,7 @@ class Index:
                                    f"{_reason(exc, self.path)}") from None
 
     def _lmdb_open(self) -> lmdb.Environment:
+        _reserve(self.path / "lock.mdb", 64 * 1024)
         env = lmdb.open(
             str(self.path), map_size=_MAP_SIZE, max_dbs=8, readahead=False, mode=0o600, lock=True
         )
@@ -276,6 +277,16 @@ class Index:
         for blob_id, raw in items:
             pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate the blocks of LMDB's lock file before LMDB maps it: it writes the file through
+    the map, and on a full tmpfs that write is SIGBUS; here it is ENOSPC, a clear error."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def _check_not_truncated(env: lmdb.Environment, data_file: Path) -> None:
