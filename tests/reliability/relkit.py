@@ -402,8 +402,8 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def ext4_disk(path: Path, size: int) -> Iterator[Path]:
-    """A small ext4 filesystem on a loop device (LMDB on a full tmpfs dies of SIGBUS: a
-    page fault in its map cannot be turned into an error; on a real disk it gets ENOSPC)."""
+    """A small ext4 filesystem on a loop device (a real disk, where a full disk is ENOSPC
+    from write(); tmpfs differs for mapped files)."""
     image = path.with_suffix(".img")
     with open(image, "wb") as f:
         f.truncate(size)

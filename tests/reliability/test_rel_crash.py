@@ -316,9 +316,14 @@ def test_push_on_a_full_disk(tmp_path: Path, big_tree: Path, small_tree: Path) -
 
 
 @needs_root
-def test_home_full_store_and_index_on_one_disk(tmp_path: Path, small_tree: Path) -> None:
-    """The default layout: store and index cache both under a home dir that fills up."""
-    with ext4_disk(tmp_path / "home", 32 * MiB) as home:
+@pytest.mark.parametrize("filesystem", ["ext4", "tmpfs"])
+def test_home_full_store_and_index_on_one_disk(tmp_path: Path, small_tree: Path,
+                                               filesystem: str) -> None:
+    """The default layout: store and index cache both under a home dir that fills up (on
+    tmpfs, LMDB's mapped lock file used to turn a full disk into SIGBUS)."""
+    disk = ext4_disk(tmp_path / "home", 32 * MiB) if filesystem == "ext4" else \
+        tmpfs(tmp_path / "home", "32m")
+    with disk as home:
         site = Site(str(home / "store"), home / "cache")
         site.push(small_tree, "bystander")
         shutil.rmtree(site.cache)  # the next command must rebuild the index: LMDB writes
