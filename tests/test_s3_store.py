@@ -242,6 +242,19 @@ def test_a_damaged_cache_file_is_refetched_not_served(s3_url, tmp_path, damage) 
     assert path.read_bytes() == original  # cached again, intact
 
 
+def test_an_unusable_cache_directory_does_not_fail_reads(s3_url, tmp_path, caplog) -> None:
+    data = os.urandom(200 * KiB)
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "blocks-64k").write_bytes(b"a file where the cache's directory should be")
+    cache = cached(s3_url, root)
+    cache.put(KEY, data)
+    for offset in range(0, len(data), 20 * KiB):
+        assert cache.get(KEY, offset, 30 * KiB) == data[offset : offset + 30 * KiB]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "disk cache: cannot create" in warnings[0].getMessage()
+
+
 class CorruptOnce:
     """Fault injection (moto cannot do this): the first ranged read of a pack comes back with
     one byte flipped, as a bad NIC or proxy might deliver it."""
@@ -468,6 +481,22 @@ def test_rm_and_gc_on_s3(machines, s3_server: MotoServer, tmp_path: Path) -> Non
     same_tree(tmp_path / "job_keep", tmp_path / "after-gc")
 
 
+def test_verify_reads_the_store_not_the_cache(machines, s3_server, tmp_path: Path) -> None:
+    a, b = machines
+    mixed_tree(tmp_path / "src", seed=14, big=2 * MiB, small=20)
+    a.push(tmp_path / "src", "job_v")
+    b.ok("cp", "-r", "/jobs/job_v/", str(tmp_path / "warm"))  # every block now in B's cache
+    bucket, prefix = parse_s3_url(b.url)
+    s3 = s3_server.client()
+    key = next(k for k in bucket_objects(s3_server, b.url) if k.startswith("packs/"))
+    body = bytearray(s3.get_object(Bucket=bucket, Key=f"{prefix}/{key}")["Body"].read())
+    body[100] ^= 0xFF  # inside the first blob: the store's copy is damaged, B's cached one not
+    s3.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=bytes(body))
+    proc = b.run("verify")
+    assert proc.returncode == 6 and "DAMAGED chunk" in proc.stdout, proc.stdout + proc.stderr
+    assert "1 problems" in proc.stderr
+
+
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzSecretThatMustNotLeak"
 
 
@@ -506,6 +535,12 @@ def test_live_mount_of_another_machines_jobs(machines, s3_server: MotoServer, tm
         b.ok("mount", str(mnt))
         wait_until(lambda: os.path.ismount(mnt), "the mount", 30)
         same_tree(tmp_path / "v1", mnt / "jobs" / "job_a1")  # A's job, byte-exact, on B
+        one = tmp_path / "one"
+        one.mkdir()
+        b.ok("mount", "/jobs/job_a1", str(one))  # and that job alone
+        wait_until(lambda: os.path.ismount(one), "the mount of one job", 30)
+        same_tree(tmp_path / "v1", one)
+        b.ok("umount", str(one))
 
         mixed_tree(tmp_path / "v2", seed=12, big=6 * MiB, small=10)
         a.push(tmp_path / "v2", "job_a2")  # pushed elsewhere while B is mounted
@@ -528,4 +563,5 @@ def test_live_mount_of_another_machines_jobs(machines, s3_server: MotoServer, tm
             if not s3_server.running:
                 s3_server.start()
     finally:
+        force_unmount(tmp_path / "one")
         force_unmount(mnt)

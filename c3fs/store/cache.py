@@ -21,7 +21,8 @@ one and changes nothing but where ranged reads of `packs/` keys come from.
 - Damage: each block file carries the blake3 of its bytes; a file that does not match is
   dropped and fetched again, never served. `invalidate` drops the blocks of a range whose
   bytes failed the reader's own check (the remote once sent wrong bytes): the next read
-  refetches them.
+  refetches them. `uncached` is a view for `verify`, which must check the store itself:
+  the same block reads, fetched by this process and kept in memory only.
 - The inner backend's semantics are unchanged: a missing key is KeyMissing, writes and
   deletes pass through (dropping cached blocks of that key), a crash of this process leaves
   at most temp files, removed by a later eviction pass.
@@ -50,6 +51,7 @@ import blake3
 
 from c3fs.errors import UsageError
 from c3fs.store.backend import Backend
+from c3fs.store.local import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,11 @@ class DiskBlocks:
         self.root = root
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._warned = False
+        try:
+            make_private_dir(root)
+        except OSError as exc:
+            self._warn(f"cannot create {root}: {_reason(exc)}")
 
     def path(self, name: str) -> Path:
         return self.root / name[:2] / name
@@ -114,12 +120,15 @@ class DiskBlocks:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            self._warn(f"cannot read cached block {path}: {_reason(exc)}")
+            return None
         payload = _unwrap(raw)
         if payload is None:
             log.warning("cached block %s is damaged; fetching it again", name)
             self.drop([name])
             return None
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.utime(path)  # LRU: recently used
         return payload
 
@@ -130,10 +139,12 @@ class DiskBlocks:
         if size > self.max_bytes:
             return
         try:
-            tmp = self._write_temp(name, payload)
+            self._commit(name, self._write_temp(name, payload), size)
         except OSError as exc:
-            log.warning("cannot cache block %s in %s: %s", name, self.root, _reason(exc))
-            return
+            self._warn(f"cannot cache block {name} in {self.root}: {_reason(exc)}")
+
+    def _commit(self, name: str, tmp: Path, size: int) -> None:
+        """Rename the written block into place, first evicting what it does not fit beside."""
         with self._locked() as state:
             if self.path(name).exists():  # another process fetched it first
                 _unlink(tmp)
@@ -143,15 +154,14 @@ class DiskBlocks:
                 used = self._evict(size)
             try:
                 os.rename(tmp, self.path(name))
-            except OSError as exc:
+            except OSError:
                 _unlink(tmp)
-                log.warning("cannot cache block %s in %s: %s", name, self.root, _reason(exc))
-                return
+                raise
             _set_used(state, used + size)
 
     def _write_temp(self, name: str, payload: bytes) -> Path:
         path = self.path(name)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+        make_private_dir(path.parent)
         tmp = path.parent / f"{TMP_PREFIX}{name}.{secrets.token_hex(6)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -170,19 +180,27 @@ class DiskBlocks:
     def drop(self, names: list[str]) -> bool:
         """Remove these blocks if cached; True if any was."""
         dropped = False
-        with self._locked() as state:
-            used = self._used(state)
-            for name in names:
-                size = _unlink(self.path(name))
-                dropped |= size is not None
-                used -= size or 0
-            _set_used(state, max(used, 0))
+        try:
+            with self._locked() as state:
+                used = self._used(state)
+                for name in names:
+                    size = _unlink(self.path(name))
+                    dropped |= size is not None
+                    used -= size or 0
+                _set_used(state, max(used, 0))
+        except OSError as exc:
+            self._warn(f"cannot remove cached blocks from {self.root}: {_reason(exc)}")
         return dropped
 
     def drop_pack(self, pack_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            names = [p.name for p in (self.root / pack_id[:2]).glob(f"{pack_id}.*")]
+        names = [p.name for p in (self.root / pack_id[:2]).glob(f"{pack_id}.*")]
+        if names:
             self.drop(names)
+
+    def _warn(self, message: str) -> None:
+        """Cache trouble never fails a read: say so once, then carry on without the cache."""
+        log.log(logging.DEBUG if self._warned else logging.WARNING, "disk cache: %s", message)
+        self._warned = True
 
     # accounting and eviction --------------------------------------------------------------
     def used(self) -> int:
@@ -240,14 +258,18 @@ class DiskBlocks:
 class BlockCache:
     """A Backend that caches ranged reads of packs from `inner` on local disk. Thread-safe."""
 
-    def __init__(self, inner: Backend, root: str | os.PathLike, max_bytes: int | None = None,
-                 block_size: int = BLOCK_SIZE, memory_bytes: int = MEMORY_BYTES) -> None:
+    def __init__(self, inner: Backend, root: str | os.PathLike | None,
+                 max_bytes: int | None = None, block_size: int = BLOCK_SIZE,
+                 memory_bytes: int = MEMORY_BYTES) -> None:
+        """`root` None: blocks are kept in memory only (see `uncached`)."""
         self.inner = inner
         self.url = inner.url
         self.block_size = block_size
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
-        self.disk = DiskBlocks(Path(root) / f"blocks-{block_size // KiB}k", self.max_bytes)
+        self.disk: DiskBlocks | NoDisk = NoDisk() if root is None else DiskBlocks(
+            Path(root) / f"blocks-{block_size // KiB}k", self.max_bytes)
         self.stats = CacheStats()
+        self._fresh: BlockCache | None = None
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_bytes = 0
         self._memory_limit = memory_bytes
@@ -255,9 +277,13 @@ class BlockCache:
         self._lock = threading.Lock()
 
     @property
-    def uncached(self) -> Backend:
-        """The inner backend, for reads that must see the store itself (`verify`)."""
-        return self.inner
+    def uncached(self) -> BlockCache:
+        """For reads that must see the store itself (`verify`): the same block reads, fetched
+        from the inner backend by this process and kept in memory only, never on disk."""
+        with self._lock:
+            if self._fresh is None:
+                self._fresh = BlockCache(self.inner, None, block_size=self.block_size)
+            return self._fresh
 
     # backend verbs ------------------------------------------------------------------------
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -366,6 +392,22 @@ class BlockCache:
             for name in [n for n in self._memory if n.startswith(pack_id)]:
                 self._forget_memory(name)
         self.disk.drop_pack(pack_id)
+
+
+class NoDisk:
+    """No disk at all: every block is fetched (by BlockCache.uncached)."""
+
+    def read(self, name: str) -> bytes | None:
+        return None
+
+    def write(self, name: str, payload: bytes) -> None:
+        pass
+
+    def drop(self, names: list[str]) -> bool:
+        return False
+
+    def drop_pack(self, pack_id: str) -> None:
+        pass
 
 
 def _pack_id(key: str) -> str | None:
