@@ -274,6 +274,17 @@ def test_job_pushed_while_mounted_appears(world: World, mnt: Path) -> None:
     assert os.listdir(mnt / "projects" / "other" / "jobs") == ["job_beta"]
 
 
+def test_job_removed_while_mounted_disappears(world: World, mnt: Path) -> None:
+    src = world.root / "src_gone"
+    src.mkdir()
+    (src / "x.txt").write_bytes(b"x\n")
+    world.push(src, "job_gone")
+    assert (mnt / "jobs" / "job_gone" / "x.txt").read_bytes() == b"x\n"
+    run_c3fs("rm", "job_gone", env=world.env)
+    wait_until(lambda: "job_gone" not in os.listdir(mnt / "jobs"), "job_gone to leave /jobs", 10)
+    wait_until(lambda: not os.path.exists(mnt / "jobs" / "job_gone"), "its name to go", 10)
+
+
 @pytest.mark.parametrize("ref, expected", [
     (f"/jobs/{JOB}", None),
     (f"/projects/{PROJECT}/jobs/{JOB}/sub", ["deeper"]),
@@ -425,6 +436,8 @@ def test_mount_errors_are_one_line(world: World, mnt: Path, tmp_path: Path) -> N
     assert "job_nope" in mount_error(world, "/jobs/job_nope", str(empty))
     assert "is a file" in mount_error(world, f"/jobs/{JOB}/hello.txt", str(empty))
     assert not mounted(empty)
+    no_store = dict(world.env, C3FS_STORE=str(tmp_path / "no-store"))
+    assert "no c3fs store" in mount_error(world, str(empty), env=no_store)
     no_fuse = dict(world.env, PATH="/nonexistent")
     assert "fusermount3" in mount_error(world, str(empty), env=no_fuse)
 

@@ -41,7 +41,7 @@ def fuse_options(allow_other: bool) -> set[str]:
 
 
 def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
-    repo = Repo.open(store_url, cache_bytes)
+    repo = Repo.open(store_url, cache_bytes, create=False)  # mounting nothing is a mistake
     try:
         vfs = Vfs(repo, ref or "/")
     except BaseException:

@@ -181,7 +181,7 @@ class Operations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
-        attr.entry_timeout = attr.attr_timeout = timeout_of(node)
+        attr.entry_timeout, attr.attr_timeout = timeouts_of(node)
         attr.st_mode = node.st_mode
         attr.st_nlink = 1
         attr.st_uid, attr.st_gid = self.uid, self.gid
@@ -364,8 +364,14 @@ def size_of(node: Node) -> int:
     return node.size if node.kind == FILE else 0
 
 
-def timeout_of(node: Node) -> float:
-    return CONTENT_TIMEOUT if node.ref is not None else LISTING_TIMEOUT
+def timeouts_of(node: Node) -> tuple[float, float]:
+    """(entry, attr) timeouts. Content never changes; the listings above it do: a job's own
+    directory keeps its attributes for long, but its name in /jobs is rechecked (`rm`)."""
+    if node.ref is None:
+        return LISTING_TIMEOUT, LISTING_TIMEOUT
+    if len(node.path) == 2:  # /jobs/<id> or /datasets/<name>: the root of a job or dataset
+        return LISTING_TIMEOUT, CONTENT_TIMEOUT
+    return CONTENT_TIMEOUT, CONTENT_TIMEOUT
 
 
 def negative_entry() -> pyfuse3.EntryAttributes:
