@@ -308,6 +308,29 @@ def test_mount_of_one_ref(world: World, tmp_path: Path, ref: str, expected) -> N
         assert exc.value.errno == errno.EROFS
 
 
+def read_direct(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    try:
+        return b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+    finally:
+        os.close(fd)
+
+
+def test_daemon_memory_stays_bounded(world: World, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = random.Random(9).randbytes(48 * 1024 * 1024)
+    (src / "large.bin").write_bytes(payload)
+    world.push(src, "job_large")
+    with mount(world.env, tmp_path / "m", "/jobs/job_large", "--cache-size", "8MiB") as m:
+        [pid] = daemon_pids(m)
+        for _ in range(2):  # O_DIRECT: every byte comes from the daemon, not the page cache
+            assert read_direct(m / "large.bin") == payload
+        peak_kib = int(next(line.split()[1] for line in open(f"/proc/{pid}/status")
+                            if line.startswith("VmHWM:")))
+    assert peak_kib < (8 + 100) * 1024, f"daemon peak RSS {peak_kib} KiB"
+
+
 # damage -----------------------------------------------------------------------------------
 def test_corrupt_pack_gives_eio_for_that_file_only(world: World, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
