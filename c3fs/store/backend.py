@@ -76,7 +76,7 @@ class RetryingBackend:
                 if attempt == self.attempts:
                     raise
                 delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-                log.warning("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
+                log.info("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
