@@ -465,6 +465,16 @@ def test_mount_errors_are_one_line(world: World, mnt: Path, tmp_path: Path) -> N
     assert "fusermount3" in mount_error(world, str(empty), env=no_fuse)
 
 
+def test_umount_of_a_busy_mount_and_lazy_umount(world: World, tmp_path: Path) -> None:
+    with mount(world.env, tmp_path / "m", f"/jobs/{JOB}") as m:
+        with open(m / "big.bin", "rb") as f:
+            proc = run_c3fs("umount", str(m), env=world.env, check=False)
+            assert proc.returncode != 0 and "busy" in proc.stderr and "--lazy" in proc.stderr
+            run_c3fs("umount", "--lazy", str(m), env=world.env)
+            assert not mounted(m)
+            assert f.read(100) == (world.src / "big.bin").read_bytes()[:100]  # still served
+
+
 def test_umount_of_something_not_mounted(world: World, tmp_path: Path) -> None:
     proc = run_c3fs("umount", str(tmp_path), env=world.env, check=False)
     assert proc.returncode != 0 and "not mounted" in proc.stderr
