@@ -167,7 +167,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = Inodes(vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
         self.readahead = readahead
-        self.directory_readahead = DirectoryReadahead(vfs.repo, self.limiter)
+        self.directory_readahead = DirectoryReadahead(vfs.repo, self.limiter, self._push)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[tuple[bytes, Node]]]] = {}
@@ -227,6 +227,15 @@ class Operations(pyfuse3.Operations):
         if mode & os.W_OK:
             raise ReadOnly()
         return True
+
+    def _push(self, ino: int, content: bytes) -> None:
+        """Put a file's content into the kernel's page cache (from a worker thread)."""
+        if self.inodes.find(ino) is None:
+            return  # the kernel does not know it (not listed): nothing to attach pages to
+        try:
+            pyfuse3.notify_store(ino, 0, content)
+        except OSError as exc:
+            log.debug("notify_store of inode %d: %s", ino, exc)
 
     def _parent(self, node: Node) -> Node | None:
         """The directory holding `node`, if the kernel still knows it."""

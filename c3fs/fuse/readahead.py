@@ -1,15 +1,17 @@
 """Readahead across the small files of a directory: the mount's one access-pattern heuristic.
 
 `cat *`, `cp -r`, `tar`, `find | xargs cat` open the files of a directory one after another
-in listing order. Each cold small file would cost a READ that waits for a worker thread (a
-thread round trip costs more than decoding a small chunk). Only the mount sees this pattern
-(the kernel turns it into open/read/release requests), so it lives here: when a small file
-is opened, the chunks of the next `window` small files of its directory are fetched in one
-background thread, in order, and their READs are then answered from the decoded-chunk cache
-on the event loop. Halfway through a window the next one starts.
+in listing order. Each cold small file would cost a READ request, and one that waits for a
+worker thread (a thread round trip costs more than decoding a small chunk). Only the mount
+sees this pattern (the kernel turns it into open/read/release requests), so it lives here:
+when a small file is opened, the next `window` small files of its directory are read in one
+background thread, in order, and each one the kernel already knows (listed, so looked up) is
+pushed into the kernel's page cache (`push`, FUSE notify_store): opening and reading it then
+costs one OPEN request and no READ. Halfway through a window the next one starts.
 
-It only warms the reader's bounded LRU (BlobSource.get), so memory stays bounded, and a
-failure is left for the foreground READ to report.
+Reads go through the one read path (FileReader over the reader's bounded LRU, every chunk
+verified); a damaged file is skipped and left for its own READ to report. The kernel's page
+cache is reclaimable, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 
 import trio
 
 from c3fs.errors import DataError, FormatError
-from c3fs.objects.tree import FILE
+from c3fs.objects.tree import FILE, Entry
+from c3fs.reader import FileReader
 from c3fs.repo import Repo
-from c3fs.vfs import Node
+from c3fs.vfs import Node, ino_of
 
 log = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
@@ -33,9 +37,12 @@ END = b"\xff" * 256  # greater than any name: the directory is read ahead to its
 
 
 class DirectoryReadahead:
-    def __init__(self, repo: Repo, limiter: trio.CapacityLimiter, window: int = WINDOW) -> None:
+    def __init__(self, repo: Repo, limiter: trio.CapacityLimiter,
+                 push: Callable[[int, bytes], None] | None = None, window: int = WINDOW) -> None:
+        """`push(inode, content)` is called in a worker thread with each file read ahead."""
         self.repo = repo
         self.limiter = limiter
+        self.push = push
         self.window = window
         self._next: OrderedDict[int, bytes] = OrderedDict()  # dir inode -> name that triggers
         self._busy: set[int] = set()
@@ -52,7 +59,7 @@ class DirectoryReadahead:
 
     async def _fill(self, parent: Node, name: bytes) -> None:
         try:
-            trigger = await trio.to_thread.run_sync(self._fetch_after, parent.tree_id, name,
+            trigger = await trio.to_thread.run_sync(self._read_after, parent, name,
                                                     limiter=self.limiter)
             self._next[parent.ino] = trigger
             self._next.move_to_end(parent.ino)
@@ -63,21 +70,22 @@ class DirectoryReadahead:
         finally:
             self._busy.discard(parent.ino)
 
-    def _fetch_after(self, tree_id: bytes, name: bytes) -> bytes:
-        """Fetch the small files after `name`; return the name that starts the next window."""
-        entries = self.repo.tree(tree_id).entries
+    def _read_after(self, parent: Node, name: bytes) -> bytes:
+        """Read the small files after `name`; return the name that starts the next window."""
+        entries = self.repo.tree(parent.tree_id).entries
         start = bisect.bisect_right(entries, name, key=lambda e: e.name)
         window = entries[start : start + self.window]
         half = start + self.window // 2
         trigger = entries[half].name if start + self.window < len(entries) else END
         for entry in window:
-            if entry.kind == FILE and entry.size <= SMALL_FILE:
-                self._warm(entry.chunk_ids())
+            if entry.kind == FILE and 0 < entry.size <= SMALL_FILE:
+                self._read_ahead(parent, entry)
         return trigger
 
-    def _warm(self, chunk_ids: list[bytes]) -> None:
-        for chunk_id in chunk_ids:
-            try:
-                self.repo.blobs.get(chunk_id)
-            except (DataError, FormatError):
-                return  # the READ of that file will report it
+    def _read_ahead(self, parent: Node, entry: Entry) -> None:
+        try:
+            content = FileReader(self.repo.blobs, entry, readahead=0).read(0, entry.size)
+        except (DataError, FormatError):
+            return  # the READ of that file will report it
+        if self.push is not None:
+            self.push(ino_of((*parent.path, entry.name)), content)
