@@ -5,7 +5,9 @@ Every mount is waited for by polling and torn down with `fusermount3 -u -z` (tes
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import random
 import shutil
@@ -159,6 +161,28 @@ def test_eight_concurrent_readers(world: World, job: Path) -> None:
 def test_listing_of_many_entries_is_complete(world: World, job: Path) -> None:
     assert sorted(os.listdir(job / "many")) == sorted(os.listdir(world.src / "many"))
     assert sorted(os.listdir(os.fsencode(job))) == sorted(os.listdir(os.fsencode(world.src)))
+
+
+def resident(path: Path) -> bool:
+    """Whether every page of a file is in the page cache (mincore on a mapping; reads nothing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
+        first = ctypes.c_char.from_buffer(m)
+        status = libc.mincore(ctypes.c_void_p(ctypes.addressof(first)), ctypes.c_size_t(size), vec)
+        del first
+    if status != 0:
+        raise OSError(ctypes.get_errno(), "mincore failed")
+    return all(v & 1 for v in vec)
+
+
+def test_small_files_after_an_opened_one_are_read_ahead(world: World, tmp_path: Path) -> None:
+    with mount(world.env, tmp_path / "m", f"/jobs/{JOB}") as m:
+        names = sorted(os.listdir(m / "many"))  # the kernel now knows them (readdirplus)
+        (m / "many" / names[0]).read_bytes()  # the first file of the directory: reads ahead
+        wait_until(lambda: resident(m / "many" / names[10]), "readahead into the page cache")
+        assert (m / "many" / names[10]).read_bytes() == (world.src / "many" / names[10]).read_bytes()
 
 
 # metadata ---------------------------------------------------------------------------------
