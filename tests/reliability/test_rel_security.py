@@ -131,9 +131,6 @@ def test_store_and_cache_are_owner_only_under_umask_0(tmp_path: Path, small_tree
 
 
 @pytest.mark.s3
-@pytest.mark.xfail(strict=True, reason="c3fs/store/cache.py (the S3 block cache, not yet "
-                   "committed) creates the cache root and <store id> dirs with "
-                   "mkdir(parents=True): 0777 under umask 0; use make_private_dir")
 def test_s3_cache_is_owner_only_under_umask_0(tmp_path: Path, small_tree: Path,
                                               s3_url: str) -> None:
     site = Site(s3_url, tmp_path / "cache" / "c3fs")
