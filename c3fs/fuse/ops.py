@@ -10,8 +10,9 @@ Where work runs (the S3QL rule, see STYLE.md):
   listing), reads that miss the cache (`FileReader.read`), statfs.
 
 `open` starts fetching a file's first chunks (BlobSource.prefetch, the reader's own pool), so
-the first READ usually finds them cached, and tells `DirectoryReadahead`, which warms the
-next small files of the directory (see c3fs/fuse/readahead.py).
+the first READ usually finds them cached, and tells `DirectoryReadahead`, which reads the next
+small files of the directory in a worker thread and pushes them into the kernel's page cache
+(notify_store), so that they cost no READ at all (see c3fs/fuse/readahead.py).
 
 Errors: handlers raise only `pyfuse3.FUSEError`, built in one place (`_fuse_error`) from one
 table (`ERRNO`). A missing or corrupt chunk is EIO with one `log.error` line naming the job,
@@ -228,21 +229,6 @@ class Operations(pyfuse3.Operations):
             raise ReadOnly()
         return True
 
-    def _push(self, ino: int, content: bytes) -> None:
-        """Put a file's content into the kernel's page cache (from a worker thread)."""
-        if self.inodes.find(ino) is None:
-            return  # the kernel does not know it (not listed): nothing to attach pages to
-        try:
-            pyfuse3.notify_store(ino, 0, content)
-        except OSError as exc:
-            log.debug("notify_store of inode %d: %s", ino, exc)
-
-    def _parent(self, node: Node) -> Node | None:
-        """The directory holding `node`, if the kernel still knows it."""
-        path = node.path[:-1]
-        root = self.inodes.root
-        return root if path == root.path else self.inodes.find(ino_of(path))
-
     # directories --------------------------------------------------------------------------
     @handler
     async def opendir(self, inode: int, ctx=None) -> int:
@@ -296,6 +282,22 @@ class Operations(pyfuse3.Operations):
     @handler
     async def release(self, fh: int) -> None:
         self._files.pop(fh, None)
+
+    # reading ahead (see c3fs/fuse/readahead.py) -------------------------------------------
+    def _push(self, ino: int, content: bytes) -> None:
+        """Put a file's content into the kernel's page cache (from a worker thread)."""
+        if self.inodes.find(ino) is None:
+            return  # the kernel does not know it (not listed): nothing to attach pages to
+        try:
+            pyfuse3.notify_store(ino, 0, content)
+        except OSError as exc:
+            log.debug("notify_store of inode %d: %s", ino, exc)
+
+    def _parent(self, node: Node) -> Node | None:
+        """The directory holding `node`, if the kernel still knows it."""
+        path = node.path[:-1]
+        root = self.inodes.root
+        return root if path == root.path else self.inodes.find(ino_of(path))
 
     # the file system ----------------------------------------------------------------------
     @handler
