@@ -4,7 +4,7 @@
     unmount(mountpoint, lazy=False)     fusermount3 -u [-z]; also after the daemon died
 
 `mount` checks the mountpoint and FUSE here (cheap, in the caller), then starts the daemon:
-it forks (fast: no new interpreter) when the caller is single-threaded, else it runs
+it forks (fast: no new interpreter) when the caller has no other thread, else it runs
 `python -m c3fs.fuse`, which forks in turn. The daemon detaches (setsid, double fork, stdio
 to its log file), opens the store, resolves the ref, mounts, and reports "ok" or one error
 line through a pipe. The caller then polls `os.path.ismount` until the mount answers.
@@ -22,7 +22,6 @@ import select
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -65,11 +64,19 @@ def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool 
         _serve_here(*args)
         return
     log_file = log_file or str(default_log_file(mountpoint))
-    if threading.active_count() == 1:
+    if _single_threaded():
         pid = _fork_daemon(args, log_file, timeout)
     else:  # forking a threaded process is unsafe: start a fresh interpreter that forks
         pid = _spawn_daemon(args, log_file, timeout)
     _wait_answering(mountpoint, pid, log_file, timeout)
+
+
+def _single_threaded() -> bool:
+    """No other thread at all, Python's or native (an S3 client's runtime, a thread pool)."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False  # cannot tell: take the safe path
 
 
 def check_fuse() -> None:
