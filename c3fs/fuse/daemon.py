@@ -17,7 +17,8 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from c3fs.errors import C3fsError, NotADirectory
+from c3fs.errors import NotADirectory, NotFound
+from c3fs.fuse import MountError
 from c3fs.fuse.ops import Operations
 from c3fs.repo import Repo
 from c3fs.vfs import Vfs
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MAX_TASKS = 64  # concurrent FUSE requests in flight (pyfuse3 worker tasks)
 READ_AHEAD_KB = 4096  # kernel readahead for the mount (the default, 128 KiB, is too small)
-
-
-class MountFailed(C3fsError):
-    exit_code = 8
 
 
 def fuse_options(allow_other: bool) -> set[str]:
@@ -44,6 +41,9 @@ def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
     repo = Repo.open(store_url, cache_bytes, create=False)  # mounting nothing is a mistake
     try:
         vfs = Vfs(repo, ref or "/")
+    except NotFound as exc:
+        repo.close()
+        raise NotFound(f"unknown ref {ref}: {exc}") from None
     except BaseException:
         repo.close()
         raise
@@ -63,7 +63,7 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
             pyfuse3.init(Operations(vfs, readahead=chunk_readahead()), mountpoint,
                          fuse_options(allow_other))
         except RuntimeError as exc:
-            raise MountFailed(f"cannot mount at {mountpoint}: {exc}") from None
+            raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
         log.info("mounted %s at %s (store %s)", ref or "/", mountpoint, vfs.repo.store.url)
         ready()
         try:
