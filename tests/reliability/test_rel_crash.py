@@ -137,7 +137,7 @@ def test_push_killed_after_its_last_pack(tmp_path: Path, big_tree: Path,
 
 def soak_push(tmp_path: Path, src: Path, ref: Reference, points: int, seed: int) -> None:
     outcomes = [kill_push_once(tmp_path / f"k{i}", src, ref, delay)
-                for i, delay in enumerate(spread_delays(seed, points, ref.duration))]
+                for i, delay in enumerate(spread_delays(seed, points, 0.9 * ref.duration))]
     summarize("push kill -9", outcomes)
 
 
@@ -203,7 +203,7 @@ def kill_run_once(root: Path, src: Path, ref: Reference, delay: float) -> str:
 
 def soak_run(tmp_path: Path, src: Path, ref: Reference, points: int, seed: int) -> None:
     outcomes = [kill_run_once(tmp_path / f"k{i}", src, ref, delay)
-                for i, delay in enumerate(spread_delays(seed, points, ref.duration))]
+                for i, delay in enumerate(spread_delays(seed, points, 0.8 * ref.duration))]
     summarize("run kill -9 during upload", outcomes)
 
 
