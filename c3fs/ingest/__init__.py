@@ -35,6 +35,7 @@ from c3fs.store.store import Store
 log = logging.getLogger(__name__)
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))  # the walk recurses per directory level
 Progress = Callable[[int], None]
+BATCH_BYTES = 1024 * 1024
 
 
 class SourceError(C3fsError):
@@ -114,13 +115,14 @@ class PackSink:
 
     def _write_pack(self, builder: PackBuilder) -> None:
         try:
-            pack_id, data = builder.finish()
-            self.store.put_pack(pack_id, data, sync=False)
-            self.stats.add(stored_bytes=len(data), packs=1)
-            log.debug("wrote pack %s: %d blobs, %d bytes", pack_id, len(builder), len(data))
+            pack_id, parts = builder.finish_parts()
+            size = sum(len(part) for part in parts)
+            self.store.put_pack(pack_id, parts, sync=False)
+            self.stats.add(stored_bytes=size, packs=1)
+            log.debug("wrote pack %s: %d blobs, %d bytes", pack_id, len(builder), size)
             with self._sync_lock:
-                self._unsynced.append((pack_id, len(data), builder.entries))
-                self._unsynced_bytes += len(data)
+                self._unsynced.append((pack_id, size, builder.entries))
+                self._unsynced_bytes += size
                 due = self._unsynced_bytes >= self.sync_every
             if due:
                 self._sync()
@@ -262,12 +264,23 @@ class Ingester:
                 return
             f.seek(0)  # it grew since stat: cut it like any large file
         window: deque[Future] = deque()
+        batch: list[bytes] = []
+        batched = 0
         for chunk in self._cutter().cut_stream(f):
-            window.append(self._chunks.submit(self._store_chunk, bytes(chunk.data)))
-            if len(window) >= self._window:
-                yield window.popleft().result()
+            batch.append(bytes(chunk.data))  # the stream reuses its buffer: copy
+            batched += chunk.length
+            if batched >= BATCH_BYTES:  # one task per ~1 MiB: fewer thread hand-offs
+                window.append(self._chunks.submit(self._store_batch, batch))
+                batch, batched = [], 0
+                if len(window) >= self._window:
+                    yield from window.popleft().result()
+        if batch:
+            window.append(self._chunks.submit(self._store_batch, batch))
         while window:
-            yield window.popleft().result()
+            yield from window.popleft().result()
+
+    def _store_batch(self, batch: list[bytes]) -> list[tuple[bytes, int]]:
+        return [self._store_chunk(data) for data in batch]
 
     def _cutter(self) -> pyfastcdc.FastCDC:
         cutter = getattr(self._local, "cutter", None)

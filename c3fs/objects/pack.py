@@ -65,10 +65,14 @@ class PackBuilder:
         return entry
 
     def finish(self) -> tuple[str, bytes]:
+        pack_id, parts = self.finish_parts()
+        return pack_id, b"".join(parts)
+
+    def finish_parts(self) -> tuple[str, list[bytes]]:
+        """(pack id, the pack as a list of byte strings), for writers that gather (writev)."""
         trailer = _encoder.encode(self.entries)
         digest = blake3.blake3(trailer).digest()
-        self._parts += [trailer, FOOTER.pack(len(trailer), digest, END)]
-        return digest.hex(), b"".join(self._parts)
+        return digest.hex(), [*self._parts, trailer, FOOTER.pack(len(trailer), digest, END)]
 
 
 def parse_footer(footer: bytes, pack_size: int) -> tuple[int, bytes]:

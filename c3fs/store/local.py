@@ -25,6 +25,7 @@ from c3fs.store.backend import BackendError, KeyExists, KeyMissing
 
 TMP_PREFIX = ".tmp."
 _FD_CACHE = 64
+_IOV_MAX = 1024
 
 
 class LocalBackend:
@@ -89,7 +90,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise KeyMissing(key) from None
 
-    def put(self, key: str, data: bytes, *, sync: bool = True) -> None:
+    def put(self, key: str, data: bytes | list[bytes], *, sync: bool = True) -> None:
         """Replace `key` atomically. With sync=False the data is not fsynced yet (only its
         writeback is started): call `flush([key])` before anything may depend on it."""
         tmp, path = self._write_temp(key, data, sync)
@@ -128,7 +129,7 @@ class LocalBackend:
             _unlink(tmp)
         _fsync_dir(path.parent)
 
-    def _write_temp(self, key: str, data: bytes, sync: bool = True) -> tuple[Path, Path]:
+    def _write_temp(self, key: str, data: bytes | list[bytes], sync: bool = True) -> tuple[Path, Path]:
         path = self._path(key)
         tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
@@ -203,11 +204,17 @@ def make_private_dir(path: Path) -> None:
                 raise
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_all(fd: int, data: bytes | list[bytes]) -> None:
+    """Write `data` (bytes, or a list of parts gathered with writev) completely."""
+    parts = [memoryview(data)] if isinstance(data, bytes | bytearray) else [memoryview(p) for p in data]
+    first = 0
+    while first < len(parts):
+        written = os.writev(fd, parts[first : first + _IOV_MAX])
+        while first < len(parts) and written >= len(parts[first]):
+            written -= len(parts[first])
+            first += 1
+        if written:
+            parts[first] = parts[first][written:]
 
 
 def _unlink(path: Path) -> None:

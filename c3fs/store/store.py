@@ -88,12 +88,13 @@ class Store:
     def pack_key(pack_id: str) -> str:
         return f"packs/{pack_id[:2]}/{pack_id}"
 
-    def put_pack(self, pack_id: str, data: bytes, sync: bool = True) -> None:
-        """Write a pack. sync=False may defer durability until `sync_packs` (local disks)."""
+    def put_pack(self, pack_id: str, data: bytes | list[bytes], sync: bool = True) -> None:
+        """Write a pack, given whole or as parts. sync=False may defer durability until
+        `sync_packs` (local disks write the parts with writev; other backends get one join)."""
         if self.is_local:
             self.backend.put(self.pack_key(pack_id), data, sync=sync)
         else:
-            self.backend.put(self.pack_key(pack_id), data)
+            self.backend.put(self.pack_key(pack_id), data if isinstance(data, bytes) else b"".join(data))
 
     def sync_packs(self, pack_ids: list[str]) -> None:
         """Make packs written with sync=False durable (a no-op where a put is durable)."""
