@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))  # the walk recurses per directory level
 Progress = Callable[[int], None]
 BATCH_BYTES = 1024 * 1024
+SMALL_BATCH = 64  # files smaller than one chunk, stored per task
 
 
 class SourceError(C3fsError):
@@ -205,11 +206,20 @@ class Ingester:
     # walking ------------------------------------------------------------------------------
     def _dir_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Entry:
         pending: list[Entry | Future] = []
+        small: list[tuple[bytes, bytes, os.stat_result]] = []
         for item in sorted(self._scan(path), key=lambda d: d.name):
-            entry = self._entry(item)
+            entry = self._entry(item, small)
             if entry is not None:
                 pending.append(entry)
-        entries = [p.result() if isinstance(p, Future) else p for p in pending]
+            if len(small) >= SMALL_BATCH:
+                pending.append(self._files.submit(self._small_files, small))
+                small = []
+        if small:
+            pending.append(self._files.submit(self._small_files, small))
+        entries: list[Entry] = []
+        for p in pending:
+            result = p.result() if isinstance(p, Future) else p
+            entries.extend(result) if isinstance(result, list) else entries.append(result)
         tree_id = self.store_tree(entries)
         self.stats.add(dirs=1)
         return Entry(name, DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, target=tree_id)
@@ -221,7 +231,9 @@ class Ingester:
         except OSError as exc:
             raise SourceError(f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}") from None
 
-    def _entry(self, item: os.DirEntry) -> Entry | Future | None:
+    def _entry(self, item: os.DirEntry, small: list) -> Entry | Future | None:
+        """The entry for `item`: now, as a future, or None (skipped; small files are
+        appended to `small` and stored in batches, one task for many files)."""
         try:
             st = item.stat(follow_symlinks=False)
         except OSError as exc:
@@ -230,6 +242,9 @@ class Ingester:
         if stat.S_ISDIR(st.st_mode):
             return self._dir_entry(item.path, item.name, st)
         if stat.S_ISREG(st.st_mode):
+            if st.st_size < self.config.chunk_min:
+                small.append((item.path, item.name, st))
+                return None
             return self._files.submit(self._file_entry, item.path, item.name, st)
         if stat.S_ISLNK(st.st_mode):
             self.stats.add(symlinks=1)
@@ -239,6 +254,35 @@ class Ingester:
         return None
 
     # files --------------------------------------------------------------------------------
+    def _small_files(self, batch: list[tuple[bytes, bytes, os.stat_result]]) -> list[Entry]:
+        """Store files smaller than one chunk: one read, one blob each, stats added once."""
+        entries = []
+        files = chunks = total = 0
+        for path, name, st in batch:
+            data = self._read_small(path)
+            if data is None:  # it grew past one chunk since the walk saw it: cut it
+                entries.append(self._file_entry(path, name, st))
+                continue
+            chunk_id, size = self._store_chunk(data) if data else (b"", 0)
+            entries.append(Entry(name, FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns,
+                                 chunks=chunk_id, sizes=[size] if size else []))
+            files, chunks, total = files + 1, chunks + bool(size), total + size
+        self.stats.add(files=files, logical_bytes=total, chunks=chunks)
+        self.progress(total)
+        return entries
+
+    def _read_small(self, path: bytes) -> bytes | None:
+        limit = self.config.chunk_min
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, limit)
+                return None if len(data) == limit else data
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise SourceError(f"{os.fsdecode(path)}: cannot read: {exc.strerror}") from None
+
     def _file_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Entry:
         ids: list[bytes] = []
         sizes: list[int] = []
