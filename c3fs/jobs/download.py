@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from c3fs.vfs import Node, Vfs, unreadable
 
 log = logging.getLogger(__name__)
 TMP = b".c3fs-tmp."
+SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
+SMALL_BATCH = 64
 
 
 class DestinationError(C3fsError):
@@ -45,6 +48,8 @@ class Copier:
         self.workers = workers
         self.progress = progress or (lambda n: None)
         self.stats = CopyStats()
+        self._small: list[tuple[Node, bytes]] = []
+        self._stats_lock = threading.Lock()
 
     def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir."""
@@ -57,7 +62,8 @@ class Copier:
                 self._copy_dir(node, target, pool, futures, dirs)
             else:
                 self._prepare_parent(target)
-                self._copy_leaf(node, target, pool, futures)
+                self._copy_leaf(node, target, False, pool, futures)
+            self._flush_small(pool, futures)
             for future in futures:
                 future.result()
         for path, dir_node in reversed(dirs):  # after their contents: modes may forbid writes
@@ -65,7 +71,7 @@ class Copier:
         return self.stats
 
     def _copy_dir(self, node: Node, path: bytes, pool, futures, dirs) -> None:
-        _make_dir(path)
+        fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
         dirs.append((path, node))
         self.stats.dirs += 1
         try:
@@ -77,28 +83,45 @@ class Copier:
             if child.kind == DIR:
                 self._copy_dir(child, child_path, pool, futures, dirs)
             else:
-                self._copy_leaf(child, child_path, pool, futures)
+                self._copy_leaf(child, child_path, fresh, pool, futures)
 
-    def _copy_leaf(self, node: Node, path: bytes, pool, futures) -> None:
+    def _copy_leaf(self, node: Node, path: bytes, fresh: bool, pool, futures) -> None:
         if node.kind == LINK:
             _place_link(self.vfs.readlink(node), path, node.mtime_ns)
             self.stats.links += 1
         elif node.kind == FILE:
-            if _unchanged(path, node):
+            if not fresh and _unchanged(path, node):
                 self.stats.skipped += 1
                 self.progress(node.size)
                 return
-            futures.append(pool.submit(self._write_file, node, path))
+            if node.size > SMALL_FILE:
+                futures.append(pool.submit(self._write_file, node, path))
+                return
+            self._small.append((node, path))
+            if len(self._small) >= SMALL_BATCH:
+                self._flush_small(pool, futures)
+
+    def _flush_small(self, pool, futures) -> None:
+        """Small files go to the workers in batches: one task, one hand-off, for many."""
+        if self._small:
+            futures.append(pool.submit(self._write_files, self._small))
+            self._small = []
+
+    def _write_files(self, batch: list[tuple[Node, bytes]]) -> None:
+        for node, path in batch:
+            self._write_file(node, path)
 
     def _write_file(self, node: Node, path: bytes) -> None:
         parent, name = os.path.split(path)
         tmp = os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
+            try:
                 for data in self.vfs.open(node).iter_chunks():
-                    out.write(data)
+                    _write_all(fd, data)
                     self.progress(len(data))
+            finally:
+                os.close(fd)
             _set_meta(tmp, node)
             os.rename(tmp, path)
         except OSError as exc:
@@ -110,8 +133,9 @@ class Copier:
         except BaseException:
             _unlink(tmp)
             raise
-        self.stats.files += 1
-        self.stats.bytes += node.size
+        with self._stats_lock:
+            self.stats.files += 1
+            self.stats.bytes += node.size
 
     def _prepare_parent(self, target: bytes) -> None:
         parent = os.path.dirname(target) or b"."
@@ -119,10 +143,11 @@ class Copier:
             raise DestinationError(f"{os.fsdecode(parent)}: no such directory")
 
 
-def _make_dir(path: bytes) -> None:
+def _make_dir(path: bytes) -> bool:
+    """Make `path` a directory we can write into; True if it was created just now."""
     try:
         os.mkdir(path, 0o700)
-        return
+        return True
     except FileExistsError:
         pass
     except OSError as exc:
@@ -132,6 +157,13 @@ def _make_dir(path: bytes) -> None:
         raise DestinationError(f"{os.fsdecode(path)} exists and is not a directory")
     if st.st_mode & 0o700 != 0o700:
         os.chmod(path, st.st_mode | 0o700)  # a copy made before may have left it read-only
+    return False
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:
