@@ -35,9 +35,10 @@ class Ctx:
 @click.group(context_settings=CONTEXT)
 @click.option("--store", envvar="C3FS_STORE", metavar="PATH|s3://BUCKET/PREFIX",
               help="The store (default: $XDG_DATA_HOME/c3fs/store; env C3FS_STORE).")
-@click.option("--disk-cache", metavar="SIZE", envvar="C3FS_DISK_CACHE",
+@click.option("--disk-cache", "--cache-size", "disk_cache", metavar="SIZE", envvar="C3FS_DISK_CACHE",
               help="For an s3:// store: the local disk cache of fetched data, LRU "
-                   "(default 1GiB; env C3FS_DISK_CACHE).")
+                   "(default 1GiB; env C3FS_DISK_CACHE). Not `mount --cache-size`, which "
+                   "sizes the mount's in-memory cache of decoded chunks.")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="c3fs")
 @click.pass_context

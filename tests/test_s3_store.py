@@ -394,6 +394,9 @@ def test_disk_cache_size_from_the_cli(machines, tmp_path: Path) -> None:
     assert 0 < sum(p.stat().st_size for p in blocks) <= 2 * MiB
     bad = b.run("--disk-cache", "lots", "ls", "/")
     assert error_line(bad) == "c3fs: error: not a size: 'lots' (examples: 500MiB, 50GiB, 1TB)"
+    b.ok("--cache-size", "1MiB", "cp", "-r", "/jobs/job_c/", str(tmp_path / "copy2"))  # alias
+    blocks = [p for p in b.home.glob("*/blocks-*/*/*") if not p.name.startswith(".")]
+    assert 0 < sum(p.stat().st_size for p in blocks) <= 1 * MiB
 
 
 def test_two_machines_racing_for_one_job_id(machines, tmp_path: Path) -> None:
