@@ -359,8 +359,4 @@ def test_10_gib_of_reads_with_bounded_daemon_memory(tmp_path: Path, site: Site) 
     print(f"\n10 GiB soak: {readers.bytes / GiB:.1f} GiB in {elapsed:.0f} s, "
           f"daemon RSS peak {max(peak) / MiB:.0f} MiB, packs read {served / GiB:.1f} GiB")
     bound = 100 * MiB + cache
-    assert max(peak) <= bound + 32 * MiB, f"daemon RSS peaked at {max(peak) / MiB:.0f} MiB"
-    if max(peak) > bound:  # known: xfail, not a pass and not a failure (bytes were all right)
-        pytest.xfail(f"daemon RSS peaked at {max(peak) / MiB:.0f} MiB > {bound / MiB:.0f} MiB: "
-                     "since e039acf glibc's mmap threshold is dynamic (121-126 MiB with it "
-                     "fixed at 256 KiB); the peak straddles the bound, so not a strict xfail")
+    assert max(peak) <= bound, f"daemon RSS peaked at {max(peak) / MiB:.0f} MiB > {bound / MiB:.0f}"
