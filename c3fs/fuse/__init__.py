@@ -28,6 +28,7 @@ from pathlib import Path
 from c3fs.errors import C3fsError
 from c3fs.index import cache_root
 from c3fs.store.local import make_private_dir
+from c3fs.store.locks import process_alive
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -240,7 +241,7 @@ def _wait_answering(mountpoint: str, pid: int, log_file: str, timeout: float) ->
     deadline = time.monotonic() + timeout
     delay = 0.001
     while not os.path.ismount(mountpoint):
-        if not _alive(pid):
+        if not process_alive(pid):
             raise MountError(f"the mount daemon died during start (see {log_file})")
         if time.monotonic() > deadline:
             raise MountError(f"{mountpoint} did not become a mount within {timeout:.0f} s")
@@ -248,13 +249,6 @@ def _wait_answering(mountpoint: str, pid: int, log_file: str, timeout: float) ->
         delay = min(delay * 2, 0.05)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -42,11 +42,15 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
 
     @property
     def st_mode(self) -> int:
-        kind_bits = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}[self.kind]
-        return kind_bits | self.mode
+        return st_mode(self.kind, self.mode)
 
     def chunk_ids(self) -> list[bytes]:
         return [self.chunks[i : i + 32] for i in range(0, len(self.chunks), 32)]
+
+
+def st_mode(kind: int, mode: int) -> int:
+    """The POSIX st_mode of an entry: its file-type bits and permission bits."""
+    return {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}[kind] | mode
 
 
 class Tree(msgspec.Struct, array_like=True):

@@ -37,7 +37,7 @@ def _is_fresh(store: Store, key: str) -> bool:
     """A lock counts unless it is old, or its process on this host is gone."""
     try:
         body = json.loads(store.backend.get(key))
-        if body["host"] == socket.gethostname() and not _alive(int(body["pid"])):
+        if body["host"] == socket.gethostname() and not process_alive(int(body["pid"])):
             return False
         return time.time() - float(body["time"]) < STALE
     except KeyMissing:
@@ -46,7 +46,8 @@ def _is_fresh(store: Store, key: str) -> bool:
         return True  # unreadable: be careful, treat as held
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

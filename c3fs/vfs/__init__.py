@@ -13,7 +13,6 @@ lookups and across remounts. Names are bytes throughout.
 from __future__ import annotations
 
 import bisect
-import stat
 from dataclasses import dataclass, replace
 
 import blake3
@@ -21,7 +20,7 @@ import blake3
 from c3fs.errors import C3fsError, DataError, FormatError, NotADirectory, NotFound
 from c3fs.objects.ids import check_name
 from c3fs.objects.job import DATASET, JOB, JobRecord
-from c3fs.objects.tree import DIR, FILE, LINK, Entry
+from c3fs.objects.tree import DIR, FILE, LINK, Entry, st_mode
 from c3fs.reader import FileReader
 from c3fs.repo import Repo
 
@@ -49,8 +48,7 @@ class Node:
 
     @property
     def st_mode(self) -> int:
-        kind_bits = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}[self.kind]
-        return kind_bits | self.mode
+        return st_mode(self.kind, self.mode)
 
     @property
     def display(self) -> str:
