@@ -59,20 +59,25 @@ class DataError(C3fsError):
     exit_code = 6
 
 
-class BlobMissing(DataError):
+class BlobError(DataError):
+    """One blob cannot be served; says which, in which pack, and why."""
+
+    state = "unreadable"
+
     def __init__(self, blob_id: bytes, pack_id: str | None = None, detail: str = "") -> None:
         self.blob_id = blob_id
         self.pack_id = pack_id
         where = f" in pack {pack_id}" if pack_id else ""
-        super().__init__(f"blob {blob_id.hex()} is missing{where}{': ' + detail if detail else ''}")
+        why = f": {detail}" if detail else ""
+        super().__init__(f"blob {blob_id.hex()} is {self.state}{where}{why}")
 
 
-class BlobCorrupt(DataError):
-    def __init__(self, blob_id: bytes, pack_id: str | None = None, detail: str = "") -> None:
-        self.blob_id = blob_id
-        self.pack_id = pack_id
-        where = f" in pack {pack_id}" if pack_id else ""
-        super().__init__(f"blob {blob_id.hex()} is corrupt{where}{': ' + detail if detail else ''}")
+class BlobMissing(BlobError):
+    state = "missing"
+
+
+class BlobCorrupt(BlobError):
+    state = "corrupt"
 
 
 class LockedError(C3fsError):
