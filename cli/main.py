@@ -8,8 +8,7 @@ import sys
 
 import click
 
-from c3fs.errors import C3fsError, UsageError
-from c3fs.objects.job import DATASET, JOB
+from c3fs.errors import C3fsError
 from c3fs.repo import Repo
 from cli import output
 
@@ -101,12 +100,6 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def kind_of(path: str) -> str:
-    return DATASET if "/datasets/" in path or path.startswith("/datasets") else JOB
-
-
-def bad_usage(message: str) -> UsageError:
-    return UsageError(message)
 
 
 from cli import commands, lifecycle, mount  # noqa: E402,F401  (register commands on `app`)

@@ -50,6 +50,7 @@ from dataclasses import dataclass as _core_dataclass  # noqa: E402
 from pathlib import Path as _CorePath  # noqa: E402
 
 import pytest as _core_pytest  # noqa: E402
+from clikit import CliResult  # noqa: E402,F401  (re-exported: tests import it from here)
 
 C3FS_BIN = _CorePath(_core_sys.executable).parent / "c3fs"
 
@@ -61,25 +62,6 @@ class StoreEnv:
     root: _CorePath
     store: _CorePath
     cache: _CorePath
-
-
-@_core_dataclass(frozen=True)
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-    def assert_one_line_error(self) -> str:
-        """Exit code != 0 and stderr is exactly one `c3fs: error: ...` line, no traceback."""
-        assert self.code != 0, f"expected a failure, got exit 0; stderr: {self.err!r}"
-        assert "Traceback" not in self.err, self.err
-        assert len(self.err_lines) == 1, f"expected one error line, got: {self.err!r}"
-        assert self.err_lines[0].startswith("c3fs: error: "), self.err
-        return self.err_lines[0]
 
 
 @_core_pytest.fixture

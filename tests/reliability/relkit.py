@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 import psutil
 import pytest
+from clikit import CliResult
 
 BIN = Path(sys.executable).parent / "c3fs"
 FUSE_OK = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
@@ -36,27 +37,7 @@ KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 
 
 # the CLI ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-    def one_line_error(self) -> str:
-        """Exit != 0 and stderr is exactly one `c3fs: error: ...` line (no traceback)."""
-        assert self.code != 0, f"expected a failure, got exit 0; stderr: {self.err!r}"
-        assert "Traceback" not in self.err, self.err
-        assert len(self.err_lines) == 1, f"expected one error line, got: {self.err!r}"
-        assert self.err_lines[0].startswith("c3fs: error: "), self.err
-        return self.err_lines[0]
-
-    def ok(self) -> Result:
-        assert self.code == 0, f"exit {self.code}\nstdout: {self.out}\nstderr: {self.err}"
-        return self
+Result = CliResult
 
 
 def _text(data: bytes | str | None) -> str:
