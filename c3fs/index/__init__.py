@@ -18,7 +18,7 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -138,10 +138,6 @@ class Index:
             return None
         pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
         return Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
-
-    def has_blobs(self, blob_ids: Iterable[bytes]) -> list[bool]:
-        with self.env.begin() as txn:
-            return [txn.get(blob_id, db=self.blobs) is not None for blob_id in blob_ids]
 
     def add_pack(self, pack_id: str, size: int, entries: list[PackEntry], replace: bool = False) -> None:
         """Record a durable pack and its blobs (`replace`: point blobs here even if known)."""

@@ -186,11 +186,6 @@ class FileReader:
             parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def chunk_at(self, offset: int) -> bytes:
-        """The id of the chunk holding `offset` (for error messages)."""
-        i = bisect.bisect_right(self.starts, offset) - 1
-        return self.ids[min(max(i, 0), len(self.ids) - 1)] if self.ids else b""
-
     def iter_chunks(self):
         """Every chunk of the file in order (for copying a whole file), reading ahead."""
         for i, blob_id in enumerate(self.ids):
