@@ -434,7 +434,7 @@ def test_server_killed_mid_push(machines, s3_server: MotoServer, tmp_path: Path)
     store = Store.open(open_backend(a.url), create=False)
     store.save_config(pack_target=4 * MiB)  # many packs: the kill lands between two of them
     big = tmp_path / "big"
-    mixed_tree(big, seed=6, big=64 * MiB, small=100)
+    mixed_tree(big, seed=6, big=192 * MiB, small=100)  # outlasts the snapshot below
     known = set(bucket_objects(s3_server, a.url))
     push = subprocess.Popen(a.argv("push", str(big), "-p", "p", "-j", "job_big"), env=a.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
