@@ -1,7 +1,12 @@
 """Copy a node of the namespace to local disk: the engine behind `cp` and `pull`.
 
-Files are written in parallel, each to a temp name in its final directory and renamed into
-place, so an interrupted copy never leaves a half-written file under a real name. Modes,
+Files are written in parallel, each as an unnamed file in its final directory (O_TMPFILE)
+that gets its name (linkat) only once its bytes, mode and mtime are all set; where the
+filesystem has no O_TMPFILE, under a temp name renamed into place. Either way an
+interrupted copy never leaves a half-written file under a real name, and a killed one
+leaves no temp file either where O_TMPFILE works. An unnamed file spares the kernel the
+directory lock while it allocates the inode, so one directory's files are created in
+parallel, and needs no rename; mode and mtime are set through the fd, not the path. Modes,
 mtimes and symlinks are restored; links are created, never followed. A directory on the
 way that is a symlink or a file is an error, never written through. A file whose size and
 mtime already match is skipped, so a copy run again fetches only what is missing or changed.
@@ -9,6 +14,7 @@ mtime already match is skipped, so a copy run again fetches only what is missing
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -50,10 +56,20 @@ class Copier:
         self.stats = CopyStats()
         self._small: list[tuple[Node, bytes]] = []
         self._stats_lock = threading.Lock()
+        self._proc_fds: int | None = None
 
     def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir."""
         target = os.fsencode(dest)
+        self._proc_fds = _open_proc_fds()
+        try:
+            self._copy_all(node, target)
+        finally:
+            if self._proc_fds is not None:
+                os.close(self._proc_fds)
+        return self.stats
+
+    def _copy_all(self, node: Node, target: bytes) -> None:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="c3fs-cp") as pool:
             futures: list[Future] = []
             dirs: list[tuple[bytes, Node]] = []
@@ -68,7 +84,6 @@ class Copier:
                 future.result()
         for path, dir_node in reversed(dirs):  # after their contents: modes may forbid writes
             _set_meta(path, dir_node)
-        return self.stats
 
     def _copy_dir(self, node: Node, path: bytes, pool, futures, dirs) -> None:
         fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
@@ -112,26 +127,21 @@ class Copier:
             self._write_file(node, path)
 
     def _write_file(self, node: Node, path: bytes) -> None:
-        parent, name = os.path.split(path)
-        tmp = os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
+        staged = None
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                for data in self.vfs.open(node).iter_chunks():
-                    _write_all(fd, data)
-                    self.progress(len(data))
-            finally:
-                os.close(fd)
-            _set_meta(tmp, node)
-            os.rename(tmp, path)
+            staged = _Staged(path, self._proc_fds)
+            for data in self.vfs.open(node).iter_chunks():
+                _write_all(staged.fd, data)
+                self.progress(len(data))
+            staged.commit(node.mode, node.mtime_ns)
         except OSError as exc:
-            _unlink(tmp)
+            _discard(staged)
             raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
         except (DataError, FormatError) as exc:  # never a partial file under the real name
-            _unlink(tmp)
+            _discard(staged)
             raise unreadable(node, exc) from None
         except BaseException:
-            _unlink(tmp)
+            _discard(staged)
             raise
         with self._stats_lock:
             self.stats.files += 1
@@ -141,6 +151,86 @@ class Copier:
         parent = os.path.dirname(target) or b"."
         if not os.path.isdir(parent):
             raise DestinationError(f"{os.fsdecode(parent)}: no such directory")
+
+
+class _Staged:
+    """A file being written where no one sees it: unnamed (O_TMPFILE) in its final directory
+    when the filesystem and /proc allow, else under a temp name beside its final name.
+    `commit` sets mode and mtime through the fd and only then names it."""
+
+    def __init__(self, path: bytes, proc_fds: int | None) -> None:
+        self.path = path
+        self.proc_fds = proc_fds
+        self.tmp: bytes | None = None
+        self.fd = _open_unnamed(path) if proc_fds is not None else None
+        if self.fd is None:
+            self.tmp = _temp_name(path)
+            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def commit(self, mode: int, mtime_ns: int) -> None:
+        os.fchmod(self.fd, mode)
+        os.utime(self.fd, ns=(mtime_ns, mtime_ns))  # after the last write, which sets mtime
+        if self.tmp is None:
+            self._link()
+        else:
+            os.rename(self.tmp, self.path)
+            self.tmp = None
+        self._close()
+
+    def _link(self) -> None:
+        """Name the unnamed file; a file or symlink in the way is replaced atomically."""
+        fd_name = str(self.fd).encode()
+        try:
+            os.link(fd_name, self.path, src_dir_fd=self.proc_fds)  # linkat(AT_SYMLINK_FOLLOW)
+        except FileExistsError:
+            self.tmp = _temp_name(self.path)
+            os.link(fd_name, self.tmp, src_dir_fd=self.proc_fds)
+            os.rename(self.tmp, self.path)  # replaces whatever was there; never follows it
+            self.tmp = None
+
+    def discard(self) -> None:
+        try:
+            self._close()  # an unnamed file vanishes with its last fd
+        finally:
+            if self.tmp is not None:
+                _unlink(self.tmp)
+
+    def _close(self) -> None:
+        fd, self.fd = self.fd, -1  # never closed twice, even when close() fails
+        if fd >= 0:
+            os.close(fd)
+
+
+def _discard(staged: _Staged | None) -> None:
+    if staged is not None:
+        staged.discard()
+
+
+def _open_proc_fds() -> int | None:
+    """/proc/self/fd, through which linkat names an O_TMPFILE file (unprivileged); None if
+    there is no /proc or no O_TMPFILE, and then files are written under temp names."""
+    if not hasattr(os, "O_TMPFILE"):
+        return None
+    try:
+        return os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _open_unnamed(path: bytes) -> int | None:
+    """An O_TMPFILE fd in `path`'s directory, or None where the filesystem has none."""
+    parent = os.path.dirname(path) or b"."
+    try:
+        return os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise
+
+
+def _temp_name(path: bytes) -> bytes:
+    parent, name = os.path.split(path)
+    return os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
 
 
 def _make_dir(path: bytes) -> bool:
@@ -167,8 +257,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:
-    parent, name = os.path.split(path)
-    tmp = os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
+    tmp = _temp_name(path)
     try:
         os.symlink(target, tmp)
         os.utime(tmp, ns=(mtime_ns, mtime_ns), follow_symlinks=False)  # the link's own mtime
