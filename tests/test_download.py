@@ -1,9 +1,10 @@
 """The copy engine behind `cp` and `pull` (c3fs.jobs.download), called directly.
 
 Both ways of staging a file are covered: unnamed (O_TMPFILE, named by linkat once complete)
-and the fallback under a temp name (no /proc or no O_TMPFILE). Either way a copy that fails
-half-way leaves no file under its real name and no temp file, and a file or symlink in the
-way is replaced, never written through.
+and the fallback under a temp name (no /proc or no O_TMPFILE), each with big files written
+whole by one worker or in parts by several. Either way a copy that fails half-way leaves no
+file under its real name and no temp file, and a file or symlink in the way is replaced,
+never written through.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from c3fs.errors import DataError
 from c3fs.jobs import download
 from c3fs.jobs.download import Copier
 from c3fs.jobs.push import push_dir
+from c3fs.reader import FileReader
 from c3fs.vfs import Vfs
 
 
@@ -26,6 +28,14 @@ from c3fs.vfs import Vfs
 def staging(request, monkeypatch) -> str:
     if request.param == "temp-name":
         monkeypatch.setattr(download, "_open_proc_fds", lambda: None)
+    return request.param
+
+
+@pytest.fixture(params=[1, 12], ids=["whole", "in-parts"])
+def parts(request, monkeypatch) -> int:
+    """Big files written by one worker, or in parts (about 12 for big.bin) by several."""
+    if request.param > 1:
+        monkeypatch.setattr(download, "PART", 256 * 1024)
     return request.param
 
 
@@ -42,7 +52,7 @@ def root(vfs: Vfs):
     return vfs.resolve("/jobs/j1")
 
 
-def test_copy_restores_bytes_modes_and_mtimes(repo, tmp_path: Path, staging: str,
+def test_copy_restores_bytes_modes_and_mtimes(repo, tmp_path: Path, staging: str, parts: int,
                                               monkeypatch) -> None:
     vfs = pushed(repo, tmp_path)
     renamed: list[bytes] = []
@@ -59,19 +69,15 @@ def test_copy_restores_bytes_modes_and_mtimes(repo, tmp_path: Path, staging: str
 
 
 def test_a_failed_copy_leaves_no_partial_and_no_temp_file(repo, tmp_path: Path, staging: str,
-                                                          monkeypatch) -> None:
+                                                          parts: int, monkeypatch) -> None:
     vfs = pushed(repo, tmp_path)
-    real_open = vfs.open
+    real_chunks = FileReader.chunks
 
-    def failing_open(node):
-        reader = real_open(node)
+    def failing_chunks(self, first=0, stop=None):
+        yield from real_chunks(self, first, stop)
+        raise DataError("injected: a chunk went bad after the file's bytes were written")
 
-        def chunks():
-            yield from reader.iter_chunks()
-            raise DataError("injected: a chunk went bad after the file's bytes were written")
-        return type("R", (), {"iter_chunks": staticmethod(chunks)})()
-
-    monkeypatch.setattr(vfs, "open", failing_open)
+    monkeypatch.setattr(FileReader, "chunks", failing_chunks)
     with pytest.raises(download.C3fsError):
         Copier(vfs).copy(root(vfs), tmp_path / "dst")
     for path in entries(tmp_path / "dst"):  # links are placed whole; no file got a name
@@ -79,7 +85,26 @@ def test_a_failed_copy_leaves_no_partial_and_no_temp_file(repo, tmp_path: Path, 
     assert not leftovers(tmp_path / "dst")
 
 
-def test_files_and_links_in_the_way_are_replaced(repo, tmp_path: Path, staging: str) -> None:
+def test_one_bad_part_of_a_big_file_drops_the_whole_file(repo, tmp_path: Path, staging: str,
+                                                        monkeypatch) -> None:
+    monkeypatch.setattr(download, "PART", 256 * 1024)
+    vfs = pushed(repo, tmp_path)
+    real_chunks = FileReader.chunks
+
+    def one_bad_part(self, first=0, stop=None):
+        if first == 2:
+            raise DataError("injected: one part of the big file is bad")
+        yield from real_chunks(self, first, stop)
+
+    monkeypatch.setattr(FileReader, "chunks", one_bad_part)
+    (tmp_path / "dst").mkdir()
+    with pytest.raises(download.C3fsError, match="big.bin"):
+        Copier(vfs).copy(vfs.resolve("/jobs/j1/big.bin"), tmp_path / "dst" / "big.bin")
+    assert os.listdir(tmp_path / "dst") == []  # neither the file nor a temp file
+
+
+def test_files_and_links_in_the_way_are_replaced(repo, tmp_path: Path, staging: str,
+                                                 parts: int) -> None:
     vfs = pushed(repo, tmp_path)
     dst = tmp_path / "dst"
     dst.mkdir()
@@ -96,7 +121,7 @@ def test_files_and_links_in_the_way_are_replaced(repo, tmp_path: Path, staging: 
 
 
 def test_a_single_file_copies_into_the_current_dir(repo, tmp_path: Path, staging: str,
-                                                   monkeypatch) -> None:
+                                                   parts: int, monkeypatch) -> None:
     vfs = pushed(repo, tmp_path)
     monkeypatch.chdir(tmp_path)
     Copier(vfs).copy(vfs.resolve("/jobs/j1/big.bin"), "copy.bin")

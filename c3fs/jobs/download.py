@@ -14,24 +14,27 @@ mtime already match is skipped, so a copy run again fetches only what is missing
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from c3fs.errors import C3fsError, DataError, FormatError
 from c3fs.objects.tree import DIR, FILE, LINK
+from c3fs.reader import FileReader
 from c3fs.vfs import Node, Vfs, unreadable
 
 log = logging.getLogger(__name__)
 TMP = b".c3fs-tmp."
 SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
 SMALL_BATCH = 64
+PART = 16 * 1024 * 1024  # a bigger file is written in parts of about this size, in parallel
 
 
 class DestinationError(C3fsError):
@@ -57,6 +60,7 @@ class Copier:
         self._small: list[tuple[Node, bytes]] = []
         self._stats_lock = threading.Lock()
         self._proc_fds: int | None = None
+        self._big_slots = threading.BoundedSemaphore(2 * workers)
 
     def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir."""
@@ -110,7 +114,7 @@ class Copier:
                 self.progress(node.size)
                 return
             if node.size > SMALL_FILE:
-                futures.append(pool.submit(self._write_file, node, path))
+                self._submit_big(node, path, pool, futures)
                 return
             self._small.append((node, path))
             if len(self._small) >= SMALL_BATCH:
@@ -122,6 +126,18 @@ class Copier:
             futures.append(pool.submit(self._write_files, self._small))
             self._small = []
 
+    def _submit_big(self, node: Node, path: bytes, pool, futures) -> None:
+        """A big file is cut into parts that several workers write at once (pwrite)."""
+        reader = self.vfs.open(node, readahead=0)
+        parts = _parts(reader.starts, PART)
+        if len(parts) == 1:
+            futures.append(pool.submit(self._write_file, node, path))
+            return
+        self._big_slots.acquire()  # bounds open fds and queued work; the last part releases it
+        big = _BigFile(node, path, len(parts), self._proc_fds)
+        for first, stop in parts:
+            futures.append(pool.submit(self._write_part, big, reader, first, stop))
+
     def _write_files(self, batch: list[tuple[Node, bytes]]) -> None:
         for node, path in batch:
             self._write_file(node, path)
@@ -129,20 +145,47 @@ class Copier:
     def _write_file(self, node: Node, path: bytes) -> None:
         staged = None
         try:
-            staged = _Staged(path, self._proc_fds)
-            for data in self.vfs.open(node).iter_chunks():
-                _write_all(staged.fd, data)
-                self.progress(len(data))
-            staged.commit(node.mode, node.mtime_ns)
-        except OSError as exc:
-            _discard(staged)
-            raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
-        except (DataError, FormatError) as exc:  # never a partial file under the real name
-            _discard(staged)
-            raise unreadable(node, exc) from None
-        except BaseException:
+            with _named_errors(node, path):
+                staged = _Staged(path, self._proc_fds)
+                for _, data in self.vfs.open(node, readahead=0).chunks():
+                    _write_all(staged.fd, data)
+                    self.progress(len(data))
+                staged.commit(node.mode, node.mtime_ns)
+        except BaseException:  # never a partial file under the real name
             _discard(staged)
             raise
+        self._count(node)
+
+    def _write_part(self, big: _BigFile, reader: FileReader, first: int, stop: int) -> None:
+        try:
+            with _named_errors(big.node, big.path):
+                fd = big.open()
+                for offset, data in reader.chunks(first, stop) if fd is not None else ():
+                    _pwrite_all(fd, data, offset)
+                    self.progress(len(data))
+        except BaseException:
+            big.failed = True
+            self._end_part(big)
+            raise
+        self._end_part(big)
+
+    def _end_part(self, big: _BigFile) -> None:
+        """The last part to end names the file, or drops it if any part failed."""
+        if not big.part_done():
+            return
+        self._big_slots.release()
+        if big.failed:
+            _discard(big.staged)
+            return
+        try:
+            with _named_errors(big.node, big.path):
+                big.staged.commit(big.node.mode, big.node.mtime_ns)
+        except BaseException:
+            _discard(big.staged)
+            raise
+        self._count(big.node)
+
+    def _count(self, node: Node) -> None:
         with self._stats_lock:
             self.stats.files += 1
             self.stats.bytes += node.size
@@ -151,6 +194,31 @@ class Copier:
         parent = os.path.dirname(target) or b"."
         if not os.path.isdir(parent):
             raise DestinationError(f"{os.fsdecode(parent)}: no such directory")
+
+
+class _BigFile:
+    """One big file written in parts by several workers: staged by the first part to start
+    (so a queued file holds no fd), named by the last to end."""
+
+    def __init__(self, node: Node, path: bytes, parts: int, proc_fds: int | None) -> None:
+        self.node, self.path, self.proc_fds = node, path, proc_fds
+        self.staged: _Staged | None = None
+        self.failed = False
+        self._left = parts
+        self._lock = threading.Lock()
+
+    def open(self) -> int | None:
+        """The staged file's fd; None once a part has failed (the rest need not write)."""
+        with self._lock:
+            if self.staged is None and not self.failed:
+                self.staged = _Staged(self.path, self.proc_fds)
+            return None if self.failed else self.staged.fd
+
+    def part_done(self) -> bool:
+        """True for the last part to end."""
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
 
 
 class _Staged:
@@ -254,6 +322,34 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _parts(starts: list[int], size: int) -> list[tuple[int, int]]:
+    """Cut a file's chunks (cumulative `starts`) into runs of about `size` bytes each."""
+    parts, first = [], 0
+    for i in range(1, len(starts)):
+        if starts[i] - starts[first] >= size or i == len(starts) - 1:
+            parts.append((first, i))
+            first = i
+    return parts or [(0, 0)]
+
+
+@contextlib.contextmanager
+def _named_errors(node: Node, path: bytes) -> Iterator[None]:
+    """A failure to write says which destination file; a bad chunk says which job file."""
+    try:
+        yield
+    except OSError as exc:
+        raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
+    except (DataError, FormatError) as exc:
+        raise unreadable(node, exc) from None
 
 
 def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:
