@@ -135,3 +135,12 @@ def entries(path: Path) -> list[Path]:
 
 def leftovers(path: Path) -> list[Path]:
     return [p for p in entries(path) if p.name.startswith(download.TMP.decode())]
+
+
+def test_a_copy_leaves_the_decoded_chunk_cache_to_others(repo, tmp_path: Path) -> None:
+    vfs = pushed(repo, tmp_path)
+    big = vfs.resolve("/jobs/j1/big.bin")
+    Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    assert not any(repo.blobs.peek(chunk) for chunk in big.entry.chunk_ids())
+    vfs.open(big).read(0, 10)  # the mount's reads are still cached
+    assert repo.blobs.peek(big.entry.chunk_ids()[0]) is not None

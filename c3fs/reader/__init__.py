@@ -43,8 +43,10 @@ class BlobSource:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def get(self, blob_id: bytes) -> bytes:
-        """Verified plain bytes of `blob_id`; BlobMissing / BlobCorrupt, never wrong bytes."""
+    def get(self, blob_id: bytes, remember: bool = True) -> bytes:
+        """Verified plain bytes of `blob_id`; BlobMissing / BlobCorrupt, never wrong bytes.
+        `remember=False` leaves a fetched blob out of the LRU (a copy reads each chunk once,
+        and would only push out what the mount or a tree walk still wants)."""
         with self._lock:
             data = self._cache.get(blob_id)
             if data is not None:
@@ -58,7 +60,8 @@ class BlobSource:
             return future.result()
         try:
             data = self._fetch(blob_id)
-            self._remember(blob_id, data)
+            if remember:
+                self._remember(blob_id, data)
         except BaseException as exc:
             future.set_exception(exc)
             raise
@@ -189,9 +192,10 @@ class FileReader:
 
     def chunks(self, first: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
         """(offset, verified bytes) of chunks `first`..`stop`-1, fetched in the calling thread
-        with no read-ahead: for a copier whose own workers already keep the cores busy."""
+        with no read-ahead and not kept in the LRU: for a copier, whose own workers already
+        keep the cores busy and which reads each chunk once."""
         for i in range(first, len(self.ids) if stop is None else stop):
-            yield self.starts[i], self.blobs.get(self.ids[i])
+            yield self.starts[i], self.blobs.get(self.ids[i], remember=False)
 
     def iter_chunks(self):
         """Every chunk of the file in order (for copying a whole file), reading ahead."""
