@@ -9,6 +9,7 @@ never written through.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -27,7 +28,7 @@ from c3fs.vfs import Vfs
 @pytest.fixture(params=["unnamed", "temp-name"])
 def staging(request, monkeypatch) -> str:
     if request.param == "temp-name":
-        monkeypatch.setattr(download, "_open_proc_fds", lambda: None)
+        monkeypatch.setattr(download, "_open_proc_fds", lambda probe_dir: None)
     return request.param
 
 
@@ -144,3 +145,20 @@ def test_a_copy_leaves_the_decoded_chunk_cache_to_others(repo, tmp_path: Path) -
     assert not any(repo.blobs.peek(chunk) for chunk in big.entry.chunk_ids())
     vfs.open(big).read(0, 10)  # the mount's reads are still cached
     assert repo.blobs.peek(big.entry.chunk_ids()[0]) is not None
+
+
+def test_a_filesystem_that_cannot_name_unnamed_files_gets_temp_names(repo, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    vfs = pushed(repo, tmp_path)
+    real_link = os.link
+
+    def no_linkat_from_proc(src, dst, *, src_dir_fd=None, **kw):
+        if src_dir_fd is not None:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, **kw)
+
+    monkeypatch.setattr(os, "link", no_linkat_from_proc)
+    Copier(vfs).copy(root(vfs), tmp_path / "dst")  # the probe failed, not the copy
+    assert trees.diff(trees.without_special(trees.snapshot(tmp_path / "src")),
+                      trees.snapshot(tmp_path / "dst")) == []
+    assert not leftovers(tmp_path) and os.listdir(tmp_path / "dst")

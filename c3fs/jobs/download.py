@@ -65,7 +65,12 @@ class Copier:
     def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir."""
         target = os.fsencode(dest)
-        self._proc_fds = _open_proc_fds()
+        parent = os.path.dirname(os.path.abspath(target))
+        if node.kind == DIR:
+            os.makedirs(parent, exist_ok=True)
+        elif not os.path.isdir(parent):
+            raise DestinationError(f"{os.fsdecode(parent)}: no such directory")
+        self._proc_fds = _open_proc_fds(parent)
         try:
             self._copy_all(node, target)
         finally:
@@ -78,10 +83,8 @@ class Copier:
             futures: list[Future] = []
             dirs: list[tuple[bytes, Node]] = []
             if node.kind == DIR:
-                os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
                 self._copy_dir(node, target, pool, futures, dirs)
             else:
-                self._prepare_parent(target)
                 self._copy_leaf(node, target, False, pool, futures)
             self._flush_small(pool, futures)
             for future in futures:
@@ -190,11 +193,6 @@ class Copier:
             self.stats.files += 1
             self.stats.bytes += node.size
 
-    def _prepare_parent(self, target: bytes) -> None:
-        parent = os.path.dirname(target) or b"."
-        if not os.path.isdir(parent):
-            raise DestinationError(f"{os.fsdecode(parent)}: no such directory")
-
 
 class _BigFile:
     """One big file written in parts by several workers: staged by the first part to start
@@ -274,15 +272,28 @@ def _discard(staged: _Staged | None) -> None:
         staged.discard()
 
 
-def _open_proc_fds() -> int | None:
-    """/proc/self/fd, through which linkat names an O_TMPFILE file (unprivileged); None if
-    there is no /proc or no O_TMPFILE, and then files are written under temp names."""
+def _open_proc_fds(probe_dir: bytes) -> int | None:
+    """/proc/self/fd, through which linkat names an O_TMPFILE file (unprivileged), once a
+    probe file made that way in `probe_dir` got a name; else None, and files are written
+    under temp names (no /proc, or a filesystem that refuses one of the two)."""
     if not hasattr(os, "O_TMPFILE"):
         return None
     try:
-        return os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        proc_fds = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
+    probe = _temp_name(os.path.join(probe_dir, b"probe"))
+    try:
+        fd = os.open(probe_dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        try:
+            os.link(str(fd).encode(), probe, src_dir_fd=proc_fds)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        os.close(proc_fds)
+        return None
+    return proc_fds
 
 
 def _open_unnamed(path: bytes) -> int | None:
