@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import click
 
 from c3fs.errors import IsADirectory, UsageError
-from c3fs.jobs.download import Copier
-from c3fs.jobs.push import push_dir
-from c3fs.objects.job import DATASET, JobRecord
-from c3fs.objects.tree import DIR, FILE
-from c3fs.vfs import Node, Vfs, split_path
 from cli import output
 from cli.main import Ctx, app, pass_ctx
+
+if TYPE_CHECKING:  # the library is imported in the commands: `c3fs --help` stays quick
+    from c3fs.objects.job import JobRecord
+    from c3fs.vfs import Node, Vfs
 
 NAMESPACE_TOP = (b"jobs", b"projects", b"datasets")
 
 
 def is_namespace(path: str) -> bool:
+    from c3fs.vfs import split_path
+
     return path.startswith("/") and split_path(path)[:1] in [(t,) for t in NAMESPACE_TOP] or path == "/"
 
 
@@ -42,6 +44,8 @@ def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bo
       c3fs push ./artifacts --project vision
       c3fs push ./out -p vision -j job_resnet_01 --json
     """
+    from c3fs.jobs.push import push_dir
+
     repo = ctx.repo()
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
         record = push_dir(repo, directory, project, job_id, progress=advance)
@@ -87,6 +91,8 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
       c3fs ls -l /jobs/
       c3fs ls --json /projects/vision/jobs/
     """
+    from c3fs.vfs import Vfs
+
     repo = ctx.repo()
     repo.refresh(force=True)
     vfs = Vfs(repo)
@@ -108,6 +114,8 @@ def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
 
 
 def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
+    from c3fs.objects.tree import DIR, FILE
+
     record = _record_of(vfs, node)
     if record is not None:
         return {"name": show(name), "type": record.kind, "record": record}
@@ -120,6 +128,8 @@ def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
 
 
 def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
+    from c3fs.objects.tree import DIR, FILE
+
     records = [_record_of(vfs, n) for _, n in items]
     if items and all(records):
         table = output.table("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE")
@@ -156,6 +166,10 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
       c3fs cp -r /jobs/job_abc123/ ./local-output/
       c3fs cp -r ./imagenet-mini /projects/vision/datasets/imagenet-mini
     """
+    from c3fs.jobs.download import Copier
+    from c3fs.objects.tree import FILE
+    from c3fs.vfs import Vfs
+
     repo = ctx.repo()
     if is_namespace(dst) and not is_namespace(src):
         _upload_dataset(ctx, src, dst, recursive, project)
@@ -178,6 +192,10 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
 
 
 def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
+    from c3fs.jobs.push import push_dir
+    from c3fs.objects.job import DATASET
+    from c3fs.vfs import split_path
+
     parts = [p.decode() for p in split_path(dst)]
     if len(parts) == 4 and parts[0] == "projects" and parts[2] == "datasets":
         project, name = parts[1], parts[3]

@@ -8,13 +8,6 @@ from pathlib import Path
 import click
 
 from c3fs.errors import UsageError
-from c3fs.jobs.accounting import balance as compute_balance
-from c3fs.jobs.config import load_config
-from c3fs.jobs.maintenance import gc as run_gc
-from c3fs.jobs.maintenance import verify as run_verify
-from c3fs.jobs.pull import pull as run_pull
-from c3fs.jobs.run import JobSpec, run_job
-from c3fs.objects.job import JOB
 from cli import output
 from cli.commands import cp, ls
 from cli.main import Ctx, app, pass_ctx
@@ -57,6 +50,9 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
         - ref: /jobs/job_preprocess
           mount: /data/preprocessed
     """
+    from c3fs.jobs.config import load_config
+    from c3fs.jobs.run import JobSpec, run_job
+
     workdir = workdir.resolve()
     config = load_config(config_path, workdir)
     spec = JobSpec(list(command), workdir, config, project or config.project or "default",
@@ -88,6 +84,8 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool) -> None:
       c3fs pull job_abc123
       c3fs pull --dest ./runs          # all new completed jobs
     """
+    from c3fs.jobs.pull import pull as run_pull
+
     with output.progress_bar("pull", None) as advance:
         pulled = run_pull(ctx.repo(), list(jobs), dest, advance)
     if as_json:
@@ -114,6 +112,8 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
       c3fs balance
       c3fs balance --by-project --json
     """
+    from c3fs.jobs.accounting import balance as compute_balance
+
     b = compute_balance(ctx.repo())
     if as_json:
         output.print_json({"stored_bytes": b.stored_bytes, "packs": b.packs,
@@ -152,6 +152,8 @@ def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
     Examples:
       c3fs rm job_abc123 job_def456 && c3fs gc
     """
+    from c3fs.objects.job import JOB
+
     repo = ctx.repo()
     kind = "dataset" if dataset else JOB
     for name in jobs:
@@ -177,6 +179,8 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
       c3fs gc --dry-run
       c3fs gc
     """
+    from c3fs.jobs.maintenance import gc as run_gc
+
     report = run_gc(ctx.repo(), dry_run)
     if as_json:
         output.print_json(report)
@@ -202,6 +206,8 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], as_json: bool) -> None:
       c3fs verify
       c3fs verify job_abc123 --json
     """
+    from c3fs.jobs.maintenance import verify as run_verify
+
     report = run_verify(ctx.repo(), list(jobs))
     if as_json:
         output.print_json(report)

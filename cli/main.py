@@ -1,16 +1,25 @@
-"""The `c3fs` command line: parse, call the library, print. No logic of its own."""
+"""The `c3fs` command line: parse, call the library, print. No logic of its own.
+
+Start-up time matters (`c3fs mount` is timed to the first byte): the command modules import
+the library (and rich, trio, obstore, lmdb, ...) inside the commands that use it, so
+`c3fs --help` loads only click, and `c3fs mount` only what the mount needs
+(tests/test_cli_core.py checks).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from c3fs.errors import C3fsError
-from c3fs.repo import Repo
 from cli import output
+
+if TYPE_CHECKING:
+    from c3fs.repo import Repo
 
 log = logging.getLogger("c3fs")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -23,6 +32,8 @@ class Ctx:
 
     def repo(self) -> Repo:
         if self._repo is None:
+            from c3fs.repo import Repo
+
             self._repo = Repo.open(self.store_url)
         return self._repo
 

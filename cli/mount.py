@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from c3fs import fuse
 from cli import output
 from cli.main import Ctx, app, pass_ctx
 
@@ -40,6 +39,8 @@ def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
     if len(paths) > 2:
         raise click.UsageError("expected [REF] MOUNTPOINT")
     ref, mountpoint = paths if len(paths) == 2 else ("/", paths[0])
+    from c3fs import fuse  # here: the daemon forks from this process, with what it imported
+
     fuse.mount(ctx.store_url, ref, mountpoint, foreground=foreground, allow_other=allow_other,
                cache_bytes=output.parse_size(cache_size), log_file=log_file)
 
@@ -56,4 +57,6 @@ def umount(mountpoint: str, lazy: bool) -> None:
       c3fs umount /data/prev_weights
       c3fs umount --lazy /mnt/c3       # a shell still has its working directory there
     """
+    from c3fs import fuse
+
     fuse.unmount(mountpoint, lazy=lazy)

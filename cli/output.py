@@ -1,4 +1,8 @@
-"""Terminal output for the CLI: sizes, ages, tables, JSON and progress bars (rich)."""
+"""Terminal output for the CLI: sizes, ages, tables, JSON and progress bars (rich).
+
+`out` and `err` (rich consoles) are made on first use: rich takes ~25 ms to import, which
+`c3fs mount` and `c3fs --help` need not pay.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,33 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-
-import msgspec
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING
 
 from c3fs.errors import UsageError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    out: Console
+    err: Console
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
           "tb": 1000**4, "tib": 1024**4}
+
+
+def __getattr__(name: str) -> Console:
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> Console:
+    """The console `out` or `err`, made on the first call."""
+    if name not in globals():
+        from rich.console import Console
+
+        globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+    return globals()[name]
 
 
 def human(n: int | float) -> str:
@@ -56,18 +68,30 @@ def age(ts: float | None) -> str:
 
 
 def print_json(value) -> None:
+    import msgspec
+
     sys.stdout.write(json.dumps(msgspec.to_builtins(value), indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int | None) -> Iterator:
     """Yields an `advance(n)` callable; draws a bar only when stderr is a terminal."""
-    if not err.is_terminal:
+    console = _console("err")
+    if not console.is_terminal:
         yield lambda n: None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 
