@@ -90,9 +90,13 @@ def world(tmp_path_factory) -> World:
     return w
 
 
-@pytest.fixture(scope="module")
-def mnt(world: World):
-    with mount(world.env, world.root / "mnt") as path:
+@pytest.fixture(scope="module", params=["no-open", "open"])
+def mnt(world: World, request):
+    """The whole namespace, mounted both ways files can be opened (c3fs/fuse/ops.py):
+    by the kernel alone (the default with the patched pyfuse3 `make` installs), and with
+    one OPEN and RELEASE request per file (a stock pyfuse3, or C3FS_FUSE_OPEN=1)."""
+    env = dict(world.env, C3FS_FUSE_OPEN="1" if request.param == "open" else "0")
+    with mount(env, world.root / f"mnt-{request.param}") as path:
         yield path
 
 
@@ -286,27 +290,29 @@ def test_enotdir(job: Path) -> None:
 
 # the namespace while mounted --------------------------------------------------------------
 def test_job_pushed_while_mounted_appears(world: World, mnt: Path) -> None:
-    src = world.root / "src_beta"
+    job, project = f"job_beta_{mnt.name}", f"other_{mnt.name}"  # one per mount of `mnt`
+    src = world.root / f"src_{job}"
     src.mkdir()
     (src / "result.txt").write_bytes(b"beta\n")
-    assert "job_beta" not in os.listdir(mnt / "jobs")
-    world.push(src, "job_beta", project="other")
+    assert job not in os.listdir(mnt / "jobs")
+    world.push(src, job, project=project)
     # a lookup by name asks the store at once; the listings catch up within a refresh
-    assert (mnt / "jobs" / "job_beta" / "result.txt").read_bytes() == b"beta\n"
-    wait_until(lambda: "job_beta" in os.listdir(mnt / "jobs"), "job_beta in /jobs", 10)
-    wait_until(lambda: "other" in os.listdir(mnt / "projects"), "project in /projects", 10)
-    assert os.listdir(mnt / "projects" / "other" / "jobs") == ["job_beta"]
+    assert (mnt / "jobs" / job / "result.txt").read_bytes() == b"beta\n"
+    wait_until(lambda: job in os.listdir(mnt / "jobs"), f"{job} in /jobs", 10)
+    wait_until(lambda: project in os.listdir(mnt / "projects"), "project in /projects", 10)
+    assert os.listdir(mnt / "projects" / project / "jobs") == [job]
 
 
 def test_job_removed_while_mounted_disappears(world: World, mnt: Path) -> None:
-    src = world.root / "src_gone"
+    job = f"job_gone_{mnt.name}"
+    src = world.root / f"src_{job}"
     src.mkdir()
     (src / "x.txt").write_bytes(b"x\n")
-    world.push(src, "job_gone")
-    assert (mnt / "jobs" / "job_gone" / "x.txt").read_bytes() == b"x\n"
-    run_c3fs("rm", "job_gone", env=world.env)
-    wait_until(lambda: "job_gone" not in os.listdir(mnt / "jobs"), "job_gone to leave /jobs", 10)
-    wait_until(lambda: not os.path.exists(mnt / "jobs" / "job_gone"), "its name to go", 10)
+    world.push(src, job)
+    assert (mnt / "jobs" / job / "x.txt").read_bytes() == b"x\n"
+    run_c3fs("rm", job, env=world.env)
+    wait_until(lambda: job not in os.listdir(mnt / "jobs"), f"{job} to leave /jobs", 10)
+    wait_until(lambda: not os.path.exists(mnt / "jobs" / job), "its name to go", 10)
 
 
 @pytest.mark.parametrize("ref, expected", [
@@ -505,16 +511,60 @@ def test_umount_of_something_not_mounted(world: World, tmp_path: Path) -> None:
 
 
 # the Operations, called directly ----------------------------------------------------------
-@pytest.fixture
-def ops(world: World, monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture(params=[True, False], ids=["no-open", "open"])
+def ops(world: World, monkeypatch: pytest.MonkeyPatch, request):
     from c3fs.fuse.ops import Operations
     from c3fs.repo import Repo
     from c3fs.vfs import Vfs
 
     monkeypatch.setenv("C3FS_CACHE_DIR", world.env["C3FS_CACHE_DIR"])
     repo = Repo.open(str(world.store))
-    yield Operations(Vfs(repo))
+    yield Operations(Vfs(repo), stateless_open=request.param)
     repo.close()
+
+
+def test_the_installed_pyfuse3_lets_files_open_without_requests(monkeypatch) -> None:
+    """`make` builds pyfuse3 with patches/: without it every open costs two requests."""
+    from c3fs.fuse.ops import opens_without_requests
+
+    monkeypatch.delenv("C3FS_FUSE_OPEN", raising=False)
+    assert opens_without_requests()
+    monkeypatch.setenv("C3FS_FUSE_OPEN", "1")
+    assert not opens_without_requests()
+
+
+def test_open_answers_enosys_and_reads_go_by_inode(world: World, ops) -> None:
+    import pyfuse3
+
+    from c3fs.fuse import ops as ops_module
+
+    expected = (world.src / "hello.txt").read_bytes()
+
+    async def main() -> None:
+        jobs = await ops.lookup(1, b"jobs")
+        job = await ops.lookup(jobs.st_ino, JOB.encode())
+        hello = await ops.lookup(job.st_ino, b"hello.txt")
+        if not ops.stateless_open:
+            fh = (await ops.open(hello.st_ino, os.O_RDONLY, None)).fh
+            assert await ops.read(fh, 0, 100) == expected
+            return
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.open(hello.st_ino, os.O_RDONLY, None)
+        assert exc.value.errno == errno.ENOSYS  # the kernel opens files by itself from now on
+        assert await ops.read(hello.st_ino, 0, 100) == expected
+        assert await ops.read(hello.st_ino, 6, 5) == expected[6:11]
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.read(job.st_ino, 0, 10)  # a directory has no content
+        assert exc.value.errno == errno.EISDIR
+        many = await ops.lookup(job.st_ino, b"many")
+        for i in range(ops_module.READERS + 10):  # readers are bounded by count
+            small = await ops.lookup(many.st_ino, f"f{i:04d}".encode())
+            assert await ops.read(small.st_ino, 0, 100) == f"small file {i}\n".encode()
+        assert len(ops.readers._files) == ops_module.READERS
+        await ops.forget([(small.st_ino, 1)])  # a forgotten inode loses its reader
+        assert ops.readers.get(small.st_ino) is None
+
+    trio.run(main)
 
 
 def test_lookup_counts_are_released_by_forget(ops) -> None:
@@ -544,7 +594,8 @@ def test_handlers_raise_only_fuse_errors(ops) -> None:
             (ops.lookup(jobs.st_ino, b"job_nope"), errno.ENOENT),
             (ops.mkdir(1, b"x", 0o755, None), errno.EROFS),
             (ops.getxattr(1, b"user.x", None), pyfuse3.ENOATTR),
-            (ops.read(12345, 0, 10), errno.EIO),  # unknown handle: unexpected -> EIO
+            # unknown handle: unexpected -> EIO; unknown (forgotten) inode: ENOENT
+            (ops.read(12345, 0, 10), errno.ENOENT if ops.stateless_open else errno.EIO),
         ]:
             with pytest.raises(pyfuse3.FUSEError) as exc:
                 await call
