@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from c3fs.errors import NotFound
@@ -17,6 +18,7 @@ from c3fs.store.store import Store, open_backend
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
+TREES = 1024  # decoded trees kept (trees are immutable and named by content)
 
 
 @dataclass
@@ -52,11 +54,27 @@ class Repo:
             self.index.sync(self.store)
 
     def __post_init__(self) -> None:
-        self.tree = functools.lru_cache(maxsize=1024)(self._tree)
+        self._trees: OrderedDict[bytes, Tree] = OrderedDict()
+        self._trees_lock = threading.Lock()
 
-    def _tree(self, tree_id: bytes) -> Tree:
-        """A decoded tree (cached: trees are immutable and named by content)."""
-        return decode_tree(self.blobs.get(tree_id))
+    def tree(self, tree_id: bytes) -> Tree:
+        """A decoded tree (the last TREES are kept: trees are immutable)."""
+        tree = self.cached_tree(tree_id)
+        if tree is None:
+            tree = decode_tree(self.blobs.get(tree_id))
+            with self._trees_lock:
+                self._trees[tree_id] = tree
+                while len(self._trees) > TREES:
+                    self._trees.popitem(last=False)
+        return tree
+
+    def cached_tree(self, tree_id: bytes) -> Tree | None:
+        """The tree if it is decoded already, else None (never blocks: for the event loop)."""
+        with self._trees_lock:
+            tree = self._trees.get(tree_id)
+            if tree is not None:
+                self._trees.move_to_end(tree_id)
+            return tree
 
     def record(self, kind: str, name: str) -> JobRecord:
         """The record of a job or dataset; asks the store when the index does not know it."""

@@ -3,11 +3,12 @@
 Where work runs (the S3QL rule, see STYLE.md):
 
 - on the trio event loop: everything answered from memory — getattr, forget, readdir pages
-  (the listing is taken once at opendir), open, release, readlink, xattrs, access, and reads
-  whose chunks are all in the decoded-chunk cache (`FileReader.read_cached`);
+  (the listing is taken once at opendir), open, release, readlink, xattrs, access, lookups in
+  a tree already decoded (`Vfs.lookup_cached`), and reads whose chunks are all in the
+  decoded-chunk cache (`FileReader.read_cached`);
 - in worker threads (`trio.to_thread.run_sync` under one `CapacityLimiter`): anything that may
-  fetch or decode a blob or touch the store — lookup (trees, unknown job ids), opendir (the
-  listing), reads that miss the cache (`FileReader.read`), statfs.
+  fetch or decode a blob or touch the store — other lookups (trees, unknown job ids), opendir
+  (the listing), reads that miss the cache (`FileReader.read`), statfs.
 
 Opening files costs no request (FUSE_NO_OPEN_SUPPORT): content never changes and a reader
 needs no per-open state, so the first OPEN is answered ENOSYS and from then on the kernel opens
@@ -253,7 +254,9 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
         parent = self.inodes.get(parent_inode)
         try:
-            node = await self._thread(self.vfs.lookup, parent, name)
+            node = self.vfs.lookup_cached(parent, name)  # a decoded tree: no thread round trip
+            if node is None:
+                node = await self._thread(self.vfs.lookup, parent, name)
         except NotFound:
             if parent.ref is None:  # a listing that grows: never cache a miss
                 raise

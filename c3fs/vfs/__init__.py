@@ -110,6 +110,13 @@ class Vfs:
             return self._tree_child(parent, name)
         return self._virtual_child(parent, name)
 
+    def lookup_cached(self, parent: Node, name: bytes) -> Node | None:
+        """`lookup` answered from memory, or None where it would read a tree or the store."""
+        if parent.tree_id is None or not parent.is_dir:
+            return None
+        tree = self.repo.cached_tree(parent.tree_id)
+        return None if tree is None else self._child_of(parent, tree.entries, name)
+
     def children(self, node: Node) -> list[tuple[bytes, Node]]:
         """(name, node) of every entry of a directory, sorted by name."""
         if not node.is_dir:
@@ -138,7 +145,9 @@ class Vfs:
 
     # content ------------------------------------------------------------------------------
     def _tree_child(self, parent: Node, name: bytes) -> Node:
-        entries = self.repo.tree(parent.tree_id).entries
+        return self._child_of(parent, self.repo.tree(parent.tree_id).entries, name)
+
+    def _child_of(self, parent: Node, entries: list[Entry], name: bytes) -> Node:
         i = bisect.bisect_left(entries, name, key=lambda e: e.name)
         if i == len(entries) or entries[i].name != name:
             raise NotFound(f"{parent.child_display(name)}: no such file or directory")
