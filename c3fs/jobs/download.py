@@ -18,7 +18,6 @@ import contextlib
 import errno
 import logging
 import os
-import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from c3fs.errors import C3fsError, DataError, FormatError
+from c3fs.objects.ids import token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
 from c3fs.vfs import Node, Vfs, unreadable
@@ -309,7 +309,7 @@ def _open_unnamed(path: bytes) -> int | None:
 
 def _temp_name(path: bytes) -> bytes:
     parent, name = os.path.split(path)
-    return os.path.join(parent, TMP + name[:100] + b"." + secrets.token_hex(4).encode())
+    return os.path.join(parent, TMP + name[:100] + b"." + token_hex(4).encode())
 
 
 def _make_dir(path: bytes) -> bool:

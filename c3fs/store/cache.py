@@ -37,7 +37,6 @@ import fcntl
 import logging
 import os
 import re
-import secrets
 import struct
 import threading
 import time
@@ -50,6 +49,7 @@ from pathlib import Path
 import blake3
 
 from c3fs.errors import UsageError
+from c3fs.objects.ids import token_hex
 from c3fs.store.backend import Backend
 from c3fs.store.local import make_private_dir
 
@@ -162,7 +162,7 @@ class DiskBlocks:
     def _write_temp(self, name: str, payload: bytes) -> Path:
         path = self.path(name)
         make_private_dir(path.parent)
-        tmp = path.parent / f"{TMP_PREFIX}{name}.{secrets.token_hex(6)}"
+        tmp = path.parent / f"{TMP_PREFIX}{name}.{token_hex(6)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             header = _HEADER.pack(_MAGIC, len(payload), blake3.blake3(payload).digest())

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
+from c3fs.objects.ids import token_hex
 from c3fs.store.backend import BackendError, KeyExists, KeyMissing
 
 TMP_PREFIX = ".tmp."
@@ -131,7 +131,7 @@ class LocalBackend:
 
     def _write_temp(self, key: str, data: bytes | list[bytes], sync: bool = True) -> tuple[Path, Path]:
         path = self._path(key)
-        tmp = path.parent / f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        tmp = path.parent / f"{TMP_PREFIX}{path.name}.{token_hex(6)}"
         try:
             make_private_dir(path.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

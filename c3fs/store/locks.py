@@ -14,12 +14,12 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import Iterator
 
 from c3fs.errors import LockedError
+from c3fs.objects.ids import token_hex
 from c3fs.store.backend import BackendError, KeyExists, KeyMissing
 from c3fs.store.store import Store
 
@@ -59,7 +59,7 @@ def process_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def push_lock(store: Store) -> Iterator[None]:
-    key = f"locks/push-{secrets.token_hex(8)}"
+    key = f"locks/push-{token_hex(8)}"
     store.backend.put(key, _lock_body())
     try:
         if _is_fresh(store, GC_KEY):

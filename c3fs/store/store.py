@@ -14,7 +14,6 @@ The store's objects are the truth; the LMDB index is rebuilt from them.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import msgspec
 
 from c3fs.errors import FormatError, NotFound, StoreError, StoreVersionError
 from c3fs.objects import pack as packfmt
-from c3fs.objects.ids import check_name
+from c3fs.objects.ids import check_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.store.backend import Backend, KeyExists, KeyMissing
 from c3fs.store.local import LocalBackend
@@ -72,7 +71,7 @@ class Store:
 
     @classmethod
     def _create(cls, backend: Backend) -> Store:
-        config = StoreConfig(store_id=secrets.token_hex(8), created=time.time())
+        config = StoreConfig(store_id=token_hex(8), created=time.time())
         try:
             backend.create("config", msgspec.json.encode(config))
         except KeyExists:  # another process created it first: use theirs
