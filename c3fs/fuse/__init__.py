@@ -249,9 +249,6 @@ def _wait_answering(mountpoint: str, pid: int, log_file: str, timeout: float) ->
         delay = min(delay * 2, 0.05)
 
 
-    return True
-
-
 def _kill(pid: int) -> None:
     if pid:
         try:
