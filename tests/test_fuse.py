@@ -529,6 +529,8 @@ def test_the_installed_pyfuse3_lets_files_open_without_requests(monkeypatch) -> 
 
     monkeypatch.delenv("C3FS_FUSE_OPEN", raising=False)
     assert opens_without_requests()
+    assert not opens_without_requests("4.14.0-1-amd64")  # too old: it would fail the opens
+    assert opens_without_requests("4.19.0") and opens_without_requests("6.1.0-27-cloud-amd64")
     monkeypatch.setenv("C3FS_FUSE_OPEN", "1")
     assert not opens_without_requests()
 

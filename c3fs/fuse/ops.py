@@ -134,11 +134,23 @@ class OpenFile:
     reader: FileReader
 
 
-def opens_without_requests() -> bool:
-    """Whether files are opened by the kernel alone (see the module docstring)."""
+def opens_without_requests(release: str | None = None) -> bool:
+    """Whether files are opened by the kernel alone (see the module docstring): needs the
+    patched pyfuse3 and Linux >= 4.19 (older kernels fail an open answered ENOSYS)."""
     if os.environ.get("C3FS_FUSE_OPEN", "") not in ("", "0"):
         return False
-    return bool(getattr(pyfuse3, "READ_INODE_WITHOUT_OPEN", False))
+    if not getattr(pyfuse3, "READ_INODE_WITHOUT_OPEN", False):
+        return False
+    return kernel_version(release or os.uname().release) >= (4, 19)
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string such as "6.18.44-fc-v669"; (0, 0) if odd."""
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return 0, 0
 
 
 class Readers:
