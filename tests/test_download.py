@@ -21,7 +21,6 @@ from c3fs.errors import DataError
 from c3fs.jobs import download
 from c3fs.jobs.download import Copier
 from c3fs.jobs.push import push_dir
-from c3fs.reader import FileReader
 from c3fs.vfs import Vfs
 
 
@@ -72,13 +71,15 @@ def test_copy_restores_bytes_modes_and_mtimes(repo, tmp_path: Path, staging: str
 def test_a_failed_copy_leaves_no_partial_and_no_temp_file(repo, tmp_path: Path, staging: str,
                                                           parts: int, monkeypatch) -> None:
     vfs = pushed(repo, tmp_path)
-    real_chunks = FileReader.chunks
+    real_chunk = Copier._chunk
 
-    def failing_chunks(self, first=0, stop=None):
-        yield from real_chunks(self, first, stop)
-        raise DataError("injected: a chunk went bad after the file's bytes were written")
+    def failing_chunk(self, reader, i):
+        data = real_chunk(self, reader, i)
+        if i == len(reader.ids) - 1:
+            raise DataError("injected: a file's last chunk went bad, after the others were written")
+        return data
 
-    monkeypatch.setattr(FileReader, "chunks", failing_chunks)
+    monkeypatch.setattr(Copier, "_chunk", failing_chunk)
     with pytest.raises(download.C3fsError):
         Copier(vfs).copy(root(vfs), tmp_path / "dst")
     for path in entries(tmp_path / "dst"):  # links are placed whole; no file got a name
@@ -90,14 +91,14 @@ def test_one_bad_part_of_a_big_file_drops_the_whole_file(repo, tmp_path: Path, s
                                                         monkeypatch) -> None:
     monkeypatch.setattr(download, "PART", 256 * 1024)
     vfs = pushed(repo, tmp_path)
-    real_chunks = FileReader.chunks
+    real_chunk = Copier._chunk
 
-    def one_bad_part(self, first=0, stop=None):
-        if first == 2:
+    def one_bad_part(self, reader, i):
+        if i == 2:  # big.bin's chunk 2 starts its second part (PART is one chunk here)
             raise DataError("injected: one part of the big file is bad")
-        yield from real_chunks(self, first, stop)
+        return real_chunk(self, reader, i)
 
-    monkeypatch.setattr(FileReader, "chunks", one_bad_part)
+    monkeypatch.setattr(Copier, "_chunk", one_bad_part)
     (tmp_path / "dst").mkdir()
     with pytest.raises(download.C3fsError, match="big.bin"):
         Copier(vfs).copy(vfs.resolve("/jobs/j1/big.bin"), tmp_path / "dst" / "big.bin")
@@ -162,3 +163,57 @@ def test_a_filesystem_that_cannot_name_unnamed_files_gets_temp_names(repo, tmp_p
     assert trees.diff(trees.without_special(trees.snapshot(tmp_path / "src")),
                       trees.snapshot(tmp_path / "dst")) == []
     assert not leftovers(tmp_path) and os.listdir(tmp_path / "dst")
+
+
+# chunks met again are read back from this copy's output --------------------------------------
+def series(repo, tmp_path: Path) -> tuple[Vfs, Path]:
+    """Three big files like checkpoint steps: each a copy of the last with a region rewritten."""
+    src = tmp_path / "src"
+    src.mkdir()
+    step = bytearray(trees.rand_bytes(3 * 1024 * 1024, 11))
+    for k in range(3):
+        step[k * 700_000 : k * 700_000 + 100_000] = trees.rand_bytes(100_000, 20 + k)
+        trees.write_file(src / f"step_{k}.bin", bytes(step))
+    push_dir(repo, str(src), "proj", "j1")
+    return Vfs(repo), src
+
+
+def test_chunks_shared_by_big_files_are_read_back_not_fetched_again(
+        repo, tmp_path: Path, staging: str, monkeypatch) -> None:
+    monkeypatch.setattr(download, "PART", 256 * 1024)  # big files in parts, as in real copies
+    vfs, src = series(repo, tmp_path)
+    fetched: list[bytes] = []
+    real_get = type(repo.blobs).get
+    monkeypatch.setattr(type(repo.blobs), "get",
+                        lambda self, blob, remember=True: fetched.append(blob) or
+                        real_get(self, blob, remember))
+    stats = Copier(vfs, workers=1).copy(root(vfs), tmp_path / "dst")  # one worker: in order
+    for k in range(3):
+        assert (tmp_path / "dst" / f"step_{k}.bin").read_bytes() == (src / f"step_{k}.bin").read_bytes()
+    chunks = [c for k in range(3)
+              for c in vfs.resolve(f"/jobs/j1/step_{k}.bin").entry.chunk_ids()]
+    fetched_chunks = [c for c in fetched if c in set(chunks)]  # (trees are fetched, too)
+    assert sorted(fetched_chunks) == sorted(set(chunks))  # each distinct chunk fetched once
+    assert stats.reused > 3 * 1024 * 1024  # most of steps 1 and 2
+    assert not leftovers(tmp_path / "dst")
+
+
+def test_bytes_read_back_are_verified(repo, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(download, "PART", 256 * 1024)
+    vfs, src = series(repo, tmp_path)
+
+    class ChangedUnderUs:  # the copier's `os`, whose reads back find other bytes
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def pread(fd, n, offset):
+            return bytes(n)
+
+    monkeypatch.setattr(download, "os", ChangedUnderUs())
+    stats = Copier(vfs, workers=1).copy(root(vfs), tmp_path / "dst")
+    monkeypatch.undo()
+    for k in range(3):  # nothing wrong was written: every chunk fell back to the store
+        assert (tmp_path / "dst" / f"step_{k}.bin").read_bytes() == (src / f"step_{k}.bin").read_bytes()
+    assert stats.reused == 0
+

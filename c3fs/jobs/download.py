@@ -10,6 +10,10 @@ parallel, and needs no rename; mode and mtime are set through the fd, not the pa
 mtimes and symlinks are restored; links are created, never followed. A directory on the
 way that is a symlink or a file is an error, never written through. A file whose size and
 mtime already match is skipped, so a copy run again fetches only what is missing or changed.
+
+A chunk met again (the steps of a checkpoint series share most of theirs) is read back from
+where this copy already wrote it and verified against its id, instead of being fetched and
+decompressed again (`_Reuse`); bytes that do not match are fetched as usual.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from c3fs.errors import C3fsError, DataError, FormatError
-from c3fs.objects.ids import token_hex
+from c3fs.objects.ids import blob_id, token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
 from c3fs.vfs import Node, Vfs, unreadable
@@ -35,6 +39,7 @@ TMP = b".c3fs-tmp."
 SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
 SMALL_BATCH = 64
 PART = 16 * 1024 * 1024  # a bigger file is written in parts of about this size, in parallel
+SOURCES = 16  # big files whose chunks later files may read back (fds held until the end)
 
 
 class DestinationError(C3fsError):
@@ -46,6 +51,7 @@ class CopyStats:
     files: int = 0
     bytes: int = 0
     skipped: int = 0
+    reused: int = 0  # bytes read back from what this copy wrote instead of fetched again
     dirs: int = 0
     links: int = 0
     errors: list[str] = field(default_factory=list)
@@ -61,6 +67,7 @@ class Copier:
         self._stats_lock = threading.Lock()
         self._proc_fds: int | None = None
         self._big_slots = threading.BoundedSemaphore(2 * workers)
+        self._reuse = _Reuse()
 
     def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir."""
@@ -74,6 +81,7 @@ class Copier:
         try:
             self._copy_all(node, target)
         finally:
+            self.stats.reused = self._reuse.close()
             if self._proc_fds is not None:
                 os.close(self._proc_fds)
         return self.stats
@@ -137,7 +145,7 @@ class Copier:
             futures.append(pool.submit(self._write_file, node, path))
             return
         self._big_slots.acquire()  # bounds open fds and queued work; the last part releases it
-        big = _BigFile(node, path, len(parts), self._proc_fds)
+        big = _BigFile(node, path, len(parts), self._proc_fds, self._reuse)
         for first, stop in parts:
             futures.append(pool.submit(self._write_part, big, reader, first, stop))
 
@@ -150,7 +158,9 @@ class Copier:
         try:
             with _named_errors(node, path):
                 staged = _Staged(path, self._proc_fds)
-                for _, data in self.vfs.open(node, readahead=0).chunks():
+                reader = self.vfs.open(node, readahead=0)
+                for i in range(len(reader.ids)):
+                    data = self._chunk(reader, i)
                     _write_all(staged.fd, data)
                     self.progress(len(data))
                 staged.commit(node.mode, node.mtime_ns)
@@ -163,14 +173,24 @@ class Copier:
         try:
             with _named_errors(big.node, big.path):
                 fd = big.open()
-                for offset, data in reader.chunks(first, stop) if fd is not None else ():
-                    _pwrite_all(fd, data, offset)
+                for i in range(first, stop) if fd is not None else ():
+                    data = self._chunk(reader, i)
+                    _pwrite_all(fd, data, reader.starts[i])
+                    if big.source:  # written: later files may read this chunk back
+                        self._reuse.add(reader.ids[i], big.staged, reader.starts[i], len(data))
                     self.progress(len(data))
         except BaseException:
             big.failed = True
             self._end_part(big)
             raise
         self._end_part(big)
+
+    def _chunk(self, reader: FileReader, i: int) -> bytes:
+        """Verified bytes of chunk `i`: read back from this copy's output if it wrote that
+        chunk already, else fetched (not kept in the LRU: a copy reads each chunk once)."""
+        chunk_id = reader.ids[i]
+        data = self._reuse.get(chunk_id)
+        return data if data is not None else reader.blobs.get(chunk_id, remember=False)
 
     def _end_part(self, big: _BigFile) -> None:
         """The last part to end names the file, or drops it if any part failed."""
@@ -198,9 +218,12 @@ class _BigFile:
     """One big file written in parts by several workers: staged by the first part to start
     (so a queued file holds no fd), named by the last to end."""
 
-    def __init__(self, node: Node, path: bytes, parts: int, proc_fds: int | None) -> None:
+    def __init__(self, node: Node, path: bytes, parts: int, proc_fds: int | None,
+                 reuse: _Reuse) -> None:
         self.node, self.path, self.proc_fds = node, path, proc_fds
+        self.reuse = reuse
         self.staged: _Staged | None = None
+        self.source = False  # its chunks are offered to later files (`_Reuse`)
         self.failed = False
         self._left = parts
         self._lock = threading.Lock()
@@ -210,6 +233,7 @@ class _BigFile:
         with self._lock:
             if self.staged is None and not self.failed:
                 self.staged = _Staged(self.path, self.proc_fds)
+                self.source = self.reuse.adopt(self.staged)
             return None if self.failed else self.staged.fd
 
     def part_done(self) -> bool:
@@ -228,10 +252,22 @@ class _Staged:
         self.path = path
         self.proc_fds = proc_fds
         self.tmp: bytes | None = None
+        self.kept = -1  # the fd, held open past commit/discard for `_Reuse` (see `keep`)
         self.fd = _open_unnamed(path) if proc_fds is not None else None
         if self.fd is None:
             self.tmp = _temp_name(path)
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    def keep(self) -> None:
+        """Hold the fd open after commit or discard, until `release` (it stays readable)."""
+        self.kept = self.fd
+
+    def release(self) -> None:
+        fd, self.kept = self.kept, -1
+        if fd >= 0:
+            if fd == self.fd:  # never committed nor discarded: abandoned with the copy
+                self.fd = -1
+            os.close(fd)
 
     def commit(self, mode: int, mtime_ns: int) -> None:
         os.fchmod(self.fd, mode)
@@ -263,8 +299,60 @@ class _Staged:
 
     def _close(self) -> None:
         fd, self.fd = self.fd, -1  # never closed twice, even when close() fails
-        if fd >= 0:
+        if fd >= 0 and fd != self.kept:
             os.close(fd)
+
+
+class _Reuse:
+    """Where this copy wrote each chunk of its first SOURCES big files, so that a later file
+    holding the same chunk reads it back (page cache) instead of fetching and decompressing
+    it again. What is read back is verified against the chunk id (blake3), so bytes changed
+    under us, or a source that failed, only cost the usual fetch. Thread-safe."""
+
+    def __init__(self, limit: int = SOURCES) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._where: dict[bytes, tuple[_Staged, int, int]] = {}
+        self._sources: list[_Staged] = []
+        self._reused = 0
+
+    def adopt(self, staged: _Staged) -> bool:
+        """Offer `staged`'s chunks to later files; its fd then stays open until `close`."""
+        with self._lock:
+            if len(self._sources) >= self.limit:
+                return False
+            staged.keep()
+            self._sources.append(staged)
+            return True
+
+    def add(self, chunk_id: bytes, staged: _Staged, offset: int, length: int) -> None:
+        """`chunk_id` is now written at `offset` of `staged`'s file (after the write)."""
+        with self._lock:
+            self._where.setdefault(chunk_id, (staged, offset, length))
+
+    def get(self, chunk_id: bytes) -> bytes | None:
+        with self._lock:
+            found = self._where.get(chunk_id)
+        if found is None:
+            return None
+        staged, offset, length = found
+        try:
+            data = os.pread(staged.kept, length, offset)
+        except OSError:
+            return None
+        if len(data) != length or blob_id(data) != chunk_id:
+            return None
+        with self._lock:
+            self._reused += length
+        return data
+
+    def close(self) -> int:
+        """Close the sources' fds; return how many bytes were read back."""
+        with self._lock:
+            sources, self._sources, self._where = self._sources, [], {}
+        for staged in sources:
+            staged.release()
+        return self._reused
 
 
 def _discard(staged: _Staged | None) -> None:
@@ -300,7 +388,7 @@ def _open_unnamed(path: bytes) -> int | None:
     """An O_TMPFILE fd in `path`'s directory, or None where the filesystem has none."""
     parent = os.path.dirname(path) or b"."
     try:
-        return os.open(parent, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        return os.open(parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             return None

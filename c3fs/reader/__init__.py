@@ -15,7 +15,6 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from c3fs.errors import BlobCorrupt, BlobMissing, DataError
@@ -189,13 +188,6 @@ class FileReader:
             hi = min(end - self.starts[i], len(data))
             parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def chunks(self, first: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
-        """(offset, verified bytes) of chunks `first`..`stop`-1, fetched in the calling thread
-        with no read-ahead and not kept in the LRU: for a copier, whose own workers already
-        keep the cores busy and which reads each chunk once."""
-        for i in range(first, len(self.ids) if stop is None else stop):
-            yield self.starts[i], self.blobs.get(self.ids[i], remember=False)
 
     def iter_chunks(self):
         """Every chunk of the file in order (for copying a whole file), reading ahead."""
