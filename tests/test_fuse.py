@@ -315,6 +315,24 @@ def test_job_removed_while_mounted_disappears(world: World, mnt: Path) -> None:
     wait_until(lambda: not os.path.exists(mnt / "jobs" / job), "its name to go", 10)
 
 
+def test_a_job_id_pushed_again_shows_its_new_content(world: World, mnt: Path) -> None:
+    """Inode numbers are hashes of paths: a removed job id pushed again with other content
+    (same sizes, same mtimes) must not be served from the old inode's cached pages."""
+    job = f"job_again_{mnt.name}"
+    src = world.root / f"src_{job}"
+    src.mkdir()
+    for content in (b"first content\n", b"other content\n"):
+        (src / "result.txt").write_bytes(content)
+        os.utime(src / "result.txt", ns=(MTIME_NS, MTIME_NS))
+        world.push(src, job)
+        wait_until(lambda: (mnt / "jobs" / job / "result.txt").exists(), f"{job} to appear", 10)
+        with open(mnt / "jobs" / job / "result.txt", "rb") as f:  # held open: the inode stays
+            assert f.read() == content
+            if content.startswith(b"first"):
+                run_c3fs("rm", job, env=world.env)
+                wait_until(lambda: not os.path.exists(mnt / "jobs" / job), f"{job} to go", 10)
+
+
 @pytest.mark.parametrize("ref, expected", [
     (f"/jobs/{JOB}", None),
     (f"/projects/{PROJECT}/jobs/{JOB}/sub", ["deeper"]),

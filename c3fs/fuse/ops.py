@@ -245,7 +245,7 @@ class Operations(pyfuse3.Operations):
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
-        attr.generation = 0
+        attr.generation = generation_of(node)
         attr.entry_timeout, attr.attr_timeout = timeouts_of(node)
         attr.st_mode = node.st_mode
         attr.st_nlink = 1
@@ -350,9 +350,9 @@ class Operations(pyfuse3.Operations):
         """The open file behind a READ: its handle, or its inode when opened without OPEN."""
         if not self.stateless_open:
             return self._files[fh]
+        node = self.inodes.get(fh)
         found = self.readers.get(fh)
-        if found is None:
-            node = self.inodes.get(fh)
+        if found is None or found.node.entry is not node.entry:  # (a path may get new content)
             if node.kind != FILE:
                 raise IsADirectory(f"{node.display} is not a regular file")
             found = await self._open(node)
@@ -463,6 +463,21 @@ def size_of(node: Node) -> int:
     if node.kind == LINK and node.entry is not None:
         return len(node.entry.target)  # what lstat says of a symlink
     return node.size if node.kind == FILE else 0
+
+
+def generation_of(node: Node) -> int:
+    """The inode's generation: an identity of its content. Inode numbers are hashes of paths,
+    so a path can come to hold other content (a job id removed and pushed again); a new
+    generation makes the kernel drop the old inode and its cached pages (fuse_iget)."""
+    if node.kind == FILE and node.entry is not None:
+        key = node.entry.chunks  # (Python caches a bytes object's hash)
+    elif node.tree_id is not None:
+        key = node.tree_id
+    elif node.kind == LINK and node.entry is not None:
+        key = node.entry.target
+    else:
+        return 0
+    return hash(key) & 0xFFFF_FFFF_FFFF_FFFF
 
 
 def timeouts_of(node: Node) -> tuple[float, float]:
