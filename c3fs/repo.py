@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from c3fs.errors import NotFound
 from c3fs.index import Index, cache_root, open_index
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import Tree, decode_tree
-from c3fs.reader import BlobSource
+from c3fs.reader import LRU, BlobSource
 from c3fs.store.cache import BlockCache
 from c3fs.store.store import Store, open_backend
 
@@ -54,27 +52,19 @@ class Repo:
             self.index.sync(self.store)
 
     def __post_init__(self) -> None:
-        self._trees: OrderedDict[bytes, Tree] = OrderedDict()
-        self._trees_lock = threading.Lock()
+        self._trees = LRU(TREES)
 
     def tree(self, tree_id: bytes) -> Tree:
         """A decoded tree (the last TREES are kept: trees are immutable)."""
-        tree = self.cached_tree(tree_id)
+        tree = self._trees.get(tree_id)
         if tree is None:
             tree = decode_tree(self.blobs.get(tree_id))
-            with self._trees_lock:
-                self._trees[tree_id] = tree
-                while len(self._trees) > TREES:
-                    self._trees.popitem(last=False)
+            self._trees.put(tree_id, tree)
         return tree
 
     def cached_tree(self, tree_id: bytes) -> Tree | None:
         """The tree if it is decoded already, else None (never blocks: for the event loop)."""
-        with self._trees_lock:
-            tree = self._trees.get(tree_id)
-            if tree is not None:
-                self._trees.move_to_end(tree_id)
-            return tree
+        return self._trees.get(tree_id)
 
     def record(self, kind: str, name: str) -> JobRecord:
         """The record of a job or dataset; asks the store when the index does not know it."""

@@ -580,7 +580,7 @@ def test_open_answers_enosys_and_reads_go_by_inode(world: World, ops) -> None:
         for i in range(ops_module.READERS + 10):  # readers are bounded by count
             small = await ops.lookup(many.st_ino, f"f{i:04d}".encode())
             assert await ops.read(small.st_ino, 0, 100) == f"small file {i}\n".encode()
-        assert len(ops.readers._files) == ops_module.READERS
+        assert len(ops.readers) == ops_module.READERS
         await ops.forget([(small.st_ino, 1)])  # a forgotten inode loses its reader
         assert ops.readers.get(small.st_ino) is None
 

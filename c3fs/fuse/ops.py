@@ -16,7 +16,7 @@ files itself, keeps their page cache, and sends neither OPEN nor RELEASE (measur
 minimal pyfuse3 file system: `cat` of 2,500 small files from the page cache, 0.28 s with the
 two requests per file, 0.04 s without). The kernel then reads with file handle 0; the pyfuse3
 build from `make` (patches/) hands `read` the inode instead, and the readers are kept per
-inode (`Readers`). With a stock pyfuse3 (no `READ_INODE_WITHOUT_OPEN`), or with
+inode (`readers`). With a stock pyfuse3 (no `READ_INODE_WITHOUT_OPEN`), or with
 `C3FS_FUSE_OPEN=1`, files are opened the classic way: one reader per OPEN, dropped at RELEASE.
 
 The first READ of a file (or its OPEN) starts fetching its first chunks (BlobSource.prefetch,
@@ -45,7 +45,6 @@ import functools
 import itertools
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -57,7 +56,7 @@ from c3fs.errors import DataError, FormatError, IsADirectory, NotADirectory, Not
 from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.objects.job import DATASET
 from c3fs.objects.tree import FILE, LINK
-from c3fs.reader import FileReader
+from c3fs.reader import LRU, FileReader
 from c3fs.vfs import ROOT_INO, Node, Vfs, ino_of
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,8 @@ LISTING_TIMEOUT = 1.0  # /jobs, /projects/...: new jobs must show up quickly
 BLOCK_SIZE = 1 << 20  # st_blksize: `cat` and friends read this much per call
 OPEN_IN_THREAD = 4096  # files with more chunks than this are opened in a worker thread
 OPEN_PREFETCH = 4  # chunks fetched as soon as a file is opened
-READERS = 64  # readers kept per inode when files are opened without requests
+READERS = 64  # readers kept per inode when files are opened without requests (by count:
+# a reader holds its file's chunk list; an evicted one is rebuilt by the next READ)
 USER_NAMESPACE = b"user."  # the only xattr namespace the mount has
 XATTR_PREFIX = b"user.c3fs."
 XATTR_DIGEST = b"user.c3fs.digest"
@@ -153,33 +153,6 @@ def kernel_version(release: str) -> tuple[int, int]:
         return 0, 0
 
 
-class Readers:
-    """The readers of files the kernel opened by itself, per inode, the most recent `size`.
-
-    Bounded by count (a reader holds its file's chunk list), not by how many files are open:
-    an evicted reader is rebuilt by the next READ of its inode.
-    """
-
-    def __init__(self, size: int = READERS) -> None:
-        self.size = size
-        self._files: OrderedDict[int, OpenFile] = OrderedDict()
-
-    def get(self, ino: int) -> OpenFile | None:
-        found = self._files.get(ino)
-        if found is not None:
-            self._files.move_to_end(ino)
-        return found
-
-    def put(self, ino: int, file: OpenFile) -> None:
-        self._files[ino] = file
-        self._files.move_to_end(ino)
-        while len(self._files) > self.size:
-            self._files.popitem(last=False)
-
-    def forget(self, ino: int) -> None:
-        self._files.pop(ino, None)
-
-
 class Inodes:
     """The nodes the kernel knows, with their lookup counts (released in `forget`)."""
 
@@ -227,7 +200,7 @@ class Operations(pyfuse3.Operations):
                  stateless_open: bool | None = None) -> None:
         super().__init__()
         self.stateless_open = opens_without_requests() if stateless_open is None else stateless_open
-        self.readers = Readers()
+        self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
         self.vfs = vfs
         self.inodes = Inodes(vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
@@ -273,7 +246,7 @@ class Operations(pyfuse3.Operations):
             if parent.ref is None:  # a listing that grows: never cache a miss
                 raise
             return negative_entry()  # content never changes: the kernel may cache the miss
-        if node.kind == FILE and parent.tree_id is not None:
+        if node.kind == FILE:
             self.directory_readahead.opened(parent, node)  # `cat *`, `cp -r`: the next ones
         return self._entry(node)
 
@@ -281,7 +254,7 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             if self.inodes.forget(ino, count):
-                self.readers.forget(ino)
+                self.readers.pop(ino)
 
     @handler
     async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:

@@ -296,9 +296,9 @@ class Ingester:
             fds.append(fd)
         return fds
 
-    def _read_small(self, path: bytes, fd: int | None = None) -> bytes | None:
+    def _read_small(self, path: bytes, fd: int | None) -> bytes | None:
         """The content of a file smaller than one chunk (None if it grew to a chunk);
-        reads and closes `fd` when given, else opens `path`."""
+        reads and closes `fd` (from `_open_small`), or opens `path` if that failed."""
         limit = self.config.chunk_min
         try:
             if fd is None:

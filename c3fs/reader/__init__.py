@@ -28,6 +28,37 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 
 
+class LRU:
+    """The `size` most recently used values by key (count-bounded). Thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key):
+        """The value, now the most recent, or None (never blocks for long)."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def pop(self, key) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+
 class BlobSource:
     def __init__(self, store: Store, index: Index, cache_bytes: int = 128 * MiB, workers: int = 4):
         self.store = store

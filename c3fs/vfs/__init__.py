@@ -112,7 +112,7 @@ class Vfs:
 
     def lookup_cached(self, parent: Node, name: bytes) -> Node | None:
         """`lookup` answered from memory, or None where it would read a tree or the store."""
-        if parent.tree_id is None or not parent.is_dir:
+        if parent.tree_id is None:  # (only directories have one)
             return None
         tree = self.repo.cached_tree(parent.tree_id)
         return None if tree is None else self._child_of(parent, tree.entries, name)
