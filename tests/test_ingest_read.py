@@ -305,6 +305,34 @@ def test_concurrent_reads_with_a_tiny_cache(pushed_file) -> None:
     assert errors == []
 
 
+# ---- chunking -----------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(0, 5 * MiB), block=st.sampled_from([1, 3, 8]), seed=st.integers(0, 2**16))
+def test_cuts_are_fastcdc_stream_cuts_whatever_the_read_block(repo, monkeypatch, tmp_path: Path,
+                                                              size: int, block: int, seed: int) -> None:
+    """Push reads large files in blocks and carries the undecided tail over; the chunks must
+    be exactly those of FastCDC's stream cutter, or stores written before would stop deduping."""
+    import pyfastcdc
+
+    import c3fs.ingest as ingest
+
+    monkeypatch.setattr(ingest, "READ_BLOCK", block * MiB)
+    rng = random.Random(seed)
+    data = b"".join(rng.randbytes(300 * KiB) + b"epoch=1 loss=0.5\n" * rng.randrange(1, 9000)
+                    for _ in range(1 + size // (400 * KiB)))[:size]
+    src = tmp_path / f"src{seed}-{size}-{block}"
+    src.mkdir()
+    trees.write_file(src / "weights.bin", data)
+    record = push_dir(repo, src, "proj", f"cut{seed}-{size}-{block}")
+    entry = Vfs(repo).resolve(f"/jobs/{record.id}/weights.bin").entry
+    c = repo.store.config
+    with open(src / "weights.bin", "rb") as f:
+        want = [chunk.length for chunk in pyfastcdc.FastCDC(
+            c.chunk_avg, min_size=c.chunk_min, max_size=c.chunk_max).cut_stream(f)]
+    assert list(entry.sizes) == want
+    assert Vfs(repo).open(Vfs(repo).resolve(f"/jobs/{record.id}/weights.bin")).read(0, size + 1) == data
+
+
 # ---- dedup ------------------------------------------------------------------------------------
 def test_same_tree_twice_adds_almost_nothing(run_cli, tmp_path: Path) -> None:
     src = tmp_path / "src"

@@ -37,6 +37,9 @@ sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))  # the walk recurses 
 Progress = Callable[[int], None]
 BATCH_BYTES = 1024 * 1024
 SMALL_BATCH = 64  # files smaller than one chunk, stored per task
+LOOKAHEAD = 256  # file tasks the walk may run ahead of the directories stored
+READ_BLOCK = 4 * 1024 * 1024  # large files are read and cut this much at a time,
+RING = 3  # into this many buffers per file
 
 
 class SourceError(C3fsError):
@@ -161,6 +164,18 @@ class PackSink:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass
+class _Dir:
+    """A walked directory: its entries, some still being stored, and its own entry once stored."""
+
+    name: bytes
+    mode: int
+    mtime_ns: int
+    parts: list[Entry | Future | _Dir]  # in name order; a small-file task gives a list of entries
+    tasks: int  # how many parts are futures
+    entry: Entry | None = None
+
+
 class Ingester:
     """Stores directory trees in `store`. One instance per push; not reusable."""
 
@@ -171,15 +186,19 @@ class Ingester:
         self.sink = PackSink(store, index, self.stats)
         self.progress = progress or (lambda n: None)
         self._files = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-file")
+        self._smalls = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-small")
         self._chunks = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-chunk")
         self._window = 4 * workers
         self._local = threading.local()
+        self._walked: deque[_Dir] = deque()  # walked and not stored yet, in post-order
+        self._tasks = 0  # file tasks under them
 
     def __enter__(self) -> Ingester:
         return self
 
     def __exit__(self, *exc) -> None:
         self._files.shutdown(wait=True, cancel_futures=True)
+        self._smalls.shutdown(wait=True, cancel_futures=True)
         self._chunks.shutdown(wait=True, cancel_futures=True)
         self.sink.close()
 
@@ -192,9 +211,10 @@ class Ingester:
             raise NotFound(f"{os.fsdecode(top)}: no such directory") from None
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"{os.fsdecode(top)} is not a directory")
-        root = self._dir_entry(top, b"root", st)
+        root = self._walk(top, b"root", st)
+        self._store_dirs(-1)
         self.sink.flush()
-        return root.target
+        return root.entry.target
 
     def store_tree(self, entries: list[Entry]) -> bytes:
         """Store one tree made of existing entries (used to compose job trees)."""
@@ -204,25 +224,47 @@ class Ingester:
         return tree_id
 
     # walking ------------------------------------------------------------------------------
-    def _dir_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Entry:
-        pending: list[Entry | Future] = []
+    def _walk(self, path: bytes, name: bytes, st: os.stat_result) -> _Dir:
+        """List `path` and everything below it, handing its files to the pools; return the
+        directory, stored later (`_store_dirs`) so that the walk never waits for one
+        directory's files before it starts on the next (big files and small files then
+        share the cores instead of taking turns)."""
+        parts: list[Entry | Future | _Dir] = []
         small: list[tuple[bytes, bytes, os.stat_result]] = []
         for item in sorted(self._scan(path), key=lambda d: d.name):
-            entry = self._entry(item, small)
-            if entry is not None:
-                pending.append(entry)
+            part = self._entry(item, small)
+            if part is not None:
+                parts.append(part)
             if len(small) >= SMALL_BATCH:
-                pending.append(self._files.submit(self._small_files, small))
+                parts.append(self._smalls.submit(self._small_files, small))
                 small = []
         if small:
-            pending.append(self._files.submit(self._small_files, small))
-        entries: list[Entry] = []
-        for p in pending:
-            result = p.result() if isinstance(p, Future) else p
-            entries.extend(result) if isinstance(result, list) else entries.append(result)
-        tree_id = self.store_tree(entries)
-        self.stats.add(dirs=1)
-        return Entry(name, DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, target=tree_id)
+            parts.append(self._smalls.submit(self._small_files, small))
+        walked = _Dir(name, stat.S_IMODE(st.st_mode), st.st_mtime_ns, parts,
+                      sum(isinstance(p, Future) for p in parts))
+        self._walked.append(walked)
+        self._tasks += walked.tasks
+        self._store_dirs(LOOKAHEAD)
+        return walked
+
+    def _store_dirs(self, keep: int = 0) -> None:
+        """Store walked directories, oldest first, until at most `keep` file tasks are
+        left unfinished under the rest. Directories are walked in post-order (children
+        before their parent), so a parent's subdirectories are stored by then."""
+        while self._walked and self._tasks > keep:
+            walked = self._walked.popleft()
+            entries: list[Entry] = []
+            for part in walked.parts:
+                if isinstance(part, Future):
+                    part = part.result()
+                elif isinstance(part, _Dir):
+                    part = part.entry
+                entries.extend(part) if isinstance(part, list) else entries.append(part)
+            walked.entry = Entry(walked.name, DIR, walked.mode, 0, walked.mtime_ns,
+                                 target=self.store_tree(entries))
+            walked.parts = []
+            self._tasks -= walked.tasks
+            self.stats.add(dirs=1)
 
     def _scan(self, path: bytes) -> Iterator[os.DirEntry]:
         try:
@@ -231,7 +273,7 @@ class Ingester:
         except OSError as exc:
             raise SourceError(f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}") from None
 
-    def _entry(self, item: os.DirEntry, small: list) -> Entry | Future | None:
+    def _entry(self, item: os.DirEntry, small: list) -> Entry | Future | _Dir | None:
         """The entry for `item`: now, as a future, or None (skipped; small files are
         appended to `small` and stored in batches, one task for many files)."""
         try:
@@ -240,7 +282,7 @@ class Ingester:
             raise SourceError(f"{os.fsdecode(item.path)}: {exc.strerror}") from None
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
-            return self._dir_entry(item.path, item.name, st)
+            return self._walk(item.path, item.name, st)
         if stat.S_ISREG(st.st_mode):
             if st.st_size < self.config.chunk_min:
                 small.append((item.path, item.name, st))
@@ -328,30 +370,62 @@ class Ingester:
                      chunks=b"".join(ids), sizes=sizes)
 
     def _store_chunks(self, f, size_hint: int) -> Iterator[tuple[bytes, int]]:
-        if size_hint < self.config.chunk_min:
-            data = f.read(self.config.chunk_min)
-            if len(data) < self.config.chunk_min:  # still small: one chunk, no chunker
-                if data:
-                    yield self._store_chunk(data)
-                return
-            f.seek(0)  # it grew since stat: cut it like any large file
-        window: deque[Future] = deque()
-        batch: list[bytes] = []
-        batched = 0
-        for chunk in self._cutter().cut_stream(f):
-            batch.append(bytes(chunk.data))  # the stream reuses its buffer: copy
-            batched += chunk.length
-            if batched >= BATCH_BYTES:  # one task per ~1 MiB: fewer thread hand-offs
-                window.append(self._chunks.submit(self._store_batch, batch))
-                batch, batched = [], 0
-                if len(window) >= self._window:
-                    yield from window.popleft().result()
-        if batch:
-            window.append(self._chunks.submit(self._store_batch, batch))
-        while window:
-            yield from window.popleft().result()
+        """Cut `f` into chunks and store them; yield (chunk id, size) in file order.
 
-    def _store_batch(self, batch: list[bytes]) -> list[tuple[bytes, int]]:
+        The file is read `READ_BLOCK` at a time into a ring of `RING` buffers and cut in
+        place; the chunks go to the hash/compress pool as views, never copied, ~1 MiB per
+        task. A buffer is refilled only once every task cut from it is done.
+
+        The cuts are those of FastCDC's stream cutter: a cut depends only on the bytes from
+        the chunk's start up to `chunk_max` further (or the end of the file), so a chunk is
+        taken from a buffer only when that much of the file is in it, and the rest is carried
+        to the next buffer. The stream cutter instead reads 1 MiB at a time, moves what is
+        left to the front of its buffer, and its chunks must be copied out before the next
+        cut: two copies of every byte that this avoids.
+        """
+        cutter = self._cutter()
+        reach = self.config.chunk_max
+        ring: list[bytearray] = [bytearray() for _ in range(RING)]
+        window: deque[tuple[int, Future]] = deque()  # (block number, task), in file order
+        carry = memoryview(b"")
+        size = min(READ_BLOCK, size_hint + 1)  # + 1: a file of the size stat saw ends in one read
+        number, eof = 0, False
+        while not eof:
+            while window and window[0][0] <= number - RING:  # the tasks still on this buffer
+                yield from window.popleft()[1].result()
+            if len(ring[number % RING]) < len(carry) + size:
+                ring[number % RING] = bytearray(len(carry) + size)
+            view = memoryview(ring[number % RING])[: len(carry) + size]
+            view[: len(carry)] = carry
+            filled = len(carry)
+            while filled < len(view):
+                n = f.readinto(view[filled:])
+                if not n:
+                    eof = True
+                    break
+                filled += n
+            view = view[:filled]
+            batch: list[memoryview] = []
+            batched = start = 0
+            for chunk in cutter.cut_buf(view):
+                if not eof and chunk.offset + reach > filled:
+                    break  # this cut could move once more of the file is read
+                batch.append(chunk.data)
+                batched += chunk.length
+                start = chunk.offset + chunk.length
+                if batched >= BATCH_BYTES:
+                    window.append((number, self._chunks.submit(self._store_batch, batch)))
+                    batch, batched = [], 0
+                    if len(window) >= self._window:
+                        yield from window.popleft()[1].result()
+            if batch:
+                window.append((number, self._chunks.submit(self._store_batch, batch)))
+            carry = view[start:]
+            number, size = number + 1, READ_BLOCK
+        while window:
+            yield from window.popleft()[1].result()
+
+    def _store_batch(self, batch: list[memoryview]) -> list[tuple[bytes, int]]:
         return [self._store_chunk(data) for data in batch]
 
     def _cutter(self) -> pyfastcdc.FastCDC:
@@ -362,12 +436,12 @@ class Ingester:
             self._local.cutter = cutter
         return cutter
 
-    def _store_chunk(self, data: bytes) -> tuple[bytes, int]:
+    def _store_chunk(self, data: bytes | memoryview) -> tuple[bytes, int]:
         chunk_id = blob_id(data)
         self._store_blob(CHUNK, chunk_id, data)
         return chunk_id, len(data)
 
-    def _store_blob(self, kind: int, blob: bytes, data: bytes) -> None:
+    def _store_blob(self, kind: int, blob: bytes, data: bytes | memoryview) -> None:
         if self.sink.known(blob):
             return
         codec_id, stored = codec.encode(data, self.config.zstd_level)
