@@ -26,11 +26,13 @@ from bench.measure import (
     RssPoller,
     StepFailed,
     cat_files,
+    discard,
     drop_caches,
     file_count,
     fresh_dir,
     ls_lr,
     run_timed,
+    set_trash,
     summarize,
     wait_first_byte,
 )
@@ -158,7 +160,7 @@ class Repeat:
             self._verify(dest)
             return self.manifest.bytes_v1 / timed.seconds / MB, timed.peak_rss / MiB
         finally:
-            shutil.rmtree(dest, ignore_errors=True)
+            discard(dest)
 
     def _verify(self, dest: Path) -> None:
         m = self.manifest
@@ -207,7 +209,7 @@ def measure_all(tools: list[Tool], manifest: Manifest, repeats: int, log) -> dic
             results[tool.name]["load"].append(round(os.getloadavg()[0], 2))
             log(f"    done in {time.perf_counter() - start:.1f} s: "
                 + ", ".join(f"{k}={v:.3g}" for k, v in one.values.items()))
-            shutil.rmtree(tool.work, ignore_errors=True)
+            discard(tool.work)
     return results
 
 
@@ -246,6 +248,7 @@ def main(args: argparse.Namespace, params: dataset.Params) -> int:
     manifest = dataset.generate(params, log=log)
     tools, skipped = select_tools(args.tools, log)
     WORK.mkdir(parents=True, exist_ok=True)
+    set_trash(WORK / "trash")
     started = time.time()
     try:
         raw = measure_all(tools, manifest, max(1, args.repeat), log)

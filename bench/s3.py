@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from bench.c3fs_tool import C3fs
 from bench.dataset import Manifest
-from bench.measure import Command, StepFailed, drop_caches, fresh_dir, run_timed
+from bench.measure import Command, StepFailed, discard, drop_caches, fresh_dir, run_timed
 from bench.peers import locate
 
 HOST, BUCKET, WORKERS = "127.0.0.1", "bench", 8
@@ -114,7 +113,7 @@ def _boto3_repeat(server: MotoServer, manifest: Manifest, rep: int, work: Path) 
     pull = run_timed(Command([*base, "download", *common, "--dir", str(dest)], cwd=_repo_root()))
     _verify(dest, manifest)
     values["s3_pull"] = manifest.bytes_v1 / pull.seconds / MB
-    shutil.rmtree(dest)
+    discard(dest)
     delete_prefix(s3, prefix)
     return values
 
@@ -132,7 +131,7 @@ def _c3fs_repeat(server: MotoServer, manifest: Manifest, rep: int, work: Path) -
     pull = run_timed(tool.restore("v1", dest))
     _verify(dest, manifest)
     values["s3_pull"] = manifest.bytes_v1 / pull.seconds / MB
-    shutil.rmtree(work, ignore_errors=True)
+    discard(work)
     delete_prefix(s3, prefix + "/")
     return values
 

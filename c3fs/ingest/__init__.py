@@ -1,13 +1,16 @@
 """Ingest: a directory -> content-defined chunks -> packs -> trees -> one root id.
 
-The walk runs in the calling thread, bottom-up: a directory's tree is built once its files
-and subdirectories are stored. Files go to a pool of `workers` threads; each cuts its file
-with FastCDC (streaming, never the whole file in memory) and sends every chunk to a second
-pool that hashes it (blake3) and, when the index does not know it yet, compresses it (zstd).
-Both release the GIL, so both cores work even on a single large file. `PackSink` gathers
-new blobs into packs and writes full packs in the background, a bounded number at a time;
-a pack's blobs enter the index only once the pack is durable. Nothing names the blobs until
-the caller registers a job, so a crash at any point leaves only unreferenced packs.
+The walk runs in the calling thread and hands files to two pools: large files to one, small
+files (under one chunk) in batches to the other, so the two kinds share the cores instead of
+taking turns. It runs ahead of the directories it has stored by at most `LOOKAHEAD` file
+tasks; directories are stored in post-order, each once its files and subdirectories are.
+A large file is read in big blocks and cut with FastCDC in place; its chunks go, as views of
+the block, to a third pool that hashes them (blake3) and, when the index does not know them
+yet, compresses them (zstd). All of these release the GIL, so both cores work even on a
+single large file. `PackSink` gathers new blobs into packs and writes full packs in the
+background, a bounded number at a time; a pack's blobs enter the index only once the pack is
+durable. Nothing names the blobs until the caller registers a job, so a crash at any point
+leaves only unreferenced packs.
 """
 
 from __future__ import annotations
