@@ -37,6 +37,7 @@ SCHEMA = b"1"
 _LOC = struct.Struct("<32sQIIBB")
 _PACK = struct.Struct("<Q")
 _MAP_SIZE = 1 << 36
+PREFETCH_MAX = 64 * 1024 * 1024  # indexes up to this size are read ahead whole when opened
 
 
 class IndexUnavailable(StoreError):
@@ -105,6 +106,7 @@ class Index:
             str(self.path), map_size=_MAP_SIZE, max_dbs=8, readahead=False, mode=0o600, lock=True
         )
         _check_not_truncated(env, self.path / "data.mdb")
+        _prefetch(self.path / "data.mdb")
         self.blobs = env.open_db(b"blobs")
         self.packs = env.open_db(b"packs")
         self.jobs = env.open_db(b"jobs")
@@ -281,6 +283,28 @@ def _reserve(path: Path, size: int) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
+def _prefetch(path: Path) -> None:
+    """Ask the kernel to read an index of up to `PREFETCH_MAX` bytes in the background.
+
+    LMDB maps the file with MADV_RANDOM (`readahead=False`, right for an index much larger
+    than memory), so with a cold page cache every lookup that lands on a new page waits for a
+    4 KiB read. The indexes of most stores are a few MB: one sequential read of the whole
+    file costs less than its first few random ones (`cp -r` of the bench's 5,000 log files,
+    cold: Index.lookup was 14% of the copying thread; 0.80-0.89 s -> 0.64-0.84 s).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_size <= PREFETCH_MAX:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
