@@ -15,15 +15,15 @@ handlers live in `c3fs.fuse.ops`, the serving loop in `c3fs.fuse.daemon`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import select
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from blake3 import blake3
 
 from c3fs.errors import C3fsError
 from c3fs.index import cache_root
@@ -104,7 +104,7 @@ def check_mountpoint(mountpoint: str) -> None:
 
 def default_log_file(mountpoint: str) -> Path:
     """Where a background daemon logs: one file per mountpoint under the cache directory."""
-    digest = hashlib.blake2b(mountpoint.encode(errors="surrogateescape"), digest_size=4).hexdigest()
+    digest = blake3(mountpoint.encode(errors="surrogateescape")).hexdigest(length=4)
     name = os.path.basename(mountpoint.rstrip("/")) or "root"
     return cache_root() / "mounts" / f"{name}-{digest}.log"
 
@@ -225,6 +225,8 @@ def _spawn_daemon(args: tuple, log_file: str, timeout: float) -> int:
             "--log-file", log_file, ref, mountpoint]
     argv[3:3] = ["--store", store_url] if store_url else []
     argv[3:3] = ["--allow-other"] if allow_other else []
+    import subprocess  # here: the mount path forks instead, and subprocess costs ~5 ms cold
+
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout + 5, start_new_session=True)
@@ -267,6 +269,8 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
     if command is None:
         raise FuseUnavailable("cannot unmount: fusermount3 is not installed (install fuse3)")
     argv = [command, "-u", *(["-z"] if lazy else []), mountpoint]
+    import subprocess
+
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0 and is_mounted(mountpoint):
         reason = (proc.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]

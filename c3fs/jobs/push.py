@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 
@@ -89,6 +88,6 @@ def record_for(kind: str, name: str, project: str, root: bytes, stats: IngestSta
     now = time.time()
     base = dict(kind=kind, id=name, project=project, status=SUCCEEDED, created=now,
                 started=started, ended=now, root=root.hex(), logical_bytes=stats.logical_bytes,
-                files=stats.files, stored_delta=stats.stored_bytes, host=socket.gethostname())
+                files=stats.files, stored_delta=stats.stored_bytes, host=os.uname().nodename)
     base.update(fields)
     return JobRecord(**base)

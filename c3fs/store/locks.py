@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator
 
@@ -30,14 +29,14 @@ GC_KEY = "locks/gc"
 
 
 def _lock_body() -> bytes:
-    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}).encode()
+    return json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "time": time.time()}).encode()
 
 
 def _is_fresh(store: Store, key: str) -> bool:
     """A lock counts unless it is old, or its process on this host is gone."""
     try:
         body = json.loads(store.backend.get(key))
-        if body["host"] == socket.gethostname() and not process_alive(int(body["pid"])):
+        if body["host"] == os.uname().nodename and not process_alive(int(body["pid"])):
             return False
         return time.time() - float(body["time"]) < STALE
     except KeyMissing:
