@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from c3fs import preload
 from c3fs.errors import C3fsError
 from cli import output
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from c3fs.repo import Repo
 
 log = logging.getLogger("c3fs")
+_command: str | None = None  # the subcommand being run, for `preload.record`
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -63,6 +65,8 @@ def app(ctx: click.Context, store: str | None, disk_cache: str | None, verbose: 
       c3fs cp -r /jobs/job_abc123/ ./local-output/  # download a job's artifacts
       c3fs mount /jobs/job_abc123 /data/prev        # mount a job read-only
     """
+    global _command
+    _command = ctx.invoked_subcommand
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    if _command:
+        preload.record(_command)  # the files this command loaded, read ahead next time
     sys.exit(0)
 
 

@@ -451,6 +451,22 @@ def test_sigterm_unmounts_cleanly(world: World, tmp_path: Path) -> None:
         wait_until(lambda: not alive(pid), "the daemon to exit")
 
 
+def test_the_daemon_records_what_it_loaded_for_the_next_mount(world: World, tmp_path: Path) -> None:
+    """c3fs.preload: the next `c3fs mount` reads these files ahead (cold start-up)."""
+    env = dict(world.env, C3FS_CACHE_DIR=str(tmp_path / "cache"))
+    lists = tmp_path / "cache" / "preload"
+    with mount(env, tmp_path / "m", f"/jobs/{JOB}") as m:
+        assert (m / "hello.txt").read_bytes() == b"hello world\n"
+        [pid] = daemon_pids(m)
+        assert not (lists / "mount.txt").exists() or b"/pyfuse3/" not in (lists / "mount.txt").read_bytes()
+        run_c3fs("umount", str(m), env=env)
+        wait_until(lambda: not alive(pid), "the daemon to exit")
+    files = (lists / "mount.txt").read_bytes().split(b"\n")
+    assert any(b"/pyfuse3/" in f for f in files)  # only the daemon loads pyfuse3 and trio
+    assert any(b"/trio/" in f for f in files)
+    assert any(b"libfuse3.so" in f for f in files)
+
+
 def test_foreground_mount_stops_on_sigint(world: World, tmp_path: Path) -> None:
     m = tmp_path / "m"
     m.mkdir()

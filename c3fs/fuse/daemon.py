@@ -20,6 +20,7 @@ import trio
 from c3fs.errors import NotADirectory, NotFound
 from c3fs.fuse import MountError
 from c3fs.fuse.ops import Operations
+from c3fs.preload import record as record_preload
 from c3fs.repo import Repo
 from c3fs.vfs import Vfs
 
@@ -71,6 +72,7 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
+            record_preload("mount")  # what the daemon loaded, read ahead by the next mount
     finally:
         vfs.repo.close()
 

@@ -27,6 +27,7 @@ import lmdb
 from c3fs.errors import FormatError, StoreError
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
+from c3fs.preload import cache_dir
 from c3fs.store.backend import KeyMissing
 from c3fs.store.local import make_private_dir
 from c3fs.store.store import Store
@@ -54,11 +55,7 @@ class Location(NamedTuple):
 
 
 def cache_root() -> Path:
-    base = os.environ.get("C3FS_CACHE_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(xdg) / "c3fs"
+    return Path(cache_dir())
 
 
 def index_path(store_id: str) -> Path:

@@ -1,0 +1,113 @@
+"""Read ahead, in the background, the files a command needs to start: modules and libraries.
+
+With a cold page cache most of a command's start-up is waiting for the disk: Python reads
+~300 module and library files one after another. A command that ran once has recorded which
+files it loaded (`record`, into the cache directory); the next run hands that list to the
+kernel at once (`start`: `POSIX_FADV_WILLNEED` from a background thread), so the reads
+overlap each other and the imports instead of queueing behind them. `c3fs mount` to the first
+byte, cold: 0.31 s -> 0.26 s (bench/README.md). The lists only ever name files to read: a
+stale or damaged list costs a failed open per line, never a wrong result.
+
+Standard library only (os, sys, threading), so importing this costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+LIMIT = 4096  # files per list: more than any command loads
+
+
+def cache_dir() -> str:
+    """c3fs's cache directory: $C3FS_CACHE_DIR, else $XDG_CACHE_HOME/c3fs (~/.cache/c3fs)."""
+    base = os.environ.get("C3FS_CACHE_DIR")
+    if base:
+        return base
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(xdg, "c3fs")
+
+
+def _list_path(command: str) -> str:
+    return os.path.join(cache_dir(), "preload", f"{command}.txt")
+
+
+def start(argv: list[str]) -> str | None:
+    """Start reading ahead for the first word of `argv` that names a recorded command;
+    return that command (None if there is no list yet)."""
+    for word in argv[:4]:
+        if not word.isalpha():
+            continue
+        try:
+            with open(_list_path(word), "rb") as f:
+                paths = f.read().split(b"\n")[:LIMIT]
+        except OSError:
+            continue
+        threading.Thread(target=_read_ahead, args=(paths,), name="c3fs-preload",
+                         daemon=True).start()
+        return word
+    return None
+
+
+def _read_ahead(paths: list[bytes]) -> None:
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def loaded_files() -> set[bytes]:
+    """The files this process has loaded: module bytecode (or source), extension modules
+    and the shared libraries mapped into it."""
+    files: set[bytes] = set()
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        path = getattr(spec, "cached", None) or getattr(module, "__file__", None)
+        if isinstance(path, str) and os.path.isabs(path):
+            files.add(os.fsencode(path))
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            for line in maps:
+                path = line.rstrip(b"\n").partition(b"/")[2]
+                if b".so" in path:
+                    files.add(b"/" + path)
+    except OSError:
+        pass
+    return files
+
+
+def record(command: str) -> None:
+    """Add the files this process has loaded to `command`'s list (written only when it
+    grows; never raises: a read-only or full cache directory just means no read-ahead)."""
+    path = _list_path(command)
+    try:
+        with open(path, "rb") as f:
+            known = set(f.read().split(b"\n")) - {b""}
+    except OSError:
+        known = set()
+    files = loaded_files()
+    if files <= known:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        for directory in (cache_dir(), os.path.dirname(path)):  # owner-only, whatever the umask
+            if not os.path.isdir(directory):
+                os.makedirs(os.path.dirname(directory), exist_ok=True)
+                os.mkdir(directory, 0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as f:
+            f.write(b"\n".join(sorted(known | files)[:LIMIT]) + b"\n")
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
