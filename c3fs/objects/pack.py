@@ -69,10 +69,13 @@ class PackBuilder:
         return pack_id, b"".join(parts)
 
     def finish_parts(self) -> tuple[str, list[bytes]]:
-        """(pack id, the pack as a list of byte strings), for writers that gather (writev)."""
+        """(pack id, the pack as a list of byte strings), for writers that gather (writev).
+        The builder lets go of the parts (only `entries` stay), so they are freed as soon
+        as the caller is done with them."""
         trailer = _encoder.encode(self.entries)
         digest = blake3.blake3(trailer).digest()
-        return digest.hex(), [*self._parts, trailer, FOOTER.pack(len(trailer), digest, END)]
+        parts, self._parts = self._parts, []
+        return digest.hex(), [*parts, trailer, FOOTER.pack(len(trailer), digest, END)]
 
 
 def parse_footer(footer: bytes, pack_size: int) -> tuple[int, bytes]:
