@@ -290,7 +290,7 @@ def discard(path: Path) -> None:
     On this machine's ext4 (no journal), a file created within a minute or so of many
     deletions scans past every recently freed inode of its block group (the kernel's
     `recently_deleted`): after `rm -rf` of a 10,000-file tree, `cp -r` of the dataset took
-    3.4 s instead of 1.8 s, 90% of it in the kernel. Deleting between measurements would so
+    3.4 s instead of 1.8 s, 2.9 s of it in the kernel. Deleting between measurements would so
     slow whichever tool runs next, so trees are moved aside (a rename) and removed when the
     run ends; only when the disk is short of space are they removed at once.
     """
