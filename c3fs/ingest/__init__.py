@@ -124,9 +124,6 @@ class PackSink:
         try:
             pack_id, parts = builder.finish_parts()
             size = sum(len(part) for part in parts)
-            if not self.store.is_local:  # one buffer to upload, the parts freed before it goes
-                parts = b"".join(parts)  # (S3 push of the full bench dataset, peak RSS:
-                #                          315-340 MiB -> 259 MiB)
             self.store.put_pack(pack_id, parts, sync=False)
             self.stats.add(stored_bytes=size, packs=1)
             log.debug("wrote pack %s: %d blobs, %d bytes", pack_id, len(builder), size)
