@@ -8,7 +8,7 @@ overlap each other and the imports instead of queueing behind them. `c3fs mount`
 byte, cold: 0.31 s -> 0.26 s (bench/README.md). The lists only ever name files to read: a
 stale or damaged list costs a failed open per line, never a wrong result.
 
-Standard library only (os, sys, threading), so importing this costs nothing.
+Importing this costs nothing: standard library only (os, sys, threading) until `record`.
 """
 
 from __future__ import annotations
@@ -96,12 +96,13 @@ def record(command: str) -> None:
     files = loaded_files()
     if files <= known:
         return
+    from pathlib import Path
+
+    from c3fs.store.local import make_private_dir  # here: importing this module stays stdlib-only
+
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        for directory in (cache_dir(), os.path.dirname(path)):  # owner-only, whatever the umask
-            if not os.path.isdir(directory):
-                os.makedirs(os.path.dirname(directory), exist_ok=True)
-                os.mkdir(directory, 0o700)
+        make_private_dir(Path(path).parent)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as f:
             f.write(b"\n".join(sorted(known | files)[:LIMIT]) + b"\n")
