@@ -96,26 +96,20 @@ class C3fs(Tool):
         files each command loads, read ahead by its next run (`c3fs.preload`). Without
         this the first repeat alone would start without them."""
         scratch = self.work.parent / f"{self.work.name}-warm-up"
-        fresh_dir(scratch)
-        (scratch / "src").mkdir()
+        fresh_dir(scratch / "src")
         (scratch / "src" / "f").write_bytes(b"warm-up\n")
-        env = {**self.env, "C3FS_STORE": str(scratch / "store")}
-        run(Command([c3fs_binary(), "push", str(scratch / "src"), "--project", PROJECT,
-                     "--job", "warm_up", "--json"], env=env))
-        mnt = scratch / "mnt"
-        mnt.mkdir()
-        run(Command([c3fs_binary(), "mount", "/jobs/warm_up", str(mnt)], env=env), timeout=300)
-        try:
-            wait_mounted(mnt, None)
-            (mnt / "f").read_bytes()
+        store, jobs = self.store, self.jobs
+        self.store, self.jobs = str(scratch / "store"), {}
+        try:  # the very command lines that are timed, on the scratch store
+            run(self.ingest(scratch / "src", "warm"))
+            with self.mount("warm", scratch / "mnt") as mounted:
+                (mounted.mountpoint / "f").read_bytes()
+            run(self.copy("warm", scratch / "cp"))
+            run(self.restore("warm", scratch / "pull"))
+            self.store_bytes()
         finally:
-            with contextlib.suppress(StepFailed, subprocess.TimeoutExpired):
-                run(Command([c3fs_binary(), "umount", str(mnt)], env=env), timeout=60)
-            unmount(mnt)
-        run(Command([c3fs_binary(), "cp", "-r", "/jobs/warm_up", str(scratch / "cp")], env=env))
-        run(Command([c3fs_binary(), "pull", "warm_up", "--dest", str(scratch / "pull")], env=env))
-        run(Command([c3fs_binary(), "balance", "--json"], env=env))
-        discard(scratch)
+            self.store, self.jobs = store, jobs
+            discard(scratch)
 
     def cli(self, *args: str, store: bool = True) -> list[str]:
         return [c3fs_binary(), *(("--store", self.store) if store else ()), *args]

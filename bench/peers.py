@@ -47,6 +47,9 @@ class Tool:
         return ""
 
     # verbs ----------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Once, before the first repeat: bring the tool's own state to what a user's is."""
+
     def setup(self) -> None:
         fresh_dir(self.work)
 

@@ -196,9 +196,7 @@ def measure_all(tools: list[Tool], manifest: Manifest, repeats: int, log) -> dic
     """{tool: {"values": {metric: [one per repeat]}, "notes": [...], "load": [1-min load avg]}}."""
     results = {t.name: {"values": {}, "notes": [], "load": []} for t in tools}
     for tool in tools:
-        if hasattr(tool, "warm_up"):
-            log(f"{tool.name}: warm-up (each command once on a scratch store)")
-            tool.warm_up()
+        tool.warm_up()
     for rep in range(1, repeats + 1):
         for tool in tools:
             log(f"[repeat {rep}/{repeats}] {tool.name}")
