@@ -59,10 +59,10 @@ def test_start_reads_the_first_recorded_command_and_tolerates_any_list(cache: Pa
     (cache / "push.txt").write_bytes(b"\n".join([
         b"/no/such/file.pyc", b"", b"relative/path", b"\xff\xfe not utf-8", b"/dev/null",
         b"/" + b"x" * 5000, os.fsencode(json.__spec__.cached)]) + b"\n")
-    before = {t.name for t in threading.enumerate()}
+    before = set(threading.enumerate())
     assert preload.start(["--store", "/x", "push", "src"]) == "push"
-    for thread in threading.enumerate():
-        if thread.name == "c3fs-preload" and thread.name not in before:
+    for thread in set(threading.enumerate()) - before:
+        if thread.name == "c3fs-preload":
             thread.join(10)
     assert preload.start(["-v", "ls"]) is None
 
