@@ -98,7 +98,7 @@ def record(command: str) -> None:
         return
     from pathlib import Path
 
-    from c3fs.store.local import make_private_dir  # here: importing this module stays stdlib-only
+    from c3fs.fsutil import make_private_dir  # stdlib only, like this module
 
     tmp = f"{path}.{os.getpid()}.tmp"
     try:

@@ -26,8 +26,8 @@ from pathlib import Path
 from blake3 import blake3
 
 from c3fs.errors import C3fsError
+from c3fs.fsutil import make_private_dir
 from c3fs.index import cache_root
-from c3fs.store.local import make_private_dir
 from c3fs.store.locks import process_alive
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ from typing import NamedTuple
 import lmdb
 
 from c3fs.errors import FormatError, StoreError
+from c3fs.fsutil import make_private_dir
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
 from c3fs.preload import cache_dir
 from c3fs.store.backend import KeyMissing
-from c3fs.store.local import make_private_dir
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)

@@ -49,9 +49,9 @@ from pathlib import Path
 import blake3
 
 from c3fs.errors import UsageError
+from c3fs.fsutil import make_private_dir
 from c3fs.objects.ids import token_hex
 from c3fs.store.backend import Backend
-from c3fs.store.local import make_private_dir
 
 log = logging.getLogger(__name__)
 

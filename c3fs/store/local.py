@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
+from c3fs.fsutil import make_private_dir
 from c3fs.objects.ids import token_hex
 from c3fs.store.backend import BackendError, KeyExists, KeyMissing
 
@@ -184,24 +185,6 @@ class LocalBackend:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-
-
-def make_private_dir(path: Path) -> None:
-    """`mkdir -p` whose every new directory is owner-only (0700), whatever the umask.
-
-    `Path.mkdir(mode, parents=True)` gives the intermediate directories the default mode
-    (0777 under umask 0): a store's `packs/` or `refs/` would be writable by anyone.
-    """
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        try:
-            os.mkdir(directory, 0o700)
-        except FileExistsError:
-            if not directory.is_dir():  # a file in the way
-                raise
 
 
 def _write_all(fd: int, data: bytes | list[bytes]) -> None:

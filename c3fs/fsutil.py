@@ -1,0 +1,25 @@
+"""File-system helpers that the whole library shares. Standard library only, so that
+`c3fs.preload` can use them at the end of `c3fs --help` without importing the store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_private_dir(path: Path) -> None:
+    """`mkdir -p` whose every new directory is owner-only (0700), whatever the umask.
+
+    `Path.mkdir(mode, parents=True)` gives the intermediate directories the default mode
+    (0777 under umask 0): a store's `packs/` or `refs/` would be writable by anyone.
+    """
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not directory.is_dir():  # a file in the way
+                raise
