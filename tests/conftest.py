@@ -37,6 +37,23 @@ def s3_url(s3_server: MotoServer, monkeypatch: _s3_pytest.MonkeyPatch) -> str:
 # ---- end of S3 server fixtures ---------------------------------------------------------
 
 
+# ---- every test: its own c3fs cache and default store ----------------------------------
+import pytest as _home_pytest  # noqa: E402
+
+
+@_home_pytest.fixture(autouse=True)
+def _private_c3fs_home(tmp_path_factory: _home_pytest.TempPathFactory,
+                       monkeypatch: _home_pytest.MonkeyPatch) -> None:
+    """No test reads or writes the caller's ~/.cache/c3fs or default store: a test sees a
+    machine where c3fs never ran (as CI does), unless it sets these itself."""
+    home = tmp_path_factory.mktemp("c3fs-home")
+    monkeypatch.setenv("C3FS_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+
+
+# ---- end of per-test c3fs home ---------------------------------------------------------
+
+
 # ---- storage-core fixtures (issue 2: tests/test_objects.py, test_store_index.py, ----------
 # ---- test_ingest_read.py, test_cli_core.py) -----------------------------------------------
 import contextlib as _core_contextlib  # noqa: E402
