@@ -105,11 +105,15 @@ class LocalBackend:
             _fsync_dir(path.parent)
 
     def flush(self, keys: list[str]) -> None:
-        """Make keys written with sync=False durable: fsync each file, then its directory."""
+        """Make keys written with sync=False durable: fsync each file, then its directory.
+        A missing key raises KeyMissing (after the keys before it were made durable)."""
         dirs = set()
         for key in keys:
             path = self._path(key)
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise KeyMissing(key) from None
             try:
                 os.fsync(fd)
             finally:
