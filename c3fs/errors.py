@@ -63,6 +63,7 @@ class BlobError(DataError):
     """One blob cannot be served; says which, in which pack, and why."""
 
     state = "unreadable"
+    unavailable = False  # True: the store did not answer (the blob may well be there)
 
     def __init__(self, blob_id: bytes, pack_id: str | None = None, detail: str = "") -> None:
         self.blob_id = blob_id

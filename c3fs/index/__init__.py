@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import lmdb
 
@@ -46,6 +46,18 @@ class IndexUnavailable(StoreError):
     """The local index cannot be opened or written (disk full, no permission)."""
 
 
+class IndexDamaged(IndexUnavailable):
+    """LMDB found a damaged page, or a value does not decode. The index was deleted when this
+    was raised, so the next open rebuilds it from the store."""
+
+
+# What a damaged data.mdb gives (LMDB keeps no checksums: a bad page is found when a walk
+# meets it), and what a damaged value gives when it is decoded.
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.PanicError, lmdb.BadTxnError,
+           lmdb.InvalidError, lmdb.IncompatibleError, lmdb.VersionMismatchError,
+           lmdb.BadDbiError, struct.error, UnicodeDecodeError, FormatError)
+
+
 class Location(NamedTuple):
     pack_id: str
     offset: int
@@ -68,6 +80,16 @@ class Index:
         self.path = path
         self.store_id = store_id.encode()
         self._sync_lock = threading.Lock()
+        self.env = self._open_env()
+        try:
+            self.fresh = self._check_identity()
+        except IndexDamaged as exc:
+            log.warning("%s; rebuilding it from the store", exc.reason)
+            self._reopen()
+
+    def _reopen(self) -> None:
+        """Open a new environment in place of one `_damaged` deleted."""
+        self.env.close()
         self.env = self._open_env()
         self.fresh = self._check_identity()
 
@@ -94,9 +116,34 @@ class Index:
         try:
             with self.env.begin(write=True) as txn:
                 yield txn
+        except _DAMAGE as exc:
+            self._damaged(exc)
         except lmdb.Error as exc:
             raise IndexUnavailable(f"cannot write the local index at {self.path}: "
                                    f"{_reason(exc, self.path)}") from None
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction; decode what it returns inside it, so damage is caught too."""
+        try:
+            with self.env.begin() as txn:
+                yield txn
+        except _DAMAGE as exc:
+            self._damaged(exc)
+
+    def _damaged(self, exc: BaseException) -> NoReturn:
+        """Delete the damaged environment (processes that have it open keep their mapping) and
+        say so in one line. The next open starts a new one and fills it from the store; the
+        `local` table (what `pull` fetched) is lost with it."""
+        reason = str(exc) if isinstance(exc, lmdb.Error) else f"a value does not decode: {exc}"
+        reason = reason.splitlines()[0] if reason else type(exc).__name__
+        shutil.rmtree(self.path, ignore_errors=True)
+        log.debug("deleted the damaged index at %s", self.path)
+        error = IndexDamaged(f"the local index at {self.path} is damaged ({reason}); it was "
+                             "deleted, and the next command rebuilds it from the store: "
+                             "run this one again")
+        error.reason = f"index at {self.path} is damaged ({reason})"
+        raise error from None
 
     def _lmdb_open(self) -> lmdb.Environment:
         _reserve(self.path / "lock.mdb", 64 * 1024)
@@ -132,11 +179,14 @@ class Index:
 
     # blobs --------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> Location | None:
-        with self.env.begin(buffers=False) as txn:
-            raw = txn.get(blob_id, db=self.blobs)
-        if raw is None:
-            return None
-        pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
+        try:  # the hot path: no context manager of our own
+            with self.env.begin(buffers=False) as txn:
+                raw = txn.get(blob_id, db=self.blobs)
+            if raw is None:
+                return None
+            pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
+        except _DAMAGE as exc:
+            self._damaged(exc)
         return Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
 
     def add_pack(self, pack_id: str, size: int, entries: list[PackEntry], replace: bool = False) -> None:
@@ -163,16 +213,28 @@ class Index:
             txn.delete(pack_raw, db=self.packs)
 
     def pack_sizes(self) -> dict[str, int]:
-        with self.env.begin() as txn:
+        with self._read() as txn:
             return {
                 bytes(k).hex(): _PACK.unpack_from(v)[0] for k, v in txn.cursor(db=self.packs)
             }
 
     def pack_blob_ids(self, pack_id: str) -> list[bytes]:
-        with self.env.begin() as txn:
+        with self._read() as txn:
             raw = txn.get(bytes.fromhex(pack_id), db=self.packs) or b""
         ids = raw[_PACK.size :]
         return [ids[i : i + 32] for i in range(0, len(ids), 32)]
+
+    def packs_holding(self, blob_id: bytes) -> list[str]:
+        """The packs whose blob lists name `blob_id`: a walk of the packs table, for repairs."""
+        found = []
+        with self._read() as txn:
+            for key, value in txn.cursor(db=self.packs):
+                at = value.find(blob_id, _PACK.size)
+                while at != -1 and (at - _PACK.size) % 32:
+                    at = value.find(blob_id, at + 1)
+                if at != -1:
+                    found.append(bytes(key).hex())
+        return found
 
     # records ------------------------------------------------------------------------------
     def _db(self, kind: str):
@@ -187,22 +249,22 @@ class Index:
             txn.delete(name.encode(), db=self._db(kind))
 
     def record(self, kind: str, name: str) -> JobRecord | None:
-        with self.env.begin() as txn:
+        with self._read() as txn:
             raw = txn.get(name.encode(), db=self._db(kind))
-        return decode_record(raw) if raw is not None else None
+            return decode_record(raw) if raw is not None else None
 
     def records(self, kind: str = JOB) -> list[JobRecord]:
-        with self.env.begin() as txn:
+        with self._read() as txn:
             raws = [bytes(v) for _, v in txn.cursor(db=self._db(kind))]
-        return [decode_record(raw) for raw in raws]
+            return [decode_record(raw) for raw in raws]
 
     def record_names(self, kind: str = JOB) -> set[str]:
-        with self.env.begin() as txn:
+        with self._read() as txn:
             return {bytes(k).decode() for k in txn.cursor(db=self._db(kind)).iternext(values=False)}
 
     # local state --------------------------------------------------------------------------
     def local_get(self, key: str) -> bytes | None:
-        with self.env.begin() as txn:
+        with self._read() as txn:
             return txn.get(key.encode(), db=self.local)
 
     def local_put(self, key: str, value: bytes) -> None:
@@ -211,7 +273,16 @@ class Index:
 
     # sync with the store ------------------------------------------------------------------
     def sync(self, store: Store, packs: bool = True, refs: bool = True) -> None:
-        """Bring the index up to date with the store's listing (cheap when nothing changed)."""
+        """Bring the index up to date with the store's listing (cheap when nothing changed).
+        It walks the packs and records: damage it meets is repaired by starting a new index."""
+        try:
+            self._sync(store, packs, refs)
+        except IndexDamaged as exc:
+            log.warning("%s; rebuilding it from the store", exc.reason)
+            self._reopen()
+            self._sync(store, packs=True, refs=True)
+
+    def _sync(self, store: Store, packs: bool, refs: bool) -> None:
         with self._sync_lock:
             if packs:
                 self._sync_packs(store)
@@ -280,16 +351,19 @@ class Index:
 
     def rebuild(self, store: Store) -> None:
         """Forget everything but local state and relearn it from the store."""
-        with self._sync_lock, self._write() as txn:
-            for db in (self.blobs, self.packs, self.jobs, self.datasets):
-                txn.drop(db, delete=False)
+        try:
+            with self._sync_lock, self._write() as txn:
+                for db in (self.blobs, self.packs, self.jobs, self.datasets):
+                    txn.drop(db, delete=False)
+        except IndexDamaged as exc:  # dropping walks every page: start from a new one
+            log.warning("%s; rebuilding it from the store", exc.reason)
+            self._reopen()
         self.sync(store)
 
     def iter_blobs(self) -> Iterator[tuple[bytes, Location]]:
-        with self.env.begin() as txn:
-            items = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.blobs)]
-        for blob_id, raw in items:
-            pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
+        with self._read() as txn:
+            items = [(bytes(k), _LOC.unpack(v)) for k, v in txn.cursor(db=self.blobs)]
+        for blob_id, (pack_raw, offset, length, plain_len, codec, kind) in items:
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
 
 

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from c3fs.errors import BlobCorrupt, BlobMissing, DataError
+from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, DataError
 from c3fs.index import Index, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
@@ -145,7 +145,29 @@ class BlobSource:
         except (BlobMissing, KeyMissing):
             # Another process may have repacked (gc) or pushed it: relearn packs, try again.
             self.index.sync(self.store, refs=False)
+        try:
             return self._fetch_once(blob_id, cached)
+        except BlobError as exc:
+            if exc.unavailable or not self._repair(blob_id):
+                raise
+        return self._fetch_once(blob_id, cached)
+
+    def _repair(self, blob_id: bytes) -> bool:
+        """The index is a cache and LMDB keeps no checksums: a damaged page can lose a blob's
+        entry or garble it. If a pack the index lists holds the blob, relearn that pack's
+        entries from its trailer in the store (the truth) and say whether that changed them."""
+        loc = self.index.lookup(blob_id)
+        for pack_id in self.index.packs_holding(blob_id):
+            if loc is not None and loc.pack_id == pack_id:
+                continue  # the entry is right: the pack itself is at fault
+            size = self.store.backend.size(Store.pack_key(pack_id))
+            entries = self.store.pack_entries(pack_id, size)
+            if any(entry.id == blob_id for entry in entries):
+                log.warning("the index had a wrong entry for blob %s; relearned pack %s",
+                            blob_id.hex(), pack_id)
+                self.index.add_pack(pack_id, size, entries, replace=True)
+                return True
+        return False
 
     def _fetch_once(self, blob_id: bytes, cached: bool = True) -> bytes:
         loc = self.index.lookup(blob_id)
@@ -171,7 +193,9 @@ class BlobSource:
         except KeyMissing:
             raise BlobMissing(blob_id, loc.pack_id, "pack not in the store") from None
         except BackendError as exc:
-            raise BlobMissing(blob_id, loc.pack_id, str(exc)) from None
+            error = BlobMissing(blob_id, loc.pack_id, str(exc))
+            error.unavailable = True  # the store did not answer: nothing to repair
+            raise error from None
 
     @staticmethod
     def _decode(blob_id: bytes, loc: Location, stored: bytes) -> bytes:
