@@ -297,19 +297,32 @@ def test_server_down_is_temporary_and_bounded(s3_server, s3_url: str) -> None:
 
 @pytest.mark.s3
 def test_hung_server_times_out(s3_server, s3_url: str) -> None:
+    """A server that takes requests and never answers (SIGSTOP): small requests give up after
+    the short timeout, big or unsized ones after the bulk timeout, and the retries stop at
+    the deadline instead of running every attempt."""
     bucket, prefix = parse_s3_url(s3_url)
-    backend = S3Backend.from_env(bucket, prefix, connect_timeout=1.0, request_timeout=1.5)
-    backend.put("k", b"v")
+    backend = S3Backend.from_env(bucket, prefix, connect_timeout=1.0, request_timeout=1.0,
+                                 bulk_timeout=4.0)
+    backend.put("k", b"v" * 100)
     s3_server.pause()
     try:
+        for call, least, most in ((lambda: backend.get("k", 0, 10), 0.9, 3.5),
+                                  (lambda: backend.size("k"), 0.9, 3.5),
+                                  (lambda: backend.get("k"), 0.9, 3.5),  # metadata: small
+                                  (lambda: backend.get("k", 1), 3.9, 10)):  # unsized
+            started = time.monotonic()
+            with pytest.raises(TemporaryBackendError) as info:
+                call()
+            assert least <= time.monotonic() - started < most
+            assert "timed out" in str(info.value)
+        retrying = RetryingBackend(backend, attempts=20, base_delay=0.01, deadline=2.5)
         started = time.monotonic()
-        with pytest.raises(TemporaryBackendError) as info:
-            backend.get("k")
-        assert time.monotonic() - started < 10
-        assert "timed out" in str(info.value)
+        with pytest.raises(TemporaryBackendError):
+            retrying.get("k", 0, 10)
+        assert 2.5 <= time.monotonic() - started < 8  # 3 or 4 attempts of 1 s, not 20
     finally:
         s3_server.resume()
-    assert backend.get("k") == b"v"
+    assert backend.get("k") == b"v" * 100
 
 
 class _ErrorHandler(BaseHTTPRequestHandler):

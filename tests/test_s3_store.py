@@ -465,6 +465,28 @@ def test_server_killed_mid_push(machines, s3_server: MotoServer, tmp_path: Path)
     same_tree(big, tmp_path / "copy")
 
 
+@pytest.mark.slow
+def test_hung_server_is_a_clear_error_within_about_a_minute(machines, s3_server: MotoServer,
+                                                              tmp_path: Path) -> None:
+    """A server that accepts connections and never answers (SIGSTOP), with the default
+    timeouts and retries: one line after about a minute (it was 5 minutes per request)."""
+    a, b = machines
+    small = tmp_path / "small"
+    mixed_tree(small, seed=9, big=1 * MiB, small=5)
+    a.push(small, "job_small")
+    s3_server.pause()
+    try:
+        started = time.monotonic()
+        proc = b.run("ls", "/jobs/", timeout=300)
+        took = time.monotonic() - started
+    finally:
+        s3_server.resume()
+    line = error_line(proc)
+    assert "timed out" in line and s3_server.endpoint in line, line
+    assert took < 100, f"gave up after {took:.0f}s"
+    assert b.jobs() == ["job_small"]
+
+
 def test_rm_and_gc_on_s3(machines, s3_server: MotoServer, tmp_path: Path) -> None:
     a, b = machines
     for job, seed in (("job_keep", 7), ("job_drop", 8)):

@@ -62,20 +62,26 @@ class Backend(Protocol):
 class RetryingBackend:
     """Wraps a backend: temporary errors are retried with exponential backoff and jitter."""
 
-    def __init__(self, inner: Backend, attempts: int = 5, base_delay: float = 0.2) -> None:
+    def __init__(self, inner: Backend, attempts: int = 5, base_delay: float = 0.2,
+                 deadline: float = 60.0) -> None:
+        """At most `attempts` tries, and none begun `deadline` seconds after the first: a
+        server that takes every request and answers none costs about a minute, not
+        attempts x the request timeout."""
         self.inner = inner
         self.url = inner.url
         self.attempts = attempts
         self.base_delay = base_delay
+        self.deadline = deadline
 
     def _retry(self, what: str, fn, *args, **kwargs):
+        started = time.monotonic()
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn(*args, **kwargs)
             except TemporaryBackendError as exc:
-                if attempt == self.attempts:
-                    raise
                 delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+                if attempt == self.attempts or time.monotonic() + delay - started >= self.deadline:
+                    raise
                 log.info("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")

@@ -52,7 +52,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGION = "us-east-1"
 CONNECT_TIMEOUT = 5.0
-REQUEST_TIMEOUT = 60.0
+# A request must finish within its timeout (obstore has no idle timeout). Most requests are
+# small, and a hung server should cost seconds, not the minutes a big upload may need:
+REQUEST_TIMEOUT = 20.0  # requests that move at most QUICK_BYTES (>= 400 KiB/s)
+BULK_TIMEOUT = 120.0  # bigger ones: packs (32 MiB), multipart parts, whole objects
+QUICK_BYTES = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024
 LIST_PAGE = 1000
@@ -85,6 +89,7 @@ class S3Backend:
         session_token: str | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
+        bulk_timeout: float = BULK_TIMEOUT,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -99,16 +104,20 @@ class S3Backend:
         }
         config = {"region": region, "endpoint": endpoint, **credentials}
         with self._errors("configure", self.url):
-            self.store = S3Store(
-                bucket,
-                prefix=self.prefix or None,
-                config={name: value for name, value in config.items() if value},
-                client_options=_client_options(endpoint, connect_timeout, request_timeout),
-                retry_config={
-                    "max_retries": 0,
-                    "retry_timeout": timedelta(seconds=request_timeout),
-                },
+            self.store, self._bulk = (
+                S3Store(
+                    bucket,
+                    prefix=self.prefix or None,
+                    config={name: value for name, value in config.items() if value},
+                    client_options=_client_options(endpoint, connect_timeout, timeout),
+                    retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=timeout)},
+                )
+                for timeout in (request_timeout, bulk_timeout)
             )
+
+    def _client(self, nbytes: int | None) -> S3Store:
+        """The client whose timeout suits a request moving `nbytes` (None: not known)."""
+        return self.store if nbytes is not None and nbytes <= QUICK_BYTES else self._bulk
 
     @classmethod
     def from_env(cls, bucket: str, prefix: str = "", **kwargs) -> S3Backend:
@@ -140,9 +149,11 @@ class S3Backend:
 
     def _read(self, key: str, offset: int, length: int | None) -> bytes:
         if length is not None:
-            return obstore.get_range(self.store, key, start=offset, length=length).to_bytes()
-        options = {"range": {"offset": offset}} if offset else None
-        return obstore.get(self.store, key, options=options).bytes().to_bytes()
+            client = self._client(length)
+            return obstore.get_range(client, key, start=offset, length=length).to_bytes()
+        # Whole objects are metadata (config, refs, locks): data is always read by range.
+        client, options = (self._bulk, {"range": {"offset": offset}}) if offset else (self.store, None)
+        return obstore.get(client, key, options=options).bytes().to_bytes()
 
     def size(self, key: str) -> int:
         try:
@@ -156,7 +167,7 @@ class S3Backend:
         multipart = len(data) > MULTIPART_THRESHOLD
         with self._errors("put", key):
             obstore.put(
-                self.store,
+                self._client(len(data)),
                 _check_key(key),
                 data,
                 use_multipart=multipart,
@@ -165,7 +176,8 @@ class S3Backend:
 
     def create(self, key: str, data: bytes) -> None:
         with self._errors("create", key):
-            obstore.put(self.store, _check_key(key), data, mode="create", use_multipart=False)
+            obstore.put(self._client(len(data)), _check_key(key), data, mode="create",
+                        use_multipart=False)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         base = prefix.rpartition("/")[0] or None  # obstore matches whole path segments
