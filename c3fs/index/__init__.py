@@ -50,6 +50,11 @@ class IndexDamaged(IndexUnavailable):
     """LMDB found a damaged page, or a value does not decode. The index was deleted when this
     was raised, so the next open rebuilds it from the store."""
 
+    def __init__(self, path: Path, why: str) -> None:
+        self.reason = f"index at {path} is damaged ({why})"  # for a warning, when repaired
+        super().__init__(f"the local {self.reason}; it was deleted, and the next command "
+                         "rebuilds it from the store: run this one again")
+
 
 # What a damaged data.mdb gives (LMDB keeps no checksums: a bad page is found when a walk
 # meets it), and what a damaged value gives when it is decoded.
@@ -135,15 +140,9 @@ class Index:
         """Delete the damaged environment (processes that have it open keep their mapping) and
         say so in one line. The next open starts a new one and fills it from the store; the
         `local` table (what `pull` fetched) is lost with it."""
-        reason = str(exc) if isinstance(exc, lmdb.Error) else f"a value does not decode: {exc}"
-        reason = reason.splitlines()[0] if reason else type(exc).__name__
+        why = str(exc) if isinstance(exc, lmdb.Error) else f"a value does not decode: {exc}"
         shutil.rmtree(self.path, ignore_errors=True)
-        log.debug("deleted the damaged index at %s", self.path)
-        error = IndexDamaged(f"the local index at {self.path} is damaged ({reason}); it was "
-                             "deleted, and the next command rebuilds it from the store: "
-                             "run this one again")
-        error.reason = f"index at {self.path} is damaged ({reason})"
-        raise error from None
+        raise IndexDamaged(self.path, why.splitlines()[0] if why else type(exc).__name__) from None
 
     def _lmdb_open(self) -> lmdb.Environment:
         _reserve(self.path / "lock.mdb", 64 * 1024)

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, DataError
+from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, DataError, FormatError
 from c3fs.index import Index, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
@@ -157,11 +157,14 @@ class BlobSource:
         entry or garble it. If a pack the index lists holds the blob, relearn that pack's
         entries from its trailer in the store (the truth) and say whether that changed them."""
         loc = self.index.lookup(blob_id)
+        if loc is not None and blob_id in self.index.pack_blob_ids(loc.pack_id):
+            return False  # the entry agrees with its pack's list: the pack itself is at fault
         for pack_id in self.index.packs_holding(blob_id):
-            if loc is not None and loc.pack_id == pack_id:
-                continue  # the entry is right: the pack itself is at fault
-            size = self.store.backend.size(Store.pack_key(pack_id))
-            entries = self.store.pack_entries(pack_id, size)
+            try:
+                size = self.store.backend.size(Store.pack_key(pack_id))
+                entries = self.store.pack_entries(pack_id, size)
+            except (BackendError, FormatError):  # gone (gc) or damaged: not this one
+                continue
             if any(entry.id == blob_id for entry in entries):
                 log.warning("the index had a wrong entry for blob %s; relearned pack %s",
                             blob_id.hex(), pack_id)
