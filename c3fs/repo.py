@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from c3fs.errors import NotFound
-from c3fs.index import Index, cache_root, open_index
+from c3fs.index import Index, IndexDamaged, cache_root, open_index
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import Tree, decode_tree
 from c3fs.reader import LRU, BlobSource
@@ -15,6 +17,7 @@ from c3fs.store.cache import BlockCache
 from c3fs.store.store import Store, open_backend
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MiB = 1024 * 1024
 TREES = 1024  # decoded trees kept (trees are immutable and named by content)
 
@@ -68,7 +71,7 @@ class Repo:
 
     def record(self, kind: str, name: str) -> JobRecord:
         """The record of a job or dataset; asks the store when the index does not know it."""
-        record = self.index.record(kind, name)
+        record = self._healing(self.index.record, kind, name)
         if record is None:
             record = self.index.learn_ref(self.store, kind, name)
         if record is None:
@@ -76,7 +79,20 @@ class Repo:
         return record
 
     def jobs(self) -> list[JobRecord]:
-        return self.index.records(JOB)
+        return self.records(JOB)
 
     def datasets(self) -> list[JobRecord]:
-        return self.index.records(DATASET)
+        return self.records(DATASET)
+
+    def records(self, kind: str) -> list[JobRecord]:
+        return self._healing(self.index.records, kind)
+
+    def _healing(self, read: Callable[..., T], *args) -> T:
+        """`read(*args)` from the index; if it meets damage, the index has been replaced by a
+        new, empty one (`Index._damaged`): fill that from the store and read again."""
+        try:
+            return read(*args)
+        except IndexDamaged as exc:
+            log.warning("%s; rebuilding it from the store", exc.reason)
+            self.index.sync(self.store)
+            return read(*args)

@@ -85,18 +85,12 @@ class Index:
         self.path = path
         self.store_id = store_id.encode()
         self._sync_lock = threading.Lock()
+        self._damage_lock = threading.Lock()
         self.env = self._open_env()
         try:
             self.fresh = self._check_identity()
-        except IndexDamaged as exc:
+        except IndexDamaged as exc:  # `_damaged` has put a new, empty one in its place
             log.warning("%s; rebuilding it from the store", exc.reason)
-            self._reopen()
-
-    def _reopen(self) -> None:
-        """Open a new environment in place of one `_damaged` deleted."""
-        self.env.close()
-        self.env = self._open_env()
-        self.fresh = self._check_identity()
 
     def _open_env(self) -> lmdb.Environment:
         try:
@@ -118,11 +112,12 @@ class Index:
     @contextlib.contextmanager
     def _write(self) -> Iterator[lmdb.Transaction]:
         """A write transaction; a full disk is a one-line error, not an lmdb traceback."""
+        env = self.env
         try:
-            with self.env.begin(write=True) as txn:
+            with env.begin(write=True) as txn:
                 yield txn
         except _DAMAGE as exc:
-            self._damaged(exc)
+            self._damaged(exc, env)
         except lmdb.Error as exc:
             raise IndexUnavailable(f"cannot write the local index at {self.path}: "
                                    f"{_reason(exc, self.path)}") from None
@@ -130,18 +125,26 @@ class Index:
     @contextlib.contextmanager
     def _read(self) -> Iterator[lmdb.Transaction]:
         """A read transaction; decode what it returns inside it, so damage is caught too."""
+        env = self.env
         try:
-            with self.env.begin() as txn:
+            with env.begin() as txn:
                 yield txn
         except _DAMAGE as exc:
-            self._damaged(exc)
+            self._damaged(exc, env)
 
-    def _damaged(self, exc: BaseException) -> NoReturn:
-        """Delete the damaged environment (processes that have it open keep their mapping) and
-        say so in one line. The next open starts a new one and fills it from the store; the
-        `local` table (what `pull` fetched) is lost with it."""
+    def _damaged(self, exc: BaseException, env: lmdb.Environment) -> NoReturn:
+        """Replace the damaged environment `env` with a new, empty one (the first thread to
+        see it does; processes that have it open keep their mapping) and say so in one line.
+        The next sync fills the new one from the store (`BlobSource` syncs and retries at
+        once); the `local` table (what `pull` fetched) is lost with it."""
         why = str(exc) if isinstance(exc, lmdb.Error) else f"a value does not decode: {exc}"
-        shutil.rmtree(self.path, ignore_errors=True)
+        with self._damage_lock:
+            if env is self.env:
+                shutil.rmtree(self.path, ignore_errors=True)
+                # The old environment is not closed: other threads may be in it; it goes
+                # when their transactions do.
+                self.env = self._open_env()
+                self.fresh = self._check_identity()
         raise IndexDamaged(self.path, why.splitlines()[0] if why else type(exc).__name__) from None
 
     def _lmdb_open(self) -> lmdb.Environment:
@@ -178,14 +181,15 @@ class Index:
 
     # blobs --------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> Location | None:
+        env = self.env
         try:  # the hot path: no context manager of our own
-            with self.env.begin(buffers=False) as txn:
+            with env.begin(buffers=False) as txn:
                 raw = txn.get(blob_id, db=self.blobs)
             if raw is None:
                 return None
             pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
         except _DAMAGE as exc:
-            self._damaged(exc)
+            self._damaged(exc, env)
         return Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
 
     def add_pack(self, pack_id: str, size: int, entries: list[PackEntry], replace: bool = False) -> None:
@@ -276,9 +280,8 @@ class Index:
         It walks the packs and records: damage it meets is repaired by starting a new index."""
         try:
             self._sync(store, packs, refs)
-        except IndexDamaged as exc:
+        except IndexDamaged as exc:  # `_damaged` has put a new, empty one in its place
             log.warning("%s; rebuilding it from the store", exc.reason)
-            self._reopen()
             self._sync(store, packs=True, refs=True)
 
     def _sync(self, store: Store, packs: bool, refs: bool) -> None:
@@ -354,9 +357,8 @@ class Index:
             with self._sync_lock, self._write() as txn:
                 for db in (self.blobs, self.packs, self.jobs, self.datasets):
                     txn.drop(db, delete=False)
-        except IndexDamaged as exc:  # dropping walks every page: start from a new one
+        except IndexDamaged as exc:  # dropping walks every page: a new one is in its place
             log.warning("%s; rebuilding it from the store", exc.reason)
-            self._reopen()
         self.sync(store)
 
     def iter_blobs(self) -> Iterator[tuple[bytes, Location]]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from c3fs.errors import AlreadyExists, NotFound
+from c3fs.index import IndexUnavailable
 from c3fs.ingest import Ingester, IngestStats
 from c3fs.objects.ids import check_name, new_job_id
 from c3fs.objects.job import DATASET, JOB, SUCCEEDED, JobRecord
@@ -53,7 +54,11 @@ def register(repo: Repo, record: JobRecord) -> JobRecord:
         repo.store.create_ref(record)
     except KeyExists:
         raise AlreadyExists(f"{record.kind} {record.id!r} already exists in the store") from None
-    repo.index.put_record(record)
+    try:
+        repo.index.put_record(record)
+    except IndexUnavailable as exc:  # the ref is the truth: the job is registered
+        log.warning("%s registered, but the local index could not record it (%s); the next "
+                    "command learns it from the store", record.id, exc)
     _warn_quota(repo)
     return record
 

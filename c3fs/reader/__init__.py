@@ -18,7 +18,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, DataError, FormatError
-from c3fs.index import Index, Location
+from c3fs.index import Index, IndexDamaged, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
 from c3fs.store.backend import Backend, BackendError, KeyMissing
@@ -145,6 +145,9 @@ class BlobSource:
         except (BlobMissing, KeyMissing):
             # Another process may have repacked (gc) or pushed it: relearn packs, try again.
             self.index.sync(self.store, refs=False)
+        except IndexDamaged as exc:  # a new, empty index is in its place: fill it, try again
+            log.warning("%s; rebuilding it from the store", exc.reason)
+            self.index.sync(self.store)
         try:
             return self._fetch_once(blob_id, cached)
         except BlobError as exc:

@@ -198,7 +198,7 @@ class Vfs:
         return [(r.id.encode(), self.ref_root(r)) for r in records if r.project.encode() == path[1]]
 
     def _records(self, kind: str) -> list[JobRecord]:
-        return self.repo.index.records(kind)
+        return self.repo.records(kind)
 
     def _record(self, kind: str, name: bytes) -> JobRecord:
         try:
