@@ -308,7 +308,7 @@ class Index:
         """Index packs another writer stored. In a local store that writer may not have made
         them durable yet (packs are fsynced in batches, before the writer's own ref), so they
         are fsynced here first: a push that dedups against them never names a pack that a
-        power loss could take away. (3,000 packs already on disk: +0.2 s.)"""
+        power loss could take away. Learning 3,000 packs already on disk: 0.87 -> 1.17 s."""
         learned = {}
         for pack_id, size in sizes.items():
             try:
