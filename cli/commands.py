@@ -53,7 +53,7 @@ def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bo
         output.print_json(record)
         return
     output.out.print(record.id)
-    output.err.print(f"{record.files} files, {output.human(record.logical_bytes)} logical, "
+    output.err.print(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
                      f"{output.human(record.stored_delta)} newly stored", highlight=False)
 
 
@@ -187,8 +187,8 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
     total = sum(n.size for _, n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
     with output.progress_bar("cp", total) as advance:
         stats = Copier(vfs, progress=advance).copy(node, target)
-    output.err.print(f"{stats.files} files copied ({output.human(stats.bytes)}), "
-                     f"{stats.skipped} unchanged, {stats.links} symlinks", highlight=False)
+    output.err.print(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
+                     f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}", highlight=False)
 
 
 def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
@@ -210,7 +210,7 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
     with output.progress_bar("upload", _tree_bytes(src)) as advance:
         record = push_dir(repo, src, project, name, kind=DATASET, progress=advance)
     output.out.print(f"/projects/{record.project}/datasets/{record.id}")
-    output.err.print(f"{record.files} files, {output.human(record.logical_bytes)} logical, "
+    output.err.print(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
                      f"{output.human(record.stored_delta)} newly stored", highlight=False)
 
 
@@ -227,7 +227,8 @@ def index_rebuild(ctx: Ctx) -> None:
     repo = ctx.repo()
     repo.index.rebuild(repo.store)
     packs = len(repo.index.pack_sizes())
-    output.err.print(f"index rebuilt: {packs} packs, {len(repo.jobs())} jobs, "
-                     f"{len(repo.datasets())} datasets", highlight=False)
+    output.err.print(f"index rebuilt: {output.count(packs, 'pack')}, "
+                     f"{output.count(len(repo.jobs()), 'job')}, "
+                     f"{output.count(len(repo.datasets()), 'dataset')}", highlight=False)
 
 

@@ -60,7 +60,7 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
     record, code = run_job(ctx.repo(), spec)
     if record is not None:
         status = record.status + (f" ({record.reason})" if record.reason else "")
-        output.err.print(f"job {record.id}: {status}, {record.files} files, "
+        output.err.print(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
                          f"{output.human(record.logical_bytes)} logical, "
                          f"{output.human(record.stored_delta)} newly stored", highlight=False)
         output.out.print(record.id)
@@ -95,7 +95,7 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool) -> None:
     if not pulled:
         output.err.print("nothing new to pull")
     for p in pulled:
-        output.out.print(f"{p.record.id} -> {p.dest} ({p.stats.files} files, "
+        output.out.print(f"{p.record.id} -> {p.dest} ({output.count(p.stats.files, 'file')}, "
                          f"{output.human(p.stats.bytes)}, {p.stats.skipped} unchanged)", markup=False)
 
 
@@ -124,8 +124,8 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
                            "projects": b.projects})
         return
     quota = "none" if b.quota is None else f"{output.human(b.quota)} ({b.used_share:.1%} used)"
-    lines = [("stored", output.human(b.stored_bytes) + f" in {b.packs} packs"),
-             ("logical", output.human(b.total.logical_bytes) + f" in {b.total.files} files"),
+    lines = [("stored", output.human(b.stored_bytes) + f" in {output.count(b.packs, 'pack')}"),
+             ("logical", output.human(b.total.logical_bytes) + f" in {output.count(b.total.files, 'file')}"),
              ("saved by dedup+compression", f"{b.saving:.1%}"),
              ("jobs / datasets", f"{b.total.jobs} / {b.total.datasets}"), ("quota (soft)", quota)]
     for label, value in lines:
@@ -186,7 +186,7 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
         output.print_json(report)
         return
     verb = "would free" if dry_run else "freed"
-    output.out.print(f"{verb} {output.human(report.bytes_freed)}: {report.packs_deleted} packs "
+    output.out.print(f"{verb} {output.human(report.bytes_freed)}: {output.count(report.packs_deleted, 'pack')} "
                      f"deleted, {report.packs_repacked} repacked into {report.packs_written}",
                      markup=False)
 
@@ -219,7 +219,7 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], as_json: bool) -> None:
             if len(p.broken) > 20:
                 output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
         verdict = "OK" if report.ok else f"{len(report.problems)} problems"
-        output.err.print(f"verified {report.records} jobs/datasets, {report.blobs} blobs, "
+        output.err.print(f"verified {report.records} jobs/datasets, {output.count(report.blobs, 'blob')}, "
                          f"{output.human(report.bytes)}: {verdict}", markup=False)
     if not report.ok:
         sys.exit(6)

@@ -41,6 +41,11 @@ def _console(name: str) -> Console:
     return globals()[name]
 
 
+def count(n: int, noun: str) -> str:
+    """`1 file`, `2 files`, `0 files`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def human(n: int | float) -> str:
     n = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

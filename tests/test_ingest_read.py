@@ -121,7 +121,7 @@ def test_copy_again_skips_unchanged_files(run_cli, tmp_path: Path) -> None:
     (tmp_path / "dst" / "exec.sh").write_bytes(b"changed locally")
     result = copy_out(run_cli, job, tmp_path / "dst")
     files = len(regular_files(trees.snapshot(src)))
-    assert "1 files copied" in result.err and f"{files - 1} unchanged" in result.err
+    assert "1 file copied" in result.err and f"{files - 1} unchanged" in result.err
     assert_same_tree(src, tmp_path / "dst")
 
 
