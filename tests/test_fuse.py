@@ -544,6 +544,20 @@ def test_umount_of_something_not_mounted(world: World, tmp_path: Path) -> None:
     assert proc.returncode != 0 and "not mounted" in proc.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_umount_refuses_a_mount_that_is_not_c3fs(world: World, tmp_path: Path) -> None:
+    """As root, a typo (`c3fs umount /data`) must not unmount someone else's file system."""
+    other = tmp_path / "tmpfs"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(other)], check=True)
+    try:
+        proc = run_c3fs("umount", str(other), env=world.env, check=False)
+        assert proc.returncode != 0 and "not a c3fs mount (it is tmpfs)" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and mounted(other)
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+
+
 # the Operations, called directly ----------------------------------------------------------
 @pytest.fixture(params=[True, False], ids=["no-open", "open"])
 def ops(world: World, monkeypatch: pytest.MonkeyPatch, request):

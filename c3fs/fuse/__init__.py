@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 DEFAULT_CACHE = 256 * MiB
 READY_TIMEOUT = 120.0  # opening a big remote store may sync its listing first
+FSTYPE = "fuse.c3fs"  # what /proc/self/mountinfo says of our mounts (subtype=c3fs)
 
 __all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file", "is_mounted",
            "mount", "unmount"]
@@ -263,8 +264,11 @@ def _kill(pid: int) -> None:
 def unmount(mountpoint: str, lazy: bool = False) -> None:
     """Unmount a c3fs mount (fusermount3 -u, -z with `lazy`), also when its daemon died."""
     mountpoint = os.path.abspath(mountpoint)
-    if not is_mounted(mountpoint):
+    fstype = mount_type(mountpoint)
+    if fstype is None:
         raise MountError(f"{mountpoint} is not mounted")
+    if fstype != FSTYPE:
+        raise MountError(f"{mountpoint} is not a c3fs mount (it is {fstype}): use umount(8)")
     command = shutil.which("fusermount3")
     if command is None:
         raise FuseUnavailable("cannot unmount: fusermount3 is not installed (install fuse3)")
@@ -282,14 +286,25 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
 
 def is_mounted(path: str) -> bool:
     """True when `path` is a mount point, even one whose daemon died (never blocks on it)."""
+    return mount_type(path) is not None
+
+
+def mount_type(path: str) -> str | None:
+    """The type of the file system mounted at `path` (the topmost one), e.g. "fuse.c3fs";
+    None when nothing is. Reads /proc/self/mountinfo: never blocks on a dead daemon."""
     path = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
                         os.path.basename(path.rstrip("/")))
     try:
         with open("/proc/self/mountinfo", "rb") as f:
-            points = {_unescape(line.split(b" ")[4]) for line in f}
+            lines = f.read().splitlines()
     except OSError:
-        return os.path.ismount(path)
-    return os.fsencode(path) in points
+        return "unknown" if os.path.ismount(path) else None
+    found = None
+    for line in lines:  # later lines are mounted on top of earlier ones
+        fields, _, rest = line.partition(b" - ")
+        if _unescape(fields.split(b" ")[4]) == os.fsencode(path):
+            found = rest.split(b" ")[0].decode(errors="replace")
+    return found
 
 
 def _unescape(field: bytes) -> bytes:
