@@ -380,8 +380,10 @@ def test_cp_from_a_local_path_is_a_usage_error(run_cli, tmp_path: Path) -> None:
 
 
 def test_errors_through_the_installed_command(c3fs_bin, store_env, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
     for argv in (["push", str(tmp_path), "-p", "proj", "--job=../x"],
                  ["push", str(tmp_path / "missing"), "-p", "proj"],
+                 ["push", str(tmp_path / "a-file" / "x"), "-p", "proj"],  # a file on the way
                  ["ls", "/jobs/nope"], ["cp", "-r", "/jobs/nope", str(tmp_path / "d")]):
         result = c3fs_bin(*argv)
         result.assert_one_line_error()

@@ -213,8 +213,10 @@ class Ingester:
         top = os.fsencode(path)
         try:
             st = os.stat(top)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file on the way
             raise NotFound(f"{os.fsdecode(top)}: no such directory") from None
+        except OSError as exc:
+            raise SourceError(f"{os.fsdecode(top)}: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"{os.fsdecode(top)} is not a directory")
         root = self._walk(top, b"root", st)
