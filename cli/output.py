@@ -37,7 +37,10 @@ def _console(name: str) -> Console:
     if name not in globals():
         from rich.console import Console
 
-        globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+        console = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+        if not console.is_terminal:  # a pipe or a file: rows are never folded (grep, cut)
+            console.width = 100_000
+        globals()[name] = console
     return globals()[name]
 
 
@@ -109,6 +112,6 @@ def table(*headers: str):
     from rich.table import Table
 
     t = Table(box=None, pad_edge=False, header_style="bold")
-    for h in headers:
-        t.add_column(h, overflow="fold")
+    for i, h in enumerate(headers):  # the first column names the row: never folded
+        t.add_column(h, overflow="fold", no_wrap=i == 0)
     return t

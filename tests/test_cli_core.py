@@ -407,6 +407,19 @@ def test_push_prints_the_job_id_and_a_summary(run_cli, tmp_path: Path) -> None:
     assert run_cli(["ls", "/jobs/"]).out.split() == [job_id + "/"]
 
 
+def test_ls_l_into_a_pipe_keeps_one_row_per_job(c3fs_bin, store_env, tmp_path: Path) -> None:
+    """A pipe gets COLUMNS=80 or nothing: the table is not folded, so ids can be grepped."""
+    src = small_src(tmp_path)
+    ids = [c3fs_bin("push", str(src), "-p", "a-rather-long-project-name").ok().out.strip()
+           for _ in range(2)]
+    failed = c3fs_bin("run", "-p", "a-rather-long-project-name", "--", "false")
+    assert failed.code != 0
+    rows = c3fs_bin("ls", "-l", "/jobs/").ok().out.splitlines()
+    assert len(rows) == 4 and all(len(row) > 80 for row in rows[1:]), rows
+    assert [row.split()[0] for row in rows[1:3]] == ids
+    assert "(SCRIPT_ERROR)" in rows[3]
+
+
 HEAVY = {"rich", "trio", "pyfuse3", "obstore", "zstandard", "lmdb", "msgspec", "yaml", "blake3"}
 PRINT_IMPORTED = """
 import sys
