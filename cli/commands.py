@@ -177,6 +177,9 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
     if not is_namespace(src):
         raise UsageError(f"{src!r} is not a c3fs path (it must start with /jobs/, /projects/ "
                          "or /datasets/)")
+    if is_namespace(dst):  # it would be written on this machine, at /jobs/... of its root
+        raise UsageError(f"cannot copy {src} to {dst}: the store's jobs are immutable; to "
+                         f"write a local directory with that name, use .{dst}")
     vfs = Vfs(repo)
     node = vfs.resolve(src)
     if node.is_dir and not recursive:

@@ -407,6 +407,22 @@ def test_push_prints_the_job_id_and_a_summary(run_cli, tmp_path: Path) -> None:
     assert run_cli(["ls", "/jobs/"]).out.split() == [job_id + "/"]
 
 
+@pytest.mark.parametrize("dst", ["/jobs/c3fs-test-copy", "/projects/p/datasets/c3fs-test"])
+def test_cp_from_the_store_to_a_store_path_is_refused(c3fs_bin, store_env, tmp_path: Path,
+                                                      dst: str) -> None:
+    """It used to write a local /jobs/... (or /projects/...) at this machine's root."""
+    job = c3fs_bin("push", str(small_src(tmp_path)), "-p", "proj").ok().out.strip()
+    top = Path("/" + dst.split("/")[1])
+    existed = top.exists()
+    try:
+        line = c3fs_bin("cp", "-r", f"/jobs/{job}/", dst).assert_one_line_error()
+        assert "immutable" in line and f".{dst}" in line, line
+        assert not Path(dst).exists()
+    finally:
+        if not existed:
+            shutil.rmtree(top, ignore_errors=True)
+
+
 def test_ls_l_into_a_pipe_keeps_one_row_per_job(c3fs_bin, store_env, tmp_path: Path) -> None:
     """A pipe gets COLUMNS=80 or nothing: the table is not folded, so ids can be grepped."""
     src = small_src(tmp_path)
