@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,24 @@ def test_cancel(c3fs_bin, store_env, workdir: Path, sig: int) -> None:
     assert "before-cancel.txt" in c3fs_bin("ls", "/jobs/c1").out
 
 
+def _new_store(c3fs_bin):
+    """Create the test's (empty) store: only a command that writes creates one."""
+    return c3fs_bin("config", "set", "quota", "none")
+
+
+def _kept_dir(err: str) -> Path:
+    """The artifacts dir named by the 'artifacts are kept in PATH' line of a run's stderr."""
+    kept = [line for line in err.splitlines() if "artifacts are kept in" in line]
+    assert len(kept) == 1, err
+    return Path(kept[0].rsplit("kept in ", 1)[1].strip())
+
+
+def _remove_kept(kept_dir: Path | None, job_id: str) -> None:
+    """Remove the run dir a test's failed upload kept (it is outside the test's tmp_path)."""
+    if kept_dir is not None and kept_dir.parent.name.startswith(f"c3fs-run-{job_id}-"):
+        shutil.rmtree(kept_dir.parent)
+
+
 def _tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
@@ -108,6 +127,7 @@ def _tmpfs(path: Path, size: str) -> None:
 def test_upload_error_disk_full(c3fs_bin, store_env, workdir: Path, tmp_path: Path, monkeypatch) -> None:
     small = tmp_path / "small"
     _tmpfs(small, "1m")
+    kept_dir = None
     try:
         monkeypatch.setenv("C3FS_STORE", str(small / "store"))
         (workdir / "big.py").write_text(
@@ -115,24 +135,25 @@ def test_upload_error_disk_full(c3fs_bin, store_env, workdir: Path, tmp_path: Pa
         res = c3fs_bin("run", "-j", "full", "--", sys.executable, "big.py", cwd=workdir)
         assert res.code == 74, res.err
         assert "UPLOAD_ERROR" in res.err and "disk full" in res.err
-        kept = [line for line in res.err.splitlines() if "artifacts are kept in" in line]
-        kept_dir = Path(kept[0].rsplit("kept in ", 1)[1].strip())
+        kept_dir = _kept_dir(res.err)
         assert (kept_dir / "big.bin").stat().st_size == 3_000_000  # nothing lost
         rec = record(c3fs_bin, "full")
         assert (rec["status"], rec["reason"]) == ("FAILED", "UPLOAD_ERROR")
         assert c3fs_bin("verify").code == 0
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+        _remove_kept(kept_dir, "full")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
 def test_upload_error_read_only_store(c3fs_bin, store_env, workdir: Path) -> None:
-    assert c3fs_bin("ls", "/").code == 0  # creates the store
+    assert _new_store(c3fs_bin).code == 0
     subprocess.run(["mount", "--bind", str(store_env.store), str(store_env.store)], check=True)
     try:
         subprocess.run(["mount", "-o", "remount,bind,ro", str(store_env.store)], check=True)
         res = c3fs_bin("run", "-j", "ro", "--", "true", cwd=workdir)
         assert res.code == 74 and "UPLOAD_ERROR" in res.err
+        _remove_kept(_kept_dir(res.err), "ro")
         assert "Traceback" not in res.err
     finally:
         subprocess.run(["umount", "-l", str(store_env.store)], check=False)
@@ -144,6 +165,7 @@ def test_balance_quota_rm_gc(c3fs_bin, tmp_path: Path) -> None:
     data.mkdir()
     (data / "a.bin").write_bytes(os.urandom(2_000_000))
     (data / "b.txt").write_text("hello " * 10000)
+    assert _new_store(c3fs_bin).code == 0
     empty = json.loads(c3fs_bin("balance", "--json").out)
     assert empty["stored_bytes"] == 0 and empty["jobs"] == 0
     assert c3fs_bin("push", str(data), "-p", "p1", "-j", "one").code == 0
@@ -275,7 +297,7 @@ def test_datasets_upload_list_download(c3fs_bin, tmp_path: Path) -> None:
 
 
 def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path) -> None:
-    assert c3fs_bin("ls", "/").code == 0
+    assert _new_store(c3fs_bin).code == 0
     lock = store_env.store / "locks" / "push-feedc0de"
     lock.parent.mkdir(exist_ok=True)
     lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()}))
@@ -289,3 +311,92 @@ def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path) -> 
     assert res.code == 7 and "gc is running" in res.err
     gc_lock.unlink()
     assert c3fs_bin("push", str(tmp_path / "d"), "-p", "p").code == 0
+
+
+# `c3fs run` usability audit ---------------------------------------------------------------------
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_failed_script_and_failed_upload_keep_artifacts(c3fs_bin, store_env, workdir: Path,
+                                                        tmp_path: Path, monkeypatch) -> None:
+    small = tmp_path / "small"
+    _tmpfs(small, "512k")
+    kept_dir = None
+    try:
+        monkeypatch.setenv("C3FS_STORE", str(small / "store"))
+        (workdir / "crash.py").write_text(
+            "import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/weights.bin', 'wb')"
+            ".write(os.urandom(2_000_000)); raise SystemExit(3)")
+        res = c3fs_bin("run", "-j", "crash", "--", sys.executable, "crash.py", cwd=workdir)
+        assert res.code == 3, res.err  # the script's status wins; the upload was best effort
+        assert "best-effort upload failed" in res.err and "Traceback" not in res.err
+        kept_dir = _kept_dir(res.err)
+        assert (kept_dir / "weights.bin").stat().st_size == 2_000_000  # nothing lost
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+        _remove_kept(kept_dir, "crash")
+
+
+def test_output_dirs_with_files_from_before_are_named(c3fs_bin, workdir: Path) -> None:
+    (workdir / "results").mkdir()
+    (workdir / "results" / "old.txt").write_text("from an earlier run")
+    (workdir / "results" / "sub").mkdir()
+    (workdir / "results" / "sub" / "old2.txt").write_text("also")
+    res = c3fs_bin("run", "-j", "nostart", "--", "/no/such/command", cwd=workdir)
+    assert res.code == 127
+    warned = [line for line in res.err.splitlines() if "from before" in line]
+    assert len(warned) == 1 and "results" in warned[0] and "2 files" in warned[0], res.err
+    # a command that never started wrote nothing: the earlier files are not recorded as its own
+    assert c3fs_bin("ls", "/jobs/nostart").out.split() == []
+    assert "not collected" in res.err
+    res = c3fs_bin("run", "-j", "started", "--", "true", cwd=workdir)
+    assert res.code == 0 and "2 files from before" in res.err  # told, then stored as warned
+    assert c3fs_bin("ls", "/jobs/started/results").out.split() == ["old.txt", "sub/"]
+    assert (workdir / "results" / "old.txt").exists()  # user files are never deleted
+    (workdir / "fresh").mkdir()
+    (workdir / ".c3").write_text("output: [fresh]\n")
+    res = c3fs_bin("run", "-j", "clean", "--", "true", cwd=workdir)
+    assert res.code == 0 and "from before" not in res.err, res.err
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "nan"])
+def test_timeout_must_be_positive(c3fs_bin, workdir: Path, timeout: str) -> None:
+    res = c3fs_bin("run", "-j", "t1", "--timeout", timeout, "--", "touch", "ran", cwd=workdir)
+    assert res.code == 2, res.err
+    assert len(res.err.strip().splitlines()) == 1 and "timeout must be a positive number" in res.err, res.err
+    assert not (workdir / "ran").exists()
+    assert c3fs_bin("ls", "/jobs/").out.split() == []  # the job id is not used up
+    assert c3fs_bin("run", "-j", "t1", "--timeout", "30", "--", "true", cwd=workdir).code == 0
+
+
+@pytest.mark.parametrize("entries", ["[results, results, ./results/]", "[results, res_link]",
+                                     "[results/sub, results]"])
+def test_output_dir_listed_twice_stored_once(c3fs_bin, workdir: Path, entries: str) -> None:
+    (workdir / "res_link").symlink_to("results")
+    (workdir / ".c3").write_text(f"output: {entries}\n")
+    script = "mkdir -p results/sub && head -c 100000 /dev/urandom > results/sub/w.bin"
+    res = c3fs_bin("run", "-j", "dup", "--", "sh", "-c", script, cwd=workdir)
+    assert res.code == 0, res.err
+    assert "clashes" not in res.err and "collected once" in res.err, res.err
+    assert c3fs_bin("ls", "/jobs/dup").out.split() == ["results/"]
+    assert c3fs_bin("ls", "/jobs/dup/results/sub").out.split() == ["w.bin"]
+    rec = record(c3fs_bin, "dup")
+    assert (rec["files"], rec["logical_bytes"]) == (1, 100_000)
+
+
+def test_output_may_be_a_single_dir(c3fs_bin, workdir: Path) -> None:
+    (workdir / ".c3").write_text("output: results\n")
+    res = c3fs_bin("run", "-j", "one", "--", sys.executable, "job.py", cwd=workdir)
+    assert res.code == 0, res.err
+    assert c3fs_bin("ls", "/jobs/one/results").out.split() == ["summary.txt"]
+
+
+@pytest.mark.parametrize("config, where", [
+    ("project: p\noutput: [ unclosed\n", "line 3, column 1"),
+    ("project: p\n\toutput: x\n", "line 2, column 1"),
+    ("project: p\noutput: x\n  y: z\n", "line 3, column 4"),
+])
+def test_yaml_error_names_the_line(c3fs_bin, workdir: Path, config: str, where: str) -> None:
+    (workdir / ".c3").write_text(config)
+    res = c3fs_bin("run", "--", "touch", "ran", cwd=workdir)
+    assert res.code == 2 and not (workdir / "ran").exists()
+    assert len(res.err.strip().splitlines()) == 1, res.err
+    assert "not valid YAML" in res.err and where in res.err, res.err

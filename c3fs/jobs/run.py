@@ -13,8 +13,13 @@ the job is registered. Statuses follow the platform:
 - SIGINT / SIGTERM to `c3fs run`     -> CANCELED (exit code 130)
 
 When the script failed, timed out or was canceled, the upload is best effort: errors are
-logged and whatever was collected stays browsable. When the upload fails, the local
-artifacts dir is kept and its path logged: nothing is lost.
+logged and whatever was collected stays browsable. Whenever the upload fails, whatever the
+status, the local artifacts dir is kept and its path logged: nothing is lost.
+
+The `output:` dirs live in the working directory and may already hold files when the job
+starts (an earlier run's): they are collected with the job, as on the platform, but each
+such dir is named in a warning at job start. A command that could not start wrote nothing:
+its output dirs are not collected. A timeout must be a positive number of seconds.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from c3fs.errors import C3fsError
+from c3fs.errors import C3fsError, UsageError
 from c3fs.jobs.collect import collect
-from c3fs.jobs.config import JobConfig, check_mount_path, output_dir
+from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
 from c3fs.jobs.push import ensure_free, ingest, record_for
 from c3fs.objects.ids import check_name, new_job_id
 from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
@@ -63,14 +68,18 @@ class Outcome:
     exit_code: int | None = None
     started: float = 0.0
     inputs: list[Input] = field(default_factory=list)
+    command_started: bool = False
+    kept: Path | None = None  # the artifacts dir, kept because the upload failed
 
 
 def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
     """Run the job; return its record (None if it could not be written) and the exit code."""
+    _check_timeout(spec.timeout)
     check_name(spec.project, "project")
     job_id = new_job_id() if spec.job_id is None else check_name(spec.job_id, "job id")
     ensure_free(repo, JOB, job_id)
-    outputs = [(output_dir(spec.workdir, rel), spec.workdir / rel) for rel in spec.config.output]
+    outputs = output_dirs(spec.workdir, spec.config.output)
+    _warn_files_from_before(job_id, outputs)
     run_dir = Path(tempfile.mkdtemp(prefix=f"c3fs-run-{job_id}-"))
     artifacts = run_dir / "artifacts"
     artifacts.mkdir()
@@ -87,10 +96,31 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
         _execute(spec, job_id, artifacts, outcome)
     finally:
         _unmount_all(mounted)
+    if not outcome.command_started and outputs:
+        log.warning("job %s: the command did not start, so the output dirs (%s) are not "
+                    "collected", job_id, ", ".join("/".join(parts) for parts, _ in outputs))
+        outputs = []
     record = _upload(repo, spec, job_id, artifacts, outputs, outcome)
-    if outcome.reason != "UPLOAD_ERROR":
+    if outcome.kept is None:
         shutil.rmtree(run_dir, ignore_errors=True)
     return record, _exit_code(outcome)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    """Refuse a timeout that would stop the job before it starts (0, negative, NaN)."""
+    if timeout is not None and not timeout > 0:  # also refuses NaN
+        raise UsageError(f"timeout must be a positive number of seconds, not {timeout:g}")
+
+
+def _warn_files_from_before(job_id: str, outputs: list[tuple[tuple[str, ...], Path]]) -> None:
+    """Name each output dir that already holds files: they will be stored with this job."""
+    for parts, path in outputs:
+        count = sum(len(files) for _, _, files in os.walk(path))
+        if count:
+            files = "1 file" if count == 1 else f"{count} files"
+            log.warning("job %s: output dir %s already holds %s from before the job; %s stored "
+                        "with this job", job_id, "/".join(parts), files,
+                        "it will be" if count == 1 else "they will be")
 
 
 def _exit_code(outcome: Outcome) -> int:
@@ -116,6 +146,7 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome) -> N
         log.error("cannot start %s: %s", spec.command[0], exc.strerror)
         outcome.status, outcome.reason, outcome.exit_code = FAILED, "SCRIPT_ERROR", 127
         return
+    outcome.command_started = True
     previous = _forward_signals()
     try:
         code = proc.wait(timeout=spec.timeout)
@@ -168,14 +199,16 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
 
 
 def _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields):
+    outcome.kept = artifacts if artifacts.exists() or artifacts.is_symlink() else None
+    kept = (f"the artifacts are kept in {artifacts}" if outcome.kept else
+            "the job deleted its artifacts dir, so there is nothing to keep")
     if outcome.status == SUCCEEDED:
-        log.error("job %s: uploading artifacts failed: %s; status FAILED (UPLOAD_ERROR). "
-                  "The artifacts are kept in %s", job_id, exc, artifacts)
+        log.error("job %s: uploading artifacts failed: %s; status FAILED (UPLOAD_ERROR); %s",
+                  job_id, exc, kept)
         outcome.status, outcome.reason = FAILED, "UPLOAD_ERROR"
         fields.update(status=FAILED, reason="UPLOAD_ERROR")
     else:
-        log.error("job %s: best-effort upload failed: %s (artifacts kept in %s)",
-                  job_id, exc, artifacts)
+        log.error("job %s: best-effort upload failed: %s; %s", job_id, exc, kept)
         outcome.reason = outcome.reason or "UPLOAD_ERROR"
     try:  # record the failure itself, with an empty tree, if the store still takes writes
         from c3fs.ingest import IngestStats
