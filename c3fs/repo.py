@@ -35,7 +35,7 @@ class Repo:
              disk_cache_bytes: int | None = None) -> Repo:
         """`cache_bytes`: decoded blobs in memory. `disk_cache_bytes`: for a remote store,
         the local disk cache of fetched pack blocks (default $C3FS_DISK_CACHE or 1 GiB)."""
-        store = Store.open(open_backend(url), create=create)
+        store = Store.open(open_backend(url, create=create), create=create)
         if not store.is_local:
             cache_dir = cache_root() / store.config.store_id
             store = Store(BlockCache(store.backend, cache_dir, disk_cache_bytes), store.config)

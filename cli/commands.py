@@ -46,7 +46,7 @@ def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bo
     """
     from c3fs.jobs.push import push_dir
 
-    repo = ctx.repo()
+    repo = ctx.repo(write=True)
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
         record = push_dir(repo, directory, project, job_id, progress=advance)
     if as_json:
@@ -170,7 +170,6 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
     from c3fs.objects.tree import FILE
     from c3fs.vfs import Vfs
 
-    repo = ctx.repo()
     if is_namespace(dst) and not is_namespace(src):
         _upload_dataset(ctx, src, dst, recursive, project)
         return
@@ -180,7 +179,7 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
     if is_namespace(dst):  # it would be written on this machine, at /jobs/... of its root
         raise UsageError(f"cannot copy {src} to {dst}: the store's jobs are immutable; to "
                          f"write a local directory with that name, use .{dst}")
-    vfs = Vfs(repo)
+    vfs = Vfs(ctx.repo())
     node = vfs.resolve(src)
     if node.is_dir and not recursive:
         raise IsADirectory(f"{src} is a directory (use cp -r)")
@@ -209,7 +208,7 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
                          "(or /datasets/<name> with --project)")
     if not recursive:
         raise UsageError("uploading a dataset copies a directory: use cp -r")
-    repo = ctx.repo()
+    repo = ctx.repo(write=True)
     with output.progress_bar("upload", _tree_bytes(src)) as advance:
         record = push_dir(repo, src, project, name, kind=DATASET, progress=advance)
     output.out.print(f"/projects/{record.project}/datasets/{record.id}")

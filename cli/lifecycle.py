@@ -17,7 +17,7 @@ from cli.main import Ctx, app, pass_ctx
 @app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-p", "--project", help="Project (default: `project:` in .c3, else 'default').")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
-@click.option("--timeout", type=float, metavar="SECONDS", help="Stop the job after this long (TIMEOUT).")
+@click.option("--timeout", type=float, metavar="SECONDS", help="Stop the job after this many seconds, > 0 (TIMEOUT).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Job config (default: ./.c3 if present).")
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -57,7 +57,7 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
     config = load_config(config_path, workdir)
     spec = JobSpec(list(command), workdir, config, project or config.project or "default",
                    job_id, timeout, ctx.store_url)
-    record, code = run_job(ctx.repo(), spec)
+    record, code = run_job(ctx.repo(write=True), spec)
     if record is not None:
         status = record.status + (f" ({record.reason})" if record.reason else "")
         output.err.print(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
@@ -253,7 +253,7 @@ def config_set(ctx: Ctx, key: str, value: str) -> None:
     quota = None if value.lower() in ("none", "off", "") else output.parse_size(value)
     if quota is not None and quota <= 0:
         raise UsageError("quota must be positive (or 'none')")
-    ctx.repo().store.save_config(quota=quota)
+    ctx.repo(write=True).store.save_config(quota=quota)
     output.err.print(f"quota set to {'none' if quota is None else output.human(quota)}")
 
 

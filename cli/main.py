@@ -32,11 +32,14 @@ class Ctx:
         self.store_url = store
         self._repo: Repo | None = None
 
-    def repo(self) -> Repo:
+    def repo(self, write: bool = False) -> Repo:
+        """The store, opened once. Only a command that writes (`write`) creates a store that
+        does not exist yet, or any command when it is the default one: a mistyped --store
+        is an error, not a new, empty store."""
         if self._repo is None:
             from c3fs.repo import Repo
 
-            self._repo = Repo.open(self.store_url)
+            self._repo = Repo.open(self.store_url, create=write or not self.store_url)
         return self._repo
 
     def close(self) -> None:

@@ -374,6 +374,34 @@ def test_damaged_config_and_store_path_that_is_a_file(run_cli, store_env, tmp_pa
     assert (tmp_path / "a-file").read_bytes() == b"x"
 
 
+def test_a_mistyped_store_is_an_error_not_a_new_store(run_cli, store_env, tmp_path) -> None:
+    """Reading commands never create a store at an explicit --store / C3FS_STORE (a typo
+    would look like an empty store); writing ones do, but never in someone's folder."""
+    typo = tmp_path / "typo"
+    for argv in (["ls", "/jobs/"], ["balance"], ["verify"], ["pull"], ["gc"]):
+        line = run_cli(["--store", str(typo), *argv]).assert_one_line_error()
+        assert f"no c3fs store at {typo}" in line, line
+    assert not typo.exists()
+    folder = tmp_path / "my-files"
+    folder.mkdir()
+    trees.write_file(folder / "notes.txt", b"mine")
+    src = small_src(tmp_path)
+    result = run_cli(["--store", str(folder), "push", str(src), "-p", "proj"])
+    assert "not a c3fs store, and not empty" in result.assert_one_line_error()
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    new = tmp_path / "new-store"
+    assert run_cli(["--store", str(new), "push", str(src), "-p", "p"]).code == 0
+    assert run_cli(["--store", str(new), "ls", "/jobs/"]).out.strip()
+
+
+def test_the_default_store_is_created_by_any_command(run_cli, monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("C3FS_STORE", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    result = run_cli(["ls", "/jobs/"])
+    assert result.code == 0 and result.out == "", result.err
+    assert (tmp_path / "data" / "c3fs" / "store" / "config").exists()
+
+
 def test_cp_from_a_local_path_is_a_usage_error(run_cli, tmp_path: Path) -> None:
     result = run_cli(["cp", str(tmp_path), str(tmp_path / "x")])
     assert "not a c3fs path" in result.assert_one_line_error()

@@ -358,7 +358,7 @@ def test_index_rebuild_equals_the_original(run_cli, store_env, tmp_path: Path) -
     assert len(before["jobs"]) == 3 and len(before["datasets"]) == 1 and before["blobs"]
     result = run_cli(["index", "rebuild"])
     assert result.code == 0, result.err
-    assert "3 jobs, 1 datasets" in result.err
+    assert "3 jobs, 1 dataset" in result.err
     assert snapshot_index(store_env.store) == before
 
 

@@ -30,11 +30,14 @@ _IOV_MAX = 1024
 
 
 class LocalBackend:
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, create: bool = True) -> None:
+        """`create`: make the directory if missing (else a missing one has no keys)."""
         self.root = Path(root).absolute()
         self.url = str(self.root)
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._fd_lock = threading.Lock()
+        if not create:
+            return
         try:
             make_private_dir(self.root)
         except OSError as exc:
@@ -61,7 +64,7 @@ class LocalBackend:
     def _open_once(self, key: str) -> int:
         try:
             return os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise KeyMissing(key) from None
         except OSError as exc:
             raise BackendError(f"open {key}: {exc.strerror}") from None
@@ -88,7 +91,7 @@ class LocalBackend:
     def size(self, key: str) -> int:
         try:
             return self._path(key).stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise KeyMissing(key) from None
 
     def put(self, key: str, data: bytes | list[bytes], *, sync: bool = True) -> None:

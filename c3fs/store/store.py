@@ -25,7 +25,7 @@ from c3fs.objects import pack as packfmt
 from c3fs.objects.ids import check_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.store.backend import Backend, KeyExists, KeyMissing
-from c3fs.store.local import LocalBackend
+from c3fs.store.local import TMP_PREFIX, LocalBackend
 
 FORMAT_VERSION = 1
 KiB, MiB = 1024, 1024 * 1024
@@ -65,12 +65,20 @@ class Store:
             raw = backend.get("config")
         except KeyMissing:
             if not create:
-                raise StoreError(f"no c3fs store at {backend.url}") from None
+                raise StoreError(f"no c3fs store at {backend.url} (a push or a run creates "
+                                 "it; check --store / C3FS_STORE)") from None
             return cls._create(backend)
         return cls(backend, _decode_config(raw, backend.url))
 
     @classmethod
     def _create(cls, backend: Backend) -> Store:
+        if isinstance(backend, LocalBackend):  # never turn someone's folder into a store
+            names = [n for n in os.listdir(backend.root) if not n.startswith(TMP_PREFIX)]
+            if "config" in names:  # another process created it meanwhile
+                return cls.open(backend, create=False)
+            if names:
+                raise StoreError(f"{backend.url} is not a c3fs store, and not empty: a new "
+                                 "store needs a new or empty directory")
         config = StoreConfig(store_id=token_hex(8), created=time.time())
         try:
             backend.create("config", msgspec.json.encode(config))
@@ -192,8 +200,9 @@ def default_store_path() -> Path:
     return Path(base) / "c3fs" / "store"
 
 
-def open_backend(url: str | None) -> Backend:
-    """`s3://bucket/prefix` -> S3 backend; anything else is a local directory path."""
+def open_backend(url: str | None, create: bool = True) -> Backend:
+    """`s3://bucket/prefix` -> S3 backend; anything else is a local directory path (made
+    if missing when `create`)."""
     url = url or os.environ.get("C3FS_STORE") or str(default_store_path())
     if url.startswith("s3://"):
         from c3fs.store.s3 import open_s3_backend
@@ -201,4 +210,4 @@ def open_backend(url: str | None) -> Backend:
         return open_s3_backend(url)
     if "://" in url:
         raise StoreError(f"unsupported store URL {url!r}: use a directory path or s3://bucket/prefix")
-    return LocalBackend(url)
+    return LocalBackend(url, create=create)
