@@ -1,5 +1,6 @@
-"""File-system helpers that the whole library shares. Standard library only, so that
-`c3fs.preload` can use them at the end of `c3fs --help` without importing the store."""
+"""File-system helpers that the whole library shares, and how it writes sizes. Standard
+library only, so that `c3fs.preload` can use them at the end of `c3fs --help` without
+importing the store."""
 
 from __future__ import annotations
 
@@ -23,3 +24,13 @@ def make_private_dir(path: Path) -> None:
         except FileExistsError:
             if not directory.is_dir():  # a file in the way
                 raise
+
+
+def human(n: int | float) -> str:
+    """A size in binary units: `512 B`, `1.5 MiB`."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError

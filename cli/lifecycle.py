@@ -151,22 +151,39 @@ def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
     \b
     Examples:
       c3fs rm job_abc123 job_def456 && c3fs gc
+      c3fs rm /projects/vision/jobs/job_abc123
+      c3fs rm --dataset imagenet-mini
     """
-    from c3fs.objects.job import JOB
-
     repo = ctx.repo()
-    kind = "dataset" if dataset else JOB
-    for name in jobs:
+    refs = ref_names(jobs, dataset)
+    for kind, name in refs:
         repo.store.get_ref(kind, name)  # unknown -> NotFound before anything is removed
-    for name in jobs:
+    for kind, name in refs:
         repo.store.delete_ref(kind, name)
         repo.index.remove_record(kind, name)
         output.err.print(f"removed {kind} {name}", markup=False)
 
 
+def ref_names(names: tuple[str, ...], dataset: bool = False) -> list[tuple[str, str]]:
+    """(kind, name) of each argument, once each: a job id (a dataset name with --dataset), or
+    the path `ls` shows: /jobs/<id>, /projects/<p>/jobs/<id>, /datasets/<name>, ..."""
+    from c3fs.objects.job import DATASET, JOB
+
+    refs: dict[tuple[str, str], None] = {}
+    for name in names:
+        parts = [p for p in name.split("/") if p] if name.startswith("/") else []
+        if parts[:1] == ["projects"] and len(parts) == 4:
+            parts = parts[2:]
+        if len(parts) == 2 and parts[0] in ("jobs", "datasets"):
+            refs[(JOB if parts[0] == "jobs" else DATASET, parts[1])] = None
+        else:
+            refs[(DATASET if dataset else JOB, name)] = None
+    return list(refs)
+
+
 @app.command()
 @click.option("-n", "--dry-run", is_flag=True, help="Say what would be freed; change nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
 def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
     """Free every stored byte that no job or dataset reaches.
@@ -193,9 +210,10 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
 
 @app.command()
 @click.argument("jobs", nargs=-1)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
-def verify(ctx: Ctx, jobs: tuple[str, ...], as_json: bool) -> None:
+def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> None:
     """Read every blob the jobs reach (default: all) and check its hash.
 
     Names each damaged or missing blob with the jobs and paths it breaks; exits 6 if
@@ -205,10 +223,11 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], as_json: bool) -> None:
     Examples:
       c3fs verify
       c3fs verify job_abc123 --json
+      c3fs verify /datasets/imagenet-mini
     """
     from c3fs.jobs.maintenance import verify as run_verify
 
-    report = run_verify(ctx.repo(), list(jobs))
+    report = run_verify(ctx.repo(), ref_names(jobs, dataset))
     if as_json:
         output.print_json(report)
     else:
@@ -218,7 +237,7 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], as_json: bool) -> None:
                 output.out.print(f"  breaks {where}", markup=False)
             if len(p.broken) > 20:
                 output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
-        verdict = "OK" if report.ok else f"{len(report.problems)} problems"
+        verdict = "OK" if report.ok else output.count(len(report.problems), "problem")
         output.err.print(f"verified {report.records} jobs/datasets, {output.count(report.blobs, 'blob')}, "
                          f"{output.human(report.bytes)}: {verdict}", markup=False)
     if not report.ok:

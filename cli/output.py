@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from c3fs.errors import UsageError
+from c3fs.fsutil import human  # noqa: F401  (the CLI's sizes: output.human)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,14 +49,6 @@ def count(n: int, noun: str) -> str:
     """`1 file`, `2 files`, `0 files`."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
-
-def human(n: int | float) -> str:
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def parse_size(text: str) -> int:

@@ -180,7 +180,10 @@ def test_balance_quota_rm_gc(c3fs_bin, tmp_path: Path) -> None:
     assert "exceeds the quota" in res.err and res.code == 0
     res = c3fs_bin("push", str(data), "-p", "p1", "-j", "three")
     assert res.code == 0 and "exceeds the quota" in res.err  # soft: stored anyway
-    assert c3fs_bin("rm", "two", "three").code == 0
+    assert "of 1.0 MiB" in res.err  # in the units balance uses
+    assert c3fs_bin("verify", "/projects/p1/jobs/three", "/jobs/two", "two").code == 0
+    res = c3fs_bin("rm", "/jobs/two", "/projects/p1/jobs/three", "two")  # as ls shows them
+    assert res.code == 0 and res.err.count("removed") == 2, res.err
     gc = json.loads(c3fs_bin("gc", "--json").out)
     assert gc["bytes_freed"] >= 900_000
     after = json.loads(c3fs_bin("balance", "--json").out)

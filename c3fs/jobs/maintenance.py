@@ -163,10 +163,13 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(repo: Repo, names: list[str] | None = None, workers: int = 4) -> VerifyReport:
-    """Read and check every blob the named jobs (default: all jobs and datasets) reach."""
+def verify(repo: Repo, names: list[str] | list[tuple[str, str]] | None = None,
+           workers: int = 4) -> VerifyReport:
+    """Read and check every blob the named jobs (default: all jobs and datasets) reach.
+    A name is a job id, or a (kind, name) pair."""
     report = VerifyReport()
-    records = [repo.record(JOB, n) for n in names] if names else live_records(repo)
+    refs = [(JOB, n) if isinstance(n, str) else n for n in names or []]
+    records = [repo.record(kind, n) for kind, n in refs] if refs else live_records(repo)
     if not names:
         report.problems += _damaged_refs(repo)
     problems: dict[bytes, Problem] = {}

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from c3fs.errors import AlreadyExists, NotFound
+from c3fs.fsutil import human
 from c3fs.index import IndexUnavailable
 from c3fs.ingest import Ingester, IngestStats
 from c3fs.objects.ids import check_name, new_job_id
@@ -69,8 +70,8 @@ def _warn_quota(repo: Repo) -> None:
         return
     used = sum(repo.index.pack_sizes().values())
     if used > quota:
-        log.warning("storage usage %d bytes exceeds the quota of %d bytes (soft quota: "
-                    "nothing is rejected)", used, quota)
+        log.warning("storage usage %s exceeds the quota of %s (soft quota: nothing is "
+                    "rejected)", human(used), human(quota))
 
 
 def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | None = None,
