@@ -7,6 +7,12 @@ so the mount can answer EIO naming the chunk and `verify` can say which jobs bre
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: an error stays one line, and a name from a
+    crafted store cannot send escape sequences to the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class C3fsError(Exception):
     """An error the user can act on: printed as one line, exits with `exit_code`."""
 

@@ -26,6 +26,11 @@ def make_private_dir(path: Path) -> None:
                 raise
 
 
+def count(n: int, noun: str) -> str:
+    """`1 file`, `2 files`, `0 files`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def human(n: int | float) -> str:
     """A size in binary units: `512 B`, `1.5 MiB`."""
     n = float(n)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from c3fs import preload
-from c3fs.errors import C3fsError
+from c3fs.errors import C3fsError, one_line
 from cli import output
 
 if TYPE_CHECKING:
@@ -112,14 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     if _command:
         preload.record(_command)  # the files this command loaded, read ahead next time
     sys.exit(0)
-
-
-def one_line(text: str) -> str:
-    """`text` with control characters escaped: an error stays one line, and a name from a
-    crafted store cannot send escape sequences to the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 
 
 from cli import commands, lifecycle, mount  # noqa: E402,F401  (register commands on `app`)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from c3fs.errors import UsageError
-from c3fs.fsutil import human  # noqa: F401  (the CLI's sizes: output.human)
+from c3fs.fsutil import count, human  # noqa: F401  (output.count, output.human)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,11 +43,6 @@ def _console(name: str) -> Console:
             console.width = 100_000
         globals()[name] = console
     return globals()[name]
-
-
-def count(n: int, noun: str) -> str:
-    """`1 file`, `2 files`, `0 files`."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 
