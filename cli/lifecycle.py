@@ -76,24 +76,35 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
 def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool) -> None:
     """Download jobs' artifacts into DEST/<job id>/.
 
-    With no JOBS, every completed (SUCCEEDED) job not pulled to this machine before.
-    Run again after an interruption: only missing or different files are fetched.
+    With no JOBS, every completed (SUCCEEDED) job not pulled to this machine before (or
+    re-created with other content since). Run again after an interruption: only missing or
+    different files are fetched. A job with damaged data is pulled but for the damaged
+    files (each named), stays pending, and the exit code is 6.
 
     \b
     Examples:
       c3fs pull job_abc123
       c3fs pull --dest ./runs          # all new completed jobs
     """
+    from c3fs.jobs.pull import PullIncomplete
     from c3fs.jobs.pull import pull as run_pull
 
-    with output.progress_bar("pull", None) as advance:
-        pulled = run_pull(ctx.repo(), list(jobs), dest, advance)
+    try:
+        with output.progress_bar("pull", None) as advance:
+            pulled = run_pull(ctx.repo(), list(jobs), dest, advance)
+    except PullIncomplete as exc:  # say what did arrive, then the error
+        _print_pulled(exc.pulled, as_json)
+        raise
+    if not pulled and not as_json:
+        output.err.print("nothing new to pull")
+    _print_pulled(pulled, as_json)
+
+
+def _print_pulled(pulled, as_json: bool) -> None:
     if as_json:
         output.print_json([{"job": p.record.id, "dest": p.dest, "files": p.stats.files,
                             "bytes": p.stats.bytes, "unchanged": p.stats.skipped} for p in pulled])
         return
-    if not pulled:
-        output.err.print("nothing new to pull")
     for p in pulled:
         output.out.print(f"{p.record.id} -> {p.dest} ({output.count(p.stats.files, 'file')}, "
                          f"{output.human(p.stats.bytes)}, {p.stats.skipped} unchanged)", markup=False)

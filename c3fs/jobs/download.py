@@ -10,6 +10,13 @@ parallel, and needs no rename; mode and mtime are set through the fd, not the pa
 mtimes and symlinks are restored; links are created, never followed. A directory on the
 way that is a symlink or a file is an error, never written through. A file whose size and
 mtime already match is skipped, so a copy run again fetches only what is missing or changed.
+A fifo or device already at a file's destination is opened and written into, as `cp` does
+(`c3fs cp x /dev/null`), never replaced; a socket there is an error.
+
+A directory's copy goes on past damaged data: a file (or directory) that cannot be read is
+left out, with one log line naming it, every other file is copied, every directory gets its
+mode and mtime, and the copy then fails with one `CopyIncomplete` counting what was left out.
+A copy of one file fails at once. A store that does not answer stops the copy.
 
 A chunk met again (the steps of a checkpoint series share most of theirs) is read back from
 where this copy already wrote it and verified against its id, instead of being fetched and
@@ -28,7 +35,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from c3fs.errors import C3fsError, DataError, FormatError
+from c3fs.errors import C3fsError, DataError, FormatError, one_line
+from c3fs.fsutil import count
 from c3fs.objects.ids import blob_id, token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
@@ -46,6 +54,15 @@ class DestinationError(C3fsError):
     exit_code = 4
 
 
+class CopyIncomplete(DataError):
+    """A directory's copy left out damaged files or directories (each logged when met);
+    everything else was copied. `stats` says what."""
+
+    def __init__(self, message: str, stats: CopyStats) -> None:
+        super().__init__(message)
+        self.stats = stats
+
+
 @dataclass
 class CopyStats:
     files: int = 0
@@ -54,7 +71,8 @@ class CopyStats:
     reused: int = 0  # bytes read back from what this copy wrote instead of fetched again
     dirs: int = 0
     links: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # one per damaged file or dir left out
+    damaged_dirs: int = 0
 
 
 class Copier:
@@ -68,47 +86,58 @@ class Copier:
         self._proc_fds: int | None = None
         self._big_slots = threading.BoundedSemaphore(2 * workers)
         self._reuse = _Reuse()
+        self._tree = False  # copying a directory: damaged data is left out, the rest copied
 
     def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
-        """Copy `node` to `dest`: a file to that path, a directory's contents into that dir."""
+        """Copy `node` to `dest`: a file to that path, a directory's contents into that dir.
+        Raises `CopyIncomplete` once the rest is copied if a directory's copy left anything
+        out; damaged data in a copy of one file raises at once."""
         target = os.fsencode(dest)
-        parent = os.path.dirname(os.path.abspath(target))
-        if node.kind == DIR:
-            os.makedirs(parent, exist_ok=True)
-        elif not os.path.isdir(parent):
-            raise DestinationError(f"{os.fsdecode(parent)}: no such directory")
-        self._proc_fds = _open_proc_fds(parent)
+        parent = os.path.dirname(os.path.normpath(target)) or b"."
+        _make_parents(parent, create=node.kind == DIR)
+        into_special = node.kind == FILE and _special(target)
+        self._proc_fds = None if into_special else _open_proc_fds(parent)  # no probe in /dev
+        self._tree = node.kind == DIR
         try:
             self._copy_all(node, target)
         finally:
             self.stats.reused = self._reuse.close()
             if self._proc_fds is not None:
                 os.close(self._proc_fds)
+        if self.stats.errors:
+            raise CopyIncomplete(self._left_out(node), self.stats)
         return self.stats
 
     def _copy_all(self, node: Node, target: bytes) -> None:
-        with (ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-small") as self._smalls,
-              ThreadPoolExecutor(self.workers, thread_name_prefix="c3fs-cp") as self._bigs):
-            futures: list[Future] = []
-            dirs: list[tuple[bytes, Node]] = []
-            if node.kind == DIR:
-                self._copy_dir(node, target, futures, dirs)
-            else:
-                self._copy_leaf(node, target, False, futures)
-            self._flush_small(futures)
-            for future in futures:
-                future.result()
-        for path, dir_node in reversed(dirs):  # after their contents: modes may forbid writes
-            _set_meta(path, dir_node)
+        dirs: list[tuple[bytes, Node]] = []
+        try:
+            with (ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-small") as self._smalls,
+                  ThreadPoolExecutor(self.workers, thread_name_prefix="c3fs-cp") as self._bigs):
+                futures: list[Future] = []
+                if node.kind == DIR:
+                    self._copy_dir(node, target, futures, dirs)
+                else:
+                    self._copy_leaf(node, target, False, futures)
+                self._flush_small(futures)
+                for future in futures:
+                    future.result()
+        except BaseException:  # every task has ended: the directories still get their modes
+            _finish_dirs(dirs, strict=False)
+            raise
+        _finish_dirs(dirs, strict=True)
 
     def _copy_dir(self, node: Node, path: bytes, futures, dirs) -> None:
-        fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
-        dirs.append((path, node))
-        self.stats.dirs += 1
         try:
             children = self.vfs.children(node)
         except (DataError, FormatError) as exc:
-            raise unreadable(node, exc) from None
+            error = _unreadable(node, exc)
+            if dirs and self._damaged(error):  # below the copy's root: left out, not made
+                self.stats.damaged_dirs += 1
+                return
+            raise error from None
+        fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
+        dirs.append((path, node))
+        self.stats.dirs += 1
         for name, child in children:
             child_path = os.path.join(path, name)
             if child.kind == DIR:
@@ -121,7 +150,11 @@ class Copier:
             _place_link(self.vfs.readlink(node), path, node.mtime_ns)
             self.stats.links += 1
         elif node.kind == FILE:
-            if not fresh and _unchanged(path, node):
+            found = None if fresh else _existing(path)
+            if found is not None and _is_special(found):
+                futures.append(self._bigs.submit(self._write_into, node, path))  # may block
+                return
+            if found is not None and _unchanged(found, node):
                 self.stats.skipped += 1
                 self.progress(node.size)
                 return
@@ -171,8 +204,30 @@ class Copier:
                     _write_all(staged.fd, data)
                     self.progress(len(data))
                 staged.commit(node.mode, node.mtime_ns)
-        except BaseException:  # never a partial file under the real name
+        except BaseException as exc:  # never a partial file under the real name
             _discard(staged)
+            if self._damaged(exc):
+                return
+            raise
+        self._count(node)
+
+    def _write_into(self, node: Node, path: bytes) -> None:
+        """Write into the fifo or device at `path` (a fifo: once a reader opens it). Its
+        mode and mtime stay its own; bytes written before damaged data are not taken back."""
+        try:
+            with _named_errors(node, path):
+                fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    reader = self.vfs.open(node, readahead=0)
+                    for i in range(len(reader.ids)):
+                        data = self._chunk(reader, i)
+                        _write_all(fd, data)
+                        self.progress(len(data))
+                finally:
+                    os.close(fd)
+        except BaseException as exc:
+            if self._damaged(exc):
+                return
             raise
         self._count(node)
 
@@ -186,9 +241,11 @@ class Copier:
                     if big.source:  # written: later files may read this chunk back
                         self._reuse.add(reader.ids[i], big.staged, reader.starts[i], len(data))
                     self.progress(len(data))
-        except BaseException:
-            big.failed = True
+        except BaseException as exc:
+            first = big.fail()
             self._end_part(big)
+            if self._damaged(exc) if first else self._is_damage(exc):  # one line per file
+                return
             raise
         self._end_part(big)
 
@@ -220,6 +277,30 @@ class Copier:
             self.stats.files += 1
             self.stats.bytes += node.size
 
+    def _is_damage(self, exc: BaseException) -> bool:
+        """Damaged or missing data met in a directory's copy (not a store that did not
+        answer, not a destination that refused: those stop the copy)."""
+        return (self._tree and isinstance(exc, (DataError, FormatError))
+                and not getattr(exc, "unavailable", False))
+
+    def _damaged(self, exc: BaseException) -> bool:
+        """If `exc` is damage, log its one line naming the file, count it, and return True:
+        the copy goes on without that file; else False (the caller raises it)."""
+        if not self._is_damage(exc):
+            return False
+        log.error("%s", one_line(str(exc)))
+        with self._stats_lock:
+            self.stats.errors.append(str(exc))
+        return True
+
+    def _left_out(self, node: Node) -> str:
+        dirs = self.stats.damaged_dirs
+        files = len(self.stats.errors) - dirs
+        what = " and ".join(count(n, noun) for n, noun in (
+            (files, "damaged file"), (dirs, "damaged directory")) if n)
+        return (f"{one_line(node.display)}: {what} not copied (each named above); "
+                f"{self.stats.files} other files copied, {self.stats.skipped} unchanged")
+
 
 class _BigFile:
     """One big file written in parts by several workers: staged by the first part to start
@@ -234,6 +315,12 @@ class _BigFile:
         self.failed = False
         self._left = parts
         self._lock = threading.Lock()
+
+    def fail(self) -> bool:
+        """Mark the file failed (it will not be named); True for the first part to fail."""
+        with self._lock:
+            first, self.failed = not self.failed, True
+            return first
 
     def open(self) -> int | None:
         """The staged file's fd; None once a part has failed (the rest need not write)."""
@@ -407,6 +494,34 @@ def _temp_name(path: bytes) -> bytes:
     return os.path.join(parent, TMP + name[:100] + b"." + token_hex(4).encode())
 
 
+def _make_parents(path: bytes, create: bool) -> None:
+    """Check (with `create`: make) the directory a copy goes into, and those above it."""
+    try:
+        if create:
+            os.makedirs(path, exist_ok=True)
+        elif not os.path.isdir(path):
+            raise FileNotFoundError(errno.ENOENT, "no such directory")
+    except OSError as exc:
+        blocker = _not_a_dir(path)
+        if blocker is not None:
+            raise DestinationError(f"{os.fsdecode(blocker)} exists and is not a directory") from None
+        if not create:
+            raise DestinationError(f"{os.fsdecode(path)}: no such directory") from None
+        raise DestinationError(f"{os.fsdecode(path)}: cannot create directory: {exc.strerror}") from None
+
+
+def _not_a_dir(path: bytes) -> bytes | None:
+    """The first of `path` and the directories above it that exists and is not a directory
+    (nor a symlink to one)."""
+    prefix = b"/" if path.startswith(b"/") else b""
+    for name in path.split(b"/"):
+        if name:
+            prefix = os.path.join(prefix, name)
+            if not os.path.isdir(prefix):
+                return prefix if os.path.lexists(prefix) else None
+    return None
+
+
 def _make_dir(path: bytes) -> bool:
     """Make `path` a directory we can write into; True if it was created just now."""
     try:
@@ -455,7 +570,14 @@ def _named_errors(node: Node, path: bytes) -> Iterator[None]:
     except OSError as exc:
         raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
     except (DataError, FormatError) as exc:
-        raise unreadable(node, exc) from None
+        raise _unreadable(node, exc) from None
+
+
+def _unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
+    """`unreadable`, still saying whether the store did not answer (`BlobError.unavailable`)."""
+    error = unreadable(node, exc)
+    error.unavailable = getattr(exc, "unavailable", False)
+    return error
 
 
 def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:
@@ -472,14 +594,45 @@ def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:
         raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
 
 
-def _unchanged(path: bytes, node: Node) -> bool:
+def _existing(path: bytes) -> os.stat_result | None:
+    """What is at a file's destination: None, or something a file may replace or be
+    written into; a directory or a socket there is an error."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return False
+        return None
+    except OSError as exc:
+        raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise DestinationError(f"{os.fsdecode(path)} is a directory where a file belongs")
+    if stat.S_ISSOCK(st.st_mode):
+        raise DestinationError(f"{os.fsdecode(path)} is a socket; cannot write a file into it")
+    return st
+
+
+def _is_special(st: os.stat_result) -> bool:
+    """A fifo or a device: written into, never replaced."""
+    return stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+
+
+def _special(path: bytes) -> bool:
+    found = _existing(path)
+    return found is not None and _is_special(found)
+
+
+def _unchanged(st: os.stat_result, node: Node) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == node.size and st.st_mtime_ns == node.mtime_ns
+
+
+def _finish_dirs(dirs: list[tuple[bytes, Node]], strict: bool) -> None:
+    """Give each directory made or filled its mode and mtime, after its contents (a mode may
+    forbid writes); deepest first. Not `strict`: best effort, for a copy that failed."""
+    for path, node in reversed(dirs):
+        try:
+            _set_meta(path, node)
+        except OSError as exc:
+            if strict:
+                raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
 
 
 def _set_meta(path: bytes, node: Node) -> None:

@@ -4,6 +4,15 @@ With no job named, every SUCCEEDED job not pulled before (remembered in the loca
 is pulled. A job is marked pulled only once its copy is complete; the copier skips files
 already present with the same size and mtime, so an interrupted pull run again only
 fetches what is missing or different.
+
+A mark (`pulled/<job id>` in the index's local table, JSON) names the job's root tree, so a
+job removed and pushed again under the same id with other content is pulled again. Marks
+written before they named the root (`{"dest", "time"}`) stand for the job that existed when
+they were written: a job created after the mark is pending again.
+
+Damaged data in one job does not stop the others: each job is copied as far as it can be
+(`Copier`), only the jobs copied in full are marked, and the pull then fails with one
+`PullIncomplete` naming the jobs that were not (with one job alone, with its own error).
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from c3fs.jobs.download import Copier, CopyStats
+from c3fs.errors import DataError, FormatError, one_line
+from c3fs.fsutil import count
+from c3fs.jobs.download import Copier, CopyIncomplete, CopyStats
 from c3fs.objects.job import JOB, SUCCEEDED, JobRecord
 from c3fs.repo import Repo
 from c3fs.vfs import Vfs
@@ -30,26 +41,69 @@ class Pulled:
     stats: CopyStats
 
 
+class PullIncomplete(DataError):
+    """Some jobs could not be copied in full (damaged data, each file or directory logged);
+    they stay pending. `pulled` holds the jobs that were."""
+
+    def __init__(self, failed: list[str], pulled: list[Pulled]) -> None:
+        self.failed = failed
+        self.pulled = pulled
+        super().__init__(
+            f"{count(len(failed), 'job')} not pulled in full ({', '.join(failed)}): damaged "
+            f"data, named above; {count(len(pulled), 'job')} pulled in full")
+
+
 def pending_jobs(repo: Repo) -> list[JobRecord]:
     """SUCCEEDED jobs never pulled to this machine, oldest first."""
     repo.refresh(force=True)
-    jobs = [r for r in repo.jobs() if r.status == SUCCEEDED and not is_pulled(repo, r.id)]
+    jobs = [r for r in repo.jobs() if r.status == SUCCEEDED and not is_pulled(repo, r)]
     return sorted(jobs, key=lambda r: r.created)
 
 
-def is_pulled(repo: Repo, job_id: str) -> bool:
-    return repo.index.local_get(f"pulled/{job_id}") is not None
+def is_pulled(repo: Repo, record: JobRecord) -> bool:
+    """Whether this job, by id and root, was pulled here (an old mark: see the module doc)."""
+    raw = repo.index.local_get(f"pulled/{record.id}")
+    if raw is None:
+        return False
+    try:
+        mark = json.loads(raw)
+    except ValueError:
+        return False  # pulled again: unchanged files are skipped
+    if not isinstance(mark, dict):
+        return False
+    if "root" in mark:
+        return mark["root"] == record.root
+    time_pulled = mark.get("time")
+    return isinstance(time_pulled, (int, float)) and time_pulled >= record.created
 
 
 def pull(repo: Repo, job_ids: list[str], dest: str,
          progress: Callable[[int], None] | None = None) -> list[Pulled]:
     records = [repo.record(JOB, j) for j in job_ids] if job_ids else pending_jobs(repo)
     vfs = Vfs(repo)
-    done = []
+    done: list[Pulled] = []
+    failed: list[tuple[str, DataError | FormatError]] = []
     for record in records:
         target = os.path.join(dest, record.id)
-        stats = Copier(vfs, progress=progress).copy(vfs.ref_root(record), target)
-        mark = json.dumps({"dest": os.path.abspath(target), "time": time.time()}).encode()
-        repo.index.local_put(f"pulled/{record.id}", mark)
+        try:
+            stats = Copier(vfs, progress=progress).copy(vfs.ref_root(record), target)
+        except (DataError, FormatError) as exc:
+            if getattr(exc, "unavailable", False):  # the store did not answer: stop
+                raise
+            failed.append((record.id, exc))
+            continue
+        _mark_pulled(repo, record, target)
         done.append(Pulled(record, target, stats))
+    if len(failed) == 1 and not done:
+        raise failed[0][1]  # as `cp -r` says it
+    if failed:
+        for _, exc in failed:
+            if not isinstance(exc, CopyIncomplete):  # the job's root: not logged yet
+                log.error("%s", one_line(str(exc)))
+        raise PullIncomplete([job_id for job_id, _ in failed], done)
     return done
+
+
+def _mark_pulled(repo: Repo, record: JobRecord, target: str) -> None:
+    mark = {"dest": os.path.abspath(target), "time": time.time(), "root": record.root}
+    repo.index.local_put(f"pulled/{record.id}", json.dumps(mark).encode())

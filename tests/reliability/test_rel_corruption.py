@@ -2,7 +2,9 @@
 pack, a deleted pack, a damaged tree, a damaged job ref, a deleted / garbage / truncated /
 foreign LMDB index.
 
-For damaged data: `cp` fails with one line naming the job and the path and never writes
+For damaged data: `cp` of one file fails with one line naming the job and the path; `cp -r`
+and `pull` of a whole job copy every file that can be read (directories with their modes and
+mtimes), print one line per damaged file or directory and a summary, exit 6, and never write
 wrong bytes or a partial file under a real name; `verify` names exactly the (job, path) pairs
 the damage breaks, computed here from the trees before the damage; `index rebuild` relearns
 the store; through a mount the damaged file is EIO while every other file reads right.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,22 +167,58 @@ def test_damaged_data(tmp_path: Path, base: Base, kind: str) -> None:
                 where == path or path.startswith(where.rstrip("/") + "/"))}
             assert any(f"cannot read {where}:" in error for where in named), error
             assert not dest.exists() and leftovers(dest.parent) == []
-        dest = tmp_path / "all" / job  # the whole job: fails if anything is broken
+        dest = tmp_path / "all" / job  # the whole job: all it can, one line per damaged file
         result = d.site.run("cp", "-r", f"/jobs/{job}", dest)
-        if broken or any(j == job for j, _ in expected):
-            assert job in result.one_line_error()
-        else:
-            result.ok()
-        copied = tree_digest(dest) if dest.exists() else {}
-        source = tree_digest(d.sources[job])
-        for rel, digest in copied.items():  # never wrong bytes, never a partial file
-            assert digest == source[rel], rel
-            assert "/" + rel not in broken
+        lost = {where for j, where in expected if j == job}
+        summaries = damage_lines(result, {f"/jobs/{job}{where}" for where in lost})
+        assert len(summaries) == (1 if lost else 0), result.err
+        assert all(job in line and "not copied" in line for line in summaries)
+        assert_readable_copied(d.sources[job], dest, lost)
         assert leftovers(tmp_path / "all") == []
+
+    pulled = tmp_path / "pulled"  # every job at once: the damaged ones do not stop the rest
+    result = d.site.run("pull", "--dest", pulled)
+    summaries = damage_lines(result, {f"/jobs/{j}{where}" for j, where in expected})
+    assert len(summaries) == 1 and all(j in summaries[0] for j, _ in expected), result.err
+    for job in JOBS:
+        assert_readable_copied(d.sources[job], pulled / job, {w for j, w in expected if j == job})
+    assert leftovers(pulled) == []
+    again = d.site.run("pull", "--dest", pulled)  # only the jobs not pulled in full, again
+    assert again.code == 6
+    for job in JOBS:
+        assert (job in again.err) == any(j == job for j, _ in expected), again.err
 
     d.site.run("index", "rebuild").ok()
     code, report = d.site.verify()
     assert code == 6 and reported(report) == affected(d.models, d.after_rebuild)
+
+
+def damage_lines(result, named: set[str]) -> list[str]:
+    """Checks `result`: exit 6 if anything is `named` (else 0), one line per named file or
+    directory, nothing but `c3fs: error:` lines, no traceback. Returns the other lines."""
+    if not named:
+        result.ok()
+        return []
+    assert result.code == 6 and "Traceback" not in result.err, result.err
+    assert all(line.startswith("c3fs: error: ") for line in result.err_lines), result.err
+    found = [re.match(r"c3fs: error: cannot read (.*?): blob ", line) for line in result.err_lines]
+    assert sorted(m.group(1) for m in found if m) == sorted(named), result.err
+    return [line for line, m in zip(result.err_lines, found, strict=True) if not m]
+
+
+def assert_readable_copied(source: Path, dest: Path, lost: set[str]) -> None:
+    """Exactly the files `lost` leaves readable, byte-identical; every directory copied has
+    the source's mode and mtime (not the 0700 it was written under)."""
+    def readable(rel: str) -> bool:
+        return not any(rel == where.strip("/") or rel.startswith(where.strip("/") + "/")
+                       for where in lost)
+
+    want = {rel: what for rel, what in tree_digest(source).items() if readable(rel)}
+    assert tree_digest(dest) == want
+    for rel, (kind, _) in want.items():
+        if kind == "dir":
+            got, src = os.stat(dest / rel), os.stat(source / rel)
+            assert (got.st_mode, got.st_mtime_ns) == (src.st_mode, src.st_mtime_ns), rel
 
 
 @needs_fuse
