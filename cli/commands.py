@@ -158,7 +158,9 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
 
     Downloading writes every file to a temp name and renames it into place; modes, mtimes
     and symlinks are restored, and files already present with the same size and mtime are
-    skipped. A directory's contents go into DST (created if missing).
+    skipped. A directory's contents go into DST (created if missing). An existing FIFO or
+    device at DST is written into, not replaced (`c3fs cp FILE /dev/null` reads FILE). With
+    -r, a damaged file is named and left out, the rest is copied, and the exit code is 6.
 
     \b
     Examples:
@@ -200,6 +202,8 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
 
     parts = [p.decode() for p in split_path(dst)]
     if len(parts) == 4 and parts[0] == "projects" and parts[2] == "datasets":
+        if project not in (None, parts[1]):
+            raise UsageError(f"--project {project} but {dst} is in project {parts[1]}")
         project, name = parts[1], parts[3]
     elif len(parts) == 2 and parts[0] == "datasets" and project:
         name = parts[1]

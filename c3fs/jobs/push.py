@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 
 def ensure_free(repo: Repo, kind: str, name: str) -> None:
     try:
-        repo.store.get_ref(kind, name)
+        record = repo.store.get_ref(kind, name)
     except NotFound:
         return
-    raise AlreadyExists(f"{kind} {name!r} already exists in the store")
+    shared = "; dataset names are shared by every project" if kind == DATASET else ""
+    raise AlreadyExists(f"{kind} {name!r} already exists in the store (project "
+                        f"{record.project}){shared}")
 
 
 def ingest(repo: Repo, build: Callable[[Ingester], bytes],
@@ -53,7 +55,8 @@ def ingest(repo: Repo, build: Callable[[Ingester], bytes],
 def register(repo: Repo, record: JobRecord) -> JobRecord:
     try:
         repo.store.create_ref(record)
-    except KeyExists:
+    except KeyExists:  # another push took the name first: say whose it is
+        ensure_free(repo, record.kind, record.id)
         raise AlreadyExists(f"{record.kind} {record.id!r} already exists in the store") from None
     try:
         repo.index.put_record(record)

@@ -65,7 +65,7 @@ def ino_of(path: tuple[bytes, ...]) -> int:
     return (int.from_bytes(digest, "little") >> 1) | 2  # never 0 or 1, fits in 63 bits
 
 
-def _virtual(path: tuple[bytes, ...], mtime_ns: int = 0) -> Node:
+def _virtual(path: tuple[bytes, ...], mtime_ns: int) -> Node:
     return Node(ino_of(path), DIR, 0o555, 0, mtime_ns, path)
 
 
@@ -91,11 +91,16 @@ class Vfs:
 
     def __init__(self, repo: Repo, root: str = "/") -> None:
         self.repo = repo
-        self.root = replace(self.resolve(root), ino=ROOT_INO) if split_path(root) else _virtual(())
+        self._created_ns = int(repo.store.config.created * 1e9)  # the virtual dirs' mtime
+        self.root = (replace(self.resolve(root), ino=ROOT_INO) if split_path(root)
+                     else self._virtual(()))
+
+    def _virtual(self, path: tuple[bytes, ...]) -> Node:
+        return _virtual(path, self._created_ns)
 
     # walking ------------------------------------------------------------------------------
     def resolve(self, path: str | bytes) -> Node:
-        node = _virtual(())
+        node = self._virtual(())
         for name in split_path(path):
             try:
                 node = self.lookup(node, name)
@@ -170,13 +175,13 @@ class Vfs:
     def _virtual_child(self, parent: Node, name: bytes) -> Node:
         path = parent.path
         if len(path) == 0 and name in (JOBS, PROJECTS, DATASETS):
-            return _virtual((name,))
+            return self._virtual((name,))
         if len(path) == 1 and path[0] in _TOP:
             return self.ref_root(self._record(_TOP[path[0]], name))
         if len(path) == 1 and path[0] == PROJECTS and self._project_exists(name):
-            return _virtual((PROJECTS, name))
+            return self._virtual((PROJECTS, name))
         if len(path) == 2 and name in (JOBS, DATASETS):
-            return _virtual((*path, name))
+            return self._virtual((*path, name))
         if len(path) == 3 and path[0] == PROJECTS:
             record = self._record(_TOP[path[2]], name)
             if record.project.encode() == path[1]:
@@ -186,14 +191,14 @@ class Vfs:
     def _virtual_children(self, path: tuple[bytes, ...]) -> list[tuple[bytes, Node]]:
         self.repo.refresh()
         if len(path) == 0:
-            return [(n, _virtual((n,))) for n in (DATASETS, JOBS, PROJECTS)]
+            return [(n, self._virtual((n,))) for n in (DATASETS, JOBS, PROJECTS)]
         if len(path) == 1 and path[0] in _TOP:
             return [(r.id.encode(), self.ref_root(r)) for r in self._records(_TOP[path[0]])]
         if len(path) == 1:
             projects = {r.project.encode() for r in self._records(JOB) + self._records(DATASET)}
-            return [(p, _virtual((PROJECTS, p))) for p in projects]
+            return [(p, self._virtual((PROJECTS, p))) for p in projects]
         if len(path) == 2:
-            return [(n, _virtual((*path, n))) for n in (DATASETS, JOBS)]
+            return [(n, self._virtual((*path, n))) for n in (DATASETS, JOBS)]
         records = self._records(_TOP[path[2]])
         return [(r.id.encode(), self.ref_root(r)) for r in records if r.project.encode() == path[1]]
 
