@@ -26,6 +26,18 @@ def make_private_dir(path: Path) -> None:
                 raise
 
 
+def tree_bytes(path: str | os.PathLike) -> int:
+    """The bytes of the files below `path` (0 if it is gone): a progress bar's total."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 def count(n: int, noun: str) -> str:
     """`1 file`, `2 files`, `0 files`."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

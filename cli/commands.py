@@ -58,16 +58,9 @@ def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bo
 
 
 def _tree_bytes(directory: str) -> int | None:
-    if not output.err.is_terminal:
-        return None
-    total = 0
-    for dirpath, _, files in os.walk(directory):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
+    from c3fs.fsutil import tree_bytes
+
+    return tree_bytes(directory) if output.err.is_terminal else None
 
 
 # ls -----------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
     workdir = workdir.resolve()
     config = load_config(config_path, workdir)
     spec = JobSpec(list(command), workdir, config, project or config.project or "default",
-                   job_id, timeout, ctx.store_url)
+                   job_id, timeout, ctx.store_url, progress=output.progress_bar)
     record, code = run_job(ctx.repo(write=True), spec)
     if record is not None:
         status = record.status + (f" ({record.reason})" if record.reason else "")

@@ -403,3 +403,35 @@ def test_yaml_error_names_the_line(c3fs_bin, workdir: Path, config: str, where: 
     assert res.code == 2 and not (workdir / "ran").exists()
     assert len(res.err.strip().splitlines()) == 1, res.err
     assert "not valid YAML" in res.err and where in res.err, res.err
+
+
+def test_run_reports_upload_progress_against_the_bytes_to_upload(repo, tmp_path: Path) -> None:
+    """`c3fs run` draws an upload bar (on a terminal): its total is what the job wrote,
+    artifacts and output dirs, and the upload advances it to that total."""
+    import contextlib
+    import sys
+
+    from c3fs.jobs.config import JobConfig
+    from c3fs.jobs.run import JobSpec, run_job
+
+    seen: dict = {"advanced": 0}
+
+    @contextlib.contextmanager
+    def progress(label: str, total: int):
+        seen.update(label=label, total=total)
+
+        def advance(n: int) -> None:
+            seen["advanced"] += n
+
+        yield advance
+
+    work = tmp_path / "work"
+    work.mkdir()
+    script = ("import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/w.bin', 'wb').write(os.urandom(300_000)); "
+              "os.makedirs('results', exist_ok=True); open('results/r.txt', 'w').write('x' * 5000)")
+    spec = JobSpec([sys.executable, "-c", script], work, JobConfig(output=["results"]), "p",
+                   "job_progress", progress=progress)
+    record, code = run_job(repo, spec)
+    assert code == 0 and record.files == 2
+    assert seen["label"] == "upload" and seen["total"] == 305_000
+    assert seen["advanced"] == 305_000

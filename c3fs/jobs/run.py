@@ -31,10 +31,13 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from c3fs.errors import C3fsError, UsageError
+from c3fs.fsutil import tree_bytes
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
 from c3fs.jobs.push import ensure_free, ingest, record_for
@@ -59,6 +62,8 @@ class JobSpec:
     job_id: str | None = None
     timeout: float | None = None
     store_url: str | None = None
+    # (label, total bytes) -> a context giving `advance(n)`: progress of the upload
+    progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None
 
 
 @dataclass
@@ -154,10 +159,12 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome) -> N
         if code != 0:
             outcome.status, outcome.reason = FAILED, "SCRIPT_ERROR"
     except subprocess.TimeoutExpired:
-        log.error("job %s timed out after %ss; stopping it", job_id, spec.timeout)
+        log.error("job %s timed out after %ss; stopping it (SIGTERM, then SIGKILL after %.0fs)",
+                  job_id, spec.timeout, KILL_GRACE)
         outcome.status, outcome.exit_code = TIMEOUT, _stop(proc)
     except _Canceled:
-        log.error("job %s canceled; stopping it", job_id)
+        log.error("job %s canceled; stopping it (SIGTERM, then SIGKILL after %.0fs)", job_id,
+                  KILL_GRACE)
         outcome.status, outcome.exit_code = CANCELED, _stop(proc)
     finally:
         for sig, handler in previous.items():
@@ -182,6 +189,7 @@ def _stop(proc: subprocess.Popen) -> int:
             code = proc.wait(timeout=wait)
             return code if code >= 0 else 128 - code
         except subprocess.TimeoutExpired:
+            log.warning("the job did not stop within %.0fs of SIGTERM: SIGKILL", wait)
             continue
     return proc.wait()
 
@@ -191,9 +199,14 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
     fields = dict(status=outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
                   command=list(spec.command), inputs=outcome.inputs)
     try:
-        return ingest(repo, lambda ing: collect(repo, ing, artifacts, outputs),
-                      lambda root, stats: record_for(JOB, job_id, spec.project, root, stats,
-                                                     started, **fields))
+        paths = [artifacts, *(path for _, path in outputs)]
+        bar = (spec.progress("upload", sum(map(tree_bytes, paths))) if spec.progress
+               else nullcontext(None))
+        with bar as advance:
+            return ingest(repo, lambda ing: collect(repo, ing, artifacts, outputs),
+                          lambda root, stats: record_for(JOB, job_id, spec.project, root,
+                                                         stats, started, **fields),
+                          progress=advance)
     except (C3fsError, OSError) as exc:
         return _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields)
 
