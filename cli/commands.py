@@ -79,6 +79,8 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
       /jobs/<id>/sub/dir                  a job's artifacts
       /projects/<p>/jobs/                 the jobs of one project
       /projects/<p>/datasets/             the datasets of one project
+      /datasets/                          every dataset
+      /datasets/<name>/sub/dir            a dataset's files
     \b
     Examples:
       c3fs ls -l /jobs/

@@ -19,7 +19,7 @@ from cli.main import Ctx, app, pass_ctx
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Stop the job after this many seconds, > 0 (TIMEOUT).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Job config (default: ./.c3 if present).")
+              help="Job config (default: .c3 in the working directory, if present).")
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=".", help="Working directory of the job (default: .).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -269,7 +269,7 @@ def config_show(ctx: Ctx) -> None:
 
 
 @config.command("set")
-@click.argument("key", type=click.Choice(["quota"]))
+@click.argument("key", type=click.Choice(["quota"]), metavar="KEY")
 @click.argument("value")
 @pass_ctx
 def config_set(ctx: Ctx, key: str, value: str) -> None:
