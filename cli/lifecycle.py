@@ -238,7 +238,8 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
     """
     from c3fs.jobs.maintenance import verify as run_verify
 
-    report = run_verify(ctx.repo(), ref_names(jobs, dataset))
+    with output.progress_bar("verify", None) as advance:
+        report = run_verify(ctx.repo(), ref_names(jobs, dataset), progress=advance)
     if as_json:
         output.print_json(report)
     else:

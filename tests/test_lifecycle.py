@@ -435,3 +435,17 @@ def test_run_reports_upload_progress_against_the_bytes_to_upload(repo, tmp_path:
     assert code == 0 and record.files == 2
     assert seen["label"] == "upload" and seen["total"] == 305_000
     assert seen["advanced"] == 305_000
+
+
+def test_verify_reports_progress_in_bytes_verified(repo, tmp_path: Path) -> None:
+    from c3fs.jobs.maintenance import verify
+    from c3fs.jobs.push import push_dir
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "w.bin").write_bytes(os.urandom(700_000))
+    (src / "m.json").write_text("{}" * 100)
+    push_dir(repo, src, "p", "job_v")
+    advanced = []
+    report = verify(repo, ["job_v"], progress=advanced.append)
+    assert report.ok and report.bytes >= 700_200 and sum(advanced) == report.bytes

@@ -164,9 +164,9 @@ class VerifyReport:
 
 
 def verify(repo: Repo, names: list[str] | list[tuple[str, str]] | None = None,
-           workers: int = 4) -> VerifyReport:
+           workers: int = 4, progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Read and check every blob the named jobs (default: all jobs and datasets) reach.
-    A name is a job id, or a (kind, name) pair."""
+    A name is a job id, or a (kind, name) pair. `progress(n)`: n more bytes verified."""
     report = VerifyReport()
     refs = [(JOB, n) if isinstance(n, str) else n for n in names or []]
     records = [repo.record(kind, n) for kind, n in refs] if refs else live_records(repo)
@@ -177,18 +177,18 @@ def verify(repo: Repo, names: list[str] | list[tuple[str, str]] | None = None,
     with ThreadPoolExecutor(workers) as pool:
         for record in records:
             report.records += 1
-            _verify_record(repo, record, pool, problems, checked, report)
+            _verify_record(repo, record, pool, problems, checked, report, progress)
     report.problems += problems.values()
     return report
 
 
-def _verify_record(repo, record, pool, problems, checked, report) -> None:
+def _verify_record(repo, record, pool, problems, checked, report, progress) -> None:
     label = f"{record.kind} {record.id}"
     stack = [(b"", record.root_id)]
     pending = []
     while stack:
         path, tree_id = stack.pop()
-        error = _check_blob(repo, tree_id, checked, report)
+        error = _check_blob(repo, tree_id, checked, report, progress)
         if error is None:
             try:
                 tree = decode_tree(repo.blobs.get(tree_id))
@@ -203,7 +203,8 @@ def _verify_record(repo, record, pool, problems, checked, report) -> None:
                 stack.append((child, entry.target))
             elif entry.kind == FILE:
                 for chunk_id in entry.chunk_ids():
-                    pending.append((chunk_id, child, pool.submit(_check_blob, repo, chunk_id, checked, report)))
+                    pending.append((chunk_id, child, pool.submit(_check_blob, repo, chunk_id, checked, report,
+                                                          progress)))
     for chunk_id, child, future in pending:
         error = future.result()
         if error is not None:
@@ -213,7 +214,8 @@ def _verify_record(repo, record, pool, problems, checked, report) -> None:
 _count_lock = threading.Lock()
 
 
-def _check_blob(repo: Repo, blob_id: bytes, checked: dict, report: VerifyReport) -> str | None:
+def _check_blob(repo: Repo, blob_id: bytes, checked: dict, report: VerifyReport,
+                progress: Callable[[int], None] | None) -> str | None:
     if blob_id in checked:
         return checked[blob_id]
     try:
@@ -222,6 +224,8 @@ def _check_blob(repo: Repo, blob_id: bytes, checked: dict, report: VerifyReport)
         with _count_lock:
             report.blobs += 1
             report.bytes += len(data)
+        if progress is not None:
+            progress(len(data))
     except DataError as exc:
         error = str(exc)
     checked[blob_id] = error
