@@ -240,7 +240,8 @@ def test_verify_names_damaged_blob(c3fs_bin, store_env, tmp_path: Path) -> None:
     ("output: [ unclosed\n", "not valid YAML"),
     ("output: 5\n", "Expected `array`"),
     ("project: 'bad/name'\n", "invalid project"),
-    ("datasets:\n  - ref: /jobs/missing\n    mount: x\n", "no job 'missing'"),
+    ("datasets:\n  - ref: /jobs/missing\n    mount: x\n",
+     ".c3 datasets entry /jobs/missing -> x: no job 'missing'"),
 ])
 def test_bad_config_refused_before_running(c3fs_bin, workdir: Path, config: str, message: str) -> None:
     (workdir / ".c3").write_text(config)

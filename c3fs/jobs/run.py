@@ -31,8 +31,8 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,20 +241,32 @@ def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path]) -> list[Inpu
     vfs = Vfs(repo)
     inputs = []
     for ds in spec.config.datasets:  # check every ref before mounting any
-        node = vfs.resolve(ds.ref)
-        if not node.is_dir or node.tree_id is None:
-            raise C3fsError(f"dataset ref {ds.ref!r} is not a job, dataset or folder in one")
-        check_mount_path(ds.mount, spec.workdir)
+        with _entry(ds):
+            node = vfs.resolve(ds.ref)
+            if not node.is_dir or node.tree_id is None:
+                raise C3fsError(f"dataset ref {ds.ref!r} is not a job, dataset or folder in one")
+            check_mount_path(ds.mount, spec.workdir)
         inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount))
     from c3fs.fuse import mount  # the FUSE layer is only needed by jobs that mount inputs
 
     for ds in inputs:
-        path = check_mount_path(ds.mount, spec.workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        mount(spec.store_url or repo.store.url, ds.ref, str(path))
+        with _entry(ds):
+            path = check_mount_path(ds.mount, spec.workdir)
+            path.mkdir(parents=True, exist_ok=True)
+            mount(spec.store_url or repo.store.url, ds.ref, str(path))
         mounted.append(path)
         log.info("mounted %s at %s", ds.ref, path)
     return inputs
+
+
+@contextmanager
+def _entry(ds) -> Iterator[None]:
+    """Errors name the `.c3` datasets entry they are about (same error class and exit code)."""
+    try:
+        yield
+    except C3fsError as exc:
+        exc.args = (f".c3 datasets entry {ds.ref} -> {ds.mount}: {exc}", *exc.args[1:])
+        raise
 
 
 def _unmount_all(mounted: list[Path]) -> None:
