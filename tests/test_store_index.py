@@ -447,3 +447,50 @@ def test_open_index_syncs_a_fresh_index(repo: Repo, tmp_path: Path) -> None:
     repo.index = open_index(repo.store)
     assert index_contents(repo.index) == want
     assert os.path.isdir(path)
+
+
+def test_threads_reading_while_a_damaged_index_is_replaced_see_only_retries(tmp_path) -> None:
+    """The first thread to meet damage swaps in a new environment while others may be inside
+    the old one, or between reading the environment and its table handles: they get
+    IndexDamaged (which callers retry), never a raw lmdb error. (Damage is injected.)"""
+    import threading
+
+    import lmdb
+
+    from c3fs.index import IndexDamaged
+
+    index = Index(tmp_path / "index", "s1")
+    builder = PackBuilder()
+    ids = [bytes([n]) * 32 for n in range(64)]
+    for blob in ids:
+        builder.add(0, blob, 0, b"x", 1)
+    pack_id, _ = builder.finish_parts()
+    index.add_pack(pack_id, 100, builder.entries)
+    unexpected: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            for blob in ids:
+                try:
+                    index.lookup(blob)
+                    index.pack_sizes()
+                except IndexDamaged:
+                    pass
+                except BaseException as exc:  # noqa: BLE001 - what the test looks for
+                    unexpected.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(40):
+            with pytest.raises(IndexDamaged):
+                index._damaged(lmdb.CorruptedError("injected"), index.env)
+            index.add_pack(pack_id, 100, builder.entries)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        index.close()
+    assert not unexpected, unexpected[:3]

@@ -86,6 +86,7 @@ class Index:
         self.store_id = store_id.encode()
         self._sync_lock = threading.Lock()
         self._damage_lock = threading.Lock()
+        self._replacing = False
         self.env = self._open_env()
         try:
             self.fresh = self._check_identity()
@@ -119,6 +120,8 @@ class Index:
         except _DAMAGE as exc:
             self._damaged(exc, env)
         except lmdb.Error as exc:
+            if self._replaced(env):
+                self._damaged(exc, env)
             raise IndexUnavailable(f"cannot write the local index at {self.path}: "
                                    f"{_reason(exc, self.path)}") from None
 
@@ -131,6 +134,10 @@ class Index:
                 yield txn
         except _DAMAGE as exc:
             self._damaged(exc, env)
+        except lmdb.Error as exc:
+            if self._replaced(env):
+                self._damaged(exc, env)
+            raise
 
     def _damaged(self, exc: BaseException, env: lmdb.Environment) -> NoReturn:
         """Replace the damaged environment `env` with a new, empty one (the first thread to
@@ -142,10 +149,19 @@ class Index:
             if env is self.env:
                 shutil.rmtree(self.path, ignore_errors=True)
                 # The old environment is not closed: other threads may be in it; it goes
-                # when their transactions do.
-                self.env = self._open_env()
+                # when their transactions do. Until `env` is the new one, the table handles
+                # may be the new ones: an error a thread meets then is a retry (`_replaced`).
+                self._replacing = True
+                try:
+                    self.env = self._open_env()
+                finally:
+                    self._replacing = False
                 self.fresh = self._check_identity()
         raise IndexDamaged(self.path, why.splitlines()[0] if why else type(exc).__name__) from None
+
+    def _replaced(self, env: lmdb.Environment) -> bool:
+        """Whether `env`, which an operation began in, is being or has been replaced."""
+        return self._replacing or env is not self.env
 
     def _lmdb_open(self) -> lmdb.Environment:
         _reserve(self.path / "lock.mdb", 64 * 1024)
@@ -190,6 +206,10 @@ class Index:
             pack_raw, offset, length, plain_len, codec, kind = _LOC.unpack(raw)
         except _DAMAGE as exc:
             self._damaged(exc, env)
+        except lmdb.Error as exc:
+            if self._replaced(env):
+                self._damaged(exc, env)
+            raise
         return Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
 
     def add_pack(self, pack_id: str, size: int, entries: list[PackEntry], replace: bool = False) -> None:
