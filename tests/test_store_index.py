@@ -494,3 +494,21 @@ def test_threads_reading_while_a_damaged_index_is_replaced_see_only_retries(tmp_
             thread.join()
         index.close()
     assert not unexpected, unexpected[:3]
+
+
+def test_the_local_table_survives_when_damage_elsewhere_replaces_the_index(tmp_path) -> None:
+    """What `pull` fetched is this machine's own, not in the store: carried over to the new
+    index when the damage is in another table. (Damage is injected.)"""
+    import lmdb
+
+    from c3fs.index import IndexDamaged
+
+    index = Index(tmp_path / "index", "s1")
+    try:
+        index.local_put("pulled/job_a", b'{"root": "ab"}')
+        with pytest.raises(IndexDamaged):
+            index._damaged(lmdb.CorruptedError("injected"), index.env)
+        assert index.local_get("pulled/job_a") == b'{"root": "ab"}'
+        assert index.fresh  # the rest is relearned from the store
+    finally:
+        index.close()

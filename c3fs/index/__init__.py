@@ -143,10 +143,12 @@ class Index:
         """Replace the damaged environment `env` with a new, empty one (the first thread to
         see it does; processes that have it open keep their mapping) and say so in one line.
         The next sync fills the new one from the store (`BlobSource` syncs and retries at
-        once); the `local` table (what `pull` fetched) is lost with it."""
+        once); the `local` table (what `pull` fetched: this machine's own) is carried over
+        when it can still be read."""
         why = str(exc) if isinstance(exc, lmdb.Error) else f"a value does not decode: {exc}"
         with self._damage_lock:
             if env is self.env:
+                local = self._salvage_local(env)
                 shutil.rmtree(self.path, ignore_errors=True)
                 # The old environment is not closed: other threads may be in it; it goes
                 # when their transactions do. Until `env` is the new one, the table handles
@@ -157,7 +159,21 @@ class Index:
                 finally:
                     self._replacing = False
                 self.fresh = self._check_identity()
+                if local:
+                    with self._write() as txn:
+                        for key, value in local.items():
+                            txn.put(key, value, db=self.local)
         raise IndexDamaged(self.path, why.splitlines()[0] if why else type(exc).__name__) from None
+
+    def _salvage_local(self, env: lmdb.Environment) -> dict[bytes, bytes]:
+        """The `local` table of a damaged environment, if its pages can still be read."""
+        try:
+            with env.begin() as txn:
+                return {bytes(k): bytes(v) for k, v in txn.cursor(db=self.local)}
+        except lmdb.Error:
+            log.warning("the local table of the damaged index is lost too: the next pull "
+                        "fetches every job again (files already there are skipped)")
+            return {}
 
     def _replaced(self, env: lmdb.Environment) -> bool:
         """Whether `env`, which an operation began in, is being or has been replaced."""
