@@ -209,7 +209,8 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
     """
     from c3fs.jobs.maintenance import gc as run_gc
 
-    report = run_gc(ctx.repo(), dry_run)
+    with output.status("gc") as update:
+        report = run_gc(ctx.repo(), dry_run, progress=update)
     if as_json:
         output.print_json(report)
         return

@@ -92,6 +92,17 @@ def progress_bar(label: str, total: int | None) -> Iterator:
         yield lambda n: bar.advance(task, n)
 
 
+@contextlib.contextmanager
+def status(label: str) -> Iterator:
+    """Yields an `update(text)` callable; shows a status line only when stderr is a terminal."""
+    console = _console("err")
+    if not console.is_terminal:
+        yield lambda text: None
+        return
+    with console.status(label) as line:
+        yield lambda text: line.update(f"{label}: {text}")
+
+
 def mtime(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
 

@@ -450,3 +450,21 @@ def test_verify_reports_progress_in_bytes_verified(repo, tmp_path: Path) -> None
     advanced = []
     report = verify(repo, ["job_v"], progress=advanced.append)
     assert report.ok and report.bytes >= 700_200 and sum(advanced) == report.bytes
+
+
+def test_gc_says_which_phase_it_is_in(repo, tmp_path: Path) -> None:
+    from c3fs.jobs.maintenance import gc
+    from c3fs.jobs.push import push_dir
+
+    for name in ("a", "b"):
+        src = tmp_path / name
+        src.mkdir()
+        (src / "w.bin").write_bytes(os.urandom(200_000))
+        push_dir(repo, src, "p", f"job_{name}")
+    repo.store.delete_ref("job", "job_b")
+    phases: list[str] = []
+    report = gc(repo, progress=phases.append)
+    assert report.packs_deleted + report.packs_repacked >= 1
+    assert phases[0] == "marking what job job_a uses (1/1)", phases
+    assert phases[1].startswith("sweeping: ")
+    assert phases[2:] in ([], ["repacking 1 pack partly in use"]), phases

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from c3fs.errors import C3fsError, DataError, FormatError
+from c3fs.fsutil import count
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
 from c3fs.objects.tree import DIR, FILE, decode_tree
@@ -65,23 +66,28 @@ class GcReport:
 
 
 def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None = None) -> GcReport:
+    """`progress(text)`: which phase gc is in, for a status line."""
+    say = progress or (lambda text: None)
     with gc_lock(repo.store):
         repo.index.sync(repo.store)
         live: set[bytes] = set()
-        for record in live_records(repo):
+        records = live_records(repo)
+        for n, record in enumerate(records, 1):
+            say(f"marking what {record.kind} {record.id} uses ({n}/{len(records)})")
             try:
                 for _ in walk_blobs(repo, record.root_id, live):
                     pass
             except (DataError, FormatError) as exc:
                 raise C3fsError(f"gc stopped: {record.kind} {record.id} cannot be read ({exc}); "
                                 "run `c3fs verify` — nothing was deleted") from None
-        report = _sweep(repo, live, dry_run)
+        say(f"sweeping: {len(live)} blobs in use")
+        report = _sweep(repo, live, dry_run, say)
         if isinstance(repo.store.backend, LocalBackend) and not dry_run:
             repo.store.backend.sweep_temp()
         return report
 
 
-def _sweep(repo: Repo, live: set[bytes], dry_run: bool) -> GcReport:
+def _sweep(repo: Repo, live: set[bytes], dry_run: bool, say: Callable[[str], None]) -> GcReport:
     sizes = repo.index.pack_sizes()
     report = GcReport(len(sizes), sum(sizes.values()), dry_run=dry_run)
     partly: list[tuple[str, list[bytes]]] = []
@@ -98,6 +104,7 @@ def _sweep(repo: Repo, live: set[bytes], dry_run: bool) -> GcReport:
             if not dry_run:
                 _delete_pack(repo, pack_id)
     if partly:
+        say(f"repacking {count(len(partly), 'pack')} partly in use")
         _repack(repo, partly, sizes, report, dry_run)
     return report
 
