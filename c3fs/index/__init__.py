@@ -110,34 +110,29 @@ class Index:
             raise IndexUnavailable(f"cannot open the local index at {self.path}: "
                                    f"{_reason(exc, self.path)}") from None
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[lmdb.Transaction]:
+    def _write(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
         """A write transaction; a full disk is a one-line error, not an lmdb traceback."""
-        env = self.env
-        try:
-            with env.begin(write=True) as txn:
-                yield txn
-        except _DAMAGE as exc:
-            self._damaged(exc, env)
-        except lmdb.Error as exc:
-            if self._replaced(env):
-                self._damaged(exc, env)
-            raise IndexUnavailable(f"cannot write the local index at {self.path}: "
-                                   f"{_reason(exc, self.path)}") from None
+        return self._txn(write=True)
+
+    def _read(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
+        """A read transaction; decode what it returns inside it, so damage is caught too."""
+        return self._txn(write=False)
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[lmdb.Transaction]:
-        """A read transaction; decode what it returns inside it, so damage is caught too."""
+    def _txn(self, write: bool) -> Iterator[lmdb.Transaction]:
         env = self.env
         try:
-            with env.begin() as txn:
+            with env.begin(write=write) as txn:
                 yield txn
         except _DAMAGE as exc:
             self._damaged(exc, env)
         except lmdb.Error as exc:
             if self._replaced(env):
                 self._damaged(exc, env)
-            raise
+            if not write:
+                raise
+            raise IndexUnavailable(f"cannot write the local index at {self.path}: "
+                                   f"{_reason(exc, self.path)}") from None
 
     def _damaged(self, exc: BaseException, env: lmdb.Environment) -> NoReturn:
         """Replace the damaged environment `env` with a new, empty one (the first thread to
