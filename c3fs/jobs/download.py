@@ -130,7 +130,7 @@ class Copier:
         try:
             children = self.vfs.children(node)
         except (DataError, FormatError) as exc:
-            error = _unreadable(node, exc)
+            error = unreadable(node, exc)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made
                 self.stats.damaged_dirs += 1
                 return
@@ -570,14 +570,7 @@ def _named_errors(node: Node, path: bytes) -> Iterator[None]:
     except OSError as exc:
         raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
     except (DataError, FormatError) as exc:
-        raise _unreadable(node, exc) from None
-
-
-def _unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
-    """`unreadable`, still saying whether the store did not answer (`BlobError.unavailable`)."""
-    error = unreadable(node, exc)
-    error.unavailable = getattr(exc, "unavailable", False)
-    return error
+        raise unreadable(node, exc) from None
 
 
 def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:

@@ -71,10 +71,12 @@ def _virtual(path: tuple[bytes, ...], mtime_ns: int) -> Node:
 
 def unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
     """`exc` saying which job and path it breaks (`/jobs/<id>/<path>: blob ... is corrupt`),
-    of the same kind (DataError or FormatError) and keeping the damaged blob's id."""
+    of the same kind (DataError or FormatError), keeping the damaged blob's id and whether
+    the store did not answer (`BlobError.unavailable`)."""
     error = (FormatError if isinstance(exc, FormatError) else DataError)(
         f"cannot read {node.display}: {exc}")
     error.blob_id = getattr(exc, "blob_id", None)
+    error.unavailable = getattr(exc, "unavailable", False)
     return error
 
 
