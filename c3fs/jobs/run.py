@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from c3fs.errors import C3fsError, UsageError
-from c3fs.fsutil import tree_bytes
+from c3fs.fsutil import count, tree_bytes
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
 from c3fs.jobs.push import ensure_free, ingest, record_for
@@ -120,12 +120,11 @@ def _check_timeout(timeout: float | None) -> None:
 def _warn_files_from_before(job_id: str, outputs: list[tuple[tuple[str, ...], Path]]) -> None:
     """Name each output dir that already holds files: they will be stored with this job."""
     for parts, path in outputs:
-        count = sum(len(files) for _, _, files in os.walk(path))
-        if count:
-            files = "1 file" if count == 1 else f"{count} files"
+        n = sum(len(files) for _, _, files in os.walk(path))
+        if n:
             log.warning("job %s: output dir %s already holds %s from before the job; %s stored "
-                        "with this job", job_id, "/".join(parts), files,
-                        "it will be" if count == 1 else "they will be")
+                        "with this job", job_id, "/".join(parts), count(n, "file"),
+                        "it will be" if n == 1 else "they will be")
 
 
 def _exit_code(outcome: Outcome) -> int:
