@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -123,16 +124,31 @@ def _tmpfs(path: Path, size: str) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
-def test_upload_error_disk_full(c3fs_bin, store_env, workdir: Path, tmp_path: Path, monkeypatch) -> None:
+@contextlib.contextmanager
+def _run_with_a_full_store(c3fs_bin, workdir: Path, tmp_path: Path, monkeypatch, job: str,
+                           size: str, script: str):
+    """`c3fs run -j job -- python script` with the store on a `size` tmpfs; yields the result
+    while the store is still mounted, then unmounts it and removes the run dir kept."""
     small = tmp_path / "small"
-    _tmpfs(small, "1m")
-    kept_dir = None
+    _tmpfs(small, size)
+    res = None
     try:
         monkeypatch.setenv("C3FS_STORE", str(small / "store"))
-        (workdir / "big.py").write_text(
-            "import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/big.bin', 'wb').write(os.urandom(3_000_000))")
-        res = c3fs_bin("run", "-j", "full", "--", sys.executable, "big.py", cwd=workdir)
+        (workdir / f"{job}.py").write_text(script)
+        res = c3fs_bin("run", "-j", job, "--", sys.executable, f"{job}.py", cwd=workdir)
+        yield res
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+        if res is not None and "artifacts are kept in" in res.err:
+            _remove_kept(_kept_dir(res.err), job)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_upload_error_disk_full(c3fs_bin, store_env, workdir: Path, tmp_path: Path, monkeypatch) -> None:
+    script = ("import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/big.bin', 'wb')"
+              ".write(os.urandom(3_000_000))")
+    with _run_with_a_full_store(c3fs_bin, workdir, tmp_path, monkeypatch, "full", "1m",
+                                script) as res:
         assert res.code == 74, res.err
         assert "UPLOAD_ERROR" in res.err and "disk full" in res.err
         kept_dir = _kept_dir(res.err)
@@ -140,9 +156,6 @@ def test_upload_error_disk_full(c3fs_bin, store_env, workdir: Path, tmp_path: Pa
         rec = record(c3fs_bin, "full")
         assert (rec["status"], rec["reason"]) == ("FAILED", "UPLOAD_ERROR")
         assert c3fs_bin("verify").code == 0
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
-        _remove_kept(kept_dir, "full")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
@@ -321,22 +334,14 @@ def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path) -> 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
 def test_failed_script_and_failed_upload_keep_artifacts(c3fs_bin, store_env, workdir: Path,
                                                         tmp_path: Path, monkeypatch) -> None:
-    small = tmp_path / "small"
-    _tmpfs(small, "512k")
-    kept_dir = None
-    try:
-        monkeypatch.setenv("C3FS_STORE", str(small / "store"))
-        (workdir / "crash.py").write_text(
-            "import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/weights.bin', 'wb')"
-            ".write(os.urandom(2_000_000)); raise SystemExit(3)")
-        res = c3fs_bin("run", "-j", "crash", "--", sys.executable, "crash.py", cwd=workdir)
+    script = ("import os; open(os.environ['C3_ARTIFACTS_DIR'] + '/weights.bin', 'wb')"
+              ".write(os.urandom(2_000_000)); raise SystemExit(3)")
+    with _run_with_a_full_store(c3fs_bin, workdir, tmp_path, monkeypatch, "crash", "512k",
+                                script) as res:
         assert res.code == 3, res.err  # the script's status wins; the upload was best effort
         assert "best-effort upload failed" in res.err and "Traceback" not in res.err
         kept_dir = _kept_dir(res.err)
         assert (kept_dir / "weights.bin").stat().st_size == 2_000_000  # nothing lost
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
-        _remove_kept(kept_dir, "crash")
 
 
 def test_output_dirs_with_files_from_before_are_named(c3fs_bin, workdir: Path) -> None:
