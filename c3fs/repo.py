@@ -93,6 +93,5 @@ class Repo:
         try:
             return read(*args)
         except IndexDamaged as exc:
-            log.warning("%s; rebuilding it from the store", exc.reason)
-            self.index.sync(self.store)
+            self.index.heal(exc, self.store)
             return read(*args)

@@ -311,9 +311,14 @@ class Index:
         It walks the packs and records: damage it meets is repaired by starting a new index."""
         try:
             self._sync(store, packs, refs)
-        except IndexDamaged as exc:  # `_damaged` has put a new, empty one in its place
-            log.warning("%s; rebuilding it from the store", exc.reason)
-            self._sync(store, packs=True, refs=True)
+        except IndexDamaged as exc:
+            self.heal(exc, store)
+
+    def heal(self, exc: IndexDamaged, store: Store) -> None:
+        """After `exc`, `_damaged` has put a new, empty index in place: fill it from the store
+        (the caller may then try again what met the damage)."""
+        log.warning("%s; rebuilding it from the store", exc.reason)
+        self._sync(store, packs=True, refs=True)
 
     def _sync(self, store: Store, packs: bool, refs: bool) -> None:
         with self._sync_lock:
@@ -389,7 +394,8 @@ class Index:
                 for db in (self.blobs, self.packs, self.jobs, self.datasets):
                     txn.drop(db, delete=False)
         except IndexDamaged as exc:  # dropping walks every page: a new one is in its place
-            log.warning("%s; rebuilding it from the store", exc.reason)
+            self.heal(exc, store)
+            return
         self.sync(store)
 
     def iter_blobs(self) -> Iterator[tuple[bytes, Location]]:

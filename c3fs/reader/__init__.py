@@ -146,8 +146,7 @@ class BlobSource:
             # Another process may have repacked (gc) or pushed it: relearn packs, try again.
             self.index.sync(self.store, refs=False)
         except IndexDamaged as exc:  # a new, empty index is in its place: fill it, try again
-            log.warning("%s; rebuilding it from the store", exc.reason)
-            self.index.sync(self.store)
+            self.index.heal(exc, self.store)
         try:
             return self._fetch_once(blob_id, cached)
         except BlobError as exc:
