@@ -65,10 +65,6 @@ def ino_of(path: tuple[bytes, ...]) -> int:
     return (int.from_bytes(digest, "little") >> 1) | 2  # never 0 or 1, fits in 63 bits
 
 
-def _virtual(path: tuple[bytes, ...], mtime_ns: int) -> Node:
-    return Node(ino_of(path), DIR, 0o555, 0, mtime_ns, path)
-
-
 def unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
     """`exc` saying which job and path it breaks (`/jobs/<id>/<path>: blob ... is corrupt`),
     of the same kind (DataError or FormatError), keeping the damaged blob's id and whether
@@ -98,7 +94,8 @@ class Vfs:
                      else self._virtual(()))
 
     def _virtual(self, path: tuple[bytes, ...]) -> Node:
-        return _virtual(path, self._created_ns)
+        """A directory of the namespace (/, /jobs, /projects/<p>, ...), not of a tree."""
+        return Node(ino_of(path), DIR, 0o555, 0, self._created_ns, path)
 
     # walking ------------------------------------------------------------------------------
     def resolve(self, path: str | bytes) -> Node:
