@@ -4,7 +4,10 @@ importing the store."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -26,16 +29,90 @@ def make_private_dir(path: Path) -> None:
                 raise
 
 
+def walk_files(top: str | os.PathLike) -> Iterator[os.DirEntry]:
+    """Every entry below `top` that is not a directory, depth first with an explicit stack
+    (any depth; `os.walk` recurses per level before Python 3.12). Directories that cannot
+    be listed are passed over: for counts and totals, not for copies."""
+    stack = [os.fspath(top)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        yield entry
+        except OSError:
+            continue
+
+
 def tree_bytes(path: str | os.PathLike) -> int:
     """The bytes of the files below `path` (0 if it is gone): a progress bar's total."""
     total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
+    for entry in walk_files(path):
+        try:
+            total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            pass
     return total
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """`rm -rf path`, at any depth: each directory is opened relative to its parent and
+    emptied with an explicit stack (`shutil.rmtree` recurses per level before Python 3.12,
+    and fails on paths longer than PATH_MAX). Symlinks are removed, never followed; what
+    cannot be removed is left, as `rmtree(ignore_errors=True)` does."""
+    try:
+        top = os.open(path, _DIR_FLAGS)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    stack: list[tuple[int, bytes, set[bytes]]] = [(top, b"", set())]  # fd, name, names left
+    while stack:
+        fd, name, left = stack[-1]
+        sub = _unlink_files(fd, left)
+        if sub is not None:
+            try:
+                stack.append((os.open(sub, _DIR_FLAGS, dir_fd=fd), sub, set()))
+            except OSError:
+                left.add(sub)
+            continue
+        os.close(fd)
+        stack.pop()
+        if stack:
+            try:
+                os.rmdir(name, dir_fd=stack[-1][0])
+            except OSError:
+                stack[-1][2].add(name)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def _unlink_files(fd: int, left: set[bytes]) -> bytes | None:
+    """Unlink every non-directory in directory `fd`; return a subdirectory not in `left`
+    (to be emptied next), or None. What cannot be removed joins `left`."""
+    try:
+        names = [n for n in map(os.fsencode, os.listdir(fd)) if n not in left]
+    except OSError:
+        return None
+    for name in names:
+        try:
+            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                return name
+            os.unlink(name, dir_fd=fd)
+        except OSError:
+            left.add(name)
+    return None
+
+
+def shortened(path: bytes | str, keep: int = 60) -> str:
+    """`path` for a message: whole when short, else its two ends around `...`."""
+    text = os.fsdecode(path)
+    return text if len(text) <= 3 * keep else f"{text[:keep]}...{text[-keep:]}"
 
 
 def count(n: int, noun: str) -> str:

@@ -183,7 +183,7 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
     target = dst
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
         target = os.path.join(dst, show(node.path[-1]))
-    total = sum(n.size for _, n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
+    total = sum(n.size for n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
     with output.progress_bar("cp", total) as advance:
         stats = Copier(vfs, progress=advance).copy(node, target)
     output.err.print(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,13 +35,13 @@ from c3fs.objects.tree import DIR, FILE, LINK, Entry, encode_tree
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
-sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))  # the walk recurses per directory level
 Progress = Callable[[int], None]
 BATCH_BYTES = 1024 * 1024
 SMALL_BATCH = 64  # files smaller than one chunk, stored per task
 LOOKAHEAD = 256  # file tasks the walk may run ahead of the directories stored
 READ_BLOCK = 4 * 1024 * 1024  # large files are read and cut this much at a time,
 RING = 3  # into this many buffers per file
+OPEN_FILE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW  # a file swapped for a link is not followed
 
 
 class SourceError(C3fsError):
@@ -179,6 +178,28 @@ class _Dir:
     entry: Entry | None = None
 
 
+class _Open:
+    """A directory being walked: the rest of its listing, what it holds so far, and its
+    place (its parent and name: a full path is built only for a message, so the walk holds
+    no per-level path and works below PATH_MAX). Only the directory being listed has an
+    open descriptor; its ancestors keep their (device, inode) to be found again by `..`."""
+
+    def __init__(self, parent: _Open | None, name: bytes, fd: int, st: os.stat_result,
+                 items: list[os.DirEntry], top: bytes = b"") -> None:
+        self.parent, self.name, self.fd, self.st, self.top = parent, name, fd, st, top
+        self.items = iter(items)
+        self.parts: list[Entry | Future | _Dir] = []
+        self.small: list[tuple[bytes, os.stat_result]] = []
+
+    def display(self, name: bytes = b"") -> str:
+        """The path of this directory (or of `name` in it), for messages."""
+        names, node = [name] if name else [], self
+        while node.parent is not None:
+            names.append(node.name)
+            node = node.parent
+        return os.fsdecode(os.path.join(node.top, *reversed(names)))
+
+
 class Ingester:
     """Stores directory trees in `store`. One instance per push; not reusable."""
 
@@ -198,6 +219,8 @@ class Ingester:
         self._local = threading.local()
         self._walked: deque[_Dir] = deque()  # walked and not stored yet, in post-order
         self._tasks = 0  # file tasks under them
+        self._fds: set[int] = set()  # directory descriptors handed to file tasks
+        self._fds_lock = threading.Lock()
 
     def __enter__(self) -> Ingester:
         return self
@@ -207,6 +230,8 @@ class Ingester:
         self._smalls.shutdown(wait=True, cancel_futures=True)
         self._chunks.shutdown(wait=True, cancel_futures=True)
         self.sink.close()
+        for fd in self._fds:  # those of tasks canceled by a failure
+            os.close(fd)
 
     def ingest_dir(self, path: str | os.PathLike) -> bytes:
         """Store everything below `path`; return the root tree id once all packs are durable."""
@@ -219,7 +244,7 @@ class Ingester:
             raise SourceError(f"{os.fsdecode(top)}: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise SourceError(f"{os.fsdecode(top)} is not a directory")
-        root = self._walk(top, b"root", st)
+        root = self._walk(top, st)
         self._store_dirs(-1)
         self.sink.flush()
         return root.entry.target
@@ -232,23 +257,78 @@ class Ingester:
         return tree_id
 
     # walking ------------------------------------------------------------------------------
-    def _walk(self, path: bytes, name: bytes, st: os.stat_result) -> _Dir:
-        """List `path` and everything below it, handing its files to the pools; return the
+    def _walk(self, top: bytes, st: os.stat_result) -> _Dir:
+        """List `top` and everything below it, handing its files to the pools; return its
         directory, stored later (`_store_dirs`) so that the walk never waits for one
         directory's files before it starts on the next (big files and small files then
-        share the cores instead of taking turns)."""
-        parts: list[Entry | Future | _Dir] = []
-        small: list[tuple[bytes, bytes, os.stat_result]] = []
-        for item in sorted(self._scan(path), key=lambda d: d.name):
-            part = self._entry(item, small)
-            if part is not None:
-                parts.append(part)
-            if len(small) >= SMALL_BATCH:
-                parts.append(self._smalls.submit(self._small_files, small))
-                small = []
-        if small:
-            parts.append(self._smalls.submit(self._small_files, small))
-        walked = _Dir(name, stat.S_IMODE(st.st_mode), st.st_mtime_ns, parts,
+        share the cores instead of taking turns).
+
+        Depth first with an explicit stack, each directory opened relative to its parent
+        (`openat`, never following a symlink), so any depth works: no recursion, no path
+        longer than one name. A directory is finished (queued for storing) once all its
+        entries are, which gives post-order; its parent is then opened again through
+        `..` and checked to be the same directory."""
+        stack = [self._opened(None, top, top, st)]
+        try:
+            while True:
+                current = stack[-1]
+                name = next(current.items, None)
+                if name is not None:
+                    child = self._entry(name, current)
+                    if child is not None:  # a subdirectory: walk it now, its parent closed
+                        os.close(current.fd)
+                        current.fd = -1
+                        stack.append(child)
+                    continue
+                walked = self._finish(current)
+                stack.pop()
+                if not stack:
+                    os.close(current.fd)
+                    return walked
+                stack[-1].fd = self._reopen_parent(current, stack[-1])
+                stack[-1].parts.append(walked)
+        finally:
+            if stack and stack[-1].fd >= 0:  # the walk failed
+                os.close(stack[-1].fd)
+
+    def _opened(self, parent: _Open | None, name: bytes, path: bytes, st: os.stat_result) -> _Open:
+        """Open and list directory `path` (a name relative to `parent`, or the top)."""
+        where = parent.display(name) if parent is not None else os.fsdecode(name)
+        dir_fd = parent.fd if parent is not None else None
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if parent else 0)
+        try:
+            fd = os.open(path, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            raise SourceError(f"{where}: cannot open directory: {exc.strerror}") from None
+        try:
+            names = sorted(os.fsencode(n) for n in os.listdir(fd))
+        except OSError as exc:
+            os.close(fd)
+            raise SourceError(f"{where}: cannot list directory: {exc.strerror}") from None
+        return _Open(parent, name, fd, st, names, top=path if parent is None else b"")
+
+    @staticmethod
+    def _reopen_parent(child: _Open, parent: _Open) -> int:
+        """`parent`'s descriptor again, through `..` of the child just finished."""
+        try:
+            fd = os.open(b"..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=child.fd)
+        except OSError as exc:
+            raise SourceError(f"{parent.display()}: cannot open directory: {exc.strerror}") from None
+        finally:
+            os.close(child.fd)
+            child.fd = -1
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (parent.st.st_dev, parent.st.st_ino):
+            os.close(fd)
+            raise SourceError(f"{child.display()}: moved while it was being stored")
+        return fd
+
+    def _finish(self, current: _Open) -> _Dir:
+        """Queue a listed directory for storing, after its last small files."""
+        if current.small:
+            self._submit_small(current)
+        parts, st = current.parts, current.st
+        walked = _Dir(current.name, stat.S_IMODE(st.st_mode), st.st_mtime_ns, parts,
                       sum(isinstance(p, Future) for p in parts))
         self._walked.append(walked)
         self._tasks += walked.tasks
@@ -274,47 +354,77 @@ class Ingester:
             self._tasks -= walked.tasks
             self.stats.add(dirs=1)
 
-    def _scan(self, path: bytes) -> Iterator[os.DirEntry]:
+    def _entry(self, name: bytes, into: _Open) -> _Open | None:
+        """Add `name` (in the directory being listed) to it: as an entry, a future, or to
+        its batch of small files (stored many to a task); a subdirectory is returned, open
+        and listed, to be walked next. Special files are skipped with a warning."""
         try:
-            with os.scandir(path) as it:
-                yield from it
+            st = os.stat(name, dir_fd=into.fd, follow_symlinks=False)
         except OSError as exc:
-            raise SourceError(f"{os.fsdecode(path)}: cannot list directory: {exc.strerror}") from None
-
-    def _entry(self, item: os.DirEntry, small: list) -> Entry | Future | _Dir | None:
-        """The entry for `item`: now, as a future, or None (skipped; small files are
-        appended to `small` and stored in batches, one task for many files)."""
-        try:
-            st = item.stat(follow_symlinks=False)
-        except OSError as exc:
-            raise SourceError(f"{os.fsdecode(item.path)}: {exc.strerror}") from None
+            raise SourceError(f"{into.display(name)}: {exc.strerror}") from None
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
-            return self._walk(item.path, item.name, st)
+            return self._opened(into, name, name, st)
         if stat.S_ISREG(st.st_mode):
             if st.st_size < self.config.chunk_min:
-                small.append((item.path, item.name, st))
-                return None
-            return self._files.submit(self._file_entry, item.path, item.name, st)
-        if stat.S_ISLNK(st.st_mode):
+                into.small.append((name, st))
+                if len(into.small) >= SMALL_BATCH:
+                    self._submit_small(into)
+            else:
+                into.parts.append(self._files.submit(self._file_task, self._dup(into.fd), name,
+                                                     st, into))
+        elif stat.S_ISLNK(st.st_mode):
             self.stats.add(symlinks=1)
-            return Entry(item.name, LINK, mode, 0, st.st_mtime_ns, target=os.readlink(item.path))
-        log.warning("skipping %s: not a regular file, directory or symlink", os.fsdecode(item.path))
-        self.stats.skipped.append(os.fsdecode(item.path))
+            into.parts.append(Entry(name, LINK, mode, 0, st.st_mtime_ns,
+                                    target=os.readlink(name, dir_fd=into.fd)))
+        else:
+            log.warning("skipping %s: not a regular file, directory or symlink", into.display(name))
+            self.stats.skipped.append(into.display(name))
         return None
 
+    def _submit_small(self, into: _Open) -> None:
+        batch, into.small = into.small, []
+        into.parts.append(self._smalls.submit(self._small_task, self._dup(into.fd), batch, into))
+
+    def _dup(self, fd: int) -> int:
+        """A descriptor of the directory for one file task, which closes it; those of tasks
+        that never ran (a failed push) are closed on exit."""
+        dup = os.dup(fd)
+        with self._fds_lock:
+            self._fds.add(dup)
+        return dup
+
+    def _release(self, fd: int) -> None:
+        with self._fds_lock:
+            self._fds.discard(fd)
+        os.close(fd)
+
     # files --------------------------------------------------------------------------------
-    def _small_files(self, batch: list[tuple[bytes, bytes, os.stat_result]]) -> list[Entry]:
+    def _small_task(self, dir_fd: int, batch: list[tuple[bytes, os.stat_result]],
+                    where: _Open) -> list[Entry]:
+        try:
+            return self._small_files(dir_fd, batch, where)
+        finally:
+            self._release(dir_fd)
+
+    def _file_task(self, dir_fd: int, name: bytes, st: os.stat_result, where: _Open) -> Entry:
+        try:
+            return self._file_entry(dir_fd, name, st, where)
+        finally:
+            self._release(dir_fd)
+
+    def _small_files(self, dir_fd: int, batch: list[tuple[bytes, os.stat_result]],
+                     where: _Open) -> list[Entry]:
         """Store files smaller than one chunk: one read, one blob each, stats added once."""
         entries = []
         files = chunks = total = 0
-        fds = self._open_small(batch)
+        fds = self._open_small(dir_fd, batch)
         try:
-            for i, (path, name, st) in enumerate(batch):
+            for i, (name, st) in enumerate(batch):
                 fd, fds[i] = fds[i], None  # `_read_small` closes it
-                data = self._read_small(path, fd)
+                data = self._read_small(dir_fd, name, fd, where)
                 if data is None:  # it grew past one chunk since the walk saw it: cut it
-                    entries.append(self._file_entry(path, name, st))
+                    entries.append(self._file_entry(dir_fd, name, st, where))
                     continue
                 chunk_id, size = self._store_chunk(data) if data else (b"", 0)
                 entries.append(Entry(name, FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns,
@@ -328,14 +438,14 @@ class Ingester:
         self.progress(total)
         return entries
 
-    def _open_small(self, batch: list[tuple[bytes, bytes, os.stat_result]]) -> list[int | None]:
+    def _open_small(self, dir_fd: int, batch: list[tuple[bytes, os.stat_result]]) -> list[int | None]:
         """Open a batch of small files and ask the kernel to read them all at once
         (POSIX_FADV_WILLNEED): the reads then overlap on the disk instead of waiting one by
         one (2,500 small files from a cold cache: 0.16 s read one by one, 0.05 s so)."""
         fds: list[int | None] = []
-        for path, _, _ in batch:
+        for name, _ in batch:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(name, OPEN_FILE, dir_fd=dir_fd)
             except OSError:
                 fds.append(None)  # `_read_small` opens it again and reports the error
                 continue
@@ -346,31 +456,31 @@ class Ingester:
             fds.append(fd)
         return fds
 
-    def _read_small(self, path: bytes, fd: int | None) -> bytes | None:
+    def _read_small(self, dir_fd: int, name: bytes, fd: int | None, where: _Open) -> bytes | None:
         """The content of a file smaller than one chunk (None if it grew to a chunk);
-        reads and closes `fd` (from `_open_small`), or opens `path` if that failed."""
+        reads and closes `fd` (from `_open_small`), or opens `name` if that failed."""
         limit = self.config.chunk_min
         try:
             if fd is None:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(name, OPEN_FILE, dir_fd=dir_fd)
             try:
                 data = os.read(fd, limit)
                 return None if len(data) == limit else data
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise SourceError(f"{os.fsdecode(path)}: cannot read: {exc.strerror}") from None
+            raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
 
-    def _file_entry(self, path: bytes, name: bytes, st: os.stat_result) -> Entry:
+    def _file_entry(self, dir_fd: int, name: bytes, st: os.stat_result, where: _Open) -> Entry:
         ids: list[bytes] = []
         sizes: list[int] = []
         try:
-            with open(path, "rb", buffering=0) as f:
+            with open(os.open(name, OPEN_FILE, dir_fd=dir_fd), "rb", buffering=0) as f:
                 for chunk_id, size in self._store_chunks(f, st.st_size):
                     ids.append(chunk_id)
                     sizes.append(size)
         except OSError as exc:
-            raise SourceError(f"{os.fsdecode(path)}: cannot read: {exc.strerror}") from None
+            raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
         total = sum(sizes)
         self.stats.add(files=1, logical_bytes=total, chunks=len(ids))
         self.progress(total)

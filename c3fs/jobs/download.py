@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from c3fs.errors import C3fsError, DataError, FormatError, one_line
-from c3fs.fsutil import count
+from c3fs.fsutil import count, shortened
 from c3fs.objects.ids import blob_id, token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
@@ -126,24 +126,40 @@ class Copier:
             raise
         _finish_dirs(dirs, strict=True)
 
-    def _copy_dir(self, node: Node, path: bytes, futures, dirs) -> None:
+    def _copy_dir(self, top: Node, top_path: bytes, futures, dirs) -> None:
+        """Make `top` and everything below it, depth first with an explicit stack (any
+        depth): each directory's files are handed to the writers as it is listed."""
+        stack = [(top, top_path)]
+        while stack:
+            node, path = stack.pop()
+            listed = self._list_dir(node, path, dirs)
+            if listed is None:
+                continue
+            children, fresh = listed
+            subdirs = []
+            for name, child in children:
+                child_path = os.path.join(path, name)
+                if child.kind == DIR:
+                    subdirs.append((child, child_path))
+                else:
+                    self._copy_leaf(child, child_path, fresh, futures)
+            stack.extend(reversed(subdirs))
+
+    def _list_dir(self, node: Node, path: bytes, dirs) -> tuple[list, bool] | None:
+        """`node`'s children, and whether its directory at `path` was made just now; None
+        if it is damaged below the copy's root (left out, not made)."""
         try:
             children = self.vfs.children(node)
         except (DataError, FormatError) as exc:
             error = unreadable(node, exc)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made
                 self.stats.damaged_dirs += 1
-                return
+                return None
             raise error from None
         fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
         dirs.append((path, node))
         self.stats.dirs += 1
-        for name, child in children:
-            child_path = os.path.join(path, name)
-            if child.kind == DIR:
-                self._copy_dir(child, child_path, futures, dirs)
-            else:
-                self._copy_leaf(child, child_path, fresh, futures)
+        return children, fresh
 
     def _copy_leaf(self, node: Node, path: bytes, fresh: bool, futures) -> None:
         if node.kind == LINK:
@@ -530,6 +546,11 @@ def _make_dir(path: bytes) -> bool:
     except FileExistsError:
         pass
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise DestinationError(
+                f"{shortened(path)}: a path of {len(path):,} bytes is longer than this system "
+                f"allows ({os.pathconf(b'/', 'PC_PATH_MAX'):,}); copy a folder further down "
+                "into a shorter destination") from None
         raise DestinationError(f"{os.fsdecode(path)}: cannot create directory: {exc.strerror}") from None
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):

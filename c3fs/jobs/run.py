@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from c3fs.errors import C3fsError, UsageError
-from c3fs.fsutil import count, tree_bytes
+from c3fs.fsutil import count, remove_tree, tree_bytes, walk_files
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
 from c3fs.jobs.push import ensure_free, ingest, record_for
@@ -95,7 +94,7 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
         outcome.inputs = _mount_datasets(repo, spec, mounted)
     except BaseException:  # nothing ran: leave nothing behind
         _unmount_all(mounted)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_tree(run_dir)
         raise
     try:
         _execute(spec, job_id, artifacts, outcome)
@@ -107,7 +106,7 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
         outputs = []
     record = _upload(repo, spec, job_id, artifacts, outputs, outcome)
     if outcome.kept is None:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_tree(run_dir)
     return record, _exit_code(outcome)
 
 
@@ -120,7 +119,7 @@ def _check_timeout(timeout: float | None) -> None:
 def _warn_files_from_before(job_id: str, outputs: list[tuple[tuple[str, ...], Path]]) -> None:
     """Name each output dir that already holds files: they will be stored with this job."""
     for parts, path in outputs:
-        n = sum(len(files) for _, _, files in os.walk(path))
+        n = sum(1 for _ in walk_files(path))
         if n:
             log.warning("job %s: output dir %s already holds %s from before the job; %s stored "
                         "with this job", job_id, "/".join(parts), count(n, "file"),

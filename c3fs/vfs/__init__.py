@@ -13,6 +13,7 @@ lookups and across remounts. Names are bytes throughout.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import blake3
@@ -140,12 +141,15 @@ class Vfs:
             raise NotFound(f"{node.display} is not a symlink")
         return node.entry.target
 
-    def walk(self, node: Node, rel: tuple[bytes, ...] = ()):
-        """Yield (relative path, node) for `node` and everything below it, depth first."""
-        yield rel, node
-        if node.is_dir:
-            for name, child in self.children(node):
-                yield from self.walk(child, (*rel, name))
+    def walk(self, node: Node) -> Iterator[Node]:
+        """Yield `node` and every node below it, depth first with an explicit stack (any
+        depth, no recursion)."""
+        stack = [node]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.is_dir:
+                stack.extend(child for _, child in reversed(self.children(node)))
 
     # content ------------------------------------------------------------------------------
     def _tree_child(self, parent: Node, name: bytes) -> Node:
