@@ -10,6 +10,7 @@ import msgspec
 
 from c3fs.errors import FormatError
 from c3fs.objects.ids import check_name, parse_hex_id
+from c3fs.objects.nesting import check_json_depth
 
 RECORD_VERSION = 1
 SUCCEEDED = "SUCCEEDED"
@@ -60,6 +61,7 @@ def encode_record(record: JobRecord) -> bytes:
 
 
 def decode_record(data: bytes) -> JobRecord:
+    check_json_depth(data, "job record")
     try:
         record = _decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # bad UTF-8, deep nesting

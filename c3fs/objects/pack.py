@@ -29,7 +29,7 @@ KINDS = (CHUNK, TREE)
 MAX_TRAILER = 64 * 1024 * 1024
 
 
-class PackEntry(msgspec.Struct, array_like=True, frozen=True):
+class PackEntry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     kind: int
     id: bytes
     offset: int

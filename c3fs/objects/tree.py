@@ -26,7 +26,7 @@ MAX_TARGET = 4096
 NonNeg = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
-class Entry(msgspec.Struct, array_like=True, frozen=True):
+class Entry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     name: bytes
     kind: Annotated[int, msgspec.Meta(ge=0, le=2)]
     mode: Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
@@ -53,7 +53,7 @@ def st_mode(kind: int, mode: int) -> int:
     return {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}[kind] | mode
 
 
-class Tree(msgspec.Struct, array_like=True):
+class Tree(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     version: int
     entries: list[Entry]
 
@@ -73,7 +73,7 @@ def encode_tree(entries: list[Entry]) -> bytes:
 def decode_tree(data: bytes) -> Tree:
     try:
         tree = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except msgspec.DecodeError as exc:  # its schema is closed, so no nesting past Entry.sizes
         raise FormatError(f"damaged tree: {exc}") from None
     _check(tree)
     return tree

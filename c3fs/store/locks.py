@@ -17,8 +17,9 @@ import os
 import time
 from collections.abc import Iterator
 
-from c3fs.errors import LockedError
+from c3fs.errors import FormatError, LockedError
 from c3fs.objects.ids import token_hex
+from c3fs.objects.nesting import check_json_depth
 from c3fs.store.backend import BackendError, KeyExists, KeyMissing
 from c3fs.store.store import Store
 
@@ -35,13 +36,15 @@ def _lock_body() -> bytes:
 def _is_fresh(store: Store, key: str) -> bool:
     """A lock counts unless it is old, or its process on this host is gone."""
     try:
-        body = json.loads(store.backend.get(key))
+        raw = store.backend.get(key)
+        check_json_depth(raw, "lock")
+        body = json.loads(raw)
         if body["host"] == os.uname().nodename and not process_alive(int(body["pid"])):
             return False
         return time.time() - float(body["time"]) < STALE
     except KeyMissing:
         return False
-    except (ValueError, KeyError, TypeError):
+    except (FormatError, ValueError, KeyError, TypeError):
         return True  # unreadable: be careful, treat as held
 
 

@@ -24,6 +24,7 @@ from c3fs.errors import FormatError, NotFound, StoreError, StoreVersionError
 from c3fs.objects import pack as packfmt
 from c3fs.objects.ids import check_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
+from c3fs.objects.nesting import check_json_depth
 from c3fs.store.backend import Backend, KeyExists, KeyMissing
 from c3fs.store.local import TMP_PREFIX, LocalBackend
 
@@ -178,9 +179,10 @@ class Store:
 
 def _decode_config(raw: bytes, url: str) -> StoreConfig:
     try:
+        check_json_depth(raw, "store config", limit=2)
         head = msgspec.json.decode(raw)
         version = head.get("version") if isinstance(head, dict) else None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # nor deep nesting
+    except (FormatError, msgspec.DecodeError, UnicodeDecodeError):
         raise StoreError(f"{url}: the store config is damaged") from None
     if not isinstance(head, dict) or head.get("format") != "c3fs":
         raise StoreError(f"{url} is not a c3fs store")
