@@ -6,10 +6,18 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := fuse3 libfuse3-dev pkg-config
 PYTEST_ARGS ?=
 PYFUSE3 := 3.5.0
+PYFUSE3_SHA256 := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 PYFUSE3_PATCHES := $(wildcard patches/pyfuse3-$(PYFUSE3)-*.patch)
-PYFUSE3_BUILD := $(VENV)/build/pyfuse3
+PYFUSE3_BUILD = $(VENV)/build/pyfuse3
+# Exact versions and hashes of every Python dependency (runtime, test, bench) and of what the
+# install builds with; `make lock` makes them anew with uv (README: "Dependencies").
+LOCK := requirements/main.lock
+BUILD_LOCK := requirements/build.lock
+UV := uv==0.13.9
+LATEST := .venv-latest
 
-.PHONY: install sysdeps pyfuse3 demo test test-fast bench bench-full bench-peers lint clean
+.PHONY: install sysdeps pyfuse3 demo test test-fast test-random test-latest lock bench \
+	bench-full bench-peers lint clean
 
 # Bytecode for our own modules: with PYTHONDONTWRITEBYTECODE set, every command would
 # otherwise compile them again (~20 ms of each `c3fs mount`, measured cold).
@@ -23,11 +31,11 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT) >/dev/null; \
 	fi
 
-$(VENV)/.installed: pyproject.toml $(PYFUSE3_PATCHES) | sysdeps
+$(VENV)/.installed: pyproject.toml $(LOCK) $(BUILD_LOCK) $(PYFUSE3_PATCHES) | sysdeps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(MAKE) --no-print-directory pyfuse3
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(BUILD_LOCK) -r $(LOCK)
+	$(MAKE) --no-print-directory pyfuse3 ISOLATION=--no-build-isolation
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
 # pyfuse3 from its source release with two patches (patches/README.md): reads of files
@@ -37,10 +45,11 @@ $(VENV)/.installed: pyproject.toml $(PYFUSE3_PATCHES) | sysdeps
 pyfuse3:
 	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
 	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(PYFUSE3_BUILD) pyfuse3==$(PYFUSE3)
+	echo "$(PYFUSE3_SHA256)  $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3).tar.gz" | sha256sum -c --quiet
 	tar xzf $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3).tar.gz -C $(PYFUSE3_BUILD)
 	cd $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3) && for p in $(PYFUSE3_PATCHES); do \
 	  patch -s -p1 < $(CURDIR)/$$p || exit 1; done && rm src/pyfuse3/__init__.c
-	$(BIN)/pip install -q --force-reinstall --no-deps $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3)
+	$(BIN)/pip install -q --force-reinstall --no-deps $(ISOLATION) $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3)
 
 demo: install
 	$(BIN)/python -m cli.demo
@@ -50,6 +59,30 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
+
+# The suite in a random order (pytest-randomly; `-p randomly -p "randomly_seed=N"` repeats one).
+test-random: install
+	$(BIN)/python -m pytest -q -p randomly $(PYTEST_ARGS)
+
+# The suite against the newest versions pyproject.toml's ranges allow: a fresh venv, no lock,
+# so an upgrade that breaks us is found here, on purpose. Prints the versions that moved.
+test-latest: sysdeps
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(MAKE) --no-print-directory pyfuse3 VENV=$(LATEST)
+	$(LATEST)/bin/pip install -q -e '.[test,bench]'
+	$(LATEST)/bin/python requirements/moved.py $(LOCK)
+	$(LATEST)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Lock anew (after changing a range in pyproject.toml or requirements/build.in); review the
+# diff, run `make test`, commit both files.
+lock:
+	rm -rf $(VENV)/lock && $(PYTHON) -m venv $(VENV)/lock && $(VENV)/lock/bin/pip install -q $(UV)
+	$(VENV)/lock/bin/uv pip compile -q --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --extra test --extra bench \
+	  --no-emit-package pyfuse3 -o $(LOCK) pyproject.toml
+	$(VENV)/lock/bin/uv pip compile -q --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o $(BUILD_LOCK) requirements/build.in
 
 bench: install
 	$(BIN)/python -m bench run --quick
@@ -64,4 +97,4 @@ lint: install
 	$(BIN)/ruff check c3fs cli tests bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST) build *.egg-info .pytest_cache
