@@ -73,11 +73,15 @@ class PackSink:
     """Collects new blobs into packs; writes full packs in the background, `inflight` at most.
 
     Packs are written without waiting for the disk (writeback starts at once) and made
-    durable in batches of `sync_every` bytes and at `flush`; only then do their blobs enter
+    durable in batches of `sync_every` bytes or `sync_blobs` blobs, whichever comes first,
+    and at `flush`; only then do their blobs enter
     the index. Until then `_pending` answers for them, so a push dedups against itself.
     """
 
     sync_every = 512 * 1024 * 1024
+    # what waits for a sync is held in memory (an entry and a pending id per blob): with
+    # small files, 512 MiB of packs is millions of blobs (a 1M-file push held them all)
+    sync_blobs = 65536
 
     def __init__(self, store: Store, index: Index, stats: IngestStats, inflight: int = 2) -> None:
         self.store = store
@@ -92,6 +96,7 @@ class PackSink:
         self._writes: list[Future] = []
         self._unsynced: list[tuple[str, int, list]] = []
         self._unsynced_bytes = 0
+        self._unsynced_blobs = 0
         self._sync_lock = threading.Lock()
 
     def known(self, blob: bytes) -> bool:
@@ -129,7 +134,9 @@ class PackSink:
             with self._sync_lock:
                 self._unsynced.append((pack_id, size, builder.entries))
                 self._unsynced_bytes += size
-                due = self._unsynced_bytes >= self.sync_every
+                self._unsynced_blobs += len(builder.entries)
+                due = (self._unsynced_bytes >= self.sync_every
+                       or self._unsynced_blobs >= self.sync_blobs)
             if due:
                 self._sync()
         finally:
@@ -138,7 +145,8 @@ class PackSink:
     def _sync(self) -> None:
         """fsync the packs written so far, then index their blobs."""
         with self._sync_lock:
-            batch, self._unsynced, self._unsynced_bytes = self._unsynced, [], 0
+            batch, self._unsynced = self._unsynced, []
+            self._unsynced_bytes = self._unsynced_blobs = 0
             self.store.sync_packs([pack_id for pack_id, _, _ in batch])
             for pack_id, size, entries in batch:
                 self.index.add_pack(pack_id, size, entries)
