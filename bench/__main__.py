@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--s3", action="store_true", help="also push/pull against a local moto server")
     run.add_argument("--s3-repeat", type=int, default=None,
                      help="repeats of the S3 figures (default: --repeat; moto is slow)")
+    sub.add_parser("scale", help="how costs grow with files and jobs (python -m bench scale -h)",
+                   add_help=False)
     readme = sub.add_parser("readme", help="copy a run's tables into bench/README.md")
     readme.add_argument("results", nargs="?", help="results JSON (default: the newest)")
     run.add_argument("--keep-work", action="store_true", help="keep bench/work/ afterwards")
@@ -47,6 +49,11 @@ def params_from(args: argparse.Namespace) -> dataset.Params:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scale"]:  # its own options: python -m bench scale --help
+        from bench import scale
+
+        return scale.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "readme":
         return _readme(args.results)
