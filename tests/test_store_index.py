@@ -199,6 +199,33 @@ def test_index_learns_and_forgets_what_another_instance_did(repo: Repo, tmp_path
         other.close()
 
 
+def test_a_new_machine_learns_many_refs_in_few_transactions(tmp_path: Path, monkeypatch) -> None:
+    """Refs are recorded a batch to a write transaction (each commit is an fsync: one per ref
+    made a new machine's first `ls` of 2,000 jobs take 10 s), and so are forgotten ones."""
+    import c3fs.index as index_module
+
+    store = Store.open(LocalBackend(tmp_path / "store"))
+    names = [f"job_{n:05d}" for n in range(2500)]
+    for name in names:
+        store.create_ref(record(name, created=float(len(name))))
+    index = Index(tmp_path / "index", store.config.store_id)
+    writes = []
+    real_write = Index._write
+    monkeypatch.setattr(Index, "_write", lambda self: writes.append(1) or real_write(self))
+    try:
+        index.sync(store)
+        assert index.record_names(JOB) == set(names)
+        assert len(writes) <= 2500 // index_module.REF_BATCH + 5
+        for name in names[:1500]:
+            store.delete_ref(JOB, name)
+        writes.clear()
+        index.sync(store)
+        assert index.record_names(JOB) == set(names[1500:])
+        assert len(writes) <= 1500 // index_module.REF_BATCH + 5
+    finally:
+        index.close()
+
+
 def test_a_pack_another_writer_has_not_made_durable_is_fsynced_before_it_is_indexed(
         repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A push writes packs unsynced and fsyncs them in batches, before its own ref. Another

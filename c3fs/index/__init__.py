@@ -20,6 +20,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 SCHEMA = b"1"
 _LOC = struct.Struct("<32sQIIBB")
 _PACK = struct.Struct("<Q")
+REF_FETCHES = 16  # refs fetched at once during a sync (requests in flight on a remote store)
+REF_BATCH = 1000  # refs recorded per write transaction
 _MAP_SIZE = 1 << 36
 PREFETCH_MAX = 64 * 1024 * 1024  # indexes up to this size are read ahead whole when opened
 LEARN_BATCH = 256  # packs whose trailers are held in memory at once by a sync
@@ -382,14 +385,39 @@ class Index:
             self.add_pack(pack_id, sizes[pack_id], entries)
 
     def _sync_refs(self, store: Store, kind: str) -> None:
+        """Forget refs gone from the store and learn new ones: fetched `REF_FETCHES` at a
+        time (each is a request on a remote store), recorded `REF_BATCH` to a transaction
+        (a commit is an fsync: one per ref made a new machine's first `ls` of 2,000 jobs
+        take 10 s, 7.6 s of it in commits)."""
         known = self.record_names(kind)
         present = set(store.list_refs(kind))
-        for name in known - present:
-            self.remove_record(kind, name)
-        for name in sorted(present - known):
-            self.learn_ref(store, kind, name)
+        gone = sorted(known - present)
+        for start in range(0, len(gone), REF_BATCH):
+            with self._write() as txn:
+                for name in gone[start:start + REF_BATCH]:
+                    txn.delete(name.encode(), db=self._db(kind))
+        new = sorted(present - known)
+        if not new:
+            return
+        with ThreadPoolExecutor(REF_FETCHES, thread_name_prefix="c3fs-ref") as pool:
+            for start in range(0, len(new), REF_BATCH):
+                names = new[start:start + REF_BATCH]
+                fetched = pool.map(lambda name: self._fetch_ref(store, kind, name), names)
+                self.put_records([record for record in fetched if record is not None])
+
+    def put_records(self, records: list[JobRecord]) -> None:
+        with self._write() as txn:
+            for record in records:
+                txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
 
     def learn_ref(self, store: Store, kind: str, name: str) -> JobRecord | None:
+        record = self._fetch_ref(store, kind, name)
+        if record is not None:
+            self.put_record(record)
+        return record
+
+    def _fetch_ref(self, store: Store, kind: str, name: str) -> JobRecord | None:
+        """The record of a ref from the store, or None (damaged or unreadable: logged)."""
         try:
             record = store.get_ref(kind, name)
         except FormatError as exc:
@@ -398,7 +426,6 @@ class Index:
         except StoreError as exc:
             log.warning("cannot read %s ref %s: %s", kind, name, exc)
             return None
-        self.put_record(record)
         return record
 
     def rebuild(self, store: Store) -> None:
