@@ -94,8 +94,7 @@ def usage_svg(series: list[Series]) -> str:
         colour = PALETTE[i % len(PALETTE)]
         steps = [item.points[0]] + [q for p, q in zip(item.points, item.points[1:], strict=False)
                                     for q in ((q[0], p[1]), q)]
-        if t1 not in (item.points[-1][0],):
-            steps.append((t1, item.points[-1][1]))
+        steps.append((t0 + span, item.points[-1][1]))  # to the right edge: usage stays
         parts.append(f'<polyline class="series" fill="none" stroke="{colour}" stroke-width="2" '
                      f'points="{" ".join(xy(t, v) for t, v in steps)}">'
                      f'<title>{escape(item.project)}</title></polyline>')
