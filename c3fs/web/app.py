@@ -34,7 +34,7 @@ from c3fs.errors import (
     NotFound,
     UsageError,
 )
-from c3fs.fsutil import human
+from c3fs.fsutil import age, human
 from c3fs.objects.job import DATASET, JOB, STATUSES, JobRecord
 from c3fs.objects.tree import DIR, FILE
 from c3fs.repo import Repo
@@ -86,7 +86,7 @@ class Site:
         self.vfs = Vfs(repo)
         self.env = jinja2.Environment(loader=jinja2.PackageLoader("c3fs.web", "templates"),
                                       autoescape=True, undefined=jinja2.StrictUndefined)
-        self.env.globals.update(human=human, age=catalog.age, when=_when, show=show,
+        self.env.globals.update(human=human, age=age, when=_when, show=show,
                                 quote=lambda s: urllib.parse.quote(s, safe=""),
                                 kind_dir=catalog.KIND_DIR, readme_note=README_NOTE)
 

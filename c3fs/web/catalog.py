@@ -3,7 +3,6 @@ sorted, paged), who consumes a ref, the lineage graph of a job, usage over time.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -177,12 +176,3 @@ def usage_series(records: list[JobRecord], measure: str = "stored",
                                                          (len(points) - 1) % step else [])))
     return series
 
-
-def age(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0.0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit} ago"
-    return f"{int(seconds)}s ago"
