@@ -44,7 +44,7 @@ def serve(ctx: Ctx, bind: str, open_browser: bool, token: str | None) -> None:
 
     from c3fs.web import make_app
 
-    sock = _listen(*_parse_bind(bind))
+    sock = _listen(*parse_bind(bind, token))
     host, port = sock.getsockname()[:2]
     url = f"http://{_url_host(host)}:{port}/"
     click.echo(f"c3fs: serving {url} (Ctrl-C stops)", err=True)
@@ -57,19 +57,16 @@ def serve(ctx: Ctx, bind: str, open_browser: bool, token: str | None) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def _parse_bind(bind: str) -> tuple[str, int]:
+def parse_bind(bind: str, token: str | None = None) -> tuple[str, int]:
+    """(host, port) of `--bind HOST:PORT`; warns when HOST is not a loopback address."""
     host, sep, port_text = bind.rpartition(":")
     host = host.strip("[]") if sep else bind
     if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
         raise UsageError(f"--bind {bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8484")
     if not _loopback(host):
         log.warning("serving on %s: anyone who can reach it can read every job in the store%s",
-                    host, "" if _token_set() else " (consider --token)")
+                    host, "" if token else " (consider --token)")
     return host, int(port_text)
-
-
-def _token_set() -> bool:
-    return bool(click.get_current_context().params.get("token"))
 
 
 def _loopback(host: str) -> bool:

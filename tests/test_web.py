@@ -58,6 +58,24 @@ def test_home_and_job_list(client: TestClient) -> None:
     assert client.get("/datasets").status_code == 200
 
 
+def test_datasets_are_listed_and_browsed_the_same(repo, client: TestClient,
+                                                  tmp_path: Path) -> None:
+    from c3fs.jobs.push import push_dir
+    from c3fs.objects.job import DATASET
+
+    (tmp_path / "mini").mkdir()
+    (tmp_path / "mini" / "labels.csv").write_text("id,label\n1,cat\n")
+    push_dir(repo, tmp_path / "mini", "vision", "imagenet-mini", kind=DATASET)
+    repo.refresh(force=True)
+    listing = client.get("/datasets").text
+    assert 'href="/browse/datasets/imagenet-mini/"' in listing
+    assert f'href="/browse/jobs/{TRAIN}/"' not in listing
+    page = client.get("/browse/projects/vision/datasets/imagenet-mini/").text
+    assert "labels.csv" in page and 'href="/browse/datasets/imagenet-mini/labels.csv"' in page
+    assert "<td>cat</td>" in client.get("/browse/datasets/imagenet-mini/labels.csv").text
+    assert client.get("/raw/datasets/imagenet-mini/labels.csv").content == b"id,label\n1,cat\n"
+
+
 def test_job_list_sorts_filters_and_pages(repo, jobs, client: TestClient) -> None:
     many_jobs(repo, jobs["prep"], 250, (SUCCEEDED, FAILED, TIMEOUT))
     repo.refresh(force=True)
@@ -259,6 +277,22 @@ def test_serve_refuses_a_bad_bind_with_one_line(run_cli, store_env) -> None:
         assert "cannot listen" in line
     finally:
         busy.close()
+
+
+def test_serve_warns_when_it_listens_beyond_loopback(caplog) -> None:
+    from cli.serve import parse_bind
+
+    with caplog.at_level("WARNING", logger="c3fs"):
+        assert parse_bind("127.0.0.1:8484") == ("127.0.0.1", 8484)
+        assert parse_bind("[::1]:0") == ("::1", 0)
+        assert parse_bind("localhost:1") == ("localhost", 1)
+        assert not caplog.records
+        assert parse_bind("0.0.0.0:8484") == ("0.0.0.0", 8484)
+    assert "anyone who can reach it" in caplog.text and "--token" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="c3fs"):
+        parse_bind("192.0.2.7:80", token="t")
+    assert "anyone who can reach it" in caplog.text and "--token" not in caplog.text
 
 
 def test_serve_help_has_examples(run_cli) -> None:
