@@ -264,6 +264,29 @@ def test_damaged_data_is_an_error_page_never_wrong_bytes(repo, client: TestClien
     assert "is corrupt" in response.text or "damaged" in response.text
 
 
+def test_damage_after_the_first_block_cuts_the_download_short(repo, jobs, store_env,
+                                                               caplog) -> None:
+    """Past the first block the status is sent: a damaged chunk ends the body early (the
+    client sees fewer bytes than Content-Length), every byte sent is right."""
+    from c3fs.vfs import Vfs
+
+    node = Vfs(repo).resolve(f"/jobs/{TRAIN}/weights.bin")
+    loc = repo.index.lookup(node.entry.chunk_ids()[-1])
+    pack = store_env.store / "packs" / loc.pack_id[:2] / loc.pack_id
+    data = bytearray(pack.read_bytes())
+    data[loc.offset + loc.length // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    client = TestClient(make_app(repo), raise_server_exceptions=False)
+    right = (store_env.root / "train" / "weights.bin").read_bytes()
+    with caplog.at_level("ERROR"):
+        response = client.get(raw("weights.bin"))
+    assert response.headers["content-length"] == str(BIG)
+    assert 0 < len(response.content) < BIG and response.content == right[:len(response.content)]
+    assert "stopped at byte" in caplog.text and "is corrupt" in caplog.text
+    part = client.get(raw("weights.bin"), headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == right[:100]
+
+
 # the command ------------------------------------------------------------------------------
 def test_serve_refuses_a_bad_bind_with_one_line(run_cli, store_env) -> None:
     assert "--bind" in run_cli(["serve", "--bind", "nonsense"]).assert_one_line_error()
