@@ -51,6 +51,7 @@ def test_home_and_job_list(client: TestClient) -> None:
     for job in (PREP, TRAIN, EVAL):
         assert f'href="/browse/jobs/{job}/"' in page.text
     assert "FAILED (SCRIPT_ERROR)" in page.text
+    assert f'<a class="input" href="/browse/projects/vision/jobs/{TRAIN}/ckpt">' in page.text
     failed = client.get("/jobs", params={"status": FAILED})
     assert f'href="/browse/jobs/{EVAL}/"' in failed.text
     assert f'href="/browse/jobs/{TRAIN}/"' not in failed.text

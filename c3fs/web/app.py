@@ -88,6 +88,8 @@ class Site:
                                       autoescape=True, undefined=jinja2.StrictUndefined)
         self.env.globals.update(human=human, age=age, when=_when, show=show,
                                 quote=lambda s: urllib.parse.quote(s, safe=""),
+                                ref_url=lambda ref: "/browse/" + urllib.parse.quote(
+                                    ref.lstrip("/"), safe="/"),
                                 kind_dir=catalog.KIND_DIR, readme_note=README_NOTE)
 
     def page(self, template: str, status: int = 200, **context) -> HTMLResponse:
