@@ -158,8 +158,7 @@ class Site:
         for item in record.inputs:
             ref = catalog.ref_of(item.ref)
             found = records.get(ref) if ref else None
-            url = (node_url("/browse/", tuple(p for p in split_path(item.ref)))
-                   if found else None)
+            url = node_url("/browse/", split_path(item.ref)) if found else None
             inputs.append(dict(ref=item.ref, root=item.root, mount=item.mount, url=url,
                                record=found))
         users = catalog.consumers(records).get((record.kind, record.id), [])
@@ -185,9 +184,7 @@ class Site:
         node = self._resolve(request, "/raw/")
         if node.kind != FILE or node.ref is None:
             raise NotFound(f"{node.display} is not a file")
-        record = self.repo.record(*node.ref)
-        etag = '"' + blake3.blake3(record.root.encode() + b"\0" + b"/".join(node.path))\
-            .hexdigest(length=16) + '"'
+        etag = _etag(self.repo.record(*node.ref), node)
         name = node.path[-1]
         kind = image_type(name) if request.query_params.get("inline") == "1" else None
         headers = {"accept-ranges": "bytes", "etag": etag, "cache-control": "private, max-age=3600",
@@ -253,6 +250,12 @@ class Site:
     def damaged(self, request: Request, exc: Exception) -> HTMLResponse:
         log.error("%s: %s", request.url.path, exc)
         return self.page("error.html", 500, title="Cannot read this", message=str(exc))
+
+
+def _etag(record: JobRecord, node: Node) -> str:
+    """A file's bytes are fixed by its job's root tree and its path in it."""
+    key = record.root.encode() + b"\0" + b"/".join(node.path)
+    return '"' + blake3.blake3(key).hexdigest(length=16) + '"'
 
 
 def _pieces(reader, node: Node, offset: int, end: int, first: bytes) -> Iterator[bytes]:
