@@ -217,6 +217,8 @@ def test_read_only_by_construction(client: TestClient) -> None:
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
         response = client.request(method, f"/raw/jobs/{TRAIN}/metrics.json")
         assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD"
+    head = client.head("/jobs")
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_token_as_bearer_or_cookie(repo, jobs) -> None:
