@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := fuse3 libfuse3-dev pkg-config
+# The browser test of `c3fs serve` (headless chromium); `make demo` does without it.
+TEST_APT := chromium
 PYTEST_ARGS ?=
 PYFUSE3 := 3.5.0
 PYFUSE3_SHA256 := 88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
@@ -16,7 +18,7 @@ BUILD_LOCK := requirements/build.lock
 UV := uv==0.13.9
 LATEST := .venv-latest
 
-.PHONY: install sysdeps pyfuse3 demo test test-fast test-random test-latest lock bench \
+.PHONY: install sysdeps test-sysdeps pyfuse3 demo test test-fast test-random test-latest lock bench \
 	bench-full bench-peers lint clean
 
 # Bytecode for our own modules: with PYTHONDONTWRITEBYTECODE set, every command would
@@ -29,6 +31,13 @@ sysdeps:
 	  echo "installing $(APT)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT) >/dev/null; \
+	fi
+
+test-sysdeps:
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing $(TEST_APT)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT) >/dev/null; \
 	fi
 
 $(VENV)/.installed: pyproject.toml $(LOCK) $(BUILD_LOCK) $(PYFUSE3_PATCHES) | sysdeps
@@ -54,19 +63,19 @@ pyfuse3:
 demo: install
 	$(BIN)/python -m cli.demo
 
-test: install
+test: install test-sysdeps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install test-sysdeps
 	$(BIN)/python -m pytest -q -m 'not slow' $(PYTEST_ARGS)
 
 # The suite in a random order (pytest-randomly; `-p randomly -p "randomly_seed=N"` repeats one).
-test-random: install
+test-random: install test-sysdeps
 	$(BIN)/python -m pytest -q -p randomly $(PYTEST_ARGS)
 
 # The suite against the newest versions pyproject.toml's ranges allow: a fresh venv, no lock,
 # so an upgrade that breaks us is found here, on purpose. Prints the versions that moved.
-test-latest: sysdeps
+test-latest: sysdeps test-sysdeps
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(MAKE) --no-print-directory pyfuse3 VENV=$(LATEST)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from c3fs.errors import UsageError
-from c3fs.fsutil import count, human  # noqa: F401  (output.count, output.human)
+from c3fs.fsutil import age, count, human  # noqa: F401  (output.age, .count, .human)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -51,16 +51,6 @@ def parse_size(text: str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise UsageError(f"not a size: {text!r} (examples: 500MiB, 50GiB, 1TB)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-def age(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    s = max(0, time.time() - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{int(s // size)}{unit} ago"
-    return f"{int(s)}s ago"
 
 
 def print_json(value) -> None:
