@@ -6,11 +6,14 @@ holders killed -9 on another "host" (a UTS namespace with another hostname)."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from reliability.relkit import Site, needs_fuse
+from reliability.relkit import BIN, Result, Site, needs_fuse
 
 
 # 1. the forked index ----------------------------------------------------------------------
@@ -57,3 +60,129 @@ def test_an_index_open_twice_is_not_damage(site: Site, tmp_path: Path) -> None:
         assert again.local_get("pulled/job_a") == b"{}"
     finally:
         again.close()
+
+
+# 3. stale locks: two "hosts" (UTS namespaces with their own host names) -------------------
+HOLDER = """\
+import sys, time
+from c3fs.store import locks
+from c3fs.store.store import Store, open_backend
+store = Store.open(open_backend(sys.argv[1], create=False), create=False)
+hold = locks.gc_lock if sys.argv[2] == "gc" else locks.push_lock
+with hold(store) as lease:
+    print("held", flush=True)
+    while not lease.lost:
+        time.sleep(0.05)
+    print("lost", flush=True)
+"""
+LEASE = "2"  # seconds: a holder renews every 0.5 s; a dead one is judged after 2
+
+
+def _can_unshare() -> bool:
+    probe = subprocess.run(["unshare", "--uts", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_uts = pytest.mark.skipif(shutil.which("unshare") is None or not _can_unshare(),
+                               reason="needs unshare --uts (root)")
+
+
+def on_host(host: str, argv: list[str]) -> list[str]:
+    """`argv` run in a new UTS namespace whose host name is `host` (another "machine")."""
+    return ["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh", *argv]
+
+
+def hold_lock(site: Site, host: str, kind: str) -> subprocess.Popen:
+    """A process of `host` holding the store's gc lock or a push lock (renewing it)."""
+    proc = subprocess.Popen(on_host(host, [sys.executable, "-c", HOLDER, site.store, kind]),
+                            env=site.env(C3FS_LOCK_LEASE=LEASE), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n", proc.stderr.read()
+    return proc
+
+
+def host_run(site: Site, host: str, *args: str) -> Result:
+    proc = subprocess.run(on_host(host, [str(BIN), *args]), env=site.env(C3FS_LOCK_LEASE=LEASE),
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def lock_names(site: Site) -> list[str]:
+    return sorted(p.name for p in (site.root / "locks").iterdir())
+
+
+@needs_uts
+def test_a_gc_killed_on_one_host_does_not_block_pushes_on_another(site: Site, tmp_path: Path,
+                                                                  small_tree: Path) -> None:
+    site.push(small_tree, "job_first")
+    holder = hold_lock(site, "host-a", "gc")
+    live = host_run(site, "host-b", "push", str(small_tree), "-p", "rel", "-j", "job_x")
+    assert live.code == 7 and "gc is running" in live.err and "on host-a" in live.err, live.err
+    holder.kill()  # kill -9: the lock stays behind, never renewed again
+    holder.wait()
+    assert lock_names(site) == ["gc"]
+    pushed = host_run(site, "host-b", "push", str(small_tree), "-p", "rel", "-j", "job_second")
+    assert pushed.code == 0, pushed.err
+    assert "removed the expired gc lock" in pushed.err and "host-a" in pushed.err, pushed.err
+    assert lock_names(site) == []
+    site.assert_verifies()
+
+
+@needs_uts
+def test_gc_removes_push_locks_of_killed_pushes_on_another_host(site: Site,
+                                                                small_tree: Path) -> None:
+    site.push(small_tree, "job_first")
+    holders = [hold_lock(site, "host-a", "push") for _ in range(3)]
+    refused = host_run(site, "host-b", "gc")
+    assert refused.code == 7 and "3 push(es) in progress" in refused.err, refused.err
+    for holder in holders:
+        holder.kill()
+        holder.wait()
+    assert len(lock_names(site)) == 3
+    done = host_run(site, "host-b", "gc")
+    assert done.code == 0, done.err
+    assert done.err.count("removed the expired push lock") == 3, done.err
+    assert lock_names(site) == []
+    site.assert_verifies()
+
+
+def test_locks_of_dead_processes_on_this_host_are_removed_at_once(site: Site,
+                                                                  small_tree: Path) -> None:
+    """No watching needed on the holder's own host: its pid says it is gone."""
+    site.push(small_tree, "job_first")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, site.store, "push"],
+                              env=site.env(C3FS_LOCK_LEASE="3600"), stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    done = site.run("gc", env={"C3FS_LOCK_LEASE": "3600"}, timeout=60)
+    assert done.code == 0 and "removed the expired push lock" in done.err, done.err
+    assert lock_names(site) == []
+
+
+@needs_uts
+def test_unlock_lists_and_breaks_locks_naming_the_holder(site: Site, small_tree: Path) -> None:
+    site.push(small_tree, "job_first")
+    holder = hold_lock(site, "host-a", "gc")
+    try:
+        listed = json.loads(host_run(site, "host-b", "unlock", "--list", "--json").ok().out)
+        assert [(lock["name"], lock["kind"], lock["host"], lock["pid"]) for lock in listed] == \
+            [("gc", "gc", "host-a", listed[0]["pid"])] and listed[0]["pid"] > 0
+        table = host_run(site, "host-b", "unlock", "--list").ok().out
+        assert "gc" in table and "host-a" in table
+        alive = host_run(site, "host-b", "unlock", "gc")
+        assert alive.code == 7 and "host-a" in alive.err and "--force" in alive.err, alive.err
+        assert lock_names(site) == ["gc"]
+        broken = host_run(site, "host-b", "unlock", "gc", "--force")
+        assert broken.code == 0 and "removed lock gc" in broken.err and "host-a" in broken.err
+        assert lock_names(site) == []
+        # the holder learns at its next heartbeat that its lock is gone, and says so
+        assert holder.stdout.readline() == "lost\n"
+        assert "was broken by another process" in holder.stderr.read()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert host_run(site, "host-b", "unlock", "--list", "--json").ok().out.strip() == "[]"
+    assert host_run(site, "host-b", "unlock", "push-nope").code == 3
+    assert host_run(site, "host-b", "unlock", "../config").code == 2
