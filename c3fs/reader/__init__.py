@@ -142,8 +142,12 @@ class BlobSource:
     def _fetch(self, blob_id: bytes, cached: bool = True) -> bytes:
         try:
             return self._fetch_once(blob_id, cached)
-        except (BlobMissing, KeyMissing):
+        except BlobMissing as exc:
+            if exc.unavailable:  # the store did not answer: a sync would not either
+                raise
             # Another process may have repacked (gc) or pushed it: relearn packs, try again.
+            self.index.sync(self.store, refs=False)
+        except KeyMissing:
             self.index.sync(self.store, refs=False)
         except IndexDamaged as exc:  # a new, empty index is in its place: fill it, try again
             self.index.heal(exc, self.store)

@@ -9,11 +9,13 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from s3server import MotoServer
 
-from reliability.relkit import BIN, Result, Site, needs_fuse
+from reliability.relkit import BIN, Result, Site, mounted, needs_fuse
 
 
 # 1. the forked index ----------------------------------------------------------------------
@@ -186,3 +188,119 @@ def test_unlock_lists_and_breaks_locks_naming_the_holder(site: Site, small_tree:
     assert host_run(site, "host-b", "unlock", "--list", "--json").ok().out.strip() == "[]"
     assert host_run(site, "host-b", "unlock", "push-nope").code == 3
     assert host_run(site, "host-b", "unlock", "../config").code == 2
+
+
+# 2. a hung S3 server (SIGSTOP): one deadline per operation --------------------------------
+DEADLINE = 5.0  # C3FS_STORE_DEADLINE for these tests (the default is 60 s)
+BOUND = 40.0  # generous: one deadline, its retries' back-off, start-up; before: 120-550 s
+
+
+def s3_site(tmp_path: Path, s3_url: str) -> Site:
+    return Site(s3_url, tmp_path / "cache", {"C3FS_STORE_DEADLINE": str(DEADLINE)})
+
+
+def hang_when_logged(server: MotoServer, needle: str, proc: subprocess.Popen) -> None:
+    """SIGSTOP the server once its request log shows `needle` (a request of the command
+    under test has been answered: it is under way), or at once if the command ended."""
+    start = server.log_path.stat().st_size
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(server.log_path, "rb") as log_file:
+            log_file.seek(start)
+            if needle.encode() in log_file.read():
+                break
+        time.sleep(0.01)
+    server.pause()
+
+
+def timed(proc: subprocess.Popen, server: MotoServer, cap: float = 180) -> tuple[float, str]:
+    """Seconds until `proc` exits while the server hangs (the server is resumed after `cap`
+    seconds at most, so a command that waits for it still ends), and its stderr."""
+    started = time.monotonic()
+    try:
+        proc.wait(cap)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        took = time.monotonic() - started
+        server.resume()
+    _, err = proc.communicate(timeout=120)
+    return took, err.decode(errors="replace")
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("c3fs: error: ")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    return errors[0]
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_push_to_a_hung_server_fails_within_one_deadline(s3_server: MotoServer, s3_url: str,
+                                                         tmp_path: Path, small_tree: Path) -> None:
+    site = s3_site(tmp_path, s3_url)
+    proc = site.popen("push", small_tree, "-p", "rel", "-j", "job_hung")
+    hang_when_logged(s3_server, "/c3/locks/push-", proc)
+    took, err = timed(proc, s3_server)
+    assert proc.returncode == 5 and "timed out" in one_error_line(err), err
+    assert took < BOUND, f"push gave up after {took:.0f} s"
+    site.push(small_tree, "job_after")  # the server is back: the next push works
+    site.assert_verifies()
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_pull_from_a_hung_server_fails_within_one_deadline(s3_server: MotoServer, s3_url: str,
+                                                           tmp_path: Path, small_tree: Path) -> None:
+    """No index sync per failed read, no queued file waiting a deadline of its own."""
+    site = s3_site(tmp_path, s3_url)
+    for n in range(4):
+        site.push(small_tree, f"job_{n}")
+    shutil.rmtree(site.cache)  # a machine that has fetched nothing: every read asks the store
+    site.run("ls", "/jobs/").ok()
+    proc = site.popen("pull", "-d", tmp_path / "pulled")
+    hang_when_logged(s3_server, "GET /" + s3_url.split("/")[2] + "/c3/packs/", proc)
+    took, err = timed(proc, s3_server)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert took < BOUND, f"pull gave up after {took:.0f} s"
+    assert len(err.splitlines()) <= 5, err  # not a line per file
+    pulled = site.run("pull", "-d", tmp_path / "pulled", "--json").ok()
+    assert len(json.loads(pulled.out)) == 4
+
+
+@needs_fuse
+@pytest.mark.fuse
+@pytest.mark.s3
+@pytest.mark.slow
+def test_a_mounted_read_from_a_hung_server_fails_within_one_deadline(
+        s3_server: MotoServer, s3_url: str, tmp_path: Path, small_tree: Path) -> None:
+    """Every waiting read gets EIO when the deadline passes, each with one log line naming
+    job, path and chunk; after SIGCONT the next read works without a remount."""
+    site = s3_site(tmp_path, s3_url)
+    site.push(small_tree, "job_m")
+    shutil.rmtree(site.cache)  # nothing cached on this machine
+    names = ["weights-0.bin", "weights-1.bin"]
+    with mounted(site, "/jobs/job_m", tmp_path / "mnt") as mnt:
+        s3_server.pause()
+        readers = [subprocess.Popen(["cat", str(mnt / name)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE) for name in names]
+        started = time.monotonic()
+        for reader in readers:
+            try:
+                reader.wait(180)
+            except subprocess.TimeoutExpired:
+                pass
+        took = time.monotonic() - started
+        s3_server.resume()
+        for reader in readers:
+            _, err = reader.communicate(timeout=120)
+            assert reader.returncode == 1 and b"Input/output error" in err, err
+        assert took < BOUND, f"the reads gave up after {took:.0f} s"
+        log_text = "".join(p.read_text() for p in (site.cache / "mounts").glob("*.log"))
+        assert "Traceback" not in log_text and "unexpected" not in log_text, log_text
+        failed = [line for line in log_text.splitlines() if "failed (EIO)" in line]
+        assert failed and all("job job_m" in line and "chunk " in line for line in failed)
+        assert {name for name in names if any(name in line for line in failed)} == set(names)
+        for name in names:  # recovered: same mount, same bytes
+            assert (mnt / name).read_bytes() == (small_tree / name).read_bytes()
