@@ -118,11 +118,15 @@ class Index:
             except (lmdb.DiskError, lmdb.ReadonlyError):
                 raise
             except lmdb.Error as exc:
-                if _already_open(exc):  # a bug (or an inherited handle), not damage
+                if not _already_open(exc):
+                    log.warning("index at %s is damaged (%s); rebuilding it from the store",
+                                self.path, exc)
+                elif not self._replacing:  # a bug, or an environment inherited through fork
                     raise IndexUnavailable(f"cannot open the local index at {self.path}: it "
                                            "is already open in this process") from None
-                log.warning("index at %s is damaged (%s); rebuilding it from the store",
-                            self.path, exc)
+                # else: replacing, the files are new. "Already open" is a replaced environment
+                # being closed by another thread, whose freed inode numbers the new files
+                # reuse before py-lmdb forgets them: new files with other inodes end that.
                 shutil.rmtree(self.path, ignore_errors=True)
                 make_private_dir(self.path)
                 return self._lmdb_open()

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from c3fs.errors import LockedError, NotFound, UsageError, one_line
 from c3fs.objects.ids import token_hex
-from c3fs.store.backend import BackendError, KeyExists, KeyMissing
+from c3fs.store.backend import BackendError, KeyExists, KeyMissing, StoreTimeout
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -242,8 +242,8 @@ class Lease:
         while not self._stop.wait(self.lease / 4):
             try:
                 self._renew()
-            except BackendError as exc:
-                log.warning("could not renew lock %s: %s", self.key, exc)
+            except BackendError as exc:  # the command's own error says the store is gone
+                log.log(_level(exc), "could not renew lock %s: %s", self.key, exc)
             if self.lost:
                 return
 
@@ -281,7 +281,12 @@ class Lease:
         try:
             self.release()
         except BackendError as exc:
-            log.warning("could not remove lock %s: %s", self.key, exc)
+            log.log(_level(exc), "could not remove lock %s: %s", self.key, exc)
+
+
+def _level(exc: BackendError) -> int:
+    """A store that did not answer in time is the command's one error line already."""
+    return logging.INFO if isinstance(exc, StoreTimeout) else logging.WARNING
 
 
 def _user() -> str:

@@ -238,10 +238,13 @@ def one_error_line(err: str) -> str:
 @pytest.mark.s3
 @pytest.mark.slow
 def test_push_to_a_hung_server_fails_within_one_deadline(s3_server: MotoServer, s3_url: str,
-                                                         tmp_path: Path, small_tree: Path) -> None:
+                                                         tmp_path: Path, big_tree: Path,
+                                                         small_tree: Path) -> None:
+    """The server hangs once the first pack is stored: the other packs' uploads (bulk
+    requests, 120 s timeout each) and the lock's heartbeat share one deadline."""
     site = s3_site(tmp_path, s3_url)
-    proc = site.popen("push", small_tree, "-p", "rel", "-j", "job_hung")
-    hang_when_logged(s3_server, "/c3/locks/push-", proc)
+    proc = site.popen("push", big_tree, "-p", "rel", "-j", "job_hung")
+    hang_when_logged(s3_server, "PUT /" + s3_url.split("/")[2] + "/c3/packs/", proc)
     took, err = timed(proc, s3_server)
     assert proc.returncode == 5 and "timed out" in one_error_line(err), err
     assert took < BOUND, f"push gave up after {took:.0f} s"
