@@ -90,26 +90,34 @@ class Deadline:
     The clock runs while at least one request is outstanding and restarts whenever one
     succeeds, or a request starts when none was outstanding: a slow but answering store, or
     local work between requests, never uses it up. Once it runs out, every waiting request
-    fails at once (`StoreTimeout`), and so does every later one: a command is over. With
-    `rearm` (the mount daemon, whose every read is an operation) the next request after all
-    of them have failed starts a new clock, so the mount recovers when the store does.
+    fails at once (`StoreTimeout`), and so does every later one: a command is over.
+
+    With `rearm` (the mount daemon, whose every read is an operation), requests keep failing
+    at once for `rearm_after` seconds (min(10 s, half the deadline)): the kernel's retry of a
+    failed page, or `cat` moving on to its next file, costs nothing. The first request after
+    that, with none outstanding, starts a new clock: the mount recovers when the store does.
     Thread-safe.
     """
 
     def __init__(self, seconds: float | None = None, rearm: bool = False) -> None:
         self.seconds = deadline_seconds() if seconds is None else seconds
-        self.rearm = rearm
+        self.rearm_after = min(10.0, self.seconds / 2) if rearm else None
         self._lock = threading.Lock()
         self._busy = 0
         self._since = time.monotonic()
-        self._spent = False
+        self._spent_at: float | None = None
+
+    @property
+    def _spent(self) -> bool:
+        return self._spent_at is not None
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         """Around one request and its retries."""
         with self._lock:
-            if self._busy == 0 and (self.rearm or not self._spent):
-                self._since, self._spent = time.monotonic(), False
+            now = time.monotonic()
+            if self._busy == 0 and (not self._spent or self._rearms(now)):
+                self._since, self._spent_at = now, None
             self._busy += 1
         try:
             yield
@@ -126,9 +134,13 @@ class Deadline:
     def left(self) -> float:
         """Seconds left (0 once spent)."""
         with self._lock:
-            if not self._spent and time.monotonic() - self._since >= self.seconds:
-                self._spent = True
-            return 0.0 if self._spent else self.seconds - (time.monotonic() - self._since)
+            now = time.monotonic()
+            if not self._spent and now - self._since >= self.seconds:
+                self._spent_at = now
+            return 0.0 if self._spent else self.seconds - (now - self._since)
+
+    def _rearms(self, now: float) -> bool:
+        return self.rearm_after is not None and now - self._spent_at >= self.rearm_after
 
 
 class RetryingBackend:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fusehelp import wait_until
 from s3server import MotoServer
 
 from reliability.relkit import BIN, Result, Site, mounted, needs_fuse
@@ -279,15 +280,19 @@ def test_pull_from_a_hung_server_fails_within_one_deadline(s3_server: MotoServer
 def test_a_mounted_read_from_a_hung_server_fails_within_one_deadline(
         s3_server: MotoServer, s3_url: str, tmp_path: Path, small_tree: Path) -> None:
     """Every waiting read gets EIO when the deadline passes, each with one log line naming
-    job, path and chunk; after SIGCONT the next read works without a remount."""
+    job, path and chunk (no traceback); the reads that follow at once (the kernel's retry
+    of the page, `cat`'s next files) fail without waiting again; once the server is back,
+    reads work again on the same mount."""
     site = s3_site(tmp_path, s3_url)
     site.push(small_tree, "job_m")
     shutil.rmtree(site.cache)  # nothing cached on this machine
-    names = ["weights-0.bin", "weights-1.bin"]
+    names = sorted(str(p.relative_to(small_tree)) for p in small_tree.rglob("*")
+                   if p.is_file() and not p.is_symlink() and p.stat().st_size)
     with mounted(site, "/jobs/job_m", tmp_path / "mnt") as mnt:
         s3_server.pause()
-        readers = [subprocess.Popen(["cat", str(mnt / name)], stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE) for name in names]
+        readers = [subprocess.Popen(["cat", *args], cwd=mnt, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+                   for args in (["weights-1.bin"], names)]  # one file; every file
         started = time.monotonic()
         for reader in readers:
             try:
@@ -304,6 +309,16 @@ def test_a_mounted_read_from_a_hung_server_fails_within_one_deadline(
         assert "Traceback" not in log_text and "unexpected" not in log_text, log_text
         failed = [line for line in log_text.splitlines() if "failed (EIO)" in line]
         assert failed and all("job job_m" in line and "chunk " in line for line in failed)
-        assert {name for name in names if any(name in line for line in failed)} == set(names)
-        for name in names:  # recovered: same mount, same bytes
+        assert any("weights-1.bin" in line for line in failed)
+        # recovered (after the few seconds during which reads fail at once): same mount
+        wait_until(lambda: _reads(mnt / "weights-1.bin"), "a read after SIGCONT", 60)
+        for name in names:
             assert (mnt / name).read_bytes() == (small_tree / name).read_bytes()
+
+
+def _reads(path: Path) -> bool:
+    try:
+        path.read_bytes()
+    except OSError:
+        return False
+    return True
