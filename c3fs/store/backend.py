@@ -68,6 +68,7 @@ class StoreTimeout(TemporaryBackendError):
 
 DEADLINE_ENV = "C3FS_STORE_DEADLINE"
 DEFAULT_DEADLINE = 60.0
+PROBE_INTERVAL = 1.0  # between probes of a store that did not answer (the mount daemon)
 
 
 def deadline_seconds() -> float:
@@ -92,32 +93,27 @@ class Deadline:
     local work between requests, never uses it up. Once it runs out, every waiting request
     fails at once (`StoreTimeout`), and so does every later one: a command is over.
 
-    With `rearm` (the mount daemon, whose every read is an operation), requests keep failing
-    at once for `rearm_after` seconds (min(10 s, half the deadline)): the kernel's retry of a
-    failed page, or `cat` moving on to its next file, costs nothing. The first request after
-    that, with none outstanding, starts a new clock: the mount recovers when the store does.
-    Thread-safe.
+    With `rearm` (the mount daemon, whose every read is an operation) a spent deadline stays
+    spent only until the store answers again: `RetryingBackend` then probes it in the
+    background, one cheap request at a time, and `recovered` starts a new clock. Meanwhile
+    reads fail at once: the kernel's retry of a failed page, or `cat` moving on to its next
+    file, costs nothing. Thread-safe.
     """
 
     def __init__(self, seconds: float | None = None, rearm: bool = False) -> None:
         self.seconds = deadline_seconds() if seconds is None else seconds
-        self.rearm_after = min(10.0, self.seconds / 2) if rearm else None
+        self.rearm = rearm
         self._lock = threading.Lock()
         self._busy = 0
         self._since = time.monotonic()
-        self._spent_at: float | None = None
-
-    @property
-    def _spent(self) -> bool:
-        return self._spent_at is not None
+        self._spent = False
 
     @contextlib.contextmanager
     def request(self) -> Iterator[None]:
         """Around one request and its retries."""
         with self._lock:
-            now = time.monotonic()
-            if self._busy == 0 and (not self._spent or self._rearms(now)):
-                self._since, self._spent_at = now, None
+            if self._busy == 0 and not self._spent:
+                self._since = time.monotonic()
             self._busy += 1
         try:
             yield
@@ -131,16 +127,23 @@ class Deadline:
             if not self._spent:
                 self._since = time.monotonic()
 
+    def recovered(self) -> None:
+        """The store answers again (a probe succeeded): a rearming deadline starts anew."""
+        with self._lock:
+            if self.rearm:
+                self._since, self._spent = time.monotonic(), False
+
+    @property
+    def spent(self) -> bool:
+        return self.left() <= 0
+
     def left(self) -> float:
         """Seconds left (0 once spent)."""
         with self._lock:
             now = time.monotonic()
             if not self._spent and now - self._since >= self.seconds:
-                self._spent_at = now
+                self._spent = True
             return 0.0 if self._spent else self.seconds - (now - self._since)
-
-    def _rearms(self, now: float) -> bool:
-        return self.rearm_after is not None and now - self._spent_at >= self.rearm_after
 
 
 class RetryingBackend:
@@ -157,6 +160,8 @@ class RetryingBackend:
         self.attempts = attempts
         self.base_delay = base_delay
         self.deadline = deadline if isinstance(deadline, Deadline) else Deadline(deadline)
+        self._probe_lock = threading.Lock()
+        self._probing = False
 
     def _retry(self, what: str, fn, *args, **kwargs):
         with self.deadline.request():
@@ -180,6 +185,7 @@ class RetryingBackend:
         then is left to finish in its thread (bounded by the request timeout) and forgotten."""
         left = self.deadline.left()
         if left <= 0:
+            self._probe()
             raise self._timeout(what)
         done = threading.Event()
         outcome: list = []
@@ -195,11 +201,40 @@ class RetryingBackend:
         while not done.wait(left):  # another request's success may have moved the deadline
             left = self.deadline.left()
             if left <= 0:
+                self._probe()
                 raise self._timeout(what)
         ok, value = outcome[0]
         if ok:
             return value
         raise value
+
+    def _probe(self) -> None:
+        """With a rearming deadline spent, ask the store for `config`'s size in a thread, one
+        request at a time, until it answers; then the deadline starts anew."""
+        if not self.deadline.rearm:
+            return
+        with self._probe_lock:
+            if self._probing:
+                return
+            self._probing = True
+        threading.Thread(target=self._probe_until_answered, name="c3fs-probe",
+                         daemon=True).start()
+
+    def _probe_until_answered(self) -> None:
+        try:
+            while True:
+                try:
+                    self.inner.size("config")
+                    break
+                except TemporaryBackendError:
+                    time.sleep(PROBE_INTERVAL)
+                except BackendError:  # an answer all the same
+                    break
+            log.info("the store at %s answers again", self.url)
+            self.deadline.recovered()
+        finally:
+            with self._probe_lock:
+                self._probing = False
 
     def _timeout(self, what: str) -> StoreTimeout:
         where = getattr(self.inner, "endpoint", None) or self.url

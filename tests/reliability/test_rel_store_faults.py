@@ -310,8 +310,8 @@ def test_a_mounted_read_from_a_hung_server_fails_within_one_deadline(
         failed = [line for line in log_text.splitlines() if "failed (EIO)" in line]
         assert failed and all("job job_m" in line and "chunk " in line for line in failed)
         assert any("weights-1.bin" in line for line in failed)
-        # recovered (after the few seconds during which reads fail at once): same mount
-        wait_until(lambda: _reads(mnt / "weights-1.bin"), "a read after SIGCONT", 60)
+        # recovered as soon as the daemon's probe is answered: the same mount
+        wait_until(lambda: _reads(mnt / "weights-1.bin"), "a read after SIGCONT", 10)
         for name in names:
             assert (mnt / name).read_bytes() == (small_tree / name).read_bytes()
 
@@ -322,3 +322,56 @@ def _reads(path: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+class _Hanging:
+    """A backend whose requests block until released (a hung server)."""
+
+    url = "test://hanging"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.calls = 0
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.calls += 1
+        self.release.wait(30)
+        return b"x"
+
+    def size(self, key: str) -> int:
+        self.release.wait(30)
+        return 1
+
+
+def test_one_deadline_is_shared_by_an_operations_requests() -> None:
+    """Requests waiting at once share one deadline (not one each); once spent, a command's
+    later requests fail at once; a mount's deadline starts anew when a probe is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from c3fs.store.backend import Deadline, RetryingBackend, StoreTimeout
+
+    inner = _Hanging()
+    backend = RetryingBackend(inner, deadline=Deadline(1.0))
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        waits = [pool.submit(backend.get, f"k{n}") for n in range(4)]
+        for wait in waits:
+            with pytest.raises(StoreTimeout, match="within 1 s"):
+                wait.result()
+    assert time.monotonic() - started < 3  # four requests, one deadline
+    calls = inner.calls
+    with pytest.raises(StoreTimeout):
+        backend.get("later")
+    assert inner.calls == calls  # spent: not even asked
+    mount = RetryingBackend(inner, deadline=Deadline(1.0, rearm=True))
+    with pytest.raises(StoreTimeout):
+        mount.get("k")
+    calls = inner.calls
+    with pytest.raises(StoreTimeout):
+        mount.get("again")  # at once, while the probe waits
+    assert inner.calls == calls and mount.deadline.spent
+    inner.release.set()  # the store answers again; the probe (size) sees it
+    wait_until(lambda: not mount.deadline.spent, "the probe", 10)
+    assert mount.get("k") == b"x"
