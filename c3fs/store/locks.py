@@ -218,6 +218,7 @@ class Lease:
         self.lease = lease if lease is not None else lease_seconds()
         self.lost = False
         self._beat = 0
+        self._started = time.time()  # shown to people (their clock), never judged
         self._body = b""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -227,7 +228,7 @@ class Lease:
         return json.dumps({
             "version": LOCK_VERSION, "kind": "gc" if self.key == GC_KEY else "push",
             "host": this_host(), "pid": os.getpid(), "user": _user(), "command": _command(),
-            "started": time.time(), "lease": self.lease, "beat": self._beat,
+            "started": self._started, "lease": self.lease, "beat": self._beat,
         }).encode()
 
     def acquire(self, create: bool = False) -> None:
