@@ -87,5 +87,13 @@ class BlobCorrupt(BlobError):
     state = "corrupt"
 
 
+class BlobUnavailable(BlobMissing):
+    """The store did not answer for this blob (a hung or unreachable server): it may well be
+    there, so nothing is repaired or relearned."""
+
+    state = "unreadable"
+    unavailable = True
+
+
 class LockedError(C3fsError):
     exit_code = 7

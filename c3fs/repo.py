@@ -13,6 +13,7 @@ from c3fs.index import Index, IndexDamaged, cache_root, open_index
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import Tree, decode_tree
 from c3fs.reader import LRU, BlobSource
+from c3fs.store.backend import Deadline
 from c3fs.store.cache import BlockCache
 from c3fs.store.store import Store, open_backend
 
@@ -32,10 +33,12 @@ class Repo:
 
     @classmethod
     def open(cls, url: str | None = None, cache_bytes: int = 128 * MiB, create: bool = True,
-             disk_cache_bytes: int | None = None) -> Repo:
+             disk_cache_bytes: int | None = None, deadline: Deadline | None = None) -> Repo:
         """`cache_bytes`: decoded blobs in memory. `disk_cache_bytes`: for a remote store,
-        the local disk cache of fetched pack blocks (default $C3FS_DISK_CACHE or 1 GiB)."""
-        store = Store.open(open_backend(url, create=create), create=create)
+        the local disk cache of fetched pack blocks (default $C3FS_DISK_CACHE or 1 GiB).
+        `deadline`: how long a remote store may leave requests unanswered (default: one
+        $C3FS_STORE_DEADLINE for the whole of this repo's use, e.g. a command)."""
+        store = Store.open(open_backend(url, create=create, deadline=deadline), create=create)
         if not store.is_local:
             cache_dir = cache_root() / store.config.store_id
             store = Store(BlockCache(store.backend, cache_dir, disk_cache_bytes), store.config)

@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -313,21 +315,45 @@ def test_datasets_upload_list_download(c3fs_bin, tmp_path: Path) -> None:
     assert (out / "train.csv").read_text() == (data / "train.csv").read_text()
 
 
-def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _renewed(lock: Path) -> Iterator[None]:
+    """A lock of another host whose holder is alive: its body changes every 0.1 s."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        beat = 0
+        while not stop.wait(0.1):
+            beat += 1
+            lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "lease": 2, "beat": beat}))
+
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "lease": 2, "beat": 0}))
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path, monkeypatch) -> None:
+    """A live lock of another host (renewed) is respected; once its holder stops renewing it
+    for its lease (2 s here), it is removed and the command runs."""
+    monkeypatch.setenv("C3FS_LOCK_LEASE", "2")
     assert _new_store(c3fs_bin).code == 0
     lock = store_env.store / "locks" / "push-feedc0de"
-    lock.parent.mkdir(exist_ok=True)
-    lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()}))
-    res = c3fs_bin("gc")
-    assert res.code == 7 and "push(es) in progress" in res.err
-    lock.unlink()
+    with _renewed(lock):
+        res = c3fs_bin("gc")
+    assert res.code == 7 and "push(es) in progress" in res.err and "elsewhere" in res.err
+    assert c3fs_bin("gc").code == 0 and not lock.exists()
     gc_lock = store_env.store / "locks" / "gc"
-    gc_lock.write_text(json.dumps({"host": "elsewhere", "pid": 1, "time": time.time()}))
     (tmp_path / "d").mkdir()
-    res = c3fs_bin("push", str(tmp_path / "d"), "-p", "p")
+    with _renewed(gc_lock):
+        res = c3fs_bin("push", str(tmp_path / "d"), "-p", "p")
     assert res.code == 7 and "gc is running" in res.err
-    gc_lock.unlink()
-    assert c3fs_bin("push", str(tmp_path / "d"), "-p", "p").code == 0
+    res = c3fs_bin("push", str(tmp_path / "d"), "-p", "p")
+    assert res.code == 0 and "removed the expired gc lock" in res.err and not gc_lock.exists()
 
 
 # `c3fs run` usability audit ---------------------------------------------------------------------

@@ -4,7 +4,8 @@
     unmount(mountpoint, lazy=False)     fusermount3 -u [-z]; also after the daemon died
 
 `mount` checks the mountpoint and FUSE here (cheap, in the caller), then starts the daemon:
-it forks (fast: no new interpreter) when the caller has no other thread, else it runs
+it forks (fast: no new interpreter) when the caller has no other thread and no LMDB
+environment open (`c3fs run` has its index open: LMDB must not cross a fork), else it runs
 `python -m c3fs.fuse`, which forks in turn. The daemon detaches (setsid, double fork, stdio
 to its log file), opens the store, resolves the ref, mounts, and reports "ok" or one error
 line through a pipe. The caller then polls `os.path.ismount` until the mount answers.
@@ -27,7 +28,7 @@ from blake3 import blake3
 
 from c3fs.errors import C3fsError
 from c3fs.fsutil import make_private_dir
-from c3fs.index import cache_root
+from c3fs.index import cache_root, environments_open
 from c3fs.store.locks import process_alive
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,9 @@ def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool 
         _serve_here(*args)
         return
     log_file = log_file or str(default_log_file(mountpoint))
-    if _single_threaded():
+    if _single_threaded() and not environments_open():
         pid = _fork_daemon(args, log_file, timeout)
-    else:  # forking a threaded process is unsafe: start a fresh interpreter that forks
+    else:  # forking threads or an LMDB environment is unsafe: a fresh interpreter forks
         pid = _spawn_daemon(args, log_file, timeout)
     _wait_answering(mountpoint, pid, log_file, timeout)
 

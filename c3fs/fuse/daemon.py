@@ -22,6 +22,7 @@ from c3fs.fuse import MountError
 from c3fs.fuse.ops import Operations
 from c3fs.preload import record as record_preload
 from c3fs.repo import Repo
+from c3fs.store.backend import Deadline
 from c3fs.vfs import Vfs
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ def fuse_options(allow_other: bool) -> set[str]:
 
 
 def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
-    repo = Repo.open(store_url, cache_bytes, create=False)  # mounting nothing is a mistake
+    # Mounting nothing is a mistake. Each read is an operation: a store that stops answering
+    # fails the reads waiting on it after one deadline, and the next read tries it again.
+    repo = Repo.open(store_url, cache_bytes, create=False, deadline=Deadline(rearm=True))
     try:
         vfs = Vfs(repo, ref or "/")
     except NotFound as exc:

@@ -5,6 +5,12 @@ It is a cache of the store, never the truth: `sync` reconciles it with the store
 `rebuild` recreates it from pack trailers and refs alone. An environment LMDB cannot open
 is deleted and rebuilt. Only the `local` table (what `pull` already fetched) is this machine's own.
 
+An environment never crosses a fork: LMDB forbids using it in the child, and py-lmdb refuses
+to open the same files again there while the inherited handle exists (closing that handle in
+the child would free the parent's reader slots). `environments_open` tells a caller about to
+fork (the mount daemon's start) to exec a fresh interpreter instead; "already open in this
+process" is reported as such, never taken for damage.
+
 Read transactions are short and may run on the FUSE event loop; writes happen in one
 transaction per pack or per sync.
 """
@@ -19,6 +25,7 @@ import shutil
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,6 +83,14 @@ class Location(NamedTuple):
     kind: int
 
 
+_OPEN: weakref.WeakSet[Index] = weakref.WeakSet()  # the indexes this process opened
+
+
+def environments_open() -> bool:
+    """Whether this process holds an open LMDB environment (a fork must not carry it)."""
+    return any(not index.closed for index in list(_OPEN))
+
+
 def cache_root() -> Path:
     return Path(cache_dir())
 
@@ -91,7 +106,9 @@ class Index:
         self._sync_lock = threading.Lock()
         self._damage_lock = threading.Lock()
         self._replacing = False
+        self.closed = False
         self.env = self._open_env()
+        _OPEN.add(self)
         try:
             self.fresh = self._check_identity()
         except IndexDamaged as exc:  # `_damaged` has put a new, empty one in its place
@@ -105,8 +122,15 @@ class Index:
             except (lmdb.DiskError, lmdb.ReadonlyError):
                 raise
             except lmdb.Error as exc:
-                log.warning("index at %s is damaged (%s); rebuilding it from the store",
-                            self.path, exc)
+                if not _already_open(exc):
+                    log.warning("index at %s is damaged (%s); rebuilding it from the store",
+                                self.path, exc)
+                elif not self._replacing:  # a bug, or an environment inherited through fork
+                    raise IndexUnavailable(f"cannot open the local index at {self.path}: it "
+                                           "is already open in this process") from None
+                # else: replacing, the files are new. "Already open" is a replaced environment
+                # being closed by another thread, whose freed inode numbers the new files
+                # reuse before py-lmdb forgets them: new files with other inodes end that.
                 shutil.rmtree(self.path, ignore_errors=True)
                 make_private_dir(self.path)
                 return self._lmdb_open()
@@ -221,6 +245,7 @@ class Index:
         return True
 
     def close(self) -> None:
+        self.closed = True
         self.env.close()
 
     # blobs --------------------------------------------------------------------------------
@@ -444,6 +469,11 @@ class Index:
             items = [(bytes(k), _LOC.unpack(v)) for k, v in txn.cursor(db=self.blobs)]
         for blob_id, (pack_raw, offset, length, plain_len, codec, kind) in items:
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+def _already_open(exc: lmdb.Error) -> bool:
+    """py-lmdb's refusal to open files this process has open (a plain lmdb.Error)."""
+    return "already open in this process" in str(exc)
 
 
 def _reserve(path: Path, size: int) -> None:

@@ -68,7 +68,7 @@ class GcReport:
 def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None = None) -> GcReport:
     """`progress(text)`: which phase gc is in, for a status line."""
     say = progress or (lambda text: None)
-    with gc_lock(repo.store):
+    with gc_lock(repo.store) as lease:
         repo.index.sync(repo.store)
         live: set[bytes] = set()
         records = live_records(repo)
@@ -81,6 +81,7 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
                 raise C3fsError(f"gc stopped: {record.kind} {record.id} cannot be read ({exc}); "
                                 "run `c3fs verify` — nothing was deleted") from None
         say(f"sweeping: {len(live)} blobs in use")
+        lease.check()  # a push that broke our lock may be using what looks dead
         report = _sweep(repo, live, dry_run, say)
         if isinstance(repo.store.backend, LocalBackend) and not dry_run:
             repo.store.backend.sweep_temp()

@@ -44,11 +44,12 @@ def ingest(repo: Repo, build: Callable[[Ingester], bytes],
     between our sync and our dedup lookups, nor see our new packs (and the old blobs we
     dedup against) as garbage before our ref names them.
     """
-    with push_lock(repo.store):
+    with push_lock(repo.store) as lease:
         repo.index.sync(repo.store, refs=False)  # dedup against packs other machines wrote
         with Ingester(repo.store, repo.index, progress=progress) as ingester:
             root = build(ingester)
             ingester.sink.flush()
+        lease.check()  # a gc that broke our lock may have deleted what the ref would name
         return register(repo, make_record(root, ingester.stats))
 
 

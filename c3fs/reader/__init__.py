@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, DataError, FormatError
+from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, BlobUnavailable, DataError, FormatError
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
@@ -142,8 +142,12 @@ class BlobSource:
     def _fetch(self, blob_id: bytes, cached: bool = True) -> bytes:
         try:
             return self._fetch_once(blob_id, cached)
-        except (BlobMissing, KeyMissing):
+        except BlobMissing as exc:
+            if exc.unavailable:  # the store did not answer: a sync would not either
+                raise
             # Another process may have repacked (gc) or pushed it: relearn packs, try again.
+            self.index.sync(self.store, refs=False)
+        except KeyMissing:
             self.index.sync(self.store, refs=False)
         except IndexDamaged as exc:  # a new, empty index is in its place: fill it, try again
             self.index.heal(exc, self.store)
@@ -197,10 +201,8 @@ class BlobSource:
             return backend.get(Store.pack_key(loc.pack_id), loc.offset, loc.length)
         except KeyMissing:
             raise BlobMissing(blob_id, loc.pack_id, "pack not in the store") from None
-        except BackendError as exc:
-            error = BlobMissing(blob_id, loc.pack_id, str(exc))
-            error.unavailable = True  # the store did not answer: nothing to repair
-            raise error from None
+        except BackendError as exc:  # the store did not answer: nothing to repair
+            raise BlobUnavailable(blob_id, loc.pack_id, str(exc)) from None
 
     @staticmethod
     def _decode(blob_id: bytes, loc: Location, stored: bytes) -> bytes:

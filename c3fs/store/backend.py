@@ -6,13 +6,16 @@ Every backend must pass `tests/test_backend_conformance.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Iterator
 from typing import Protocol
 
-from c3fs.errors import StoreError
+from c3fs.errors import StoreError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -59,32 +62,184 @@ class Backend(Protocol):
         """Remove `key`; removing a missing key is not an error."""
 
 
+class StoreTimeout(TemporaryBackendError):
+    """The store did not answer within the operation's deadline (`Deadline`)."""
+
+
+DEADLINE_ENV = "C3FS_STORE_DEADLINE"
+DEFAULT_DEADLINE = 60.0
+PROBE_INTERVAL = 1.0  # between probes of a store that did not answer (the mount daemon)
+
+
+def deadline_seconds() -> float:
+    """$C3FS_STORE_DEADLINE seconds (default 60): how long an operation waits for a store
+    that does not answer."""
+    raw = os.environ.get(DEADLINE_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_DEADLINE
+    except ValueError:
+        raise UsageError(f"{DEADLINE_ENV}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise UsageError(f"{DEADLINE_ENV} must be more than 0 seconds")
+    return value
+
+
+class Deadline:
+    """How long one user-visible operation may wait for the store, shared by all its
+    requests (parallel or one after another, retries included).
+
+    The clock runs while at least one request is outstanding and restarts whenever one
+    succeeds, or a request starts when none was outstanding: a slow but answering store, or
+    local work between requests, never uses it up. Once it runs out, every waiting request
+    fails at once (`StoreTimeout`), and so does every later one: a command is over.
+
+    With `rearm` (the mount daemon, whose every read is an operation) a spent deadline stays
+    spent only until the store answers again: `RetryingBackend` then probes it in the
+    background, one cheap request at a time, and `recovered` starts a new clock. Meanwhile
+    reads fail at once: the kernel's retry of a failed page, or `cat` moving on to its next
+    file, costs nothing. Thread-safe.
+    """
+
+    def __init__(self, seconds: float | None = None, rearm: bool = False) -> None:
+        self.seconds = deadline_seconds() if seconds is None else seconds
+        self.rearm = rearm
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._since = time.monotonic()
+        self._spent = False
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Around one request and its retries."""
+        with self._lock:
+            if self._busy == 0 and not self._spent:
+                self._since = time.monotonic()
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def progress(self) -> None:
+        """A request succeeded: the store answers."""
+        with self._lock:
+            if not self._spent:
+                self._since = time.monotonic()
+
+    def recovered(self) -> None:
+        """The store answers again (a probe succeeded): a rearming deadline starts anew."""
+        with self._lock:
+            if self.rearm:
+                self._since, self._spent = time.monotonic(), False
+
+    @property
+    def spent(self) -> bool:
+        return self.left() <= 0
+
+    def left(self) -> float:
+        """Seconds left (0 once spent)."""
+        with self._lock:
+            now = time.monotonic()
+            if not self._spent and now - self._since >= self.seconds:
+                self._spent = True
+            return 0.0 if self._spent else self.seconds - (now - self._since)
+
+
 class RetryingBackend:
-    """Wraps a backend: temporary errors are retried with exponential backoff and jitter."""
+    """Wraps a backend: temporary errors are retried with exponential backoff and jitter,
+    and no request waits past the operation's `Deadline`."""
 
     def __init__(self, inner: Backend, attempts: int = 5, base_delay: float = 0.2,
-                 deadline: float = 60.0) -> None:
-        """At most `attempts` tries, and none begun `deadline` seconds after the first: a
-        server that takes every request and answers none costs about a minute, not
-        attempts x the request timeout."""
+                 deadline: Deadline | float | None = None) -> None:
+        """At most `attempts` tries of a request, none past `deadline` (a shared Deadline,
+        or its seconds; default $C3FS_STORE_DEADLINE): a server that takes every request and
+        answers none costs one deadline per operation, not attempts x the request timeout."""
         self.inner = inner
         self.url = inner.url
         self.attempts = attempts
         self.base_delay = base_delay
-        self.deadline = deadline
+        self.deadline = deadline if isinstance(deadline, Deadline) else Deadline(deadline)
+        self._probe_lock = threading.Lock()
+        self._probing = False
 
     def _retry(self, what: str, fn, *args, **kwargs):
-        started = time.monotonic()
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn(*args, **kwargs)
-            except TemporaryBackendError as exc:
-                delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-                if attempt == self.attempts or time.monotonic() + delay - started >= self.deadline:
-                    raise
-                log.info("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
-                time.sleep(delay)
+        with self.deadline.request():
+            for attempt in range(1, self.attempts + 1):
+                try:
+                    result = self._within(what, fn, *args, **kwargs)
+                except TemporaryBackendError as exc:
+                    delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+                    if attempt == self.attempts or isinstance(exc, StoreTimeout) or \
+                            delay >= self.deadline.left():
+                        raise
+                    log.info("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
+                    time.sleep(delay)
+                    continue
+                self.deadline.progress()
+                return result
         raise AssertionError("unreachable")
+
+    def _within(self, what: str, fn, *args, **kwargs):
+        """`fn(*args)`, waited for no longer than the deadline allows. A call still running
+        then is left to finish in its thread (bounded by the request timeout) and forgotten."""
+        left = self.deadline.left()
+        if left <= 0:
+            self._probe()
+            raise self._timeout(what)
+        done = threading.Event()
+        outcome: list = []
+
+        def call() -> None:
+            try:
+                outcome.append((True, fn(*args, **kwargs)))
+            except BaseException as exc:  # handed to the waiting caller
+                outcome.append((False, exc))
+            done.set()
+
+        threading.Thread(target=call, name="c3fs-request", daemon=True).start()
+        while not done.wait(left):  # another request's success may have moved the deadline
+            left = self.deadline.left()
+            if left <= 0:
+                self._probe()
+                raise self._timeout(what)
+        ok, value = outcome[0]
+        if ok:
+            return value
+        raise value
+
+    def _probe(self) -> None:
+        """With a rearming deadline spent, ask the store for `config`'s size in a thread, one
+        request at a time, until it answers; then the deadline starts anew."""
+        if not self.deadline.rearm:
+            return
+        with self._probe_lock:
+            if self._probing:
+                return
+            self._probing = True
+        threading.Thread(target=self._probe_until_answered, name="c3fs-probe",
+                         daemon=True).start()
+
+    def _probe_until_answered(self) -> None:
+        try:
+            while True:
+                try:
+                    self.inner.size("config")
+                    break
+                except TemporaryBackendError:
+                    time.sleep(PROBE_INTERVAL)
+                except BackendError:  # an answer all the same
+                    break
+            log.info("the store at %s answers again", self.url)
+            self.deadline.recovered()
+        finally:
+            with self._probe_lock:
+                self._probing = False
+
+    def _timeout(self, what: str) -> StoreTimeout:
+        where = getattr(self.inner, "endpoint", None) or self.url
+        return StoreTimeout(f"{what}: no answer from {where} within {self.deadline.seconds:g} s "
+                            f"({DEADLINE_ENV}): timed out")
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._retry(f"get {key}", self.inner.get, key, offset, length)

@@ -1,51 +1,69 @@
-"""Push and gc locks, as objects in the store so they work across machines.
+"""Push and gc locks, as objects in the store so they work across machines, with leases.
 
-A push creates `locks/push-<token>` before it writes anything and removes it at the end;
-gc creates `locks/gc` (create-only) and then refuses to run while any fresh push lock
-exists. A push refuses to start while `locks/gc` exists. Each side writes its own lock
-before it looks for the other's, so at least one of two racing parties sees the other.
-Locks older than `STALE` seconds, or whose process on this host is gone (a crash), are
-ignored and may be removed.
+A push puts `locks/push-<token>` before it writes anything and removes it at the end; gc
+creates `locks/gc` (create-only), then refuses to run while any live push lock exists. A
+push refuses to start while a live `locks/gc` exists. Each side writes its own lock before
+it looks for the other's, so at least one of two racing parties sees the other.
+
+Leases. A holder rewrites its lock every `lease / 4` seconds (a heartbeat thread; each
+body carries a new beat number) for as long as it lives. Another process judges a lock:
+
+- held by a process of this host (same host name): alive exactly while that pid exists;
+- held elsewhere: alive if its body changes while we watch; expired once it has not
+  changed for its lease, measured by *this* host's monotonic clock. No timestamp from
+  another machine is compared with ours, so skewed clocks cannot break a live lock.
+
+So meeting a dead lock of another host costs one lease of watching (default 60 s,
+`C3FS_LOCK_LEASE`), after which it is broken (gc also removes expired push locks);
+`c3fs unlock` lists locks and breaks one at once. A holder whose lock was broken while it
+was alive (it could not renew: a paused process, a lost network) finds out at its next
+heartbeat, and `Lease.check` then fails the command before it registers anything.
+
+Bodies are JSON: {"version", "kind", "host", "pid", "user", "command", "started", "lease",
+"beat"}; "started" is the holder's clock, shown to people, never used to judge. Bodies of
+older c3fs ({"host", "pid", "time"}) never change, so they expire after one lease.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from c3fs.errors import FormatError, LockedError
+from c3fs.errors import FormatError, LockedError, NotFound, UsageError, one_line
 from c3fs.objects.ids import token_hex
 from c3fs.objects.nesting import check_json_depth
-from c3fs.store.backend import BackendError, KeyExists, KeyMissing
+from c3fs.store.backend import BackendError, KeyExists, KeyMissing, StoreTimeout
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
 
-STALE = 6 * 3600.0
+LOCK_VERSION = 1
 GC_KEY = "locks/gc"
+PUSH_PREFIX = "locks/push-"
+DEFAULT_LEASE = 60.0
+MIN_LEASE, MAX_LEASE = 1.0, 3600.0
 
 
-def _lock_body() -> bytes:
-    return json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "time": time.time()}).encode()
-
-
-def _is_fresh(store: Store, key: str) -> bool:
-    """A lock counts unless it is old, or its process on this host is gone."""
+def lease_seconds() -> float:
+    """This process's lease: $C3FS_LOCK_LEASE seconds (default 60), within [1, 3600]."""
+    raw = os.environ.get("C3FS_LOCK_LEASE")
     try:
-        raw = store.backend.get(key)
-        check_json_depth(raw, "lock")
-        body = json.loads(raw)
-        if body["host"] == os.uname().nodename and not process_alive(int(body["pid"])):
-            return False
-        return time.time() - float(body["time"]) < STALE
-    except KeyMissing:
-        return False
-    except (FormatError, ValueError, KeyError, TypeError):
-        return True  # unreadable: be careful, treat as held
+        value = float(raw) if raw else DEFAULT_LEASE
+    except ValueError:
+        raise UsageError(f"C3FS_LOCK_LEASE={raw!r} is not a number of seconds") from None
+    return min(max(value, MIN_LEASE), MAX_LEASE)
+
+
+def this_host() -> str:
+    return os.uname().nodename
 
 
 def process_alive(pid: int) -> bool:
@@ -59,43 +77,297 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def push_lock(store: Store) -> Iterator[None]:
-    key = f"locks/push-{token_hex(8)}"
-    store.backend.put(key, _lock_body())
+@dataclass(frozen=True)
+class LockInfo:
+    """A lock as read from the store. `raw` is its body: a changed body is a heartbeat."""
+
+    key: str
+    raw: bytes
+    host: str = "?"
+    pid: int = 0
+    user: str = "?"
+    command: str = ""
+    started: float | None = None
+    lease: float = DEFAULT_LEASE
+
+    @property
+    def name(self) -> str:
+        return self.key.removeprefix("locks/")
+
+    @property
+    def kind(self) -> str:
+        return "gc" if self.key == GC_KEY else "push"
+
+    def holder(self) -> str:
+        """Who holds it, for messages: "pid 123 (c3fs push ./out) of root on host-a"."""
+        what = f" ({one_line(self.command)})" if self.command else ""
+        return f"pid {self.pid}{what} of {one_line(self.user)} on {one_line(self.host)}"
+
+    def local(self) -> bool:
+        return self.host == this_host() and self.pid > 0
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "host": self.host, "pid": self.pid,
+                "user": self.user, "command": self.command, "started": self.started,
+                "lease": self.lease}
+
+
+def parse_lock(key: str, raw: bytes) -> LockInfo:
+    """A lock body, as far as it decodes (an unreadable one still has a body to watch)."""
     try:
-        if _is_fresh(store, GC_KEY):
-            raise LockedError("gc is running on this store; push again when it has finished")
-        yield
-    except BaseException:
-        _release_after_error(store, key)
-        raise
+        check_json_depth(raw, "lock")
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+        started = body.get("started", body.get("time"))
+        return LockInfo(
+            key, raw, host=str(body.get("host", "?")), pid=_int(body.get("pid")),
+            user=str(body.get("user", "?")), command=str(body.get("command", "")),
+            started=float(started) if isinstance(started, (int, float)) else None,
+            lease=min(max(float(body.get("lease", DEFAULT_LEASE)), MIN_LEASE), MAX_LEASE))
+    except (FormatError, ValueError, TypeError):
+        return LockInfo(key, raw)
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def read_lock(store: Store, key: str) -> LockInfo | None:
+    try:
+        return parse_lock(key, store.backend.get(key))
+    except KeyMissing:
+        return None
+
+
+def list_locks(store: Store) -> list[LockInfo]:
+    """Every lock in the store (gc first, then pushes by key)."""
+    found = []
+    for key, _ in sorted(store.backend.list("locks/"), key=lambda item: item[0] != GC_KEY):
+        lock = read_lock(store, key)
+        if lock is not None:
+            found.append(lock)
+    return found
+
+
+# judging ------------------------------------------------------------------------------------
+def live_locks(store: Store, locks: list[LockInfo]) -> tuple[list[LockInfo], list[LockInfo]]:
+    """Split `locks` into (alive, expired); locks released meanwhile are in neither.
+
+    A lock of this host is judged at once by its pid; any other is watched, by this host's
+    monotonic clock, until its body changes (alive) or one lease passes without a change."""
+    alive = [lock for lock in locks if lock.local() and process_alive(lock.pid)]
+    expired = [lock for lock in locks if lock.local() and not process_alive(lock.pid)]
+    watched = {lock.key: lock for lock in locks if not lock.local()}
+    if watched:
+        longest = max(lock.lease for lock in watched.values())
+        log.info("watching %d lock(s) of other hosts for up to %.0f s: a live holder renews "
+                 "its lock", len(watched), longest)
+    started = time.monotonic()
+    while watched:
+        time.sleep(min(1.0, min(lock.lease for lock in watched.values()) / 8))
+        waited = time.monotonic() - started
+        for key, lock in list(watched.items()):
+            now = read_lock(store, key)
+            if now is None or now.raw != lock.raw:
+                del watched[key]
+                if now is not None:
+                    alive.append(now)
+            elif waited >= lock.lease:
+                del watched[key]
+                expired.append(lock)
+    return alive, expired
+
+
+def break_lock(store: Store, lock: LockInfo) -> bool:
+    """Remove `lock` if its body is still the one judged; False if it changed meanwhile."""
+    current = read_lock(store, lock.key)
+    if current is None:
+        return True
+    if current.raw != lock.raw:
+        return False
+    store.backend.delete(lock.key)
+    log.warning("removed the expired %s lock %s of %s", lock.kind, lock.name, lock.holder())
+    return True
+
+
+def unlock(store: Store, name: str, force: bool = False) -> LockInfo:
+    """Break lock `name` ("gc", "push-<token>" or "locks/..."): at once with `force`, else
+    once it is judged expired. LockedError naming the holder while it is alive."""
+    key = name if name.startswith("locks/") else f"locks/{name}"
+    if key != GC_KEY and not (key.startswith(PUSH_PREFIX) and key[len(PUSH_PREFIX):].isalnum()):
+        raise UsageError(f"{name!r} is not a lock name: gc or push-<token> (c3fs unlock --list)")
+    lock = read_lock(store, key)
+    if lock is None:
+        raise NotFound(f"no lock {name!r} in the store (c3fs unlock --list shows them)")
+    if not force:
+        alive, _ = live_locks(store, [lock])
+        if alive:
+            raise LockedError(f"lock {lock.name} is held by a live process, {alive[0].holder()}: "
+                              "stop it first, or break the lock with --force")
     store.backend.delete(key)
+    return lock
+
+
+# holding ------------------------------------------------------------------------------------
+class Lease:
+    """A lock this process holds: written on `acquire`, renewed by a heartbeat thread,
+    deleted on `release`. Thread-safe."""
+
+    def __init__(self, store: Store, key: str, lease: float | None = None) -> None:
+        self.store = store
+        self.key = key
+        self.lease = lease if lease is not None else lease_seconds()
+        self.lost = False
+        self._beat = 0
+        self._started = time.time()  # shown to people (their clock), never judged
+        self._body = b""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _next_body(self) -> bytes:
+        self._beat += 1
+        return json.dumps({
+            "version": LOCK_VERSION, "kind": "gc" if self.key == GC_KEY else "push",
+            "host": this_host(), "pid": os.getpid(), "user": _user(), "command": _command(),
+            "started": self._started, "lease": self.lease, "beat": self._beat,
+        }).encode()
+
+    def acquire(self, create: bool = False) -> None:
+        """Write the lock (`create`: KeyExists if there is one) and start renewing it."""
+        body = self._next_body()
+        (self.store.backend.create if create else self.store.backend.put)(self.key, body)
+        self._body = body
+        self._thread = threading.Thread(target=self._heartbeat, name="c3fs-lease", daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.lease / 4):
+            try:
+                self._renew()
+            except BackendError as exc:  # the command's own error says the store is gone
+                log.log(_level(exc), "could not renew lock %s: %s", self.key, exc)
+            if self.lost:
+                return
+
+    def _renew(self) -> None:
+        try:
+            current = self.store.backend.get(self.key)
+        except KeyMissing:
+            current = b""
+        if current != self._body:
+            self.lost = True
+            log.error("lock %s was broken by another process while this one held it",
+                      self.key)
+            return
+        body = self._next_body()
+        self.store.backend.put(self.key, body)
+        self._body = body
+
+    def check(self) -> None:
+        """LockedError if the lock was broken while held (do nothing irreversible then)."""
+        if self.lost:
+            raise LockedError(f"lock {self.key} was broken by another process while this one "
+                              "held it (it could not renew it in time): run the command again")
+
+    def release(self) -> None:
+        """Stop renewing and remove the lock (unless another process broke it)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if not self.lost:
+            self.store.backend.delete(self.key)
+
+    def release_after_error(self) -> None:
+        """`release` on the way out of a failure, without hiding it behind a second one (the
+        store is often unreachable then): a lock left behind expires with its lease."""
+        try:
+            self.release()
+        except BackendError as exc:
+            log.log(_level(exc), "could not remove lock %s: %s", self.key, exc)
+
+
+def _level(exc: BackendError) -> int:
+    """A store that did not answer in time is the command's one error line already."""
+    return logging.INFO if isinstance(exc, StoreTimeout) else logging.WARNING
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _command() -> str:
+    argv = [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:4]]
+    return " ".join(argv)[:120]
 
 
 @contextlib.contextmanager
-def gc_lock(store: Store) -> Iterator[None]:
-    if not _is_fresh(store, GC_KEY):
-        store.backend.delete(GC_KEY)
+def push_lock(store: Store) -> Iterator[Lease]:
+    lease = Lease(store, f"{PUSH_PREFIX}{token_hex(8)}")
+    lease.acquire()
     try:
-        store.backend.create(GC_KEY, _lock_body())
-    except KeyExists:
-        raise LockedError("another gc is running on this store") from None
-    try:
-        pushes = [k for k, _ in store.backend.list("locks/push-") if _is_fresh(store, k)]
-        if pushes:
-            raise LockedError(f"{len(pushes)} push(es) in progress; run gc when they have finished")
-        yield
+        _refuse_live_gc(store)
+        yield lease
+        lease.check()
     except BaseException:
-        _release_after_error(store, GC_KEY)
+        lease.release_after_error()
         raise
-    store.backend.delete(GC_KEY)
+    lease.release()
 
 
-def _release_after_error(store: Store, key: str) -> None:
-    """Remove our lock on the way out of a failure, without hiding that failure behind a
-    second one (the store is often unreachable then). A lock left behind goes stale."""
+def _refuse_live_gc(store: Store) -> None:
+    gc = read_lock(store, GC_KEY)
+    if gc is None:
+        return
+    alive, expired = live_locks(store, [gc])
+    if alive:
+        raise LockedError(f"gc is running on this store ({alive[0].holder()}); push again "
+                          "when it has finished")
+    for lock in expired:
+        break_lock(store, lock)
+
+
+@contextlib.contextmanager
+def gc_lock(store: Store) -> Iterator[Lease]:
+    lease = Lease(store, GC_KEY)
+    _take_gc_lock(store, lease)
     try:
-        store.backend.delete(key)
-    except BackendError as exc:
-        log.warning("could not remove lock %s: %s", key, exc)
+        _refuse_live_pushes(store)
+        yield lease
+        lease.check()
+    except BaseException:
+        lease.release_after_error()
+        raise
+    lease.release()
+
+
+def _take_gc_lock(store: Store, lease: Lease) -> None:
+    for _ in range(2):
+        try:
+            lease.acquire(create=True)
+            return
+        except KeyExists:
+            held = read_lock(store, GC_KEY)
+            if held is None:
+                continue
+            alive, expired = live_locks(store, [held])
+            if alive:
+                raise LockedError(f"another gc is running on this store ({alive[0].holder()})") \
+                    from None
+            for lock in expired:
+                break_lock(store, lock)
+    raise LockedError("another gc is running on this store")
+
+
+def _refuse_live_pushes(store: Store) -> None:
+    pushes = [lock for key, _ in store.backend.list(PUSH_PREFIX)
+              if (lock := read_lock(store, key)) is not None]
+    alive, expired = live_locks(store, pushes)
+    if alive:
+        raise LockedError(f"{len(alive)} push(es) in progress ({alive[0].holder()}"
+                          f"{', ...' if len(alive) > 1 else ''}); run gc when they have finished")
+    for lock in expired:
+        break_lock(store, lock)

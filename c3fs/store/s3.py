@@ -42,6 +42,7 @@ from obstore.store import S3Store
 
 from c3fs.store.backend import (
     BackendError,
+    Deadline,
     KeyExists,
     KeyMissing,
     RetryingBackend,
@@ -309,9 +310,10 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
-def open_s3_backend(url: str) -> RetryingBackend:
-    """The backend for `s3://bucket/prefix`, configured from the environment, with retries."""
+def open_s3_backend(url: str, deadline: Deadline | None = None) -> RetryingBackend:
+    """The backend for `s3://bucket/prefix`, configured from the environment, with retries
+    bounded by `deadline` (default: a new one of $C3FS_STORE_DEADLINE seconds)."""
     bucket, prefix = parse_s3_url(url)
     backend = S3Backend.from_env(bucket, prefix)
     log.debug("S3 store %s at %s", backend.url, backend.endpoint or "AWS")
-    return RetryingBackend(backend)
+    return RetryingBackend(backend, deadline=deadline)

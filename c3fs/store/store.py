@@ -25,7 +25,7 @@ from c3fs.objects import pack as packfmt
 from c3fs.objects.ids import check_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.nesting import check_json_depth
-from c3fs.store.backend import Backend, KeyExists, KeyMissing
+from c3fs.store.backend import Backend, Deadline, KeyExists, KeyMissing
 from c3fs.store.local import TMP_PREFIX, LocalBackend
 
 FORMAT_VERSION = 1
@@ -202,14 +202,14 @@ def default_store_path() -> Path:
     return Path(base) / "c3fs" / "store"
 
 
-def open_backend(url: str | None, create: bool = True) -> Backend:
-    """`s3://bucket/prefix` -> S3 backend; anything else is a local directory path (made
-    if missing when `create`)."""
+def open_backend(url: str | None, create: bool = True, deadline: Deadline | None = None) -> Backend:
+    """`s3://bucket/prefix` -> S3 backend (its requests bounded by `deadline`); anything else
+    is a local directory path (made if missing when `create`)."""
     url = url or os.environ.get("C3FS_STORE") or str(default_store_path())
     if url.startswith("s3://"):
         from c3fs.store.s3 import open_s3_backend
 
-        return open_s3_backend(url)
+        return open_s3_backend(url, deadline)
     if "://" in url:
         raise StoreError(f"unsupported store URL {url!r}: use a directory path or s3://bucket/prefix")
     return LocalBackend(url, create=create)

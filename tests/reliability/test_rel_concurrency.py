@@ -159,8 +159,8 @@ def test_gc_between_a_push_index_sync_and_its_lock(tmp_path: Path, small_tree: P
     def lock_after_a_gc(store):
         if not gc_runs:
             gc_runs.append(machine_a.run("gc").ok())
-        with real_lock(store):
-            yield
+        with real_lock(store) as lease:
+            yield lease
 
     monkeypatch.setattr(push_module, "push_lock", lock_after_a_gc)
     with machine_b.repo() as repo:
