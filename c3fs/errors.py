@@ -59,6 +59,16 @@ class FormatError(C3fsError):
     exit_code = 6
 
 
+class DamagedRef(FormatError):
+    """A ref that cannot be used: it does not decode, a field is out of range, or it names
+    another job or kind than its key (`refs/jobs/zzz` holding `"id": "base"`)."""
+
+    def __init__(self, kind: str, name: str, detail: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"{kind} {name}: {detail}")
+
+
 class DataError(C3fsError):
     """Stored data is missing or damaged. Never answered with wrong bytes."""
 

@@ -379,7 +379,7 @@ class Index:
         try:
             record = store.get_ref(kind, name)
         except FormatError as exc:
-            log.error("skipping damaged %s ref %s: %s", kind, name, exc)
+            log.error("skipping a damaged ref: %s", exc)
             return None
         except StoreError as exc:
             log.warning("cannot read %s ref %s: %s", kind, name, exc)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from c3fs.errors import FormatError, NotFound, StoreError, StoreVersionError
+from c3fs.errors import DamagedRef, FormatError, NotFound, StoreError, StoreVersionError
 from c3fs.objects import pack as packfmt
 from c3fs.objects.ids import check_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
@@ -158,9 +158,13 @@ class Store:
         except KeyMissing:
             raise NotFound(f"no {kind} {name!r} in the store") from None
         try:
-            return decode_record(raw)
+            record = decode_record(raw)
         except FormatError as exc:
-            raise FormatError(f"{kind} {name}: {exc}") from None
+            raise DamagedRef(kind, name, str(exc)) from None
+        if record.id != name or record.kind != kind:  # never let a ref speak for another
+            raise DamagedRef(kind, name, f"it holds the record of {record.kind} "
+                             f"{record.id!r}, not of {kind} {name!r}")
+        return record
 
     def list_refs(self, kind: str) -> Iterator[str]:
         prefix = REF_PREFIX[kind]
