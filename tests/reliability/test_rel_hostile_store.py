@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from c3fs.objects.ids import blob_id
 from c3fs.objects.job import JobRecord, encode_record
 from c3fs.objects.pack import CHUNK
 from c3fs.objects.tree import DIR, FILE, LINK, Entry
-from reliability.relkit import Site
+from reliability.relkit import Site, mounted, needs_fuse
 from reliability.test_rel_hostile import craft_job, file_entry, put_pack, raw_tree
 
 
@@ -67,3 +68,53 @@ def test_a_ref_cannot_impersonate_another_job(tmp_path: Path, site: Site) -> Non
     assert refs == {"job zzz", "dataset base"}
     site.run("rm", "base").ok()
     assert site.jobs() == ["decoy"]
+
+
+# 6. an odd file under refs/jobs/ is skipped with one warning, never hiding the other refs -----
+ODD_REFS = ["refs/jobs/.DS_Store", "refs/jobs/bad name", "refs/jobs/sub/x"]
+
+
+@pytest.fixture
+def deep_cleanup(tmp_path: Path):
+    """Remove what a test made deeper than pytest's own (recursive) clean-up can."""
+    yield
+    subprocess.run(["rm", "-rf", str(tmp_path)], check=False)
+
+
+def odd_refs(site: Site, depth: int = 1200) -> list[str]:
+    """Odd files under refs/jobs/, and a deep folder tree there (a file at its bottom)."""
+    for key in ODD_REFS:
+        put_ref(site, key, b"{}")
+    deep = site.root / "refs" / "jobs"
+    fd = os.open(deep, os.O_PATH)
+    try:  # deeper than PATH_MAX allows to name in one path
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_PATH, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.close(os.open("x", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
+    return ["DS_Store", "bad name", "sub/x"]
+
+
+@needs_fuse
+def test_odd_files_under_refs_are_skipped_with_one_warning(tmp_path: Path, site: Site,
+                                                           deep_cleanup) -> None:
+    content = b"kept\n"
+    craft_job(site, "good", [raw_tree([file_entry(b"f", content)])], [content])
+    names = odd_refs(site)
+    results = {"ls": site.run("ls", "/jobs/"), "ls -l": site.run("ls", "-l", "/jobs/"),
+               "verify": site.run("verify"), "gc": site.run("gc", "--dry-run"),
+               "pull": site.run("pull", "--dest", tmp_path / "pulled")}
+    for what, result in results.items():
+        no_traceback(result)
+        assert result.code == 0, (what, result)
+        for name in names:
+            assert sum(name in line for line in result.err_lines) == 1, (what, name, result.err)
+    assert results["ls"].out.split() == ["good/"]
+    assert (tmp_path / "pulled" / "good" / "f").read_bytes() == content
+    with mounted(site, None, tmp_path / "mnt") as mnt:
+        assert os.listdir(mnt / "jobs") == ["good"]
+        assert (mnt / "jobs" / "good" / "f").read_bytes() == content
