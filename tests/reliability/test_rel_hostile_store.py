@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from c3fs.errors import FormatError
 from c3fs.objects import codec
 from c3fs.objects.ids import blob_id
-from c3fs.objects.job import JobRecord, encode_record
+from c3fs.objects.job import JobRecord, decode_record, encode_record
 from c3fs.objects.pack import CHUNK
 from c3fs.objects.tree import DIR, FILE, LINK, Entry
 from reliability.relkit import Site, mounted, needs_fuse
@@ -118,3 +119,50 @@ def test_odd_files_under_refs_are_skipped_with_one_warning(tmp_path: Path, site:
     with mounted(site, None, tmp_path / "mnt") as mnt:
         assert os.listdir(mnt / "jobs") == ["good"]
         assert (mnt / "jobs" / "good" / "f").read_bytes() == content
+
+
+# 7. every field of a record is checked on decode -----------------------------------------------
+BAD_FIELDS = {"created": 1e300, "ended": 1e20, "started": -5.0, "logical_bytes": -1,
+              "files": -3, "stored_delta": 2**63, "exit_code": 2**40, "reason": "r" * 5000,
+              "host": "h" * 5000, "command": ["x" * 1000] * 5000, "status": "PWNED",
+              "inputs": [{"ref": "/jobs/a", "root": "zz"}]}
+
+
+def record_json(job: str, root: bytes, **changes) -> bytes:
+    fields = json.loads(record_bytes(job, root))
+    fields.update(changes)
+    return json.dumps(fields).encode()
+
+
+@pytest.mark.parametrize("field", sorted(BAD_FIELDS))
+def test_out_of_range_record_fields_are_refused(field: str) -> None:
+    data = record_json("j", b"\1" * 32, **{field: BAD_FIELDS[field]})
+    with pytest.raises(FormatError, match=field):
+        decode_record(data)
+    decode_record(record_json("j", b"\1" * 32))  # the same record, in range, decodes
+
+
+@needs_fuse
+def test_out_of_range_records_are_skipped_by_every_command(tmp_path: Path, site: Site) -> None:
+    content = b"kept\n"
+    root = raw_tree([file_entry(b"f", content)])
+    craft_job(site, "good", [root], [content])
+    for field in ("created", "ended"):
+        put_ref(site, f"refs/jobs/bad-{field}", record_json(f"bad-{field}", blob_id(root),
+                                                            **{field: BAD_FIELDS[field]}))
+    for args in (("ls", "/jobs/"), ("ls", "-l", "/jobs/"), ("ls", "--json", "/jobs/"),
+                 ("pull", "--dest", tmp_path / "pulled")):
+        result = site.run(*args)
+        no_traceback(result)
+        assert result.code == 0, (args, result)
+        assert "bad-created" in result.err and "bad-ended" in result.err, (args, result.err)
+        assert "bad-" not in result.out
+    result = site.run("ls", "/jobs/bad-ended")
+    no_traceback(result)
+    assert result.code == 6 and "job bad-ended" in result.err_lines[-1], result
+    assert "field ended out of range" in result.err_lines[-1]
+    code, report = site.verify()
+    assert code == 6 and {w for p in report["problems"] for w in p["broken"]} == {
+        "job bad-created", "job bad-ended"}
+    with mounted(site, None, tmp_path / "mnt") as mnt:
+        assert os.listdir(mnt / "jobs") == ["good"]
