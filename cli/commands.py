@@ -99,7 +99,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
         _print_long(vfs, items)
     else:
         for name, child in items:
-            output.out.print(show(name) + ("/" if child.is_dir else ""), markup=False)
+            output.out.print(output.escape(name) + ("/" if child.is_dir else ""), markup=False)
 
 
 def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
@@ -130,14 +130,15 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
         table = output.table("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE")
         for r in sorted(records, key=lambda r: r.created):
             status = r.status + (f" ({r.reason})" if r.reason else "")
-            table.add_row(r.id, r.project, status, output.human(r.logical_bytes),
-                          output.human(r.stored_delta), str(r.files), output.age(r.ended or r.created))
+            output.row(table, r.id, r.project, output.escape(status), output.human(r.logical_bytes),
+                       output.human(r.stored_delta), str(r.files), output.age(r.ended or r.created))
         output.out.print(table)
         return
     for name, node in items:
-        line = f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} {show(name)}"
+        line = (f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} "
+                f"{output.escape(name)}")
         if node.entry is not None and node.kind not in (FILE, DIR):
-            line += f" -> {show(node.entry.target)}"
+            line += f" -> {output.escape(node.entry.target)}"
         output.out.print(line, markup=False)
 
 

@@ -146,8 +146,8 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
     if by_project:
         table = output.table("PROJECT", "JOBS", "DATASETS", "LOGICAL", "CHARGED")
         for name, u in sorted(b.projects.items()):
-            table.add_row(name, str(u.jobs), str(u.datasets), output.human(u.logical_bytes),
-                          output.human(u.charged_bytes))
+            output.row(table, name, str(u.jobs), str(u.datasets), output.human(u.logical_bytes),
+                       output.human(u.charged_bytes))
         output.out.print(table)
 
 
@@ -245,9 +245,10 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
         output.print_json(report)
     else:
         for p in report.problems:
-            output.out.print(f"DAMAGED {p.kind} {p.blob_id[:16]}: {p.error}", markup=False)
+            output.out.print(f"DAMAGED {p.kind} {p.blob_id[:16]}: {output.escape(p.error)}",
+                             markup=False)
             for where in p.broken[:20]:
-                output.out.print(f"  breaks {where}", markup=False)
+                output.out.print(f"  breaks {output.escape(where)}", markup=False)
             if len(p.broken) > 20:
                 output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
         verdict = "OK" if report.ok else output.count(len(report.problems), "problem")

@@ -166,3 +166,39 @@ def test_out_of_range_records_are_skipped_by_every_command(tmp_path: Path, site:
         "job bad-created", "job bad-ended"}
     with mounted(site, None, tmp_path / "mnt") as mnt:
         assert os.listdir(mnt / "jobs") == ["good"]
+
+
+# 8. untrusted text is printed escaped, never as markup; --json stays exact ----------------------
+TITLE, CLEAR = b"\x1b]0;pwned\x07", b"\x1b[2J"
+EVIL_NAMES = {TITLE + b"title": "\\033]0;pwned\\atitle", CLEAR + b"clear": "\\033[2Jclear",
+              b"two\nlines": "two\\nlines", b"tab\there": "tab\\there",
+              b"back\\slash": "back\\\\slash", b"bad-\xff-utf8": "bad-\\377-utf8",
+              b"[bold]markup[red]": "[bold]markup[red]"}
+
+
+def test_untrusted_text_is_printed_escaped(site: Site) -> None:
+    entries = [file_entry(name, b"x") for name in EVIL_NAMES]
+    entries.append(Entry(b"link", LINK, 0o777, 0, 1, target=CLEAR + b"\n/etc"))
+    craft_job(site, "evil", [raw_tree(sorted(entries, key=lambda e: e.name))], [b"x"])
+    root = raw_tree([file_entry(b"f", b"x")])
+    craft_job(site, "base", [root], [b"x"])
+    put_ref(site, "refs/jobs/marked", record_json("marked", blob_id(root), status="FAILED",
+                                                  reason="[/bold] \x1b[2J\nnext"))
+    for args in (("ls", "/jobs/evil"), ("ls", "-l", "/jobs/evil"), ("ls", "-l", "/jobs/"),
+                 ("ls", "/jobs/")):
+        result = site.run(*args).ok()
+        assert "\x1b" not in result.out + result.err and "\x07" not in result.out, args
+        if args[-1] == "/jobs/evil":
+            assert len(result.out.splitlines()) == len(EVIL_NAMES) + 1, result.out
+            for shown in EVIL_NAMES.values():
+                assert shown in result.out, (args, shown, result.out)
+    long_jobs = site.run("ls", "-l", "/jobs/").out
+    assert "[/bold] \\033[2J\\nnext" in long_jobs, long_jobs
+    assert "-> \\033[2J\\n/etc" in site.run("ls", "-l", "/jobs/evil").out
+    items = json.loads(site.run("ls", "--json", "/jobs/evil").out)
+    names = {item["name"] for item in items}
+    assert TITLE.decode() + "title" in names and "two\nlines" in names
+    assert next(i["target"] for i in items if i["name"] == "link") == (CLEAR + b"\n/etc").decode()
+    record = json.loads(site.run("ls", "--json", "/jobs/").out)
+    assert next(i for i in record if i["name"] == "marked")["record"]["reason"] == \
+        "[/bold] \x1b[2J\nnext"
