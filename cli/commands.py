@@ -148,13 +148,17 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
 @click.argument("dst")
 @click.option("-r", "--recursive", is_flag=True, help="Copy a directory and everything in it.")
 @click.option("-p", "--project", help="Project of an uploaded dataset (else from DST).")
+@click.option("--keep-setuid", is_flag=True,
+              help="Keep setuid, setgid and sticky bits (dropped by default).")
 @pass_ctx
-def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
+def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
+       keep_setuid: bool) -> None:
     """Copy a file or tree out of the store, or upload a directory as a dataset.
 
     Downloading writes every file to a temp name and renames it into place; modes, mtimes
     and symlinks are restored, and files already present with the same size and mtime are
-    skipped. A directory's contents go into DST (created if missing). An existing FIFO or
+    skipped. The setuid, setgid and sticky bits are dropped (as `tar` does without
+    --same-permissions: a store is written by others) unless --keep-setuid. A directory's contents go into DST (created if missing). An existing FIFO or
     device at DST is written into, not replaced (`c3fs cp FILE /dev/null` reads FILE). With
     -r, a damaged file is named and left out, the rest is copied, and the exit code is 6.
 
@@ -162,6 +166,7 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
     Examples:
       c3fs cp /jobs/job_abc123/metrics.json .
       c3fs cp -r /jobs/job_abc123/ ./local-output/
+      c3fs cp -r --keep-setuid /jobs/job_abc123/bin ./bin   # as root: setuid bits too
       c3fs cp -r ./imagenet-mini /projects/vision/datasets/imagenet-mini
     """
     from c3fs.jobs.download import Copier
@@ -186,7 +191,7 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
         target = os.path.join(dst, show(node.path[-1]))
     total = sum(n.size for _, n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
     with output.progress_bar("cp", total) as advance:
-        stats = Copier(vfs, progress=advance).copy(node, target)
+        stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)
     output.err.print(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
                      f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}", highlight=False)
 

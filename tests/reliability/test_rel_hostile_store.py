@@ -202,3 +202,25 @@ def test_untrusted_text_is_printed_escaped(site: Site) -> None:
     record = json.loads(site.run("ls", "--json", "/jobs/").out)
     assert next(i for i in record if i["name"] == "marked")["record"]["reason"] == \
         "[/bold] \x1b[2J\nnext"
+
+
+# 3. cp and pull drop setuid, setgid and sticky bits unless asked to keep them ------------------
+def test_setuid_setgid_and_sticky_bits_are_dropped(tmp_path: Path, site: Site) -> None:
+    content = b"#!/bin/sh\nid\n"
+    sub = raw_tree([Entry(b"tool", FILE, 0o6755, len(content), 1, chunks=blob_id(content),
+                          sizes=[len(content)])])
+    craft_job(site, "suid", [raw_tree([Entry(b"shared", DIR, 0o3777, 0, 1,
+                                             target=blob_id(sub))]), sub], [content])
+    site.run("cp", "-r", "/jobs/suid", tmp_path / "cp").ok()
+    site.run("cp", "/jobs/suid/shared/tool", tmp_path / "one").ok()
+    site.run("pull", "suid", "--dest", tmp_path / "pulled").ok()
+    for tool in (tmp_path / "cp/shared/tool", tmp_path / "one", tmp_path / "pulled/suid/shared/tool"):
+        assert stat.S_IMODE(tool.stat().st_mode) == 0o755, tool
+    for shared in (tmp_path / "cp/shared", tmp_path / "pulled/suid/shared"):
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o777, shared
+    site.run("cp", "-r", "--keep-setuid", "/jobs/suid", tmp_path / "kept").ok()
+    site.run("pull", "suid", "--keep-setuid", "--dest", tmp_path / "kept-pull").ok()
+    for kept in (tmp_path / "kept", tmp_path / "kept-pull/suid"):
+        assert stat.S_IMODE((kept / "shared/tool").stat().st_mode) == 0o6755
+        assert stat.S_IMODE((kept / "shared").stat().st_mode) == 0o3777
+    assert "setuid" in site.run("cp", "--help").out and "setuid" in site.run("pull", "--help").out
