@@ -97,5 +97,15 @@ class BlobCorrupt(BlobError):
     state = "corrupt"
 
 
+class ChunkSizeMismatch(DataError):
+    """A file's tree says a chunk holds more or fewer bytes than it does: the tree lies (the
+    chunk itself is fine, and may serve other files)."""
+
+    def __init__(self, blob_id: bytes, claimed: int, actual: int) -> None:
+        self.blob_id = blob_id
+        self.pack_id = None
+        super().__init__(f"chunk {blob_id.hex()} holds {actual} bytes, but the tree says {claimed}")
+
+
 class LockedError(C3fsError):
     exit_code = 7

@@ -259,7 +259,8 @@ class Copier:
         chunk already, else fetched (not kept in the LRU: a copy reads each chunk once)."""
         chunk_id = reader.ids[i]
         data = self._reuse.get(chunk_id)
-        return data if data is not None else reader.blobs.get(chunk_id, remember=False)
+        return reader.check(i, data if data is not None
+                            else reader.blobs.get(chunk_id, remember=False))
 
     def _end_part(self, big: _BigFile) -> None:
         """The last part to end names the file, or drops it if any part failed."""

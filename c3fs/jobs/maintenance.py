@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from c3fs.errors import C3fsError, DataError, FormatError
+from c3fs.errors import C3fsError, ChunkSizeMismatch, DataError, FormatError
 from c3fs.fsutil import count
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
-from c3fs.objects.tree import DIR, FILE, decode_tree
+from c3fs.objects.tree import DIR, FILE, Entry, decode_tree
 from c3fs.repo import Repo
 from c3fs.store.local import LocalBackend
 from c3fs.store.locks import gc_lock
@@ -153,7 +153,7 @@ def _delete_pack(repo: Repo, pack_id: str) -> None:
 @dataclass
 class Problem:
     blob_id: str
-    kind: str  # "chunk", "tree", "ref"
+    kind: str  # "chunk", "tree", "ref", "size" (a file's tree gives a chunk a wrong size)
     error: str
     broken: list[str] = field(default_factory=list)  # "<job>:<path>"
 
@@ -209,6 +209,7 @@ def _verify_record(repo, record, pool, problems, checked, report, progress) -> N
             if entry.kind == DIR:
                 stack.append((child, entry.target))
             elif entry.kind == FILE:
+                _check_sizes(repo, entry, problems, f"{label}:{_show(child)}")
                 for chunk_id in entry.chunk_ids():
                     pending.append((chunk_id, child, pool.submit(_check_blob, repo, chunk_id, checked, report,
                                                           progress)))
@@ -239,8 +240,19 @@ def _check_blob(repo: Repo, blob_id: bytes, checked: dict, report: VerifyReport,
     return error
 
 
+def _check_sizes(repo: Repo, entry: Entry, problems: dict, where: str) -> None:
+    """Note a file whose tree gives a chunk another size than the index knows it has (the
+    plain length from its pack's trailer, checked whenever the chunk is decoded)."""
+    for chunk_id, size in zip(entry.chunk_ids(), entry.sizes, strict=True):
+        loc = repo.index.lookup(chunk_id)
+        if loc is not None and loc.plain_len != size:
+            error = ChunkSizeMismatch(chunk_id, size, loc.plain_len)
+            _note(problems, chunk_id, "size", str(error), where)
+            return
+
+
 def _note(problems: dict, blob_id: bytes, kind: str, error: str, where: str) -> None:
-    problem = problems.setdefault(blob_id, Problem(blob_id.hex(), kind, error))
+    problem = problems.setdefault((blob_id, kind), Problem(blob_id.hex(), kind, error))
     if where not in problem.broken:
         problem.broken.append(where)
 

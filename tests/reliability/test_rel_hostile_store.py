@@ -9,6 +9,7 @@ traceback, wrong bytes or a write outside the destination; `verify` names each o
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -224,3 +225,33 @@ def test_setuid_setgid_and_sticky_bits_are_dropped(tmp_path: Path, site: Site) -
         assert stat.S_IMODE((kept / "shared/tool").stat().st_mode) == 0o6755
         assert stat.S_IMODE((kept / "shared").stat().st_mode) == 0o3777
     assert "setuid" in site.run("cp", "--help").out and "setuid" in site.run("pull", "--help").out
+
+
+# 2. a file's sizes in its tree are checked against its chunks ----------------------------------
+@needs_fuse
+def test_sizes_that_disagree_with_the_chunks_are_damage(tmp_path: Path, site: Site) -> None:
+    ten, other, fine = b"0123456789", b"abcdefghij", b"fine\n"
+    craft_job(site, "sizes", [raw_tree([
+        Entry(b"claims-less", FILE, 0o644, 10, 1, chunks=blob_id(ten) + blob_id(other),
+              sizes=[5, 5]),
+        Entry(b"claims-more", FILE, 0o644, 100, 1, chunks=blob_id(ten), sizes=[100]),
+        file_entry(b"fine", fine)])], [ten, other, fine])
+    for name in ("claims-more", "claims-less"):
+        result = site.run("cp", f"/jobs/sizes/{name}", tmp_path / name)
+        assert result.code == 6 and f"/jobs/sizes/{name}" in result.one_line_error(), result
+        assert not (tmp_path / name).exists()
+    for _ in range(2):
+        result = site.run("cp", "-r", "/jobs/sizes", tmp_path / "all")
+        no_traceback(result)
+        assert result.code == 6 and "2 damaged files not copied" in result.err, result
+    assert sorted(os.listdir(tmp_path / "all")) == ["fine"]
+    code, report = site.verify()
+    assert code == 6
+    assert {w for p in report["problems"] for w in p["broken"]} == {
+        "job sizes:/claims-more", "job sizes:/claims-less"}
+    with mounted(site, None, tmp_path / "mnt") as mnt:
+        for name in ("claims-more", "claims-less"):
+            with pytest.raises(OSError) as info:
+                (mnt / "jobs/sizes" / name).read_bytes()
+            assert info.value.errno == errno.EIO
+        assert (mnt / "jobs/sizes/fine").read_bytes() == fine
