@@ -25,7 +25,7 @@ from c3fs.objects.ids import blob_id
 from c3fs.objects.job import JobRecord, decode_record, encode_record
 from c3fs.objects.pack import CHUNK
 from c3fs.objects.tree import DIR, FILE, LINK, Entry
-from reliability.relkit import Site, mounted, needs_fuse
+from reliability.relkit import BIN, MiB, Site, mounted, needs_fuse, run_peak_rss
 from reliability.test_rel_hostile import craft_job, file_entry, put_pack, raw_tree
 
 
@@ -255,3 +255,35 @@ def test_sizes_that_disagree_with_the_chunks_are_damage(tmp_path: Path, site: Si
                 (mnt / "jobs/sizes" / name).read_bytes()
             assert info.value.errno == errno.EIO
         assert (mnt / "jobs/sizes/fine").read_bytes() == fine
+
+
+# 4. verify reads each tree and chunk once, in bounded memory ------------------------------------
+def shared_levels(site: Site, job: str, depth: int, content: bytes, store: bool = True) -> None:
+    """`depth` levels of {a -> T, b -> T}: 2**depth paths to one file, depth + 1 trees."""
+    tree = raw_tree([file_entry(b"f", content)])
+    trees = [tree]
+    for _ in range(depth):
+        tree = raw_tree([Entry(name, DIR, 0o755, 0, 1, target=blob_id(tree)) for name in (b"a", b"b")])
+        trees.append(tree)
+    craft_job(site, job, trees[::-1], [content] if store else [])
+
+
+def test_verify_reads_shared_subtrees_once(site: Site) -> None:
+    shared_levels(site, "shared", 40, b"bottom\n")
+    for args in (["verify", "--json"], ["gc", "--dry-run"]):
+        code, err, peak = run_peak_rss([str(BIN), *args], site.env())
+        assert code == 0 and "Traceback" not in err, err
+        assert peak < 200 * MiB, f"{args[0]} peaked at {peak / MiB:.0f} MiB"
+    code, report = site.verify()
+    assert code == 0 and report["blobs"] == 42  # 41 trees, 1 chunk
+
+
+def test_verify_names_damage_below_a_shared_subtree(site: Site) -> None:
+    put_pack(site, [(CHUNK, blob_id(b"bottom\n"), codec.RAW, b"BOTTOM\n", 7)])  # corrupt
+    shared_levels(site, "shared", 30, b"bottom\n", store=False)
+    shared_levels(site, "shared2", 29, b"bottom\n", store=False)
+    code, report = site.verify()
+    assert code == 6 and report["blobs"] == 31  # 31 + 1 trees, and the chunk is damaged
+    chunk = [p for p in report["problems"] if p["kind"] == "chunk"]
+    assert len(chunk) == 1 and {w.split(":")[0] for w in chunk[0]["broken"]} == {
+        "job shared", "job shared2"}
