@@ -92,7 +92,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
     repo.refresh(force=True)
     vfs = Vfs(repo)
     node = vfs.resolve(path)
-    items = vfs.children(node) if node.is_dir else [(node.path[-1], node)]
+    items = vfs.children(node) if node.is_dir else [(node.name, node)]
     if as_json:
         output.print_json([_json_item(vfs, name, n) for name, n in items])
     elif long:
@@ -103,7 +103,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
 
 
 def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
-    if node.ref and len(node.path) == 2:
+    if node.ref and node.depth == 2:
         return vfs.repo.record(*node.ref)
     return None
 
@@ -188,8 +188,8 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
         raise IsADirectory(f"{src} is a directory (use cp -r)")
     target = dst
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
-        target = os.path.join(dst, show(node.path[-1]))
-    total = sum(n.size for _, n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
+        target = os.path.join(dst, show(node.name))
+    total = sum(n.size for n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
     with output.progress_bar("cp", total) as advance:
         stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)
     output.err.print(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "

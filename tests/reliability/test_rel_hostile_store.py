@@ -25,7 +25,7 @@ from c3fs.objects.ids import blob_id
 from c3fs.objects.job import JobRecord, decode_record, encode_record
 from c3fs.objects.pack import CHUNK
 from c3fs.objects.tree import DIR, FILE, LINK, Entry
-from reliability.relkit import BIN, MiB, Site, mounted, needs_fuse, run_peak_rss
+from reliability.relkit import BIN, MiB, Site, daemon_of, mounted, needs_fuse, run_peak_rss
 from reliability.test_rel_hostile import craft_job, file_entry, put_pack, raw_tree
 
 
@@ -287,3 +287,27 @@ def test_verify_names_damage_below_a_shared_subtree(site: Site) -> None:
     chunk = [p for p in report["problems"] if p["kind"] == "chunk"]
     assert len(chunk) == 1 and {w.split(":")[0] for w in chunk[0]["broken"]} == {
         "job shared", "job shared2"}
+
+
+# 5. the mount daemon's memory does not grow with the square of the depth -------------------------
+def nested(site: Site, job: str, depth: int, content: bytes) -> None:
+    """`depth` directories, each holding the next (`d/d/d/...`), a file at the bottom."""
+    tree = raw_tree([file_entry(b"f", content)])
+    trees = [tree]
+    for _ in range(depth):
+        tree = raw_tree([Entry(b"d", DIR, 0o755, 0, 1, target=blob_id(tree))])
+        trees.append(tree)
+    craft_job(site, job, trees[::-1], [content])
+
+
+@needs_fuse
+def test_mount_memory_is_linear_in_depth(tmp_path: Path, site: Site) -> None:
+    depth = 10_000
+    nested(site, "deep", depth, b"bottom\n")
+    with mounted(site, None, tmp_path / "mnt") as mnt:
+        found = subprocess.run(["find", str(mnt / "jobs" / "deep")], capture_output=True,
+                               timeout=600)
+        assert found.returncode == 0, found.stderr[-500:]
+        assert found.stdout.count(b"\n") == depth + 2  # the job, its dirs, the file
+        rss = daemon_of(mnt).memory_info().rss
+    assert rss < 150 * MiB, f"the daemon holds {rss / MiB:.0f} MiB"
