@@ -132,23 +132,34 @@ class Copier:
         _finish_dirs(dirs, self._mode, strict=True)
 
     def _copy_dir(self, node: Node, path: bytes, futures, dirs) -> None:
+        """Copy a directory and everything below it, depth first, with a stack (a crafted
+        tree may be deeper than Python's recursion limit)."""
+        stack = [(node, path)]
+        while stack:
+            node, path = stack.pop()
+            stack.extend(reversed(self._copy_one_dir(node, path, futures, dirs)))
+
+    def _copy_one_dir(self, node: Node, path: bytes, futures, dirs) -> list[tuple[Node, bytes]]:
+        """Make one directory and copy its files and links; return its subdirectories."""
         try:
             children = self.vfs.children(node)
         except (DataError, FormatError) as exc:
             error = unreadable(node, exc)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made
                 self.stats.damaged_dirs += 1
-                return
+                return []
             raise error from None
         fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
         dirs.append((path, node))
         self.stats.dirs += 1
+        subdirs = []
         for name, child in children:
             child_path = os.path.join(path, name)
             if child.kind == DIR:
-                self._copy_dir(child, child_path, futures, dirs)
+                subdirs.append((child, child_path))
             else:
                 self._copy_leaf(child, child_path, fresh, futures)
+        return subdirs
 
     def _copy_leaf(self, node: Node, path: bytes, fresh: bool, futures) -> None:
         if node.kind == LINK:

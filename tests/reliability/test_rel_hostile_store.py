@@ -311,3 +311,19 @@ def test_mount_memory_is_linear_in_depth(tmp_path: Path, site: Site) -> None:
         assert found.stdout.count(b"\n") == depth + 2  # the job, its dirs, the file
         rss = daemon_of(mnt).memory_info().rss
     assert rss < 150 * MiB, f"the daemon holds {rss / MiB:.0f} MiB"
+
+
+def test_trees_deeper_than_the_recursion_limit_are_copied(tmp_path: Path, site: Site,
+                                                          deep_cleanup) -> None:
+    nested(site, "deep", 1500, b"bottom\n")
+    site.run("cp", "-r", "/jobs/deep", tmp_path / "cp").ok()
+    site.run("pull", "--dest", tmp_path / "pulled").ok()
+    for top in (tmp_path / "cp", tmp_path / "pulled" / "deep"):
+        fd = os.open(top, os.O_PATH)
+        for _ in range(1500):
+            inner = os.open("d", os.O_PATH, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        with open(os.open("f", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"bottom\n"
+        os.close(fd)
