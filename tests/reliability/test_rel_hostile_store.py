@@ -235,7 +235,9 @@ def test_sizes_that_disagree_with_the_chunks_are_damage(tmp_path: Path, site: Si
         Entry(b"claims-less", FILE, 0o644, 10, 1, chunks=blob_id(ten) + blob_id(other),
               sizes=[5, 5]),
         Entry(b"claims-more", FILE, 0o644, 100, 1, chunks=blob_id(ten), sizes=[100]),
-        file_entry(b"fine", fine)])], [ten, other, fine])
+        file_entry(b"fine", fine),
+        Entry(b"lie\x1b[2J\nx", FILE, 0o644, 100, 1, chunks=blob_id(ten), sizes=[100])])],
+        [ten, other, fine])
     for name in ("claims-more", "claims-less"):
         result = site.run("cp", f"/jobs/sizes/{name}", tmp_path / name)
         assert result.code == 6 and f"/jobs/sizes/{name}" in result.one_line_error(), result
@@ -243,18 +245,21 @@ def test_sizes_that_disagree_with_the_chunks_are_damage(tmp_path: Path, site: Si
     for _ in range(2):
         result = site.run("cp", "-r", "/jobs/sizes", tmp_path / "all")
         no_traceback(result)
-        assert result.code == 6 and "2 damaged files not copied" in result.err, result
+        assert result.code == 6 and "3 damaged files not copied" in result.err, result
     assert sorted(os.listdir(tmp_path / "all")) == ["fine"]
     code, report = site.verify()
     assert code == 6
     assert {w for p in report["problems"] for w in p["broken"]} == {
-        "job sizes:/claims-more", "job sizes:/claims-less"}
+        "job sizes:/claims-more", "job sizes:/claims-less", "job sizes:/lie\x1b[2J\nx"}
     with mounted(site, None, tmp_path / "mnt") as mnt:
-        for name in ("claims-more", "claims-less"):
+        for name in ("claims-more", "claims-less", "lie\x1b[2J\nx"):
             with pytest.raises(OSError) as info:
                 (mnt / "jobs/sizes" / name).read_bytes()
             assert info.value.errno == errno.EIO
         assert (mnt / "jobs/sizes/fine").read_bytes() == fine
+    log = "".join(p.read_text() for p in (site.cache / "mounts").glob("*.log"))
+    assert "path /jobs/sizes/claims-more [offset 0" in log, log
+    assert "\x1b" not in log and "/jobs/sizes/lie\\x1b[2J\\nx [offset 0" in log, log
 
 
 # 4. verify reads each tree and chunk once, in bounded memory ------------------------------------
