@@ -59,6 +59,16 @@ class FormatError(C3fsError):
     exit_code = 6
 
 
+class DamagedRef(FormatError):
+    """A ref that cannot be used: it does not decode, a field is out of range, or it names
+    another job or kind than its key (`refs/jobs/zzz` holding `"id": "base"`)."""
+
+    def __init__(self, kind: str, name: str, detail: str) -> None:
+        self.kind = kind
+        self.name = name
+        super().__init__(f"{kind} {name}: {detail}")
+
+
 class DataError(C3fsError):
     """Stored data is missing or damaged. Never answered with wrong bytes."""
 
@@ -93,6 +103,16 @@ class BlobUnavailable(BlobMissing):
 
     state = "unreadable"
     unavailable = True
+
+
+class ChunkSizeMismatch(DataError):
+    """A file's tree says a chunk holds more or fewer bytes than it does: the tree lies (the
+    chunk itself is fine, and may serve other files)."""
+
+    def __init__(self, blob_id: bytes, claimed: int, actual: int) -> None:
+        self.blob_id = blob_id
+        self.pack_id = None
+        super().__init__(f"chunk {blob_id.hex()} holds {actual} bytes, but the tree says {claimed}")
 
 
 class LockedError(C3fsError):

@@ -76,9 +76,11 @@ class Repo:
         """The record of a job or dataset; asks the store when the index does not know it."""
         record = self._healing(self.index.record, kind, name)
         if record is None:
-            record = self.index.learn_ref(self.store, kind, name)
-        if record is None:
-            raise NotFound(f"no {kind} {name!r}")
+            try:  # a damaged ref is a DamagedRef naming it (exit 6), not "no such job"
+                record = self.store.get_ref(kind, name)
+            except NotFound:
+                raise NotFound(f"no {kind} {name!r}") from None
+            self.index.put_record(record)
         return record
 
     def jobs(self) -> list[JobRecord]:

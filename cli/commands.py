@@ -92,18 +92,18 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
     repo.refresh(force=True)
     vfs = Vfs(repo)
     node = vfs.resolve(path)
-    items = vfs.children(node) if node.is_dir else [(node.path[-1], node)]
+    items = vfs.children(node) if node.is_dir else [(node.name, node)]
     if as_json:
         output.print_json([_json_item(vfs, name, n) for name, n in items])
     elif long:
         _print_long(vfs, items)
     else:
         for name, child in items:
-            output.out.print(show(name) + ("/" if child.is_dir else ""), markup=False)
+            output.out.print(output.escape(name) + ("/" if child.is_dir else ""), markup=False)
 
 
 def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
-    if node.ref and len(node.path) == 2:
+    if node.ref and node.depth == 2:
         return vfs.repo.record(*node.ref)
     return None
 
@@ -130,14 +130,15 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
         table = output.table("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE")
         for r in sorted(records, key=lambda r: r.created):
             status = r.status + (f" ({r.reason})" if r.reason else "")
-            table.add_row(r.id, r.project, status, output.human(r.logical_bytes),
-                          output.human(r.stored_delta), str(r.files), output.age(r.ended or r.created))
+            output.row(table, r.id, r.project, output.escape(status), output.human(r.logical_bytes),
+                       output.human(r.stored_delta), str(r.files), output.age(r.ended or r.created))
         output.out.print(table)
         return
     for name, node in items:
-        line = f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} {show(name)}"
+        line = (f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} "
+                f"{output.escape(name)}")
         if node.entry is not None and node.kind not in (FILE, DIR):
-            line += f" -> {show(node.entry.target)}"
+            line += f" -> {output.escape(node.entry.target)}"
         output.out.print(line, markup=False)
 
 
@@ -147,13 +148,17 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
 @click.argument("dst")
 @click.option("-r", "--recursive", is_flag=True, help="Copy a directory and everything in it.")
 @click.option("-p", "--project", help="Project of an uploaded dataset (else from DST).")
+@click.option("--keep-setuid", is_flag=True,
+              help="Keep setuid, setgid and sticky bits (dropped by default).")
 @pass_ctx
-def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
+def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
+       keep_setuid: bool) -> None:
     """Copy a file or tree out of the store, or upload a directory as a dataset.
 
     Downloading writes every file to a temp name and renames it into place; modes, mtimes
     and symlinks are restored, and files already present with the same size and mtime are
-    skipped. A directory's contents go into DST (created if missing). An existing FIFO or
+    skipped. The setuid, setgid and sticky bits are dropped (as `tar` does without
+    --same-permissions: a store is written by others) unless --keep-setuid. A directory's contents go into DST (created if missing). An existing FIFO or
     device at DST is written into, not replaced (`c3fs cp FILE /dev/null` reads FILE). With
     -r, a damaged file is named and left out, the rest is copied, and the exit code is 6.
 
@@ -161,6 +166,7 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
     Examples:
       c3fs cp /jobs/job_abc123/metrics.json .
       c3fs cp -r /jobs/job_abc123/ ./local-output/
+      c3fs cp -r --keep-setuid /jobs/job_abc123/bin ./bin   # as root: setuid bits too
       c3fs cp -r ./imagenet-mini /projects/vision/datasets/imagenet-mini
     """
     from c3fs.jobs.download import Copier
@@ -182,10 +188,10 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> No
         raise IsADirectory(f"{src} is a directory (use cp -r)")
     target = dst
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
-        target = os.path.join(dst, show(node.path[-1]))
+        target = os.path.join(dst, show(node.name))
     total = sum(n.size for n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
     with output.progress_bar("cp", total) as advance:
-        stats = Copier(vfs, progress=advance).copy(node, target)
+        stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)
     output.err.print(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
                      f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}", highlight=False)
 

@@ -72,26 +72,30 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
 @click.argument("jobs", nargs=-1)
 @click.option("-d", "--dest", default=".", show_default=True, help="Directory to pull into.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON.")
+@click.option("--keep-setuid", is_flag=True,
+              help="Keep setuid, setgid and sticky bits (dropped by default).")
 @pass_ctx
-def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool) -> None:
+def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid: bool) -> None:
     """Download jobs' artifacts into DEST/<job id>/.
 
     With no JOBS, every completed (SUCCEEDED) job not pulled to this machine before (or
     re-created with other content since). Run again after an interruption: only missing or
     different files are fetched. A job with damaged data is pulled but for the damaged
-    files (each named), stays pending, and the exit code is 6.
+    files (each named), stays pending, and the exit code is 6. Modes are restored without
+    the setuid, setgid and sticky bits (a store is written by others) unless --keep-setuid.
 
     \b
     Examples:
       c3fs pull job_abc123
       c3fs pull --dest ./runs          # all new completed jobs
+      c3fs pull job_abc123 --keep-setuid
     """
     from c3fs.jobs.pull import PullIncomplete
     from c3fs.jobs.pull import pull as run_pull
 
     try:
         with output.progress_bar("pull", None) as advance:
-            pulled = run_pull(ctx.repo(), list(jobs), dest, advance)
+            pulled = run_pull(ctx.repo(), list(jobs), dest, advance, keep_setuid)
     except PullIncomplete as exc:  # say what did arrive, then the error
         _print_pulled(exc.pulled, as_json)
         raise
@@ -146,8 +150,8 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
     if by_project:
         table = output.table("PROJECT", "JOBS", "DATASETS", "LOGICAL", "CHARGED")
         for name, u in sorted(b.projects.items()):
-            table.add_row(name, str(u.jobs), str(u.datasets), output.human(u.logical_bytes),
-                          output.human(u.charged_bytes))
+            output.row(table, name, str(u.jobs), str(u.datasets), output.human(u.logical_bytes),
+                       output.human(u.charged_bytes))
         output.out.print(table)
 
 
@@ -245,9 +249,10 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
         output.print_json(report)
     else:
         for p in report.problems:
-            output.out.print(f"DAMAGED {p.kind} {p.blob_id[:16]}: {p.error}", markup=False)
+            output.out.print(f"DAMAGED {p.kind} {p.blob_id[:16]}: {output.escape(p.error)}",
+                             markup=False)
             for where in p.broken[:20]:
-                output.out.print(f"  breaks {where}", markup=False)
+                output.out.print(f"  breaks {output.escape(where)}", markup=False)
             if len(p.broken) > 20:
                 output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
         verdict = "OK" if report.ok else output.count(len(report.problems), "problem")

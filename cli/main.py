@@ -84,7 +84,8 @@ def app(ctx: click.Context, store: str | None, disk_cache: str | None, verbose: 
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return f"c3fs: {record.levelname.lower()}: {record.getMessage()}"
+        # one line, no escape sequences: messages name files and refs from the store
+        return f"c3fs: {record.levelname.lower()}: {one_line(record.getMessage())}"
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

@@ -46,6 +46,29 @@ def _console(name: str) -> Console:
 
 
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a", "\b": "\\b",
+            "\f": "\\f", "\v": "\\v"}
+
+
+def escape(text: str | bytes) -> str:
+    """Untrusted text (a name, a link target, a record field) as GNU `ls -b` shows it: C
+    escapes for control characters and backslashes, octal for other unprintable bytes, so
+    no escape sequence reaches the terminal and every name stays on one line. Bytes are
+    decoded as UTF-8; a byte that is not is shown in octal."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    return "".join(c if c.isprintable() and c != "\\" else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+        return f"\\{code - 0xDC00:03o}"
+    return f"\\{code:03o}" if code < 256 else f"\\u{code:04x}"
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
@@ -95,6 +118,13 @@ def status(label: str) -> Iterator:
 
 def mtime(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ns / 1e9))
+
+
+def row(table, *cells: str) -> None:
+    """Add a row of plain text: a cell is never read as rich markup (`[/bold]` in a reason)."""
+    from rich.text import Text
+
+    table.add_row(*(Text(cell) for cell in cells))
 
 
 def table(*headers: str):

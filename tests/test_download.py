@@ -63,7 +63,7 @@ def test_copy_restores_bytes_modes_and_mtimes(repo, tmp_path: Path, staging: str
     renamed: list[bytes] = []
     real_rename = os.rename
     monkeypatch.setattr(os, "rename", lambda a, b: renamed.append(b) or real_rename(a, b))
-    stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    stats = Copier(vfs, keep_setuid=True).copy(root(vfs), tmp_path / "dst")  # every mode bit
     links = sum(m.kind == "link" for m in trees.snapshot(tmp_path / "dst").values())
     assert len(renamed) == (links if staging == "unnamed" else links + stats.files)
     assert trees.diff(trees.without_special(trees.snapshot(tmp_path / "src")),
@@ -167,7 +167,7 @@ def test_a_filesystem_that_cannot_name_unnamed_files_gets_temp_names(repo, tmp_p
 
     monkeypatch.setattr(os, "link", no_linkat_from_proc)
     Copier(vfs).copy(root(vfs), tmp_path / "dst")  # the probe failed, not the copy
-    assert trees.diff(trees.without_special(trees.snapshot(tmp_path / "src")),
+    assert trees.diff(trees.as_copied(trees.snapshot(tmp_path / "src")),
                       trees.snapshot(tmp_path / "dst")) == []
     assert not leftovers(tmp_path) and os.listdir(tmp_path / "dst")
 
@@ -248,7 +248,7 @@ def test_a_damaged_file_is_left_out_and_everything_else_copied(
         f"cannot read /jobs/j1/{p.decode()}: blob {c.hex()} is corrupt in pack {'p' * 64}: injected"
         for p, c in zip(damaged, [vfs.resolve(b"/jobs/j1/" + p).entry.chunk_ids()[i]
                                   for p, i in damaged.items()], strict=True))
-    expected = trees.without_special(trees.snapshot(tmp_path / "src"))
+    expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
     for path in damaged:
         del expected[path]
     assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []  # dirs' modes too
@@ -271,7 +271,7 @@ def test_a_damaged_directory_is_left_out_and_everything_else_copied(
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(lines) == 1 and lines[0].startswith("cannot read /jobs/j1/odd dir \\xff: blob ")
     expected = {path: meta for path, meta in
-                trees.without_special(trees.snapshot(tmp_path / "src")).items()
+                trees.as_copied(trees.snapshot(tmp_path / "src")).items()
                 if not path.startswith(b"odd dir \xff")}
     assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
 

@@ -32,13 +32,16 @@ def push(run_cli, src: Path | str, *extra: str, project: str = "proj") -> dict:
 
 
 def copy_out(run_cli, job_id: str, dst: Path, sub: str = "") -> object:
-    result = run_cli(["cp", "-r", f"/jobs/{job_id}{sub}", str(dst)])
+    result = run_cli(["cp", "-r", "--keep-setuid", f"/jobs/{job_id}{sub}", str(dst)])
     assert result.code == 0, result.err
     return result
 
 
-def assert_same_tree(src: Path | bytes, dst: Path | bytes, link_mtimes: bool = True) -> dict:
-    want = trees.without_special(trees.snapshot(src, link_mtimes))
+def assert_same_tree(src: Path | bytes, dst: Path | bytes, link_mtimes: bool = True,
+                     setuid: bool = True) -> dict:
+    """`setuid=False`: as a copy without --keep-setuid makes it (no setuid, setgid, sticky)."""
+    snap = trees.snapshot(src, link_mtimes)
+    want = trees.without_special(snap) if setuid else trees.as_copied(snap)
     got = trees.snapshot(dst, link_mtimes)
     assert trees.diff(want, got) == []
     return want
@@ -190,7 +193,7 @@ def test_roundtrip_through_the_installed_command(c3fs_bin, tmp_path: Path) -> No
     assert "Traceback" not in pushed.err
     copied = c3fs_bin("cp", "-r", "/jobs/e2e/", str(tmp_path / "dst"))
     assert copied.code == 0, copied.err
-    assert_same_tree(src, tmp_path / "dst")
+    assert_same_tree(src, tmp_path / "dst", setuid=False)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import os
 import random
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -215,6 +215,13 @@ def snapshot(root: bytes | str, link_mtimes: bool = True) -> dict[bytes, Meta]:
 
 def without_special(snap: dict[bytes, Meta]) -> dict[bytes, Meta]:
     return {path: meta for path, meta in snap.items() if meta.kind != "special"}
+
+
+def as_copied(snap: dict[bytes, Meta]) -> dict[bytes, Meta]:
+    """What `cp`/`pull` make of a tree by default: no special files, and modes without the
+    setuid, setgid and sticky bits."""
+    return {path: replace(meta, mode=meta.mode & 0o777) if meta.mode is not None else meta
+            for path, meta in without_special(snap).items()}
 
 
 def diff(expected: dict[bytes, Meta], actual: dict[bytes, Meta], limit: int = 10) -> list[str]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from c3fs.errors import C3fsError
+from c3fs.errors import C3fsError, one_line
 from c3fs.fsutil import make_private_dir
 from c3fs.index import cache_root, environments_open
 from c3fs.store.locks import process_alive
@@ -156,10 +156,19 @@ def _redirect_stdio(log_file: str) -> None:
     os.close(null)
     os.close(log_fd)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    handler.setFormatter(_OneLineFormatter(
         "%(asctime)s c3fs[%(process)d] %(levelname)s %(name)s: %(message)s"))
     level = min(logging.getLogger().level, logging.INFO) or logging.INFO
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Messages on one line, control characters escaped: a crafted name in a store can
+    neither forge log lines nor send escape sequences to whoever reads the log."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 def _run_daemon(args: tuple, status_fd: int) -> int:

@@ -57,7 +57,7 @@ from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.objects.job import DATASET
 from c3fs.objects.tree import FILE, LINK
 from c3fs.reader import LRU, FileReader
-from c3fs.vfs import ROOT_INO, Node, Vfs, ino_of
+from c3fs.vfs import ROOT_INO, Node, Vfs
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +356,10 @@ class Operations(pyfuse3.Operations):
 
     def _parent(self, node: Node) -> Node | None:
         """The directory holding `node`, if the kernel still knows it."""
-        path = node.path[:-1]
-        root = self.inodes.root
-        return root if path == root.path else self.inodes.find(ino_of(path))
+        parent, root = node.parent, self.inodes.root
+        if parent is None:
+            return None
+        return root if parent.key == root.key else self.inodes.find(parent.ino)
 
     # the file system ----------------------------------------------------------------------
     @handler
@@ -458,7 +459,7 @@ def timeouts_of(node: Node) -> tuple[float, float]:
     directory keeps its attributes for long, but its name in /jobs is rechecked (`rm`)."""
     if node.ref is None:
         return LISTING_TIMEOUT, LISTING_TIMEOUT
-    if len(node.path) == 2:  # /jobs/<id> or /datasets/<name>: the root of a job or dataset
+    if node.depth == 2:  # /jobs/<id> or /datasets/<name>: the root of a job or dataset
         return LISTING_TIMEOUT, CONTENT_TIMEOUT
     return CONTENT_TIMEOUT, CONTENT_TIMEOUT
 

@@ -27,7 +27,7 @@ from c3fs.errors import DataError, FormatError
 from c3fs.objects.tree import FILE, Entry
 from c3fs.reader import FileReader
 from c3fs.repo import Repo
-from c3fs.vfs import Node, ino_of
+from c3fs.vfs import Node, child_ino
 
 log = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
@@ -52,10 +52,10 @@ class DirectoryReadahead:
         if node.size > SMALL_FILE or parent.tree_id is None or parent.ino in self._busy:
             return
         trigger = self._next.get(parent.ino)
-        if trigger is not None and node.path[-1] < trigger:
+        if trigger is not None and node.name < trigger:
             return
         self._busy.add(parent.ino)
-        trio.lowlevel.spawn_system_task(self._fill, parent, node.path[-1])
+        trio.lowlevel.spawn_system_task(self._fill, parent, node.name)
 
     async def _fill(self, parent: Node, name: bytes) -> None:
         try:
@@ -88,4 +88,4 @@ class DirectoryReadahead:
         except (DataError, FormatError):
             return  # the READ of that file will report it
         if self.push is not None:
-            self.push(ino_of((*parent.path, entry.name)), content)
+            self.push(child_ino(parent, entry.name), content)

@@ -107,6 +107,7 @@ class Index:
         self._damage_lock = threading.Lock()
         self._replacing = False
         self.closed = False
+        self._damaged_refs: set[tuple[str, str]] = set()  # logged already
         self.env = self._open_env()
         _OPEN.add(self)
         try:
@@ -446,7 +447,9 @@ class Index:
         try:
             record = store.get_ref(kind, name)
         except FormatError as exc:
-            log.error("skipping damaged %s ref %s: %s", kind, name, exc)
+            if (kind, name) not in self._damaged_refs:  # once per command (per Index)
+                self._damaged_refs.add((kind, name))
+                log.error("skipping a damaged ref: %s", exc)
             return None
         except StoreError as exc:
             log.warning("cannot read %s ref %s: %s", kind, name, exc)

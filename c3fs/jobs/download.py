@@ -6,8 +6,8 @@ filesystem has no O_TMPFILE, under a temp name renamed into place. Either way an
 interrupted copy never leaves a half-written file under a real name, and a killed one
 leaves no temp file either where O_TMPFILE works. An unnamed file spares the kernel the
 directory lock while it allocates the inode, so one directory's files are created in
-parallel, and needs no rename; mode and mtime are set through the fd, not the path. Modes,
-mtimes and symlinks are restored; links are created, never followed. A directory on the
+parallel, and needs no rename; mode and mtime are set through the fd, not the path. Modes
+(without setuid, setgid and sticky bits unless asked), mtimes and symlinks are restored; links are created, never followed. A directory on the
 way that is a symlink or a file is an error, never written through. A file whose size and
 mtime already match is skipped, so a copy run again fetches only what is missing or changed.
 A fifo or device already at a file's destination is opened and written into, as `cp` does
@@ -76,8 +76,13 @@ class CopyStats:
 
 
 class Copier:
-    def __init__(self, vfs: Vfs, workers: int = 4, progress: Callable[[int], None] | None = None):
+    def __init__(self, vfs: Vfs, workers: int = 4, progress: Callable[[int], None] | None = None,
+                 keep_setuid: bool = False):
+        """`keep_setuid`: give files and directories the setuid, setgid and sticky bits the
+        store says (by default they are dropped: a store is untrusted, as a tarball is to
+        `tar` without --same-permissions)."""
         self.vfs = vfs
+        self.mode_mask = 0o7777 if keep_setuid else 0o777
         self.workers = workers
         self.progress = progress or (lambda n: None)
         self.stats = CopyStats()
@@ -122,44 +127,39 @@ class Copier:
                 for future in futures:
                     future.result()
         except BaseException:  # every task has ended: the directories still get their modes
-            _finish_dirs(dirs, strict=False)
+            _finish_dirs(dirs, self._mode, strict=False)
             raise
-        _finish_dirs(dirs, strict=True)
+        _finish_dirs(dirs, self._mode, strict=True)
 
-    def _copy_dir(self, top: Node, top_path: bytes, futures, dirs) -> None:
-        """Make `top` and everything below it, depth first with an explicit stack (any
-        depth): each directory's files are handed to the writers as it is listed."""
-        stack = [(top, top_path)]
+    def _copy_dir(self, node: Node, path: bytes, futures, dirs) -> None:
+        """Copy a directory and everything below it, depth first, with a stack (a crafted
+        tree may be deeper than Python's recursion limit)."""
+        stack = [(node, path)]
         while stack:
             node, path = stack.pop()
-            listed = self._list_dir(node, path, dirs)
-            if listed is None:
-                continue
-            children, fresh = listed
-            subdirs = []
-            for name, child in children:
-                child_path = os.path.join(path, name)
-                if child.kind == DIR:
-                    subdirs.append((child, child_path))
-                else:
-                    self._copy_leaf(child, child_path, fresh, futures)
-            stack.extend(reversed(subdirs))
+            stack.extend(reversed(self._copy_one_dir(node, path, futures, dirs)))
 
-    def _list_dir(self, node: Node, path: bytes, dirs) -> tuple[list, bool] | None:
-        """`node`'s children, and whether its directory at `path` was made just now; None
-        if it is damaged below the copy's root (left out, not made)."""
+    def _copy_one_dir(self, node: Node, path: bytes, futures, dirs) -> list[tuple[Node, bytes]]:
+        """Make one directory and copy its files and links; return its subdirectories."""
         try:
             children = self.vfs.children(node)
         except (DataError, FormatError) as exc:
             error = unreadable(node, exc)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made
                 self.stats.damaged_dirs += 1
-                return None
+                return []
             raise error from None
         fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
         dirs.append((path, node))
         self.stats.dirs += 1
-        return children, fresh
+        subdirs = []
+        for name, child in children:
+            child_path = os.path.join(path, name)
+            if child.kind == DIR:
+                subdirs.append((child, child_path))
+            else:
+                self._copy_leaf(child, child_path, fresh, futures)
+        return subdirs
 
     def _copy_leaf(self, node: Node, path: bytes, fresh: bool, futures) -> None:
         if node.kind == LINK:
@@ -219,7 +219,7 @@ class Copier:
                     data = self._chunk(reader, i)
                     _write_all(staged.fd, data)
                     self.progress(len(data))
-                staged.commit(node.mode, node.mtime_ns)
+                staged.commit(self._mode(node), node.mtime_ns)
         except BaseException as exc:  # never a partial file under the real name
             _discard(staged)
             if self._damaged(exc):
@@ -270,7 +270,8 @@ class Copier:
         chunk already, else fetched (not kept in the LRU: a copy reads each chunk once)."""
         chunk_id = reader.ids[i]
         data = self._reuse.get(chunk_id)
-        return data if data is not None else reader.blobs.get(chunk_id, remember=False)
+        return reader.check(i, data if data is not None
+                            else reader.blobs.get(chunk_id, remember=False))
 
     def _end_part(self, big: _BigFile) -> None:
         """The last part to end names the file, or drops it if any part failed."""
@@ -282,11 +283,14 @@ class Copier:
             return
         try:
             with _named_errors(big.node, big.path):
-                big.staged.commit(big.node.mode, big.node.mtime_ns)
+                big.staged.commit(self._mode(big.node), big.node.mtime_ns)
         except BaseException:
             _discard(big.staged)
             raise
         self._count(big.node)
+
+    def _mode(self, node: Node) -> int:
+        return node.mode & self.mode_mask
 
     def _count(self, node: Node) -> None:
         with self._stats_lock:
@@ -638,20 +642,21 @@ def _unchanged(st: os.stat_result, node: Node) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == node.size and st.st_mtime_ns == node.mtime_ns
 
 
-def _finish_dirs(dirs: list[tuple[bytes, Node]], strict: bool) -> None:
+def _finish_dirs(dirs: list[tuple[bytes, Node]], mode_of: Callable[[Node], int],
+                 strict: bool) -> None:
     """Give each directory made or filled its mode and mtime, after its contents (a mode may
     forbid writes); deepest first. Not `strict`: best effort, for a copy that failed."""
     for path, node in reversed(dirs):
         try:
-            _set_meta(path, node)
+            _set_meta(path, mode_of(node), node.mtime_ns)
         except OSError as exc:
             if strict:
                 raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
 
 
-def _set_meta(path: bytes, node: Node) -> None:
-    os.chmod(path, node.mode)
-    os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
+def _set_meta(path: bytes, mode: int, mtime_ns: int) -> None:
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def _unlink(path: bytes) -> None:

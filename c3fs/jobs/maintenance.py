@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from c3fs.errors import C3fsError, DataError, FormatError
+from c3fs.errors import C3fsError, ChunkSizeMismatch, DataError, FormatError
 from c3fs.fsutil import count
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
-from c3fs.objects.tree import DIR, FILE, decode_tree
+from c3fs.objects.tree import DIR, FILE, Entry, Tree
 from c3fs.repo import Repo
 from c3fs.store.local import LocalBackend
 from c3fs.store.locks import gc_lock
@@ -154,7 +155,7 @@ def _delete_pack(repo: Repo, pack_id: str) -> None:
 @dataclass
 class Problem:
     blob_id: str
-    kind: str  # "chunk", "tree", "ref"
+    kind: str  # "chunk", "tree", "ref", "size" (a file's tree gives a chunk a wrong size)
     error: str
     broken: list[str] = field(default_factory=list)  # "<job>:<path>"
 
@@ -174,74 +175,126 @@ class VerifyReport:
 def verify(repo: Repo, names: list[str] | list[tuple[str, str]] | None = None,
            workers: int = 4, progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Read and check every blob the named jobs (default: all jobs and datasets) reach.
-    A name is a job id, or a (kind, name) pair. `progress(n)`: n more bytes verified."""
+    A name is a job id, or a (kind, name) pair. `progress(n)`: n more bytes verified.
+
+    Each blob is read once, and each job walks each of its trees once (a subtree shared
+    by many paths is named by the first path met): work is linear in the unique trees and
+    chunks, however they are shared (40 levels of {a -> T, b -> T} are 41 trees, not 2**40
+    paths). At most `WINDOW` chunk checks are in flight; what stays is one entry per
+    blob checked (its error, if any)."""
     report = VerifyReport()
     refs = [(JOB, n) if isinstance(n, str) else n for n in names or []]
     records = [repo.record(kind, n) for kind, n in refs] if refs else live_records(repo)
     if not names:
         report.problems += _damaged_refs(repo)
-    problems: dict[bytes, Problem] = {}
-    checked: dict[bytes, str | None] = {}
     with ThreadPoolExecutor(workers) as pool:
+        checker = _Checker(repo, pool, report, progress)
         for record in records:
             report.records += 1
-            _verify_record(repo, record, pool, problems, checked, report, progress)
-    report.problems += problems.values()
+            checker.record(record)
+    report.problems += checker.problems.values()
     return report
 
 
-def _verify_record(repo, record, pool, problems, checked, report, progress) -> None:
-    label = f"{record.kind} {record.id}"
-    stack = [(b"", record.root_id)]
-    pending = []
-    while stack:
-        path, tree_id = stack.pop()
-        error = _check_blob(repo, tree_id, checked, report, progress)
+WINDOW = 256  # chunk checks in flight at once in verify
+
+
+class _Checker:
+    """Checks blobs for `verify`: each once, chunks in worker threads (a bounded window)."""
+
+    def __init__(self, repo: Repo, pool: ThreadPoolExecutor, report: VerifyReport,
+                 progress: Callable[[int], None] | None) -> None:
+        self.repo, self.pool, self.report, self.progress = repo, pool, report, progress
+        self.problems: dict[tuple[bytes, str], Problem] = {}
+        self.checked: dict[bytes, str | None] = {}  # blob id -> its error (None: fine)
+        self.window: deque[tuple[bytes, str, Future]] = deque()
+        self.inflight: dict[bytes, Future] = {}
+
+    def record(self, record: JobRecord) -> None:
+        label = f"{record.kind} {record.id}"
+        seen: set[bytes] = set()  # this job's trees walked already
+        stack = [(b"", record.root_id)]
+        while stack:
+            path, tree_id = stack.pop()
+            if tree_id in seen:
+                continue
+            seen.add(tree_id)
+            tree = self._tree(tree_id, f"{label}:{_show(path) or '/'}")
+            for entry in tree.entries if tree is not None else ():
+                child = path + b"/" + entry.name
+                if entry.kind == DIR and entry.target not in seen:
+                    stack.append((child, entry.target))
+                elif entry.kind == FILE:
+                    self._file(entry, f"{label}:{_show(child)}")
+        while self.window:
+            self._settle()
+
+    def _tree(self, tree_id: bytes, where: str) -> Tree | None:
+        error = self._check(tree_id)
         if error is None:
             try:
-                tree = decode_tree(repo.blobs.get(tree_id))
+                return self.repo.tree(tree_id)
             except (DataError, FormatError) as exc:
                 error = str(exc)
-        if error is not None:
-            _note(problems, tree_id, "tree", error, f"{label}:{_show(path) or '/'}")
-            continue
-        for entry in tree.entries:
-            child = path + b"/" + entry.name
-            if entry.kind == DIR:
-                stack.append((child, entry.target))
-            elif entry.kind == FILE:
-                for chunk_id in entry.chunk_ids():
-                    pending.append((chunk_id, child, pool.submit(_check_blob, repo, chunk_id, checked, report,
-                                                          progress)))
-    for chunk_id, child, future in pending:
+        _note(self.problems, tree_id, "tree", error, where)
+        return None
+
+    def _file(self, entry: Entry, where: str) -> None:
+        _check_sizes(self.repo, entry, self.problems, where)
+        for chunk_id in entry.chunk_ids():
+            if chunk_id in self.checked:
+                if self.checked[chunk_id] is not None:
+                    _note(self.problems, chunk_id, "chunk", self.checked[chunk_id], where)
+                continue
+            future = self.inflight.get(chunk_id)
+            if future is None:
+                future = self.inflight[chunk_id] = self.pool.submit(self._check, chunk_id)
+            self.window.append((chunk_id, where, future))
+            if len(self.window) >= WINDOW:
+                self._settle()
+
+    def _settle(self) -> None:
+        """Wait for the oldest chunk check in the window; note the file if it failed."""
+        chunk_id, where, future = self.window.popleft()
         error = future.result()
+        self.inflight.pop(chunk_id, None)
         if error is not None:
-            _note(problems, chunk_id, "chunk", error, f"{label}:{_show(child)}")
+            _note(self.problems, chunk_id, "chunk", error, where)
+
+    def _check(self, blob_id: bytes) -> str | None:
+        """Read `blob_id` from the store (no cache), once; its error, or None."""
+        if blob_id in self.checked:
+            return self.checked[blob_id]
+        try:
+            data = self.repo.blobs.fetch_uncached(blob_id)
+            error = None
+            with _count_lock:
+                self.report.blobs += 1
+                self.report.bytes += len(data)
+            if self.progress is not None:
+                self.progress(len(data))
+        except DataError as exc:
+            error = str(exc)
+        self.checked[blob_id] = error
+        return error
 
 
 _count_lock = threading.Lock()
 
 
-def _check_blob(repo: Repo, blob_id: bytes, checked: dict, report: VerifyReport,
-                progress: Callable[[int], None] | None) -> str | None:
-    if blob_id in checked:
-        return checked[blob_id]
-    try:
-        data = repo.blobs.fetch_uncached(blob_id)
-        error = None
-        with _count_lock:
-            report.blobs += 1
-            report.bytes += len(data)
-        if progress is not None:
-            progress(len(data))
-    except DataError as exc:
-        error = str(exc)
-    checked[blob_id] = error
-    return error
+def _check_sizes(repo: Repo, entry: Entry, problems: dict, where: str) -> None:
+    """Note a file whose tree gives a chunk another size than the index knows it has (the
+    plain length from its pack's trailer, checked whenever the chunk is decoded)."""
+    for chunk_id, size in zip(entry.chunk_ids(), entry.sizes, strict=True):
+        loc = repo.index.lookup(chunk_id)
+        if loc is not None and loc.plain_len != size:
+            error = ChunkSizeMismatch(chunk_id, size, loc.plain_len)
+            _note(problems, chunk_id, "size", str(error), where)
+            return
 
 
 def _note(problems: dict, blob_id: bytes, kind: str, error: str, where: str) -> None:
-    problem = problems.setdefault(blob_id, Problem(blob_id.hex(), kind, error))
+    problem = problems.setdefault((blob_id, kind), Problem(blob_id.hex(), kind, error))
     if where not in problem.broken:
         problem.broken.append(where)
 

@@ -78,7 +78,7 @@ def is_pulled(repo: Repo, record: JobRecord) -> bool:
 
 
 def pull(repo: Repo, job_ids: list[str], dest: str,
-         progress: Callable[[int], None] | None = None) -> list[Pulled]:
+         progress: Callable[[int], None] | None = None, keep_setuid: bool = False) -> list[Pulled]:
     records = [repo.record(JOB, j) for j in job_ids] if job_ids else pending_jobs(repo)
     vfs = Vfs(repo)
     done: list[Pulled] = []
@@ -86,7 +86,8 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
     for record in records:
         target = os.path.join(dest, record.id)
         try:
-            stats = Copier(vfs, progress=progress).copy(vfs.ref_root(record), target)
+            copier = Copier(vfs, progress=progress, keep_setuid=keep_setuid)
+            stats = copier.copy(vfs.ref_root(record), target)
         except (DataError, FormatError) as exc:
             if getattr(exc, "unavailable", False):  # the store did not answer: stop
                 raise

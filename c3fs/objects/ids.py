@@ -21,11 +21,16 @@ def blob_id(data: bytes | memoryview) -> bytes:
 
 def check_name(value: str, what: str = "job id") -> str:
     """Return `value` if it is a valid job, project or dataset name, else raise InvalidId."""
-    if not isinstance(value, str) or not _NAME.fullmatch(value):
+    if not is_name(value):
         raise InvalidId(
             f"invalid {what} {value!r}: use 1-128 of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
         )
     return value
+
+
+def is_name(value: str) -> bool:
+    """Whether `value` is a valid job, project or dataset name (see `check_name`)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
 def token_hex(nbytes: int) -> str:

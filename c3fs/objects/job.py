@@ -6,6 +6,8 @@ never edited in place: `rm` deletes the ref, nothing rewrites it.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import msgspec
 
 from c3fs.errors import FormatError
@@ -20,6 +22,12 @@ CANCELED = "CANCELED"
 STATUSES = (SUCCEEDED, FAILED, TIMEOUT, CANCELED)
 JOB = "job"
 DATASET = "dataset"
+MAX_TIME = 9_000_000_000.0  # year 2255: in nanoseconds it still fits in st_mtime_ns (int64)
+MAX_COUNT = 2**63 - 1  # bytes and files fit in a signed 64-bit integer
+MAX_TEXT = 1024  # reason, host
+MAX_COMMAND = 4 * 1024 * 1024  # characters of the command line, all arguments together
+MAX_INPUTS = 10_000
+MAX_PATH = 4096  # an input's ref and mount point
 
 
 class Input(msgspec.Struct, frozen=True):
@@ -76,4 +84,42 @@ def decode_record(data: bytes) -> JobRecord:
         raise FormatError(f"job record version/kind not supported: {record.version}/{record.kind}")
     if record.status not in STATUSES:
         raise FormatError(f"job record has unknown status {record.status!r}")
+    _check_fields(record)
     return record
+
+
+def _check_fields(record: JobRecord) -> None:
+    """Every field in its range, so that no reader has to guess (a time of 1e300 would crash
+    `ls`; a reason of 1 GB fill the terminal): FormatError naming the field."""
+    for name in ("created", "started", "ended"):
+        value = getattr(record, name)
+        if value is not None and not 0 <= value <= MAX_TIME:  # (NaN and inf fail too)
+            _bad(name, value)
+    for name in ("logical_bytes", "files", "stored_delta"):
+        if not 0 <= getattr(record, name) <= MAX_COUNT:
+            _bad(name, getattr(record, name))
+    if record.exit_code is not None and not -(2**31) <= record.exit_code < 2**31:
+        _bad("exit_code", record.exit_code)
+    for name in ("reason", "host"):
+        if len(getattr(record, name)) > MAX_TEXT:
+            _bad(name, f"{len(getattr(record, name))} characters")
+    if sum(len(arg) + 1 for arg in record.command) > MAX_COMMAND:
+        _bad("command", f"{len(record.command)} arguments, too long")
+    if len(record.inputs) > MAX_INPUTS:
+        _bad("inputs", f"{len(record.inputs)} of them")
+    for item in record.inputs:
+        _check_input(item)
+
+
+def _check_input(item: Input) -> None:
+    if len(item.ref) > MAX_PATH or len(item.mount) > MAX_PATH:
+        _bad("inputs", "a ref or mount point longer than 4096 characters")
+    try:
+        parse_hex_id(item.root)
+    except Exception:
+        _bad("inputs", f"root {item.root[:80]!r} is not a tree id")
+
+
+def _bad(field: str, value: object) -> NoReturn:
+    shown = repr(value) if isinstance(value, (int, float)) else value
+    raise FormatError(f"damaged job record: field {field} out of range ({shown})")

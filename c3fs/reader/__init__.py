@@ -17,7 +17,15 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, BlobUnavailable, DataError, FormatError
+from c3fs.errors import (
+    BlobCorrupt,
+    BlobError,
+    BlobMissing,
+    BlobUnavailable,
+    ChunkSizeMismatch,
+    DataError,
+    FormatError,
+)
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
@@ -246,6 +254,7 @@ class FileReader:
             data = get(self.ids[i])
             if data is None:
                 return None
+            self.check(i, data)
             lo = max(offset - self.starts[i], 0)
             hi = min(end - self.starts[i], len(data))
             parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
@@ -256,4 +265,13 @@ class FileReader:
         for i, blob_id in enumerate(self.ids):
             if self.readahead:
                 self.blobs.prefetch(self.ids[i + 1 : i + 1 + self.readahead])
-            yield self.blobs.get(blob_id)
+            yield self.check(i, self.blobs.get(blob_id))
+
+    def check(self, i: int, data: bytes) -> bytes:
+        """`data`, the verified bytes of chunk `i`, if they are as many as the file's tree
+        says (a crafted tree may claim 100 bytes of a 10-byte chunk); else ChunkSizeMismatch.
+        Free: the blob's plain length was checked against its pack's trailer when decoded."""
+        claimed = self.starts[i + 1] - self.starts[i]
+        if len(data) != claimed:
+            raise ChunkSizeMismatch(self.ids[i], claimed, len(data))
+        return data

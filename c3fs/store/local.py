@@ -158,16 +158,23 @@ class LocalBackend:
         return tmp, path
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Walked with a stack, not recursion: a crafted tree of folders deeper than
+        Python's recursion limit (under refs/, say) is listed, not a RecursionError."""
         base, _, _ = prefix.rpartition("/")
-        start = self.root / base if base else self.root
-        for dirpath, _dirs, filenames in os.walk(start):
-            rel = os.path.relpath(dirpath, self.root)
-            for name in filenames:
-                key = name if rel == "." else f"{rel}/{name}"
-                if name.startswith(TMP_PREFIX) or not key.startswith(prefix):
+        stack = [base]
+        while stack:
+            rel = stack.pop()
+            for entry in _scandir(self.root / rel if rel else self.root):
+                key = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.name.startswith(TMP_PREFIX) or not (key.startswith(prefix)
+                                                             or prefix.startswith(key + "/")):
+                    continue
+                if _is_dir(entry):
+                    if not entry.is_symlink():  # as os.walk: never followed
+                        stack.append(key)
                     continue
                 try:
-                    yield key, os.stat(os.path.join(dirpath, name)).st_size
+                    yield key, entry.stat().st_size
                 except FileNotFoundError:
                     continue
 
@@ -205,6 +212,22 @@ def _write_all(fd: int, data: bytes | list[bytes]) -> None:
             first += 1
         if written:
             parts[first] = parts[first][written:]
+
+
+def _scandir(path: Path) -> list[os.DirEntry]:
+    """The entries of a directory; none if it cannot be read (as os.walk, which skips it)."""
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except OSError:
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _unlink(path: Path) -> None:

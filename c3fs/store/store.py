@@ -13,6 +13,7 @@ The store's objects are the truth; the LMDB index is rebuilt from them.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -20,14 +21,15 @@ from pathlib import Path
 
 import msgspec
 
-from c3fs.errors import FormatError, NotFound, StoreError, StoreVersionError
+from c3fs.errors import DamagedRef, FormatError, NotFound, StoreError, StoreVersionError
 from c3fs.objects import pack as packfmt
-from c3fs.objects.ids import check_name, token_hex
+from c3fs.objects.ids import check_name, is_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.nesting import check_json_depth
 from c3fs.store.backend import Backend, Deadline, KeyExists, KeyMissing
 from c3fs.store.local import TMP_PREFIX, LocalBackend
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 KiB, MiB = 1024, 1024 * 1024
 REF_PREFIX = {JOB: "refs/jobs/", DATASET: "refs/datasets/"}
@@ -50,6 +52,7 @@ class Store:
     def __init__(self, backend: Backend, config: StoreConfig) -> None:
         self.backend = backend
         self.config = config
+        self._odd_keys: set[str] = set()  # odd keys under refs/ already warned about
 
     @property
     def url(self) -> str:
@@ -159,14 +162,26 @@ class Store:
         except KeyMissing:
             raise NotFound(f"no {kind} {name!r} in the store") from None
         try:
-            return decode_record(raw)
+            record = decode_record(raw)
         except FormatError as exc:
-            raise FormatError(f"{kind} {name}: {exc}") from None
+            raise DamagedRef(kind, name, str(exc)) from None
+        if record.id != name or record.kind != kind:  # never let a ref speak for another
+            raise DamagedRef(kind, name, f"it holds the record of {record.kind} "
+                             f"{record.id!r}, not of {kind} {name!r}")
+        return record
 
     def list_refs(self, kind: str) -> Iterator[str]:
+        """The names of the refs of `kind`. A key that cannot be one (`.DS_Store`, `bad
+        name`, `sub/x`) is skipped, with one warning per Store (per command) naming it."""
         prefix = REF_PREFIX[kind]
         for key, _ in self.backend.list(prefix):
-            yield key[len(prefix) :]
+            name = key[len(prefix) :]
+            if is_name(name):
+                yield name
+            elif key not in self._odd_keys:
+                self._odd_keys.add(key)
+                log.warning("ignoring %s in the store: not a %s ref (a ref is named with 1-128 "
+                            "of A-Z a-z 0-9 . _ -)", _shorten(key), kind)
 
     def delete_ref(self, kind: str, name: str) -> None:
         key = self.ref_key(kind, name)
@@ -175,6 +190,11 @@ class Store:
         except KeyMissing:
             raise NotFound(f"no {kind} {name!r} in the store") from None
         self.backend.delete(key)
+
+
+def _shorten(key: str, keep: int = 100) -> str:
+    """`key`, with the middle of a very long one (a deep tree of folders) left out."""
+    return key if len(key) <= 2 * keep else f"{key[:keep]}...{key[-keep:]}"
 
 
 def _decode_config(raw: bytes, url: str) -> StoreConfig:

@@ -33,12 +33,19 @@ _KIND_DIR = {JOB: JOBS, DATASET: DATASETS}
 
 @dataclass(frozen=True, slots=True)
 class Node:
+    """A file, directory or symlink. A node holds its name and its parent, never its whole
+    path: the nodes of a path d/d/d/... 30,000 deep share their ancestors, so the mount's
+    memory grows with the number of nodes, not with the square of the depth."""
+
     ino: int
     kind: int  # tree.FILE, DIR or LINK
     mode: int  # permission bits
     size: int
     mtime_ns: int
-    path: tuple[bytes, ...]  # canonical path
+    name: bytes  # its name in its canonical parent (b"" for /)
+    parent: Node | None  # the canonical parent (/jobs/<id> for a job's root): None for /
+    key: bytes  # a hash of the canonical path, chained from the parent's (see `child_key`)
+    depth: int  # components in the canonical path
     ref: tuple[str, str] | None = None  # (kind, name) of the job or dataset it belongs to
     tree_id: bytes | None = None  # a directory backed by a tree
     entry: Entry | None = None  # a file or symlink
@@ -52,6 +59,16 @@ class Node:
         return st_mode(self.kind, self.mode)
 
     @property
+    def path(self) -> tuple[bytes, ...]:
+        """The canonical path (made by walking up: for messages and the namespace's top)."""
+        names = []
+        node: Node | None = self
+        while node is not None and node.depth:
+            names.append(node.name)
+            node = node.parent
+        return tuple(reversed(names))
+
+    @property
     def display(self) -> str:
         return "/" + "/".join(p.decode(errors="backslashreplace") for p in self.path)
 
@@ -59,11 +76,30 @@ class Node:
         return self.display.rstrip("/") + "/" + name.decode(errors="backslashreplace")
 
 
-def ino_of(path: tuple[bytes, ...]) -> int:
-    if not path:
+ROOT_KEY = b""
+
+
+def child_key(parent_key: bytes, name: bytes) -> bytes:
+    """The key of a path from its parent's: the same path always gets the same key."""
+    return blake3.blake3(parent_key + b"/" + name).digest(16)
+
+
+def ino_from_key(key: bytes) -> int:
+    if key == ROOT_KEY:
         return ROOT_INO
-    digest = blake3.blake3(b"\0".join(path)).digest(8)
-    return (int.from_bytes(digest, "little") >> 1) | 2  # never 0 or 1, fits in 63 bits
+    return (int.from_bytes(key[:8], "little") >> 1) | 2  # never 0 or 1, fits in 63 bits
+
+
+def ino_of(path: tuple[bytes, ...]) -> int:
+    """The inode number of a canonical path."""
+    key = ROOT_KEY
+    for name in path:
+        key = child_key(key, name)
+    return ino_from_key(key)
+
+
+def child_ino(parent: Node, name: bytes) -> int:
+    return ino_from_key(child_key(parent.key, name))
 
 
 def unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
@@ -96,7 +132,12 @@ class Vfs:
 
     def _virtual(self, path: tuple[bytes, ...]) -> Node:
         """A directory of the namespace (/, /jobs, /projects/<p>, ...), not of a tree."""
-        return Node(ino_of(path), DIR, 0o555, 0, self._created_ns, path)
+        node = Node(ROOT_INO, DIR, 0o555, 0, self._created_ns, b"", None, ROOT_KEY, 0)
+        for name in path:
+            key = child_key(node.key, name)
+            node = Node(ino_from_key(key), DIR, 0o555, 0, self._created_ns, name, node, key,
+                        node.depth + 1)
+        return node
 
     # walking ------------------------------------------------------------------------------
     def resolve(self, path: str | bytes) -> Node:
@@ -163,16 +204,18 @@ class Vfs:
 
     @staticmethod
     def _entry_node(parent: Node, entry: Entry) -> Node:
-        path = (*parent.path, entry.name)
+        key = child_key(parent.key, entry.name)
         tree_id = entry.target if entry.kind == DIR else None
-        return Node(ino_of(path), entry.kind, entry.mode, entry.size, entry.mtime_ns, path,
-                    parent.ref, tree_id, entry)
+        return Node(ino_from_key(key), entry.kind, entry.mode, entry.size, entry.mtime_ns,
+                    entry.name, parent, key, parent.depth + 1, parent.ref, tree_id, entry)
 
     def ref_root(self, record: JobRecord) -> Node:
-        path = (_KIND_DIR[record.kind], record.id.encode())
+        top = self._virtual((_KIND_DIR[record.kind],))  # canonical: /jobs/<id>, /datasets/<n>
+        name = record.id.encode()
+        key = child_key(top.key, name)
         mtime = int((record.ended or record.created) * 1e9)
-        return Node(ino_of(path), DIR, 0o755, 0, mtime, path, (record.kind, record.id),
-                    record.root_id)
+        return Node(ino_from_key(key), DIR, 0o755, 0, mtime, name, top, key, 2,
+                    (record.kind, record.id), record.root_id)
 
     # the virtual part ---------------------------------------------------------------------
     def _virtual_child(self, parent: Node, name: bytes) -> Node:
