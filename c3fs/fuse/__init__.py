@@ -36,8 +36,8 @@ DEFAULT_CACHE = 256 * MiB
 READY_TIMEOUT = 120.0  # opening a big remote store may sync its listing first
 FSTYPE = "fuse.c3fs"  # what /proc/self/mountinfo says of our mounts (subtype=c3fs)
 
-__all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file", "is_mounted",
-           "mount", "unmount"]
+__all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file",
+           "filesystem_type", "is_mounted", "mount", "unmount"]
 
 
 class MountError(C3fsError):
@@ -304,6 +304,25 @@ def mount_type(path: str) -> str | None:
         fields, _, rest = line.partition(b" - ")
         if _unescape(fields.split(b" ")[4]) == os.fsencode(path):
             found = rest.split(b" ")[0].decode(errors="replace")
+    return found
+
+
+def filesystem_type(path: str | bytes) -> str | None:
+    """The type of the file system `path` (which exists) is on, e.g. "fuse.c3fs": that of
+    the mount with the longest mount point above its real path. None when unknown."""
+    real = os.fsencode(os.path.realpath(path))
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best, found = -1, None
+    for line in lines:  # later lines are mounted on top of earlier ones: >= keeps the last
+        fields, _, rest = line.partition(b" - ")
+        point = _unescape(fields.split(b" ")[4])
+        inside = real == point or real.startswith(point.rstrip(b"/") + b"/")
+        if inside and len(point) >= best:
+            best, found = len(point), rest.split(b" ")[0].decode(errors="replace")
     return found
 
 
