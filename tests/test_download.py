@@ -398,6 +398,26 @@ def test_a_job_recreated_under_the_same_id_is_pulled_again(c3fs_bin, tmp_path: P
     c3fs_bin("push", str(tmp_path / "o3"), "-p", "vision", "-j", "job_q1").ok()
     assert "job_q1 ->" in c3fs_bin("pull", "--dest", str(dest)).ok().out
     assert (dest / "job_q1" / "metrics.json").read_bytes() == b"second, different"
+
+
+def test_pulling_a_recreated_job_names_what_the_old_one_left(c3fs_bin, tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for src in (old, new):
+        (src / "sub").mkdir(parents=True)
+        (src / "metrics.json").write_bytes(src.name.encode())
+    (old / "extra.bin").write_bytes(b"old only")
+    (old / "sub" / "old.txt").write_bytes(b"old only")
+    dest = tmp_path / "pulled"
+    c3fs_bin("push", str(old), "-p", "vision", "-j", "job_q2").ok()
+    c3fs_bin("pull", "--dest", str(dest)).ok()
+    c3fs_bin("rm", "job_q2").ok()
+    c3fs_bin("push", str(new), "-p", "vision", "-j", "job_q2").ok()
+    res = c3fs_bin("pull", "--dest", str(dest)).ok()
+    assert "re-created with other content" in res.err and "2 paths there" in res.err
+    assert "extra.bin" in res.err and "sub/old.txt" in res.err
+    assert (dest / "job_q2" / "extra.bin").read_bytes() == b"old only"  # left, as said
+    assert (dest / "job_q2" / "metrics.json").read_bytes() == b"new"
+    assert "re-created" not in c3fs_bin("pull", "job_q2", "--dest", str(dest)).ok().err
     assert "nothing new to pull" in c3fs_bin("pull", "--dest", str(dest)).ok().err
 
 

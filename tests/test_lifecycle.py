@@ -265,9 +265,9 @@ def test_bad_config_refused_before_running(c3fs_bin, workdir: Path, config: str,
 
 
 def test_config_warnings_and_odd_artifacts(c3fs_bin, workdir: Path) -> None:
-    (workdir / ".c3").write_text("project: p\nflavour: x\noutput:\n  - missing_dir\n")
+    (workdir / ".c3").write_text("project: p\nimage: x\noutput:\n  - missing_dir\n")
     res = c3fs_bin("run", "-j", "w1", "--", "true", cwd=workdir)
-    assert res.code == 0 and "unknown key 'flavour'" in res.err and "missing_dir" in res.err
+    assert res.code == 0 and "key 'image' is the platform's" in res.err and "missing_dir" in res.err
     res = c3fs_bin("run", "-j", "w2", "--", "sh", "-c", 'rm -rf "$C3_ARTIFACTS_DIR"', cwd=workdir)
     assert res.code == 0 and "deleted by the job" in res.err
     res = c3fs_bin("run", "-j", "w3", "--", "sh", "-c",
@@ -473,3 +473,34 @@ def test_gc_says_which_phase_it_is_in(repo, tmp_path: Path) -> None:
     assert phases[0] == "marking what job job_a uses (1/1)", phases
     assert phases[1].startswith("sweeping: ")
     assert phases[2:] in ([], ["repacking 1 pack partly in use"]), phases
+
+
+def test_c3_env_is_set_for_the_command(c3fs_bin, workdir: Path) -> None:
+    (workdir / ".c3").write_text('env:\n  SEED: "42"\n  GREETING: hello world\n')
+    script = 'echo "$SEED $GREETING" > "$C3_ARTIFACTS_DIR/env.txt"'
+    c3fs_bin("run", "-j", "env1", "--", "sh", "-c", script, cwd=workdir).ok()
+    assert c3fs_bin("cp", "/jobs/env1/env.txt", "-").ok().out == "42 hello world\n"
+
+
+@pytest.mark.parametrize("config, message", [
+    ("flavour: x\n", "unknown key 'flavour' (known: project, output, datasets, env"),
+    ("env:\n  SEED: 42\n", 'env: SEED must be a string (quote it: SEED: "42")'),
+    ("env:\n  - A\n", "env must be a mapping of NAME: value"),
+    ("env:\n  'BAD-NAME': x\n", "env: 'BAD-NAME' is not a variable name"),
+    ("env:\n  C3_JOB_ID: x\n", "env: C3_JOB_ID is set by c3fs run; it cannot be overridden"),
+])
+def test_bad_env_or_unknown_key_is_one_line(c3fs_bin, workdir: Path, config: str,
+                                            message: str) -> None:
+    (workdir / ".c3").write_text(config)
+    res = c3fs_bin("run", "--", "touch", "ran", cwd=workdir)
+    assert message in res.one_line_error() and res.code == 2
+    assert not (workdir / "ran").exists()
+
+
+def test_run_json_is_runs_own_option(c3fs_bin, workdir: Path) -> None:
+    res = c3fs_bin("run", "--json", "-j", "js1", "--", "true", cwd=workdir).ok()
+    rec = json.loads(res.out)
+    assert (rec["id"], rec["status"], rec["command"]) == ("js1", "SUCCEEDED", ["true"])
+    res = c3fs_bin("run", "-j", "js2", "sh", "-c", "exit 3", cwd=workdir)  # no `--` needed
+    assert res.code == 3 and record(c3fs_bin, "js2")["command"] == ["sh", "-c", "exit 3"]
+    assert c3fs_bin("run", "--no-such-option", "true", cwd=workdir).code == 2

@@ -142,8 +142,8 @@ class _Canceled(Exception):
 
 
 def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome) -> None:
-    env = dict(os.environ, C3_ARTIFACTS_DIR=str(artifacts), C3_JOB_ID=job_id,
-               C3_PROJECT=spec.project)
+    env = dict(os.environ, **spec.config.env, C3_ARTIFACTS_DIR=str(artifacts),
+               C3_JOB_ID=job_id, C3_PROJECT=spec.project)
     try:
         proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True)
     except OSError as exc:
