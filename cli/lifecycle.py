@@ -30,9 +30,12 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
         command) -> None:
     """Run COMMAND as a job; collect its artifacts into the store.
 
-    The job writes into $C3_ARTIFACTS_DIR (fresh and empty, always set) and into the
-    `output:` dirs of .c3; both are collected into one manifest at /jobs/<id>/. The
-    `datasets:` of .c3 are mounted read-only before the command starts.
+    The job writes into $C3_ARTIFACTS_DIR, the working dir's artifacts/ (pre-created and
+    empty; one left holding files is moved aside to artifacts.prev-<time>, never deleted),
+    and into the `output:` dirs of .c3; both are collected into one manifest at
+    /jobs/<id>/. The `datasets:` of .c3 are mounted read-only before the command starts.
+    One run at a time per working dir. What a killed run left (mounts, its temp dir) is
+    cleaned up by the next run, which says so.
 
     \b
     Status and exit code:

@@ -7,7 +7,10 @@
 it forks (fast: no new interpreter) when the caller has no other thread, else it runs
 `python -m c3fs.fuse`, which forks in turn. The daemon detaches (setsid, double fork, stdio
 to its log file), opens the store, resolves the ref, mounts, and reports "ok" or one error
-line through a pipe. The caller then polls `os.path.ismount` until the mount answers.
+line through a pipe. The caller then polls `os.path.ismount` until the mount answers, and
+acknowledges it through a second pipe. A daemon whose caller dies before that (kill -9 or
+SIGTERM during start-up: its "ok" meets a closed pipe, or the second pipe closes unacknowledged)
+unmounts itself and exits: a killed start never leaves a dead mount nor an orphan daemon.
 
 This module imports neither trio nor pyfuse3 so the CLI stays quick to start; the request
 handlers live in `c3fs.fuse.ops`, the serving loop in `c3fs.fuse.daemon`.
@@ -66,11 +69,15 @@ def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool 
         _serve_here(*args)
         return
     log_file = log_file or str(default_log_file(mountpoint))
-    if _single_threaded():
-        pid = _fork_daemon(args, log_file, timeout)
-    else:  # forking a threaded process is unsafe: start a fresh interpreter that forks
-        pid = _spawn_daemon(args, log_file, timeout)
-    _wait_answering(mountpoint, pid, log_file, timeout)
+    if not _single_threaded():  # forking a threaded process is unsafe: a fresh interpreter
+        _spawn_daemon(args, log_file, timeout)  # forks, waits and acknowledges
+        return
+    pid, ack_fd = _fork_daemon(args, log_file, timeout)
+    try:
+        _wait_answering(mountpoint, pid, log_file, timeout)
+        os.write(ack_fd, b"ack\n")
+    finally:
+        os.close(ack_fd)  # unacknowledged: the daemon unmounts and exits
 
 
 def _single_threaded() -> bool:
@@ -118,20 +125,28 @@ def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes) -> None:
 
 
 # the daemon's start: fork, detach, report through a pipe ----------------------------------
-def _fork_daemon(args: tuple, log_file: str, timeout: float) -> int:
-    """Fork a detached daemon; return its pid once it reports the mount exists."""
+def _fork_daemon(args: tuple, log_file: str, timeout: float) -> tuple[int, int]:
+    """Fork a detached daemon; once it reports the mount exists, return its pid and the fd
+    through which to acknowledge it (write "ack"; closing it unacknowledged unmounts)."""
     read_fd, write_fd = os.pipe()
+    ack_read, ack_write = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child, which never returns
         os.close(read_fd)
-        _detach_and_run(args, log_file, write_fd)
+        os.close(ack_write)
+        _detach_and_run(args, log_file, write_fd, ack_read)
     os.close(write_fd)
-    os.waitpid(child, 0)
-    with os.fdopen(read_fd, "rb", buffering=0) as status:
-        return _read_status(status, timeout)
+    os.close(ack_read)
+    try:
+        os.waitpid(child, 0)
+        with os.fdopen(read_fd, "rb", buffering=0) as status:
+            return _read_status(status, timeout), ack_write
+    except BaseException:
+        os.close(ack_write)
+        raise
 
 
-def _detach_and_run(args: tuple, log_file: str, status_fd: int) -> None:
+def _detach_and_run(args: tuple, log_file: str, status_fd: int, ack_fd: int) -> None:
     code = 1
     try:
         os.setsid()
@@ -139,9 +154,29 @@ def _detach_and_run(args: tuple, log_file: str, status_fd: int) -> None:
             os._exit(0)
         os.write(status_fd, f"pid {os.getpid()}\n".encode())
         _redirect_stdio(log_file)
-        code = _run_daemon(args, status_fd)
+        code = _run_daemon(args, _Status(status_fd), ack_fd)
     finally:
         os._exit(code)
+
+
+class _Status:
+    """The daemon's end of the status pipe; closed once "ok" is sent (never written after)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, line: bytes) -> bool:
+        """Write `line`, then close; False when the caller is gone (or already told)."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return False
+        try:
+            os.write(fd, line)
+            return True
+        except OSError:  # BrokenPipeError: the caller died during the start
+            return False
+        finally:
+            os.close(fd)
 
 
 def _redirect_stdio(log_file: str) -> None:
@@ -161,36 +196,28 @@ def _redirect_stdio(log_file: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def _run_daemon(args: tuple, status_fd: int) -> int:
+def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
     """Run the daemon; report "ok" or "error <code> <message>"; return the exit status."""
     from c3fs.fuse import daemon
 
     store_url, ref, mountpoint, allow_other, cache_bytes = args
-
-    def ready() -> None:
-        os.write(status_fd, b"ok\n")
-        os.close(status_fd)
-
     try:
         daemon.run(store_url, ref, mountpoint, allow_other=allow_other,
-                   cache_bytes=cache_bytes, ready=ready)
+                   cache_bytes=cache_bytes, ready=lambda: status.send(b"ok\n"), ack_fd=ack_fd)
     except C3fsError as exc:
         log.error("%s", exc)
-        _report_error(status_fd, exc.exit_code, str(exc))
+        _report_error(status, exc.exit_code, str(exc))
         return exc.exit_code
     except BaseException as exc:
         log.exception("the mount daemon failed")
-        _report_error(status_fd, 1, f"the mount daemon failed: {exc!r}")
+        _report_error(status, 1, f"the mount daemon failed: {exc!r}")
         return 1
     return 0
 
 
-def _report_error(status_fd: int, code: int, message: str) -> None:
-    line = f"error {code} {' '.join(message.split())}\n".encode(errors="replace")
-    try:
-        os.write(status_fd, line)
-    except OSError:
-        pass  # already reported ready: the error is in the log
+def _report_error(status: _Status, code: int, message: str) -> None:
+    """Send the error line, unless "ok" was sent already (then the error is in the log)."""
+    status.send(f"error {code} {' '.join(message.split())}\n".encode(errors="replace"))
 
 
 def _read_status(status, timeout: float) -> int:
@@ -221,6 +248,8 @@ def _error(message: str, code: int) -> MountError:
 
 
 def _spawn_daemon(args: tuple, log_file: str, timeout: float) -> int:
+    """`python -m c3fs.fuse`: it forks the daemon, waits until the mount answers and
+    acknowledges it if this process is still its parent; returns the daemon's pid."""
     store_url, ref, mountpoint, allow_other, cache_bytes = args
     argv = [sys.executable, "-m", "c3fs.fuse", "--cache-bytes", str(cache_bytes),
             "--log-file", log_file, ref, mountpoint]

@@ -13,8 +13,8 @@ mtime already match is skipped, so a copy run again fetches only what is missing
 A fifo or device already at a file's destination is opened and written into, as `cp` does
 (`c3fs cp x /dev/null`), never replaced; a socket there is an error.
 
-Destinations, like `cp`: the path the user names (DEST of `cp`, `pull -d`'s DEST/<job id>)
-is followed when it is a symlink: to a directory, a directory's copy goes into the directory
+Destinations, like `cp`: the path the user names (DEST of `cp`; not `pull`'s DEST/<job id>,
+which c3fs names) is followed when it is a symlink: to a directory, a directory's copy goes into the directory
 it points to; to a fifo or device, a file's copy is written into it (`cp FILE /dev/stdout`
 keeps the /dev/stdout link); to a file, that file is written in place; a dangling one is an
 error. Inside a directory's copy no symlink is ever followed: a link where a file belongs is
@@ -101,18 +101,20 @@ class Copier:
         self._tree = False  # copying a directory: damaged data is left out, the rest copied
         self._in_place: set[bytes] = set()  # files written in place (`_write_in_place`)
 
-    def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
+    def copy(self, node: Node, dest: str | os.PathLike, follow: bool = True) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir.
-        Raises `CopyIncomplete` once the rest is copied if a directory's copy left anything
-        out; damaged data in a copy of one file raises at once."""
+        `dest` is followed if it is a symlink (`follow`: the user named it, see the module
+        doc), else treated like a path inside a directory's copy. Raises `CopyIncomplete`
+        once the rest is copied if a directory's copy left anything out; damaged data in a
+        copy of one file raises at once."""
         named = os.fsencode(dest)
-        target = _named_target(named, node.kind)
+        target = _named_target(named, node.kind) if follow else named
         if node.kind == FILE and target != named:  # a symlink to a file: written through
             self._in_place.add(target)
         parent = os.path.dirname(os.path.normpath(target)) or b"."
         check_destination(target)
         _make_parents(parent, create=node.kind == DIR)
-        found = None if node.kind == DIR else _existing(target, follow=True)
+        found = None if node.kind == DIR else _existing(target, follow=follow)
         into_special = found is not None and _is_special(found)
         self._proc_fds = None if into_special else _open_proc_fds(parent)  # no probe in /dev
         self._tree = node.kind == DIR

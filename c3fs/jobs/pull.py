@@ -93,7 +93,8 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
         target = os.path.join(dest, record.id)
         recreated = _recreated(repo, record) and os.path.isdir(target)
         try:
-            stats = Copier(vfs, progress=progress).copy(vfs.ref_root(record), target)
+            stats = Copier(vfs, progress=progress).copy(vfs.ref_root(record), target,
+                                                        follow=False)  # c3fs named it
         except (DataError, FormatError) as exc:
             if getattr(exc, "unavailable", False):  # the store did not answer: stop
                 raise
