@@ -8,7 +8,8 @@ it forks (fast: no new interpreter) when the caller has no other thread, else it
 `python -m c3fs.fuse`, which forks in turn. The daemon detaches (setsid, double fork, stdio
 to its log file), opens the store, resolves the ref, mounts, and reports "ok" or one error
 line through a pipe. The caller then polls `os.path.ismount` until the mount answers, and
-acknowledges it through a second pipe. A daemon whose caller dies before that (kill -9 or
+acknowledges it through a second pipe, whose write end only `mount`'s caller holds (also
+when `python -m c3fs.fuse` starts the daemon). A daemon whose caller dies before that (kill -9 or
 SIGTERM during start-up: its "ok" meets a closed pipe, or the second pipe closes unacknowledged)
 unmounts itself and exits: a killed start never leaves a dead mount nor an orphan daemon.
 
@@ -69,15 +70,25 @@ def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool 
         _serve_here(*args)
         return
     log_file = log_file or str(default_log_file(mountpoint))
-    if not _single_threaded():  # forking a threaded process is unsafe: a fresh interpreter
-        _spawn_daemon(args, log_file, timeout)  # forks, waits and acknowledges
-        return
-    pid, ack_fd = _fork_daemon(args, log_file, timeout)
+    ack_read, ack_write = os.pipe()  # only this process holds the write end
     try:
-        _wait_answering(mountpoint, pid, log_file, timeout)
-        os.write(ack_fd, b"ack\n")
+        if _single_threaded():
+            pid = _fork_daemon(args, log_file, timeout, ack_read, ack_write)
+            _wait_answering(mountpoint, pid, log_file, timeout)
+        else:  # forking a threaded process is unsafe: a fresh interpreter forks
+            _spawn_daemon(args, log_file, timeout, ack_read)
+        acknowledge(ack_write)
     finally:
-        os.close(ack_fd)  # unacknowledged: the daemon unmounts and exits
+        os.close(ack_read)
+        os.close(ack_write)  # unacknowledged: the daemon unmounts and exits
+
+
+def acknowledge(ack_fd: int) -> None:
+    """Tell the daemon its mount is known: it stays (see the module doc)."""
+    try:
+        os.write(ack_fd, b"ack\n")
+    except BrokenPipeError:  # the daemon was stopped meanwhile: nothing is left to keep
+        pass
 
 
 def _single_threaded() -> bool:
@@ -125,25 +136,22 @@ def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes) -> None:
 
 
 # the daemon's start: fork, detach, report through a pipe ----------------------------------
-def _fork_daemon(args: tuple, log_file: str, timeout: float) -> tuple[int, int]:
-    """Fork a detached daemon; once it reports the mount exists, return its pid and the fd
-    through which to acknowledge it (write "ack"; closing it unacknowledged unmounts)."""
+def _fork_daemon(args: tuple, log_file: str, timeout: float, ack_read: int,
+                 ack_write: int = -1) -> int:
+    """Fork a detached daemon; return its pid once it reports the mount exists. The daemon
+    keeps the mount once "ack" arrives on `ack_read`, and unmounts if the pipe's write end
+    (`ack_write`, closed in the child) closes first."""
     read_fd, write_fd = os.pipe()
-    ack_read, ack_write = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child, which never returns
         os.close(read_fd)
-        os.close(ack_write)
+        if ack_write >= 0:
+            os.close(ack_write)
         _detach_and_run(args, log_file, write_fd, ack_read)
     os.close(write_fd)
-    os.close(ack_read)
-    try:
-        os.waitpid(child, 0)
-        with os.fdopen(read_fd, "rb", buffering=0) as status:
-            return _read_status(status, timeout), ack_write
-    except BaseException:
-        os.close(ack_write)
-        raise
+    os.waitpid(child, 0)
+    with os.fdopen(read_fd, "rb", buffering=0) as status:
+        return _read_status(status, timeout)
 
 
 def _detach_and_run(args: tuple, log_file: str, status_fd: int, ack_fd: int) -> None:
@@ -247,19 +255,19 @@ def _error(message: str, code: int) -> MountError:
     return error
 
 
-def _spawn_daemon(args: tuple, log_file: str, timeout: float) -> int:
-    """`python -m c3fs.fuse`: it forks the daemon, waits until the mount answers and
-    acknowledges it if this process is still its parent; returns the daemon's pid."""
+def _spawn_daemon(args: tuple, log_file: str, timeout: float, ack_read: int) -> int:
+    """`python -m c3fs.fuse`: it forks the daemon (handing it `ack_read`) and waits until
+    the mount answers; returns the daemon's pid. The caller acknowledges the mount."""
     store_url, ref, mountpoint, allow_other, cache_bytes = args
     argv = [sys.executable, "-m", "c3fs.fuse", "--cache-bytes", str(cache_bytes),
-            "--log-file", log_file, ref, mountpoint]
+            "--log-file", log_file, "--ack-fd", str(ack_read), ref, mountpoint]
     argv[3:3] = ["--store", store_url] if store_url else []
     argv[3:3] = ["--allow-other"] if allow_other else []
     import subprocess  # here: the mount path forks instead, and subprocess costs ~5 ms cold
 
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout + 5, start_new_session=True)
+                              timeout=timeout + 5, start_new_session=True, pass_fds=(ack_read,))
     except subprocess.TimeoutExpired:
         raise MountError(f"the mount daemon did not report ready within {timeout:.0f} s") from None
     lines = proc.stderr.strip().splitlines()

@@ -2,14 +2,13 @@
 
 Used by `c3fs.fuse.mount` when its caller has threads (forking those is unsafe). Prints the
 daemon's pid on stdout once the mount answers; on failure, one error line on stderr and the
-error's exit code. It acknowledges the mount to the daemon only while the process that
-started it is still its parent: if that one was killed meanwhile, the daemon unmounts.
+error's exit code. The daemon gets `--ack-fd`, the read end of the pipe through which the
+process that started this one acknowledges the mount (if it dies first, the daemon unmounts).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from c3fs.errors import C3fsError
@@ -27,25 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-bytes", type=int, default=DEFAULT_CACHE)
     parser.add_argument("--log-file", required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--ack-fd", type=int, required=True)
     opts = parser.parse_args(argv)
     args = (opts.store, opts.ref, opts.mountpoint, opts.allow_other, opts.cache_bytes)
-    parent = os.getppid()
     try:
-        pid, ack_fd = fork_daemon(args, opts.log_file, opts.timeout)
-    except C3fsError as exc:
-        print(str(exc), file=sys.stderr)
-        return exc.exit_code
-    try:
+        pid = fork_daemon(args, opts.log_file, opts.timeout, opts.ack_fd)
         wait_answering(opts.mountpoint, pid, opts.log_file, opts.timeout)
-        if os.getppid() != parent:  # the caller was killed during the start
-            print("the command that started the mount is gone: not mounted", file=sys.stderr)
-            return 1
-        os.write(ack_fd, b"ack\n")
     except C3fsError as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
-    finally:
-        os.close(ack_fd)
     print(pid)
     return 0
 

@@ -580,6 +580,8 @@ def check_destination(target: bytes) -> None:
         raise DestinationError(f"{os.fsdecode(target)} is inside a c3fs mount, which is "
                                "read-only: copy to a local directory")
     try:
+        if _is_special(os.stat(existing)):
+            return  # a fifo or device takes writes on a read-only file system too
         read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
     except OSError:
         return  # the copy itself will say what is wrong

@@ -94,7 +94,7 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
     job_id = new_job_id() if spec.job_id is None else check_name(spec.job_id, "job id")
     ensure_free(repo, JOB, job_id)
     clean_stale_runs()
-    outputs = _without_artifacts(spec.workdir, output_dirs(spec.workdir, spec.config.output))
+    outputs = _without_artifacts(output_dirs(spec.workdir, spec.config.output))
     state = RunState(job_id, spec.workdir)
     outcome = Outcome(started=time.time())
     mounted: list[Path] = []
@@ -135,7 +135,8 @@ def _release(lock: int, state: RunState) -> None:
     state.remove()
 
 
-def _without_artifacts(workdir: Path, outputs: list[tuple[tuple[str, ...], Path]]):
+def _without_artifacts(outputs: list[tuple[tuple[str, ...], Path]],
+                       ) -> list[tuple[tuple[str, ...], Path]]:
     """The `output:` dirs but `artifacts/` and what is inside it: collected already."""
     kept = []
     for parts, path in outputs:
