@@ -53,14 +53,15 @@ def ppid(pid: int) -> int:
         return 0
 
 
-def same_command(argv: list[str], but: int = 0) -> list[int]:
+def same_command(argv: list[str]) -> list[int]:
     """Live processes running `argv` (a forked mount daemon keeps its parent's command line)."""
-    want = "\0".join(argv).encode() + b"\0"
+    want = [os.fsencode(a) for a in argv]
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != but:
-            try:
-                if Path(f"/proc/{entry}/cmdline").read_bytes() == want and alive(int(entry)):
+        if entry.isdigit():
+            try:  # the script's interpreter comes first: `python3 .../c3fs mount ...`
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[:-1]
+                if args[-len(want):] == want and alive(int(entry)):
                     found.append(int(entry))
             except OSError:
                 pass
@@ -110,6 +111,43 @@ def test_a_mount_killed_during_start_leaves_nothing(site: Path, tmp_path: Path,
         caller.kill()
         caller.wait()
         force_unmount(m)
+
+
+def kill_mount_once(m: Path, delay: float, sig: int) -> str:
+    """`sig` to `c3fs mount` `delay` s into its start; once what it started settles: no dead
+    mount, and no daemon unless its mount answers (the start had ended: the mount was
+    acknowledged). Returns what the kill met."""
+    argv = [C3FS, "mount", "/jobs/prev", str(m)]
+    caller = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    finished = caller.poll() is not None
+    caller.send_signal(sig)
+    caller.wait()
+    wait_until(lambda: not same_command(argv) or (mounted(m) and answers(m)), "the daemon")
+    try:
+        if mounted(m):
+            assert answers(m) and len(same_command(argv)) == 1  # a whole mount, not a dead one
+            return "finished" if finished else "acknowledged"
+        return "finished" if finished else "nothing"
+    finally:
+        force_unmount(m)
+        wait_until(lambda: not same_command(argv), "the daemon to exit")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_mount_killed_at_many_points_of_its_start(site: Path, tmp_path: Path, sig: int) -> None:
+    m = tmp_path / "m"
+    m.mkdir()
+    started = time.monotonic()
+    subprocess.run([C3FS, "mount", "/jobs/prev", str(m)], check=True)
+    full = time.monotonic() - started
+    force_unmount(m)
+    rng = random.Random(sig)
+    met = [kill_mount_once(m, rng.uniform(0, full), sig) for _ in range(12)]
+    print(f"mount {signal.Signals(sig).name} during start-up:",
+          {k: met.count(k) for k in sorted(set(met))})
+    assert met.count("nothing") > 0  # some kills met the start itself
 
 
 # c3fs run -----------------------------------------------------------------------------------
