@@ -44,6 +44,7 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
       FAILED (UPLOAD_ERROR)     74: exit 0 but the artifacts could not be stored
       TIMEOUT                   124 (--timeout passed)
       CANCELED                  130 (Ctrl-C or SIGTERM)
+
     Options go before COMMAND (or before `--`): everything after it is the command's.
 
     \b
@@ -93,8 +94,9 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool) -> None:
     """Download jobs' artifacts into DEST/<job id>/.
 
     With no JOBS, every completed (SUCCEEDED) job not pulled to this machine before (or
-    re-created with other content since). Run again after an interruption: only missing or
-    different files are fetched. A job with damaged data is pulled but for the damaged
+    re-created with other content since: files the old job had and the new one lacks are
+    left in DEST/<job id>/ and named in a warning). Run again after an interruption: only
+    missing or different files are fetched. A job with damaged data is pulled but for the damaged
     files (each named), stays pending, and the exit code is 6.
 
     \b
