@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -158,14 +159,26 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
     Downloading writes every file to a temp name and renames it into place; modes, mtimes
     and symlinks are restored, and files already present with the same size and mtime are
     skipped. The setuid, setgid and sticky bits are dropped (as `tar` does without
-    --same-permissions: a store is written by others) unless --keep-setuid. A directory's contents go into DST (created if missing). An existing FIFO or
-    device at DST is written into, not replaced (`c3fs cp FILE /dev/null` reads FILE). With
-    -r, a damaged file is named and left out, the rest is copied, and the exit code is 6.
+    --same-permissions: a store is written by others) unless --keep-setuid. A directory's
+    contents go into DST (created if missing); a SRC ending in `/` is a directory's copy
+    without -r. With -r, a damaged file is named and left out, the rest is copied, and the
+    exit code is 6.
 
+    \b
+    Destinations, as with cp(1):
+      -                      a file's bytes go to stdout
+      DST a symlink          followed: into the directory, fifo, device or file it points to
+      a FIFO or device       written into, not replaced (c3fs cp FILE /dev/null)
+      a file with other hard links, or another owner
+                             written in place: owner, mode and links stay (bytes staged first)
+      inside a directory's copy, no symlink is followed: nothing is written outside DST
+      read-only, or inside a c3fs mount: one error line, exit 4
     \b
     Examples:
       c3fs cp /jobs/job_abc123/metrics.json .
-      c3fs cp -r /jobs/job_abc123/ ./local-output/
+      c3fs cp /jobs/job_abc123/metrics.json - | jq .loss
+      c3fs cp /jobs/job_abc123/ ./local-output/
+      c3fs cp -r /jobs/job_abc123 ./local-output
       c3fs cp -r --keep-setuid /jobs/job_abc123/bin ./bin   # as root: setuid bits too
       c3fs cp -r ./imagenet-mini /projects/vision/datasets/imagenet-mini
     """
@@ -184,8 +197,12 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
                          f"write a local directory with that name, use .{dst}")
     vfs = Vfs(ctx.repo())
     node = vfs.resolve(src)
-    if node.is_dir and not recursive:
-        raise IsADirectory(f"{src} is a directory (use cp -r)")
+    if node.is_dir and not recursive and not src.endswith("/"):  # `/jobs/<id>/`: the seed's
+        raise IsADirectory(f"{src} is a directory (use cp -r, or end it with /)")
+    if dst == "-":
+        sys.stdout.flush()
+        Copier(vfs).copy_to(node, sys.stdout.fileno())
+        return
     target = dst
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
         target = os.path.join(dst, show(node.name))

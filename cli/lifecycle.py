@@ -14,7 +14,7 @@ from cli.main import Ctx, app, pass_ctx
 
 
 # run ----------------------------------------------------------------------------------------
-@app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@app.command(context_settings={"allow_interspersed_args": False})
 @click.option("-p", "--project", help="Project (default: `project:` in .c3, else 'default').")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Stop the job after this many seconds, > 0 (TIMEOUT).")
@@ -22,14 +22,20 @@ from cli.main import Ctx, app, pass_ctx
               help="Job config (default: .c3 in the working directory, if present).")
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=".", help="Working directory of the job (default: .).")
+@click.option("--json", "as_json", is_flag=True,
+              help="At the end, print the job record as JSON on stdout (not just its id).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
-def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command) -> None:
+def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json: bool,
+        command) -> None:
     """Run COMMAND as a job; collect its artifacts into the store.
 
-    The job writes into $C3_ARTIFACTS_DIR (fresh and empty, always set) and into the
-    `output:` dirs of .c3; both are collected into one manifest at /jobs/<id>/. The
-    `datasets:` of .c3 are mounted read-only before the command starts.
+    The job writes into $C3_ARTIFACTS_DIR, the working dir's artifacts/ (pre-created and
+    empty; one left holding files is moved aside to artifacts.prev-<time>, never deleted),
+    and into the `output:` dirs of .c3; both are collected into one manifest at
+    /jobs/<id>/. The `datasets:` of .c3 are mounted read-only before the command starts.
+    One run at a time per working dir. What a killed run left (mounts, its temp dir) is
+    cleaned up by the next run, which says so.
 
     \b
     Status and exit code:
@@ -38,10 +44,14 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
       FAILED (UPLOAD_ERROR)     74: exit 0 but the artifacts could not be stored
       TIMEOUT                   124 (--timeout passed)
       CANCELED                  130 (Ctrl-C or SIGTERM)
+
+    Options go before COMMAND (or before `--`): everything after it is the command's.
+
     \b
     Examples:
       c3fs run --project vision -- python train.py --epochs 3
       c3fs run --timeout 3600 -- ./eval.sh
+      c3fs run --json -- python eval.py | jq .status
     \b
     .c3:
       project: vision
@@ -49,6 +59,8 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
       datasets:
         - ref: /jobs/job_preprocess
           mount: /data/preprocessed
+      env:
+        SEED: "42"              # strings only; unknown keys are an error
     """
     from c3fs.jobs.config import load_config
     from c3fs.jobs.run import JobSpec, run_job
@@ -63,7 +75,12 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, command)
         output.err.print(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
                          f"{output.human(record.logical_bytes)} logical, "
                          f"{output.human(record.stored_delta)} newly stored", highlight=False)
-        output.out.print(record.id)
+        if as_json:
+            output.print_json(record)
+        else:
+            output.out.print(record.id)
+    elif as_json:
+        output.print_json(None)  # the job could not be recorded (the errors say why)
     sys.exit(code)
 
 
@@ -79,10 +96,12 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
     """Download jobs' artifacts into DEST/<job id>/.
 
     With no JOBS, every completed (SUCCEEDED) job not pulled to this machine before (or
-    re-created with other content since). Run again after an interruption: only missing or
-    different files are fetched. A job with damaged data is pulled but for the damaged
-    files (each named), stays pending, and the exit code is 6. Modes are restored without
-    the setuid, setgid and sticky bits (a store is written by others) unless --keep-setuid.
+    re-created with other content since: files the old job had and the new one lacks are
+    left in DEST/<job id>/ and named in a warning). Run again after an interruption: only
+    missing or different files are fetched. A job with damaged data is pulled but for the damaged
+    files (each named), stays pending, and the exit code is 6.
+    Modes are restored without the setuid, setgid and sticky bits (a store is written by
+    others) unless --keep-setuid.
 
     \b
     Examples:

@@ -177,7 +177,7 @@ def test_unreadable_source(nobody_dirs: Path, what: str) -> None:
 # ---- cp destinations ---------------------------------------------------------------------
 def test_cp_of_a_dir_without_r(run_cli, tmp_path: Path) -> None:
     push_ok(run_cli, small_src(tmp_path), "j1")
-    for src in ("/jobs/j1", "/jobs/j1/sub", "/projects/proj/jobs/j1/"):
+    for src in ("/jobs/j1", "/jobs/j1/sub", "/projects/proj/jobs/j1"):  # j1/: a dir's copy
         result = run_cli(["cp", src, str(tmp_path / "dst")])
         line = result.assert_one_line_error()
         assert "cp -r" in line

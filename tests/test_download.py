@@ -398,6 +398,26 @@ def test_a_job_recreated_under_the_same_id_is_pulled_again(c3fs_bin, tmp_path: P
     c3fs_bin("push", str(tmp_path / "o3"), "-p", "vision", "-j", "job_q1").ok()
     assert "job_q1 ->" in c3fs_bin("pull", "--dest", str(dest)).ok().out
     assert (dest / "job_q1" / "metrics.json").read_bytes() == b"second, different"
+
+
+def test_pulling_a_recreated_job_names_what_the_old_one_left(c3fs_bin, tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    for src in (old, new):
+        (src / "sub").mkdir(parents=True)
+        (src / "metrics.json").write_bytes(src.name.encode())
+    (old / "extra.bin").write_bytes(b"old only")
+    (old / "sub" / "old.txt").write_bytes(b"old only")
+    dest = tmp_path / "pulled"
+    c3fs_bin("push", str(old), "-p", "vision", "-j", "job_q2").ok()
+    c3fs_bin("pull", "--dest", str(dest)).ok()
+    c3fs_bin("rm", "job_q2").ok()
+    c3fs_bin("push", str(new), "-p", "vision", "-j", "job_q2").ok()
+    res = c3fs_bin("pull", "--dest", str(dest)).ok()
+    assert "re-created with other content" in res.err and "2 paths there" in res.err
+    assert "extra.bin" in res.err and "sub/old.txt" in res.err
+    assert (dest / "job_q2" / "extra.bin").read_bytes() == b"old only"  # left, as said
+    assert (dest / "job_q2" / "metrics.json").read_bytes() == b"new"
+    assert "re-created" not in c3fs_bin("pull", "job_q2", "--dest", str(dest)).ok().err
     assert "nothing new to pull" in c3fs_bin("pull", "--dest", str(dest)).ok().err
 
 
@@ -452,3 +472,148 @@ def test_pull_goes_on_past_a_damaged_job(repo, tmp_path: Path, monkeypatch, capl
     assert [r.id for r in pending_jobs(repo)] == ["j_root", "j_file"]
     with pytest.raises(download.CopyIncomplete, match="^/jobs/j_file: 1 damaged file not "):
         pull(repo, ["j_file"], str(tmp_path / "pulled"))  # one job alone: as cp -r says it
+
+
+# destinations, as cp(1) treats them (issue 21) ---------------------------------------------
+def test_cp_to_dash_writes_the_file_to_stdout(c3fs_bin, tmp_path: Path) -> None:
+    src = job_x1(c3fs_bin, tmp_path)
+    res = c3fs_bin("cp", "/jobs/job_x1/metrics.json", "-", cwd=tmp_path).ok()
+    assert res.out.encode() == (src / "metrics.json").read_bytes()
+    assert not (tmp_path / "-").exists()
+    error = c3fs_bin("cp", "/jobs/job_x1/sub/", "-", cwd=tmp_path).one_line_error()
+    assert "only a file can be written to stdout" in error
+
+
+def test_a_named_symlink_is_written_through(c3fs_bin, tmp_path: Path) -> None:
+    src = job_x1(c3fs_bin, tmp_path)
+    body = (src / "metrics.json").read_bytes()
+    os.symlink("/proc/self/fd/1", tmp_path / "stdout")  # what /dev/stdout is
+    res = c3fs_bin("cp", "/jobs/job_x1/metrics.json", str(tmp_path / "stdout")).ok()
+    assert res.out.encode() == body and (tmp_path / "stdout").is_symlink()
+    (tmp_path / "real.json").write_bytes(b"old")
+    inode = (tmp_path / "real.json").stat().st_ino
+    os.symlink("real.json", tmp_path / "link.json")
+    c3fs_bin("cp", "/jobs/job_x1/metrics.json", str(tmp_path / "link.json")).ok()
+    assert os.readlink(tmp_path / "link.json") == "real.json"
+    assert (tmp_path / "real.json").read_bytes() == body
+    assert (tmp_path / "real.json").stat().st_ino == inode  # written in place, as cp does
+    os.symlink("gone.json", tmp_path / "dangling")
+    res = c3fs_bin("cp", "/jobs/job_x1/metrics.json", str(tmp_path / "dangling"))
+    assert "is a symlink to nothing" in res.one_line_error() and res.code == 4
+    assert not (tmp_path / "gone.json").exists()
+
+
+def test_cp_r_into_a_symlink_to_a_directory_copies_into_that_directory(c3fs_bin,
+                                                                       tmp_path: Path) -> None:
+    src = job_x1(c3fs_bin, tmp_path)
+    (tmp_path / "real").mkdir()
+    os.symlink("real", tmp_path / "dlink")
+    c3fs_bin("cp", "-r", "/jobs/job_x1", str(tmp_path / "dlink")).ok()
+    assert (tmp_path / "dlink").is_symlink()
+    assert (tmp_path / "real" / "sub" / "w.bin").read_bytes() == (src / "sub" / "w.bin").read_bytes()
+
+
+def test_a_source_ending_in_a_slash_is_a_directory_copy(c3fs_bin, tmp_path: Path) -> None:
+    src = job_x1(c3fs_bin, tmp_path)
+    c3fs_bin("cp", "/jobs/job_x1/", str(tmp_path / "local-output") + "/").ok()  # the seed's
+    assert (tmp_path / "local-output" / "metrics.json").read_bytes() == (
+        src / "metrics.json").read_bytes()
+    error = c3fs_bin("cp", "/jobs/job_x1", str(tmp_path / "other")).one_line_error()
+    assert "is a directory (use cp -r, or end it with /)" in error
+
+
+def test_inside_a_directory_copy_no_symlink_is_followed_out(c3fs_bin, tmp_path: Path) -> None:
+    job_x1(c3fs_bin, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "metrics.json").write_bytes(b"keep")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside / "metrics.json", dest / "metrics.json")
+    os.symlink(outside, dest / "sub")
+    res = c3fs_bin("cp", "-r", "/jobs/job_x1/", str(dest))
+    assert res.one_line_error().endswith("dest/sub exists and is not a directory")
+    assert sorted(os.listdir(outside)) == ["metrics.json"]
+    assert (outside / "metrics.json").read_bytes() == b"keep"
+
+
+def test_a_destination_inside_a_c3fs_mount_is_one_error(c3fs_bin, tmp_path: Path) -> None:
+    from fusehelp import fuse_works, mount
+
+    if not fuse_works():
+        pytest.skip("needs FUSE")
+    job_x1(c3fs_bin, tmp_path)
+    with mount(dict(os.environ), tmp_path / "mnt", "/jobs/job_x1") as mnt:
+        for command in (["cp", "-r", "/jobs/job_x1", str(mnt)],
+                        ["cp", "/jobs/job_x1/metrics.json", str(mnt / "sub" / "x")],
+                        ["pull", "-d", str(mnt), "job_x1"]):
+            res = c3fs_bin(*command)
+            assert "inside a c3fs mount" in res.one_line_error() and res.code == 4
+
+
+def read_only_tmpfs(path: Path) -> None:
+    path.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(path)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+
+
+def test_copying_again_into_a_read_only_destination_is_one_error(c3fs_bin,
+                                                                 tmp_path: Path) -> None:
+    job_x1(c3fs_bin, tmp_path)
+    (tmp_path / "o1" / "link").symlink_to("metrics.json")
+    c3fs_bin("push", str(tmp_path / "o1"), "-p", "p", "-j", "job_x2").ok()
+    ro = tmp_path / "ro"
+    read_only_tmpfs(ro)
+    try:
+        c3fs_bin("cp", "-r", "/jobs/job_x2", str(ro / "x")).ok()
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        for command in (["cp", "-r", "/jobs/job_x2", str(ro / "x")],
+                        ["cp", "/jobs/job_x2/metrics.json", str(ro / "x" / "new")],
+                        ["pull", "-d", str(ro), "job_x2"]):
+            res = c3fs_bin(*command)
+            assert "is on a read-only file system" in res.one_line_error() and res.code == 4
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_a_file_with_other_links_or_another_owner_is_written_in_place(
+        repo, tmp_path: Path, staging: str, parts: int) -> None:
+    vfs = pushed(repo, tmp_path)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "big.bin").write_bytes(b"linked")
+    os.link(dst / "big.bin", tmp_path / "other-name")
+    (dst / "exec.sh").write_bytes(b"theirs")
+    os.chmod(dst / "exec.sh", 0o600)
+    owner = 65534 if os.geteuid() == 0 else os.geteuid()
+    os.chown(dst / "exec.sh", owner, owner)
+    before = {name: (dst / name).stat() for name in ("big.bin", "exec.sh")}
+    Copier(vfs).copy(root(vfs), dst)
+    src = tmp_path / "src"
+    for name, st in before.items():
+        now = (dst / name).stat()
+        assert (dst / name).read_bytes() == (src / name).read_bytes()
+        assert (now.st_ino, now.st_uid, now.st_mode) == (st.st_ino, st.st_uid, st.st_mode)
+        assert now.st_mtime_ns == (src / name).stat().st_mtime_ns
+    assert (tmp_path / "other-name").read_bytes() == (src / "big.bin").read_bytes()
+    assert not leftovers(dst)
+    assert Copier(vfs).copy(root(vfs), dst).files == 0  # unchanged now: skipped
+
+
+def test_damaged_data_never_reaches_a_file_written_in_place(repo, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    vfs = pushed(repo, tmp_path)
+    (tmp_path / "mine").write_bytes(b"keep me")
+    os.link(tmp_path / "mine", tmp_path / "big.bin")
+    real_chunk = Copier._chunk
+
+    def failing_chunk(self, reader, i):
+        if i == len(reader.ids) - 1:
+            raise DataError("injected: the last chunk went bad")
+        return real_chunk(self, reader, i)
+
+    monkeypatch.setattr(Copier, "_chunk", failing_chunk)
+    with pytest.raises(DataError):
+        Copier(vfs).copy(vfs.resolve("/jobs/j1/big.bin"), tmp_path / "big.bin")
+    assert (tmp_path / "big.bin").read_bytes() == b"keep me" and not leftovers(tmp_path)

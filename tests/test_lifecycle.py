@@ -267,9 +267,9 @@ def test_bad_config_refused_before_running(c3fs_bin, workdir: Path, config: str,
 
 
 def test_config_warnings_and_odd_artifacts(c3fs_bin, workdir: Path) -> None:
-    (workdir / ".c3").write_text("project: p\nflavour: x\noutput:\n  - missing_dir\n")
+    (workdir / ".c3").write_text("project: p\nimage: x\noutput:\n  - missing_dir\n")
     res = c3fs_bin("run", "-j", "w1", "--", "true", cwd=workdir)
-    assert res.code == 0 and "unknown key 'flavour'" in res.err and "missing_dir" in res.err
+    assert res.code == 0 and "key 'image' is the platform's" in res.err and "missing_dir" in res.err
     res = c3fs_bin("run", "-j", "w2", "--", "sh", "-c", 'rm -rf "$C3_ARTIFACTS_DIR"', cwd=workdir)
     assert res.code == 0 and "deleted by the job" in res.err
     res = c3fs_bin("run", "-j", "w3", "--", "sh", "-c",
@@ -291,12 +291,31 @@ def test_output_dir_name_clash(c3fs_bin, workdir: Path, tmp_path: Path) -> None:
 
 
 def test_two_runs_at_once(c3fs_bin, workdir: Path) -> None:
+    """Two working dirs: both run. One working dir (one artifacts/): the second is refused."""
+    other = workdir.parent / "work2"
+    shutil.copytree(workdir, other)
     procs = [subprocess.Popen([str(Path(sys.executable).parent / "c3fs"), "run", "-j", f"par{i}",
-                               "--", sys.executable, "job.py"], cwd=workdir,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+                               "--", sys.executable, "job.py"], cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i, cwd in enumerate((workdir, other))]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert {"par0/", "par1/"} <= set(c3fs_bin("ls", "/jobs/").out.split())
     assert c3fs_bin("verify").code == 0
+    marker = workdir / "started"
+    first = subprocess.Popen([str(Path(sys.executable).parent / "c3fs"), "run", "-j", "long",
+                              "--", "sh", "-c", f"touch {marker}; sleep 30"], cwd=workdir,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.02)
+        res = c3fs_bin("run", "-j", "second", "--", "touch", "ran", cwd=workdir)
+        assert "another c3fs run is running in" in res.one_line_error() and res.code == 4
+        assert not (workdir / "ran").exists()
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)
 
 
 def test_datasets_upload_list_download(c3fs_bin, tmp_path: Path) -> None:
@@ -499,3 +518,69 @@ def test_gc_says_which_phase_it_is_in(repo, tmp_path: Path) -> None:
     assert phases[0] == "marking what job job_a uses (1/1)", phases
     assert phases[1].startswith("sweeping: ")
     assert phases[2:] in ([], ["repacking 1 pack partly in use"]), phases
+
+
+def test_c3_env_is_set_for_the_command(c3fs_bin, workdir: Path) -> None:
+    (workdir / ".c3").write_text('env:\n  SEED: "42"\n  GREETING: hello world\n')
+    script = 'echo "$SEED $GREETING" > "$C3_ARTIFACTS_DIR/env.txt"'
+    c3fs_bin("run", "-j", "env1", "--", "sh", "-c", script, cwd=workdir).ok()
+    assert c3fs_bin("cp", "/jobs/env1/env.txt", "-").ok().out == "42 hello world\n"
+
+
+@pytest.mark.parametrize("config, message", [
+    ("flavour: x\n", "unknown key 'flavour' (known: project, output, datasets, env"),
+    ("env:\n  SEED: 42\n", 'env: SEED must be a string (quote it: SEED: "42")'),
+    ("env:\n  - A\n", "env must be a mapping of NAME: value"),
+    ("env:\n  'BAD-NAME': x\n", "env: 'BAD-NAME' is not a variable name"),
+    ("env:\n  C3_JOB_ID: x\n", "env: C3_JOB_ID is set by c3fs run; it cannot be overridden"),
+])
+def test_bad_env_or_unknown_key_is_one_line(c3fs_bin, workdir: Path, config: str,
+                                            message: str) -> None:
+    (workdir / ".c3").write_text(config)
+    res = c3fs_bin("run", "--", "touch", "ran", cwd=workdir)
+    assert message in res.one_line_error() and res.code == 2
+    assert not (workdir / "ran").exists()
+
+
+def test_run_json_is_runs_own_option(c3fs_bin, workdir: Path) -> None:
+    res = c3fs_bin("run", "--json", "-j", "js1", "--", "true", cwd=workdir).ok()
+    rec = json.loads(res.out)
+    assert (rec["id"], rec["status"], rec["command"]) == ("js1", "SUCCEEDED", ["true"])
+    res = c3fs_bin("run", "-j", "js2", "sh", "-c", "exit 3", cwd=workdir)  # no `--` needed
+    assert res.code == 3 and record(c3fs_bin, "js2")["command"] == ["sh", "-c", "exit 3"]
+    assert c3fs_bin("run", "--no-such-option", "true", cwd=workdir).code == 2
+
+
+# $C3_ARTIFACTS_DIR is the working dir's artifacts/ (the seed) --------------------------------
+def test_a_script_writing_its_artifacts_dir_by_name_is_collected(c3fs_bin, workdir: Path) -> None:
+    script = ('import os; assert os.environ["C3_ARTIFACTS_DIR"] == os.path.abspath("artifacts"); '
+              'assert os.listdir("artifacts") == []; '
+              'open("artifacts/model.txt", "w").write("weights")')
+    c3fs_bin("run", "-j", "named", "--", sys.executable, "-c", script, cwd=workdir).ok()
+    assert c3fs_bin("ls", "/jobs/named").out.split() == ["model.txt"]
+    assert (workdir / "artifacts" / "model.txt").read_text() == "weights"  # left in place
+
+
+def test_an_artifacts_dir_from_before_is_moved_aside_not_collected(c3fs_bin, workdir: Path) -> None:
+    (workdir / "artifacts").mkdir()
+    (workdir / "artifacts" / "old.txt").write_text("mine")
+    script = 'echo new > "$C3_ARTIFACTS_DIR/new.txt"'
+    res = c3fs_bin("run", "-j", "fresh1", "--", "sh", "-c", script, cwd=workdir).ok()
+    assert "./artifacts held 1 file from before the job; moved to ./artifacts.prev-" in res.err
+    assert c3fs_bin("ls", "/jobs/fresh1").out.split() == ["new.txt"]
+    [aside] = workdir.glob("artifacts.prev-*")
+    assert (aside / "old.txt").read_text() == "mine"
+    c3fs_bin("run", "-j", "fresh2", "--", "sh", "-c", script, cwd=workdir).ok()
+    assert c3fs_bin("ls", "/jobs/fresh2").out.split() == ["new.txt"]
+    assert len(list(workdir.glob("artifacts.prev-*"))) == 2  # fresh1's, never deleted
+    (workdir / "artifacts" / "new.txt").unlink()
+    res = c3fs_bin("run", "-j", "fresh3", "--", "true", cwd=workdir).ok()
+    assert "moved" not in res.err and len(list(workdir.glob("artifacts.prev-*"))) == 2
+
+
+def test_artifacts_listed_as_an_output_dir_is_collected_once(c3fs_bin, workdir: Path) -> None:
+    (workdir / ".c3").write_text("output: [artifacts, results]\n")
+    res = c3fs_bin("run", "-j", "once", "--", sys.executable, "job.py", cwd=workdir).ok()
+    assert "output dir artifacts is $C3_ARTIFACTS_DIR" in res.err
+    assert sorted(c3fs_bin("ls", "/jobs/once").out.split()) == [
+        "ckpt.bin", "metrics.json", "plots/", "results/"]

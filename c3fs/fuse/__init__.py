@@ -8,7 +8,11 @@ it forks (fast: no new interpreter) when the caller has no other thread and no L
 environment open (`c3fs run` has its index open: LMDB must not cross a fork), else it runs
 `python -m c3fs.fuse`, which forks in turn. The daemon detaches (setsid, double fork, stdio
 to its log file), opens the store, resolves the ref, mounts, and reports "ok" or one error
-line through a pipe. The caller then polls `os.path.ismount` until the mount answers.
+line through a pipe. The caller then polls `os.path.ismount` until the mount answers, and
+acknowledges it through a second pipe, whose write end only `mount`'s caller holds (also
+when `python -m c3fs.fuse` starts the daemon). A daemon whose caller dies before that (kill -9 or
+SIGTERM during start-up: its "ok" meets a closed pipe, or the second pipe closes unacknowledged)
+unmounts itself and exits: a killed start never leaves a dead mount nor an orphan daemon.
 
 This module imports neither trio nor pyfuse3 so the CLI stays quick to start; the request
 handlers live in `c3fs.fuse.ops`, the serving loop in `c3fs.fuse.daemon`.
@@ -37,8 +41,8 @@ DEFAULT_CACHE = 256 * MiB
 READY_TIMEOUT = 120.0  # opening a big remote store may sync its listing first
 FSTYPE = "fuse.c3fs"  # what /proc/self/mountinfo says of our mounts (subtype=c3fs)
 
-__all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file", "is_mounted",
-           "mount", "unmount"]
+__all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file",
+           "filesystem_type", "is_mounted", "mount", "unmount"]
 
 
 class MountError(C3fsError):
@@ -67,11 +71,25 @@ def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool 
         _serve_here(*args)
         return
     log_file = log_file or str(default_log_file(mountpoint))
-    if _single_threaded() and not environments_open():
-        pid = _fork_daemon(args, log_file, timeout)
-    else:  # forking threads or an LMDB environment is unsafe: a fresh interpreter forks
-        pid = _spawn_daemon(args, log_file, timeout)
-    _wait_answering(mountpoint, pid, log_file, timeout)
+    ack_read, ack_write = os.pipe()  # only this process holds the write end
+    try:
+        if _single_threaded() and not environments_open():
+            pid = _fork_daemon(args, log_file, timeout, ack_read, ack_write)
+            _wait_answering(mountpoint, pid, log_file, timeout)
+        else:  # forking threads or an LMDB environment is unsafe: a fresh interpreter forks
+            _spawn_daemon(args, log_file, timeout, ack_read)
+        acknowledge(ack_write)
+    finally:
+        os.close(ack_read)
+        os.close(ack_write)  # unacknowledged: the daemon unmounts and exits
+
+
+def acknowledge(ack_fd: int) -> None:
+    """Tell the daemon its mount is known: it stays (see the module doc)."""
+    try:
+        os.write(ack_fd, b"ack\n")
+    except BrokenPipeError:  # the daemon was stopped meanwhile: nothing is left to keep
+        pass
 
 
 def _single_threaded() -> bool:
@@ -119,20 +137,25 @@ def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes) -> None:
 
 
 # the daemon's start: fork, detach, report through a pipe ----------------------------------
-def _fork_daemon(args: tuple, log_file: str, timeout: float) -> int:
-    """Fork a detached daemon; return its pid once it reports the mount exists."""
+def _fork_daemon(args: tuple, log_file: str, timeout: float, ack_read: int,
+                 ack_write: int = -1) -> int:
+    """Fork a detached daemon; return its pid once it reports the mount exists. The daemon
+    keeps the mount once "ack" arrives on `ack_read`, and unmounts if the pipe's write end
+    (`ack_write`, closed in the child) closes first."""
     read_fd, write_fd = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child, which never returns
         os.close(read_fd)
-        _detach_and_run(args, log_file, write_fd)
+        if ack_write >= 0:
+            os.close(ack_write)
+        _detach_and_run(args, log_file, write_fd, ack_read)
     os.close(write_fd)
     os.waitpid(child, 0)
     with os.fdopen(read_fd, "rb", buffering=0) as status:
         return _read_status(status, timeout)
 
 
-def _detach_and_run(args: tuple, log_file: str, status_fd: int) -> None:
+def _detach_and_run(args: tuple, log_file: str, status_fd: int, ack_fd: int) -> None:
     code = 1
     try:
         os.setsid()
@@ -140,9 +163,29 @@ def _detach_and_run(args: tuple, log_file: str, status_fd: int) -> None:
             os._exit(0)
         os.write(status_fd, f"pid {os.getpid()}\n".encode())
         _redirect_stdio(log_file)
-        code = _run_daemon(args, status_fd)
+        code = _run_daemon(args, _Status(status_fd), ack_fd)
     finally:
         os._exit(code)
+
+
+class _Status:
+    """The daemon's end of the status pipe; closed once "ok" is sent (never written after)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, line: bytes) -> bool:
+        """Write `line`, then close; False when the caller is gone (or already told)."""
+        fd, self.fd = self.fd, -1
+        if fd < 0:
+            return False
+        try:
+            os.write(fd, line)
+            return True
+        except OSError:  # BrokenPipeError: the caller died during the start
+            return False
+        finally:
+            os.close(fd)
 
 
 def _redirect_stdio(log_file: str) -> None:
@@ -171,36 +214,28 @@ class _OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def _run_daemon(args: tuple, status_fd: int) -> int:
+def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
     """Run the daemon; report "ok" or "error <code> <message>"; return the exit status."""
     from c3fs.fuse import daemon
 
     store_url, ref, mountpoint, allow_other, cache_bytes = args
-
-    def ready() -> None:
-        os.write(status_fd, b"ok\n")
-        os.close(status_fd)
-
     try:
         daemon.run(store_url, ref, mountpoint, allow_other=allow_other,
-                   cache_bytes=cache_bytes, ready=ready)
+                   cache_bytes=cache_bytes, ready=lambda: status.send(b"ok\n"), ack_fd=ack_fd)
     except C3fsError as exc:
         log.error("%s", exc)
-        _report_error(status_fd, exc.exit_code, str(exc))
+        _report_error(status, exc.exit_code, str(exc))
         return exc.exit_code
     except BaseException as exc:
         log.exception("the mount daemon failed")
-        _report_error(status_fd, 1, f"the mount daemon failed: {exc!r}")
+        _report_error(status, 1, f"the mount daemon failed: {exc!r}")
         return 1
     return 0
 
 
-def _report_error(status_fd: int, code: int, message: str) -> None:
-    line = f"error {code} {' '.join(message.split())}\n".encode(errors="replace")
-    try:
-        os.write(status_fd, line)
-    except OSError:
-        pass  # already reported ready: the error is in the log
+def _report_error(status: _Status, code: int, message: str) -> None:
+    """Send the error line, unless "ok" was sent already (then the error is in the log)."""
+    status.send(f"error {code} {' '.join(message.split())}\n".encode(errors="replace"))
 
 
 def _read_status(status, timeout: float) -> int:
@@ -230,17 +265,19 @@ def _error(message: str, code: int) -> MountError:
     return error
 
 
-def _spawn_daemon(args: tuple, log_file: str, timeout: float) -> int:
+def _spawn_daemon(args: tuple, log_file: str, timeout: float, ack_read: int) -> int:
+    """`python -m c3fs.fuse`: it forks the daemon (handing it `ack_read`) and waits until
+    the mount answers; returns the daemon's pid. The caller acknowledges the mount."""
     store_url, ref, mountpoint, allow_other, cache_bytes = args
     argv = [sys.executable, "-m", "c3fs.fuse", "--cache-bytes", str(cache_bytes),
-            "--log-file", log_file, ref, mountpoint]
+            "--log-file", log_file, "--ack-fd", str(ack_read), ref, mountpoint]
     argv[3:3] = ["--store", store_url] if store_url else []
     argv[3:3] = ["--allow-other"] if allow_other else []
     import subprocess  # here: the mount path forks instead, and subprocess costs ~5 ms cold
 
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout + 5, start_new_session=True)
+                              timeout=timeout + 5, start_new_session=True, pass_fds=(ack_read,))
     except subprocess.TimeoutExpired:
         raise MountError(f"the mount daemon did not report ready within {timeout:.0f} s") from None
     lines = proc.stderr.strip().splitlines()
@@ -314,6 +351,25 @@ def mount_type(path: str) -> str | None:
         fields, _, rest = line.partition(b" - ")
         if _unescape(fields.split(b" ")[4]) == os.fsencode(path):
             found = rest.split(b" ")[0].decode(errors="replace")
+    return found
+
+
+def filesystem_type(path: str | bytes) -> str | None:
+    """The type of the file system `path` (which exists) is on, e.g. "fuse.c3fs": that of
+    the mount with the longest mount point above its real path. None when unknown."""
+    real = os.fsencode(os.path.realpath(path))
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    best, found = -1, None
+    for line in lines:  # later lines are mounted on top of earlier ones: >= keeps the last
+        fields, _, rest = line.partition(b" - ")
+        point = _unescape(fields.split(b" ")[4])
+        inside = real == point or real.startswith(point.rstrip(b"/") + b"/")
+        if inside and len(point) >= best:
+            best, found = len(point), rest.split(b" ")[0].decode(errors="replace")
     return found
 
 

@@ -2,7 +2,8 @@
 
 Used by `c3fs.fuse.mount` when its caller has threads (forking those is unsafe). Prints the
 daemon's pid on stdout once the mount answers; on failure, one error line on stderr and the
-error's exit code.
+error's exit code. The daemon gets `--ack-fd`, the read end of the pipe through which the
+process that started this one acknowledges the mount (if it dies first, the daemon unmounts).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-bytes", type=int, default=DEFAULT_CACHE)
     parser.add_argument("--log-file", required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--ack-fd", type=int, required=True)
     opts = parser.parse_args(argv)
     args = (opts.store, opts.ref, opts.mountpoint, opts.allow_other, opts.cache_bytes)
     try:
-        pid = fork_daemon(args, opts.log_file, opts.timeout)
+        pid = fork_daemon(args, opts.log_file, opts.timeout, opts.ack_fd)
         wait_answering(opts.mountpoint, pid, opts.log_file, opts.timeout)
     except C3fsError as exc:
         print(str(exc), file=sys.stderr)

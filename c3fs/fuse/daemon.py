@@ -4,6 +4,8 @@
 caller itself with --foreground). It reports "ready" or a one-line error through `status`
 once the kernel mount exists, then serves requests on a trio loop until the file system is
 unmounted (`c3fs umount`, fusermount3 -u) or SIGTERM / SIGINT / SIGHUP arrive, and unmounts.
+A background daemon also unmounts when the command that started it dies before the mount
+was ready: `ready()` returns False, or `ack_fd` closes without an "ack".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from functools import partial
 
 import pyfuse3
 import trio
@@ -58,7 +61,7 @@ def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
 
 
 def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
-        cache_bytes: int, ready: Callable[[], None]) -> None:
+        cache_bytes: int, ready: Callable[[], bool | None], ack_fd: int | None = None) -> None:
     """Mount and serve until unmounted; C3fsError (one line) when the mount cannot start."""
     limit_malloc_arenas()
     vfs = open_vfs(store_url, ref, cache_bytes)
@@ -69,9 +72,12 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
         except RuntimeError as exc:
             raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
         log.info("mounted %s at %s (store %s)", ref or "/", mountpoint, vfs.repo.store.url)
-        ready()
         try:
-            trio.run(_serve, mountpoint)
+            if ready() is False:
+                log.warning("the command that started this mount died before it was ready: "
+                            "unmounting %s", mountpoint)
+                return
+            trio.run(_serve, mountpoint, ack_fd)
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
@@ -80,12 +86,31 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
         vfs.repo.close()
 
 
-async def _serve(mountpoint: str) -> None:
+async def _serve(mountpoint: str, ack_fd: int | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal)
-        nursery.start_soon(trio.to_thread.run_sync, set_readahead, mountpoint)
+        # set_readahead stats the mount, a request to this very loop: once the loop stops
+        # (an early SIGTERM or a start nobody acknowledged), that thread is left behind
+        nursery.start_soon(partial(trio.to_thread.run_sync, set_readahead, mountpoint,
+                                   abandon_on_cancel=True))
+        if ack_fd is not None:
+            nursery.start_soon(_stop_unless_acknowledged, ack_fd, mountpoint)
         await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
         nursery.cancel_scope.cancel()
+
+
+async def _stop_unless_acknowledged(ack_fd: int, mountpoint: str) -> None:
+    """The starting command writes "ack" once the mount answers; if its end closes first
+    (it was killed while waiting), nobody knows of this mount: unmount it."""
+    try:
+        await trio.lowlevel.wait_readable(ack_fd)
+        acknowledged = os.read(ack_fd, 16).startswith(b"ack")
+    finally:
+        os.close(ack_fd)
+    if not acknowledged:
+        log.warning("the command that started this mount died before it was ready: "
+                    "unmounting %s", mountpoint)
+        pyfuse3.terminate()
 
 
 async def _stop_on_signal() -> None:

@@ -45,8 +45,7 @@ def _artifacts_root(ingester: Ingester, artifacts: Path) -> bytes:
     if artifacts.is_dir() and not artifacts.is_symlink():
         return ingester.ingest_dir(artifacts)
     if artifacts.exists() or artifacts.is_symlink():
-        log.warning("$C3_ARTIFACTS_DIR (%s) was replaced by a file; storing it as 'artifacts'",
-                    artifacts)
+        log.warning("$C3_ARTIFACTS_DIR was replaced by a file; storing it as 'artifacts'")
         holder = artifacts.parent
         return ingester.ingest_dir(holder)  # holds just that file, named 'artifacts'
     log.warning("$C3_ARTIFACTS_DIR (%s) was deleted by the job; nothing collected from it",

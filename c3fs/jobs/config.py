@@ -1,14 +1,18 @@
-"""The `.c3` job config (YAML): project, extra `output:` dirs, `datasets:` to mount.
+"""The `.c3` job config (YAML): project, extra `output:` dirs, `datasets:` to mount, `env:`.
 
 Everything is checked before the job runs: malformed YAML or wrong types is an error, an
-unknown key is a warning, an output dir that would leave the working directory (`../x`, an
-absolute path elsewhere, a symlink pointing out) is refused.
+unknown key is an error (a typo must not be ignored), an output dir that would leave the
+working directory (`../x`, an absolute path elsewhere, a symlink pointing out) is refused.
+`env:` maps variable names to strings (quoted: `SEED: "42"`), set for the command; the
+variables `c3fs run` sets itself (C3_*) cannot be overridden. The platform's own keys
+(name, command, image, resources) are accepted and ignored, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import msgspec
@@ -18,7 +22,10 @@ from c3fs.errors import UsageError
 from c3fs.objects.ids import check_name
 
 log = logging.getLogger(__name__)
-KNOWN_KEYS = {"project", "output", "datasets", "name", "command", "image", "resources", "env"}
+USED_KEYS = ("project", "output", "datasets", "env")
+PLATFORM_KEYS = ("name", "command", "image", "resources")  # the platform's; ignored here
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_ENV = ("C3_ARTIFACTS_DIR", "C3_JOB_ID", "C3_PROJECT")
 
 
 class ConfigError(UsageError):
@@ -34,6 +41,7 @@ class JobConfig(msgspec.Struct):
     project: str | None = None
     output: list[str] = []
     datasets: list[DatasetMount] = []
+    env: dict[str, str] = {}
 
 
 def load_config(path: Path | None, workdir: Path) -> JobConfig:
@@ -49,10 +57,13 @@ def load_config(path: Path | None, workdir: Path) -> JobConfig:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys (project, output, datasets)")
-    for key in sorted(set(raw) - KNOWN_KEYS):
-        log.warning("%s: unknown key %r ignored", path, key)
-    known = {k: v for k, v in raw.items() if k in ("project", "output", "datasets")}
+        raise ConfigError(f"{path}: expected a mapping of keys (project, output, datasets, env)")
+    _check_keys(path, raw)
+    known = {k: v for k, v in raw.items() if k in USED_KEYS}
+    if known.get("env") is None:  # `env:` with nothing after it
+        known.pop("env", None)
+    else:
+        _check_env(path, known["env"])
     if known.get("output") is None:  # `output:` with nothing after it
         known.pop("output", None)
     elif isinstance(known["output"], str):  # `output: results` is a list of one
@@ -70,6 +81,31 @@ def load_config(path: Path | None, workdir: Path) -> JobConfig:
         if ".." in dataset.ref.split("/"):
             raise ConfigError(f"dataset ref {dataset.ref!r} must not contain '..'")
     return config
+
+
+def _check_keys(path: Path, raw: dict) -> None:
+    unknown = sorted(map(str, set(raw) - set(USED_KEYS) - set(PLATFORM_KEYS)))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: "
+                          f"{', '.join(USED_KEYS + PLATFORM_KEYS)})")
+    for key in (k for k in PLATFORM_KEYS if k in raw):
+        log.warning("%s: key %r is the platform's; c3fs run ignores it", path, key)
+
+
+def _check_env(path: Path, env: object) -> None:
+    """`env:` is a mapping of variable names to strings (a number must be quoted)."""
+    if not isinstance(env, dict):
+        raise ConfigError(f"{path}: env must be a mapping of NAME: value")
+    for name, value in env.items():
+        if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{path}: env: {name!r} is not a variable name")
+        if name in RESERVED_ENV:
+            raise ConfigError(f"{path}: env: {name} is set by c3fs run; it cannot be overridden")
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: env: {name} must be a string (quote it: "
+                              f"{name}: \"{value}\")")
+        if "\0" in value:
+            raise ConfigError(f"{path}: env: {name} holds a NUL character")
 
 
 def _yaml_problem(exc: Exception) -> str:

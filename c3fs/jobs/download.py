@@ -13,6 +13,18 @@ mtime already match is skipped, so a copy run again fetches only what is missing
 A fifo or device already at a file's destination is opened and written into, as `cp` does
 (`c3fs cp x /dev/null`), never replaced; a socket there is an error.
 
+Destinations, like `cp`: the path the user names (DEST of `cp`; not `pull`'s DEST/<job id>,
+which c3fs names) is followed when it is a symlink: to a directory, a directory's copy goes into the directory
+it points to; to a fifo or device, a file's copy is written into it (`cp FILE /dev/stdout`
+keeps the /dev/stdout link); to a file, that file is written in place; a dangling one is an
+error. Inside a directory's copy no symlink is ever followed: a link where a file belongs is
+replaced, a link where a directory belongs is an error, so nothing is written outside DEST.
+An existing file that has other hard links, or another owner, is written in place (as `cp`
+does): its inode, owner, mode and other links stay, only its bytes and mtime change. Its
+bytes are staged first and copied in only once complete and verified, so damaged data never
+reaches it either (an interrupted copy-in may leave it half-written, as with `cp`). A
+destination on a read-only file system, or inside a c3fs mount, is one error (exit 4).
+
 A directory's copy goes on past damaged data: a file (or directory) that cannot be read is
 left out, with one log line naming it, every other file is copied, every directory gets its
 mode and mtime, and the copy then fails with one `CopyIncomplete` counting what was left out.
@@ -92,19 +104,27 @@ class Copier:
         self._big_slots = threading.BoundedSemaphore(2 * workers)
         self._reuse = _Reuse()
         self._tree = False  # copying a directory: damaged data is left out, the rest copied
+        self._in_place: set[bytes] = set()  # files written in place (`_write_in_place`)
 
-    def copy(self, node: Node, dest: str | os.PathLike) -> CopyStats:
+    def copy(self, node: Node, dest: str | os.PathLike, follow: bool = True) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir.
-        Raises `CopyIncomplete` once the rest is copied if a directory's copy left anything
-        out; damaged data in a copy of one file raises at once."""
-        target = os.fsencode(dest)
+        `dest` is followed if it is a symlink (`follow`: the user named it, see the module
+        doc), else treated like a path inside a directory's copy. Raises `CopyIncomplete`
+        once the rest is copied if a directory's copy left anything out; damaged data in a
+        copy of one file raises at once."""
+        named = os.fsencode(dest)
+        target = _named_target(named, node.kind) if follow else named
+        if node.kind == FILE and target != named:  # a symlink to a file: written through
+            self._in_place.add(target)
         parent = os.path.dirname(os.path.normpath(target)) or b"."
+        check_destination(target)
         _make_parents(parent, create=node.kind == DIR)
-        into_special = node.kind == FILE and _special(target)
+        found = None if node.kind == DIR else _existing(target, follow=follow)
+        into_special = found is not None and _is_special(found)
         self._proc_fds = None if into_special else _open_proc_fds(parent)  # no probe in /dev
         self._tree = node.kind == DIR
         try:
-            self._copy_all(node, target)
+            self._copy_all(node, target, found)
         finally:
             self.stats.reused = self._reuse.close()
             if self._proc_fds is not None:
@@ -113,7 +133,22 @@ class Copier:
             raise CopyIncomplete(self._left_out(node), self.stats)
         return self.stats
 
-    def _copy_all(self, node: Node, target: bytes) -> None:
+    def copy_to(self, node: Node, fd: int) -> CopyStats:
+        """Write a file's bytes to the open `fd` (stdout, for `c3fs cp FILE -`). A reader
+        that goes away (BrokenPipeError) ends the copy quietly: the caller decides."""
+        if node.kind != FILE:
+            what = "a directory" if node.kind == DIR else "a symlink"
+            raise DestinationError(f"{one_line(node.display)} is {what}: only a file can be "
+                                   "written to stdout (-)")
+        try:
+            with _named_errors(node, b"stdout"):
+                self._stream(node, fd)
+        finally:
+            self.stats.reused = self._reuse.close()
+        self._count(node)
+        return self.stats
+
+    def _copy_all(self, node: Node, target: bytes, found: os.stat_result | None) -> None:
         dirs: list[tuple[bytes, Node]] = []
         try:
             with (ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-small") as self._smalls,
@@ -122,7 +157,7 @@ class Copier:
                 if node.kind == DIR:
                     self._copy_dir(node, target, futures, dirs)
                 else:
-                    self._copy_leaf(node, target, False, futures)
+                    self._copy_leaf(node, target, False, futures, found)
                 self._flush_small(futures)
                 for future in futures:
                     future.result()
@@ -161,12 +196,15 @@ class Copier:
                 self._copy_leaf(child, child_path, fresh, futures)
         return subdirs
 
-    def _copy_leaf(self, node: Node, path: bytes, fresh: bool, futures) -> None:
+    def _copy_leaf(self, node: Node, path: bytes, fresh: bool, futures,
+                   found: os.stat_result | None = None) -> None:
+        """`found`: what the user-named destination of a file's copy is (followed)."""
         if node.kind == LINK:
             _place_link(self.vfs.readlink(node), path, node.mtime_ns)
             self.stats.links += 1
         elif node.kind == FILE:
-            found = None if fresh else _existing(path)
+            if found is None and not fresh:
+                found = _existing(path)
             if found is not None and _is_special(found):
                 futures.append(self._bigs.submit(self._write_into, node, path))  # may block
                 return
@@ -174,6 +212,8 @@ class Copier:
                 self.stats.skipped += 1
                 self.progress(node.size)
                 return
+            if found is not None and _write_in_place(found):
+                self._in_place.add(path)
             if node.size > SMALL_FILE:
                 self._submit_big(node, path, futures)
                 return
@@ -201,7 +241,8 @@ class Copier:
             futures.append(self._bigs.submit(self._write_file, node, path))
             return
         self._big_slots.acquire()  # bounds open fds and queued work; the last part releases it
-        big = _BigFile(node, path, len(parts), self._proc_fds, self._reuse)
+        big = _BigFile(node, path, len(parts), self._proc_fds, self._reuse,
+                       path in self._in_place)
         for first, stop in parts:
             futures.append(self._bigs.submit(self._write_part, big, reader, first, stop))
 
@@ -213,7 +254,7 @@ class Copier:
         staged = None
         try:
             with _named_errors(node, path):
-                staged = _Staged(path, self._proc_fds)
+                staged = _Staged(path, self._proc_fds, path in self._in_place)
                 reader = self.vfs.open(node, readahead=0)
                 for i in range(len(reader.ids)):
                     data = self._chunk(reader, i)
@@ -230,15 +271,14 @@ class Copier:
     def _write_into(self, node: Node, path: bytes) -> None:
         """Write into the fifo or device at `path` (a fifo: once a reader opens it). Its
         mode and mtime stay its own; bytes written before damaged data are not taken back."""
+        flags = os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC
+        if self._tree:  # a symlink the user named (`/dev/stdout`) is followed; none inside
+            flags |= os.O_NOFOLLOW
         try:
             with _named_errors(node, path):
-                fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(path, flags)
                 try:
-                    reader = self.vfs.open(node, readahead=0)
-                    for i in range(len(reader.ids)):
-                        data = self._chunk(reader, i)
-                        _write_all(fd, data)
-                        self.progress(len(data))
+                    self._stream(node, fd)
                 finally:
                     os.close(fd)
         except BaseException as exc:
@@ -246,6 +286,13 @@ class Copier:
                 return
             raise
         self._count(node)
+
+    def _stream(self, node: Node, fd: int) -> None:
+        reader = self.vfs.open(node, readahead=0)
+        for i in range(len(reader.ids)):
+            data = self._chunk(reader, i)
+            _write_all(fd, data)
+            self.progress(len(data))
 
     def _write_part(self, big: _BigFile, reader: FileReader, first: int, stop: int) -> None:
         try:
@@ -327,8 +374,9 @@ class _BigFile:
     (so a queued file holds no fd), named by the last to end."""
 
     def __init__(self, node: Node, path: bytes, parts: int, proc_fds: int | None,
-                 reuse: _Reuse) -> None:
+                 reuse: _Reuse, in_place: bool = False) -> None:
         self.node, self.path, self.proc_fds = node, path, proc_fds
+        self.in_place = in_place
         self.reuse = reuse
         self.staged: _Staged | None = None
         self.source = False  # its chunks are offered to later files (`_Reuse`)
@@ -346,7 +394,7 @@ class _BigFile:
         """The staged file's fd; None once a part has failed (the rest need not write)."""
         with self._lock:
             if self.staged is None and not self.failed:
-                self.staged = _Staged(self.path, self.proc_fds)
+                self.staged = _Staged(self.path, self.proc_fds, self.in_place)
                 self.source = self.reuse.adopt(self.staged)
             return None if self.failed else self.staged.fd
 
@@ -360,11 +408,13 @@ class _BigFile:
 class _Staged:
     """A file being written where no one sees it: unnamed (O_TMPFILE) in its final directory
     when the filesystem and /proc allow, else under a temp name beside its final name.
-    `commit` sets mode and mtime through the fd and only then names it."""
+    `commit` sets mode and mtime through the fd and only then names it; `in_place`: it
+    copies the bytes into the existing file at `path` instead (`_write_in_place`)."""
 
-    def __init__(self, path: bytes, proc_fds: int | None) -> None:
+    def __init__(self, path: bytes, proc_fds: int | None, in_place: bool = False) -> None:
         self.path = path
         self.proc_fds = proc_fds
+        self.in_place = in_place
         self.tmp: bytes | None = None
         self.kept = -1  # the fd, held open past commit/discard for `_Reuse` (see `keep`)
         self.fd = _open_unnamed(path) if proc_fds is not None else None
@@ -384,6 +434,10 @@ class _Staged:
             os.close(fd)
 
     def commit(self, mode: int, mtime_ns: int) -> None:
+        if self.in_place:
+            _copy_in(self.fd, self.path, mtime_ns)
+            self.discard()
+            return
         os.fchmod(self.fd, mode)
         os.utime(self.fd, ns=(mtime_ns, mtime_ns))  # after the last write, which sets mtime
         if self.tmp is None:
@@ -514,6 +568,47 @@ def _temp_name(path: bytes) -> bytes:
     return os.path.join(parent, TMP + name[:100] + b"." + token_hex(4).encode())
 
 
+def _named_target(target: bytes, kind: int) -> bytes:
+    """The destination the user named, followed as `cp` follows it (see the module doc): a
+    symlink to a directory (a directory's copy) or to a file becomes the path it points to;
+    one to a fifo or device stays (opened through it); a dangling one is an error."""
+    if kind == LINK or not os.path.islink(target):  # a link's copy replaces what is there
+        return target
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        raise DestinationError(f"{os.fsdecode(target)} is a symlink to nothing "
+                               f"({os.fsdecode(os.readlink(target))}): not written through") from None
+    except OSError as exc:
+        raise DestinationError(f"{os.fsdecode(target)}: {exc.strerror}") from None
+    if kind == DIR and not stat.S_ISDIR(st.st_mode):
+        raise DestinationError(f"{os.fsdecode(target)} exists and is not a directory")
+    if kind == DIR or stat.S_ISREG(st.st_mode):
+        return os.fsencode(os.path.realpath(target))
+    return target
+
+
+def check_destination(target: bytes) -> None:
+    """Refuse, in one line, a destination inside a c3fs mount or on a read-only file system
+    (checked on the nearest part of `target` that exists)."""
+    from c3fs.fuse import FSTYPE, filesystem_type
+
+    existing = os.path.abspath(target)
+    while not os.path.lexists(existing) and existing != os.path.dirname(existing):
+        existing = os.path.dirname(existing)
+    if filesystem_type(existing) == FSTYPE:
+        raise DestinationError(f"{os.fsdecode(target)} is inside a c3fs mount, which is "
+                               "read-only: copy to a local directory")
+    try:
+        if _is_special(os.stat(existing)):
+            return  # a fifo or device takes writes on a read-only file system too
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+    except OSError:
+        return  # the copy itself will say what is wrong
+    if read_only:
+        raise DestinationError(f"{os.fsdecode(target)} is on a read-only file system")
+
+
 def _make_parents(path: bytes, create: bool) -> None:
     """Check (with `create`: make) the directory a copy goes into, and those above it."""
     try:
@@ -612,11 +707,11 @@ def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:
         raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
 
 
-def _existing(path: bytes) -> os.stat_result | None:
-    """What is at a file's destination: None, or something a file may replace or be
-    written into; a directory or a socket there is an error."""
+def _existing(path: bytes, follow: bool = False) -> os.stat_result | None:
+    """What is at a file's destination (with `follow`, through a symlink): None, or
+    something a file may replace or be written into; a directory or a socket is an error."""
     try:
-        st = os.lstat(path)
+        st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -633,9 +728,27 @@ def _is_special(st: os.stat_result) -> bool:
     return stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
 
 
-def _special(path: bytes) -> bool:
-    found = _existing(path)
-    return found is not None and _is_special(found)
+def _write_in_place(st: os.stat_result) -> bool:
+    """A file with other hard links, or another owner, is written in place, as `cp` does:
+    replacing it would break the links or make it ours."""
+    return stat.S_ISREG(st.st_mode) and (st.st_nlink > 1 or st.st_uid != os.geteuid())
+
+
+def _copy_in(staged_fd: int, path: bytes, mtime_ns: int) -> None:
+    """Copy a staged file's bytes into the existing file at `path`, in place (its inode,
+    owner, mode and other links stay), then give it `mtime_ns`."""
+    size = os.fstat(staged_fd).st_size
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while offset < size:
+            sent = os.sendfile(fd, staged_fd, offset, size - offset)
+            if sent == 0:
+                raise OSError(errno.EIO, "short copy")
+            offset += sent
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
 
 
 def _unchanged(st: os.stat_result, node: Node) -> bool:
@@ -660,7 +773,8 @@ def _set_meta(path: bytes, mode: int, mtime_ns: int) -> None:
 
 
 def _unlink(path: bytes) -> None:
+    """Remove a temp file, best effort (a read-only destination never had one)."""
     try:
         os.unlink(path)
-    except FileNotFoundError:
+    except OSError:
         pass

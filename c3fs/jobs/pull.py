@@ -10,6 +10,11 @@ job removed and pushed again under the same id with other content is pulled agai
 written before they named the root (`{"dest", "time"}`) stand for the job that existed when
 they were written: a job created after the mark is pending again.
 
+A job re-created with other content is pulled into the same DEST/<job id>/: its files
+replace the old job's, and files the old job had but the new one does not are left there
+(they may be the user's own); the pull says so in one warning, with how many and a few
+names, so that nothing is deleted behind the user's back.
+
 Damaged data in one job does not stop the others: each job is copied as far as it can be
 (`Copier`), only the jobs copied in full are marked, and the pull then fails with one
 `PullIncomplete` naming the jobs that were not (with one job alone, with its own error).
@@ -17,11 +22,12 @@ Damaged data in one job does not stop the others: each job is copied as far as i
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from c3fs.errors import DataError, FormatError, one_line
@@ -85,15 +91,18 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
     failed: list[tuple[str, DataError | FormatError]] = []
     for record in records:
         target = os.path.join(dest, record.id)
+        recreated = _recreated(repo, record) and os.path.isdir(target)
         try:
             copier = Copier(vfs, progress=progress, keep_setuid=keep_setuid)
-            stats = copier.copy(vfs.ref_root(record), target)
+            stats = copier.copy(vfs.ref_root(record), target, follow=False)  # c3fs named it
         except (DataError, FormatError) as exc:
             if getattr(exc, "unavailable", False):  # the store did not answer: stop
                 raise
             failed.append((record.id, exc))
             continue
         _mark_pulled(repo, record, target)
+        if recreated:
+            _warn_extras(vfs, record, target)
         done.append(Pulled(record, target, stats))
     if len(failed) == 1 and not done:
         raise failed[0][1]  # as `cp -r` says it
@@ -103,6 +112,42 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
                 log.error("%s", one_line(str(exc)))
         raise PullIncomplete([job_id for job_id, _ in failed], done)
     return done
+
+
+def _recreated(repo: Repo, record: JobRecord) -> bool:
+    """Whether an earlier pull here was of another job under this id (another root)."""
+    raw = repo.index.local_get(f"pulled/{record.id}")
+    try:
+        mark = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return False
+    return isinstance(mark, dict) and mark.get("root", record.root) != record.root
+
+
+def _warn_extras(vfs: Vfs, record: JobRecord, target: str) -> None:
+    extras = _extras(vfs, vfs.ref_root(record), os.fsencode(target))
+    shown = [os.fsdecode(p) for p in itertools.islice(extras, 3)]
+    n = len(shown) + sum(1 for _ in extras)
+    if n:
+        more = ", ..." if n > len(shown) else ""
+        log.warning("job %s was re-created with other content since it was pulled to %s; "
+                    "%s there, not in the new job, %s left in place (%s%s): remove what the "
+                    "old job left", record.id, target, count(n, "path"),
+                    "is" if n == 1 else "are", one_line(", ".join(shown)), more)
+
+
+def _extras(vfs: Vfs, node, path: bytes) -> Iterator[bytes]:
+    """Entries under the local directory `path` that the job's directory `node` lacks
+    (one directory's listing in memory at a time)."""
+    names = dict(vfs.children(node))
+    with os.scandir(path) as entries:
+        local = sorted((e.name, e.path, e.is_dir(follow_symlinks=False)) for e in entries)
+    for name, local_path, is_dir in local:
+        child = names.get(name)
+        if child is None:
+            yield local_path
+        elif child.is_dir and is_dir:
+            yield from _extras(vfs, child, local_path)
 
 
 def _mark_pulled(repo: Repo, record: JobRecord, target: str) -> None:

@@ -1,10 +1,13 @@
 """`c3fs run`: run a command as a job and collect its artifacts, as the platform does.
 
-Lifecycle: a fresh, empty `$C3_ARTIFACTS_DIR` is created (outside the working directory)
-and exported with `C3_JOB_ID` and `C3_PROJECT`; each `.c3` dataset is mounted read-only;
-the command runs in the working directory in its own process group; the datasets are
+Lifecycle: earlier runs that were killed are cleaned up after (`runstate`); each `.c3`
+dataset is mounted read-only; the working dir is locked (one run at a time there) and its
+`artifacts/` made fresh and empty (anything in it is moved aside, never deleted) and
+exported as `$C3_ARTIFACTS_DIR`, with `C3_JOB_ID`, `C3_PROJECT` and the `.c3` `env:`; the
+command runs in the working directory in its own process group; the datasets are
 unmounted (always); the artifacts dir and the `output:` dirs are collected into one tree;
-the job is registered. Statuses follow the platform:
+the job is registered. The artifacts dir stays in place afterwards (the next job moves it
+aside). Statuses follow the platform:
 
 - exit 0, upload ok                  -> SUCCEEDED
 - exit 0, upload failed              -> FAILED / UPLOAD_ERROR (not retried; exit code 74)
@@ -14,7 +17,7 @@ the job is registered. Statuses follow the platform:
 
 When the script failed, timed out or was canceled, the upload is best effort: errors are
 logged and whatever was collected stays browsable. Whenever the upload fails, whatever the
-status, the local artifacts dir is kept and its path logged: nothing is lost.
+status, the local artifacts dir is kept (as always) and its path logged: nothing is lost.
 
 The `output:` dirs live in the working directory and may already hold files when the job
 starts (an earlier run's): they are collected with the job, as on the platform, but each
@@ -26,9 +29,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -36,10 +39,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from c3fs.errors import C3fsError, UsageError
-from c3fs.fsutil import count, remove_tree, tree_bytes, walk_files
+from c3fs.fsutil import count, tree_bytes, walk_files
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
 from c3fs.jobs.push import ensure_free, ingest, record_for
+from c3fs.jobs.runstate import (
+    ARTIFACTS,
+    RunState,
+    clean_stale_runs,
+    clear_dead_mount,
+    fresh_artifacts,
+    lock_workdir,
+)
 from c3fs.objects.ids import check_name, new_job_id
 from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
 from c3fs.repo import Repo
@@ -82,32 +93,59 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
     check_name(spec.project, "project")
     job_id = new_job_id() if spec.job_id is None else check_name(spec.job_id, "job id")
     ensure_free(repo, JOB, job_id)
-    outputs = output_dirs(spec.workdir, spec.config.output)
-    _warn_files_from_before(job_id, outputs)
-    run_dir = Path(tempfile.mkdtemp(prefix=f"c3fs-run-{job_id}-"))
-    artifacts = run_dir / "artifacts"
-    artifacts.mkdir()
-    log.info("job %s: artifacts dir %s", job_id, artifacts)
+    clean_stale_runs()
+    outputs = _without_artifacts(output_dirs(spec.workdir, spec.config.output))
+    state = RunState(job_id, spec.workdir)
     outcome = Outcome(started=time.time())
     mounted: list[Path] = []
+    lock = -1
     try:
-        outcome.inputs = _mount_datasets(repo, spec, mounted)
+        outcome.inputs = _mount_datasets(repo, spec, mounted, state)
+        lock = lock_workdir(spec.workdir)  # after the mounts: no daemon inherits it
+        artifacts = fresh_artifacts(spec.workdir, job_id)
     except BaseException:  # nothing ran: leave nothing behind
         _unmount_all(mounted)
-        remove_tree(run_dir)
+        _release(lock, state)
         raise
     try:
-        _execute(spec, job_id, artifacts, outcome)
+        record = _run_and_upload(repo, spec, job_id, artifacts, outputs, outcome, mounted, state)
+    finally:
+        _release(lock, state)
+    return record, _exit_code(outcome)
+
+
+def _run_and_upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs,
+                    outcome: Outcome, mounted: list[Path], state: RunState) -> JobRecord | None:
+    _warn_files_from_before(job_id, outputs)
+    log.info("job %s: artifacts dir %s", job_id, artifacts)
+    try:
+        _execute(spec, job_id, artifacts, outcome, state)
     finally:
         _unmount_all(mounted)
     if not outcome.command_started and outputs:
         log.warning("job %s: the command did not start, so the output dirs (%s) are not "
                     "collected", job_id, ", ".join("/".join(parts) for parts, _ in outputs))
         outputs = []
-    record = _upload(repo, spec, job_id, artifacts, outputs, outcome)
-    if outcome.kept is None:
-        remove_tree(run_dir)
-    return record, _exit_code(outcome)
+    return _upload(repo, spec, job_id, artifacts, outputs, outcome, state)
+
+
+def _release(lock: int, state: RunState) -> None:
+    if lock >= 0:
+        os.close(lock)
+    state.remove()
+
+
+def _without_artifacts(outputs: list[tuple[tuple[str, ...], Path]],
+                       ) -> list[tuple[tuple[str, ...], Path]]:
+    """The `output:` dirs but `artifacts/` and what is inside it: collected already."""
+    kept = []
+    for parts, path in outputs:
+        if parts[0] == ARTIFACTS:
+            log.warning("output dir %s is $C3_ARTIFACTS_DIR (or inside it), which is always "
+                        "collected; not collected twice", "/".join(parts))
+        else:
+            kept.append((parts, path))
+    return kept
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -140,9 +178,10 @@ class _Canceled(Exception):
     pass
 
 
-def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome) -> None:
-    env = dict(os.environ, C3_ARTIFACTS_DIR=str(artifacts), C3_JOB_ID=job_id,
-               C3_PROJECT=spec.project)
+def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
+             state: RunState) -> None:
+    env = dict(os.environ, **spec.config.env, C3_ARTIFACTS_DIR=str(artifacts),
+               C3_JOB_ID=job_id, C3_PROJECT=spec.project)
     try:
         proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True)
     except OSError as exc:
@@ -150,6 +189,7 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome) -> N
         outcome.status, outcome.reason, outcome.exit_code = FAILED, "SCRIPT_ERROR", 127
         return
     outcome.command_started = True
+    state.command_started(proc.pid)
     previous = _forward_signals()
     try:
         code = proc.wait(timeout=spec.timeout)
@@ -192,7 +232,8 @@ def _stop(proc: subprocess.Popen) -> int:
     return proc.wait()
 
 
-def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, outcome: Outcome):
+def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, outcome: Outcome,
+            state: RunState):
     started = outcome.started
     fields = dict(status=outcome.status, reason=outcome.reason, exit_code=outcome.exit_code,
                   command=list(spec.command), inputs=outcome.inputs)
@@ -200,13 +241,26 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
         paths = [artifacts, *(path for _, path in outputs)]
         bar = (spec.progress("upload", sum(map(tree_bytes, paths))) if spec.progress
                else nullcontext(None))
+        source = _artifacts_source(artifacts, state)
         with bar as advance:
-            return ingest(repo, lambda ing: collect(repo, ing, artifacts, outputs),
+            return ingest(repo, lambda ing: collect(repo, ing, source, outputs),
                           lambda root, stats: record_for(JOB, job_id, spec.project, root,
                                                          stats, started, **fields),
                           progress=advance)
     except (C3fsError, OSError) as exc:
         return _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields)
+
+
+def _artifacts_source(artifacts: Path, state: RunState) -> Path:
+    """What `collect` stores as the artifacts: the dir itself; when the job replaced it by a
+    file or symlink, a copy of that alone in a holder dir (never the whole working dir)."""
+    if (artifacts.is_dir() and not artifacts.is_symlink()) or not (
+            artifacts.exists() or artifacts.is_symlink()):
+        return artifacts  # a dir, or gone: `collect` says so
+    holder = state.dir / "holder"
+    holder.mkdir()
+    shutil.copy2(artifacts, holder / ARTIFACTS, follow_symlinks=False)
+    return holder / ARTIFACTS
 
 
 def _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields):
@@ -233,7 +287,8 @@ def _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields):
 
 
 # datasets (job chaining) ----------------------------------------------------------------------
-def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path]) -> list[Input]:
+def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path],
+                    state: RunState) -> list[Input]:
     if not spec.config.datasets:
         return []
     vfs = Vfs(repo)
@@ -250,11 +305,20 @@ def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path]) -> list[Inpu
     for ds in inputs:
         with _entry(ds):
             path = check_mount_path(ds.mount, spec.workdir)
-            path.mkdir(parents=True, exist_ok=True)
+            clear_dead_mount(path)
+            _make_mountpoint(path)
+            state.add_mount(path)  # before mounting: a killed run's mount is found again
             mount(spec.store_url or repo.store.url, ds.ref, str(path))
         mounted.append(path)
         log.info("mounted %s at %s", ds.ref, path)
     return inputs
+
+
+def _make_mountpoint(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise C3fsError(f"cannot create the mountpoint {path}: {exc.strerror}") from None
 
 
 @contextmanager
