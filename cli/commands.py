@@ -65,13 +65,29 @@ def _tree_bytes(directory: str) -> int | None:
 
 
 # ls -----------------------------------------------------------------------------------------
+STATUSES = ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELED")  # c3fs.objects.job's (not imported
+# here: `c3fs --help` loads no library module)
+
+
 @app.command()
 @click.argument("path", default="/")
 @click.option("-l", "long", is_flag=True, help="Long listing: status, size, files, age / mode, size, mtime.")
 @click.option("--json", "as_json", is_flag=True, help="JSON: full job records, or entry details.")
+@click.option("--project", help="Jobs or datasets of this project only.")
+@click.option("--status", type=click.Choice(STATUSES, case_sensitive=False),
+              help="Jobs of this status only.")
+@click.option("--since", metavar="AGE|DATE",
+              help="Created within AGE (30m, 12h, 7d) or since DATE (2026-12-01).")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N",
+              help="The N most recently created only.")
 @pass_ctx
-def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
+def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, status: str | None,
+       since: str | None, limit: int | None) -> None:
     """List a path of the namespace.
+
+    Jobs and datasets are listed oldest first; --project, --status, --since and --limit
+    choose which (on /jobs/, /projects/<p>/jobs/ and /datasets/). Names are printed as
+    GNU `ls -b` prints them (control characters escaped); --json is exact.
 
     \b
     Paths:
@@ -85,6 +101,8 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
     \b
     Examples:
       c3fs ls -l /jobs/
+      c3fs ls -l /jobs/ --status failed --since 2d
+      c3fs ls /jobs/ --project vision --limit 20
       c3fs ls --json /projects/vision/jobs/
     """
     from c3fs.vfs import Vfs
@@ -94,13 +112,65 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool) -> None:
     vfs = Vfs(repo)
     node = vfs.resolve(path)
     items = vfs.children(node) if node.is_dir else [(node.name, node)]
+    chosen = RecordFilter(project, status, since, limit)
+    if chosen.active:
+        if not _lists_records(node):
+            raise UsageError("--project, --status, --since and --limit choose jobs or datasets: "
+                             "list /jobs/, /projects/<p>/jobs/ or /datasets/")
+        items = chosen.apply(vfs, items)
     if as_json:
         output.print_json([_json_item(vfs, name, n) for name, n in items])
     elif long:
         _print_long(vfs, items)
     else:
-        for name, child in items:
-            output.out.print(output.escape(name) + ("/" if child.is_dir else ""), markup=False)
+        output.write_lines(output.escape(name) + ("/" if child.is_dir else "") for name, child in items)
+
+
+class RecordFilter:
+    """Which jobs or datasets `ls` lists: by project, status, creation time, count."""
+
+    def __init__(self, project: str | None, status: str | None, since: str | None,
+                 limit: int | None) -> None:
+        self.project, self.limit = project, limit
+        self.status = status.upper() if status else None
+        self.since = _since(since) if since else None
+        self.active = any(v is not None for v in (project, status, since, limit))
+
+    def apply(self, vfs: Vfs, items: list[tuple[bytes, Node]]) -> list[tuple[bytes, Node]]:
+        pairs = [(item, _record_of(vfs, item[1])) for item in items]
+        kept = [(item, r) for item, r in pairs if r is not None and self._keeps(r)]
+        if self.limit is not None:
+            kept = sorted(kept, key=lambda pair: pair[1].created)[-self.limit:]
+        return [item for item, _ in kept]
+
+    def _keeps(self, record: JobRecord) -> bool:
+        return ((self.project is None or record.project == self.project)
+                and (self.status is None or record.status == self.status)
+                and (self.since is None or record.created >= self.since))
+
+
+def _lists_records(node: Node) -> bool:
+    """Whether `node` is /jobs/, /datasets/ or /projects/<p>/jobs|datasets/."""
+    path = node.path
+    return path in ((b"jobs",), (b"datasets",)) or (
+        len(path) == 3 and path[0] == b"projects" and path[2] in (b"jobs", b"datasets"))
+
+
+def _since(text: str) -> float:
+    """A time: now minus an age (`30m`, `12h`, `7d`, `90s`) or a date (`2026-12-01`)."""
+    import re
+    import time
+    from datetime import datetime
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+        return time.time() - float(match.group(1)) * unit
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise UsageError(f"--since {text!r}: give an age (30m, 12h, 7d) or a date "
+                         "(2026-12-01, 2026-12-01T08:00)") from None
 
 
 def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
@@ -128,19 +198,23 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
 
     records = [_record_of(vfs, n) for _, n in items]
     if items and all(records):
-        table = output.table("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE")
-        for r in sorted(records, key=lambda r: r.created):
-            status = r.status + (f" ({r.reason})" if r.reason else "")
-            output.row(table, r.id, r.project, output.escape(status), output.human(r.logical_bytes),
-                       output.human(r.stored_delta), str(r.files), output.age(r.ended or r.created))
-        output.out.print(table)
+        rows = [(output.escape(r.id), output.escape(r.project),
+                 output.escape(r.status + (f" ({r.reason})" if r.reason else "")),
+                 output.human(r.logical_bytes), output.human(r.stored_delta), str(r.files),
+                 output.age(r.ended or r.created))
+                for r in sorted(records, key=lambda r: r.created)]
+        output.write_lines(output.columns(
+            ("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE"), rows, right=(3, 4, 5)))
         return
-    for name, node in items:
-        line = (f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} "
+
+    def line(name: bytes, node: Node) -> str:
+        text = (f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} "
                 f"{output.escape(name)}")
         if node.entry is not None and node.kind not in (FILE, DIR):
-            line += f" -> {output.escape(node.entry.target)}"
-        output.out.print(line, markup=False)
+            text += f" -> {output.escape(node.entry.target)}"
+        return text
+
+    output.write_lines(line(name, node) for name, node in items)
 
 
 # cp -----------------------------------------------------------------------------------------

@@ -127,6 +127,42 @@ def row(table, *cells: str) -> None:
     table.add_row(*(Text(cell) for cell in cells))
 
 
+def write_lines(lines: Iterator[str] | list[str], batch: int = 4096) -> None:
+    """Print lines to stdout as they come, many to a write: rich's console costs ~0.1 ms a
+    line, which made `ls` of 100,000 names take 10 s. The lines are printed as given:
+    escape untrusted text first (`escape`)."""
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= batch:
+            sys.stdout.write("\n".join(chunk) + "\n")
+            chunk = []
+    if chunk:
+        sys.stdout.write("\n".join(chunk) + "\n")
+    sys.stdout.flush()
+
+
+def columns(headers: tuple[str, ...], rows: list[tuple[str, ...]],
+            right: tuple[int, ...] = ()) -> Iterator[str]:
+    """A table as plain lines: columns as wide as their widest cell, two spaces apart, the
+    header bold on a terminal; `right`: the columns aligned right. Linear in the rows (a
+    rich table of 100,000 jobs took minutes); cells must be escaped already."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            if len(cell) > widths[i]:
+                widths[i] = len(cell)
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    head = line(headers)
+    yield f"\033[1m{head}\033[0m" if sys.stdout.isatty() else head
+    for row in rows:
+        yield line(row)
+
+
 def table(*headers: str):
     from rich.table import Table
 

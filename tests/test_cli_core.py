@@ -473,6 +473,51 @@ def test_ls_l_into_a_pipe_keeps_one_row_per_job(c3fs_bin, store_env, tmp_path: P
     assert "(SCRIPT_ERROR)" in rows[3]
 
 
+def test_ls_chooses_jobs_by_project_status_age_and_count(run_cli, store_env, tmp_path: Path) -> None:
+    import time
+
+    from c3fs.objects import job as jobfmt
+    from c3fs.objects.job import JobRecord
+    from c3fs.store.store import Store
+
+    root = push_ok(run_cli, small_src(tmp_path), "j0", project="vision")["root"]
+    now = time.time()
+    for n, (project, status, age_days) in enumerate([("vision", "FAILED", 10), ("nlp", "SUCCEEDED", 3),
+                                                     ("nlp", "FAILED", 1), ("vision", "TIMEOUT", 0)], 1):
+        Store.open(LocalBackend(store_env.store)).create_ref(JobRecord(
+            id=f"j{n}", project=project, status=status, root=root, created=now - age_days * 86400))
+
+    def names(*argv: str) -> list[str]:
+        result = run_cli(["ls", *argv])
+        assert result.code == 0, result.err
+        return [line.rstrip("/") for line in result.out.split()]
+
+    assert names("/jobs/", "--project", "nlp") == ["j2", "j3"]
+    assert names("/jobs/", "--status", "failed") == ["j1", "j3"]
+    assert names("/jobs/", "--since", "2d") == ["j0", "j3", "j4"]
+    assert names("/jobs/", "--since", time.strftime("%Y-%m-%d", time.localtime(now - 5 * 86400))) \
+        == ["j0", "j2", "j3", "j4"]
+    assert names("/jobs/", "--limit", "2") == ["j0", "j4"]  # the 2 most recent, oldest first
+    assert names("/projects/vision/jobs/", "--status", "timeout") == ["j4"]
+    long = run_cli(["ls", "-l", "/jobs/", "--project", "nlp"]).out.splitlines()
+    assert [row.split()[0] for row in long] == ["ID", "j2", "j3"]
+    assert [r["name"] for r in json.loads(run_cli(["ls", "--json", "/jobs/", "--limit", "1"]).out)] \
+        == ["j4"]
+    for argv in (["/jobs/j0", "--limit", "1"], ["/", "--project", "x"], ["/jobs/", "--since", "2x"]):
+        run_cli(["ls", *argv]).assert_one_line_error()
+    assert set(jobfmt.STATUSES) == {"SUCCEEDED", "FAILED", "TIMEOUT", "CANCELED"}  # cli's copy
+
+
+def test_ls_escapes_names_in_long_and_plain_listings(run_cli, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a\x1b[2Jb").write_bytes(b"x")
+    push_ok(run_cli, src, "j1")
+    for argv in (["ls", "/jobs/j1"], ["ls", "-l", "/jobs/j1"]):
+        out = run_cli(argv).out
+        assert "\x1b" not in out and "a\\033[2Jb" in out
+
+
 HEAVY = {"rich", "trio", "pyfuse3", "obstore", "zstandard", "lmdb", "msgspec", "yaml", "blake3"}
 PRINT_IMPORTED = """
 import sys
