@@ -1,8 +1,8 @@
 """`python -m c3fs.fuse [options] REF MOUNTPOINT`: start a mount daemon from a fresh process.
 
 Used by `c3fs.fuse.mount` when its caller has threads (forking those is unsafe). Prints the
-daemon's pid on stdout once the mount answers; on failure, one error line on stderr and the
-error's exit code.
+daemon's pid on stdout once the mount answers; on failure, one error line on stderr
+(`c3fs.fuse.error_line`) and the error's exit code.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from c3fs.errors import C3fsError
 from c3fs.fuse import DEFAULT_CACHE
 from c3fs.fuse import _fork_daemon as fork_daemon
 from c3fs.fuse import _wait_answering as wait_answering
+from c3fs.fuse import error_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = fork_daemon(args, opts.log_file, opts.timeout)
         wait_answering(opts.mountpoint, pid, opts.log_file, opts.timeout)
     except C3fsError as exc:
-        print(str(exc), file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     print(pid)
     return 0

@@ -52,7 +52,7 @@ import blake3
 import pyfuse3
 import trio
 
-from c3fs.errors import DataError, FormatError, IsADirectory, NotADirectory, NotFound
+from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
 from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.objects.job import DATASET
 from c3fs.objects.tree import FILE, LINK
@@ -405,7 +405,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(exc, LOGGED):
             node = self._node_of(op, args)
             job = node.ref[1] if node is not None and node.ref else "-"
-            chunk = getattr(exc, "blob_id", None)
+            chunk = exc.blob_id if isinstance(exc, BlobError) else None
             log.error("%s failed (EIO): job %s, path %s, chunk %s: %s", op, job,
                       self._where(op, args), chunk.hex() if chunk else "-", exc)
         return pyfuse3.FUSEError(number)

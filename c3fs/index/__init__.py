@@ -26,7 +26,7 @@ from typing import NamedTuple, NoReturn
 
 import lmdb
 
-from c3fs.errors import FormatError, StoreError
+from c3fs.errors import FormatError, NotFound, StoreError
 from c3fs.fsutil import make_private_dir
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
@@ -422,6 +422,8 @@ class Index:
             record = store.get_ref(kind, name)
         except FormatError as exc:
             log.error("skipping damaged %s ref %s: %s", kind, name, exc)
+            return None
+        except NotFound:  # removed since it was listed (`rm`, gc): nothing to learn
             return None
         except StoreError as exc:
             log.warning("cannot read %s ref %s: %s", kind, name, exc)

@@ -35,12 +35,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from c3fs.errors import C3fsError, DataError, FormatError, one_line
+from c3fs.errors import BlobUnavailable, DataError, DestinationError, FormatError, one_line
 from c3fs.fsutil import count, shortened
 from c3fs.objects.ids import blob_id, token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
-from c3fs.vfs import Node, Vfs, unreadable
+from c3fs.vfs import Node, Vfs
 
 log = logging.getLogger(__name__)
 TMP = b".c3fs-tmp."
@@ -48,10 +48,6 @@ SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
 SMALL_BATCH = 64
 PART = 16 * 1024 * 1024  # a bigger file is written in parts of about this size, in parallel
 SOURCES = 16  # big files whose chunks later files may read back (fds held until the end)
-
-
-class DestinationError(C3fsError):
-    exit_code = 4
 
 
 class CopyIncomplete(DataError):
@@ -151,7 +147,7 @@ class Copier:
         try:
             children = self.vfs.children(node)
         except (DataError, FormatError) as exc:
-            error = unreadable(node, exc)
+            error = exc.reading(node.display)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made
                 self.stats.damaged_dirs += 1
                 return None
@@ -297,7 +293,7 @@ class Copier:
         """Damaged or missing data met in a directory's copy (not a store that did not
         answer, not a destination that refused: those stop the copy)."""
         return (self._tree and isinstance(exc, (DataError, FormatError))
-                and not getattr(exc, "unavailable", False))
+                and not isinstance(exc, BlobUnavailable))
 
     def _damaged(self, exc: BaseException) -> bool:
         """If `exc` is damage, log its one line naming the file, count it, and return True:
@@ -591,7 +587,7 @@ def _named_errors(node: Node, path: bytes) -> Iterator[None]:
     except OSError as exc:
         raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
     except (DataError, FormatError) as exc:
-        raise unreadable(node, exc) from None
+        raise exc.reading(node.display) from None
 
 
 def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:

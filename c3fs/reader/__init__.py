@@ -17,7 +17,8 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, DataError, FormatError
+from c3fs.errors import (BlobCorrupt, BlobError, BlobMissing, BlobUnavailable, DataError,
+                         FormatError)
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
@@ -150,7 +151,7 @@ class BlobSource:
         try:
             return self._fetch_once(blob_id, cached)
         except BlobError as exc:
-            if exc.unavailable or not self._repair(blob_id):
+            if isinstance(exc, BlobUnavailable) or not self._repair(blob_id):
                 raise
         return self._fetch_once(blob_id, cached)
 
@@ -197,19 +198,14 @@ class BlobSource:
             return backend.get(Store.pack_key(loc.pack_id), loc.offset, loc.length)
         except KeyMissing:
             raise BlobMissing(blob_id, loc.pack_id, "pack not in the store") from None
-        except BackendError as exc:
-            error = BlobMissing(blob_id, loc.pack_id, str(exc))
-            error.unavailable = True  # the store did not answer: nothing to repair
-            raise error from None
+        except BackendError as exc:  # the store did not answer: nothing to repair
+            raise BlobUnavailable(blob_id, loc.pack_id, str(exc)) from None
 
     @staticmethod
     def _decode(blob_id: bytes, loc: Location, stored: bytes) -> bytes:
         if len(stored) != loc.length:
             raise BlobCorrupt(blob_id, loc.pack_id, "pack is truncated")
-        try:
-            return codec.decode(blob_id, loc.codec, stored, loc.plain_len)
-        except BlobCorrupt as exc:
-            raise BlobCorrupt(blob_id, loc.pack_id, str(exc).split(": ", 1)[-1]) from None
+        return codec.decode(blob_id, loc.codec, stored, loc.plain_len, loc.pack_id)
 
 
 class FileReader:

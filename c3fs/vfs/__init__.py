@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import blake3
 
-from c3fs.errors import C3fsError, DataError, FormatError, NotADirectory, NotFound
+from c3fs.errors import DataError, FormatError, NotADirectory, NotFound
 from c3fs.objects.ids import check_name
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import DIR, FILE, LINK, Entry, st_mode
@@ -66,17 +66,6 @@ def ino_of(path: tuple[bytes, ...]) -> int:
     return (int.from_bytes(digest, "little") >> 1) | 2  # never 0 or 1, fits in 63 bits
 
 
-def unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
-    """`exc` saying which job and path it breaks (`/jobs/<id>/<path>: blob ... is corrupt`),
-    of the same kind (DataError or FormatError), keeping the damaged blob's id and whether
-    the store did not answer (`BlobError.unavailable`)."""
-    error = (FormatError if isinstance(exc, FormatError) else DataError)(
-        f"cannot read {node.display}: {exc}")
-    error.blob_id = getattr(exc, "blob_id", None)
-    error.unavailable = getattr(exc, "unavailable", False)
-    return error
-
-
 def split_path(path: str | bytes) -> tuple[bytes, ...]:
     raw = path.encode(errors="surrogateescape") if isinstance(path, str) else path
     parts = tuple(p for p in raw.split(b"/") if p and p != b".")
@@ -105,7 +94,7 @@ class Vfs:
             try:
                 node = self.lookup(node, name)
             except (DataError, FormatError) as exc:
-                raise unreadable(node, exc) from None
+                raise exc.reading(node.display) from None
         return node
 
     def lookup(self, parent: Node, name: bytes) -> Node:
