@@ -11,10 +11,9 @@ import argparse
 import sys
 
 from c3fs.errors import C3fsError
-from c3fs.fuse import DEFAULT_CACHE
+from c3fs.fuse import DEFAULT_CACHE, error_line
 from c3fs.fuse import _fork_daemon as fork_daemon
 from c3fs.fuse import _wait_answering as wait_answering
-from c3fs.fuse import error_line
 
 
 def main(argv: list[str] | None = None) -> int:

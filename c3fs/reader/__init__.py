@@ -17,8 +17,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from c3fs.errors import (BlobCorrupt, BlobError, BlobMissing, BlobUnavailable, DataError,
-                         FormatError)
+from c3fs.errors import BlobCorrupt, BlobError, BlobMissing, BlobUnavailable, DataError, FormatError
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
