@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from c3fs.errors import NotFound
-from c3fs.index import Index, IndexDamaged, cache_root, open_index
+from c3fs.index import Index, IndexDamaged, open_index
+from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import Tree, decode_tree
-from c3fs.reader import LRU, BlobSource
-from c3fs.store.cache import BlockCache
+from c3fs.reader import BlobSource
+from c3fs.store.backend import LOCAL
 from c3fs.store.store import Store, open_backend
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,10 @@ class Repo:
              disk_cache_bytes: int | None = None) -> Repo:
         """`cache_bytes`: decoded blobs in memory. `disk_cache_bytes`: for a remote store,
         the local disk cache of fetched pack blocks (default $C3FS_DISK_CACHE or 1 GiB)."""
-        store = Store.open(open_backend(url, create=create), create=create)
-        if not store.is_local:
-            cache_dir = cache_root() / store.config.store_id
-            store = Store(BlockCache(store.backend, cache_dir, disk_cache_bytes), store.config)
+        backend = open_backend(url, create=create, disk_cache_bytes=disk_cache_bytes)
+        store = Store.open(backend, create=create)
         index = open_index(store)
-        interval = 2.0 if store.is_local else 10.0
+        interval = 2.0 if LOCAL in backend.capabilities else 10.0
         return cls(store, index, BlobSource(store, index, cache_bytes), interval)
 
     def close(self) -> None:
@@ -55,7 +54,7 @@ class Repo:
             self.index.sync(self.store)
 
     def __post_init__(self) -> None:
-        self._trees = LRU(TREES)
+        self._trees: LRU[bytes, Tree] = LRU(TREES)
 
     def tree(self, tree_id: bytes) -> Tree:
         """A decoded tree (the last TREES are kept: trees are immutable)."""

@@ -191,7 +191,7 @@ class Copier:
 
     def _submit_big(self, node: Node, path: bytes, futures) -> None:
         """A big file is cut into parts that several workers write at once (pwrite)."""
-        reader = self.vfs.open(node, readahead=0)
+        reader = self._open(node)
         parts = _parts(reader.starts, PART)
         if len(parts) == 1:
             futures.append(self._bigs.submit(self._write_file, node, path))
@@ -210,7 +210,7 @@ class Copier:
         try:
             with _named_errors(node, path):
                 staged = _Staged(path, self._proc_fds)
-                reader = self.vfs.open(node, readahead=0)
+                reader = self._open(node)
                 for i in range(len(reader.ids)):
                     data = self._chunk(reader, i)
                     _write_all(staged.fd, data)
@@ -230,7 +230,7 @@ class Copier:
             with _named_errors(node, path):
                 fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    reader = self.vfs.open(node, readahead=0)
+                    reader = self._open(node)
                     for i in range(len(reader.ids)):
                         data = self._chunk(reader, i)
                         _write_all(fd, data)
@@ -261,12 +261,13 @@ class Copier:
             raise
         self._end_part(big)
 
+    def _open(self, node: Node) -> FileReader:
+        """A reader whose chunks are read back from this copy's output where it wrote them
+        already, else fetched and not kept in the LRU (a copy reads each chunk once)."""
+        return self.vfs.open(node, readahead=0, remember=False, reuse=self._reuse.get)
+
     def _chunk(self, reader: FileReader, i: int) -> bytes:
-        """Verified bytes of chunk `i`: read back from this copy's output if it wrote that
-        chunk already, else fetched (not kept in the LRU: a copy reads each chunk once)."""
-        chunk_id = reader.ids[i]
-        data = self._reuse.get(chunk_id)
-        return data if data is not None else reader.blobs.get(chunk_id, remember=False)
+        return reader.chunk(i)
 
     def _end_part(self, big: _BigFile) -> None:
         """The last part to end names the file, or drops it if any part failed."""

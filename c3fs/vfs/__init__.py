@@ -13,7 +13,7 @@ lookups and across remounts. Names are bytes throughout.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import blake3
@@ -117,13 +117,15 @@ class Vfs:
             raise NotADirectory(f"{node.display} is not a directory")
         if node.tree_id is not None:
             tree = self.repo.tree(node.tree_id)
-            return [(e.name, self._entry_node(node, e)) for e in tree.entries]
+            return [(e.name, self.entry_node(node, e)) for e in tree.entries]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
 
-    def open(self, node: Node, readahead: int = 8) -> FileReader:
+    def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
+             reuse: Callable[[bytes], bytes | None] | None = None) -> FileReader:
+        """A reader of a file's bytes (see `FileReader` for `remember` and `reuse`)."""
         if node.entry is None or node.kind != FILE:
             raise NotFound(f"{node.display} is not a regular file")
-        return FileReader(self.repo.blobs, node.entry, readahead)
+        return FileReader(self.repo.blobs, node.entry, readahead, remember=remember, reuse=reuse)
 
     def readlink(self, node: Node) -> bytes:
         if node.kind != LINK or node.entry is None:
@@ -148,10 +150,11 @@ class Vfs:
         i = bisect.bisect_left(entries, name, key=lambda e: e.name)
         if i == len(entries) or entries[i].name != name:
             raise NotFound(f"{parent.child_display(name)}: no such file or directory")
-        return self._entry_node(parent, entries[i])
+        return self.entry_node(parent, entries[i])
 
     @staticmethod
-    def _entry_node(parent: Node, entry: Entry) -> Node:
+    def entry_node(parent: Node, entry: Entry) -> Node:
+        """The node of `entry`, an entry of the tree of directory `parent`."""
         path = (*parent.path, entry.name)
         tree_id = entry.target if entry.kind == DIR else None
         return Node(ino_of(path), entry.kind, entry.mode, entry.size, entry.mtime_ns, path,
