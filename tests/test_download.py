@@ -73,6 +73,7 @@ def test_copy_restores_bytes_modes_and_mtimes(repo, tmp_path: Path, staging: str
     assert not leftovers(tmp_path / "dst")
 
 
+@pytest.mark.logs("injected")
 def test_a_failed_copy_leaves_no_partial_and_no_temp_file(repo, tmp_path: Path, staging: str,
                                                           parts: int, monkeypatch) -> None:
     vfs = pushed(repo, tmp_path)

@@ -125,6 +125,7 @@ def test_copy_again_skips_unchanged_files(run_cli, tmp_path: Path) -> None:
     assert_same_tree(src, tmp_path / "dst")
 
 
+@pytest.mark.logs("not a regular file")
 def test_special_files_are_skipped_with_a_warning(run_cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -223,6 +223,7 @@ def test_cache_files_are_private(s3_url: str, tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == want, path
 
 
+@pytest.mark.logs("is damaged; fetching it again")
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
 def test_a_damaged_cache_file_is_refetched_not_served(s3_url, tmp_path, damage) -> None:
     data = os.urandom(100 * KiB)
@@ -275,6 +276,7 @@ class CorruptOnce:
         return getattr(self.inner, verb)
 
 
+@pytest.mark.logs("cached copy was damaged")
 def test_reader_drops_a_bad_cached_copy_and_reads_again(s3_url, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("C3FS_CACHE_DIR", str(tmp_path / "home"))
     source = tmp_path / "src"

@@ -427,6 +427,7 @@ def test_deleted_index_is_rebuilt_on_open(run_cli, store_env, tmp_path: Path) ->
     assert (tmp_path / "out" / "weights.bin").read_bytes() == (tmp_path / "c" / "weights.bin").read_bytes()
 
 
+@pytest.mark.logs("is damaged .*rebuilding it")
 @pytest.mark.parametrize("damage", ["garbage", "zeros", "empty", "lock-garbage"])
 def test_damaged_lmdb_file_is_replaced_and_rebuilt(run_cli, store_env, tmp_path: Path,
                                                    damage: str) -> None:
@@ -501,6 +502,7 @@ def test_open_index_syncs_a_fresh_index(repo: Repo, tmp_path: Path) -> None:
     assert os.path.isdir(path)
 
 
+@pytest.mark.logs("is damaged .*rebuilding it")
 def test_threads_reading_while_a_damaged_index_is_replaced_see_only_retries(tmp_path) -> None:
     """The first thread to meet damage swaps in a new environment while others may be inside
     the old one, or between reading the environment and its table handles: they get
