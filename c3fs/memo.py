@@ -48,6 +48,8 @@ class LRU(Generic[K, V]):
 
     def get(self, key: K) -> V | None:
         """The value, now the most recent, or None (never blocks for long)."""
+        if key not in self._items:  # a miss takes no lock (a dict lookup is atomic): copies
+            return None             # miss on every chunk, from several threads at once
         with self._lock:
             value = self._items.get(key)
             if value is not None:
