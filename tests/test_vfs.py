@@ -62,9 +62,9 @@ def test_listings(vfs: Vfs) -> None:
     assert sorted(names("/projects")) == [b"nlp", b"vision"]
     assert names("/projects/nlp/jobs") == [b"job_b"]
     assert names("/jobs/job_a") == [b"other", b"sub", b"weights.bin"]
-    walked = [b"/".join(rel) for rel, _ in vfs.walk(vfs.resolve("/jobs/job_a"))]
-    assert walked == [b"", b"other", b"other/metrics.json", b"sub", b"sub/metrics.json",
-                      b"weights.bin"]
+    walked = [node.display for node in vfs.walk(vfs.resolve("/jobs/job_a"))]
+    assert walked == ["/jobs/job_a", "/jobs/job_a/other", "/jobs/job_a/other/metrics.json",
+                      "/jobs/job_a/sub", "/jobs/job_a/sub/metrics.json", "/jobs/job_a/weights.bin"]
 
 
 def test_lookup_errors(vfs: Vfs) -> None:
