@@ -255,6 +255,7 @@ def test_balance_page_charts_usage_per_project(client: TestClient) -> None:
     assert client.get("/balance?measure=logical").text.count('class="series"') == 2
 
 
+@pytest.mark.logs("is corrupt")
 def test_damaged_data_is_an_error_page_never_wrong_bytes(repo, client: TestClient,
                                                           store_env) -> None:
     for pack in (store_env.store / "packs").rglob("*"):
