@@ -1,0 +1,474 @@
+"""`python -m bench remote`: c3fs on shared object storage at network speed, beside its peers.
+
+The rig: an S3 server process on loopback (`s3rver` 3.7.1 from bench/s3rver/, `make
+bench-peers`; moto's server is only measured for its ranged GET cost) behind our
+latency-injecting proxy (bench/proxy.py: `--delay-ms` added to every request, 20 by default,
+optional `--mbps` cap). Every tool reads through the proxy, which counts the requests; data is
+put in place directly (not timed). Each tool stores the bench job the way its users would:
+c3fs pushes it into bucket `c3fs`; rclone, s3fs and boto3 get one object per file in buckets
+of their own. Every repeat is a fresh machine: empty c3fs cache directory (index and block
+cache, C3FS_CACHE_DIR), empty rclone cache, new mounts, page cache dropped.
+
+Per tool and repeat: mount to first byte, `ls -lR`, the checkpoints cold then again (page
+cache), the small files cold, requests per GiB read (at the proxy) and daemon peak RSS; then a
+pull of the whole job (c3fs pull; boto3 download-first). The rig's limit is the checkpoints
+fetched by obstore with parallel 8 MiB ranged GETs (8, 16 and 32 in flight; the best).
+Results: bench/results/remote-<timestamp>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench import dataset, measure
+from bench.c3fs_tool import C3fs
+from bench.measure import Command, StepFailed, drop_caches, fresh_dir, run, run_timed, summarize
+from bench.proxy import HOST, Proxy
+
+BENCH = Path(__file__).resolve().parent
+S3RVER = BENCH / "s3rver" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
+KEY = "S3RVER"
+MB, GiB = 1e6, float(1 << 30)
+PART = 8 << 20
+TOOLS = ("c3fs", "rclone-off", "rclone-full", "s3fs", "boto3")
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": KEY, "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ALLOW_HTTP": "true", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def client(endpoint: str, pool: int = 32):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY,
+                        aws_secret_access_key=KEY, region_name="us-east-1",
+                        config=Config(max_pool_connections=pool))
+
+
+# the servers --------------------------------------------------------------------------------------
+class S3rver:
+    """`s3rver` (node) on a free loopback port, data under `work`; stopped by its PID."""
+
+    def __init__(self, work: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            self.port = sock.getsockname()[1]
+        self.endpoint = f"http://{HOST}:{self.port}"
+        self.work = work
+        self.proc: subprocess.Popen | None = None
+
+    @staticmethod
+    def missing() -> str | None:
+        return None if S3RVER.exists() else f"{S3RVER} missing (make bench-peers)"
+
+    def start(self, timeout: float = 30.0) -> S3rver:
+        data = fresh_dir(self.work / "data")
+        with open(self.work / "s3rver.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                ["node", str(S3RVER), "-d", str(data), "-a", HOST, "-p", str(self.port),
+                 "--silent", "--allow-mismatched-signatures", "--no-vhost-buckets"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not _answers(self.endpoint):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise StepFailed(f"s3rver did not start; see {self.work / 's3rver.log'}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(endpoint, timeout=1).close()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def ranged_get_ms(endpoint: str, size: int = 64 << 20, tries: int = 7) -> dict:
+    """Median [min-max] ms of a 1 MiB ranged GET from the middle of a `size` object (no proxy)."""
+    s3 = client(endpoint)
+    with contextlib.suppress(Exception):
+        s3.create_bucket(Bucket="rangecost")
+    s3.put_object(Bucket="rangecost", Key="big", Body=os.urandom(size))
+    times = []
+    for _ in range(tries):
+        start = time.perf_counter()
+        s3.get_object(Bucket="rangecost", Key="big",
+                      Range=f"bytes={size // 2}-{size // 2 + (1 << 20) - 1}")["Body"].read()
+        times.append((time.perf_counter() - start) * 1000)
+    return summarize(times)
+
+
+def moto_ranged_get_ms(work: Path) -> dict:
+    from bench.s3 import MotoServer
+
+    server = MotoServer(work / "moto.log")
+    server.start()
+    try:
+        return ranged_get_ms(server.endpoint)
+    finally:
+        server.stop()
+
+
+# putting the data in place ------------------------------------------------------------------------
+def upload_files(endpoint: str, bucket: str, root: Path, names: list[str]) -> None:
+    s3 = client(endpoint)
+    s3.create_bucket(Bucket=bucket)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: s3.upload_file(str(root / n), bucket, n), names))
+
+
+# the rig's limit ----------------------------------------------------------------------------------
+def rig_limit(endpoint: str, bucket: str, names: list[str], sizes: dict[str, int],
+              in_flight: int) -> float:
+    """Seconds for obstore to fetch `names` in PART-sized ranged GETs, `in_flight` at a time."""
+    import obstore
+    from obstore.store import S3Store
+
+    store = S3Store(bucket, endpoint=endpoint, access_key_id=KEY, secret_access_key=KEY,
+                    region="us-east-1", client_options={"allow_http": True,
+                                                        "pool_max_idle_per_host": "64"})
+    ranges = [(n, start, min(start + PART, sizes[n])) for n in names
+              for start in range(0, sizes[n], PART)]
+
+    async def fetch() -> None:
+        gate = asyncio.Semaphore(in_flight)
+
+        async def one(name: str, start: int, end: int) -> None:
+            async with gate:
+                data = await obstore.get_range_async(store, name, start=start, end=end)
+                assert len(data) == end - start
+
+        await asyncio.gather(*(one(*r) for r in ranges))
+
+    started = time.perf_counter()
+    asyncio.run(fetch())
+    return time.perf_counter() - started
+
+
+# the mounts ---------------------------------------------------------------------------------------
+class Rig:
+    def __init__(self, work: Path, manifest: dataset.Manifest, server: S3rver, proxy: Proxy) -> None:
+        self.work, self.manifest, self.server, self.proxy = work, manifest, server, proxy
+        self.src = manifest.path("v1")
+        self.files = manifest.files()
+        self.checkpoints = list(manifest.checkpoints)
+        self.small = [f for f in self.files if f.startswith(("metrics/", "logs/"))]
+        self.ckpt_bytes = sum((self.src / c).stat().st_size for c in self.checkpoints)
+        self.small_bytes = sum((self.src / f).stat().st_size for f in self.small)
+        self.c3fs_job = ""
+
+    def prepare(self, log: Callable[[str], None]) -> None:
+        for bucket in ("rclone", "s3fs", "boto3"):
+            log(f"uploading {len(self.files)} files to bucket {bucket}")
+            upload_files(self.server.endpoint, bucket, self.src, self.files)
+        client(self.server.endpoint).create_bucket(Bucket="c3fs")
+        tool = self.c3fs_tool(self.work / "c3fs-push", direct=True)
+        log("c3fs push into bucket c3fs")
+        run(tool.ingest(self.src, "v1"))
+        self.c3fs_job = tool.job_id("v1")
+
+    def c3fs_tool(self, work: Path, direct: bool = False) -> C3fs:
+        endpoint = self.server.endpoint if direct else self.proxy.endpoint
+        env = {**s3_env(endpoint), "C3FS_CACHE_DIR": str(fresh_dir(work / "cache"))}
+        tool = C3fs(work / "tool", store="s3://c3fs/bench", extra_env=env)
+        tool.setup()
+        if self.c3fs_job:
+            tool.jobs["v1"] = self.c3fs_job
+        return tool
+
+    @contextlib.contextmanager
+    def mount(self, name: str, work: Path) -> Iterator[measure.Mount]:
+        mnt = work / "mnt"
+        mnt.mkdir(parents=True, exist_ok=True)
+        if name == "c3fs":
+            with self.c3fs_tool(work).mount("v1", mnt) as mounted:
+                yield mounted
+            return
+        if name.startswith("rclone"):
+            mode = name.split("-")[1]
+            env = {"RCLONE_CONFIG_RIG_TYPE": "s3", "RCLONE_CONFIG_RIG_PROVIDER": "Other",
+                   "RCLONE_CONFIG_RIG_ENDPOINT": self.proxy.endpoint,
+                   "RCLONE_CONFIG_RIG_ACCESS_KEY_ID": KEY,
+                   "RCLONE_CONFIG_RIG_SECRET_ACCESS_KEY": KEY,
+                   "RCLONE_CONFIG_RIG_FORCE_PATH_STYLE": "true"}
+            cmd = Command(["rclone", "mount", "rig:rclone", str(mnt), "--vfs-cache-mode", mode,
+                           "--cache-dir", str(fresh_dir(work / "rclone-cache")),
+                           "--config", "/dev/null", "--read-only"], env=env)
+        else:
+            passwd = work / "passwd-s3fs"
+            passwd.write_text(f"{KEY}:{KEY}\n")
+            passwd.chmod(0o600)
+            cmd = Command(["s3fs", "s3fs", str(mnt), "-f", "-o", f"url={self.proxy.endpoint}",
+                           "-o", "use_path_request_style", "-o", f"passwd_file={passwd}",
+                           "-o", "ro"])
+        with measure.foreground_mount(cmd, mnt) as mounted:
+            yield mounted
+
+    def one_repeat(self, name: str, rep: int, log: Callable[[str], None]) -> dict[str, float]:
+        work = fresh_dir(self.work / f"{name}-{rep}")
+        drop_caches()
+        out: dict[str, float] = {}
+        with self.mount(name, work) as mounted:
+            mnt = mounted.mountpoint
+            out["first_byte_s"] = measure.wait_first_byte(mnt / self.small[0], mounted.started)
+            with mounted.poller() as rss:
+                before = self.proxy.requests()
+                out["ls_lr_s"] = measure.ls_lr(mnt)
+                drop_caches()
+                read_from = self.proxy.requests()
+                out["ckpt_cold_mb_s"] = self.ckpt_bytes / measure.cat_files(mnt, self.checkpoints) / MB
+                out["ckpt_second_mb_s"] = (self.ckpt_bytes / measure.cat_files(mnt, self.checkpoints)
+                                           / MB)
+                small_from = self.proxy.requests()
+                out["small_cold_s"] = measure.cat_files(mnt, self.small)
+                after = self.proxy.requests()
+            out["ls_requests"] = read_from - before
+            out["ckpt_requests_per_gib"] = (small_from - read_from) / (self.ckpt_bytes / GiB)
+            out["small_requests_per_file"] = (after - small_from) / len(self.small)
+            out["requests_per_gib"] = (after - read_from) / ((self.ckpt_bytes + self.small_bytes)
+                                                              / GiB)
+            out["daemon_rss_mib"] = rss.peak / (1 << 20) if hasattr(rss, "peak") else float("nan")
+        if name == "c3fs":
+            out.update(self.c3fs_pull(work))
+        return out
+
+    def c3fs_pull(self, work: Path) -> dict[str, float]:
+        tool = self.c3fs_tool(work / "pull")
+        dest = fresh_dir(work / "pull-dest")
+        before = self.proxy.requests()
+        drop_caches()
+        timed = run_timed(tool.restore("v1", dest))
+        return {"pull_mb_s": self.manifest.bytes_v1 / timed.seconds / MB,
+                "pull_requests_per_gib": (self.proxy.requests() - before)
+                / (self.manifest.bytes_v1 / GiB),
+                "pull_rss_mib": timed.peak_rss / (1 << 20)}
+
+    def boto3_pull(self, rep: int) -> dict[str, float]:
+        work = fresh_dir(self.work / f"boto3-{rep}")
+        listing = work / "files.txt"
+        listing.write_text("\n".join(self.files) + "\n")
+        before = self.proxy.requests()
+        drop_caches()
+        timed = run_timed(Command(
+            [sys.executable, "-m", "bench.remote", "download", "--endpoint", self.proxy.endpoint,
+             "--list", str(listing), "--dir", str(work / "dest")], cwd=BENCH.parent))
+        return {"pull_mb_s": self.manifest.bytes_v1 / timed.seconds / MB,
+                "pull_requests_per_gib": (self.proxy.requests() - before)
+                / (self.manifest.bytes_v1 / GiB),
+                "pull_rss_mib": timed.peak_rss / (1 << 20)}
+
+    def limit(self) -> dict[str, float]:
+        sizes = {c: (self.src / c).stat().st_size for c in self.checkpoints}
+        out = {}
+        for in_flight in (8, 16, 32):
+            seconds = rig_limit(self.proxy.endpoint, "boto3", self.checkpoints, sizes, in_flight)
+            out[f"limit_{in_flight}_mb_s"] = self.ckpt_bytes / seconds / MB
+        out["limit_mb_s"] = max(out.values())
+        return out
+
+
+# running it ---------------------------------------------------------------------------------------
+def _available(name: str) -> str | None:
+    binary = {"rclone-off": "rclone", "rclone-full": "rclone", "s3fs": "s3fs"}.get(name)
+    if binary and not any((Path(p) / binary).exists() for p in os.environ["PATH"].split(":")):
+        return f"{binary} not installed (make bench-peers)"
+    return None
+
+
+def measure_all(rig: Rig, tools: list[str], repeats: int, log) -> dict:
+    raw: dict = {t: {"values": {}, "notes": []} for t in [*tools, "rig"]}
+
+    def add(tool: str, values: dict[str, float]) -> None:
+        log(f"    {tool}: " + ", ".join(f"{k}={v:.3g}" for k, v in values.items()))
+        for key, value in values.items():
+            raw[tool]["values"].setdefault(key, []).append(value)
+
+    for rep in range(1, repeats + 1):
+        log(f"[repeat {rep}] rig limit")
+        drop_caches()
+        add("rig", rig.limit())
+        for tool in tools:
+            log(f"[repeat {rep}] {tool}")
+            try:
+                add(tool, rig.boto3_pull(rep) if tool == "boto3" else rig.one_repeat(tool, rep, log))
+            except (StepFailed, OSError) as exc:
+                raw[tool]["notes"].append(f"repeat {rep}: {exc}")
+                log(f"    {tool} FAILED: {exc}")
+    return raw
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench remote", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=float, default=0.25, help="dataset scale (default 0.25)")
+    parser.add_argument("--small-files", type=int, default=None,
+                        help="number of small files (default 10,000 × scale)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--delay-ms", type=float, default=20.0, help="added per request")
+    parser.add_argument("--mbps", type=float, default=None, help="bandwidth cap, MB/s")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {TOOLS}")
+    parser.add_argument("--no-moto", action="store_true", help="skip moto's ranged GET cost")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if problem := S3rver.missing():
+        print(problem, file=sys.stderr)
+        return 2
+    small = args.small_files if args.small_files is not None else max(10, round(10_000 * args.scale))
+    manifest = dataset.generate(dataset.Params(scale=args.scale, small_files=small))
+    work = BENCH / "work" / "remote"
+    measure.set_trash(None)
+    fresh_dir(work)
+    started = time.strftime("%Y%m%d-%H%M%S")
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    from bench.proxy import ceiling
+
+    result: dict = {"params": vars(args), "files": len(manifest.files()),
+                    "bytes": manifest.bytes_v1, "small_files": small}
+    result["proxy_ceiling"] = ceiling(work=work)
+    log(f"proxy ceiling at 0 ms: {result['proxy_ceiling']}")
+    server = S3rver(fresh_dir(work / "s3rver")).start()
+    proxy = Proxy(server.port, work, delay_ms=args.delay_ms, mbps=args.mbps).start()
+    try:
+        result["ranged_get_ms"] = {"s3rver": ranged_get_ms(server.endpoint)}
+        if not args.no_moto:
+            result["ranged_get_ms"]["moto"] = moto_ranged_get_ms(work)
+        log(f"1 MiB ranged GET of a 64 MiB object: {json.dumps(result['ranged_get_ms'])[:300]}")
+        rig = Rig(work, manifest, server, proxy)
+        rig.prepare(log)
+        tools = [t for t in args.tools.split(",") if t]
+        for tool in list(tools):
+            if reason := _available(tool):
+                log(f"skipping {tool}: {reason}")
+                tools.remove(tool)
+        raw = measure_all(rig, tools, args.repeat, log)
+    finally:
+        proxy.stop()
+        server.stop()
+    result["raw"] = raw
+    result["summary"] = {t: {k: summarize(v) for k, v in e["values"].items()} for t, e in raw.items()}
+    out = BENCH / "results" / f"remote-{started}"
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    table = report(result)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+# the table ----------------------------------------------------------------------------------------
+ROWS = (("first_byte_s", "mount to first byte (s)", False),
+        ("ls_lr_s", "ls -lR of the job (s)", False),
+        ("ckpt_cold_mb_s", "checkpoints cold (MB/s)", True),
+        ("ckpt_second_mb_s", "checkpoints second read (MB/s)", True),
+        ("small_cold_s", "small files cold (s)", False),
+        ("pull_mb_s", "pull / download-first (MB/s)", True),
+        ("small_requests_per_file", "requests per small file", False),
+        ("ckpt_requests_per_gib", "requests per GiB, checkpoints", False),
+        ("requests_per_gib", "requests per GiB read (mount)", False),
+        ("ls_requests", "requests for ls -lR", False),
+        ("daemon_rss_mib", "daemon peak RSS (MiB)", False),
+        ("pull_rss_mib", "pull peak RSS (MiB)", False))
+
+
+def _cell(summary: dict | None) -> str:
+    if not summary:
+        return "–"
+    return f"{summary['median']:.3g} [{summary['min']:.3g}–{summary['max']:.3g}]"
+
+
+def report(result: dict) -> str:
+    summary = result["summary"]
+    tools = [t for t in summary if t != "rig"]
+    lines = ["| figure | " + " | ".join(tools) + " |", "|---" * (len(tools) + 1) + "|"]
+    for key, label, _higher in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(summary[t].get(key)) for t in tools) + " |")
+    limit = summary.get("rig", {}).get("limit_mb_s")
+    lines += ["", f"Rig limit (obstore, {PART >> 20} MiB ranged GETs; best of 8/16/32 in flight): "
+              f"{_cell(limit)} MB/s; " + ", ".join(
+                  f"{n} in flight {_cell(summary['rig'].get(f'limit_{n}_mb_s'))}"
+                  for n in (8, 16, 32))]
+    lines += _ratios(summary, tools, limit)
+    return "\n".join(lines) + "\n"
+
+
+def _ratios(summary: dict, tools: list[str], limit: dict | None) -> list[str]:
+    out = [""]
+    c3fs = summary.get("c3fs", {})
+    for key, label, higher in ROWS[:6]:
+        mine = c3fs.get(key)
+        if not mine:
+            continue
+        peers = [summary[t][key]["median"] for t in tools if t != "c3fs" and key in summary[t]]
+        parts = []
+        if limit and key in ("ckpt_cold_mb_s", "pull_mb_s"):
+            parts.append(f"{mine['median'] / limit['median']:.2f}× the rig's limit")
+        if peers:
+            best = max(peers) if higher else min(peers)
+            ratio = mine["median"] / best if higher else best / mine["median"]
+            parts.append(f"{ratio:.2f}× the best peer (>1: c3fs faster)")
+        if parts:
+            out.append(f"- c3fs {label}: " + "; ".join(parts))
+    return out
+
+
+# boto3 download-first, as a subprocess ----------------------------------------------------------
+def _download(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.remote download")
+    for flag in ("--endpoint", "--list", "--dir"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args(argv)
+    s3, root = client(args.endpoint), Path(args.dir)
+    names = [n for n in Path(args.list).read_text().splitlines() if n]
+
+    def one(name: str) -> None:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file("boto3", name, str(root / name))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, names))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["download"]:
+        sys.exit(_download(sys.argv[2:]))
+    sys.exit(main())
