@@ -177,14 +177,19 @@ class Proxy:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout)
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """Terminate a child by its PID, kill it if it has not exited after `timeout`; reap it."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 # the proxy's own ceiling --------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,8 +34,8 @@ from pathlib import Path
 
 from bench import dataset, measure
 from bench.c3fs_tool import C3fs
-from bench.measure import Command, StepFailed, drop_caches, fresh_dir, run, run_timed, summarize
-from bench.proxy import HOST, Proxy
+from bench.measure import Command, StepFailed, drop_caches, fresh_dir, run, summarize
+from bench.proxy import HOST, Proxy, free_port, stop_process
 
 BENCH = Path(__file__).resolve().parent
 S3RVER = BENCH / "s3rver" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
@@ -66,9 +65,7 @@ class S3rver:
     """`s3rver` (node) on a free loopback port, data under `work`; stopped by its PID."""
 
     def __init__(self, work: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.endpoint = f"http://{HOST}:{self.port}"
         self.work = work
         self.proc: subprocess.Popen | None = None
@@ -98,14 +95,7 @@ class S3rver:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 10)
 
 
 def _answers(endpoint: str) -> bool:
@@ -293,30 +283,36 @@ class Rig:
             out.update(self.c3fs_pull(work, local=name == "c3fs-local"))
         return out
 
+    def timed_pull(self, cmd: Command) -> dict[str, float]:
+        """Seconds and peak RSS of a pull, the RSS polled: measure.run_timed's also takes the
+        child's ru_maxrss, which on Linux includes the harness's own RSS, copied at fork."""
+        before = self.proxy.requests()
+        drop_caches()
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env={**os.environ, **(cmd.env or {})},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with measure.RssPoller(proc.pid) as rss:
+            _, err = proc.communicate()
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {err.decode()[-300:]}")
+        gib = self.manifest.bytes_v1 / GiB
+        return {"pull_mb_s": self.manifest.bytes_v1 / seconds / MB,
+                "pull_requests_per_gib": (self.proxy.requests() - before) / gib,
+                "pull_rss_mib": rss.peak / (1 << 20)}
+
     def c3fs_pull(self, work: Path, local: bool) -> dict[str, float]:
         tool = self.c3fs_tool(work / "pull", local=local)
         dest = fresh_dir(work / "pull-dest")
-        before = self.proxy.requests()
-        drop_caches()
-        timed = run_timed(tool.restore("v1", dest))
-        return {"pull_mb_s": self.manifest.bytes_v1 / timed.seconds / MB,
-                "pull_requests_per_gib": (self.proxy.requests() - before)
-                / (self.manifest.bytes_v1 / GiB),
-                "pull_rss_mib": timed.peak_rss / (1 << 20)}
+        return self.timed_pull(tool.restore("v1", dest))
 
     def boto3_pull(self, rep: int) -> dict[str, float]:
         work = fresh_dir(self.work / f"boto3-{rep}")
         listing = work / "files.txt"
         listing.write_text("\n".join(self.files) + "\n")
-        before = self.proxy.requests()
-        drop_caches()
-        timed = run_timed(Command(
+        return self.timed_pull(Command(
             [sys.executable, "-m", "bench.remote", "download", "--endpoint", self.proxy.endpoint,
              "--list", str(listing), "--dir", str(work / "dest")], cwd=BENCH.parent))
-        return {"pull_mb_s": self.manifest.bytes_v1 / timed.seconds / MB,
-                "pull_requests_per_gib": (self.proxy.requests() - before)
-                / (self.manifest.bytes_v1 / GiB),
-                "pull_rss_mib": timed.peak_rss / (1 << 20)}
 
     def limit(self) -> dict[str, float]:
         sizes = {c: (self.src / c).stat().st_size for c in self.checkpoints}
