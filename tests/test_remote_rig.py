@@ -95,3 +95,18 @@ def test_c3fs_push_ls_cp_through_the_proxy(rig, tmp_path: Path) -> None:
     assert proxy.requests() > before
     assert (tmp_path / "out" / "a.txt").read_text() == "alpha\n"
     assert (tmp_path / "out" / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+
+
+def test_proxy_caps_bandwidth(rig, tmp_path: Path) -> None:
+    server, _ = rig
+    server.create_bucket("capped")
+    _client(server.endpoint).put_object(Bucket="capped", Key="k", Body=os.urandom(2_000_000))
+    proxy = Proxy(server.port, tmp_path, delay_ms=0, mbps=4).start()
+    try:
+        start = time.perf_counter()
+        body = _client(proxy.endpoint).get_object(Bucket="capped", Key="k")["Body"].read()
+        elapsed = time.perf_counter() - start
+    finally:
+        proxy.stop()
+    assert len(body) == 2_000_000
+    assert elapsed >= 0.45  # 2 MB at 4 MB/s: a lower bound only
