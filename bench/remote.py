@@ -14,6 +14,10 @@ cache), the small files cold, requests per GiB read (at the proxy) and daemon pe
 pull of the whole job (c3fs pull; boto3 download-first). The rig's limit is the checkpoints
 fetched by obstore with parallel 8 MiB ranged GETs (8, 16 and 32 in flight; the best).
 Results: bench/results/remote-<timestamp>.{json,md}.
+
+    python -m bench remote                                   # quick scale, 20 ms, 3 repeats
+    python -m bench remote --small-files 1000 --tools c3fs,rclone-off,boto3
+    python -m bench remote --delay-ms 50 --mbps 100 --repeat 5
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -365,6 +370,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mbps", type=float, default=None, help="bandwidth cap, MB/s")
     parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {TOOLS}")
     parser.add_argument("--no-moto", action="store_true", help="skip moto's ranged GET cost")
+    parser.add_argument("--keep-work", action="store_true", help="keep bench/work/remote/")
     return parser
 
 
@@ -408,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proxy.stop()
         server.stop()
+        if not args.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
     result["raw"] = raw
     result["summary"] = {t: {k: summarize(v) for k, v in e["values"].items()} for t, e in raw.items()}
     out = BENCH / "results" / f"remote-{started}"
