@@ -96,6 +96,8 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
       /jobs/<id>/sub/dir                  a job's artifacts
       /projects/<p>/jobs/                 the jobs of one project
       /projects/<p>/datasets/             the datasets of one project
+      /projects/<p>/jobs/latest           its newest SUCCEEDED job (a symlink)
+      /projects/<p>/tags/<tag>            the job a tag names (a symlink; see c3fs tag)
       /datasets/                          every dataset
       /datasets/<name>/sub/dir            a dataset's files
     \b
@@ -179,6 +181,13 @@ def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
     return None
 
 
+def _virtual_link(node: Node) -> bool:
+    """Whether `node` is one of the namespace's links (`latest`, a tag), not a tree's."""
+    from c3fs.objects.tree import LINK
+
+    return node.kind == LINK and node.ref is None
+
+
 def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
     from c3fs.objects.tree import DIR, FILE
 
@@ -197,12 +206,17 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
     from c3fs.objects.tree import DIR, FILE
 
     records = [_record_of(vfs, n) for _, n in items]
-    if items and all(records):
+    links = [(name, n) for (name, n), r in zip(items, records, strict=True)
+             if r is None and _virtual_link(n)]
+    records = [r for r in records if r is not None]
+    if records and len(records) + len(links) == len(items):
         rows = [(output.escape(r.id), output.escape(r.project),
                  output.escape(r.status + (f" ({r.reason})" if r.reason else "")),
                  output.human(r.logical_bytes), output.human(r.stored_delta), str(r.files),
                  output.age(r.ended or r.created))
                 for r in sorted(records, key=lambda r: r.created)]
+        rows += [(f"{output.escape(name)} -> {output.escape(n.entry.target)}", "", "", "", "",
+                  "", output.age(n.mtime_ns / 1e9)) for name, n in links]
         output.write_lines(output.columns(
             ("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE"), rows, right=(3, 4, 5)))
         return

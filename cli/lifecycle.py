@@ -106,15 +106,19 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
     \b
     Examples:
       c3fs pull job_abc123
+      c3fs pull /projects/vision/jobs/latest /projects/vision/tags/best
       c3fs pull --dest ./runs          # all new completed jobs
       c3fs pull job_abc123 --keep-setuid
     """
     from c3fs.jobs.pull import PullIncomplete
     from c3fs.jobs.pull import pull as run_pull
+    from c3fs.jobs.tags import resolve_job
 
+    repo = ctx.repo()
+    job_ids = [resolve_job(repo, j).id if "/" in j else j for j in jobs]
     try:
         with output.progress_bar("pull", None) as advance:
-            pulled = run_pull(ctx.repo(), list(jobs), dest, advance, keep_setuid)
+            pulled = run_pull(repo, job_ids, dest, advance, keep_setuid)
     except PullIncomplete as exc:  # say what did arrive, then the error
         _print_pulled(exc.pulled, as_json)
         raise

@@ -1,0 +1,172 @@
+"""Issue 15: tags and latest, pins, lineage, diff, job logs, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def _push(run_cli, tmp_path: Path, job: str, files: dict[str, bytes], project: str = "p") -> str:
+    src = tmp_path / f"src_{job}"
+    for name, data in files.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(data)
+    result = run_cli(["push", str(src), "-p", project, "-j", job])
+    assert result.code == 0, result.err
+    return job
+
+
+def _store_record(store_env, job: str, **changes) -> None:
+    """Rewrite a job's record in the store (a FAILED job, an input list) and drop the index."""
+    import shutil
+
+    import msgspec
+
+    from c3fs.objects.job import JobRecord, encode_record
+
+    key = store_env.store / "refs" / "jobs" / job
+    record = msgspec.json.decode(key.read_bytes(), type=JobRecord)
+    key.write_bytes(encode_record(msgspec.structs.replace(record, **changes)))
+    shutil.rmtree(store_env.cache, ignore_errors=True)
+
+
+# 1. tags and latest ----------------------------------------------------------------------------
+def test_tag_resolves_everywhere_and_shows_as_a_symlink(run_cli, store_env, tmp_path) -> None:
+    _push(run_cli, tmp_path, "a", {"x.txt": b"from a"})
+    _push(run_cli, tmp_path, "b", {"x.txt": b"from b"})
+    result = run_cli(["tag", "a", "best"])
+    assert result.code == 0, result.err
+    assert "/projects/p/tags/best -> a" in result.out
+
+    listing = run_cli(["ls", "/projects/p/tags/"])
+    assert listing.code == 0 and listing.out.split() == ["best"]
+    long = run_cli(["ls", "-l", "/projects/p/tags/"])
+    assert long.out.startswith("lrwxrwxrwx") and "best -> ../jobs/a" in long.out
+    assert run_cli(["ls", "/projects/p/tags/best"]).out.split() == ["x.txt"]
+    out = tmp_path / "out.txt"
+    assert run_cli(["cp", "/projects/p/tags/best/x.txt", str(out)]).code == 0
+    assert out.read_bytes() == b"from a"
+    assert run_cli(["ls", "/projects/p/"]).out.split() == ["datasets/", "jobs/", "tags/"]
+
+    moved = run_cli(["tag", "b", "best", "--json"])
+    assert json.loads(moved.out) | {"created": 0} == {
+        "project": "p", "name": "best", "job": "b", "generation": 2, "created": 0,
+        "host": json.loads(moved.out)["host"], "previous": "a"}
+    assert run_cli(["cp", "/projects/p/tags/best/x.txt", str(out)]).code == 0
+    assert out.read_bytes() == b"from b"
+    tags = json.loads(run_cli(["tag", "--list", "--json"]).out)
+    assert [(t["project"], t["name"], t["job"]) for t in tags] == [("p", "best", "b")]
+
+    assert run_cli(["tag", "--rm", "best"]).code == 0
+    gone = run_cli(["ls", "/projects/p/tags/best"])
+    assert gone.code == 3 and "no such tag" in gone.err
+    assert run_cli(["ls", "/projects/p/tags/"]).out == ""
+    assert run_cli(["tag", "--rm", "best"]).code == 3
+    assert run_cli(["tag", "a", "best"]).code == 0  # set again: generation 4
+    keys = sorted(p.name for p in (store_env.store / "tags" / "p" / "best").iterdir())
+    assert keys == ["00000001", "00000002", "00000003", "00000004"]
+
+
+def test_latest_is_the_newest_succeeded_job(run_cli, store_env, tmp_path) -> None:
+    _push(run_cli, tmp_path, "old", {"f": b"old"})
+    _push(run_cli, tmp_path, "new", {"f": b"new"})
+    _push(run_cli, tmp_path, "broken", {"f": b"broken"})
+    _store_record(store_env, "broken", status="FAILED", ended=4e9)
+    _store_record(store_env, "old", ended=1e9)
+    _store_record(store_env, "new", ended=2e9)
+    out = tmp_path / "f"
+    assert run_cli(["cp", "/projects/p/jobs/latest/f", str(out)]).code == 0
+    assert out.read_bytes() == b"new"
+    long = run_cli(["ls", "-l", "/projects/p/jobs/"])
+    assert long.code == 0 and "latest -> new" in long.out and "broken" in long.out
+    assert "latest" in run_cli(["ls", "/projects/p/jobs/"]).out.split()
+    assert run_cli(["tag", "/projects/p/jobs/latest", "release"]).code == 0
+    tags = json.loads(run_cli(["tag", "--list", "--json", "-p", "p"]).out)
+    assert tags[0]["job"] == "new"
+    assert run_cli(["tag", "new", "latest"]).code == 1  # not a tag name
+
+
+def test_tag_bad_input(run_cli, store_env, tmp_path) -> None:
+    _push(run_cli, tmp_path, "a", {"f": b"a"})
+    assert run_cli(["tag", "nope", "best"]).code == 3
+    _push(run_cli, tmp_path, "q1", {"f": b"q"}, project="q")
+    assert run_cli(["tag", "a", "bad/name"]).code == 2
+    assert run_cli(["tag", "a"]).code == 2
+    assert run_cli(["tag", "a", "t", "-p", "q"]).code == 2
+    assert run_cli(["ls", "/projects/p/tags/nope"]).code == 3
+    # a tag naming a removed job: a clear error, not a crash
+    assert run_cli(["tag", "a", "t"]).code == 0
+    assert run_cli(["tag", "q1", "t"]).code == 0
+    ambiguous = run_cli(["tag", "--rm", "t"])
+    assert ambiguous.code == 1 and "several projects" in ambiguous.err
+    _push(run_cli, tmp_path, "a2", {"f": b"a2"})
+    assert run_cli(["rm", "a"]).code == 0
+    dangling = run_cli(["ls", "/projects/p/tags/t/"])
+    assert dangling.code == 3 and "/projects/p/tags/t -> ../jobs/a" in dangling.err
+    assert run_cli(["ls", "/projects/q/tags/t/"]).code == 0
+    # a record copied under another tag's key is refused (exit 6), never followed
+    src = store_env.store / "tags" / "q" / "t" / "00000001"
+    other = store_env.store / "tags" / "q" / "u"
+    other.mkdir()
+    (other / "00000001").write_bytes(src.read_bytes())
+    damaged = run_cli(["ls", "/projects/q/tags/u"])
+    assert damaged.code == 6 and "tag q/u" in damaged.err
+
+
+def test_two_machines_moving_a_tag_one_wins(run_cli, store_env, tmp_path, monkeypatch) -> None:
+    from c3fs.jobs import tags
+
+    _push(run_cli, tmp_path, "a", {"f": b"a"})
+    _push(run_cli, tmp_path, "b", {"f": b"b"})
+    assert run_cli(["tag", "a", "best"]).code == 0
+    real = tags._newest
+    calls = []
+
+    def stale(store, project, name):  # the other machine writes between our read and write
+        seen = real(store, project, name)
+        if not calls:
+            calls.append(1)
+            tags.set_tag(store, project, name, "b")
+        return seen
+
+    monkeypatch.setattr(tags, "_newest", stale)
+    lost = run_cli(["tag", "a", "best"])
+    assert lost.code == 4 and "changed by another process" in lost.err and "job b" in lost.err
+    monkeypatch.setattr(tags, "_newest", real)
+    assert json.loads(run_cli(["tag", "--list", "--json"]).out)[0]["job"] == "b"
+
+
+def test_tag_help_has_examples(run_cli) -> None:
+    result = run_cli(["tag", "--help"])
+    assert result.code == 0 and "Examples:" in result.out and "--rm" in result.out
+
+
+@pytest.mark.fuse
+def test_tags_and_latest_in_the_mount_and_the_installed_command(tmp_path) -> None:
+    """The installed `c3fs`: tags and latest are symlinks in a mount of the namespace, and
+    `c3fs mount` of a tag mounts the job it names."""
+    import os
+
+    from fusehelp import fuse_works, mount, run_c3fs
+
+    if not fuse_works():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    env = dict(os.environ, C3FS_STORE=str(tmp_path / "store"), C3FS_CACHE_DIR=str(tmp_path / "c"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_bytes(b"tagged")
+    run_c3fs("push", str(src), "-p", "p", "-j", "j1", env=env)
+    assert run_c3fs("tag", "j1", "best", env=env).stdout.strip().endswith("best -> j1")
+    with mount(env, tmp_path / "all") as m:
+        link = m / "projects" / "p" / "tags" / "best"
+        assert os.readlink(link) == "../jobs/j1"
+        assert (link / "f.txt").read_bytes() == b"tagged"
+        assert os.readlink(m / "projects" / "p" / "jobs" / "latest") == "j1"
+        assert sorted(os.listdir(m / "projects" / "p")) == ["datasets", "jobs", "tags"]
+    with mount(env, tmp_path / "one", "/projects/p/tags/best") as m:
+        assert (m / "f.txt").read_bytes() == b"tagged"
+    pulled = run_c3fs("pull", "/projects/p/jobs/latest", "-d", str(tmp_path / "pulled"), env=env)
+    assert pulled.returncode == 0
+    assert (tmp_path / "pulled" / "j1" / "f.txt").read_bytes() == b"tagged"
