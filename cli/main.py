@@ -45,6 +45,7 @@ class Ctx:
     def close(self) -> None:
         if self._repo is not None:
             self._repo.close()
+            self._repo = None
 
 
 @click.group(context_settings=CONTEXT)

@@ -170,3 +170,73 @@ def test_tags_and_latest_in_the_mount_and_the_installed_command(tmp_path) -> Non
     pulled = run_c3fs("pull", "/projects/p/jobs/latest", "-d", str(tmp_path / "pulled"), env=env)
     assert pulled.returncode == 0
     assert (tmp_path / "pulled" / "j1" / "f.txt").read_bytes() == b"tagged"
+
+
+# 2. pins ------------------------------------------------------------------------------------
+def _root(run_cli, job: str) -> str:
+    return json.loads(run_cli(["ls", "--json", "/jobs/"]).out)[
+        [i["name"] for i in json.loads(run_cli(["ls", "--json", "/jobs/"]).out)].index(job)
+    ]["record"]["root"]
+
+
+def test_mount_expect_refuses_another_root_before_mounting(run_cli, store_env, tmp_path) -> None:
+    _push(run_cli, tmp_path, "a", {"f": b"a"})
+    _push(run_cli, tmp_path, "b", {"f": b"b"})
+    root_a, root_b = _root(run_cli, "a"), _root(run_cli, "b")
+    assert run_cli(["tag", "b", "best"]).code == 0
+    mnt = tmp_path / "m"
+    mnt.mkdir()
+    refused = run_cli(["mount", "/projects/p/tags/best", str(mnt), "--expect", root_a])
+    assert refused.code == 8, refused.err
+    assert root_a in refused.err and root_b in refused.err and "/jobs/b" in refused.err
+    assert not list(mnt.iterdir())
+    bad = run_cli(["mount", "/jobs/a", str(mnt), "--expect", "xyz"])
+    assert bad.code == 2 and "not a root id" in bad.err
+
+
+def test_run_refuses_a_pinned_dataset_of_another_root(c3fs_bin, run_cli, store_env,
+                                                       tmp_path) -> None:
+    _push(run_cli, tmp_path, "a", {"f": b"a"})
+    root_a = _root(run_cli, "a")
+    _push(run_cli, tmp_path, "b", {"f": b"b"})
+    _store_record(store_env, "a", ended=1e9)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".c3").write_text(f"project: q\ndatasets:\n  - ref: /projects/p/jobs/latest\n"
+                              f"    mount: in\n    digest: {root_a}\n")
+    res = c3fs_bin("run", "--", "touch", "ran", cwd=work)
+    assert res.code == 8 and root_a in res.err and _root(run_cli, "b") in res.err, res.err
+    assert not (work / "ran").exists()
+    (work / ".c3").write_text("project: q\ndatasets:\n  - ref: /jobs/a\n    mount: in\n"
+                              "    digest: zz12\n")
+    res = c3fs_bin("run", "--", "touch", "ran", cwd=work)
+    assert res.code == 2 and "not a root id" in res.err and not (work / "ran").exists()
+
+
+@pytest.mark.fuse
+def test_run_records_what_latest_and_a_tag_resolved_to(c3fs_bin, run_cli, store_env,
+                                                        tmp_path) -> None:
+    from fusehelp import fuse_works
+
+    if not fuse_works():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    _push(run_cli, tmp_path, "a", {"f": b"from a"})
+    _push(run_cli, tmp_path, "b", {"f": b"from b"})
+    _store_record(store_env, "a", ended=2e9)
+    _store_record(store_env, "b", ended=1e9)
+    assert run_cli(["tag", "b", "best"]).code == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".c3").write_text(
+        "project: q\ndatasets:\n  - ref: /projects/p/jobs/latest\n    mount: one\n"
+        f"  - ref: /projects/p/tags/best\n    mount: two\n    digest: {_root(run_cli, 'b')}\n")
+    res = c3fs_bin("run", "-j", "consumer", "--", "sh", "-c",
+                   "mkdir -p artifacts && cat one/f two/f > artifacts/both", cwd=work)
+    assert res.code == 0, res.err
+    out = tmp_path / "both"
+    assert run_cli(["cp", "/jobs/consumer/both", str(out)]).code == 0
+    assert out.read_bytes() == b"from afrom b"
+    record = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)[-1]["record"]
+    assert [(i["ref"], i["resolved"], i["root"]) for i in record["inputs"]] == [
+        ("/projects/p/jobs/latest", "/jobs/a", _root(run_cli, "a")),
+        ("/projects/p/tags/best", "/jobs/b", _root(run_cli, "b"))]

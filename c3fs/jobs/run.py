@@ -42,6 +42,7 @@ from c3fs.errors import C3fsError, UsageError
 from c3fs.fsutil import count, tree_bytes, walk_files
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
+from c3fs.jobs.pins import canonical_ref, resolve_pinned
 from c3fs.jobs.push import ensure_free, ingest, record_for
 from c3fs.jobs.runstate import (
     ARTIFACTS,
@@ -292,23 +293,23 @@ def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path],
     if not spec.config.datasets:
         return []
     vfs = Vfs(repo)
-    inputs = []
+    inputs, sources = [], []
     for ds in spec.config.datasets:  # check every ref before mounting any
         with _entry(ds):
-            node = vfs.resolve(ds.ref)
-            if not node.is_dir or node.tree_id is None:
-                raise C3fsError(f"dataset ref {ds.ref!r} is not a job, dataset or folder in one")
+            node = resolve_pinned(vfs, ds.ref, ds.digest)
             check_mount_path(ds.mount, spec.workdir)
-        inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount))
+        inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount,
+                            resolved=node.display))
+        sources.append(canonical_ref(node))  # latest or a tag cannot move under the mount
     from c3fs.fuse import mount  # the FUSE layer is only needed by jobs that mount inputs
 
-    for ds in inputs:
+    for ds, source in zip(inputs, sources, strict=True):
         with _entry(ds):
             path = check_mount_path(ds.mount, spec.workdir)
             clear_dead_mount(path)
             _make_mountpoint(path)
             state.add_mount(path)  # before mounting: a killed run's mount is found again
-            mount(spec.store_url or repo.store.url, ds.ref, str(path))
+            mount(spec.store_url or repo.store.url, source, str(path))
         mounted.append(path)
         log.info("mounted %s at %s", ds.ref, path)
     return inputs
