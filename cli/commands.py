@@ -103,6 +103,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     \b
     Examples:
       c3fs ls -l /jobs/
+      c3fs ls -l /jobs/job_abc123         # its inputs first, then its files
       c3fs ls -l /jobs/ --status failed --since 2d
       c3fs ls /jobs/ --project vision --limit 20
       c3fs ls --json /projects/vision/jobs/
@@ -123,6 +124,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     if as_json:
         output.print_json([_json_item(vfs, name, n) for name, n in items])
     elif long:
+        _print_inputs(_record_of(vfs, node))
         _print_long(vfs, items)
     else:
         output.write_lines(output.escape(name) + ("/" if child.is_dir else "") for name, child in items)
@@ -179,6 +181,16 @@ def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
     if node.ref and node.depth == 2:
         return vfs.repo.record(*node.ref)
     return None
+
+
+def _print_inputs(record: JobRecord | None) -> None:
+    """`ls -l` of a job: first the inputs it read (as `total` comes first in GNU ls)."""
+    if record is None:
+        return
+    output.write_lines(
+        f"input {output.escape(i.mount or '-')} <- {output.escape(i.ref)}"
+        + (f" ({output.escape(i.resolved)})" if i.resolved and i.resolved != i.ref else "")
+        + f" root {i.root}" for i in record.inputs)
 
 
 def _virtual_link(node: Node) -> bool:

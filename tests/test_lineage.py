@@ -240,3 +240,63 @@ def test_run_records_what_latest_and_a_tag_resolved_to(c3fs_bin, run_cli, store_
     assert [(i["ref"], i["resolved"], i["root"]) for i in record["inputs"]] == [
         ("/projects/p/jobs/latest", "/jobs/a", _root(run_cli, "a")),
         ("/projects/p/tags/best", "/jobs/b", _root(run_cli, "b"))]
+
+
+# 3. lineage -----------------------------------------------------------------------------------
+def _chain(run_cli, store_env, tmp_path) -> dict[str, str]:
+    """a -> b -> c (c read b through latest), d read c and itself (a damaged record), e read
+    a job no longer in the store."""
+    from c3fs.objects.job import Input
+
+    for job in "abcde":
+        _push(run_cli, tmp_path, job, {"f": job.encode()})
+    roots = {job: _root(run_cli, job) for job in "abcde"}
+    _store_record(store_env, "b", inputs=[Input("/jobs/a", roots["a"], "in")])
+    _store_record(store_env, "c", inputs=[Input("/projects/p/jobs/latest", roots["b"], "in",
+                                                "/jobs/b")])
+    _store_record(store_env, "d", inputs=[Input("/jobs/c/f", roots["c"]),
+                                          Input("/jobs/d", roots["d"])])
+    _store_record(store_env, "e", inputs=[Input("/jobs/gone", roots["a"])])
+    return roots
+
+
+def test_lineage_up_down_json_dot(run_cli, store_env, tmp_path) -> None:
+    roots = _chain(run_cli, store_env, tmp_path)
+    data = json.loads(run_cli(["lineage", "b", "--json"]).out)
+    found = {(n["id"], n["direction"], n["depth"]) for n in data["nodes"]}
+    assert found == {("b", "self", 0), ("a", "up", 1), ("c", "down", 1), ("d", "down", 2)}
+    edges = {(e["input"][1], e["consumer"][1]) for e in data["edges"]}
+    assert edges == {("a", "b"), ("b", "c"), ("c", "d")}
+    assert next(n for n in data["nodes"] if n["id"] == "a")["root"] == roots["a"]
+
+    up = json.loads(run_cli(["lineage", "d", "--up", "--json"]).out)
+    assert [n["id"] for n in up["nodes"]] == ["a", "b", "c", "d"]
+    one = json.loads(run_cli(["lineage", "d", "--up", "--depth", "1", "--json"]).out)
+    assert [n["id"] for n in one["nodes"]] == ["c", "d"]
+    down = json.loads(run_cli(["lineage", "/jobs/a", "--down", "--json"]).out)
+    assert [n["id"] for n in down["nodes"]] == ["a", "b", "c", "d"]
+
+    text = run_cli(["lineage", "c"])
+    assert text.code == 0 and "<- 1  b" in text.out and "-> 1  d" in text.out
+    assert roots["b"][:16] in text.out and "SUCCEEDED" in text.out
+    dot = run_cli(["lineage", "c", "--dot"]).out
+    assert dot.startswith("digraph lineage {") and '"job:b" -> "job:c";' in dot
+
+    missing = json.loads(run_cli(["lineage", "e", "--json"]).out)
+    gone = next(n for n in missing["nodes"] if n["id"] == "gone")
+    assert gone["in_store"] is False and gone["root"] == roots["a"]
+    assert run_cli(["lineage", "nope"]).code == 3
+    assert run_cli(["lineage", "c", "--json", "--dot"]).code == 2
+
+
+def test_ls_l_of_a_job_shows_its_inputs(run_cli, store_env, tmp_path) -> None:
+    roots = _chain(run_cli, store_env, tmp_path)
+    out = run_cli(["ls", "-l", "/jobs/c"]).out.splitlines()
+    assert out[0] == f"input in <- /projects/p/jobs/latest (/jobs/b) root {roots['b']}"
+    assert out[1].endswith(" f")
+    assert run_cli(["ls", "-l", "/jobs/a"]).out.splitlines()[0].endswith(" f")
+
+
+def test_lineage_help_has_examples(run_cli) -> None:
+    result = run_cli(["lineage", "--help"])
+    assert result.code == 0 and "Examples:" in result.out and "--dot" in result.out
