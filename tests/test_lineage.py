@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ def _push(run_cli, tmp_path: Path, job: str, files: dict[str, bytes], project: s
     for name, data in files.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
+    for path in [*src.rglob("*"), src]:  # same names, same bytes: same tree ids
+        os.utime(path, ns=(1_700_000_000 * 10**9,) * 2)
     result = run_cli(["push", str(src), "-p", project, "-j", job])
     assert result.code == 0, result.err
     return job
@@ -147,8 +150,6 @@ def test_tag_help_has_examples(run_cli) -> None:
 def test_tags_and_latest_in_the_mount_and_the_installed_command(tmp_path) -> None:
     """The installed `c3fs`: tags and latest are symlinks in a mount of the namespace, and
     `c3fs mount` of a tag mounts the job it names."""
-    import os
-
     from fusehelp import fuse_works, mount, run_c3fs
 
     if not fuse_works():
@@ -300,3 +301,47 @@ def test_ls_l_of_a_job_shows_its_inputs(run_cli, store_env, tmp_path) -> None:
 def test_lineage_help_has_examples(run_cli) -> None:
     result = run_cli(["lineage", "--help"])
     assert result.code == 0 and "Examples:" in result.out and "--dot" in result.out
+
+
+# 4. diff ----------------------------------------------------------------------------------------
+def test_diff_of_two_jobs(run_cli, store_env, tmp_path) -> None:
+    import random
+
+    rng = random.Random(1)
+    big = rng.randbytes(3 * 1024 * 1024)
+    base = {"same/x": b"x", "gone.txt": b"old", "big.bin": big, "d/e/f": b"f", "kind": b"file"}
+    _push(run_cli, tmp_path, "a", base)
+    changed = dict(base, **{"big.bin": big[:2 * 1024 * 1024] + rng.randbytes(1024 * 1024),
+                            "new/sub/n.txt": b"new!", "kind/inner": b"i"})
+    del changed["gone.txt"], changed["kind"]
+    _push(run_cli, tmp_path, "b", changed)
+    result = run_cli(["diff", "a", "b", "--json"])
+    assert result.code == 1, result.err
+    data = json.loads(result.out)
+    assert [(c["path"], c["size_b"]) for c in data["added"]] == [("kind/inner", 1),
+                                                                 ("new/sub/n.txt", 4)]
+    assert [(c["path"], c["size_a"]) for c in data["removed"]] == [("gone.txt", 3), ("kind", 4)]
+    [big_change] = data["changed"]
+    assert big_change["path"] == "big.bin" and big_change["size_b"] == 3 * 1024 * 1024
+    assert 1024 * 1024 <= big_change["shared"] < 3 * 1024 * 1024  # the first chunks are A's
+    assert data["subtrees_skipped"] == 2 and not data["identical"]  # same/ and d/
+
+    text = run_cli(["diff", "a", "b"])
+    assert text.code == 1 and "+ new/sub/n.txt  4 B" in text.out and "- gone.txt" in text.out
+    assert "M big.bin" in text.out and "2 added, 2 removed, 1 changed" in text.err
+    same = run_cli(["diff", "a", "/projects/p/jobs/a", "--json"])
+    assert same.code == 0 and json.loads(same.out)["trees_read"] == 0
+    assert run_cli(["diff", "a", "b", "same"]).code == 0
+    assert run_cli(["diff", "a", "b", "big.bin"]).code == 1
+    assert run_cli(["diff", "a", "nope"]).code == 3
+    assert run_cli(["diff", "a", "b", "missing/dir"]).code == 3
+
+
+def test_diff_reads_only_the_trees_on_the_changed_path(run_cli, store_env, tmp_path) -> None:
+    files = {f"d{i:02d}/s{j:02d}/f{k}": f"{i} {j} {k}".encode()
+             for i in range(30) for j in range(10) for k in range(5)}
+    _push(run_cli, tmp_path, "a", files)
+    _push(run_cli, tmp_path, "b", dict(files, **{"d07/s03/f1": b"changed"}))
+    data = json.loads(run_cli(["diff", "a", "b", "--json"]).out)
+    assert [c["path"] for c in data["changed"]] == ["d07/s03/f1"]
+    assert data["trees_read"] == 6  # root, d07, d07/s03 on each side, of 2 x 331 trees
