@@ -1,4 +1,4 @@
-"""`c3fs lineage`: the jobs a job read and the jobs that read it."""
+"""Following jobs: `c3fs lineage`, `diff`, `logs` (and `rerun`)."""
 
 from __future__ import annotations
 
@@ -154,3 +154,48 @@ def _print_diff(report) -> None:
     output.write_lines(lines)
     output.err.print(f"{len(report.added)} added, {len(report.removed)} removed, "
                      f"{len(report.changed)} changed", markup=False, highlight=False)
+
+
+# logs ---------------------------------------------------------------------------------------
+@app.command(context_settings={"max_content_width": 100})
+@click.argument("job")
+@click.option("-n", "--tail", type=click.IntRange(min=0), metavar="N",
+              help="Only the last N lines of each stream.")
+@click.option("--stdout", "only", flag_value="stdout", help="Only what the job wrote to stdout.")
+@click.option("--stderr", "only", flag_value="stderr", help="Only what the job wrote to stderr.")
+@pass_ctx
+def logs(ctx: Ctx, job: str, tail: int | None, only: str | None) -> None:
+    """Print what JOB's command wrote: its stdout to stdout, its stderr to stderr.
+
+    `c3fs run` keeps both (for FAILED, TIMEOUT and CANCELED jobs too) in the store with
+    the job, outside its artifacts. When the upload failed (UPLOAD_ERROR) they are kept
+    in the working dir, in c3fs-logs/<job id>/. The two streams are kept apart: their
+    interleaving is not.
+
+    \b
+    Examples:
+      c3fs logs job_20261201_101500_a1b2c3
+      c3fs logs /projects/vision/jobs/latest --tail 50
+      c3fs logs job_abc123 --stderr -n 20
+    """
+    import sys
+
+    from c3fs.jobs.logs import read_log
+    from c3fs.jobs.tags import resolve_job
+
+    repo = ctx.repo()
+    record = resolve_job(repo, job)
+    for stream, target in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        if only in (None, stream):
+            _write_bytes(target, read_log(repo, record, stream, tail))
+
+
+def _write_bytes(target, data: bytes) -> None:
+    """The job's bytes as they were (text only where the stream takes text: tests)."""
+    target.flush()
+    buffer = getattr(target, "buffer", None)
+    if buffer is not None:
+        buffer.write(data)
+        buffer.flush()
+    else:
+        target.write(data.decode("utf-8", "replace"))

@@ -57,6 +57,7 @@ def test_tag_resolves_everywhere_and_shows_as_a_symlink(run_cli, store_env, tmp_
     assert json.loads(moved.out) | {"created": 0} == {
         "project": "p", "name": "best", "job": "b", "generation": 2, "created": 0,
         "host": json.loads(moved.out)["host"], "previous": "a"}
+    out = tmp_path / "out2.txt"  # (cp skips a file of the same size and mtime)
     assert run_cli(["cp", "/projects/p/tags/best/x.txt", str(out)]).code == 0
     assert out.read_bytes() == b"from b"
     tags = json.loads(run_cli(["tag", "--list", "--json"]).out)
@@ -345,3 +346,77 @@ def test_diff_reads_only_the_trees_on_the_changed_path(run_cli, store_env, tmp_p
     data = json.loads(run_cli(["diff", "a", "b", "--json"]).out)
     assert [c["path"] for c in data["changed"]] == ["d07/s03/f1"]
     assert data["trees_read"] == 6  # root, d07, d07/s03 on each side, of 2 x 331 trees
+
+
+# 5. job logs --------------------------------------------------------------------------------
+LOUD = ("import sys\nfor i in range(3000):\n    print(f'out {i}')\n"
+        "print('err line', file=sys.stderr)\nsys.exit(int(sys.argv[1]))\n")
+
+
+@pytest.mark.parametrize("code, status", [(0, "SUCCEEDED"), (3, "FAILED")])
+def test_run_keeps_stdout_and_stderr_with_the_job(c3fs_bin, run_cli, store_env, tmp_path,
+                                                   code, status) -> None:
+    import sys
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "loud.py").write_text(LOUD)
+    res = c3fs_bin("run", "-p", "p", "-j", "loud", "--", sys.executable, "loud.py", str(code),
+                   cwd=work)
+    assert res.code == code, res.err
+    assert "out 2999" in res.out and "err line" in res.err  # still shown live
+    record = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)[0]["record"]
+    assert record["status"] == status and len(record["logs"]) == 64
+    assert run_cli(["ls", "/jobs/loud"]).out == ""  # not among the artifacts
+    full = c3fs_bin("logs", "loud")
+    assert full.code == 0 and full.out == "".join(f"out {i}\n" for i in range(3000))
+    assert full.err == "err line\n"
+    tail = run_cli(["logs", "/projects/p/jobs/latest" if code == 0 else "loud", "--tail", "2",
+                    "--stdout"])
+    assert tail.code == 0 and tail.out == "out 2998\nout 2999\n" and tail.err == ""
+    assert run_cli(["logs", "loud", "-n", "0"]).out == ""
+    verify = run_cli(["verify", "loud"])
+    assert verify.code == 0, verify.err
+    # gc keeps the logs: they are still readable after it
+    assert run_cli(["gc"]).code == 0
+    assert c3fs_bin("logs", "loud", "--stderr").err == "err line\n"
+
+
+def test_logs_of_a_pushed_job_and_of_a_timeout(c3fs_bin, run_cli, store_env, tmp_path) -> None:
+    _push(run_cli, tmp_path, "pushed", {"f": b"x"})
+    none = run_cli(["logs", "pushed"])
+    assert none.code == 3 and "has no logs" in none.err
+    assert run_cli(["logs", "nope"]).code == 3
+    work = tmp_path / "work"
+    work.mkdir()
+    res = c3fs_bin("run", "-p", "p", "-j", "slow", "--timeout", "1", "--", "sh", "-c",
+                   "echo started; sleep 30", cwd=work)
+    assert res.code == 124
+    assert c3fs_bin("logs", "slow").out == "started\n"
+
+
+def test_logs_help_has_examples(run_cli) -> None:
+    result = run_cli(["logs", "--help"])
+    assert result.code == 0 and "Examples:" in result.out and "--tail" in result.out
+
+
+def test_upload_error_keeps_the_logs_in_the_working_dir(run_cli, store_env, tmp_path,
+                                                        monkeypatch) -> None:
+    from c3fs.errors import StoreError
+    from c3fs.jobs import run
+
+    assert run_cli(["push", str(tmp_path), "-p", "p", "-j", "first"]).code == 0  # a store
+
+    def broken(*args, **kwargs):
+        raise StoreError("injected: the store went away")
+
+    monkeypatch.setattr(run, "collect", broken)
+    work = tmp_path / "work"
+    work.mkdir()
+    res = run_cli(["run", "-p", "p", "-j", "up", "-C", str(work), "--", "sh", "-c",
+                   "echo to-out; echo to-err >&2"])
+    assert res.code == 74, res.err
+    kept = work / "c3fs-logs" / "up"
+    assert f"stdout and stderr are kept in {kept}" in res.err
+    assert (kept / "stdout").read_bytes() == b"to-out\n"
+    assert (kept / "stderr").read_bytes() == b"to-err\n"

@@ -42,6 +42,7 @@ from c3fs.errors import C3fsError, UsageError
 from c3fs.fsutil import count, tree_bytes, walk_files
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
+from c3fs.jobs.logs import Tee, keep_locally
 from c3fs.jobs.pins import canonical_ref, resolve_pinned
 from c3fs.jobs.push import ensure_free, ingest, record_for
 from c3fs.jobs.runstate import (
@@ -184,13 +185,16 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
     env = dict(os.environ, **spec.config.env, C3_ARTIFACTS_DIR=str(artifacts),
                C3_JOB_ID=job_id, C3_PROJECT=spec.project)
     try:
-        proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True)
+        proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         log.error("cannot start %s: %s", spec.command[0], exc.strerror)
         outcome.status, outcome.reason, outcome.exit_code = FAILED, "SCRIPT_ERROR", 127
         return
     outcome.command_started = True
     state.command_started(proc.pid)
+    tee = Tee(state.dir / "logs")  # the command's output, shown live and kept
+    tee.start(proc)
     previous = _forward_signals()
     try:
         code = proc.wait(timeout=spec.timeout)
@@ -208,6 +212,7 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        tee.finish()
 
 
 def _forward_signals() -> dict:
@@ -243,12 +248,24 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
         bar = (spec.progress("upload", sum(map(tree_bytes, paths))) if spec.progress
                else nullcontext(None))
         source = _artifacts_source(artifacts, state)
-        with bar as advance:
-            return ingest(repo, lambda ing: collect(repo, ing, source, outputs),
+        logs: dict = {}
+
+        def build(ing) -> bytes:
+            root = collect(repo, ing, source, outputs)
+            logs.update(files=ing.stats.files, logical_bytes=ing.stats.logical_bytes)
+            if (state.dir / "logs").is_dir():  # (not when the command could not start)
+                logs["logs"] = ing.ingest_dir(state.dir / "logs").hex()
+            return root
+
+        with bar as advance:  # files and bytes: the artifacts'; stored: logs included
+            return ingest(repo, build,
                           lambda root, stats: record_for(JOB, job_id, spec.project, root,
-                                                         stats, started, **fields),
+                                                         stats, started, **fields, **logs),
                           progress=advance)
     except (C3fsError, OSError) as exc:
+        kept_logs = keep_locally(state.dir / "logs", spec.workdir, job_id)
+        if kept_logs:
+            log.error("job %s: its stdout and stderr are kept in %s", job_id, kept_logs)
         return _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields)
 
 

@@ -55,6 +55,7 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     stored_delta: int = 0
     inputs: list[Input] = []
     host: str = ""
+    logs: str = ""  # tree id of the command's stdout and stderr (c3fs.jobs.logs), or ""
 
     @property
     def root_id(self) -> bytes:
@@ -110,6 +111,11 @@ def _check_fields(record: JobRecord) -> None:
         _bad("inputs", f"{len(record.inputs)} of them")
     for item in record.inputs:
         _check_input(item)
+    if record.logs:
+        try:
+            parse_hex_id(record.logs)
+        except Exception:
+            _bad("logs", f"{record.logs[:80]!r} is not a tree id")
 
 
 def _check_input(item: Input) -> None:
