@@ -59,6 +59,9 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
       datasets:
         - ref: /jobs/job_preprocess
           mount: /data/preprocessed
+        - ref: /projects/vision/tags/best   # latest and tags too
+          mount: model
+          digest: "3f2a...e655"   # optional pin: refused if it is another root
       env:
         SEED: "42"              # strings only; unknown keys are an error
     """
@@ -70,6 +73,11 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     spec = JobSpec(list(command), workdir, config, project or config.project or "default",
                    job_id, timeout, ctx.store_url, progress=output.progress_bar)
     record, code = run_job(ctx.repo(write=True), spec)
+    finish_run(record, code, as_json)
+
+
+def finish_run(record, code: int, as_json: bool) -> None:
+    """Say how a run ended (the record, or its id) and exit with the job's code."""
     if record is not None:
         status = record.status + (f" ({record.reason})" if record.reason else "")
         output.err.print(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from c3fs.errors import UsageError
@@ -199,3 +201,42 @@ def _write_bytes(target, data: bytes) -> None:
         buffer.flush()
     else:
         target.write(data.decode("utf-8", "replace"))
+
+
+# rerun --------------------------------------------------------------------------------------
+@app.command(context_settings={"max_content_width": 100})
+@click.argument("job")
+@click.option("-j", "--job", "job_id", help="Id of the new job (default: a fresh one).")
+@click.option("--timeout", type=float, metavar="SECONDS", help="As for run.")
+@click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=".", help="Working directory of the new job (default: .).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new job's record as JSON.")
+@pass_ctx
+def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir: Path,
+          as_json: bool) -> None:
+    """Run JOB's command again as a new job of its project, with its inputs pinned: each
+    input is mounted where it was, from the job or dataset it resolved to then (not what
+    latest or a tag names now), and refused (exit 8, nothing run) unless it still has the
+    root id it had. Output dirs and env come from the working dir's .c3, as for run (the
+    record does not keep them); its datasets: are replaced by the recorded inputs.
+
+    \b
+    Examples:
+      c3fs rerun job_20261201_101500_a1b2c3
+      c3fs rerun /projects/vision/jobs/latest -C ~/src/vision --json
+    """
+    from c3fs.jobs.config import load_config
+    from c3fs.jobs.pins import pinned_config
+    from c3fs.jobs.run import JobSpec, run_job
+    from c3fs.jobs.tags import resolve_job
+    from cli.lifecycle import finish_run
+
+    repo = ctx.repo(write=True)
+    record = resolve_job(repo, job)
+    if not record.command:
+        raise UsageError(f"job {record.id} was pushed, not run: it has no command to rerun")
+    workdir = workdir.resolve()
+    config = pinned_config(record, load_config(None, workdir))
+    spec = JobSpec(list(record.command), workdir, config, record.project, job_id, timeout,
+                   ctx.store_url, progress=output.progress_bar)
+    finish_run(*run_job(repo, spec), as_json)

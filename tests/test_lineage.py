@@ -420,3 +420,68 @@ def test_upload_error_keeps_the_logs_in_the_working_dir(run_cli, store_env, tmp_
     assert f"stdout and stderr are kept in {kept}" in res.err
     assert (kept / "stdout").read_bytes() == b"to-out\n"
     assert (kept / "stderr").read_bytes() == b"to-err\n"
+
+
+# 6. rerun -----------------------------------------------------------------------------------
+def test_rerun_runs_the_same_command_as_a_new_job(c3fs_bin, run_cli, store_env, tmp_path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    first = c3fs_bin("run", "-p", "p", "-j", "one", "--json", "--", "sh", "-c",
+                     "echo again >> $C3_ARTIFACTS_DIR/out; echo said", cwd=work)
+    assert first.code == 0, first.err
+    again = c3fs_bin("rerun", "one", "--json", cwd=work)
+    assert again.code == 0, again.err
+    record = json.loads(again.out[again.out.index("{"):])
+    assert record["id"] != "one" and record["project"] == "p"
+    assert record["command"] == ["sh", "-c", "echo again >> $C3_ARTIFACTS_DIR/out; echo said"]
+    assert c3fs_bin("logs", record["id"]).out == "said\n"
+    assert run_cli(["rerun", "nope"]).code == 3
+    _push(run_cli, tmp_path, "pushed", {"f": b"x"})
+    refused = run_cli(["rerun", "pushed"])
+    assert refused.code == 2 and "no command" in refused.err
+
+
+def test_rerun_refuses_an_input_whose_root_changed(c3fs_bin, run_cli, store_env, tmp_path) -> None:
+    from c3fs.objects.job import Input
+
+    _push(run_cli, tmp_path, "a", {"f": b"a"})
+    _push(run_cli, tmp_path, "b", {"f": b"b"})
+    _push(run_cli, tmp_path, "c", {"f": b"c"})
+    root_b = _root(run_cli, "b")  # c read "a" when a had b's content (since re-created)
+    _store_record(store_env, "c", command=["touch", "ran"],
+                  inputs=[Input("/projects/p/jobs/latest", root_b, "in", "/jobs/a")])
+    work = tmp_path / "work"
+    work.mkdir()
+    res = c3fs_bin("rerun", "c", cwd=work)
+    assert res.code == 8 and root_b in res.err and _root(run_cli, "a") in res.err, res.err
+    assert not (work / "ran").exists()
+
+
+@pytest.mark.fuse
+def test_rerun_mounts_what_the_job_read_not_what_latest_is_now(c3fs_bin, run_cli, store_env,
+                                                                 tmp_path) -> None:
+    from fusehelp import fuse_works
+
+    if not fuse_works():
+        pytest.skip("needs /dev/fuse and fusermount3")
+    _push(run_cli, tmp_path, "v1", {"f": b"version 1"})
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".c3").write_text("datasets:\n  - ref: /projects/p/jobs/latest\n    mount: in\n")
+    cmd = ("sh", "-c", "cat in/f > $C3_ARTIFACTS_DIR/seen")
+    assert c3fs_bin("run", "-p", "q", "-j", "first", "--", *cmd, cwd=work).code == 0
+    _push(run_cli, tmp_path, "v2", {"f": b"version 2"})
+    _store_record(store_env, "v2", ended=9e9)  # latest is v2 now
+    again = c3fs_bin("rerun", "first", "-j", "second", cwd=work)
+    assert again.code == 0, again.err
+    seen = tmp_path / "seen"
+    assert run_cli(["cp", "/jobs/second/seen", str(seen)]).code == 0
+    assert seen.read_bytes() == b"version 1"
+    inputs = json.loads(run_cli(["ls", "--json", "/projects/q/jobs/"]).out)[-1]["record"]["inputs"]
+    assert [(i["ref"], i["resolved"]) for i in inputs] == [("/jobs/v1", "/jobs/v1")]
+
+
+@pytest.mark.parametrize("command", ["diff", "rerun", "mount"])
+def test_help_has_examples(run_cli, command) -> None:
+    result = run_cli([command, "--help"])
+    assert result.code == 0 and "Examples:" in result.out

@@ -7,8 +7,12 @@ mount's root); of a folder in a job, that folder's tree id.
 
 from __future__ import annotations
 
+import msgspec
+
 from c3fs.errors import C3fsError, UsageError
+from c3fs.jobs.config import DatasetMount, JobConfig
 from c3fs.objects.ids import parse_hex_id
+from c3fs.objects.job import JobRecord
 from c3fs.vfs import Node, Vfs
 
 
@@ -43,3 +47,16 @@ def resolve_pinned(vfs: Vfs, ref: str, expect: str | None) -> Node:
 def canonical_ref(node: Node) -> str:
     """The path `node` has under /jobs/ or /datasets/ (exact bytes, for mounting it)."""
     return "/" + "/".join(p.decode("utf-8", "surrogateescape") for p in node.path)
+
+
+def pinned_config(record: JobRecord, config: JobConfig) -> JobConfig:
+    """`config` with the datasets of `record`'s run: each input at its mount point, by what
+    it resolved to then, pinned to the root it had (`c3fs rerun`)."""
+    datasets = []
+    for item in record.inputs:
+        if not item.mount:
+            raise C3fsError(f"job {record.id}: input {item.ref} has no mount point recorded; "
+                            "it cannot be mounted again")
+        datasets.append(DatasetMount(ref=item.resolved or item.ref, mount=item.mount,
+                                     digest=item.root))
+    return msgspec.structs.replace(config, datasets=datasets)
