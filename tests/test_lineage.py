@@ -7,6 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from fusehelp import fuse_works, mount, run_c3fs
+
+needs_fuse = pytest.mark.skipif(not fuse_works(), reason="needs /dev/fuse and fusermount3")
 
 
 def _push(run_cli, tmp_path: Path, job: str, files: dict[str, bytes], project: str = "p") -> str:
@@ -148,13 +151,10 @@ def test_tag_help_has_examples(run_cli) -> None:
 
 
 @pytest.mark.fuse
+@needs_fuse
 def test_tags_and_latest_in_the_mount_and_the_installed_command(tmp_path) -> None:
     """The installed `c3fs`: tags and latest are symlinks in a mount of the namespace, and
     `c3fs mount` of a tag mounts the job it names."""
-    from fusehelp import fuse_works, mount, run_c3fs
-
-    if not fuse_works():
-        pytest.skip("needs /dev/fuse and fusermount3")
     env = dict(os.environ, C3FS_STORE=str(tmp_path / "store"), C3FS_CACHE_DIR=str(tmp_path / "c"))
     src = tmp_path / "src"
     src.mkdir()
@@ -216,12 +216,9 @@ def test_run_refuses_a_pinned_dataset_of_another_root(c3fs_bin, run_cli, store_e
 
 
 @pytest.mark.fuse
+@needs_fuse
 def test_run_records_what_latest_and_a_tag_resolved_to(c3fs_bin, run_cli, store_env,
                                                         tmp_path) -> None:
-    from fusehelp import fuse_works
-
-    if not fuse_works():
-        pytest.skip("needs /dev/fuse and fusermount3")
     _push(run_cli, tmp_path, "a", {"f": b"from a"})
     _push(run_cli, tmp_path, "b", {"f": b"from b"})
     _store_record(store_env, "a", ended=2e9)
@@ -458,12 +455,9 @@ def test_rerun_refuses_an_input_whose_root_changed(c3fs_bin, run_cli, store_env,
 
 
 @pytest.mark.fuse
+@needs_fuse
 def test_rerun_mounts_what_the_job_read_not_what_latest_is_now(c3fs_bin, run_cli, store_env,
                                                                  tmp_path) -> None:
-    from fusehelp import fuse_works
-
-    if not fuse_works():
-        pytest.skip("needs /dev/fuse and fusermount3")
     _push(run_cli, tmp_path, "v1", {"f": b"version 1"})
     work = tmp_path / "work"
     work.mkdir()
