@@ -99,8 +99,12 @@ bench: install
 bench-full: install
 	$(BIN)/python -m bench run
 
+# The peers, and the remote bench's rig: rclone and s3fs from Debian, the S3 server s3rver
+# 3.7.1 with npm into bench/s3rver/node_modules from its lock file (python -m bench remote).
 bench-peers:
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq restic borgbackup squashfs-tools squashfuse casync >/dev/null
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq restic borgbackup squashfs-tools squashfuse casync \
+	  rclone s3fs npm >/dev/null
+	cd bench/s3rver && npm ci --no-audit --no-fund --silent
 
 lint: install
 	$(BIN)/ruff check c3fs cli tests bench

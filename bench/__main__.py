@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="repeats of the S3 figures (default: --repeat; moto is slow)")
     sub.add_parser("scale", help="how costs grow with files and jobs (python -m bench scale -h)",
                    add_help=False)
+    sub.add_parser("remote", help="c3fs on S3 behind a 20 ms proxy, beside rclone, s3fs, boto3 "
+                   "(python -m bench remote -h)", add_help=False)
     readme = sub.add_parser("readme", help="copy a run's tables into bench/README.md")
     readme.add_argument("results", nargs="?", help="results JSON (default: the newest)")
     run.add_argument("--keep-work", action="store_true", help="keep bench/work/ afterwards")
@@ -54,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import scale
 
         return scale.main(argv[1:])
+    if argv[:1] == ["remote"]:  # its own options: python -m bench remote --help
+        from bench import remote
+
+        return remote.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "readme":
         return _readme(args.results)

@@ -1,10 +1,19 @@
-"""Error classes. User mistakes are `C3fsError` subclasses: one-line message, exit code.
+"""Error classes, all of them with their exit codes. User mistakes are `C3fsError`
+subclasses: one-line message, exit code.
 
 Damage to stored data is typed (`BlobMissing`, `BlobCorrupt`) with the ids needed to name it,
-so the mount can answer EIO naming the chunk and `verify` can say which jobs break.
+so the mount can answer EIO naming the chunk and `verify` can say which jobs break; a store
+that did not answer is `BlobUnavailable` (the blob may well be there: nothing to repair, and
+a copy stops instead of going on without the file). The path of the namespace a read failed
+on is added to the same exception (`C3fsError.reading`), which keeps its type.
+
+    exit 1 C3fsError   2 UsageError   3 NotFound, SourceError   4 AlreadyExists,
+    DestinationError   5 StoreError   6 DataError, FormatError   7 LockedError   8 MountError
 """
 
 from __future__ import annotations
+
+from typing import Self
 
 
 def one_line(text: str) -> str:
@@ -17,6 +26,22 @@ class C3fsError(Exception):
     """An error the user can act on: printed as one line, exits with `exit_code`."""
 
     exit_code = 1
+    path: str | None = None  # the namespace path whose reading met this error
+
+    def reading(self, path: str) -> Self:
+        """This error (same type, same fields) saying it was met reading `path` of the
+        namespace. A copy: one fetch's error reaches every reader waiting for that blob, each
+        naming its own file. An error that names a path already keeps it (the deepest one)."""
+        if self.path is not None:
+            return self
+        error = type(self).__new__(type(self), *self.args)  # (no __init__: fields copied)
+        error.__dict__.update(self.__dict__)
+        error.path = path
+        return error
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if self.path is None else f"cannot read {self.path}: {text}"
 
 
 class UsageError(C3fsError):
@@ -79,7 +104,6 @@ class BlobError(DataError):
     """One blob cannot be served; says which, in which pack, and why."""
 
     state = "unreadable"
-    unavailable = False  # True: the store did not answer (the blob may well be there)
 
     def __init__(self, blob_id: bytes, pack_id: str | None = None, detail: str = "") -> None:
         self.blob_id = blob_id
@@ -97,12 +121,23 @@ class BlobCorrupt(BlobError):
     state = "corrupt"
 
 
-class BlobUnavailable(BlobMissing):
-    """The store did not answer for this blob (a hung or unreachable server): it may well be
-    there, so nothing is repaired or relearned."""
+class BlobUnavailable(BlobError):
+    """The store did not answer for the pack holding the blob (after its retries): the blob
+    may well be there, so nothing is repaired, and a copy stops rather than leaving it out."""
 
-    state = "unreadable"
-    unavailable = True
+    state = "unavailable"
+
+
+class SourceError(C3fsError):
+    """A file of the pushed directory cannot be read."""
+
+    exit_code = 3
+
+
+class DestinationError(C3fsError):
+    """A copy's destination refused a write (not a directory, a socket, disk full...)."""
+
+    exit_code = 4
 
 
 class ChunkSizeMismatch(DataError):
@@ -117,3 +152,31 @@ class ChunkSizeMismatch(DataError):
 
 class LockedError(C3fsError):
     exit_code = 7
+
+
+class MountError(C3fsError):
+    exit_code = 8
+
+
+class FuseUnavailable(MountError):
+    pass
+
+
+def portable_name(exc: C3fsError) -> str:
+    """The name `from_name` rebuilds `exc`'s kind from (the mount daemon reports its error
+    through a pipe): its own class, or the nearest one of this module built from a message."""
+    for cls in type(exc).__mro__:
+        if _BY_NAME.get(cls.__name__) is cls:
+            return cls.__name__
+    return C3fsError.__name__
+
+
+def from_name(name: str, message: str) -> C3fsError:
+    """The error of kind `name` (see `portable_name`) with `message`; C3fsError if unknown."""
+    return _BY_NAME.get(name, C3fsError)(message)
+
+
+_BY_NAME: dict[str, type[C3fsError]] = {
+    cls.__name__: cls for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, C3fsError) and not issubclass(cls, BlobError)
+}

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from c3fs.errors import NotFound
-from c3fs.index import Index, IndexDamaged, cache_root, open_index
+from c3fs.index import Index, IndexDamaged, open_index
+from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import Tree, decode_tree
-from c3fs.reader import LRU, BlobSource
-from c3fs.store.backend import Deadline
-from c3fs.store.cache import BlockCache
+from c3fs.reader import BlobSource
+from c3fs.store.backend import LOCAL, Deadline
 from c3fs.store.store import Store, open_backend
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,11 @@ class Repo:
         the local disk cache of fetched pack blocks (default $C3FS_DISK_CACHE or 1 GiB).
         `deadline`: how long a remote store may leave requests unanswered (default: one
         $C3FS_STORE_DEADLINE for the whole of this repo's use, e.g. a command)."""
-        store = Store.open(open_backend(url, create=create, deadline=deadline), create=create)
-        if not store.is_local:
-            cache_dir = cache_root() / store.config.store_id
-            store = Store(BlockCache(store.backend, cache_dir, disk_cache_bytes), store.config)
+        backend = open_backend(url, create=create, disk_cache_bytes=disk_cache_bytes,
+                               deadline=deadline)
+        store = Store.open(backend, create=create)
         index = open_index(store)
-        interval = 2.0 if store.is_local else 10.0
+        interval = 2.0 if LOCAL in backend.capabilities else 10.0
         return cls(store, index, BlobSource(store, index, cache_bytes), interval)
 
     def close(self) -> None:
@@ -58,7 +57,7 @@ class Repo:
             self.index.sync(self.store)
 
     def __post_init__(self) -> None:
-        self._trees = LRU(TREES)
+        self._trees: LRU[bytes, Tree] = LRU(TREES)
 
     def tree(self, tree_id: bytes) -> Tree:
         """A decoded tree (the last TREES are kept: trees are immutable)."""

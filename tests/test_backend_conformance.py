@@ -19,6 +19,7 @@ from s3server import MotoServer
 from c3fs.objects.job import JOB, JobRecord
 from c3fs.store import s3 as s3mod
 from c3fs.store.backend import (
+    LOCAL,
     Backend,
     BackendError,
     KeyExists,
@@ -26,6 +27,7 @@ from c3fs.store.backend import (
     RetryingBackend,
     TemporaryBackendError,
 )
+from c3fs.store.cache import BlockCache
 from c3fs.store.local import TMP_PREFIX, LocalBackend
 from c3fs.store.s3 import S3Backend, open_s3_backend, parse_s3_url
 from c3fs.store.store import Store, open_backend
@@ -54,6 +56,19 @@ def test_get_full_and_ranged(backend: Backend) -> None:
     assert backend.get("obj", 8, 100) == b"89"  # a range past the end is cut short
     assert backend.get("obj", 10) == b""
     assert backend.get("obj", 4, 0) == b""
+
+
+def test_every_verb_exists_where_it_means_nothing(backend: Backend) -> None:
+    """Lazy puts, temp files, caches: every backend has the verbs, so callers never probe."""
+    assert not backend.occupied()  # a new store may be made here
+    parts = [b"pack ", b"in ", b"parts"]
+    backend.put(Store.pack_key(PACK_A), parts, sync=False)
+    backend.flush([Store.pack_key(PACK_A)])
+    assert backend.get(Store.pack_key(PACK_A)) == b"pack in parts"
+    assert backend.uncached.get(Store.pack_key(PACK_A), 5, 2) == b"in"
+    assert backend.sweep_temp() == 0
+    assert backend.invalidate(Store.pack_key(PACK_B), 0, 10) is False
+    assert (LOCAL in backend.capabilities) == isinstance(backend, LocalBackend)
 
 
 def test_size(backend: Backend) -> None:
@@ -218,9 +233,12 @@ def test_url_parsing_and_url_attribute(s3_url: str) -> None:
     for bad in ["s3://", "s3:///prefix", "http://bucket/x", "s3://b/x?versionId=1"]:
         with pytest.raises(BackendError):
             parse_s3_url(bad)
-    backend = open_backend(s3_url)
-    assert isinstance(backend, RetryingBackend) and isinstance(backend.inner, S3Backend)
+    backend = open_backend(s3_url)  # the whole stack: a disk cache over retries over S3
+    assert isinstance(backend, BlockCache) and isinstance(backend.inner, RetryingBackend)
+    assert isinstance(backend.inner.inner, S3Backend)
     assert backend.url == s3_url
+    raw = open_backend(s3_url, cache=False)
+    assert isinstance(raw, RetryingBackend) and raw.url == s3_url
 
 
 @pytest.mark.s3
@@ -435,7 +453,7 @@ def test_retrying_backend_retries_temporary_errors(s3_url: str) -> None:
 @pytest.mark.s3
 def test_store_on_s3(s3_url: str) -> None:
     store = Store.open(open_backend(s3_url))
-    assert store.url == s3_url and not store.is_local
+    assert store.url == s3_url and LOCAL not in store.backend.capabilities
     assert store.backend.get("config")
     again = Store.open(open_backend(s3_url), create=False)
     assert again.config.store_id == store.config.store_id

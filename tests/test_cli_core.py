@@ -230,6 +230,7 @@ def test_cp_replaces_a_symlink_where_a_file_belongs(run_cli, tmp_path: Path) -> 
     assert (tmp_path / "dst" / "a.txt").read_bytes() == b"hello"
 
 
+@pytest.mark.logs("is corrupt")
 def test_cp_leaves_no_temp_files_on_corrupt_data(run_cli, store_env, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -294,6 +295,7 @@ ESCAPES = [(b"..", DIR), (b"..", FILE), (b"..", LINK), (b".", DIR), (b"../evil",
            (b"evil\0x", FILE)]
 
 
+@pytest.mark.logs("unsafe name in tree")
 @pytest.mark.parametrize("nested", [False, True], ids=["at-root", "in-subdir"])
 @pytest.mark.parametrize(("name", "kind"), ESCAPES, ids=lambda v: repr(v))
 def test_cp_of_a_crafted_escaping_tree_is_refused(run_cli, store_env, tmp_path: Path,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trees
 
-from c3fs.errors import BlobCorrupt, DataError
+from c3fs.errors import BlobCorrupt, C3fsError, DataError
 from c3fs.jobs import download
 from c3fs.jobs.download import Copier
 from c3fs.jobs.pull import pending_jobs, pull
@@ -73,6 +73,7 @@ def test_copy_restores_bytes_modes_and_mtimes(repo, tmp_path: Path, staging: str
     assert not leftovers(tmp_path / "dst")
 
 
+@pytest.mark.logs("injected")
 def test_a_failed_copy_leaves_no_partial_and_no_temp_file(repo, tmp_path: Path, staging: str,
                                                           parts: int, monkeypatch) -> None:
     vfs = pushed(repo, tmp_path)
@@ -85,7 +86,7 @@ def test_a_failed_copy_leaves_no_partial_and_no_temp_file(repo, tmp_path: Path, 
         return data
 
     monkeypatch.setattr(Copier, "_chunk", failing_chunk)
-    with pytest.raises(download.C3fsError):
+    with pytest.raises(C3fsError):
         Copier(vfs).copy(root(vfs), tmp_path / "dst")
     for path in entries(tmp_path / "dst"):  # links are placed whole; of the files, only the
         mode = path.lstat().st_mode         # one without chunks (nothing to go bad) got a name
@@ -107,7 +108,7 @@ def test_one_bad_part_of_a_big_file_drops_the_whole_file(repo, tmp_path: Path, s
 
     monkeypatch.setattr(Copier, "_chunk", one_bad_part)
     (tmp_path / "dst").mkdir()
-    with pytest.raises(download.C3fsError, match="big.bin"):
+    with pytest.raises(C3fsError, match="big.bin"):
         Copier(vfs).copy(vfs.resolve("/jobs/j1/big.bin"), tmp_path / "dst" / "big.bin")
     assert os.listdir(tmp_path / "dst") == []  # neither the file nor a temp file
 

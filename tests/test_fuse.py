@@ -26,7 +26,6 @@ from fusehelp import (
     alive,
     daemon_pids,
     force_unmount,
-    fuse_works,
     mount,
     mounted,
     run_c3fs,
@@ -34,8 +33,7 @@ from fusehelp import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.fuse,
-              pytest.mark.skipif(not fuse_works(), reason="needs /dev/fuse and fusermount3")]
+pytestmark = pytest.mark.fuse
 
 JOB, PROJECT = "job_alpha", "proj"
 MTIME_NS = 1_700_000_000_123_456_789
@@ -530,6 +528,29 @@ def test_mount_errors_are_one_line(world: World, mnt: Path, tmp_path: Path) -> N
     assert "fusermount3" in mount_error(world, str(empty), env=no_fuse)
 
 
+def test_a_daemons_error_keeps_its_kind_and_exit_code(world: World, tmp_path: Path) -> None:
+    """The daemon resolves the ref and opens the store; what it reports comes back as the
+    same kind of error, forked (the CLI) or spawned (a caller with threads)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_c3fs("mount", "/jobs/job_nope", str(empty), env=world.env, check=False)
+    assert proc.returncode == 3 and "job_nope" in proc.stderr, proc.stderr  # NotFound
+    no_store = dict(world.env, C3FS_STORE=str(tmp_path / "no-store"))
+    proc = run_c3fs("mount", str(empty), env=no_store, check=False)
+    assert proc.returncode == 5 and "no c3fs store" in proc.stderr, proc.stderr  # StoreError
+    code = ("import sys, threading\n"
+            "from c3fs.fuse import mount\n"
+            "threading.Thread(target=threading.Event().wait, args=(60,), daemon=True).start()\n"
+            "try:\n"
+            "    mount(sys.argv[1], '/jobs/job_nope', sys.argv[2])\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__, exc.exit_code)\n")
+    spawned = subprocess.run([sys.executable, "-c", code, str(world.store), str(empty)],
+                             env=world.env, capture_output=True, text=True, timeout=60)
+    assert spawned.stdout.split() == ["NotFound", "3"], spawned.stderr
+    assert not mounted(empty)
+
+
 def test_umount_of_a_busy_mount_and_lazy_umount(world: World, tmp_path: Path) -> None:
     with mount(world.env, tmp_path / "m", f"/jobs/{JOB}") as m:
         with open(m / "big.bin", "rb") as f:
@@ -636,6 +657,7 @@ def test_lookup_counts_are_released_by_forget(ops) -> None:
     trio.run(main)
 
 
+@pytest.mark.logs("unexpected error in")
 def test_handlers_raise_only_fuse_errors(ops) -> None:
     import pyfuse3
 

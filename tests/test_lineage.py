@@ -7,9 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fusehelp import fuse_works, mount, run_c3fs
-
-needs_fuse = pytest.mark.skipif(not fuse_works(), reason="needs /dev/fuse and fusermount3")
+from fusehelp import mount, run_c3fs
 
 
 def _push(run_cli, tmp_path: Path, job: str, files: dict[str, bytes], project: str = "p") -> str:
@@ -151,7 +149,6 @@ def test_tag_help_has_examples(run_cli) -> None:
 
 
 @pytest.mark.fuse
-@needs_fuse
 def test_tags_and_latest_in_the_mount_and_the_installed_command(tmp_path) -> None:
     """The installed `c3fs`: tags and latest are symlinks in a mount of the namespace, and
     `c3fs mount` of a tag mounts the job it names."""
@@ -216,7 +213,6 @@ def test_run_refuses_a_pinned_dataset_of_another_root(c3fs_bin, run_cli, store_e
 
 
 @pytest.mark.fuse
-@needs_fuse
 def test_run_records_what_latest_and_a_tag_resolved_to(c3fs_bin, run_cli, store_env,
                                                         tmp_path) -> None:
     _push(run_cli, tmp_path, "a", {"f": b"from a"})
@@ -397,6 +393,7 @@ def test_logs_help_has_examples(run_cli) -> None:
     assert result.code == 0 and "Examples:" in result.out and "--tail" in result.out
 
 
+@pytest.mark.logs("kept in")
 def test_upload_error_keeps_the_logs_in_the_working_dir(run_cli, store_env, tmp_path,
                                                         monkeypatch) -> None:
     from c3fs.errors import StoreError
@@ -455,7 +452,6 @@ def test_rerun_refuses_an_input_whose_root_changed(c3fs_bin, run_cli, store_env,
 
 
 @pytest.mark.fuse
-@needs_fuse
 def test_rerun_mounts_what_the_job_read_not_what_latest_is_now(c3fs_bin, run_cli, store_env,
                                                                  tmp_path) -> None:
     _push(run_cli, tmp_path, "v1", {"f": b"version 1"})

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import test_backend_conformance as conformance
-from fusehelp import force_unmount, fuse_works, wait_until
+from fusehelp import force_unmount, wait_until
 from s3server import MotoServer
 from trees import diff, snapshot, write_random_file
 
@@ -148,7 +148,7 @@ def same_tree(expected: Path, actual: Path) -> None:
 
 # the block cache ------------------------------------------------------------------------------
 def cached(url: str, root: Path, max_bytes: int = 64 * MiB, block: int = 64 * KiB) -> BlockCache:
-    return BlockCache(open_backend(url), root, max_bytes, block_size=block, memory_bytes=0)
+    return BlockCache(open_backend(url, cache=False), root, max_bytes, block_size=block, memory_bytes=0)
 
 
 def disk_bytes(cache: BlockCache) -> int:
@@ -223,6 +223,7 @@ def test_cache_files_are_private(s3_url: str, tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == want, path
 
 
+@pytest.mark.logs("is damaged; fetching it again")
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
 def test_a_damaged_cache_file_is_refetched_not_served(s3_url, tmp_path, damage) -> None:
     data = os.urandom(100 * KiB)
@@ -275,6 +276,7 @@ class CorruptOnce:
         return getattr(self.inner, verb)
 
 
+@pytest.mark.logs("cached copy was damaged")
 def test_reader_drops_a_bad_cached_copy_and_reads_again(s3_url, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("C3FS_CACHE_DIR", str(tmp_path / "home"))
     source = tmp_path / "src"
@@ -283,7 +285,7 @@ def test_reader_drops_a_bad_cached_copy_and_reads_again(s3_url, tmp_path, monkey
     (source / "f.bin").write_bytes(content)
     subprocess.run([str(C3FS), "--store", s3_url, "push", str(source), "-p", "p", "-j", "j1"],
                    check=True, capture_output=True)
-    store = Store.open(open_backend(s3_url))
+    store = Store.open(open_backend(s3_url, cache=False))
     index = open_index(store)
     spoiling = CorruptOnce(store.backend)
     remote = Store(BlockCache(spoiling, tmp_path / "cache", 64 * MiB, memory_bytes=0), store.config)
@@ -302,7 +304,7 @@ SHARER = textwrap.dedent("""
     from c3fs.store.store import open_backend
     url, root, key, seed = sys.argv[1:5]
     data = open(sys.argv[5], "rb").read()
-    cache = BlockCache(open_backend(url), root, 12 * 65536, block_size=65536, memory_bytes=0)
+    cache = BlockCache(open_backend(url, cache=False), root, 12 * 65536, block_size=65536, memory_bytes=0)
     rng = random.Random(int(seed))
     for _ in range(300):
         offset = rng.randrange(len(data)); length = rng.randint(1, 100_000)
@@ -549,7 +551,6 @@ def test_bad_credentials_are_a_clear_error_without_the_secret(tmp_path: Path) ->
 
 # a live mount on machine B --------------------------------------------------------------------
 @pytest.mark.fuse
-@pytest.mark.skipif(not fuse_works(), reason="needs /dev/fuse and fusermount3")
 def test_live_mount_of_another_machines_jobs(machines, s3_server: MotoServer, tmp_path) -> None:
     a, b = machines
     mixed_tree(tmp_path / "v1", seed=11, big=4 * MiB, small=60)

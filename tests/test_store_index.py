@@ -341,6 +341,31 @@ def test_missing_and_corrupt_blobs_are_typed_errors(repo: Repo, tmp_path: Path) 
     blobs.close()
 
 
+def test_a_ref_removed_between_list_and_get_is_skipped(repo: Repo, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's `rm` between the sync's listing and its read of a ref: the sync
+    learns the other jobs and leaves that one out (`Store.get_ref` says NotFound)."""
+    first = push_dir(repo, make_src(tmp_path / "a", "a"), "vision", "job_a")
+    push_dir(repo, make_src(tmp_path / "b", "b"), "vision", "job_b")
+    other_store = Store.open(LocalBackend(repo.store.url), create=False)
+    listed = other_store.list_refs
+
+    def list_then_removed(kind: str):
+        names = list(listed(kind))
+        if kind == JOB:
+            repo.store.delete_ref(JOB, "job_b")
+        return iter(names)
+
+    monkeypatch.setattr(other_store, "list_refs", list_then_removed)
+    other = Index(tmp_path / "other-index", other_store.config.store_id)
+    try:
+        other.sync(other_store)
+        assert other.record_names(JOB) == {"job_a"}
+        assert other.record(JOB, "job_a") == first
+    finally:
+        other.close()
+
+
 def test_index_skips_damaged_packs_and_refs(repo: Repo, tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
     push_dir(repo, make_src(tmp_path / "a", "a"), "vision", "job_a")
@@ -402,6 +427,7 @@ def test_deleted_index_is_rebuilt_on_open(run_cli, store_env, tmp_path: Path) ->
     assert (tmp_path / "out" / "weights.bin").read_bytes() == (tmp_path / "c" / "weights.bin").read_bytes()
 
 
+@pytest.mark.logs("is damaged .*rebuilding it")
 @pytest.mark.parametrize("damage", ["garbage", "zeros", "empty", "lock-garbage"])
 def test_damaged_lmdb_file_is_replaced_and_rebuilt(run_cli, store_env, tmp_path: Path,
                                                    damage: str) -> None:
@@ -476,6 +502,7 @@ def test_open_index_syncs_a_fresh_index(repo: Repo, tmp_path: Path) -> None:
     assert os.path.isdir(path)
 
 
+@pytest.mark.logs("is damaged .*rebuilding it")
 def test_threads_reading_while_a_damaged_index_is_replaced_see_only_retries(tmp_path) -> None:
     """The first thread to meet damage swaps in a new environment while others may be inside
     the old one, or between reading the environment and its table handles: they get

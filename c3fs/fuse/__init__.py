@@ -30,7 +30,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from c3fs.errors import C3fsError, one_line
+from c3fs.errors import C3fsError, FuseUnavailable, MountError, from_name, one_line, portable_name
 from c3fs.fsutil import make_private_dir
 from c3fs.index import cache_root, environments_open
 from c3fs.store.locks import process_alive
@@ -43,14 +43,6 @@ FSTYPE = "fuse.c3fs"  # what /proc/self/mountinfo says of our mounts (subtype=c3
 
 __all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file",
            "filesystem_type", "is_mounted", "mount", "unmount"]
-
-
-class MountError(C3fsError):
-    exit_code = 8
-
-
-class FuseUnavailable(MountError):
-    pass
 
 
 # mount ------------------------------------------------------------------------------------
@@ -224,18 +216,32 @@ def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
                    cache_bytes=cache_bytes, ready=lambda: status.send(b"ok\n"), ack_fd=ack_fd)
     except C3fsError as exc:
         log.error("%s", exc)
-        _report_error(status, exc.exit_code, str(exc))
+        _report_error(status, exc)
         return exc.exit_code
     except BaseException as exc:
         log.exception("the mount daemon failed")
-        _report_error(status, 1, f"the mount daemon failed: {exc!r}")
+        _report_error(status, C3fsError(f"the mount daemon failed: {exc!r}"))
         return 1
     return 0
 
 
-def _report_error(status: _Status, code: int, message: str) -> None:
+def error_line(exc: C3fsError) -> str:
+    """How a daemon reports an error to the process that started it: "error KIND MESSAGE"
+    (the kind is the error's class, which carries its exit code; see `parse_error`)."""
+    return f"error {portable_name(exc)} {' '.join(str(exc).split())}"
+
+
+def parse_error(line: str) -> C3fsError | None:
+    """The error an `error_line` reports, or None if `line` is not one."""
+    if not line.startswith("error "):
+        return None
+    _, kind, message = (line.split(" ", 2) + [""])[:3]
+    return from_name(kind, message or "the mount daemon failed")
+
+
+def _report_error(status: _Status, exc: C3fsError) -> None:
     """Send the error line, unless "ok" was sent already (then the error is in the log)."""
-    status.send(f"error {code} {' '.join(message.split())}\n".encode(errors="replace"))
+    status.send(f"{error_line(exc)}\n".encode(errors="replace"))
 
 
 def _read_status(status, timeout: float) -> int:
@@ -253,16 +259,9 @@ def _read_status(status, timeout: float) -> int:
         elif line == "ok":
             return pid
         elif line.startswith("error "):
-            _, code, message = (line.split(" ", 2) + [""])[:3]
-            raise _error(message or "the mount daemon failed", int(code))
+            raise parse_error(line)
         elif not line:
             raise MountError("the mount daemon exited before the mount was ready")
-
-
-def _error(message: str, code: int) -> MountError:
-    error = MountError(message)
-    error.exit_code = code
-    return error
 
 
 def _spawn_daemon(args: tuple, log_file: str, timeout: float, ack_read: int) -> int:
@@ -282,7 +281,8 @@ def _spawn_daemon(args: tuple, log_file: str, timeout: float, ack_read: int) -> 
         raise MountError(f"the mount daemon did not report ready within {timeout:.0f} s") from None
     lines = proc.stderr.strip().splitlines()
     if proc.returncode != 0:
-        raise _error(lines[-1] if lines else "the mount daemon failed", proc.returncode)
+        raise (parse_error(lines[-1]) if lines else None) or MountError(
+            lines[-1] if lines else "the mount daemon failed")
     return int(proc.stdout.split()[-1])
 
 

@@ -1,9 +1,10 @@
 """`python -m c3fs.fuse [options] REF MOUNTPOINT`: start a mount daemon from a fresh process.
 
 Used by `c3fs.fuse.mount` when its caller has threads (forking those is unsafe). Prints the
-daemon's pid on stdout once the mount answers; on failure, one error line on stderr and the
-error's exit code. The daemon gets `--ack-fd`, the read end of the pipe through which the
-process that started this one acknowledges the mount (if it dies first, the daemon unmounts).
+daemon's pid on stdout once the mount answers; on failure, one error line on stderr
+(`c3fs.fuse.error_line`) and the error's exit code. The daemon gets `--ack-fd`, the read end
+of the pipe through which the process that started this one acknowledges the mount (if it
+dies first, the daemon unmounts).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 
 from c3fs.errors import C3fsError
-from c3fs.fuse import DEFAULT_CACHE
+from c3fs.fuse import DEFAULT_CACHE, error_line
 from c3fs.fuse import _fork_daemon as fork_daemon
 from c3fs.fuse import _wait_answering as wait_answering
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = fork_daemon(args, opts.log_file, opts.timeout, opts.ack_fd)
         wait_answering(opts.mountpoint, pid, opts.log_file, opts.timeout)
     except C3fsError as exc:
-        print(str(exc), file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return exc.exit_code
     print(pid)
     return 0

@@ -20,8 +20,7 @@ from functools import partial
 import pyfuse3
 import trio
 
-from c3fs.errors import NotADirectory, NotFound
-from c3fs.fuse import MountError
+from c3fs.errors import MountError, NotADirectory, NotFound
 from c3fs.fuse.ops import Operations
 from c3fs.preload import record as record_preload
 from c3fs.repo import Repo

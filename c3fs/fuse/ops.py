@@ -19,7 +19,7 @@ build from `make` (patches/) hands `read` the inode instead, and the readers are
 inode (`readers`). With a stock pyfuse3 (no `READ_INODE_WITHOUT_OPEN`), or with
 `C3FS_FUSE_OPEN=1`, files are opened the classic way: one reader per OPEN, dropped at RELEASE.
 
-The first READ of a file (or its OPEN) starts fetching its first chunks (BlobSource.prefetch,
+The first READ of a file (or its OPEN) starts fetching its first chunks (FileReader.start,
 the reader's own pool). A lookup or a first read of a small file tells `DirectoryReadahead`,
 which reads the next small files of the directory in a worker thread; those the kernel
 already knows are pushed into its page cache (notify_store) and cost no READ at all, the
@@ -52,11 +52,12 @@ import blake3
 import pyfuse3
 import trio
 
-from c3fs.errors import DataError, FormatError, IsADirectory, NotADirectory, NotFound
+from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
 from c3fs.fuse.readahead import DirectoryReadahead
+from c3fs.memo import LRU
 from c3fs.objects.job import DATASET
 from c3fs.objects.tree import FILE, LINK
-from c3fs.reader import LRU, FileReader
+from c3fs.reader import FileReader
 from c3fs.vfs import ROOT_INO, Node, Vfs
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ CONTENT_TIMEOUT = 3600.0  # a job's tree never changes
 LISTING_TIMEOUT = 1.0  # /jobs, /projects/...: new jobs must show up quickly
 BLOCK_SIZE = 1 << 20  # st_blksize: `cat` and friends read this much per call
 OPEN_IN_THREAD = 4096  # files with more chunks than this are opened in a worker thread
-OPEN_PREFETCH = 4  # chunks fetched as soon as a file is opened
 READERS = 64  # readers kept per inode when files are opened without requests (by count:
 # a reader holds its file's chunk list; an evicted one is rebuilt by the next READ)
 USER_NAMESPACE = b"user."  # the only xattr namespace the mount has
@@ -205,7 +205,7 @@ class Operations(pyfuse3.Operations):
         self.inodes = Inodes(vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
         self.readahead = readahead
-        self.directory_readahead = DirectoryReadahead(vfs.repo, self.limiter, self._push)
+        self.directory_readahead = DirectoryReadahead(vfs, self.limiter, self._push)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[tuple[bytes, Node]]]] = {}
@@ -313,7 +313,7 @@ class Operations(pyfuse3.Operations):
         many = node.entry is not None and len(node.entry.chunks) > 32 * OPEN_IN_THREAD
         reader = (await self._thread(self.vfs.open, node, self.readahead) if many
                   else self.vfs.open(node, self.readahead))
-        reader.blobs.prefetch(reader.ids[:OPEN_PREFETCH])  # ready by the first READ
+        reader.start()  # ready by the first READ
         parent = self._parent(node)
         if parent is not None:
             self.directory_readahead.opened(parent, node)
@@ -406,7 +406,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(exc, LOGGED):
             node = self._node_of(op, args)
             job = node.ref[1] if node is not None and node.ref else "-"
-            chunk = getattr(exc, "blob_id", None)
+            chunk = exc.blob_id if isinstance(exc, BlobError) else None
             log.error("%s failed (EIO): job %s, path %s, chunk %s: %s", op, job,
                       self._where(op, args), chunk.hex() if chunk else "-", exc)
         return pyfuse3.FUSEError(number)

@@ -9,8 +9,8 @@ background thread, in order, and each one the kernel already knows (listed, so l
 pushed into the kernel's page cache (`push`, FUSE notify_store): opening and reading it then
 costs one OPEN request and no READ. Halfway through a window the next one starts.
 
-Reads go through the one read path (FileReader over the reader's bounded LRU, every chunk
-verified); a damaged file is skipped and left for its own READ to report. The kernel's page
+Reads go through the one read path (`Vfs.open`: a FileReader over the reader's bounded LRU,
+every chunk verified); a damaged file is skipped and left for its own READ to report. The kernel's page
 cache is reclaimable, so memory stays bounded.
 """
 
@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
 
 from c3fs.errors import DataError, FormatError
+from c3fs.memo import LRU
 from c3fs.objects.tree import FILE, Entry
-from c3fs.reader import FileReader
-from c3fs.repo import Repo
-from c3fs.vfs import Node, child_ino
+from c3fs.vfs import Node, Vfs
 
 log = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
@@ -37,14 +35,14 @@ END = b"\xff" * 256  # greater than any name: the directory is read ahead to its
 
 
 class DirectoryReadahead:
-    def __init__(self, repo: Repo, limiter: trio.CapacityLimiter,
+    def __init__(self, vfs: Vfs, limiter: trio.CapacityLimiter,
                  push: Callable[[int, bytes], None] | None = None, window: int = WINDOW) -> None:
         """`push(inode, content)` is called in a worker thread with each file read ahead."""
-        self.repo = repo
+        self.vfs = vfs
         self.limiter = limiter
         self.push = push
         self.window = window
-        self._next: OrderedDict[int, bytes] = OrderedDict()  # dir inode -> name that triggers
+        self._next: LRU[int, bytes] = LRU(DIRECTORIES)  # dir inode -> name that triggers
         self._busy: set[int] = set()
 
     def opened(self, parent: Node, node: Node) -> None:
@@ -61,10 +59,7 @@ class DirectoryReadahead:
         try:
             trigger = await trio.to_thread.run_sync(self._read_after, parent, name,
                                                     limiter=self.limiter)
-            self._next[parent.ino] = trigger
-            self._next.move_to_end(parent.ino)
-            while len(self._next) > DIRECTORIES:
-                self._next.popitem(last=False)
+            self._next.put(parent.ino, trigger)
         except Exception:
             log.debug("readahead in %s failed", parent.display, exc_info=True)
         finally:
@@ -72,7 +67,7 @@ class DirectoryReadahead:
 
     def _read_after(self, parent: Node, name: bytes) -> bytes:
         """Read the small files after `name`; return the name that starts the next window."""
-        entries = self.repo.tree(parent.tree_id).entries
+        entries = self.vfs.repo.tree(parent.tree_id).entries
         start = bisect.bisect_right(entries, name, key=lambda e: e.name)
         window = entries[start : start + self.window]
         half = start + self.window // 2
@@ -83,9 +78,10 @@ class DirectoryReadahead:
         return trigger
 
     def _read_ahead(self, parent: Node, entry: Entry) -> None:
+        node = self.vfs.entry_node(parent, entry)
         try:
-            content = FileReader(self.repo.blobs, entry, readahead=0).read(0, entry.size)
+            content = self.vfs.open(node, readahead=0).read(0, node.size)
         except (DataError, FormatError):
             return  # the READ of that file will report it
         if self.push is not None:
-            self.push(child_ino(parent, entry.name), content)
+            self.push(node.ino, content)

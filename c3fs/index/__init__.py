@@ -33,7 +33,7 @@ from typing import NamedTuple, NoReturn
 
 import lmdb
 
-from c3fs.errors import FormatError, StoreError
+from c3fs.errors import FormatError, NotFound, StoreError
 from c3fs.fsutil import make_private_dir
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
@@ -450,6 +450,8 @@ class Index:
             if (kind, name) not in self._damaged_refs:  # once per command (per Index)
                 self._damaged_refs.add((kind, name))
                 log.error("skipping a damaged ref: %s", exc)
+            return None
+        except NotFound:  # removed since it was listed (`rm`, gc): nothing to learn
             return None
         except StoreError as exc:
             log.warning("cannot read %s ref %s: %s", kind, name, exc)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pyfastcdc
 
-from c3fs.errors import C3fsError, NotFound
+from c3fs.errors import NotFound, SourceError
 from c3fs.index import Index
 from c3fs.objects import codec
 from c3fs.objects.ids import blob_id
@@ -42,12 +42,6 @@ LOOKAHEAD = 256  # file tasks the walk may run ahead of the directories stored
 READ_BLOCK = 4 * 1024 * 1024  # large files are read and cut this much at a time,
 RING = 3  # into this many buffers per file
 OPEN_FILE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW  # a file swapped for a link is not followed
-
-
-class SourceError(C3fsError):
-    """A file of the pushed directory cannot be read."""
-
-    exit_code = 3
 
 
 @dataclass

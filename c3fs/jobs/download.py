@@ -47,12 +47,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from c3fs.errors import C3fsError, DataError, FormatError, one_line
+from c3fs.errors import BlobUnavailable, DataError, DestinationError, FormatError, one_line
 from c3fs.fsutil import count, shortened
 from c3fs.objects.ids import blob_id, token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
-from c3fs.vfs import Node, Vfs, unreadable
+from c3fs.vfs import Node, Vfs
 
 log = logging.getLogger(__name__)
 TMP = b".c3fs-tmp."
@@ -60,10 +60,6 @@ SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
 SMALL_BATCH = 64
 PART = 16 * 1024 * 1024  # a bigger file is written in parts of about this size, in parallel
 SOURCES = 16  # big files whose chunks later files may read back (fds held until the end)
-
-
-class DestinationError(C3fsError):
-    exit_code = 4
 
 
 class CopyIncomplete(DataError):
@@ -179,7 +175,7 @@ class Copier:
         try:
             children = self.vfs.children(node)
         except (DataError, FormatError) as exc:
-            error = unreadable(node, exc)
+            error = exc.reading(node.display)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made
                 self.stats.damaged_dirs += 1
                 return []
@@ -235,7 +231,7 @@ class Copier:
 
     def _submit_big(self, node: Node, path: bytes, futures) -> None:
         """A big file is cut into parts that several workers write at once (pwrite)."""
-        reader = self.vfs.open(node, readahead=0)
+        reader = self._open(node)
         parts = _parts(reader.starts, PART)
         if len(parts) == 1:
             futures.append(self._bigs.submit(self._write_file, node, path))
@@ -255,7 +251,7 @@ class Copier:
         try:
             with _named_errors(node, path):
                 staged = _Staged(path, self._proc_fds, path in self._in_place)
-                reader = self.vfs.open(node, readahead=0)
+                reader = self._open(node)
                 for i in range(len(reader.ids)):
                     data = self._chunk(reader, i)
                     _write_all(staged.fd, data)
@@ -288,7 +284,7 @@ class Copier:
         self._count(node)
 
     def _stream(self, node: Node, fd: int) -> None:
-        reader = self.vfs.open(node, readahead=0)
+        reader = self._open(node)
         for i in range(len(reader.ids)):
             data = self._chunk(reader, i)
             _write_all(fd, data)
@@ -312,13 +308,13 @@ class Copier:
             raise
         self._end_part(big)
 
+    def _open(self, node: Node) -> FileReader:
+        """A reader whose chunks are read back from this copy's output where it wrote them
+        already, else fetched and not kept in the LRU (a copy reads each chunk once)."""
+        return self.vfs.open(node, readahead=0, remember=False, reuse=self._reuse.get)
+
     def _chunk(self, reader: FileReader, i: int) -> bytes:
-        """Verified bytes of chunk `i`: read back from this copy's output if it wrote that
-        chunk already, else fetched (not kept in the LRU: a copy reads each chunk once)."""
-        chunk_id = reader.ids[i]
-        data = self._reuse.get(chunk_id)
-        return reader.check(i, data if data is not None
-                            else reader.blobs.get(chunk_id, remember=False))
+        return reader.chunk(i)
 
     def _end_part(self, big: _BigFile) -> None:
         """The last part to end names the file, or drops it if any part failed."""
@@ -348,7 +344,7 @@ class Copier:
         """Damaged or missing data met in a directory's copy (not a store that did not
         answer, not a destination that refused: those stop the copy)."""
         return (self._tree and isinstance(exc, (DataError, FormatError))
-                and not getattr(exc, "unavailable", False))
+                and not isinstance(exc, BlobUnavailable))
 
     def _damaged(self, exc: BaseException) -> bool:
         """If `exc` is damage, log its one line naming the file, count it, and return True:
@@ -690,7 +686,7 @@ def _named_errors(node: Node, path: bytes) -> Iterator[None]:
     except OSError as exc:
         raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
     except (DataError, FormatError) as exc:
-        raise unreadable(node, exc) from None
+        raise exc.reading(node.display) from None
 
 
 def _place_link(target: bytes, path: bytes, mtime_ns: int) -> None:

@@ -23,7 +23,6 @@ from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
 from c3fs.objects.tree import DIR, FILE, Entry, Tree
 from c3fs.repo import Repo
-from c3fs.store.local import LocalBackend
 from c3fs.store.locks import gc_lock
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
         say(f"sweeping: {len(live)} blobs in use")
         lease.check()  # a push that broke our lock may be using what looks dead
         report = _sweep(repo, live, dry_run, say)
-        if isinstance(repo.store.backend, LocalBackend) and not dry_run:
+        if not dry_run:
             repo.store.backend.sweep_temp()
         return report
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from c3fs.errors import DataError, FormatError, one_line
+from c3fs.errors import BlobUnavailable, DataError, FormatError, one_line
 from c3fs.fsutil import count
 from c3fs.jobs.download import Copier, CopyIncomplete, CopyStats
 from c3fs.objects.job import JOB, SUCCEEDED, JobRecord
@@ -96,7 +96,7 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
             copier = Copier(vfs, progress=progress, keep_setuid=keep_setuid)
             stats = copier.copy(vfs.ref_root(record), target, follow=False)  # c3fs named it
         except (DataError, FormatError) as exc:
-            if getattr(exc, "unavailable", False):  # the store did not answer: stop
+            if isinstance(exc, BlobUnavailable):  # the store did not answer: stop
                 raise
             failed.append((record.id, exc))
             continue

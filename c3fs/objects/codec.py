@@ -47,29 +47,31 @@ def encode(plain: bytes | memoryview, level: int = 1) -> tuple[int, bytes]:
     return RAW, bytes(plain)
 
 
-def decode(expected_id: bytes, codec: int, stored: bytes, plain_len: int) -> bytes:
-    """Decode and verify one blob. Raises BlobCorrupt, never returns wrong bytes."""
+def decode(expected_id: bytes, codec: int, stored: bytes, plain_len: int,
+           pack_id: str | None = None) -> bytes:
+    """Decode and verify one blob (read from `pack_id`, named in errors). Raises
+    BlobCorrupt, never returns wrong bytes."""
     if not 0 <= plain_len <= MAX_PLAIN:
-        raise BlobCorrupt(expected_id, detail=f"claims {plain_len} plain bytes (max {MAX_PLAIN})")
+        raise BlobCorrupt(expected_id, pack_id, f"claims {plain_len} plain bytes (max {MAX_PLAIN})")
     if codec == RAW:
         plain = stored
     elif codec == ZSTD:
-        plain = _unzstd(expected_id, stored, plain_len)
+        plain = _unzstd(expected_id, stored, plain_len, pack_id)
     else:
-        raise BlobCorrupt(expected_id, detail=f"unknown codec {codec}")
+        raise BlobCorrupt(expected_id, pack_id, f"unknown codec {codec}")
     if len(plain) != plain_len or blob_id(plain) != expected_id:
-        raise BlobCorrupt(expected_id, detail="content does not match its id")
+        raise BlobCorrupt(expected_id, pack_id, "content does not match its id")
     return plain
 
 
-def _unzstd(expected_id: bytes, stored: bytes, plain_len: int) -> bytes:
+def _unzstd(expected_id: bytes, stored: bytes, plain_len: int, pack_id: str | None) -> bytes:
     try:
         declared = zstandard.frame_content_size(stored)
     except zstandard.ZstdError as exc:
-        raise BlobCorrupt(expected_id, detail=f"bad zstd frame: {exc}") from None
+        raise BlobCorrupt(expected_id, pack_id, f"bad zstd frame: {exc}") from None
     if declared != plain_len:
-        raise BlobCorrupt(expected_id, detail=f"zstd frame says {declared} bytes, index {plain_len}")
+        raise BlobCorrupt(expected_id, pack_id, f"zstd frame says {declared} bytes, index {plain_len}")
     try:
         return _decompressor().decompress(stored, max_output_size=plain_len)
     except zstandard.ZstdError as exc:
-        raise BlobCorrupt(expected_id, detail=f"zstd: {exc}") from None
+        raise BlobCorrupt(expected_id, pack_id, f"zstd: {exc}") from None

@@ -13,9 +13,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import threading
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from c3fs.errors import (
     BlobCorrupt,
@@ -27,44 +26,15 @@ from c3fs.errors import (
     FormatError,
 )
 from c3fs.index import Index, IndexDamaged, Location
+from c3fs.memo import LRU, SingleFlight
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry
-from c3fs.store.backend import Backend, BackendError, KeyMissing
+from c3fs.store.backend import BackendError, KeyMissing
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
-
-
-class LRU:
-    """The `size` most recently used values by key (count-bounded). Thread-safe."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key):
-        """The value, now the most recent, or None (never blocks for long)."""
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-    def pop(self, key) -> None:
-        with self._lock:
-            self._items.pop(key, None)
+START = 4  # chunks fetched as soon as a file is opened
 
 
 class BlobSource:
@@ -72,10 +42,8 @@ class BlobSource:
         self.store = store
         self.index = index
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._cached = 0
-        self._inflight: dict[bytes, Future] = {}
-        self._lock = threading.Lock()
+        self._cache: LRU[bytes, bytes] = LRU(cache_bytes, weigh=len)
+        self._fetches: SingleFlight[bytes, bytes] = SingleFlight()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-fetch")
 
     def close(self) -> None:
@@ -85,63 +53,35 @@ class BlobSource:
         """Verified plain bytes of `blob_id`; BlobMissing / BlobCorrupt, never wrong bytes.
         `remember=False` leaves a fetched blob out of the LRU (a copy reads each chunk once,
         and would only push out what the mount or a tree walk still wants)."""
-        with self._lock:
-            data = self._cache.get(blob_id)
-            if data is not None:
-                self._cache.move_to_end(blob_id)
-                return data
-            future = self._inflight.get(blob_id)
-            owner = future is None
-            if owner:
-                future = self._inflight[blob_id] = Future()
-        if not owner:
-            return future.result()
-        try:
+        data = self._cache.get(blob_id)
+        if data is not None:
+            return data
+        return self._fetches.run(blob_id, lambda: self._load(blob_id, remember))
+
+    def _load(self, blob_id: bytes, remember: bool) -> bytes:
+        data = self._cache.get(blob_id)  # fetched by another caller just now
+        if data is None:
             data = self._fetch(blob_id)
-            if remember:
-                self._remember(blob_id, data)
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            with self._lock:
-                del self._inflight[blob_id]
-        future.set_result(data)
+            if remember and len(data) <= self.cache_bytes // 4:
+                self._cache.put(blob_id, data)
         return data
 
     def peek(self, blob_id: bytes) -> bytes | None:
         """The cached bytes of `blob_id`, or None: never fetches, so it may run on the FUSE
         event loop (which then sends only cache misses to a worker thread)."""
-        with self._lock:
-            data = self._cache.get(blob_id)
-            if data is not None:
-                self._cache.move_to_end(blob_id)
-            return data
+        return self._cache.get(blob_id)
 
     def prefetch(self, blob_ids: list[bytes]) -> None:
         """Start fetching blobs not yet cached or in flight, in worker threads."""
-        with self._lock:
-            wanted = [b for b in blob_ids if b not in self._cache and b not in self._inflight]
-        for blob_id in wanted:
-            self._pool.submit(self._quiet_get, blob_id)
+        for blob_id in blob_ids:
+            if blob_id not in self._cache and blob_id not in self._fetches:
+                self._pool.submit(self._quiet_get, blob_id)
 
     def _quiet_get(self, blob_id: bytes) -> None:
         try:
             self.get(blob_id)
         except DataError:
             pass  # the foreground read reports it
-
-    def _remember(self, blob_id: bytes, data: bytes) -> None:
-        if len(data) > self.cache_bytes // 4:
-            return
-        with self._lock:
-            if blob_id in self._cache:
-                return
-            self._cache[blob_id] = data
-            self._cached += len(data)
-            while self._cached > self.cache_bytes:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= len(old)
 
     def fetch_uncached(self, blob_id: bytes) -> bytes:
         """Read and verify a blob from the store itself, bypassing every cache (`verify`)."""
@@ -150,9 +90,9 @@ class BlobSource:
     def _fetch(self, blob_id: bytes, cached: bool = True) -> bytes:
         try:
             return self._fetch_once(blob_id, cached)
-        except BlobMissing as exc:
-            if exc.unavailable:  # the store did not answer: a sync would not either
-                raise
+        except BlobUnavailable:  # the store did not answer: a sync would not either
+            raise
+        except BlobMissing:
             # Another process may have repacked (gc) or pushed it: relearn packs, try again.
             self.index.sync(self.store, refs=False)
         except KeyMissing:
@@ -162,7 +102,7 @@ class BlobSource:
         try:
             return self._fetch_once(blob_id, cached)
         except BlobError as exc:
-            if exc.unavailable or not self._repair(blob_id):
+            if isinstance(exc, BlobUnavailable) or not self._repair(blob_id):
                 raise
         return self._fetch_once(blob_id, cached)
 
@@ -175,7 +115,7 @@ class BlobSource:
             return False  # the entry agrees with its pack's list: the pack itself is at fault
         for pack_id in self.index.packs_holding(blob_id):
             try:
-                size = self.store.backend.size(Store.pack_key(pack_id))
+                size = self.store.pack_size(pack_id)
                 entries = self.store.pack_entries(pack_id, size)
             except (BackendError, FormatError):  # gone (gc) or damaged: not this one
                 continue
@@ -190,23 +130,20 @@ class BlobSource:
         loc = self.index.lookup(blob_id)
         if loc is None:
             raise BlobMissing(blob_id)
-        backend = self.store.backend if cached else getattr(self.store.backend, "uncached",
-                                                              self.store.backend)
+        store = self.store if cached else self.store.uncached
         try:
-            return self._decode(blob_id, loc, self._read(backend, blob_id, loc))
+            return self._decode(blob_id, loc, self._read(store, blob_id, loc))
         except BlobCorrupt:
             # A disk cache under the store may hold a bad copy: drop it and read again, once.
-            invalidate = getattr(backend, "invalidate", None)
-            key = Store.pack_key(loc.pack_id)
-            if invalidate is None or not invalidate(key, loc.offset, loc.length):
+            if not store.invalidate(loc.pack_id, loc.offset, loc.length):
                 raise
             log.warning("blob %s: cached copy was damaged; read it again", blob_id.hex())
-            return self._decode(blob_id, loc, self._read(backend, blob_id, loc))
+            return self._decode(blob_id, loc, self._read(store, blob_id, loc))
 
     @staticmethod
-    def _read(backend: Backend, blob_id: bytes, loc: Location) -> bytes:
+    def _read(store: Store, blob_id: bytes, loc: Location) -> bytes:
         try:
-            return backend.get(Store.pack_key(loc.pack_id), loc.offset, loc.length)
+            return store.read(loc.pack_id, loc.offset, loc.length)
         except KeyMissing:
             raise BlobMissing(blob_id, loc.pack_id, "pack not in the store") from None
         except BackendError as exc:  # the store did not answer: nothing to repair
@@ -216,31 +153,54 @@ class BlobSource:
     def _decode(blob_id: bytes, loc: Location, stored: bytes) -> bytes:
         if len(stored) != loc.length:
             raise BlobCorrupt(blob_id, loc.pack_id, "pack is truncated")
-        try:
-            return codec.decode(blob_id, loc.codec, stored, loc.plain_len)
-        except BlobCorrupt as exc:
-            raise BlobCorrupt(blob_id, loc.pack_id, str(exc).split(": ", 1)[-1]) from None
+        return codec.decode(blob_id, loc.codec, stored, loc.plain_len, loc.pack_id)
 
 
 class FileReader:
-    """Random-access reads of one file. Cheap to create; one per open handle."""
+    """Random-access reads of one file: the one way to read a file's bytes (the mount, `cp`,
+    `pull`, the mount's readahead). Cheap to create (`Vfs.open`); one per open handle.
 
-    def __init__(self, blobs: BlobSource, entry: Entry, readahead: int = 8) -> None:
+    `read` serves any byte range and reads ahead when access is sequential; `chunk` serves
+    one whole chunk (a copy writes a file chunk by chunk, its parts in parallel). With
+    `remember=False` fetched chunks stay out of the LRU; `reuse(chunk_id)` may hand back a
+    chunk's verified bytes from elsewhere (a copy's own output) before any fetch."""
+
+    def __init__(self, blobs: BlobSource, entry: Entry, readahead: int = 8, *,
+                 remember: bool = True, reuse: Callable[[bytes], bytes | None] | None = None
+                 ) -> None:
         self.blobs = blobs
         self.ids = entry.chunk_ids()
         self.starts = [0, *itertools.accumulate(entry.sizes)]
         self.size = entry.size
         self.readahead = readahead
+        self._remember = remember
+        self._reuse = reuse
         self._next_offset = -1
 
+    def start(self, chunks: int = START) -> None:
+        """Begin fetching the first chunks in worker threads (on open: ready by the first
+        read)."""
+        self.blobs.prefetch(self.ids[:chunks])
+
     def read(self, offset: int, size: int) -> bytes:
-        return self._read(offset, size, self.blobs.get)
+        return self._read(offset, size, self._fetch)
 
     def read_cached(self, offset: int, size: int) -> bytes | None:
         """`read` from cached chunks only: None as soon as one is not cached (never blocks)."""
         return self._read(offset, size, self.blobs.peek)
 
-    def _read(self, offset: int, size: int, get) -> bytes | None:
+    def chunk(self, i: int) -> bytes:
+        """The verified bytes of chunk `i` (starting at `starts[i]`), as many as the tree says."""
+        return self.check(i, self._fetch(self.ids[i]))
+
+    def _fetch(self, chunk_id: bytes) -> bytes:
+        if self._reuse is not None:
+            data = self._reuse(chunk_id)
+            if data is not None:
+                return data
+        return self.blobs.get(chunk_id, self._remember)
+
+    def _read(self, offset: int, size: int, get: Callable[[bytes], bytes | None]) -> bytes | None:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
@@ -259,13 +219,6 @@ class FileReader:
             hi = min(end - self.starts[i], len(data))
             parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def iter_chunks(self):
-        """Every chunk of the file in order (for copying a whole file), reading ahead."""
-        for i, blob_id in enumerate(self.ids):
-            if self.readahead:
-                self.blobs.prefetch(self.ids[i + 1 : i + 1 + self.readahead])
-            yield self.check(i, self.blobs.get(blob_id))
 
     def check(self, i: int, data: bytes) -> bytes:
         """`data`, the verified bytes of chunk `i`, if they are as many as the file's tree

@@ -40,9 +40,7 @@ import re
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +48,9 @@ import blake3
 
 from c3fs.errors import UsageError
 from c3fs.fsutil import make_private_dir
+from c3fs.memo import LRU, SingleFlight
 from c3fs.objects.ids import token_hex
-from c3fs.store.backend import Backend
+from c3fs.store.backend import Backend, Data
 
 log = logging.getLogger(__name__)
 
@@ -264,16 +263,15 @@ class BlockCache:
         """`root` None: blocks are kept in memory only (see `uncached`)."""
         self.inner = inner
         self.url = inner.url
+        self.capabilities = inner.capabilities
         self.block_size = block_size
         self.max_bytes = default_max_bytes() if max_bytes is None else max_bytes
         self.disk: DiskBlocks | NoDisk = NoDisk() if root is None else DiskBlocks(
             Path(root) / f"blocks-{block_size // KiB}k", self.max_bytes)
         self.stats = CacheStats()
         self._fresh: BlockCache | None = None
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
-        self._memory_bytes = 0
-        self._memory_limit = memory_bytes
-        self._inflight: dict[str, Future] = {}
+        self._memory: LRU[str, bytes] = LRU(memory_bytes, weigh=len)
+        self._fetches: SingleFlight[str, bytes] = SingleFlight()
         self._lock = threading.Lock()
 
     @property
@@ -301,9 +299,12 @@ class BlockCache:
     def size(self, key: str) -> int:
         return self.inner.size(key)
 
-    def put(self, key: str, data: bytes) -> None:
-        self.inner.put(key, data)
+    def put(self, key: str, data: Data, *, sync: bool = True) -> None:
+        self.inner.put(key, data, sync=sync)
         self._forget_pack(key)
+
+    def flush(self, keys: list[str]) -> None:
+        self.inner.flush(keys)
 
     def create(self, key: str, data: bytes) -> None:
         self.inner.create(key, data)
@@ -315,6 +316,13 @@ class BlockCache:
         self.inner.delete(key)
         self._forget_pack(key)
 
+    def sweep_temp(self, older_than: float = TEMP_AGE) -> int:
+        """The inner backend's (the cache's own temp files go in its eviction passes)."""
+        return self.inner.sweep_temp(older_than)
+
+    def occupied(self) -> bool:
+        return self.inner.occupied()
+
     def invalidate(self, key: str, offset: int, length: int) -> bool:
         """Drop the cached blocks under this range (its bytes proved bad); True if any were."""
         pack_id = _pack_id(key)
@@ -322,75 +330,46 @@ class BlockCache:
             return False
         first, last = offset // self.block_size, (offset + length - 1) // self.block_size
         names = [f"{pack_id}.{n}" for n in range(first, last + 1)]
-        with self._lock:
-            in_memory = [self._forget_memory(name) for name in names]
+        in_memory = [self._memory.pop(name) is not None for name in names]
         return self.disk.drop(names) or any(in_memory)
 
     # blocks -------------------------------------------------------------------------------
     def _block(self, key: str, pack_id: str, number: int) -> bytes:
         """Block `number` of the pack: from memory, from disk, or fetched (once at a time)."""
         name = f"{pack_id}.{number}"
+        data = self._memory.get(name)
+        if data is None:
+            return self._fetches.run(name, lambda: self._load(key, name, number))
         with self._lock:
-            data = self._memory.get(name)
-            if data is not None:
-                self._memory.move_to_end(name)
-                self.stats.hits += 1
-                return data
-            future = self._inflight.get(name)
-            owner = future is None
-            if owner:
-                future = self._inflight[name] = Future()
-        if not owner:
-            return future.result()
-        try:
-            data = self._load(key, name, number)
-        except BaseException as exc:
-            future.set_exception(exc)
-            raise
-        finally:
-            with self._lock:
-                del self._inflight[name]
-        future.set_result(data)
+            self.stats.hits += 1
         return data
 
     def _load(self, key: str, name: str, number: int) -> bytes:
-        data = self.disk.read(name)
+        data = self._memory.get(name)  # loaded by another caller just now
         if data is None:
-            data = self.inner.get(key, number * self.block_size, self.block_size)
-            with self._lock:
-                self.stats.misses += 1
-                self.stats.fetched_bytes += len(data)
-            if data:  # past the end of the pack: nothing worth keeping
-                self.disk.write(name, data)
-        else:
-            with self._lock:
-                self.stats.hits += 1
-        self._remember(name, data)
+            data = self.disk.read(name)
+            if data is None:
+                return self._fetch(key, name, number)
+            self._memory.put(name, data)
+        with self._lock:
+            self.stats.hits += 1
         return data
 
-    def _remember(self, name: str, data: bytes) -> None:
+    def _fetch(self, key: str, name: str, number: int) -> bytes:
+        data = self.inner.get(key, number * self.block_size, self.block_size)
         with self._lock:
-            if name in self._memory or len(data) > self._memory_limit:
-                return
-            self._memory[name] = data
-            self._memory_bytes += len(data)
-            while self._memory_bytes > self._memory_limit:
-                _, old = self._memory.popitem(last=False)
-                self._memory_bytes -= len(old)
-
-    def _forget_memory(self, name: str) -> bool:
-        data = self._memory.pop(name, None)
-        if data is not None:
-            self._memory_bytes -= len(data)
-        return data is not None
+            self.stats.misses += 1
+            self.stats.fetched_bytes += len(data)
+        if data:  # past the end of the pack: nothing worth keeping
+            self.disk.write(name, data)
+        self._memory.put(name, data)
+        return data
 
     def _forget_pack(self, key: str) -> None:
         pack_id = _pack_id(key)
         if pack_id is None:
             return
-        with self._lock:
-            for name in [n for n in self._memory if n.startswith(pack_id)]:
-                self._forget_memory(name)
+        self._memory.pop_where(lambda name: name.startswith(pack_id))
         self.disk.drop_pack(pack_id)
 
 

@@ -14,28 +14,28 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
 from c3fs.fsutil import make_private_dir
+from c3fs.memo import LRU
 from c3fs.objects.ids import token_hex
-from c3fs.store.backend import BackendError, KeyExists, KeyMissing
+from c3fs.store.backend import LOCAL, BackendDefaults, BackendError, KeyExists, KeyMissing
 
 TMP_PREFIX = ".tmp."
 _FD_CACHE = 64
 _IOV_MAX = 1024
 
 
-class LocalBackend:
+class LocalBackend(BackendDefaults):
+    capabilities = frozenset({LOCAL})
+
     def __init__(self, root: str | os.PathLike, create: bool = True) -> None:
         """`create`: make the directory if missing (else a missing one has no keys)."""
         self.root = Path(root).absolute()
         self.url = str(self.root)
-        self._fds: OrderedDict[str, int] = OrderedDict()
-        self._fd_lock = threading.Lock()
+        self._fds: LRU[str, int] = LRU(_FD_CACHE, evicted=lambda key, fd: os.close(fd))
         if not create:
             return
         try:
@@ -70,23 +70,12 @@ class LocalBackend:
             raise BackendError(f"open {key}: {exc.strerror}") from None
 
     def _open(self, key: str) -> int:
-        with self._fd_lock:
-            fd = self._fds.get(key)
-            if fd is not None:
-                self._fds.move_to_end(key)
-                return fd
-            fd = self._open_once(key)
-            self._fds[key] = fd
-            if len(self._fds) > _FD_CACHE:
-                _, old = self._fds.popitem(last=False)
-                os.close(old)
-            return fd
+        return self._fds.get_or_make(key, lambda: self._open_once(key))
 
     def _forget_fd(self, key: str) -> None:
-        with self._fd_lock:
-            fd = self._fds.pop(key, None)
-            if fd is not None:
-                os.close(fd)
+        fd = self._fds.pop(key)
+        if fd is not None:
+            os.close(fd)
 
     def size(self, key: str) -> int:
         try:
@@ -182,6 +171,14 @@ class LocalBackend:
         self._forget_fd(key)
         _unlink(self._path(key))
 
+    def occupied(self) -> bool:
+        """Whether the directory holds anything but a store's config and temp files."""
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return False
+        return any(n != "config" and not n.startswith(TMP_PREFIX) for n in names)
+
     def sweep_temp(self, older_than: float = 3600.0) -> int:
         """Remove temp files left by crashed writers, older than `older_than` seconds."""
         removed = 0
@@ -195,10 +192,7 @@ class LocalBackend:
         return removed
 
     def close(self) -> None:
-        with self._fd_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+        self._fds.clear()
 
 
 def _write_all(fd: int, data: bytes | list[bytes]) -> None:

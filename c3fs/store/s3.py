@@ -28,8 +28,10 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import blake3
 import obstore
 from obstore.exceptions import (
     AlreadyExistsError,
@@ -40,14 +42,20 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
+from c3fs.preload import cache_dir
 from c3fs.store.backend import (
+    Backend,
+    BackendDefaults,
     BackendError,
+    Data,
     Deadline,
     KeyExists,
     KeyMissing,
     RetryingBackend,
     TemporaryBackendError,
+    joined,
 )
+from c3fs.store.cache import BlockCache
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +83,7 @@ _ACCESS_CODES = frozenset(
 )  # fmt: skip
 
 
-class S3Backend:
+class S3Backend(BackendDefaults):
     """One bucket (and key prefix) of an S3-compatible service. Thread-safe."""
 
     def __init__(
@@ -164,7 +172,9 @@ class S3Backend:
             self._check_bucket()  # a HEAD 404 has no body: make sure it is the key, not the bucket
             raise
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: Data, *, sync: bool = True) -> None:
+        """Durable once it returns, whatever `sync` says (S3 has no lazy puts)."""
+        data = joined(data)
         multipart = len(data) > MULTIPART_THRESHOLD
         with self._errors("put", key):
             obstore.put(
@@ -310,10 +320,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
-def open_s3_backend(url: str, deadline: Deadline | None = None) -> RetryingBackend:
+def open_s3_backend(url: str, cache: bool = True, disk_cache_bytes: int | None = None,
+                    deadline: Deadline | None = None) -> Backend:
     """The backend for `s3://bucket/prefix`, configured from the environment, with retries
-    bounded by `deadline` (default: a new one of $C3FS_STORE_DEADLINE seconds)."""
+    bounded by `deadline` (default: a new one of $C3FS_STORE_DEADLINE seconds), under a
+    local disk cache of pack blocks (`cache`; `disk_cache_bytes`, default $C3FS_DISK_CACHE
+    or 1 GiB) kept per endpoint, bucket and prefix."""
     bucket, prefix = parse_s3_url(url)
     backend = S3Backend.from_env(bucket, prefix)
     log.debug("S3 store %s at %s", backend.url, backend.endpoint or "AWS")
-    return RetryingBackend(backend, deadline=deadline)
+    retrying = RetryingBackend(backend, deadline=deadline)
+    if not cache:
+        return retrying
+    where = blake3.blake3(f"{backend.endpoint or 'AWS'} {backend.url}".encode()).hexdigest(8)
+    return BlockCache(retrying, Path(cache_dir()) / f"s3-{where}", disk_cache_bytes)

@@ -14,6 +14,7 @@ The store's objects are the truth; the LMDB index is rebuilt from them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -27,8 +28,8 @@ from c3fs.objects import pack as packfmt
 from c3fs.objects.ids import check_name, is_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.nesting import check_json_depth
-from c3fs.store.backend import Backend, Deadline, KeyExists, KeyMissing
-from c3fs.store.local import TMP_PREFIX, LocalBackend
+from c3fs.store.backend import Backend, Data, Deadline, KeyExists, KeyMissing
+from c3fs.store.local import LocalBackend
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -59,9 +60,11 @@ class Store:
     def url(self) -> str:
         return self.backend.url
 
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.backend, LocalBackend)
+    @functools.cached_property
+    def uncached(self) -> Store:
+        """This store read without any cache (`verify` must check the store itself)."""
+        backend = self.backend.uncached
+        return self if backend is self.backend else Store(backend, self.config)
 
     # config -------------------------------------------------------------------------------
     @classmethod
@@ -77,13 +80,9 @@ class Store:
 
     @classmethod
     def _create(cls, backend: Backend) -> Store:
-        if isinstance(backend, LocalBackend):  # never turn someone's folder into a store
-            names = [n for n in os.listdir(backend.root) if not n.startswith(TMP_PREFIX)]
-            if "config" in names:  # another process created it meanwhile
-                return cls.open(backend, create=False)
-            if names:
-                raise StoreError(f"{backend.url} is not a c3fs store, and not empty: a new "
-                                 "store needs a new or empty directory")
+        if backend.occupied():  # never turn someone's folder into a store
+            raise StoreError(f"{backend.url} is not a c3fs store, and not empty: a new "
+                             "store needs a new or empty directory")
         config = StoreConfig(store_id=token_hex(8), created=time.time())
         try:
             backend.create("config", msgspec.json.encode(config))
@@ -100,27 +99,28 @@ class Store:
     def pack_key(pack_id: str) -> str:
         return f"packs/{pack_id[:2]}/{pack_id}"
 
-    def put_pack(self, pack_id: str, data: bytes | list[bytes], sync: bool = True) -> None:
-        """Write a pack, given whole or as parts. sync=False may defer durability until
-        `sync_packs`. Local disks write the parts with writev; other backends get them
-        joined into one buffer, and a list of parts is emptied once joined, so that the
-        parts are freed while the upload runs (S3 push of the full bench dataset, peak
-        RSS: 315-340 MiB -> 259 MiB)."""
-        if self.is_local:
-            self.backend.put(self.pack_key(pack_id), data, sync=sync)
-            return
-        if isinstance(data, list):
-            data, parts = b"".join(data), data
-            parts.clear()
-        self.backend.put(self.pack_key(pack_id), data)
+    def put_pack(self, pack_id: str, data: Data, sync: bool = True) -> None:
+        """Write a pack, given whole or as parts (a local disk writes them with writev; a
+        remote store joins them, see `backend.joined`). sync=False may defer durability
+        until `sync_packs`."""
+        self.backend.put(self.pack_key(pack_id), data, sync=sync)
 
     def sync_packs(self, pack_ids: list[str]) -> None:
         """Make packs written with sync=False durable (a no-op where a put is durable)."""
-        if self.is_local and pack_ids:
+        if pack_ids:
             self.backend.flush([self.pack_key(p) for p in pack_ids])
 
     def read(self, pack_id: str, offset: int, length: int) -> bytes:
+        """`length` bytes of a pack from `offset`; KeyMissing if the pack is gone."""
         return self.backend.get(self.pack_key(pack_id), offset, length)
+
+    def invalidate(self, pack_id: str, offset: int, length: int) -> bool:
+        """Drop cached copies of this range of a pack (its bytes failed their check); True
+        if there were any, so that reading it again may help."""
+        return self.backend.invalidate(self.pack_key(pack_id), offset, length)
+
+    def pack_size(self, pack_id: str) -> int:
+        return self.backend.size(self.pack_key(pack_id))
 
     def list_packs(self) -> Iterator[tuple[str, int]]:
         for key, size in self.backend.list("packs/"):
@@ -223,14 +223,17 @@ def default_store_path() -> Path:
     return Path(base) / "c3fs" / "store"
 
 
-def open_backend(url: str | None, create: bool = True, deadline: Deadline | None = None) -> Backend:
-    """`s3://bucket/prefix` -> S3 backend (its requests bounded by `deadline`); anything else
-    is a local directory path (made if missing when `create`)."""
+def open_backend(url: str | None, create: bool = True, *, cache: bool = True,
+                 disk_cache_bytes: int | None = None, deadline: Deadline | None = None) -> Backend:
+    """The whole backend of a store, composed here and only here: `s3://bucket/prefix` ->
+    S3 with retries (their requests bounded by `deadline`) under a disk cache of pack blocks
+    (`cache`, `disk_cache_bytes`: see `open_s3_backend`); anything else is a local directory
+    path (made if missing when `create`)."""
     url = url or os.environ.get("C3FS_STORE") or str(default_store_path())
     if url.startswith("s3://"):
-        from c3fs.store.s3 import open_s3_backend
+        from c3fs.store.s3 import open_s3_backend  # obstore: only for S3 stores
 
-        return open_s3_backend(url, deadline)
+        return open_s3_backend(url, cache, disk_cache_bytes, deadline)
     if "://" in url:
         raise StoreError(f"unsupported store URL {url!r}: use a directory path or s3://bucket/prefix")
     return LocalBackend(url, create=create)

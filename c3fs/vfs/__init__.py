@@ -18,12 +18,12 @@ lookups and across remounts. Names are bytes throughout.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import blake3
 
-from c3fs.errors import C3fsError, DataError, FormatError, InvalidId, NotADirectory, NotFound
+from c3fs.errors import DataError, FormatError, InvalidId, NotADirectory, NotFound
 from c3fs.objects.ids import check_name
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import DIR, FILE, LINK, Entry, st_mode
@@ -109,17 +109,6 @@ def child_ino(parent: Node, name: bytes) -> int:
     return ino_from_key(child_key(parent.key, name))
 
 
-def unreadable(node: Node, exc: DataError | FormatError) -> C3fsError:
-    """`exc` saying which job and path it breaks (`/jobs/<id>/<path>: blob ... is corrupt`),
-    of the same kind (DataError or FormatError), keeping the damaged blob's id and whether
-    the store did not answer (`BlobError.unavailable`)."""
-    error = (FormatError if isinstance(exc, FormatError) else DataError)(
-        f"cannot read {node.display}: {exc}")
-    error.blob_id = getattr(exc, "blob_id", None)
-    error.unavailable = getattr(exc, "unavailable", False)
-    return error
-
-
 def split_path(path: str | bytes) -> tuple[bytes, ...]:
     raw = path.encode(errors="surrogateescape") if isinstance(path, str) else path
     parts = tuple(p for p in raw.split(b"/") if p and p != b".")
@@ -154,7 +143,7 @@ class Vfs:
             try:
                 node = self.lookup(node, name)
             except (DataError, FormatError) as exc:
-                raise unreadable(node, exc) from None
+                raise exc.reading(node.display) from None
             if node.kind == LINK and node.ref is None and node.entry is not None:
                 node = self._follow(node, _links + 1)
         return node
@@ -189,13 +178,15 @@ class Vfs:
             raise NotADirectory(f"{node.display} is not a directory")
         if node.tree_id is not None:
             tree = self.repo.tree(node.tree_id)
-            return [(e.name, self._entry_node(node, e)) for e in tree.entries]
+            return [(e.name, self.entry_node(node, e)) for e in tree.entries]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
 
-    def open(self, node: Node, readahead: int = 8) -> FileReader:
+    def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
+             reuse: Callable[[bytes], bytes | None] | None = None) -> FileReader:
+        """A reader of a file's bytes (see `FileReader` for `remember` and `reuse`)."""
         if node.entry is None or node.kind != FILE:
             raise NotFound(f"{node.display} is not a regular file")
-        return FileReader(self.repo.blobs, node.entry, readahead)
+        return FileReader(self.repo.blobs, node.entry, readahead, remember=remember, reuse=reuse)
 
     def readlink(self, node: Node) -> bytes:
         if node.kind != LINK or node.entry is None:
@@ -220,10 +211,11 @@ class Vfs:
         i = bisect.bisect_left(entries, name, key=lambda e: e.name)
         if i == len(entries) or entries[i].name != name:
             raise NotFound(f"{parent.child_display(name)}: no such file or directory")
-        return self._entry_node(parent, entries[i])
+        return self.entry_node(parent, entries[i])
 
     @staticmethod
-    def _entry_node(parent: Node, entry: Entry) -> Node:
+    def entry_node(parent: Node, entry: Entry) -> Node:
+        """The node of `entry`, an entry of the tree of directory `parent`."""
         key = child_key(parent.key, entry.name)
         tree_id = entry.target if entry.kind == DIR else None
         return Node(ino_from_key(key), entry.kind, entry.mode, entry.size, entry.mtime_ns,

@@ -30,8 +30,6 @@ import pytest
 from clikit import CliResult
 
 BIN = Path(sys.executable).parent / "c3fs"
-FUSE_OK = os.path.exists("/dev/fuse") and shutil.which("fusermount3") is not None
-needs_fuse = pytest.mark.skipif(not FUSE_OK, reason="needs /dev/fuse and fusermount3")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tmpfs, setuid)")
 KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
 

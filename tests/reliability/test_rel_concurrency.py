@@ -28,7 +28,6 @@ from reliability.relkit import (
     file_digest,
     make_local_store,
     mounted,
-    needs_fuse,
     spread_delays,
     tree_digest,
 )
@@ -233,7 +232,7 @@ class Readers:
         return done
 
 
-@needs_fuse
+@pytest.mark.fuse
 @pytest.mark.parametrize("gc_from", ["same-machine", "other-machine"])
 def test_gc_during_mount_reads(tmp_path: Path, small_tree: Path, gc_from: str) -> None:
     """The mounted job's chunks sit in a removed job's packs, which gc repacks and deletes
@@ -266,7 +265,7 @@ def test_gc_during_mount_reads(tmp_path: Path, small_tree: Path, gc_from: str) -
 
 
 # load on one mount --------------------------------------------------------------------------------
-@needs_fuse
+@pytest.mark.fuse
 def test_16_readers_on_one_mount(tmp_path: Path, big_tree: Path, site: Site) -> None:
     """8 sequential readers (whole files) and 8 random readers (preads at random offsets and
     lengths), all at once; every byte compared with the source."""
@@ -315,7 +314,7 @@ def test_16_readers_on_one_mount(tmp_path: Path, big_tree: Path, site: Site) -> 
         assert time.monotonic() - started < 300
 
 
-@needs_fuse
+@pytest.mark.fuse
 @pytest.mark.slow
 def test_10_gib_of_reads_with_bounded_daemon_memory(tmp_path: Path, site: Site) -> None:
     """Re-read 240 MiB of files (page cache dropped before each read; 2 threads read whole

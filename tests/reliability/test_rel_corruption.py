@@ -35,7 +35,6 @@ from reliability.relkit import (
     leftovers,
     make_local_store,
     mounted,
-    needs_fuse,
     reported,
     tree_digest,
     truncate,
@@ -221,7 +220,7 @@ def assert_readable_copied(source: Path, dest: Path, lost: set[str]) -> None:
             assert (got.st_mode, got.st_mtime_ns) == (src.st_mode, src.st_mtime_ns), rel
 
 
-@needs_fuse
+@pytest.mark.fuse
 @pytest.mark.parametrize("kind", ["flipped-zstd-chunk", "deleted-pack", "damaged-tree"])
 def test_damaged_data_through_the_mount(tmp_path: Path, base: Base, kind: str) -> None:
     d = damage(kind, tmp_path, base)

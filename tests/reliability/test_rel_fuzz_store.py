@@ -39,11 +39,10 @@ from reliability.relkit import (
     daemon_of,
     make_local_store,
     mounted,
-    needs_fuse,
     run_peak_rss,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.fuse, needs_fuse]
+pytestmark = [pytest.mark.slow, pytest.mark.fuse]
 
 EXAMPLES = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                     suppress_health_check=list(HealthCheck))

@@ -25,7 +25,7 @@ from c3fs.objects.ids import blob_id
 from c3fs.objects.job import JobRecord, decode_record, encode_record
 from c3fs.objects.pack import CHUNK
 from c3fs.objects.tree import DIR, FILE, LINK, Entry
-from reliability.relkit import BIN, MiB, Site, daemon_of, mounted, needs_fuse, run_peak_rss
+from reliability.relkit import BIN, MiB, Site, daemon_of, mounted, run_peak_rss
 from reliability.test_rel_hostile import craft_job, file_entry, put_pack, raw_tree
 
 
@@ -101,7 +101,7 @@ def odd_refs(site: Site, depth: int = 1200) -> list[str]:
     return ["DS_Store", "bad name", "sub/x"]
 
 
-@needs_fuse
+@pytest.mark.fuse
 def test_odd_files_under_refs_are_skipped_with_one_warning(tmp_path: Path, site: Site,
                                                            deep_cleanup) -> None:
     content = b"kept\n"
@@ -143,7 +143,7 @@ def test_out_of_range_record_fields_are_refused(field: str) -> None:
     decode_record(record_json("j", b"\1" * 32))  # the same record, in range, decodes
 
 
-@needs_fuse
+@pytest.mark.fuse
 def test_out_of_range_records_are_skipped_by_every_command(tmp_path: Path, site: Site) -> None:
     content = b"kept\n"
     root = raw_tree([file_entry(b"f", content)])
@@ -228,7 +228,7 @@ def test_setuid_setgid_and_sticky_bits_are_dropped(tmp_path: Path, site: Site) -
 
 
 # 2. a file's sizes in its tree are checked against its chunks ----------------------------------
-@needs_fuse
+@pytest.mark.fuse
 def test_sizes_that_disagree_with_the_chunks_are_damage(tmp_path: Path, site: Site) -> None:
     ten, other, fine = b"0123456789", b"abcdefghij", b"fine\n"
     craft_job(site, "sizes", [raw_tree([
@@ -305,7 +305,7 @@ def nested(site: Site, job: str, depth: int, content: bytes) -> None:
     craft_job(site, job, trees[::-1], [content])
 
 
-@needs_fuse
+@pytest.mark.fuse
 def test_mount_memory_is_linear_in_depth(tmp_path: Path, site: Site) -> None:
     depth = 10_000
     nested(site, "deep", depth, b"bottom\n")

@@ -22,7 +22,6 @@ from reliability.relkit import (
     daemon_of,
     mount_options,
     mounted,
-    needs_fuse,
     needs_root,
 )
 
@@ -59,7 +58,7 @@ WRITES = {
 }
 
 
-@needs_fuse
+@pytest.mark.fuse
 @needs_root
 def test_mount_is_read_only_and_private(site: Site, small_tree: Path, public_dir: Path) -> None:
     site.push(small_tree, "job")
@@ -104,7 +103,7 @@ def run_umask0(site: Site, *args, **kwargs):
     return result.ok()
 
 
-@needs_fuse
+@pytest.mark.fuse
 def test_store_and_cache_are_owner_only_under_umask_0(tmp_path: Path, small_tree: Path) -> None:
     site = Site(str(tmp_path / "home" / "data" / "store"), tmp_path / "home" / "cache" / "c3fs")
     work = tmp_path / "work"
@@ -188,7 +187,7 @@ def test_a_wrong_secret_is_never_shown(tmp_path: Path, small_tree: Path) -> None
         assert files_containing(tmp_path, secret.encode()) == []
 
 
-@needs_fuse
+@pytest.mark.fuse
 @pytest.mark.s3
 def test_the_right_secret_is_never_recorded(tmp_path: Path, small_tree: Path, s3_url: str,
                                             s3_server: MotoServer) -> None:

@@ -16,11 +16,11 @@ import pytest
 from fusehelp import wait_until
 from s3server import MotoServer
 
-from reliability.relkit import BIN, Result, Site, mounted, needs_fuse
+from reliability.relkit import BIN, Result, Site, mounted
 
 
 # 1. the forked index ----------------------------------------------------------------------
-@needs_fuse
+@pytest.mark.fuse
 @pytest.mark.fuse
 def test_pull_marks_survive_a_chained_run(site: Site, tmp_path: Path) -> None:
     """`run` holds the index open when it starts the mount daemon for a `datasets:` entry:
@@ -273,7 +273,7 @@ def test_pull_from_a_hung_server_fails_within_one_deadline(s3_server: MotoServer
     assert len(json.loads(pulled.out)) == 4
 
 
-@needs_fuse
+@pytest.mark.fuse
 @pytest.mark.fuse
 @pytest.mark.s3
 @pytest.mark.slow
@@ -328,6 +328,7 @@ class _Hanging:
     """A backend whose requests block until released (a hung server)."""
 
     url = "test://hanging"
+    capabilities: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         import threading

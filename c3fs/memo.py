@@ -1,0 +1,143 @@
+"""The two caching helpers every layer uses: a bounded LRU and a single-flight.
+
+    trees = LRU(1024)                              # at most 1024 entries
+    blobs = LRU(128 * MiB, weigh=len)              # at most 128 MiB of values
+    fds = LRU(64, evicted=lambda key, fd: os.close(fd))
+    fetches = SingleFlight()
+    data = fetches.run(blob_id, lambda: fetch(blob_id))  # concurrent callers share one fetch
+
+Both are thread-safe. (`cachetools` was considered: its caches are not thread-safe and it
+has no single-flight, so it would have been wrapped in the same locks as this.)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """The most recently used values by key, at most `limit` of them, or with `weigh`, at
+    most `limit` of their summed weights (a value heavier than `limit` is never kept).
+    `evicted(key, value)` is called, under the lock, for each value pushed out or replaced."""
+
+    def __init__(self, limit: int, weigh: Callable[[V], int] | None = None,
+                 evicted: Callable[[K, V], None] | None = None) -> None:
+        self.limit = limit
+        self._weigh = weigh or (lambda value: 1)
+        self._evicted = evicted
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._weight = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._items
+
+    @property
+    def weight(self) -> int:
+        return self._weight
+
+    def get(self, key: K) -> V | None:
+        """The value, now the most recent, or None (never blocks for long)."""
+        if key not in self._items:  # a miss takes no lock (a dict lookup is atomic): copies
+            return None             # miss on every chunk, from several threads at once
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: K, value: V) -> None:
+        """Keep `value` as the most recent; older values go while over the limit."""
+        weight = self._weigh(value)
+        if weight > self.limit:
+            return
+        with self._lock:
+            self._drop(key)
+            self._items[key] = value
+            self._weight += weight
+            while self._weight > self.limit:
+                self._drop(next(iter(self._items)))
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        """The value, or `make()` kept as the most recent (`make` runs under the lock: for
+        quick work such as opening a file, never for a fetch)."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                return value
+            value = self._items[key] = make()
+            self._weight += self._weigh(value)
+            while self._weight > self.limit:
+                self._drop(next(iter(self._items)))
+            return value
+
+    def pop(self, key: K) -> V | None:
+        """Remove `key`; its value (not passed to `evicted`: the caller has it), or None."""
+        with self._lock:
+            value = self._items.pop(key, None)
+            if value is not None:
+                self._weight -= self._weigh(value)
+            return value
+
+    def pop_where(self, wanted: Callable[[K], bool]) -> int:
+        """Remove every key `wanted` says yes to (each passed to `evicted`); how many."""
+        with self._lock:
+            keys = [key for key in self._items if wanted(key)]
+            for key in keys:
+                self._drop(key)
+            return len(keys)
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._items):
+                self._drop(key)
+
+    def _drop(self, key: K) -> None:
+        value = self._items.pop(key, None)
+        if value is None:
+            return
+        self._weight -= self._weigh(value)
+        if self._evicted is not None:
+            self._evicted(key, value)
+
+
+class SingleFlight(Generic[K, V]):
+    """Concurrent calls for one key share one computation: the first caller runs it, the
+    others wait for its result, or get its exception."""
+
+    def __init__(self) -> None:
+        self._calls: dict[K, Future] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._calls
+
+    def run(self, key: K, compute: Callable[[], V]) -> V:
+        with self._lock:
+            future = self._calls.get(key)
+            owner = future is None
+            if owner:
+                future = self._calls[key] = Future()
+        if not owner:
+            return future.result()
+        try:
+            value = compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+        future.set_result(value)
+        return value
