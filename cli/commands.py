@@ -96,11 +96,14 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
       /jobs/<id>/sub/dir                  a job's artifacts
       /projects/<p>/jobs/                 the jobs of one project
       /projects/<p>/datasets/             the datasets of one project
+      /projects/<p>/jobs/latest           its newest SUCCEEDED job (a symlink)
+      /projects/<p>/tags/<tag>            the job a tag names (a symlink; see c3fs tag)
       /datasets/                          every dataset
       /datasets/<name>/sub/dir            a dataset's files
     \b
     Examples:
       c3fs ls -l /jobs/
+      c3fs ls -l /jobs/job_abc123         # its inputs first, then its files
       c3fs ls -l /jobs/ --status failed --since 2d
       c3fs ls /jobs/ --project vision --limit 20
       c3fs ls --json /projects/vision/jobs/
@@ -121,6 +124,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     if as_json:
         output.print_json([_json_item(vfs, name, n) for name, n in items])
     elif long:
+        _print_inputs(_record_of(vfs, node))
         _print_long(vfs, items)
     else:
         output.write_lines(output.escape(name) + ("/" if child.is_dir else "") for name, child in items)
@@ -179,6 +183,23 @@ def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
     return None
 
 
+def _print_inputs(record: JobRecord | None) -> None:
+    """`ls -l` of a job: first the inputs it read (as `total` comes first in GNU ls)."""
+    if record is None:
+        return
+    output.write_lines(
+        f"input {output.escape(i.mount or '-')} <- {output.escape(i.ref)}"
+        + (f" ({output.escape(i.resolved)})" if i.resolved and i.resolved != i.ref else "")
+        + f" root {i.root}" for i in record.inputs)
+
+
+def _virtual_link(node: Node) -> bool:
+    """Whether `node` is one of the namespace's links (`latest`, a tag), not a tree's."""
+    from c3fs.objects.tree import LINK
+
+    return node.kind == LINK and node.ref is None
+
+
 def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
     from c3fs.objects.tree import DIR, FILE
 
@@ -197,12 +218,17 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
     from c3fs.objects.tree import DIR, FILE
 
     records = [_record_of(vfs, n) for _, n in items]
-    if items and all(records):
+    links = [(name, n) for (name, n), r in zip(items, records, strict=True)
+             if r is None and _virtual_link(n)]
+    records = [r for r in records if r is not None]
+    if records and len(records) + len(links) == len(items):
         rows = [(output.escape(r.id), output.escape(r.project),
                  output.escape(r.status + (f" ({r.reason})" if r.reason else "")),
                  output.human(r.logical_bytes), output.human(r.stored_delta), str(r.files),
                  output.age(r.ended or r.created))
                 for r in sorted(records, key=lambda r: r.created)]
+        rows += [(f"{output.escape(name)} -> {output.escape(n.entry.target)}", "", "", "", "",
+                  "", output.age(n.mtime_ns / 1e9)) for name, n in links]
         output.write_lines(output.columns(
             ("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE"), rows, right=(3, 4, 5)))
         return

@@ -59,6 +59,9 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
       datasets:
         - ref: /jobs/job_preprocess
           mount: /data/preprocessed
+        - ref: /projects/vision/tags/best   # latest and tags too
+          mount: model
+          digest: "3f2a...e655"   # optional pin: refused if it is another root
       env:
         SEED: "42"              # strings only; unknown keys are an error
     """
@@ -70,6 +73,11 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     spec = JobSpec(list(command), workdir, config, project or config.project or "default",
                    job_id, timeout, ctx.store_url, progress=output.progress_bar)
     record, code = run_job(ctx.repo(write=True), spec)
+    finish_run(record, code, as_json)
+
+
+def finish_run(record, code: int, as_json: bool) -> None:
+    """Say how a run ended (the record, or its id) and exit with the job's code."""
     if record is not None:
         status = record.status + (f" ({record.reason})" if record.reason else "")
         output.err.print(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
@@ -106,15 +114,19 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
     \b
     Examples:
       c3fs pull job_abc123
+      c3fs pull /projects/vision/jobs/latest /projects/vision/tags/best
       c3fs pull --dest ./runs          # all new completed jobs
       c3fs pull job_abc123 --keep-setuid
     """
     from c3fs.jobs.pull import PullIncomplete
     from c3fs.jobs.pull import pull as run_pull
+    from c3fs.jobs.tags import resolve_job
 
+    repo = ctx.repo()
+    job_ids = [resolve_job(repo, j).id if "/" in j else j for j in jobs]
     try:
         with output.progress_bar("pull", None) as advance:
-            pulled = run_pull(ctx.repo(), list(jobs), dest, advance, keep_setuid)
+            pulled = run_pull(repo, job_ids, dest, advance, keep_setuid)
     except PullIncomplete as exc:  # say what did arrive, then the error
         _print_pulled(exc.pulled, as_json)
         raise

@@ -45,6 +45,7 @@ class Ctx:
     def close(self) -> None:
         if self._repo is not None:
             self._repo.close()
+            self._repo = None
 
 
 @click.group(context_settings=CONTEXT)
@@ -115,4 +116,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-from cli import commands, lifecycle, locks, mount, serve  # noqa: E402,F401  (register commands on `app`)
+from cli import commands, lifecycle, lineage, locks, mount, serve, tags  # noqa: E402,F401  (register commands on `app`)

@@ -18,14 +18,18 @@ from cli.main import Ctx, app, pass_ctx
               help="Memory for decoded chunks (the daemon uses this plus a small constant).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=str),
               help="Where the background daemon logs (default: under the cache directory).")
+@click.option("--expect", metavar="ROOT",
+              help="Refuse to mount unless REF resolves to this root id (a pin; exit 8).")
 @pass_ctx
 def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
-          cache_size: str, log_file: str | None) -> None:
+          cache_size: str, log_file: str | None, expect: str | None) -> None:
     """Mount REF read-only at MOUNTPOINT (an existing, empty directory).
 
     REF is the whole namespace when omitted (jobs/, projects/<p>/jobs/, datasets/), or one
     tree: /jobs/<id>, /projects/<p>/jobs/<id>, /datasets/<name>, or a folder inside any of
-    them. The command returns once the mount is ready; the daemon stays in the background
+    them; /projects/<p>/jobs/latest and /projects/<p>/tags/<tag> are followed once, when
+    mounting (the mount then stays on that job). --expect ROOT refuses a REF that resolves
+    to another root id (`root` in `c3fs ls --json`), naming both, before mounting. The command returns once the mount is ready; the daemon stays in the background
     (unless --foreground) and logs to a file. Jobs pushed later appear without a remount.
     Unmount with `c3fs umount MOUNTPOINT`.
 
@@ -35,10 +39,17 @@ def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
       c3fs mount /jobs/job_abc123 /data/prev_weights  # one job's artifacts
       c3fs mount /projects/vision/jobs/job_abc123/checkpoints /data/ckpt
       c3fs mount /datasets/imagenet-mini /data/imagenet --cache-size 1GiB
+      c3fs mount /projects/vision/tags/best /data/model --expect 3f2a...e655
     """
     if len(paths) > 2:
         raise click.UsageError("expected [REF] MOUNTPOINT")
     ref, mountpoint = paths if len(paths) == 2 else ("/", paths[0])
+    if expect or _moves(ref):  # pinned, or latest/a tag: mount the job it names now
+        from c3fs.jobs.pins import canonical_ref, resolve_pinned
+        from c3fs.vfs import Vfs
+
+        ref = canonical_ref(resolve_pinned(Vfs(ctx.repo()), ref, expect))
+        ctx.close()  # (the daemon opens its own)
     from c3fs import fuse  # here: the daemon forks from this process, with what it imported
 
     fuse.mount(ctx.store_url, ref, mountpoint, foreground=foreground, allow_other=allow_other,
@@ -60,3 +71,10 @@ def umount(mountpoint: str, lazy: bool) -> None:
     from c3fs import fuse
 
     fuse.unmount(mountpoint, lazy=lazy)
+
+
+def _moves(ref: str) -> bool:
+    """Whether `ref` goes through a name that may point elsewhere later (latest, a tag)."""
+    parts = [p for p in ref.split("/") if p]
+    return len(parts) >= 4 and parts[0] == "projects" and (
+        parts[2] == "tags" or parts[2:4] == ["jobs", "latest"])

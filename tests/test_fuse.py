@@ -298,7 +298,8 @@ def test_job_pushed_while_mounted_appears(world: World, mnt: Path) -> None:
     assert (mnt / "jobs" / job / "result.txt").read_bytes() == b"beta\n"
     wait_until(lambda: job in os.listdir(mnt / "jobs"), f"{job} in /jobs", 10)
     wait_until(lambda: project in os.listdir(mnt / "projects"), "project in /projects", 10)
-    assert os.listdir(mnt / "projects" / project / "jobs") == [job]
+    assert sorted(os.listdir(mnt / "projects" / project / "jobs")) == [job, "latest"]
+    assert os.readlink(mnt / "projects" / project / "jobs" / "latest") == job
 
 
 def test_job_removed_while_mounted_disappears(world: World, mnt: Path) -> None:

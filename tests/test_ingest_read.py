@@ -392,7 +392,7 @@ def test_push_records_are_listed_per_project(run_cli, tmp_path: Path) -> None:
     a = push(run_cli, tmp_path / "s", project="vision")
     b = push(run_cli, tmp_path / "s", project="nlp")
     result = run_cli(["ls", "/projects/vision/jobs/"])
-    assert result.out.split() == [a["id"] + "/"]
+    assert result.out.split() == [a["id"] + "/", "latest"]  # (a symlink to the newest)
     result = run_cli(["ls", "--json", "/jobs/"])
     listed = {item["record"]["id"]: item["record"] for item in json.loads(result.out)}
     assert listed == {a["id"]: a, b["id"]: b}

@@ -60,7 +60,7 @@ def test_listings(vfs: Vfs) -> None:
     assert names("/") == [b"datasets", b"jobs", b"projects"]
     assert names("/jobs") == [b"job_a", b"job_b"]
     assert sorted(names("/projects")) == [b"nlp", b"vision"]
-    assert names("/projects/nlp/jobs") == [b"job_b"]
+    assert names("/projects/nlp/jobs") == [b"job_b", b"latest"]  # latest: a symlink to job_b
     assert names("/jobs/job_a") == [b"other", b"sub", b"weights.bin"]
     walked = [node.display for node in vfs.walk(vfs.resolve("/jobs/job_a"))]
     assert walked == ["/jobs/job_a", "/jobs/job_a/other", "/jobs/job_a/other/metrics.json",

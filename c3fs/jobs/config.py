@@ -35,6 +35,7 @@ class ConfigError(UsageError):
 class DatasetMount(msgspec.Struct, forbid_unknown_fields=True):
     ref: str
     mount: str
+    digest: str = ""  # the root id `ref` must resolve to (a pin), or "" for any
 
 
 class JobConfig(msgspec.Struct):
@@ -80,7 +81,14 @@ def load_config(path: Path | None, workdir: Path) -> JobConfig:
         check_mount_path(dataset.mount, workdir)
         if ".." in dataset.ref.split("/"):
             raise ConfigError(f"dataset ref {dataset.ref!r} must not contain '..'")
+        if dataset.digest and not _is_root_id(dataset.digest):
+            raise ConfigError(f"{path}: dataset {dataset.ref!r}: digest {dataset.digest!r} is "
+                              "not a root id (64 hex digits, as `root` in `c3fs ls --json`)")
     return config
+
+
+def _is_root_id(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def _check_keys(path: Path, raw: dict) -> None:

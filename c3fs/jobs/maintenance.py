@@ -75,8 +75,9 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
         for n, record in enumerate(records, 1):
             say(f"marking what {record.kind} {record.id} uses ({n}/{len(records)})")
             try:
-                for _ in walk_blobs(repo, record.root_id, live):
-                    pass
+                for root in (record.root_id, *([bytes.fromhex(record.logs)] if record.logs else [])):
+                    for _ in walk_blobs(repo, root, live):  # the artifacts, and the logs
+                        pass
             except (DataError, FormatError) as exc:
                 raise C3fsError(f"gc stopped: {record.kind} {record.id} cannot be read ({exc}); "
                                 "run `c3fs verify` — nothing was deleted") from None
@@ -213,6 +214,8 @@ class _Checker:
         label = f"{record.kind} {record.id}"
         seen: set[bytes] = set()  # this job's trees walked already
         stack = [(b"", record.root_id)]
+        if record.logs:  # the job's stdout and stderr (c3fs.jobs.logs)
+            stack.append((b"<logs>", bytes.fromhex(record.logs)))
         while stack:
             path, tree_id = stack.pop()
             if tree_id in seen:

@@ -42,6 +42,8 @@ from c3fs.errors import C3fsError, UsageError
 from c3fs.fsutil import count, tree_bytes, walk_files
 from c3fs.jobs.collect import collect
 from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
+from c3fs.jobs.logs import Tee, keep_locally
+from c3fs.jobs.pins import canonical_ref, resolve_pinned
 from c3fs.jobs.push import ensure_free, ingest, record_for
 from c3fs.jobs.runstate import (
     ARTIFACTS,
@@ -183,13 +185,16 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
     env = dict(os.environ, **spec.config.env, C3_ARTIFACTS_DIR=str(artifacts),
                C3_JOB_ID=job_id, C3_PROJECT=spec.project)
     try:
-        proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True)
+        proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         log.error("cannot start %s: %s", spec.command[0], exc.strerror)
         outcome.status, outcome.reason, outcome.exit_code = FAILED, "SCRIPT_ERROR", 127
         return
     outcome.command_started = True
     state.command_started(proc.pid)
+    tee = Tee(state.dir / "logs")  # the command's output, shown live and kept
+    tee.start(proc)
     previous = _forward_signals()
     try:
         code = proc.wait(timeout=spec.timeout)
@@ -207,6 +212,7 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        tee.finish()
 
 
 def _forward_signals() -> dict:
@@ -242,12 +248,24 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
         bar = (spec.progress("upload", sum(map(tree_bytes, paths))) if spec.progress
                else nullcontext(None))
         source = _artifacts_source(artifacts, state)
-        with bar as advance:
-            return ingest(repo, lambda ing: collect(repo, ing, source, outputs),
+        logs: dict = {}
+
+        def build(ing) -> bytes:
+            root = collect(repo, ing, source, outputs)
+            logs.update(files=ing.stats.files, logical_bytes=ing.stats.logical_bytes)
+            if (state.dir / "logs").is_dir():  # (not when the command could not start)
+                logs["logs"] = ing.ingest_dir(state.dir / "logs").hex()
+            return root
+
+        with bar as advance:  # files and bytes: the artifacts'; stored: logs included
+            return ingest(repo, build,
                           lambda root, stats: record_for(JOB, job_id, spec.project, root,
-                                                         stats, started, **fields),
+                                                         stats, started, **fields, **logs),
                           progress=advance)
     except (C3fsError, OSError) as exc:
+        kept_logs = keep_locally(state.dir / "logs", spec.workdir, job_id)
+        if kept_logs:
+            log.error("job %s: its stdout and stderr are kept in %s", job_id, kept_logs)
         return _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields)
 
 
@@ -292,23 +310,23 @@ def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path],
     if not spec.config.datasets:
         return []
     vfs = Vfs(repo)
-    inputs = []
+    inputs, sources = [], []
     for ds in spec.config.datasets:  # check every ref before mounting any
         with _entry(ds):
-            node = vfs.resolve(ds.ref)
-            if not node.is_dir or node.tree_id is None:
-                raise C3fsError(f"dataset ref {ds.ref!r} is not a job, dataset or folder in one")
+            node = resolve_pinned(vfs, ds.ref, ds.digest)
             check_mount_path(ds.mount, spec.workdir)
-        inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount))
+        inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount,
+                            resolved=node.display))
+        sources.append(canonical_ref(node))  # latest or a tag cannot move under the mount
     from c3fs.fuse import mount  # the FUSE layer is only needed by jobs that mount inputs
 
-    for ds in inputs:
+    for ds, source in zip(inputs, sources, strict=True):
         with _entry(ds):
             path = check_mount_path(ds.mount, spec.workdir)
             clear_dead_mount(path)
             _make_mountpoint(path)
             state.add_mount(path)  # before mounting: a killed run's mount is found again
-            mount(spec.store_url or repo.store.url, ds.ref, str(path))
+            mount(spec.store_url or repo.store.url, source, str(path))
         mounted.append(path)
         log.info("mounted %s at %s", ds.ref, path)
     return inputs

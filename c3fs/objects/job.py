@@ -31,9 +31,10 @@ MAX_PATH = 4096  # an input's ref and mount point
 
 
 class Input(msgspec.Struct, frozen=True):
-    ref: str
+    ref: str  # as the user gave it (may be /projects/<p>/jobs/latest or a tag)
     root: str
     mount: str = ""
+    resolved: str = ""  # the path `ref` resolved to: /jobs/<id>/... or /datasets/<name>/...
 
 
 class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
@@ -54,6 +55,7 @@ class JobRecord(msgspec.Struct, kw_only=True, frozen=True):
     stored_delta: int = 0
     inputs: list[Input] = []
     host: str = ""
+    logs: str = ""  # tree id of the command's stdout and stderr (c3fs.jobs.logs), or ""
 
     @property
     def root_id(self) -> bytes:
@@ -109,10 +111,15 @@ def _check_fields(record: JobRecord) -> None:
         _bad("inputs", f"{len(record.inputs)} of them")
     for item in record.inputs:
         _check_input(item)
+    if record.logs:
+        try:
+            parse_hex_id(record.logs)
+        except Exception:
+            _bad("logs", f"{record.logs[:80]!r} is not a tree id")
 
 
 def _check_input(item: Input) -> None:
-    if len(item.ref) > MAX_PATH or len(item.mount) > MAX_PATH:
+    if max(len(item.ref), len(item.mount), len(item.resolved)) > MAX_PATH:
         _bad("inputs", "a ref or mount point longer than 4096 characters")
     try:
         parse_hex_id(item.root)

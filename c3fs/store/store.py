@@ -7,6 +7,7 @@ Keys::
     refs/jobs/<job id>           job records, create-only
     refs/datasets/<name>         dataset records, create-only
     locks/<name>                 push and gc locks (see c3fs.store.locks)
+    tags/<project>/<tag>/<gen>   tag records, create-only (see c3fs.jobs.tags)
 
 The store's objects are the truth; the LMDB index is rebuilt from them.
 """

@@ -4,6 +4,11 @@
     /projects/<project>/jobs/<job id>/...    the same nodes (same inode numbers)
     /datasets/<name>/...                     an uploaded dataset
     /projects/<project>/datasets/<name>/...  the same dataset
+    /projects/<project>/jobs/latest          symlink to the newest SUCCEEDED job
+    /projects/<project>/tags/<tag>           symlink to the job the tag names
+
+The two kinds of symlink are virtual (nothing in a tree): `lookup` and `children` show them
+as symlinks (the mount, `ls`), `resolve` follows them (every command taking a ref).
 
 Every node has a canonical path (`/jobs/<id>/...` or `/datasets/<name>/...` for content) and
 its inode number is a hash of that path, so inodes are stable across the two paths, across
@@ -18,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import blake3
 
-from c3fs.errors import DataError, FormatError, NotADirectory, NotFound
+from c3fs.errors import DataError, FormatError, InvalidId, NotADirectory, NotFound
 from c3fs.objects.ids import check_name
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.tree import DIR, FILE, LINK, Entry, st_mode
@@ -27,6 +32,8 @@ from c3fs.repo import Repo
 
 ROOT_INO = 1
 JOBS, PROJECTS, DATASETS = b"jobs", b"projects", b"datasets"
+TAGS, LATEST = b"tags", b"latest"
+MAX_LINKS = 8  # virtual links followed by one `resolve` (they never chain today)
 _TOP = {JOBS: JOB, DATASETS: DATASET}
 _KIND_DIR = {JOB: JOBS, DATASET: DATASETS}
 
@@ -129,14 +136,27 @@ class Vfs:
         return node
 
     # walking ------------------------------------------------------------------------------
-    def resolve(self, path: str | bytes) -> Node:
+    def resolve(self, path: str | bytes, _links: int = 0) -> Node:
+        """The node at `path`, following the namespace's virtual links (`latest`, tags)."""
         node = self._virtual(())
         for name in split_path(path):
             try:
                 node = self.lookup(node, name)
             except (DataError, FormatError) as exc:
                 raise exc.reading(node.display) from None
+            if node.kind == LINK and node.ref is None and node.entry is not None:
+                node = self._follow(node, _links + 1)
         return node
+
+    def _follow(self, link: Node, links: int) -> Node:
+        if links > MAX_LINKS:
+            raise NotFound(f"{link.display}: too many levels of virtual links")
+        target = b"/".join(link.path[:-1]) + b"/" + link.entry.target
+        try:
+            return self.resolve(target.replace(b"/tags/../", b"/"), links)
+        except NotFound as exc:
+            raise NotFound(f"{link.display} -> {link.entry.target.decode(errors='replace')}: "
+                           f"{exc}") from None
 
     def lookup(self, parent: Node, name: bytes) -> Node:
         if not parent.is_dir:
@@ -212,13 +232,16 @@ class Vfs:
     # the virtual part ---------------------------------------------------------------------
     def _virtual_child(self, parent: Node, name: bytes) -> Node:
         path = parent.path
+        link = self._link_child(path, name)
+        if link is not None:
+            return link
         if len(path) == 0 and name in (JOBS, PROJECTS, DATASETS):
             return self._virtual((name,))
         if len(path) == 1 and path[0] in _TOP:
             return self.ref_root(self._record(_TOP[path[0]], name))
         if len(path) == 1 and path[0] == PROJECTS and self._project_exists(name):
             return self._virtual((PROJECTS, name))
-        if len(path) == 2 and name in (JOBS, DATASETS):
+        if len(path) == 2 and name in (JOBS, DATASETS, TAGS):
             return self._virtual((*path, name))
         if len(path) == 3 and path[0] == PROJECTS:
             record = self._record(_TOP[path[2]], name)
@@ -236,9 +259,52 @@ class Vfs:
             projects = {r.project.encode() for r in self._records(JOB) + self._records(DATASET)}
             return [(p, self._virtual((PROJECTS, p))) for p in projects]
         if len(path) == 2:
-            return [(n, self._virtual((*path, n))) for n in (DATASETS, JOBS)]
+            return [(n, self._virtual((*path, n))) for n in (DATASETS, JOBS, TAGS)]
+        if path[2] == TAGS:
+            return self._tag_links(path)
         records = self._records(_TOP[path[2]])
-        return [(r.id.encode(), self.ref_root(r)) for r in records if r.project.encode() == path[1]]
+        found = [(r.id.encode(), self.ref_root(r)) for r in records if r.project.encode() == path[1]]
+        newest = self._link_child(path, LATEST) if path[2] == JOBS else None
+        if newest is not None:  # (it hides a job named `latest` in this view only)
+            found = [item for item in found if item[0] != LATEST] + [(LATEST, newest)]
+        return found
+
+    # virtual links: latest and tags -------------------------------------------------------
+    def _link_child(self, path: tuple[bytes, ...], name: bytes) -> Node | None:
+        """The link `name` in /projects/<p>/jobs (`latest`) or /projects/<p>/tags, if any."""
+        if len(path) != 3 or path[0] != PROJECTS:
+            return None
+        from c3fs.jobs import tags
+
+        project = path[1].decode(errors="replace")
+        if path[2] == JOBS and name == LATEST:
+            self.repo.refresh()
+            record = tags.latest(self._records(JOB), project)
+            return None if record is None else self._link(path, name, record.id.encode(),
+                                                          record.ended or record.created)
+        if path[2] != TAGS:
+            return None
+        try:
+            tag = tags.get_tag(self.repo.store, project, name.decode())
+        except (NotFound, InvalidId, UnicodeDecodeError):
+            raise NotFound(f"/{'/'.join(p.decode(errors='replace') for p in path)}/"
+                           f"{name.decode(errors='replace')}: no such tag") from None
+        return self._link(path, name, b"../jobs/" + tag.job.encode(), tag.created)
+
+    def _tag_links(self, path: tuple[bytes, ...]) -> list[tuple[bytes, Node]]:
+        from c3fs.jobs import tags
+
+        found = tags.list_tags(self.repo.store, path[1].decode(errors="replace"))
+        return [(t.name.encode(), self._link(path, t.name.encode(), b"../jobs/" + t.job.encode(),
+                                             t.created)) for t in found]
+
+    def _link(self, path: tuple[bytes, ...], name: bytes, target: bytes, when: float) -> Node:
+        parent = self._virtual(path)
+        key = child_key(parent.key, name)
+        mtime = int(when * 1e9)
+        entry = Entry(name, LINK, 0o777, len(target), mtime, target)
+        return Node(ino_from_key(key), LINK, 0o777, len(target), mtime, name, parent, key,
+                    parent.depth + 1, None, None, entry)
 
     def _records(self, kind: str) -> list[JobRecord]:
         return self.repo.records(kind)

@@ -156,9 +156,9 @@ class Site:
         records = catalog.all_records(self.repo)
         inputs = []
         for item in record.inputs:
-            ref = catalog.ref_of(item.ref)
+            ref = catalog.input_ref(item)
             found = records.get(ref) if ref else None
-            url = node_url("/browse/", split_path(item.ref)) if found else None
+            url = node_url("/browse/", split_path(item.resolved or item.ref)) if found else None
             inputs.append(dict(ref=item.ref, root=item.root, mount=item.mount, url=url,
                                record=found))
         users = catalog.consumers(records).get((record.kind, record.id), [])
