@@ -101,7 +101,7 @@ def test_job_page_shows_record_files_thumbnails_inputs_and_consumers(client: Tes
     assert jobs["train"].root in text and "python train.py" in text
     assert f'href="/browse/jobs/{PREP}"' in text  # its input, as a link
     assert f'href="/browse/jobs/{EVAL}/"' in text  # its consumer (named by project path)
-    assert "does not record job logs yet" in text
+    assert "No logs: this job was pushed" in text
     assert 'href="/browse/jobs/job_train/plots/"' in text
     plots = client.get(f"/browse/jobs/{TRAIN}/plots/").text
     for name in ("loss_0.png", "loss_2.png", "dot.gif", "curve.svg"):
@@ -331,3 +331,24 @@ def test_serve_warns_when_it_listens_beyond_loopback(caplog) -> None:
 def test_serve_help_has_examples(run_cli) -> None:
     result = run_cli(["serve", "--help"]).ok()
     assert "Examples:" in result.out and "--token" in result.out
+
+
+def test_job_page_shows_the_last_lines_of_its_logs_and_serves_them_whole(repo, c3fs_bin,
+                                                                         tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    script = "for i in $(seq 1 80); do echo out-$i; done; echo '<script>x</script>' >&2"
+    assert c3fs_bin("run", "-p", "p", "-j", "logged", "--", "sh", "-c", script, cwd=work).code == 0
+    (tmp_path / "src").mkdir()
+    assert c3fs_bin("push", str(tmp_path / "src"), "-p", "p", "-j", "pushed").code == 0
+    client = TestClient(make_app(repo))
+    page = client.get("/browse/jobs/logged/").text
+    assert "out-80" in page and "out-31\n" in page and "out-30\n" not in page  # the last 50
+    assert "&lt;script&gt;x&lt;/script&gt;" in page and "<script>x" not in page
+    whole = client.get("/logs/jobs/logged/stdout")
+    assert whole.status_code == 200 and whole.text.count("out-") == 80
+    assert whole.headers["content-disposition"].startswith("attachment")
+    assert whole.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/logs/jobs/logged/environ").status_code == 404
+    assert client.get("/logs/nope/logged/stdout").status_code == 404
+    assert "No logs" in client.get("/browse/jobs/pushed/").text

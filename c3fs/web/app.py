@@ -54,7 +54,7 @@ BLOCK = 1024 * 1024  # bytes per piece of a download
 ENTRIES = 500  # directory entries per page
 THUMBNAILS = 100  # images per page of a folder
 EAGER = 24  # thumbnails loaded at once; later ones when scrolled to
-README_NOTE = "c3fs does not record job logs yet: nothing to show here."
+LOG_LINES = 50  # the last lines of each log shown on a job's page
 
 
 def make_app(repo: Repo, token: str | None = None) -> Guard:
@@ -64,6 +64,7 @@ def make_app(repo: Repo, token: str | None = None) -> Guard:
         Route("/", site.home), Route("/jobs", site.jobs), Route("/datasets", site.datasets),
         Route("/browse/{path:path}", site.browse), Route("/raw/{path:path}", site.raw),
         Route("/lineage/{kind}/{name}", site.lineage), Route("/balance", site.balance),
+        Route("/logs/{kind}/{name}/{stream}", site.log),
         Mount("/static", StaticFiles(packages=[("c3fs.web", "static")]), name="static"),
     ]
     handlers = {NotFound: site.not_found, NotADirectory: site.not_found,
@@ -90,7 +91,7 @@ class Site:
                                 quote=lambda s: urllib.parse.quote(s, safe=""),
                                 ref_url=lambda ref: "/browse/" + urllib.parse.quote(
                                     ref.lstrip("/"), safe="/"),
-                                kind_dir=catalog.KIND_DIR, readme_note=README_NOTE)
+                                kind_dir=catalog.KIND_DIR, log_lines=LOG_LINES)
 
     def page(self, template: str, status: int = 200, **context) -> HTMLResponse:
         return HTMLResponse(self.env.get_template(template).render(**context), status)
@@ -136,11 +137,34 @@ class Site:
                        raw_url=node_url("/raw/", node.path), is_root=len(node.path) == 2,
                        subpath="".join("/" + show(p) for p in node.path[2:]))
         if node.is_dir:
-            return self.page("dir.html", **context, **self._directory(node, request),
-                             **(self._relations(record) if len(node.path) == 2 else {}))
+            if len(node.path) == 2:
+                context.update(self._relations(record), logs=self._log_tails(record))
+            return self.page("dir.html", **context, **self._directory(node, request))
         if node.kind != FILE:
             return self.page("link.html", **context, target=show(self.vfs.readlink(node)))
         return self.page("file.html", **context, preview=self._preview(node))
+
+    def _log_tails(self, record: JobRecord) -> dict[str, str] | None:
+        """The last lines of the job's stdout and stderr (None: it kept no logs)."""
+        from c3fs.jobs.logs import STREAMS, read_log
+
+        if not record.logs:
+            return None
+        return {stream: read_log(self.repo, record, stream, tail=LOG_LINES).decode(
+                "utf-8", "replace") for stream in STREAMS}
+
+    def log(self, request: Request) -> Response:
+        """A job's whole stdout or stderr, as a text file to save (never rendered)."""
+        from c3fs.jobs.logs import STREAMS, read_log
+
+        kinds = {v: k for k, v in catalog.KIND_DIR.items()}
+        kind, stream = kinds.get(request.path_params["kind"]), request.path_params["stream"]
+        if kind is None or stream not in STREAMS:
+            raise NotFound(f"no such log {request.url.path}")
+        record = self.repo.record(kind, request.path_params["name"])
+        name = f"{record.id}.{stream}.txt".encode()
+        return Response(read_log(self.repo, record, stream), media_type="text/plain",
+                        headers={"content-disposition": disposition("attachment", name)})
 
     def _directory(self, node: Node, request: Request) -> dict:
         children = self.vfs.children(node)
