@@ -103,7 +103,9 @@ def test_a_mount_killed_during_start_leaves_nothing(site: Path, tmp_path: Path,
         caller.send_signal(signal.SIGCONT)  # a frozen caller gets its SIGTERM now
         caller.wait()
         os.kill(daemons[0], signal.SIGCONT)
-        wait_until(lambda: not alive(daemons[0]), "the daemon to unmount and exit")
+        # a bound for a hang, not a timing: on a loaded machine (two suites at once) the
+        # daemon's unmount and exit once took longer than the default 15 s
+        wait_until(lambda: not alive(daemons[0]), "the daemon to unmount and exit", 60.0)
         assert not mounted(m)  # neither dead nor orphaned
     finally:
         for pid in daemons:
