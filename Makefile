@@ -13,8 +13,8 @@ PYFUSE3_PATCHES := $(wildcard patches/pyfuse3-$(PYFUSE3)-*.patch)
 PYFUSE3_BUILD = $(VENV)/build/pyfuse3
 # Exact versions and hashes of every Python dependency (runtime, test, bench) and of what the
 # install builds with; `make lock` makes them anew with uv (README: "Dependencies").
-LOCK := requirements/main.lock
-BUILD_LOCK := requirements/build.lock
+LOCK := requirements.lock
+BUILD_LOCK := requirements-build.lock
 UV := uv==0.13.9
 LATEST := .venv-latest
 

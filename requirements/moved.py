@@ -1,6 +1,6 @@
 """Print the installed distributions whose versions differ from a lock file's pins.
 
-Used by `make test-latest`: `python requirements/moved.py requirements/main.lock`.
+Used by `make test-latest`: `python requirements/moved.py requirements.lock`.
 """
 
 from __future__ import annotations
