@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from c3fs.fsutil import make_private_dir
+from c3fs.fsutil import make_private_dir, walk_files
 from c3fs.memo import LRU
 from c3fs.objects.ids import token_hex
 from c3fs.store.backend import LOCAL, BackendDefaults, BackendError, KeyExists, KeyMissing
@@ -183,12 +183,10 @@ class LocalBackend(BackendDefaults):
         """Remove temp files left by crashed writers, older than `older_than` seconds."""
         removed = 0
         cutoff = time.time() - older_than
-        for dirpath, _, filenames in os.walk(self.root):
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if name.startswith(TMP_PREFIX) and os.stat(path).st_mtime < cutoff:
-                    _unlink(Path(path))
-                    removed += 1
+        for entry in walk_files(self.root):  # any depth (os.walk recurses per level)
+            if entry.name.startswith(TMP_PREFIX) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                _unlink(Path(entry.path))
+                removed += 1
         return removed
 
     def close(self) -> None:
