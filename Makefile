@@ -61,7 +61,7 @@ pyfuse3:
 	$(BIN)/pip install -q --force-reinstall --no-deps $(ISOLATION) $(PYFUSE3_BUILD)/pyfuse3-$(PYFUSE3)
 
 demo: install
-	$(BIN)/python -m cli.demo
+	$(BIN)/python -m c3fs_cli.demo
 
 test: install test-sysdeps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 import click
 
 from c3fs.errors import IsADirectory, UsageError
-from cli import output
-from cli.main import Ctx, app, pass_ctx
+
+from . import output
+from .main import Ctx, app, pass_ctx
 
 if TYPE_CHECKING:  # the library is imported in the commands: `c3fs --help` stays quick
     from c3fs.objects.job import JobRecord

@@ -8,9 +8,10 @@ from pathlib import Path
 import click
 
 from c3fs.errors import UsageError
-from cli import output
-from cli.commands import cp, ls
-from cli.main import Ctx, app, pass_ctx
+
+from . import output
+from .commands import cp, ls
+from .main import Ctx, app, pass_ctx
 
 
 # run ----------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from c3fs.errors import UsageError
-from cli import output
-from cli.main import Ctx, app, pass_ctx
+
+from . import output
+from .main import Ctx, app, pass_ctx
 
 
 @app.command(context_settings={"max_content_width": 100})
@@ -229,7 +230,8 @@ def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir
     from c3fs.jobs.pins import pinned_config
     from c3fs.jobs.run import JobSpec, run_job
     from c3fs.jobs.tags import resolve_job
-    from cli.lifecycle import finish_run
+
+    from .lifecycle import finish_run
 
     repo = ctx.repo(write=True)
     record = resolve_job(repo, job)

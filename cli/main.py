@@ -17,7 +17,8 @@ import click
 
 from c3fs import preload
 from c3fs.errors import C3fsError, one_line
-from cli import output
+
+from . import output
 
 if TYPE_CHECKING:
     from c3fs.repo import Repo
@@ -116,4 +117,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-from cli import commands, lifecycle, lineage, locks, mount, serve, tags  # noqa: E402,F401  (register commands on `app`)
+from . import commands, lifecycle, lineage, locks, mount, serve, tags  # noqa: E402,F401  (register commands on `app`)

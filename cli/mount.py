@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli import output
-from cli.main import Ctx, app, pass_ctx
+from . import output
+from .main import Ctx, app, pass_ctx
 
 
 @app.command(context_settings={"max_content_width": 100})

@@ -9,7 +9,8 @@ import socket
 import click
 
 from c3fs.errors import C3fsError, UsageError
-from cli.main import Ctx, app, pass_ctx
+
+from .main import Ctx, app, pass_ctx
 
 log = logging.getLogger("c3fs")
 

@@ -128,7 +128,7 @@ def _exit_code(exc: SystemExit) -> int:
 
 def run_cli_in_process(argv: list[str]) -> CliResult:
     """`cli.main.main(argv)` with stdout/stderr captured and the root logger restored."""
-    from cli.main import main
+    from c3fs_cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()

@@ -523,7 +523,7 @@ def test_ls_escapes_names_in_long_and_plain_listings(run_cli, tmp_path: Path) ->
 HEAVY = {"rich", "trio", "pyfuse3", "obstore", "zstandard", "lmdb", "msgspec", "yaml", "blake3"}
 PRINT_IMPORTED = """
 import sys
-from cli.main import main
+from c3fs_cli.main import main
 try:
     main(sys.argv[1:])
 except SystemExit:

@@ -89,7 +89,7 @@ def test_cancel(c3fs_bin, store_env, workdir: Path, sig: int) -> None:
         open({str(marker)!r}, 'w').close()
         time.sleep(60)
         """))
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "run", "-j", "c1", "--", sys.executable,
+    proc = subprocess.Popen([sys.executable, "-m", "c3fs_cli", "run", "-j", "c1", "--", sys.executable,
                              "wait.py"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
     deadline = time.monotonic() + 30

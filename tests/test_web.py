@@ -313,7 +313,7 @@ def test_serve_refuses_a_bad_bind_with_one_line(run_cli, store_env) -> None:
 
 
 def test_serve_warns_when_it_listens_beyond_loopback(caplog) -> None:
-    from cli.serve import parse_bind
+    from c3fs_cli.serve import parse_bind
 
     with caplog.at_level("WARNING", logger="c3fs"):
         assert parse_bind("127.0.0.1:8484") == ("127.0.0.1", 8484)

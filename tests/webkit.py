@@ -8,10 +8,11 @@ import os
 import time
 from pathlib import Path
 
+from c3fs_cli.demo import png
+
 from c3fs.jobs.push import push_dir, register
 from c3fs.objects.job import FAILED, Input, JobRecord
 from c3fs.repo import Repo
-from cli.demo import png
 
 PROJECT = "vision"
 PREP, TRAIN, EVAL = "job_prep", "job_train", "job_eval"

@@ -28,9 +28,9 @@ IMPORT_EVERYTHING = textwrap.dedent("""
     limit = sys.getrecursionlimit()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP,
                                                  signal.SIGPIPE, signal.SIGCHLD)}
-    import c3fs, cli, cli.main  # cli.main first: it registers the commands
+    import c3fs, c3fs_cli, c3fs_cli.main  # c3fs_cli.main first: it registers the commands
     modules = []
-    for package in (c3fs, cli):
+    for package in (c3fs, c3fs_cli):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             if not info.name.endswith("__main__"):
                 importlib.import_module(info.name)
