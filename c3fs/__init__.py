@@ -1,3 +1,3 @@
 """c3fs: a content-addressed filesystem for the outputs of compute jobs."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -17,14 +17,13 @@ import msgspec
 import pytest
 import trees
 from conftest import CliResult
+from crafted import craft_job
 
 from c3fs.errors import AlreadyExists
 from c3fs.ingest import IngestStats
 from c3fs.jobs.push import record_for, register
-from c3fs.objects import codec
-from c3fs.objects.ids import blob_id
 from c3fs.objects.job import JOB, JobRecord
-from c3fs.objects.pack import CHUNK, TREE, PackBuilder
+from c3fs.objects.pack import CHUNK, TREE
 from c3fs.objects.tree import DIR, FILE, LINK, TREE_VERSION, Entry, Tree, encode_tree
 from c3fs.store.local import LocalBackend
 from c3fs.store.store import Store, StoreConfig
@@ -262,22 +261,6 @@ def raw_tree(entries: list[Entry]) -> bytes:
     return msgspec.msgpack.encode(Tree(TREE_VERSION, entries))
 
 
-def craft_job(store_dir: Path, job_id: str, build) -> None:
-    """Pack the blobs `build(add)` makes into the store and register `job_id` on its root."""
-    store = Store.open(LocalBackend(store_dir))
-    builder = PackBuilder()
-
-    def add(kind: int, plain: bytes) -> bytes:
-        codec_id, stored = codec.encode(plain)
-        builder.add(kind, blob_id(plain), codec_id, stored, len(plain))
-        return blob_id(plain)
-
-    root = build(add)
-    pack_id, data = builder.finish()
-    store.put_pack(pack_id, data)
-    store.create_ref(JobRecord(id=job_id, project="evil", created=1.0, root=root.hex()))
-
-
 def evil_entries(add, name: bytes, kind: int) -> list[Entry]:
     payload = b"pwned"
     chunk = add(CHUNK, payload)
@@ -479,8 +462,6 @@ def test_ls_chooses_jobs_by_project_status_age_and_count(run_cli, store_env, tmp
     import time
 
     from c3fs.objects import job as jobfmt
-    from c3fs.objects.job import JobRecord
-    from c3fs.store.store import Store
 
     root = push_ok(run_cli, small_src(tmp_path), "j0", project="vision")["root"]
     now = time.time()

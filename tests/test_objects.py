@@ -41,6 +41,7 @@ from c3fs.objects.tree import (
     Tree,
     decode_tree,
     encode_tree,
+    file_digest,
 )
 
 MiB = 1024 * 1024
@@ -475,8 +476,9 @@ def test_tree_decode_refuses_bad_entries(case: str) -> None:
 
 
 def test_tree_decode_refuses_other_versions_and_shapes() -> None:
-    with pytest.raises(FormatError, match="version"):
-        decode_tree(raw_tree([], version=2))
+    for version in (0, 3):
+        with pytest.raises(FormatError, match="version"):
+            decode_tree(raw_tree([], version=version))
     for data in (b"", b"\xc1", msgspec.msgpack.encode([1]), msgspec.msgpack.encode({"v": 1}),
                  msgspec.msgpack.encode([1, [[b"a", 0]]]), msgspec.msgpack.encode([1, [["a", 0, 0, 0, 0]]])):
         with pytest.raises(FormatError):
@@ -584,3 +586,36 @@ def test_job_record_damaged_json_is_format_error_or_valid(record, draw: st.DataO
     check_name(damaged.id)
     check_name(damaged.project, "project")
     assert len(damaged.root_id) == 32
+
+
+# file digests (tree version 2) ---------------------------------------------------------------
+def two_chunks(digest: bytes = b"") -> Entry:
+    return Entry(b"f", FILE, 0o644, 3, 0, chunks=b"\1" * 32 + b"\2" * 32, sizes=[1, 2],
+                 digest=digest)
+
+
+def test_tree_version_1_is_read_without_digests() -> None:
+    """A tree written before 0.2 (8 fields an entry, version 1) decodes as it is."""
+    old = msgspec.msgpack.encode([1, [[b"f", FILE, 0o644, 3, 0, b"", b"\1" * 32 + b"\2" * 32,
+                                       [1, 2]]]])
+    (entry,) = decode_tree(old).entries
+    assert entry.digest == b"" and file_digest(entry) is None
+    assert file_digest(file_entry(b"one")) == b"\1" * 32  # one chunk: its id
+    assert file_digest(Entry(b"e", FILE, 0o644, 0, 0)) == blake3.blake3(b"").digest()
+
+
+def test_tree_digest_is_kept_and_checked() -> None:
+    entry = two_chunks(b"\3" * 32)
+    (decoded,) = decode_tree(encode_tree([entry])).entries
+    assert decoded.digest == b"\3" * 32 and file_digest(decoded) == b"\3" * 32
+    bad = {
+        "short": two_chunks(b"\3" * 31),
+        "one chunk": Entry(b"f", FILE, 0o644, 3, 0, chunks=b"\1" * 32, sizes=[3], digest=b"\3" * 32),
+        "directory": Entry(b"d", DIR, 0o755, 0, 0, target=b"\0" * 32, digest=b"\3" * 32),
+    }
+    for case, item in bad.items():
+        with pytest.raises(FormatError, match="digest"):
+            decode_tree(raw_tree([item]))
+        assert case
+    with pytest.raises(FormatError, match="version 1"):
+        decode_tree(raw_tree([entry], version=1))

@@ -31,10 +31,10 @@ the path and the chunk; anything unexpected is EIO with `log.exception`.
 
 Extended attributes (read-only):
 
-- `user.c3fs.digest` — a stable content id. Files: hex blake3 of the concatenated 32-byte
-  chunk ids (chunk ids are blake3 of the plain chunk bytes, so equal digests mean equal bytes
-  within one store); directories: the hex id of their tree (a Merkle root over the whole
-  sub-tree).
+- `user.c3fs.digest` — a stable content id. Files: hex blake3 of the file's bytes, so
+  `b3sum FILE` of any copy prints it (kept in the tree since tree version 2; for a file of 2+
+  chunks from an older tree it is computed once by reading the file, then remembered);
+  directories: the hex id of their tree (a Merkle root over the whole sub-tree).
 - `user.c3fs.job` (or `user.c3fs.dataset`) — the job id (dataset name) the node belongs to.
 """
 
@@ -56,7 +56,7 @@ from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADir
 from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET
-from c3fs.objects.tree import FILE, LINK
+from c3fs.objects.tree import FILE, LINK, file_digest
 from c3fs.reader import FileReader
 from c3fs.vfs import ROOT_INO, Node, Vfs
 
@@ -68,6 +68,7 @@ BLOCK_SIZE = 1 << 20  # st_blksize: `cat` and friends read this much per call
 OPEN_IN_THREAD = 4096  # files with more chunks than this are opened in a worker thread
 READERS = 64  # readers kept per inode when files are opened without requests (by count:
 # a reader holds its file's chunk list; an evicted one is rebuilt by the next READ)
+DIGESTS = 4096  # digests of files from version 1 trees, computed by reading them
 USER_NAMESPACE = b"user."  # the only xattr namespace the mount has
 XATTR_PREFIX = b"user.c3fs."
 XATTR_DIGEST = b"user.c3fs.digest"
@@ -201,6 +202,7 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.stateless_open = opens_without_requests() if stateless_open is None else stateless_open
         self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
+        self._digests: LRU = LRU(DIGESTS)  # blake3 of a chunk list -> hex digest of the bytes
         self.vfs = vfs
         self.inodes = Inodes(vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
@@ -380,9 +382,17 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if not name.startswith(USER_NAMESPACE):
             raise NoNamespace()
-        value = xattrs(node).get(name) if name.startswith(XATTR_PREFIX) else None
-        if value is None:
+        found = xattrs(node) if name.startswith(XATTR_PREFIX) else {}
+        if name not in found:
             raise NoAttribute()
+        value = found[name]
+        if value is None:  # the digest of a file of 2+ chunks from a version 1 tree
+            key = blake3.blake3(node.entry.chunks).digest()  # (one 32-byte key per file)
+            value = self._digests.get(key)
+            if value is None:
+                reader = self.vfs.open(node, self.readahead, remember=False)
+                value = (await self._thread(reader.digest)).hex().encode()
+                self._digests.put(key, value)
         return value
 
     @handler
@@ -473,9 +483,10 @@ def negative_entry() -> pyfuse3.EntryAttributes:
 
 def xattrs(node: Node) -> dict[bytes, bytes]:
     """The extended attributes of a node (see the module docstring)."""
-    found: dict[bytes, bytes] = {}
+    found: dict[bytes, bytes | None] = {}
     if node.kind == FILE and node.entry is not None:
-        found[XATTR_DIGEST] = blake3.blake3(node.entry.chunks).hexdigest().encode()
+        digest = file_digest(node.entry)  # None: it takes reading the file (`getxattr`)
+        found[XATTR_DIGEST] = None if digest is None else digest.hex().encode()
     elif node.tree_id is not None:
         found[XATTR_DIGEST] = node.tree_id.hex().encode()
     if node.ref is not None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import blake3
 import pyfastcdc
 
 from c3fs.errors import NotFound, SourceError
@@ -476,9 +477,10 @@ class Ingester:
     def _file_entry(self, dir_fd: int, name: bytes, st: os.stat_result, where: _Open) -> Entry:
         ids: list[bytes] = []
         sizes: list[int] = []
+        whole = blake3.blake3()
         try:
             with open(os.open(name, OPEN_FILE, dir_fd=dir_fd), "rb", buffering=0) as f:
-                for chunk_id, size in self._store_chunks(f, st.st_size):
+                for chunk_id, size in self._store_chunks(f, st.st_size, whole):
                     ids.append(chunk_id)
                     sizes.append(size)
         except OSError as exc:
@@ -487,10 +489,12 @@ class Ingester:
         self.stats.add(files=1, logical_bytes=total, chunks=len(ids))
         self.progress(total)
         return Entry(name, FILE, stat.S_IMODE(st.st_mode), total, st.st_mtime_ns,
-                     chunks=b"".join(ids), sizes=sizes)
+                     chunks=b"".join(ids), sizes=sizes,
+                     digest=whole.digest() if len(ids) > 1 else b"")  # else: its chunk id
 
-    def _store_chunks(self, f, size_hint: int) -> Iterator[tuple[bytes, int]]:
-        """Cut `f` into chunks and store them; yield (chunk id, size) in file order.
+    def _store_chunks(self, f, size_hint: int, whole) -> Iterator[tuple[bytes, int]]:
+        """Cut `f` into chunks and store them; yield (chunk id, size) in file order. `whole`
+        (a blake3 hasher) is given every byte in order, as it is read (the file's digest).
 
         The file is read `READ_BLOCK` at a time into a ring of `RING` buffers and cut in
         place; the chunks go to the hash/compress pool as views, never copied, ~1 MiB per
@@ -525,6 +529,7 @@ class Ingester:
                     break
                 filled += n
             view = view[:filled]
+            whole.update(view[len(carry):])
             batch: list[memoryview] = []
             batched = start = 0
             for chunk in cutter.cut_buf(view):

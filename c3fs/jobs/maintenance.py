@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import blake3
+
 from c3fs.errors import C3fsError, ChunkSizeMismatch, DataError, FormatError
 from c3fs.fsutil import count
 from c3fs.objects.job import DATASET, JOB, JobRecord
@@ -155,7 +157,8 @@ def _delete_pack(repo: Repo, pack_id: str) -> None:
 @dataclass
 class Problem:
     blob_id: str
-    kind: str  # "chunk", "tree", "ref", "size" (a file's tree gives a chunk a wrong size)
+    kind: str  # "chunk", "tree", "ref", "size" (a file's tree gives a chunk a wrong size),
+    # "digest" (a file's chunks are whole but their bytes do not have its digest)
     error: str
     broken: list[str] = field(default_factory=list)  # "<job>:<path>"
 
@@ -243,6 +246,11 @@ class _Checker:
 
     def _file(self, entry: Entry, where: str) -> None:
         _check_sizes(self.repo, entry, self.problems, where)
+        if entry.digest:  # (tree version 2, a file of 2+ chunks): its chunks in order, hashed
+            self.window.append((entry.digest, where, self.pool.submit(self._content, entry)))
+            if len(self.window) >= WINDOW:
+                self._settle()
+            return
         for chunk_id in entry.chunk_ids():
             if chunk_id in self.checked:
                 if self.checked[chunk_id] is not None:
@@ -256,12 +264,42 @@ class _Checker:
                 self._settle()
 
     def _settle(self) -> None:
-        """Wait for the oldest chunk check in the window; note the file if it failed."""
-        chunk_id, where, future = self.window.popleft()
+        """Wait for the oldest check in the window; note the file if it failed."""
+        blob_id, where, future = self.window.popleft()
         error = future.result()
-        self.inflight.pop(chunk_id, None)
+        if isinstance(error, tuple):  # a whole file's check: (kind, blob id, error) or ()
+            if error:
+                kind, blob_id, error = error
+                _note(self.problems, blob_id, kind, error, where)
+            return
+        self.inflight.pop(blob_id, None)
         if error is not None:
-            _note(self.problems, chunk_id, "chunk", error, where)
+            _note(self.problems, blob_id, "chunk", error, where)
+
+    def _content(self, entry: Entry) -> tuple:
+        """Check a file's chunks and that their bytes, in order, have the file's digest:
+        () if they do, else (kind, blob id, error) of the first problem. Each chunk is read
+        once more for each such file it is in (its own check is still done once)."""
+        whole = blake3.blake3()
+        for chunk_id in entry.chunk_ids():
+            error = self.checked.get(chunk_id, "")
+            if error is None or error == "":
+                try:
+                    data = self.repo.blobs.fetch_uncached(chunk_id)
+                    error = None
+                except DataError as exc:
+                    error = str(exc)
+                if chunk_id not in self.checked:
+                    self.checked[chunk_id] = error
+                    if error is None:
+                        self._count(len(data))
+            if error is not None:
+                return ("chunk", chunk_id, error)
+            whole.update(data)
+        if whole.digest() != entry.digest:
+            return ("digest", entry.digest, f"content does not match the file's digest "
+                    f"{entry.digest.hex()[:16]} (its chunks are whole: the tree is wrong)")
+        return ()
 
     def _check(self, blob_id: bytes) -> str | None:
         """Read `blob_id` from the store (no cache), once; its error, or None."""
@@ -270,15 +308,19 @@ class _Checker:
         try:
             data = self.repo.blobs.fetch_uncached(blob_id)
             error = None
-            with _count_lock:
-                self.report.blobs += 1
-                self.report.bytes += len(data)
-            if self.progress is not None:
-                self.progress(len(data))
+            self._count(len(data))
         except DataError as exc:
             error = str(exc)
         self.checked[blob_id] = error
         return error
+
+
+    def _count(self, size: int) -> None:
+        with _count_lock:
+            self.report.blobs += 1
+            self.report.bytes += size
+        if self.progress is not None:
+            self.progress(size)
 
 
 _count_lock = threading.Lock()

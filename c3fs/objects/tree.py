@@ -1,7 +1,10 @@
 """Trees: one directory, entries sorted by name bytes, encoded with msgspec (msgpack).
 
 A file lists its chunk ids (concatenated, 32 bytes each) and their plain sizes, so a reader
-computes offsets without touching the index. A directory names its subtree's id, a symlink
+computes offsets without touching the index, and (version 2) the blake3 of its whole content
+when that is not already a chunk id: a file of one chunk has its chunk's id as digest, an
+empty file blake3 of nothing, so only files of two or more chunks carry one (`file_digest`).
+Version 1 trees (written before 0.2) have no digests and are read as they are. A directory names its subtree's id, a symlink
 its target. Names are bytes: any POSIX name survives; a name that could escape a directory
 (empty, `.`, `..`, `/` or NUL inside) is refused when a tree is decoded, not when it is used.
 """
@@ -19,7 +22,8 @@ from c3fs.objects.codec import MAX_PLAIN
 FILE = 0
 DIR = 1
 LINK = 2
-TREE_VERSION = 1
+TREE_VERSION = 2  # 2: files of 2+ chunks carry `digest`
+TREE_VERSIONS = (1, 2)  # what is read
 MAX_NAME = 255
 MAX_TARGET = 4096
 
@@ -35,6 +39,7 @@ class Entry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=
     target: bytes = b""  # subtree id (DIR) or link target (LINK)
     chunks: bytes = b""  # FILE: concatenated 32-byte chunk ids
     sizes: list[NonNeg] = []  # FILE: plain size of each chunk
+    digest: bytes = b""  # FILE of 2+ chunks (tree version 2): blake3 of its whole content
 
     @property
     def is_dir(self) -> bool:
@@ -46,6 +51,19 @@ class Entry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=
 
     def chunk_ids(self) -> list[bytes]:
         return [self.chunks[i : i + 32] for i in range(0, len(self.chunks), 32)]
+
+
+EMPTY_DIGEST = bytes.fromhex("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
+
+
+def file_digest(entry: Entry) -> bytes | None:
+    """blake3 of a file's whole content (what `b3sum` prints), when the tree knows it: None
+    only for a file of 2+ chunks from a version 1 tree, whose digest needs its bytes."""
+    if entry.digest:
+        return entry.digest
+    if len(entry.chunks) <= 32:
+        return entry.chunks or EMPTY_DIGEST
+    return None
 
 
 def st_mode(kind: int, mode: int) -> int:
@@ -85,8 +103,9 @@ def check_name(name: bytes) -> None:
 
 
 def _check(tree: Tree) -> None:
-    if tree.version != TREE_VERSION:
-        raise FormatError(f"tree version {tree.version} is not supported")
+    if tree.version not in TREE_VERSIONS:
+        raise FormatError(f"tree version {tree.version} is not supported by c3fs "
+                          f"{_c3fs_version()}: a newer c3fs wrote it")
     previous = None
     for entry in tree.entries:
         check_name(entry.name)
@@ -94,6 +113,8 @@ def _check(tree: Tree) -> None:
             raise FormatError(f"tree entries out of order at {entry.name!r}")
         previous = entry.name
         _check_entry(entry)
+        if entry.digest and tree.version == 1:
+            raise FormatError(f"{entry.name!r} has a digest in a version 1 tree")
 
 
 def _check_entry(entry: Entry) -> None:
@@ -103,8 +124,8 @@ def _check_entry(entry: Entry) -> None:
         not entry.target or len(entry.target) > MAX_TARGET or b"\0" in entry.target
     ):
         raise FormatError(f"symlink {entry.name!r} has a bad target")
-    if entry.kind != FILE and (entry.chunks or entry.sizes):
-        raise FormatError(f"{entry.name!r} is not a file but lists chunks")
+    if entry.kind != FILE and (entry.chunks or entry.sizes or entry.digest):
+        raise FormatError(f"{entry.name!r} is not a file but lists chunks or a digest")
     if entry.kind == FILE:
         _check_file(entry)
 
@@ -114,3 +135,11 @@ def _check_file(entry: Entry) -> None:
         raise FormatError(f"file {entry.name!r} has a bad chunk list")
     if any(size == 0 or size > MAX_PLAIN for size in entry.sizes) or sum(entry.sizes) != entry.size:
         raise FormatError(f"file {entry.name!r}: chunk sizes do not add up to {entry.size}")
+    if entry.digest and (len(entry.digest) != 32 or len(entry.chunks) < 64):
+        raise FormatError(f"file {entry.name!r} has a bad digest")
+
+
+def _c3fs_version() -> str:
+    from c3fs import __version__
+
+    return __version__

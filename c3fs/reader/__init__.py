@@ -28,7 +28,7 @@ from c3fs.errors import (
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.memo import LRU, SingleFlight
 from c3fs.objects import codec
-from c3fs.objects.tree import Entry
+from c3fs.objects.tree import Entry, file_digest
 from c3fs.store.backend import BackendError, KeyMissing
 from c3fs.store.store import Store
 
@@ -176,6 +176,7 @@ class FileReader:
         self._remember = remember
         self._reuse = reuse
         self._next_offset = -1
+        self._digest = file_digest(entry)
 
     def start(self, chunks: int = START) -> None:
         """Begin fetching the first chunks in worker threads (on open: ready by the first
@@ -188,6 +189,21 @@ class FileReader:
     def read_cached(self, offset: int, size: int) -> bytes | None:
         """`read` from cached chunks only: None as soon as one is not cached (never blocks)."""
         return self._read(offset, size, self.blobs.peek)
+
+    def digest(self) -> bytes:
+        """blake3 of the whole content (what `b3sum` prints): from the tree when it holds it
+        (tree version 2, or a file of at most one chunk), else by reading every chunk in
+        order (a file of 2+ chunks from a version 1 tree)."""
+        if self._digest is None:
+            import blake3
+
+            whole = blake3.blake3()
+            for i in range(len(self.ids)):
+                if i % START == 0:  # the next chunks fetched while these are hashed
+                    self.blobs.prefetch(self.ids[i + 1 : i + 1 + 2 * START])
+                whole.update(self.chunk(i))
+            self._digest = whole.digest()
+        return self._digest
 
     def chunk(self, i: int) -> bytes:
         """The verified bytes of chunk `i` (starting at `starts[i]`), as many as the tree says."""
