@@ -292,6 +292,24 @@ def test_ls_l_of_a_job_shows_its_inputs(run_cli, store_env, tmp_path) -> None:
     assert run_cli(["ls", "-l", "/jobs/a"]).out.splitlines()[0].endswith(" f")
 
 
+@pytest.mark.fuse
+def test_the_mount_shows_a_job_s_inputs_as_an_xattr_of_its_top(run_cli, store_env,
+                                                                tmp_path) -> None:
+    roots = _chain(run_cli, store_env, tmp_path)
+    with mount(dict(os.environ), tmp_path / "m") as m:
+        top = m / "jobs" / "c"
+        assert "user.c3fs.inputs" in os.listxattr(top)
+        inputs = json.loads(os.getxattr(top, "user.c3fs.inputs"))
+        assert inputs == [{"ref": "/projects/p/jobs/latest", "root": roots["b"], "mount": "in",
+                           "resolved": "/jobs/b"}]
+        for place in (m / "jobs" / "a", top / "f", m / "jobs"):  # no inputs; not a job's top
+            assert "user.c3fs.inputs" not in os.listxattr(place)
+            with pytest.raises(OSError):
+                os.getxattr(place, "user.c3fs.inputs")
+    with mount(dict(os.environ), tmp_path / "one", "/jobs/c") as one:  # a mount of the job
+        assert json.loads(os.getxattr(one, "user.c3fs.inputs")) == inputs
+
+
 def test_lineage_help_has_examples(run_cli) -> None:
     result = run_cli(["lineage", "--help"])
     assert result.code == 0 and "Examples:" in result.out and "--dot" in result.out

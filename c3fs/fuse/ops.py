@@ -36,6 +36,9 @@ Extended attributes (read-only):
   chunks from an older tree it is computed once by reading the file, then remembered);
   directories: the hex id of their tree (a Merkle root over the whole sub-tree).
 - `user.c3fs.job` (or `user.c3fs.dataset`) — the job id (dataset name) the node belongs to.
+- `user.c3fs.inputs` — on a job's top directory, when its run read inputs: their refs, what
+  each resolved to, root ids and mount points, as JSON (as `ls --json` shows them). An xattr,
+  not a file: any name inside a job could be one of the job's own files.
 """
 
 from __future__ import annotations
@@ -49,13 +52,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import blake3
+import msgspec
 import pyfuse3
 import trio
 
 from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
 from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.memo import LRU
-from c3fs.objects.job import DATASET
+from c3fs.objects.job import DATASET, JOB
 from c3fs.objects.tree import FILE, LINK, file_digest
 from c3fs.reader import FileReader
 from c3fs.vfs import ROOT_INO, Node, Vfs
@@ -74,6 +78,7 @@ XATTR_PREFIX = b"user.c3fs."
 XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
+XATTR_INPUTS = b"user.c3fs.inputs"
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -382,6 +387,11 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if not name.startswith(USER_NAMESPACE):
             raise NoNamespace()
+        if name == XATTR_INPUTS and _job_root(node):
+            inputs = await self._thread(self._inputs, node)
+            if not inputs:
+                raise NoAttribute()
+            return inputs
         found = xattrs(node) if name.startswith(XATTR_PREFIX) else {}
         if name not in found:
             raise NoAttribute()
@@ -397,7 +407,18 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode: int, ctx=None) -> Sequence[bytes]:
-        return list(xattrs(self.inodes.get(inode)))
+        node = self.inodes.get(inode)
+        names = list(xattrs(node))
+        if _job_root(node) and await self._thread(self._inputs, node):
+            names.append(XATTR_INPUTS)
+        return names
+
+    def _inputs(self, node: Node) -> bytes:
+        """`user.c3fs.inputs` of a job's root: its record's inputs as JSON (b"": none)."""
+        record = self.vfs.repo.record(*node.ref)
+        if not record.inputs:
+            return b""
+        return msgspec.json.encode(record.inputs)
 
     # everything that would write ----------------------------------------------------------
     @handler
@@ -481,7 +502,13 @@ def negative_entry() -> pyfuse3.EntryAttributes:
     return attr
 
 
-def xattrs(node: Node) -> dict[bytes, bytes]:
+def _job_root(node: Node) -> bool:
+    """Whether `node` is a job's top directory (`/jobs/<id>`, or the root of its mount)."""
+    return (node.ref is not None and node.ref[0] == JOB and node.tree_id is not None
+            and (node.parent is None or node.parent.ref is None))
+
+
+def xattrs(node: Node) -> dict[bytes, bytes | None]:
     """The extended attributes of a node (see the module docstring)."""
     found: dict[bytes, bytes | None] = {}
     if node.kind == FILE and node.entry is not None:
