@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool 
     Raises a one-line C3fsError when FUSE is unavailable, the mountpoint is missing, not a
     directory, busy or not empty, the ref is unknown, or the daemon cannot start.
     """
-    check_fuse()
+    check_fuse(allow_other)
     mountpoint = os.path.realpath(mountpoint)
     check_mountpoint(mountpoint)
     args = (store_url, ref or "/", mountpoint, allow_other, cache_bytes, source)
@@ -97,13 +98,38 @@ def _single_threaded() -> bool:
         return False  # cannot tell: take the safe path
 
 
-def check_fuse() -> None:
+def check_fuse(allow_other: bool = False) -> None:
+    """What a mount needs, checked before the daemon starts: /dev/fuse, and for a user other
+    than root read-write access to it, a setuid fusermount3 (which makes the mount) and, for
+    allow_other, `user_allow_other` in /etc/fuse.conf. One line saying what is missing."""
     if not os.path.exists("/dev/fuse"):
         raise FuseUnavailable("FUSE is unavailable: /dev/fuse is missing (load the fuse "
                               "module, or give the container --device /dev/fuse)")
-    if shutil.which("fusermount3") is None:
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        mode = stat.filemode(os.stat("/dev/fuse").st_mode)
+        raise FuseUnavailable(f"FUSE is unavailable to this user: /dev/fuse ({mode}) is not "
+                              "readable and writable by it (distributions ship it crw-rw-rw-; "
+                              "README: \"Mounting as a user\")")
+    fusermount = shutil.which("fusermount3")  # no PATH (mount(8) gives none): /bin:/usr/bin
+    if fusermount is None:
         raise FuseUnavailable("FUSE is unavailable: fusermount3 is not installed "
                               "(install the fuse3 package)")
+    if os.geteuid() == 0:
+        return
+    if not os.stat(fusermount).st_mode & stat.S_ISUID:
+        raise FuseUnavailable(f"FUSE is unavailable to this user: {fusermount} is not setuid "
+                              f"root, as the fuse3 package installs it (chmod u+s {fusermount})")
+    if allow_other and not _user_allow_other():
+        raise MountError("--allow-other needs the line user_allow_other in /etc/fuse.conf "
+                         "when not root (fusermount3 refuses it otherwise)")
+
+
+def _user_allow_other(conf: str = "/etc/fuse.conf") -> bool:
+    try:
+        with open(conf) as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
 
 
 def check_mountpoint(mountpoint: str) -> None:
