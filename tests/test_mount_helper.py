@@ -4,7 +4,6 @@ mount.fuse3, run by the real mount(8) (util-linux), which finds helpers only in 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import subprocess
 import sys
@@ -13,10 +12,9 @@ from pathlib import Path
 
 import pytest
 from c3fs_cli.mount_helper import Usage, parse
-from fusehelp import force_unmount, run_c3fs, wait_until
+from fusehelp import force_unmount, run_c3fs, sbin_link, wait_until
 
 BIN = Path(sys.executable).parent
-HELPER = Path("/sbin/mount.c3fs")
 JOB = "job_fstab"
 
 
@@ -54,22 +52,6 @@ def test_bad_arguments_are_one_line_and_exit_1(args, message, capsys):
 
 
 # the real mount(8) ------------------------------------------------------------------------
-@contextlib.contextmanager
-def _installed(link: Path, target: Path) -> Iterator[None]:
-    """`link` -> `target` for the block, under a lock shared by concurrent test runs; a real
-    file already there (an installed c3fs) is left alone: the test is skipped."""
-    with open("/tmp/c3fs-test-sbin.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if link.exists() and not link.is_symlink():
-            pytest.skip(f"{link} is installed: not replacing it")
-        link.unlink(missing_ok=True)
-        link.symlink_to(target)
-        try:
-            yield
-        finally:
-            link.unlink(missing_ok=True)
-
-
 @pytest.fixture
 def helper_world(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], dict[str, str]]]:
     """A store with one job, /sbin/mount.c3fs pointing into this venv, and two environments:
@@ -83,7 +65,7 @@ def helper_world(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], dict[st
                C3FS_CACHE_DIR=str(tmp_path / "cache"))
     run_c3fs("push", str(src), "-p", "p", "--job", JOB, env=env)
     bare = {k: v for k, v in os.environ.items() if not k.startswith(("C3FS_", "XDG_"))}
-    with _installed(HELPER, BIN / "mount.c3fs"):
+    with sbin_link("mount.c3fs", BIN / "mount.c3fs"):
         yield tmp_path, env, bare
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fusehelp import run_c3fs
+from fusehelp import run_c3fs, sbin_link
 
 from c3fs.errors import FuseUnavailable
 
@@ -107,12 +107,12 @@ def _closed_ancestor(path: str) -> tuple[Path, Path] | None:
 
 
 def _in_namespace(user, home: Path, *steps: str, fuse_for_all: bool = True,
-                  allow_other_conf: bool = False) -> subprocess.CompletedProcess:
+                  files: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`steps` in a private mount namespace: the odd ones as `user`, the even ones as root.
-    There, with `fuse_for_all`, /dev/fuse is a crw-rw-rw- node of the same device (and
-    /etc/fuse.conf says user_allow_other, if asked); and a directory others may not enter on
-    the way to this interpreter (root's home) is replaced by one showing only that way.
-    Nothing changes outside the namespace."""
+    There, with `fuse_for_all`, /dev/fuse is a crw-rw-rw- node of the same device; each of
+    `files` (/etc/fuse.conf, /etc/fstab) has the text given; and a directory others may not
+    enter on the way to this interpreter (root's home) is replaced by one showing only that
+    way. Nothing changes outside the namespace."""
     scratch = home.parent / f"{home.name}-ns"
     scratch.mkdir()
     try:
@@ -122,9 +122,9 @@ def _in_namespace(user, home: Path, *steps: str, fuse_for_all: bool = True,
             os.mknod(node, 0o666 | stat.S_IFCHR, os.stat("/dev/fuse").st_rdev)
             os.chmod(node, 0o666)  # whatever the umask
             setup.append(f"mount --bind {node} /dev/fuse")
-        if allow_other_conf:
-            (scratch / "fuse.conf").write_text("user_allow_other\n")
-            setup.append(f"mount --bind {scratch / 'fuse.conf'} /etc/fuse.conf")
+        for i, (path, text) in enumerate((files or {}).items()):
+            (scratch / f"file{i}").write_text(text)
+            setup.append(f"mount --bind {scratch / f'file{i}'} {path}")
         if closed := _closed_ancestor(sys.executable):
             directory, child = closed
             (scratch / "keep").mkdir()
@@ -178,6 +178,25 @@ def test_allow_other_lets_root_read_a_users_mount(user, home):
         user, home,
         f'c3fs mount /jobs/{JOB} "$HOME/mnt"', root_reads,
         f'c3fs umount "$HOME/mnt"; c3fs mount --allow-other /jobs/{JOB} "$HOME/mnt"',
-        root_reads, 'c3fs umount "$HOME/mnt"', allow_other_conf=True)
+        root_reads, 'c3fs umount "$HOME/mnt"', files={"/etc/fuse.conf": "user_allow_other\n"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "root: denied\nweights\n"
+
+
+def test_a_user_mounts_an_fstab_line_marked_user(user, home):
+    """mount(8) runs mount.c3fs as the user for a `user` line of /etc/fstab, with none of the
+    user's environment: the line's options name the store and the cache."""
+    line = (f"/jobs/{JOB} {home / 'mnt'} c3fs ro,noauto,user,store={home / 'store'},"
+            f"cache_dir={home / 'fstab-cache'} 0 0\n")
+    with sbin_link("mount.c3fs", BIN / "mount.c3fs"):
+        proc = _in_namespace(
+            user, home, f'mount {home / "mnt"}; cat {home / "mnt/sub/w.txt"}',
+            f'grep " {home / "mnt"} " /proc/self/mountinfo | sed "s/.* - //"',
+            f'umount {home / "mnt"}; grep -c " {home / "mnt"} " /proc/self/mountinfo || true',
+            files={"/etc/fstab": Path("/etc/fstab").read_text() + line})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "weights"
+    assert lines[1].startswith(f"fuse.c3fs /jobs/{JOB} ro,user_id={user.pw_uid},")
+    assert lines[2] == "0"
+    assert (home / "fstab-cache").stat().st_uid == user.pw_uid
