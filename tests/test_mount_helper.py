@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -165,3 +166,17 @@ def test_fstab_lines_c3fs_and_fuse_types(helper_world):
     finally:
         for d in (a, b, c):
             force_unmount(d)
+
+
+def test_the_example_systemd_units_verify(tmp_path):
+    """docs/systemd/ as systemd reads it (its names must match Where=, its keys exist)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze")
+    units = sorted((Path(__file__).resolve().parent.parent / "docs" / "systemd").glob("*"))
+    assert {u.suffix for u in units} == {".mount", ".automount"}
+    for unit in units:
+        (tmp_path / unit.name).write_text(unit.read_text())
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                           *(str(tmp_path / u.name) for u in units)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr

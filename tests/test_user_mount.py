@@ -62,8 +62,8 @@ def _stop_processes_of(uid: int) -> None:
 
 @pytest.fixture
 def home(user, tmp_path) -> Iterator[Path]:
-    """A directory the user owns (pytest's tmp_path is root's, 0700), with the store a push
-    by root made, handed over to the user; removed after."""
+    """A directory the user owns (pytest's tmp_path is root's, 0700), holding a store that
+    root pushed to and still owns (the user may read it, not write it); removed after."""
     base = Path(tempfile.mkdtemp(prefix="c3fs-user-"))
     try:
         probe = _in_namespace(user, base, f"{sys.executable} -c 'import c3fs_cli.main'",
@@ -77,8 +77,10 @@ def home(user, tmp_path) -> Iterator[Path]:
                    C3FS_CACHE_DIR=str(tmp_path / "root-cache"))
         run_c3fs("push", str(src), "-p", "p", "--job", JOB, env=env)
         (base / "mnt").mkdir()
-        for path in [base, *base.rglob("*")]:
-            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        os.chown(base, user.pw_uid, user.pw_gid)
+        os.chown(base / "mnt", user.pw_uid, user.pw_gid)
+        for path in [base / "store", *(base / "store").rglob("*")]:  # root's, read-only
+            path.chmod(0o755 if path.is_dir() else 0o444)
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
