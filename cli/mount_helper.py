@@ -1,7 +1,8 @@
 """`mount.c3fs`: c3fs as a mount(8) helper, for /etc/fstab and systemd mount units.
 
     mount.c3fs SPEC DIR [-sfnv] [-N NS] [-o OPTIONS]       (what mount(8) runs for -t c3fs)
-    c3fs SPEC DIR -o OPTIONS          (what mount.fuse3 runs for c3fs#SPEC: SPEC starts with /)
+    c3fs SPEC DIR -o OPTIONS          (what mount.fuse3 runs for c3fs#SPEC and fuse.c3fs:
+                                       SPEC starts with "/", and it always passes -o)
 
 SPEC is a ref (`/jobs/<id>`, `/projects/<p>/jobs/<id>`, `/datasets/<name>`, a folder inside
 one, `/` for everything), optionally written `c3fs#REF`; `c3fs` alone is the whole namespace.

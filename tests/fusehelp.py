@@ -111,7 +111,7 @@ def sbin_link(name: str, target: Path) -> Iterator[None]:
     import pytest
 
     link = Path("/sbin") / name
-    with open("/tmp/c3fs-test-sbin.lock", "w") as lock:
+    with open(f"/tmp/c3fs-test-sbin-{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if link.exists() and not link.is_symlink():
             pytest.skip(f"{link} is installed: not replacing it")

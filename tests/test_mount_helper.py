@@ -142,30 +142,32 @@ def test_fstab_lines_c3fs_and_fuse_types(helper_world):
     """`mount -a -T FSTAB` mounts the auto lines (and leaves them alone the second time);
     `mount -T FSTAB DIR` a noauto one; `c3fs#REF` of type fuse goes through mount.fuse3,
     which runs `c3fs REF DIR -o ...` (here by its full path: mount.fuse3 runs it with sh's
-    default PATH)."""
+    default PATH); type fuse.c3fs goes to /sbin/mount.fuse.c3fs, the same helper."""
     root, _env, bare = helper_world
-    a, b, c = (root / n for n in ("a", "b", "c"))
-    for d in (a, b, c):
-        d.mkdir()
+    a, b, c, d = (root / n for n in "abcd")
+    for mnt in (a, b, c, d):
+        mnt.mkdir()
     common = f"store={root / 'store'},cache_dir={root / 'cache'}"
     fstab = root / "fstab"
     fstab.write_text(
         f"# c3fs mounts\n/jobs/{JOB}/sub {a} c3fs ro,{common} 0 0\n"
         f"/projects/p/jobs/{JOB} {b} c3fs ro,noauto,{common} 0 0\n"
-        f"{BIN / 'c3fs'}#/jobs/{JOB} {c} fuse ro,noauto,_netdev,{common} 0 0\n")
+        f"{BIN / 'c3fs'}#/jobs/{JOB} {c} fuse ro,noauto,_netdev,{common} 0 0\n"
+        f"/jobs/{JOB} {d} fuse.c3fs ro,noauto,{common} 0 0\n")
     try:
         for _ in range(2):
             proc = _mount("-a", "-T", str(fstab), env=bare)
             assert proc.returncode == 0, proc.stderr
             assert os.path.ismount(a) and not os.path.ismount(b) and not os.path.ismount(c)
         assert (a / "w.txt").read_bytes() == b"weights\n"
-        for mnt in (b, c):
-            proc = _mount("-T", str(fstab), str(mnt), env=bare)
-            assert proc.returncode == 0, proc.stderr
-            _check_and_umount(mnt)
+        with sbin_link("mount.fuse.c3fs", BIN / "mount.c3fs"):
+            for mnt in (b, c, d):
+                proc = _mount("-T", str(fstab), str(mnt), env=bare)
+                assert proc.returncode == 0, proc.stderr
+                _check_and_umount(mnt)
     finally:
-        for d in (a, b, c):
-            force_unmount(d)
+        for mnt in (a, b, c, d):
+            force_unmount(mnt)
 
 
 def test_the_example_systemd_units_verify(tmp_path):

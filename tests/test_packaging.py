@@ -35,7 +35,9 @@ def test_the_wheel_installs_no_generic_top_level_name(tmp_path):
     assert {t for t in tops if not t.endswith(".dist-info")} == {"c3fs", "c3fs_cli"}
     assert "c3fs_cli/main.py" in names and "c3fs/web/templates/home.html" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "c3fs = c3fs_cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    scripts = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "c3fs = c3fs_cli.main:main" in scripts
+    assert "mount.c3fs = c3fs_cli.mount_helper:main" in scripts
 
 
 # the sdist: what `make` needs, and the same wheel -------------------------------------------
