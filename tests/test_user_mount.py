@@ -109,12 +109,13 @@ def _closed_ancestor(path: str) -> tuple[Path, Path] | None:
 
 
 def _in_namespace(user, home: Path, *steps: str, fuse_for_all: bool = True,
-                  files: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+                  files: dict[str, str] | None = None,
+                  first: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`steps` in a private mount namespace: the odd ones as `user`, the even ones as root.
     There, with `fuse_for_all`, /dev/fuse is a crw-rw-rw- node of the same device; each of
-    `files` (/etc/fuse.conf, /etc/fstab) has the text given; and a directory others may not
+    `files` (/etc/fuse.conf, /etc/fstab) has the text given; a directory others may not
     enter on the way to this interpreter (root's home) is replaced by one showing only that
-    way. Nothing changes outside the namespace."""
+    way; then root runs the commands `first`. Nothing changes outside the namespace."""
     scratch = home.parent / f"{home.name}-ns"
     scratch.mkdir()
     try:
@@ -133,7 +134,7 @@ def _in_namespace(user, home: Path, *steps: str, fuse_for_all: bool = True,
             setup += [f"mount --bind {child} {scratch / 'keep'}",
                       f"mount -t tmpfs -o mode=0755 c3fs-test {directory}",
                       f"mkdir {child}", f"mount --bind {scratch / 'keep'} {child}"]
-        commands = setup + [shlex.join(_command(None if i % 2 else user, home, step))
+        commands = setup + list(first) + [shlex.join(_command(None if i % 2 else user, home, step))
                             for i, step in enumerate(steps)]
         return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
                                "\n".join(commands)], capture_output=True, text=True, timeout=180)
@@ -167,9 +168,21 @@ def test_what_a_user_lacks_is_one_line(user, home):
                              fuse_for_all=False)
         assert proc.returncode == FuseUnavailable.exit_code and not proc.stdout, proc.stderr
         assert "/dev/fuse (crw" in proc.stderr and len(proc.stderr.splitlines()) == 1
-    proc = _in_namespace(user, home, f'c3fs mount --allow-other /jobs/{JOB} "$HOME/mnt"')
-    assert proc.returncode != 0 and "user_allow_other in /etc/fuse.conf" in proc.stderr
-    assert len(proc.stderr.splitlines()) == 1
+    lacks = {"--allow-other": "needs the line user_allow_other in /etc/fuse.conf",
+             "root's mountpoint": "is not writable by this user: fusermount3 mounts only",
+             "root's store": f"cannot open the store as this user: Permission denied: {home}"}
+    (home / "roots").mkdir()  # root's, 0755
+    proc = _in_namespace(user, home, f"c3fs mount /jobs/{JOB} {home / 'mnt'}", first=(
+        f"cp /usr/bin/fusermount3 {home}-ns/fm", f"mount --bind {home}-ns/fm /usr/bin/fusermount3"))
+    assert proc.returncode == 8 and "/usr/bin/fusermount3 is not setuid root" in proc.stderr
+    for case, message in lacks.items():
+        mountpoint = home / "roots" if case == "root's mountpoint" else home / "mnt"
+        if case == "root's store":
+            (home / "store").chmod(0o700)
+        option = "--allow-other" if case == "--allow-other" else ""
+        proc = _in_namespace(user, home, f"c3fs mount {option} /jobs/{JOB} {mountpoint}")
+        assert proc.returncode == 8 and message in proc.stderr, (case, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_allow_other_lets_root_read_a_users_mount(user, home):

@@ -116,12 +116,21 @@ def check_fuse(allow_other: bool = False) -> None:
                               "(install the fuse3 package)")
     if os.geteuid() == 0:
         return
-    if not os.stat(fusermount).st_mode & stat.S_ISUID:
+    if not os.stat(fusermount).st_mode & stat.S_ISUID and not _has_capabilities(fusermount):
         raise FuseUnavailable(f"FUSE is unavailable to this user: {fusermount} is not setuid "
                               f"root, as the fuse3 package installs it (chmod u+s {fusermount})")
     if allow_other and not _user_allow_other():
         raise MountError("--allow-other needs the line user_allow_other in /etc/fuse.conf "
                          "when not root (fusermount3 refuses it otherwise)")
+
+
+def _has_capabilities(path: str) -> bool:
+    """Whether `path` has file capabilities (some systems give fusermount3 those instead
+    of the setuid bit)."""
+    try:
+        return bool(os.getxattr(path, "security.capability"))
+    except OSError:
+        return False
 
 
 def _user_allow_other(conf: str = "/etc/fuse.conf") -> bool:
@@ -143,6 +152,9 @@ def check_mountpoint(mountpoint: str) -> None:
     with os.scandir(mountpoint) as entries:
         if next(entries, None) is not None:
             raise MountError(f"mountpoint {mountpoint} is not empty")
+    if os.geteuid() != 0 and not os.access(mountpoint, os.W_OK):
+        raise MountError(f"mountpoint {mountpoint} is not writable by this user: fusermount3 "
+                         "mounts only on a directory its user may write to (one you own)")
 
 
 def default_log_file(mountpoint: str) -> Path:

@@ -48,7 +48,11 @@ def fuse_options(allow_other: bool, source: str | None = None) -> set[str]:
 def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
     # Mounting nothing is a mistake. Each read is an operation: a store that stops answering
     # fails the reads waiting on it after one deadline, and the next read tries it again.
-    repo = Repo.open(store_url, cache_bytes, create=False, deadline=Deadline(rearm=True))
+    try:
+        repo = Repo.open(store_url, cache_bytes, create=False, deadline=Deadline(rearm=True))
+    except PermissionError as exc:  # a user other than the store's (a local one is 0700)
+        raise MountError(f"cannot open the store as this user: {exc.strerror}: "
+                         f"{exc.filename}") from None
     try:
         vfs = Vfs(repo, ref or "/")
     except NotFound as exc:
