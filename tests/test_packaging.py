@@ -22,10 +22,15 @@ def test_every_package_of_the_tree_is_listed():
     assert listed == found
 
 
-def test_the_wheel_installs_no_generic_top_level_name(tmp_path):
-    source = tmp_path / "src"  # a copy: setuptools writes build/ into the tree it builds
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+def _copy_of_tree(dest: pathlib.Path) -> pathlib.Path:
+    """The tree to build from: setuptools writes build/ and *.egg-info into the tree it builds."""
+    shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
         ".git", ".venv*", "build", "*.egg-info", "__pycache__", "node_modules", ".*_cache"))
+    return dest
+
+
+def test_the_wheel_installs_no_generic_top_level_name(tmp_path):
+    source = _copy_of_tree(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "--no-build-isolation", "-w", str(tmp_path), str(source)],
                    check=True, capture_output=True, timeout=300)
@@ -70,7 +75,8 @@ def _tracked_files() -> list[str] | None:
 
 
 def test_the_sdist_holds_what_make_needs_and_builds_the_same_wheel(tmp_path):
-    sdist = _build_sdist(ROOT, tmp_path / "dist")
+    tree = _copy_of_tree(tmp_path / "tree")
+    sdist = _build_sdist(tree, tmp_path / "dist")
     with tarfile.open(sdist) as tar:
         top = tar.getnames()[0].split("/")[0]
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
@@ -92,7 +98,7 @@ def test_the_sdist_holds_what_make_needs_and_builds_the_same_wheel(tmp_path):
                          text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert "patch -s -p1" in dry.stdout and "--require-hashes" in dry.stdout
-    assert _wheel_names(unpacked, tmp_path / "w1") == _wheel_names(ROOT, tmp_path / "w2")
+    assert _wheel_names(unpacked, tmp_path / "w1") == _wheel_names(tree, tmp_path / "w2")
 
 
 def test_the_license_is_declared():
