@@ -95,6 +95,11 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point; `argv` lets tests call the CLI in-process."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0].startswith("/") and "-o" in args:  # mount.fuse3: `c3fs SPEC DIR -o ...`
+        from .mount_helper import run as run_mount_helper
+
+        sys.exit(run_mount_helper(args, "c3fs"))
     try:
         app.main(args=argv, prog_name="c3fs", standalone_mode=False)
     except C3fsError as exc:

@@ -20,9 +20,12 @@ from .main import Ctx, app, pass_ctx
               help="Where the background daemon logs (default: under the cache directory).")
 @click.option("--expect", metavar="ROOT",
               help="Refuse to mount unless REF resolves to this root id (a pin; exit 8).")
+@click.option("--source", hidden=True,  # mount.c3fs: the fstab spec, for the mount table
+              help="The mount's source in the mount table (default: c3fs).")
 @pass_ctx
 def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
-          cache_size: str, log_file: str | None, expect: str | None) -> None:
+          cache_size: str, log_file: str | None, expect: str | None,
+          source: str | None) -> None:
     """Mount REF read-only at MOUNTPOINT (an existing, empty directory).
 
     REF is the whole namespace when omitted (jobs/, projects/<p>/jobs/, datasets/), or one
@@ -53,7 +56,7 @@ def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
     from c3fs import fuse  # here: the daemon forks from this process, with what it imported
 
     fuse.mount(ctx.store_url, ref, mountpoint, foreground=foreground, allow_other=allow_other,
-               cache_bytes=output.parse_size(cache_size), log_file=log_file)
+               cache_bytes=output.parse_size(cache_size), log_file=log_file, source=source)
 
 
 @app.command(context_settings={"max_content_width": 100})

@@ -99,3 +99,25 @@ def mount(env: dict[str, str], mountpoint: str | os.PathLike, ref: str | None = 
 def stop(pid: int, sig: int = signal.SIGTERM) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+@contextlib.contextmanager
+def sbin_link(name: str, target: Path) -> Iterator[None]:
+    """/sbin/NAME -> `target` for the block (mount(8) looks for its helpers in /sbin only),
+    under a lock shared by concurrent test runs; a real file already there (an installed
+    c3fs) is left alone: the test is skipped."""
+    import fcntl
+
+    import pytest
+
+    link = Path("/sbin") / name
+    with open(f"/tmp/c3fs-test-sbin-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if link.exists() and not link.is_symlink():
+            pytest.skip(f"{link} is installed: not replacing it")
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+        try:
+            yield
+        finally:
+            link.unlink(missing_ok=True)

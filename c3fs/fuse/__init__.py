@@ -24,6 +24,7 @@ import logging
 import os
 import select
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 DEFAULT_CACHE = 256 * MiB
 READY_TIMEOUT = 120.0  # opening a big remote store may sync its listing first
+STOCK_MARKER = "stock-pyfuse3-warned"  # under the cache dir: the stock pyfuse3 warning was given
 FSTYPE = "fuse.c3fs"  # what /proc/self/mountinfo says of our mounts (subtype=c3fs)
 
 __all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file",
@@ -48,17 +50,21 @@ __all__ = ["DEFAULT_CACHE", "FuseUnavailable", "MountError", "default_log_file",
 # mount ------------------------------------------------------------------------------------
 def mount(store_url: str | None, ref: str, mountpoint: str, *, foreground: bool = False,
           allow_other: bool = False, cache_bytes: int = DEFAULT_CACHE,
-          log_file: str | None = None, timeout: float = READY_TIMEOUT) -> None:
+          log_file: str | None = None, timeout: float = READY_TIMEOUT,
+          source: str | None = None) -> None:
     """Mount `ref` ("/" or "" for the whole namespace) read-only at `mountpoint`.
+
+    `source` is what the mount table shows as the mount's source ("c3fs" by default): the
+    fstab spec, given by mount.c3fs, so that `mount -a` knows the line is mounted.
 
     Returns once the mount answers requests (with `foreground`: once it is unmounted again).
     Raises a one-line C3fsError when FUSE is unavailable, the mountpoint is missing, not a
     directory, busy or not empty, the ref is unknown, or the daemon cannot start.
     """
-    check_fuse()
+    check_fuse(allow_other)
     mountpoint = os.path.realpath(mountpoint)
     check_mountpoint(mountpoint)
-    args = (store_url, ref or "/", mountpoint, allow_other, cache_bytes)
+    args = (store_url, ref or "/", mountpoint, allow_other, cache_bytes, source)
     if foreground:
         _serve_here(*args)
         return
@@ -92,13 +98,47 @@ def _single_threaded() -> bool:
         return False  # cannot tell: take the safe path
 
 
-def check_fuse() -> None:
+def check_fuse(allow_other: bool = False) -> None:
+    """What a mount needs, checked before the daemon starts: /dev/fuse, and for a user other
+    than root read-write access to it, a setuid fusermount3 (which makes the mount) and, for
+    allow_other, `user_allow_other` in /etc/fuse.conf. One line saying what is missing."""
     if not os.path.exists("/dev/fuse"):
         raise FuseUnavailable("FUSE is unavailable: /dev/fuse is missing (load the fuse "
                               "module, or give the container --device /dev/fuse)")
-    if shutil.which("fusermount3") is None:
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        mode = stat.filemode(os.stat("/dev/fuse").st_mode)
+        raise FuseUnavailable(f"FUSE is unavailable to this user: /dev/fuse ({mode}) is not "
+                              "readable and writable by it (distributions ship it crw-rw-rw-; "
+                              "README: \"Mounting as a user\")")
+    fusermount = shutil.which("fusermount3")  # no PATH (mount(8) gives none): /bin:/usr/bin
+    if fusermount is None:
         raise FuseUnavailable("FUSE is unavailable: fusermount3 is not installed "
                               "(install the fuse3 package)")
+    if os.geteuid() == 0:
+        return
+    if not os.stat(fusermount).st_mode & stat.S_ISUID and not _has_capabilities(fusermount):
+        raise FuseUnavailable(f"FUSE is unavailable to this user: {fusermount} is not setuid "
+                              f"root, as the fuse3 package installs it (chmod u+s {fusermount})")
+    if allow_other and not _user_allow_other():
+        raise MountError("--allow-other needs the line user_allow_other in /etc/fuse.conf "
+                         "when not root (fusermount3 refuses it otherwise)")
+
+
+def _has_capabilities(path: str) -> bool:
+    """Whether `path` has file capabilities (some systems give fusermount3 those instead
+    of the setuid bit)."""
+    try:
+        return bool(os.getxattr(path, "security.capability"))
+    except OSError:
+        return False
+
+
+def _user_allow_other(conf: str = "/etc/fuse.conf") -> bool:
+    try:
+        with open(conf) as f:
+            return any(line.strip() == "user_allow_other" for line in f)
+    except OSError:
+        return False
 
 
 def check_mountpoint(mountpoint: str) -> None:
@@ -112,6 +152,9 @@ def check_mountpoint(mountpoint: str) -> None:
     with os.scandir(mountpoint) as entries:
         if next(entries, None) is not None:
             raise MountError(f"mountpoint {mountpoint} is not empty")
+    if os.geteuid() != 0 and not os.access(mountpoint, os.W_OK):
+        raise MountError(f"mountpoint {mountpoint} is not writable by this user: fusermount3 "
+                         "mounts only on a directory its user may write to (one you own)")
 
 
 def default_log_file(mountpoint: str) -> Path:
@@ -121,11 +164,24 @@ def default_log_file(mountpoint: str) -> Path:
     return cache_root() / "mounts" / f"{name}-{digest}.log"
 
 
-def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes) -> None:
+def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes, source) -> None:
     from c3fs.fuse import daemon
 
+    def ready() -> None:
+        if notice := stock_notice():
+            log.warning("%s", notice)
+
     daemon.run(store_url, ref, mountpoint, allow_other=allow_other, cache_bytes=cache_bytes,
-               ready=lambda: None)
+               ready=ready, source=source)
+
+
+def stock_notice() -> str | None:
+    """Once per cache directory, on the first mount with a stock pyfuse3: that each open
+    costs a request, and how to get the patched build (c3fs.fuse.ops.STOCK_NOTICE). Called
+    by the daemon, which imports pyfuse3 anyway; it reaches the user through `mount`."""
+    from c3fs.fuse.ops import stock_pyfuse3_notice
+
+    return stock_pyfuse3_notice(cache_root() / STOCK_MARKER)
 
 
 # the daemon's start: fork, detach, report through a pipe ----------------------------------
@@ -210,10 +266,11 @@ def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
     """Run the daemon; report "ok" or "error <code> <message>"; return the exit status."""
     from c3fs.fuse import daemon
 
-    store_url, ref, mountpoint, allow_other, cache_bytes = args
+    store_url, ref, mountpoint, allow_other, cache_bytes, source = args
     try:
-        daemon.run(store_url, ref, mountpoint, allow_other=allow_other,
-                   cache_bytes=cache_bytes, ready=lambda: status.send(b"ok\n"), ack_fd=ack_fd)
+        daemon.run(store_url, ref, mountpoint, allow_other=allow_other, source=source,
+                   cache_bytes=cache_bytes, ready=lambda: status.send(_ready_lines()),
+                   ack_fd=ack_fd)
     except C3fsError as exc:
         log.error("%s", exc)
         _report_error(status, exc)
@@ -223,6 +280,13 @@ def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
         _report_error(status, C3fsError(f"the mount daemon failed: {exc!r}"))
         return 1
     return 0
+
+
+def _ready_lines() -> bytes:
+    """What the daemon reports once mounted: "ok", after a "warning MESSAGE" for its caller
+    to log (the stock pyfuse3 notice)."""
+    notice = stock_notice()
+    return (f"warning {one_line(notice)}\n" if notice else "").encode(errors="replace") + b"ok\n"
 
 
 def error_line(exc: C3fsError) -> str:
@@ -256,6 +320,8 @@ def _read_status(status, timeout: float) -> int:
         line = status.readline().decode(errors="replace").strip()
         if line.startswith("pid "):
             pid = int(line[4:])
+        elif line.startswith("warning "):
+            log.warning("%s", line[8:])
         elif line == "ok":
             return pid
         elif line.startswith("error "):
@@ -267,11 +333,12 @@ def _read_status(status, timeout: float) -> int:
 def _spawn_daemon(args: tuple, log_file: str, timeout: float, ack_read: int) -> int:
     """`python -m c3fs.fuse`: it forks the daemon (handing it `ack_read`) and waits until
     the mount answers; returns the daemon's pid. The caller acknowledges the mount."""
-    store_url, ref, mountpoint, allow_other, cache_bytes = args
+    store_url, ref, mountpoint, allow_other, cache_bytes, source = args
     argv = [sys.executable, "-m", "c3fs.fuse", "--cache-bytes", str(cache_bytes),
             "--log-file", log_file, "--ack-fd", str(ack_read), ref, mountpoint]
     argv[3:3] = ["--store", store_url] if store_url else []
     argv[3:3] = ["--allow-other"] if allow_other else []
+    argv[3:3] = ["--source", source] if source else []
     import subprocess  # here: the mount path forks instead, and subprocess costs ~5 ms cold
 
     try:
@@ -283,6 +350,9 @@ def _spawn_daemon(args: tuple, log_file: str, timeout: float, ack_read: int) -> 
     if proc.returncode != 0:
         raise (parse_error(lines[-1]) if lines else None) or MountError(
             lines[-1] if lines else "the mount daemon failed")
+    for line in lines:  # what the daemon said for the user (c3fs.fuse.__main__)
+        if line.startswith("warning "):
+            log.warning("%s", line[8:])
     return int(proc.stdout.split()[-1])
 
 

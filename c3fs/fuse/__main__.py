@@ -10,6 +10,7 @@ dies first, the daemon unmounts).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from c3fs.errors import C3fsError
@@ -24,12 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mountpoint")
     parser.add_argument("--store")
     parser.add_argument("--allow-other", action="store_true")
+    parser.add_argument("--source")
     parser.add_argument("--cache-bytes", type=int, default=DEFAULT_CACHE)
     parser.add_argument("--log-file", required=True)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--ack-fd", type=int, required=True)
     opts = parser.parse_args(argv)
-    args = (opts.store, opts.ref, opts.mountpoint, opts.allow_other, opts.cache_bytes)
+    # the daemon's warnings for the user, one "warning MESSAGE" line each (see _spawn_daemon)
+    logging.basicConfig(level=logging.WARNING, format="warning %(message)s", force=True)
+    args = (opts.store, opts.ref, opts.mountpoint, opts.allow_other, opts.cache_bytes,
+            opts.source)
     try:
         pid = fork_daemon(args, opts.log_file, opts.timeout, opts.ack_fd)
         wait_answering(opts.mountpoint, pid, opts.log_file, opts.timeout)

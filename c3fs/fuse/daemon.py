@@ -33,9 +33,13 @@ MAX_TASKS = 64  # concurrent FUSE requests in flight (pyfuse3 worker tasks)
 READ_AHEAD_KB = 4096  # kernel readahead for the mount (the default, 128 KiB, is too small)
 
 
-def fuse_options(allow_other: bool) -> set[str]:
+def fuse_options(allow_other: bool, source: str | None = None) -> set[str]:
+    """The mount's options; `source` (an fstab spec) is its source in the mount table,
+    unless it holds what the option list cannot (commas, blanks, backslashes)."""
+    if not source or any(c in source for c in ", \t\n\\"):
+        source = "c3fs"
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    options |= {"ro", "nosuid", "nodev", "fsname=c3fs", "subtype=c3fs"}
+    options |= {"ro", "nosuid", "nodev", f"fsname={source}", "subtype=c3fs"}
     if allow_other:
         options.add("allow_other")
     return options
@@ -44,7 +48,11 @@ def fuse_options(allow_other: bool) -> set[str]:
 def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
     # Mounting nothing is a mistake. Each read is an operation: a store that stops answering
     # fails the reads waiting on it after one deadline, and the next read tries it again.
-    repo = Repo.open(store_url, cache_bytes, create=False, deadline=Deadline(rearm=True))
+    try:
+        repo = Repo.open(store_url, cache_bytes, create=False, deadline=Deadline(rearm=True))
+    except PermissionError as exc:  # a user other than the store's (a local one is 0700)
+        raise MountError(f"cannot open the store as this user: {exc.strerror}: "
+                         f"{exc.filename}") from None
     try:
         vfs = Vfs(repo, ref or "/")
     except NotFound as exc:
@@ -60,14 +68,15 @@ def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
 
 
 def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
-        cache_bytes: int, ready: Callable[[], bool | None], ack_fd: int | None = None) -> None:
+        cache_bytes: int, ready: Callable[[], bool | None], ack_fd: int | None = None,
+        source: str | None = None) -> None:
     """Mount and serve until unmounted; C3fsError (one line) when the mount cannot start."""
     limit_malloc_arenas()
     vfs = open_vfs(store_url, ref, cache_bytes)
     try:
         try:
             pyfuse3.init(Operations(vfs, readahead=chunk_readahead()), mountpoint,
-                         fuse_options(allow_other))
+                         fuse_options(allow_other, source))
         except RuntimeError as exc:
             raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
         log.info("mounted %s at %s (store %s)", ref or "/", mountpoint, vfs.repo.store.url)
