@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
@@ -13,6 +14,8 @@ from c3fs.errors import IsADirectory, UsageError
 
 from . import output
 from .main import Ctx, app, pass_ctx
+
+log = logging.getLogger("c3fs.cli")
 
 if TYPE_CHECKING:  # the library is imported in the commands: `c3fs --help` stays quick
     from c3fs.objects.job import JobRecord
@@ -34,11 +37,12 @@ def show(name: bytes) -> str:
 # push ---------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
 @click.argument("directory")
-@click.option("-p", "--project", required=True, help="Project the job belongs to.")
+@click.option("-p", "--project",
+              help="Project the job belongs to (default: `project` of the c3fs config, C3FS_PROJECT).")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
 @pass_ctx
-def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bool) -> None:
+def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_json: bool) -> None:
     """Store DIRECTORY as a finished job's artifacts.
 
     \b
@@ -48,6 +52,10 @@ def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bo
     """
     from c3fs.jobs.push import push_dir
 
+    project = default_project() if project is None else project
+    if project is None:
+        raise UsageError("push needs a project: -p NAME (or `project` in the c3fs config, "
+                         "or C3FS_PROJECT)")
     repo = ctx.repo(write=True)
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
         record = push_dir(repo, directory, project, job_id, progress=advance)
@@ -55,8 +63,14 @@ def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bo
         output.print_json(record)
         return
     output.out.print(record.id)
-    output.err.print(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
-                     f"{output.human(record.stored_delta)} newly stored", highlight=False)
+    output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
+                     f"{output.human(record.stored_delta)} newly stored")
+
+
+def default_project() -> str | None:
+    from c3fs import settings
+
+    return settings.value("project")
 
 
 def _tree_bytes(directory: str) -> int | None:
@@ -123,7 +137,8 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
                              "list /jobs/, /projects/<p>/jobs/ or /datasets/")
         items = chosen.apply(vfs, items)
     if as_json:
-        output.print_json([_json_item(vfs, name, n) for name, n in items])
+        output.print_json({"schema": LS_SCHEMA, "path": node.display,
+                           "entries": [_json_item(vfs, name, n) for name, n in items]})
     elif long:
         _print_inputs(_record_of(vfs, node))
         _print_long(vfs, items)
@@ -201,17 +216,23 @@ def _virtual_link(node: Node) -> bool:
     return node.kind == LINK and node.ref is None
 
 
+LS_SCHEMA = 1  # `ls --json`: {"schema", "path", "entries": [...]}, the same for every path
+
+
 def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
+    """One entry of `ls --json`: the same fields for every path (a job, a folder, /jobs/);
+    `record` on a job's or dataset's root, `target` on a symlink. `mode`: permission bits,
+    a number."""
     from c3fs.objects.tree import DIR, FILE
 
+    kind = {FILE: "file", DIR: "dir"}.get(node.kind, "symlink")
+    item = {"name": show(name), "path": node.display, "type": kind, "mode": node.mode,
+            "size": node.size, "mtime_ns": node.mtime_ns}
+    if kind == "symlink":
+        item["target"] = show(node.entry.target) if node.entry is not None else None
     record = _record_of(vfs, node)
     if record is not None:
-        return {"name": show(name), "type": record.kind, "record": record}
-    kind = {FILE: "file", DIR: "dir"}.get(node.kind, "symlink")
-    item = {"name": show(name), "type": kind, "mode": oct(node.mode), "size": node.size,
-            "mtime_ns": node.mtime_ns, "path": node.display}
-    if node.entry is not None and node.kind != DIR and node.kind != FILE:
-        item["target"] = show(node.entry.target)
+        item["record"] = record
     return item
 
 
@@ -310,8 +331,53 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
     total = sum(n.size for n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
     with output.progress_bar("cp", total) as advance:
         stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)
-    output.err.print(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
-                     f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}", highlight=False)
+    output.note(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
+                     f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}")
+
+
+# cat ----------------------------------------------------------------------------------------
+@app.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@pass_ctx
+def cat(ctx: Ctx, paths: tuple[str, ...]) -> None:
+    """Write the bytes of each file PATH to stdout, one after another.
+
+    The same rules as `c3fs cp PATH -`: a directory or a symlink is an error, damaged data
+    stops the file there (never wrong bytes) and is named. As cat(1), a PATH that fails is
+    reported and the others are still written; the exit code is the first failure's.
+
+    \b
+    Examples:
+      c3fs cat /jobs/job_abc123/metrics.json | jq .loss
+      c3fs cat /projects/vision/jobs/latest/train.log /projects/vision/jobs/latest/eval.log
+      c3fs cat /jobs/job_abc123/weights.pt > weights.pt
+    """
+    import time
+
+    from c3fs.errors import C3fsError, one_line
+    from c3fs.jobs.download import Copier
+    from c3fs.vfs import Vfs
+
+    vfs = Vfs(ctx.repo())
+    failed: C3fsError | None = None
+    for path in paths:
+        started = time.monotonic()
+        try:
+            if not is_namespace(path):
+                raise UsageError(f"{path!r} is not a c3fs path (it must start with /jobs/, "
+                                 "/projects/ or /datasets/)")
+            node = vfs.resolve(path)
+            if node.is_dir:
+                raise IsADirectory(f"{path} is a directory (c3fs ls lists it; cp -r copies it)")
+            sys.stdout.flush()
+            Copier(vfs).copy_to(node, sys.stdout.fileno())
+        except C3fsError as exc:
+            output.err.print(f"c3fs: error: {one_line(str(exc))}", markup=False, highlight=False)
+            failed = failed or exc
+            continue
+        log.info("cat %s: %s in %.2f s", path, output.human(node.size), time.monotonic() - started)
+    if failed is not None:
+        sys.exit(failed.exit_code)
 
 
 def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
@@ -324,7 +390,7 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
         if project not in (None, parts[1]):
             raise UsageError(f"--project {project} but {dst} is in project {parts[1]}")
         project, name = parts[1], parts[3]
-    elif len(parts) == 2 and parts[0] == "datasets" and project:
+    elif len(parts) == 2 and parts[0] == "datasets" and (project := project or default_project()):
         name = parts[1]
     else:
         raise UsageError(f"upload to {dst!r}: use /projects/<project>/datasets/<name> "
@@ -335,8 +401,8 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
     with output.progress_bar("upload", _tree_bytes(src)) as advance:
         record = push_dir(repo, src, project, name, kind=DATASET, progress=advance)
     output.out.print(f"/projects/{record.project}/datasets/{record.id}")
-    output.err.print(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
-                     f"{output.human(record.stored_delta)} newly stored", highlight=False)
+    output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
+                     f"{output.human(record.stored_delta)} newly stored")
 
 
 # index --------------------------------------------------------------------------------------
@@ -352,8 +418,8 @@ def index_rebuild(ctx: Ctx) -> None:
     repo = ctx.repo()
     repo.index.rebuild(repo.store)
     packs = len(repo.index.pack_sizes())
-    output.err.print(f"index rebuilt: {output.count(packs, 'pack')}, "
+    output.note(f"index rebuilt: {output.count(packs, 'pack')}, "
                      f"{output.count(len(repo.jobs()), 'job')}, "
-                     f"{output.count(len(repo.datasets()), 'dataset')}", highlight=False)
+                     f"{output.count(len(repo.datasets()), 'dataset')}")
 
 

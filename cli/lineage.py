@@ -75,7 +75,7 @@ def _print_table(data: dict) -> None:
                      output.age(when) if when else "-", (n["root"] or "")[:16]))
     output.write_lines(output.columns(("DIR", "ID", "KIND", "STATUS", "AGE", "ROOT"), rows))
     if data["truncated"]:
-        output.err.print("(truncated)", markup=False)
+        output.note("(truncated)")
 
 
 # diff ---------------------------------------------------------------------------------------
@@ -155,8 +155,8 @@ def _print_diff(report) -> None:
     lines += [f"M {show(c)}  {output.human(c.size_a)} -> {output.human(c.size_b)}, "
               f"{output.human(c.shared)} shared" for c in report.changed]
     output.write_lines(lines)
-    output.err.print(f"{len(report.added)} added, {len(report.removed)} removed, "
-                     f"{len(report.changed)} changed", markup=False, highlight=False)
+    output.note(f"{len(report.added)} added, {len(report.removed)} removed, "
+                     f"{len(report.changed)} changed")
 
 
 # logs ---------------------------------------------------------------------------------------
