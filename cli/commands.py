@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -13,6 +14,7 @@ import click
 from c3fs.errors import IsADirectory, UsageError
 
 from . import output
+from .complete import complete_dir, complete_path, complete_path_or_file
 from .main import Ctx, app, pass_ctx
 
 log = logging.getLogger("c3fs.cli")
@@ -36,7 +38,7 @@ def show(name: bytes) -> str:
 
 # push ---------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("directory")
+@click.argument("directory", shell_complete=complete_dir)
 @click.option("-p", "--project",
               help="Project the job belongs to (default: `project` of the c3fs config, C3FS_PROJECT).")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
@@ -56,9 +58,13 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
     if project is None:
         raise UsageError("push needs a project: -p NAME (or `project` in the c3fs config, "
                          "or C3FS_PROJECT)")
+    started = time.monotonic()
     repo = ctx.repo(write=True)
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
         record = push_dir(repo, directory, project, job_id, progress=advance)
+    output.timing(f"push {record.id}: {output.count(record.files, 'file')}, "
+                  f"{output.human(record.logical_bytes)} read, "
+                  f"{output.human(record.stored_delta)} stored", started, record.logical_bytes)
     if as_json:
         output.print_json(record)
         return
@@ -85,7 +91,7 @@ STATUSES = ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELED")  # c3fs.objects.job's 
 
 
 @app.command()
-@click.argument("path", default="/")
+@click.argument("path", default="/", shell_complete=complete_path)
 @click.option("-l", "long", is_flag=True, help="Long listing: status, size, files, age / mode, size, mtime.")
 @click.option("--json", "as_json", is_flag=True, help="JSON: full job records, or entry details.")
 @click.option("--project", help="Jobs or datasets of this project only.")
@@ -125,11 +131,15 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     """
     from c3fs.vfs import Vfs
 
+    started = time.monotonic()
     repo = ctx.repo()
     repo.refresh(force=True)
+    output.timing(f"ls: store {repo.store.url} opened, index synced", started)
+    started = time.monotonic()
     vfs = Vfs(repo)
     node = vfs.resolve(path)
     items = vfs.children(node) if node.is_dir else [(node.name, node)]
+    output.timing(f"ls {path}: {output.count(len(items), 'name')} read", started)
     chosen = RecordFilter(project, status, since, limit)
     if chosen.active:
         if not _lists_records(node):
@@ -267,8 +277,8 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
 
 # cp -----------------------------------------------------------------------------------------
 @app.command()
-@click.argument("src")
-@click.argument("dst")
+@click.argument("src", shell_complete=complete_path_or_file)
+@click.argument("dst", shell_complete=complete_path_or_file)
 @click.option("-r", "--recursive", is_flag=True, help="Copy a directory and everything in it.")
 @click.option("-p", "--project", help="Project of an uploaded dataset (else from DST).")
 @click.option("--keep-setuid", is_flag=True,
@@ -329,15 +339,17 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
         target = os.path.join(dst, show(node.name))
     total = sum(n.size for n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
+    started = time.monotonic()
     with output.progress_bar("cp", total) as advance:
         stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)
+    output.timing(f"cp {src}: {output.count(stats.files, 'file')} copied", started, stats.bytes)
     output.note(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
                      f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}")
 
 
 # cat ----------------------------------------------------------------------------------------
 @app.command()
-@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...", shell_complete=complete_path)
 @pass_ctx
 def cat(ctx: Ctx, paths: tuple[str, ...]) -> None:
     """Write the bytes of each file PATH to stdout, one after another.
@@ -352,8 +364,6 @@ def cat(ctx: Ctx, paths: tuple[str, ...]) -> None:
       c3fs cat /projects/vision/jobs/latest/train.log /projects/vision/jobs/latest/eval.log
       c3fs cat /jobs/job_abc123/weights.pt > weights.pt
     """
-    import time
-
     from c3fs.errors import C3fsError, one_line
     from c3fs.jobs.download import Copier
     from c3fs.vfs import Vfs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -11,6 +12,7 @@ from c3fs.errors import UsageError
 
 from . import output
 from .commands import cp, default_project, ls
+from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
 
@@ -96,7 +98,7 @@ def finish_run(record, code: int, as_json: bool) -> None:
 
 # pull ---------------------------------------------------------------------------------------
 @app.command()
-@click.argument("jobs", nargs=-1)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @click.option("-d", "--dest", default=".", show_default=True, help="Directory to pull into.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON.")
 @click.option("--keep-setuid", is_flag=True,
@@ -126,12 +128,15 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
 
     repo = ctx.repo()
     job_ids = [resolve_job(repo, j).id if "/" in j else j for j in jobs]
+    started = time.monotonic()
     try:
         with output.progress_bar("pull", None) as advance:
             pulled = run_pull(repo, job_ids, dest, advance, keep_setuid)
     except PullIncomplete as exc:  # say what did arrive, then the error
         _print_pulled(exc.pulled, as_json)
         raise
+    output.timing(f"pull: {output.count(len(pulled), 'job')}", started,
+                  sum(p.stats.bytes for p in pulled))
     if not pulled and not as_json:
         output.note("nothing new to pull")
     _print_pulled(pulled, as_json)
@@ -190,7 +195,7 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
 
 # rm / gc / verify -----------------------------------------------------------------------------
 @app.command()
-@click.argument("jobs", nargs=-1, required=True)
+@click.argument("jobs", nargs=-1, required=True, shell_complete=complete_job)
 @click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
 @pass_ctx
 def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
@@ -258,7 +263,7 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
 
 
 @app.command()
-@click.argument("jobs", nargs=-1)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx

@@ -83,6 +83,15 @@ def print_json(value) -> None:
     sys.stdout.write(json.dumps(msgspec.to_builtins(value), indent=2, sort_keys=True) + "\n")
 
 
+def timing(what: str, started: float, nbytes: int | None = None) -> None:
+    """Under -v: how long `what` took since `started` (time.monotonic), and its rate."""
+    import logging
+
+    elapsed = time.monotonic() - started
+    rate = f", {human(nbytes / elapsed)}/s" if nbytes and elapsed > 0 else ""
+    logging.getLogger("c3fs.cli").info("%s in %.3f s%s", what, elapsed, rate)
+
+
 def note(text: str) -> None:
     """A summary or notice for the person at the terminal (stderr); silent under -q."""
     if not quiet:
@@ -97,13 +106,18 @@ def progress_bar(label: str, total: int | None) -> Iterator:
     if quiet or not console.is_terminal:
         yield lambda n: None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               DownloadColumn(binary_units=True), _speed_column(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*progress_columns(), console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def progress_columns() -> tuple:
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
+
+    return (TextColumn("[bold]{task.description}"), BarColumn(),
+            DownloadColumn(binary_units=True), _speed_column(), TimeRemainingColumn())
 
 
 def _speed_column():
