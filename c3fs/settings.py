@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from c3fs.errors import UsageError
 
 CONFIG_ENV = "C3FS_CONFIG"
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):  # (not a dataclass: every command imports this; 1 ms less)
     name: str
     env: tuple[str, ...]  # the first one is c3fs's own (a flag is exported there)
     help: str
@@ -46,8 +45,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
 )}
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     value: str | None
     source: str  # "--store", "env C3FS_STORE", "file PATH:LINE", "default"
 

@@ -101,7 +101,7 @@ def _global_options(group: bool) -> list[click.Option]:
     return [
         click.Option(["--store"], metavar="PATH|s3://BUCKET/PREFIX", **setting,
                      help="The store (default: $XDG_DATA_HOME/c3fs/store; env C3FS_STORE)."),
-        click.Option(disk_cache, "disk_cache", metavar="SIZE", **setting,
+        click.Option(disk_cache, metavar="SIZE", **setting,
                      help="For an s3:// store: the local disk cache of fetched data, LRU "
                           "(default 1GiB; env C3FS_DISK_CACHE). Not `mount --cache-size`, which "
                           "sizes the mount's in-memory cache of decoded chunks."),

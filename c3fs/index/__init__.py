@@ -124,7 +124,11 @@ def remember_store(url: str, store_id: str) -> None:
     with contextlib.suppress(OSError):
         make_private_dir(path.parent)
         temp = path.with_name(f".{path.name}.{os.getpid()}")
-        temp.write_text(store_id)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, store_id.encode())
+        finally:
+            os.close(fd)
         os.replace(temp, path)
 
 
