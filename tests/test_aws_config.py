@@ -15,6 +15,7 @@ from s3server import MotoServer
 
 RIGHT_SECRET = "Right/Secret+Key-ThatMustNeverBeShown-0123456789"
 WRONG_SECRET = "Wrong/Secret+Key-ThatMustNeverBeShown-9876543210"
+ROLE = "arn:aws:iam::123456789012:role/writer"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,12 @@ def iam_server():
             "Version": "2012-10-17",
             "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
         key = iam.create_access_key(UserName="ml")["AccessKey"]
+        iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}))
+        iam.put_role_policy(RoleName="writer", PolicyName="all", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
         server.require_auth()
         yield server, key["AccessKeyId"], key["SecretAccessKey"]
     finally:
@@ -53,7 +60,8 @@ def aws_home(tmp_path: Path, key_id: str, secret: str) -> dict[str, str]:
         f"[wrong]\naws_access_key_id = AKIAWRONGWRONGWRONG1\naws_secret_access_key = {WRONG_SECRET}\n")
     (aws / "config").write_text(
         "[profile team]\nregion = us-east-1\n\n[profile wrong]\nregion = us-east-1\n\n"
-        f"[profile process]\nregion = us-east-1\ncredential_process = {sys.executable} {helper}\n")
+        f"[profile process]\nregion = us-east-1\ncredential_process = {sys.executable} {helper}\n\n"
+        f"[profile role]\nregion = us-east-1\nrole_arn = {ROLE}\nsource_profile = team\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(HOME=str(tmp_path / "home"), AWS_CONFIG_FILE=str(aws / "config"),
                AWS_SHARED_CREDENTIALS_FILE=str(aws / "credentials"),
@@ -130,6 +138,64 @@ def test_an_explicit_profile_beats_keys_in_the_environment(iam_server, tmp_path:
     bad = c3fs(dict(env, AWS_PROFILE="team"), "config", "show", "--store", store)
     assert bad.returncode == 5 and "environment" in bad.stdout
     assert WRONG_SECRET not in good.stdout + good.stderr + bad.stdout + bad.stderr
+
+
+@pytest.mark.s3
+def test_temporary_credentials_of_a_role_and_of_a_container(iam_server, tmp_path: Path) -> None:
+    """A `role_arn` profile (botocore asks STS, here the same server) and container
+    credentials (AWS_CONTAINER_CREDENTIALS_FULL_URI, as ECS and EKS give): keys with a
+    session token and an expiry, handed to obstore by the refreshing provider."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import boto3
+
+    server, key_id, secret = iam_server
+    env = aws_home(tmp_path, key_id, secret)
+    env["AWS_ENDPOINT_URL"] = server.endpoint
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "r.txt").write_text("role\n")
+    store = "s3://guarded/roles"
+    by_role = c3fs(env, "push", str(src), "-p", "p", "-j", "byrole", "--store", store,
+                   "--profile", "role", "-v")
+    assert by_role.returncode == 0, by_role.stderr
+    sts = boto3.client("sts", endpoint_url=server.endpoint, region_name="us-east-1",
+                       aws_access_key_id=key_id, aws_secret_access_key=secret)
+    assumed = sts.assume_role(RoleArn=ROLE, RoleSessionName="container")["Credentials"]
+    answer = json.dumps({"AccessKeyId": assumed["AccessKeyId"],
+                         "SecretAccessKey": assumed["SecretAccessKey"],
+                         "Token": assumed["SessionToken"],
+                         "Expiration": assumed["Expiration"].isoformat()}).encode()
+    asked = []
+
+    class Credentials(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    http = HTTPServer(("127.0.0.1", 0), Credentials)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        in_container = dict(env, AWS_CONTAINER_CREDENTIALS_FULL_URI=
+                            f"http://127.0.0.1:{http.server_port}/creds")
+        read = c3fs(in_container, "cat", "/jobs/byrole/r.txt", "--store", store)
+        shown = c3fs(in_container, "config", "show", "--store", store, "--json")
+    finally:
+        http.shutdown()
+    assert read.returncode == 0 and read.stdout == "role\n", read.stderr
+    assert asked == ["/creds"] * len(asked) and asked
+    rows = {r["key"]: r for r in json.loads(shown.stdout)["settings"]}
+    assert rows["credentials"]["source"] == "the AWS default chain, container-role"
+    for proc in (by_role, read, shown):
+        for text in (secret, assumed["SecretAccessKey"], assumed["SessionToken"]):
+            assert text not in proc.stdout + proc.stderr
 
 
 # the config file ------------------------------------------------------------------------------
