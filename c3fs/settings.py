@@ -142,7 +142,10 @@ def _parse(path: str) -> dict[str, Setting]:
             raise UsageError(f"{where}: {name} must be {kinds}, not {type(item).__name__}")
         if name == "disk_cache":
             _check_size(str(item), where)
-        settings[name] = Setting(str(item), f"file {where}")
+        value = str(item)
+        if name in ("store", "cache_dir") and value.startswith("~"):
+            value = os.path.expanduser(value)  # (TOML has no shell to expand it)
+        settings[name] = Setting(value, f"file {where}")
     return settings
 
 

@@ -218,6 +218,7 @@ def test_precedence_flag_env_file_default(run_cli, tmp_path: Path, monkeypatch) 
 
     rows = shown()
     assert rows["region"] == {"key": "region", "value": "eu-west-1", "source": f"file {config}:2"}
+    assert rows["cache_dir"]["source"] == "env C3FS_CACHE_DIR"  # (the suite sets it)
     assert rows["project"]["source"] == f"file {config}:3"
     assert rows["endpoint"] == {"key": "endpoint", "value": None, "source": "default"}
     monkeypatch.setenv("AWS_REGION", "us-west-2")
