@@ -120,6 +120,10 @@ def _global_options(group: bool) -> list[click.Option]:
     ]
 
 
+GLOBAL_NOTE = ("Global options work here too: --store, --profile, --endpoint, --region, "
+               "--disk-cache, -v, -q (see c3fs --help).")
+
+
 class C3fsGroup(click.Group):
     """A group whose commands (and their subcommands) accept the global options too."""
 
@@ -133,6 +137,7 @@ def _add_global_options(cmd: click.Command) -> None:
         return
     cmd._c3fs_globals = True  # type: ignore[attr-defined]
     cmd.params.extend(_global_options(group=False))
+    cmd.epilog = ((cmd.epilog + "\n\n") if cmd.epilog else "") + GLOBAL_NOTE
     if isinstance(cmd, click.Group):
         for sub in cmd.commands.values():
             _add_global_options(sub)
