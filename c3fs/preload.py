@@ -21,10 +21,17 @@ LIMIT = 4096  # files per list: more than any command loads
 
 
 def cache_dir() -> str:
-    """c3fs's cache directory: $C3FS_CACHE_DIR, else $XDG_CACHE_HOME/c3fs (~/.cache/c3fs)."""
+    """c3fs's cache directory: $C3FS_CACHE_DIR, else `cache_dir` of the config file
+    (c3fs.settings), else $XDG_CACHE_HOME/c3fs (~/.cache/c3fs)."""
     base = os.environ.get("C3FS_CACHE_DIR")
     if base:
         return base
+    from c3fs import settings
+
+    return settings.value("cache_dir") or default_cache_dir()
+
+
+def default_cache_dir() -> str:
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     return os.path.join(xdg, "c3fs")
 
@@ -36,6 +43,10 @@ def _list_path(command: str) -> str:
 def start(argv: list[str]) -> str | None:
     """Start reading ahead for the first word of `argv` that names a recorded command;
     return that command (None if there is no list yet)."""
+    try:
+        cache_dir()
+    except Exception:  # noqa: BLE001  (a bad config file: the command itself says so)
+        return None
     for word in argv[:4]:
         if not word.isalpha():
             continue

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -12,7 +14,10 @@ import click
 from c3fs.errors import IsADirectory, UsageError
 
 from . import output
+from .complete import complete_dir, complete_path, complete_path_or_file
 from .main import Ctx, app, pass_ctx
+
+log = logging.getLogger("c3fs.cli")
 
 if TYPE_CHECKING:  # the library is imported in the commands: `c3fs --help` stays quick
     from c3fs.objects.job import JobRecord
@@ -33,12 +38,13 @@ def show(name: bytes) -> str:
 
 # push ---------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("directory")
-@click.option("-p", "--project", required=True, help="Project the job belongs to.")
+@click.argument("directory", shell_complete=complete_dir)
+@click.option("-p", "--project",
+              help="Project the job belongs to (default: `project` of the c3fs config, C3FS_PROJECT).")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
 @pass_ctx
-def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bool) -> None:
+def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_json: bool) -> None:
     """Store DIRECTORY as a finished job's artifacts.
 
     \b
@@ -48,15 +54,29 @@ def push(ctx: Ctx, directory: str, project: str, job_id: str | None, as_json: bo
     """
     from c3fs.jobs.push import push_dir
 
+    project = default_project() if project is None else project
+    if project is None:
+        raise UsageError("push needs a project: -p NAME (or `project` in the c3fs config, "
+                         "or C3FS_PROJECT)")
+    started = time.monotonic()
     repo = ctx.repo(write=True)
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
         record = push_dir(repo, directory, project, job_id, progress=advance)
+    output.timing(f"push {record.id}: {output.count(record.files, 'file')}, "
+                  f"{output.human(record.logical_bytes)} read, "
+                  f"{output.human(record.stored_delta)} stored", started, record.logical_bytes)
     if as_json:
         output.print_json(record)
         return
     output.out.print(record.id)
-    output.err.print(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
-                     f"{output.human(record.stored_delta)} newly stored", highlight=False)
+    output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
+                     f"{output.human(record.stored_delta)} newly stored")
+
+
+def default_project() -> str | None:
+    from c3fs import settings
+
+    return settings.value("project")
 
 
 def _tree_bytes(directory: str) -> int | None:
@@ -71,7 +91,7 @@ STATUSES = ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELED")  # c3fs.objects.job's 
 
 
 @app.command()
-@click.argument("path", default="/")
+@click.argument("path", default="/", shell_complete=complete_path)
 @click.option("-l", "long", is_flag=True, help="Long listing: status, size, files, age / mode, size, mtime.")
 @click.option("--json", "as_json", is_flag=True, help="JSON: full job records, or entry details.")
 @click.option("--project", help="Jobs or datasets of this project only.")
@@ -111,11 +131,15 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     """
     from c3fs.vfs import Vfs
 
+    started = time.monotonic()
     repo = ctx.repo()
     repo.refresh(force=True)
+    output.timing(f"ls: store {repo.store.url} opened, index synced", started)
+    started = time.monotonic()
     vfs = Vfs(repo)
     node = vfs.resolve(path)
     items = vfs.children(node) if node.is_dir else [(node.name, node)]
+    output.timing(f"ls {path}: {output.count(len(items), 'name')} read", started)
     chosen = RecordFilter(project, status, since, limit)
     if chosen.active:
         if not _lists_records(node):
@@ -123,7 +147,8 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
                              "list /jobs/, /projects/<p>/jobs/ or /datasets/")
         items = chosen.apply(vfs, items)
     if as_json:
-        output.print_json([_json_item(vfs, name, n) for name, n in items])
+        output.print_json({"schema": LS_SCHEMA, "path": node.display,
+                           "entries": [_json_item(vfs, name, n) for name, n in items]})
     elif long:
         _print_inputs(_record_of(vfs, node))
         _print_long(vfs, items)
@@ -201,17 +226,23 @@ def _virtual_link(node: Node) -> bool:
     return node.kind == LINK and node.ref is None
 
 
+LS_SCHEMA = 1  # `ls --json`: {"schema", "path", "entries": [...]}, the same for every path
+
+
 def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
+    """One entry of `ls --json`: the same fields for every path (a job, a folder, /jobs/);
+    `record` on a job's or dataset's root, `target` on a symlink. `mode`: permission bits,
+    a number."""
     from c3fs.objects.tree import DIR, FILE
 
+    kind = {FILE: "file", DIR: "dir"}.get(node.kind, "symlink")
+    item = {"name": show(name), "path": node.display, "type": kind, "mode": node.mode,
+            "size": node.size, "mtime_ns": node.mtime_ns}
+    if kind == "symlink":
+        item["target"] = show(node.entry.target) if node.entry is not None else None
     record = _record_of(vfs, node)
     if record is not None:
-        return {"name": show(name), "type": record.kind, "record": record}
-    kind = {FILE: "file", DIR: "dir"}.get(node.kind, "symlink")
-    item = {"name": show(name), "type": kind, "mode": oct(node.mode), "size": node.size,
-            "mtime_ns": node.mtime_ns, "path": node.display}
-    if node.entry is not None and node.kind != DIR and node.kind != FILE:
-        item["target"] = show(node.entry.target)
+        item["record"] = record
     return item
 
 
@@ -246,8 +277,8 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
 
 # cp -----------------------------------------------------------------------------------------
 @app.command()
-@click.argument("src")
-@click.argument("dst")
+@click.argument("src", shell_complete=complete_path_or_file)
+@click.argument("dst", shell_complete=complete_path_or_file)
 @click.option("-r", "--recursive", is_flag=True, help="Copy a directory and everything in it.")
 @click.option("-p", "--project", help="Project of an uploaded dataset (else from DST).")
 @click.option("--keep-setuid", is_flag=True,
@@ -308,10 +339,55 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
         target = os.path.join(dst, show(node.name))
     total = sum(n.size for n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
+    started = time.monotonic()
     with output.progress_bar("cp", total) as advance:
         stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)
-    output.err.print(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
-                     f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}", highlight=False)
+    output.timing(f"cp {src}: {output.count(stats.files, 'file')} copied", started, stats.bytes)
+    output.note(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
+                     f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}")
+
+
+# cat ----------------------------------------------------------------------------------------
+@app.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...", shell_complete=complete_path)
+@pass_ctx
+def cat(ctx: Ctx, paths: tuple[str, ...]) -> None:
+    """Write the bytes of each file PATH to stdout, one after another.
+
+    The same rules as `c3fs cp PATH -`: a directory or a symlink is an error, damaged data
+    stops the file there (never wrong bytes) and is named. As cat(1), a PATH that fails is
+    reported and the others are still written; the exit code is the first failure's.
+
+    \b
+    Examples:
+      c3fs cat /jobs/job_abc123/metrics.json | jq .loss
+      c3fs cat /projects/vision/jobs/latest/train.log /projects/vision/jobs/latest/eval.log
+      c3fs cat /jobs/job_abc123/weights.pt > weights.pt
+    """
+    from c3fs.errors import C3fsError, one_line
+    from c3fs.jobs.download import Copier
+    from c3fs.vfs import Vfs
+
+    vfs = Vfs(ctx.repo())
+    failed: C3fsError | None = None
+    for path in paths:
+        started = time.monotonic()
+        try:
+            if not is_namespace(path):
+                raise UsageError(f"{path!r} is not a c3fs path (it must start with /jobs/, "
+                                 "/projects/ or /datasets/)")
+            node = vfs.resolve(path)
+            if node.is_dir:
+                raise IsADirectory(f"{path} is a directory (c3fs ls lists it; cp -r copies it)")
+            sys.stdout.flush()
+            Copier(vfs).copy_to(node, sys.stdout.fileno())
+        except C3fsError as exc:
+            output.err.print(f"c3fs: error: {one_line(str(exc))}", markup=False, highlight=False)
+            failed = failed or exc
+            continue
+        log.info("cat %s: %s in %.2f s", path, output.human(node.size), time.monotonic() - started)
+    if failed is not None:
+        sys.exit(failed.exit_code)
 
 
 def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None) -> None:
@@ -324,7 +400,7 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
         if project not in (None, parts[1]):
             raise UsageError(f"--project {project} but {dst} is in project {parts[1]}")
         project, name = parts[1], parts[3]
-    elif len(parts) == 2 and parts[0] == "datasets" and project:
+    elif len(parts) == 2 and parts[0] == "datasets" and (project := project or default_project()):
         name = parts[1]
     else:
         raise UsageError(f"upload to {dst!r}: use /projects/<project>/datasets/<name> "
@@ -335,8 +411,8 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
     with output.progress_bar("upload", _tree_bytes(src)) as advance:
         record = push_dir(repo, src, project, name, kind=DATASET, progress=advance)
     output.out.print(f"/projects/{record.project}/datasets/{record.id}")
-    output.err.print(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
-                     f"{output.human(record.stored_delta)} newly stored", highlight=False)
+    output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
+                     f"{output.human(record.stored_delta)} newly stored")
 
 
 # index --------------------------------------------------------------------------------------
@@ -352,8 +428,8 @@ def index_rebuild(ctx: Ctx) -> None:
     repo = ctx.repo()
     repo.index.rebuild(repo.store)
     packs = len(repo.index.pack_sizes())
-    output.err.print(f"index rebuilt: {output.count(packs, 'pack')}, "
+    output.note(f"index rebuilt: {output.count(packs, 'pack')}, "
                      f"{output.count(len(repo.jobs()), 'job')}, "
-                     f"{output.count(len(repo.datasets()), 'dataset')}", highlight=False)
+                     f"{output.count(len(repo.datasets()), 'dataset')}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -10,13 +11,15 @@ import click
 from c3fs.errors import UsageError
 
 from . import output
-from .commands import cp, ls
+from .commands import cp, default_project, ls
+from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
 
 # run ----------------------------------------------------------------------------------------
 @app.command(context_settings={"allow_interspersed_args": False})
-@click.option("-p", "--project", help="Project (default: `project:` in .c3, else 'default').")
+@click.option("-p", "--project", help="Project (default: `project:` in .c3, else `project` of "
+                                       "the c3fs config or C3FS_PROJECT, else 'default').")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Stop the job after this many seconds, > 0 (TIMEOUT).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -71,7 +74,7 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
 
     workdir = workdir.resolve()
     config = load_config(config_path, workdir)
-    spec = JobSpec(list(command), workdir, config, project or config.project or "default",
+    spec = JobSpec(list(command), workdir, config, project or config.project or default_project() or "default",
                    job_id, timeout, ctx.store_url, progress=output.progress_bar)
     record, code = run_job(ctx.repo(write=True), spec)
     finish_run(record, code, as_json)
@@ -81,9 +84,9 @@ def finish_run(record, code: int, as_json: bool) -> None:
     """Say how a run ended (the record, or its id) and exit with the job's code."""
     if record is not None:
         status = record.status + (f" ({record.reason})" if record.reason else "")
-        output.err.print(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
+        output.note(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
                          f"{output.human(record.logical_bytes)} logical, "
-                         f"{output.human(record.stored_delta)} newly stored", highlight=False)
+                         f"{output.human(record.stored_delta)} newly stored")
         if as_json:
             output.print_json(record)
         else:
@@ -95,7 +98,7 @@ def finish_run(record, code: int, as_json: bool) -> None:
 
 # pull ---------------------------------------------------------------------------------------
 @app.command()
-@click.argument("jobs", nargs=-1)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @click.option("-d", "--dest", default=".", show_default=True, help="Directory to pull into.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was pulled as JSON.")
 @click.option("--keep-setuid", is_flag=True,
@@ -125,14 +128,17 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
 
     repo = ctx.repo()
     job_ids = [resolve_job(repo, j).id if "/" in j else j for j in jobs]
+    started = time.monotonic()
     try:
         with output.progress_bar("pull", None) as advance:
             pulled = run_pull(repo, job_ids, dest, advance, keep_setuid)
     except PullIncomplete as exc:  # say what did arrive, then the error
         _print_pulled(exc.pulled, as_json)
         raise
+    output.timing(f"pull: {output.count(len(pulled), 'job')}", started,
+                  sum(p.stats.bytes for p in pulled))
     if not pulled and not as_json:
-        output.err.print("nothing new to pull")
+        output.note("nothing new to pull")
     _print_pulled(pulled, as_json)
 
 
@@ -178,7 +184,7 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
     for label, value in lines:
         output.out.print(f"{label:<28} {value}", markup=False)
     if b.over_quota:
-        output.err.print("c3fs: warning: usage exceeds the quota (soft: nothing is rejected)")
+        output.note("c3fs: warning: usage exceeds the quota (soft: nothing is rejected)")
     if by_project:
         table = output.table("PROJECT", "JOBS", "DATASETS", "LOGICAL", "CHARGED")
         for name, u in sorted(b.projects.items()):
@@ -189,7 +195,7 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
 
 # rm / gc / verify -----------------------------------------------------------------------------
 @app.command()
-@click.argument("jobs", nargs=-1, required=True)
+@click.argument("jobs", nargs=-1, required=True, shell_complete=complete_job)
 @click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
 @pass_ctx
 def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
@@ -208,7 +214,7 @@ def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
     for kind, name in refs:
         repo.store.delete_ref(kind, name)
         repo.index.remove_record(kind, name)
-        output.err.print(f"removed {kind} {name}", markup=False)
+        output.note(f"removed {kind} {name}")
 
 
 def ref_names(names: tuple[str, ...], dataset: bool = False) -> list[tuple[str, str]]:
@@ -257,7 +263,7 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
 
 
 @app.command()
-@click.argument("jobs", nargs=-1)
+@click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
@@ -288,8 +294,8 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
             if len(p.broken) > 20:
                 output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
         verdict = "OK" if report.ok else output.count(len(report.problems), "problem")
-        output.err.print(f"verified {report.records} jobs/datasets, {output.count(report.blobs, 'blob')}, "
-                         f"{output.human(report.bytes)}: {verdict}", markup=False)
+        output.note(f"verified {report.records} jobs/datasets, {output.count(report.blobs, 'blob')}, "
+                         f"{output.human(report.bytes)}: {verdict}")
     if not report.ok:
         sys.exit(6)
 
@@ -297,14 +303,91 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
 # config -------------------------------------------------------------------------------------
 @app.group()
 def config() -> None:
-    """Show or change the store's settings (quota)."""
+    """Show c3fs's settings (and where each comes from), or change the store's (quota)."""
 
 
 @config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@click.option("--local", is_flag=True,
+              help="Only this machine's settings: do not open the store for its own.")
 @pass_ctx
-def config_show(ctx: Ctx) -> None:
-    """Print the store's config as JSON."""
-    output.print_json(ctx.repo().store.config)
+def config_show(ctx: Ctx, as_json: bool, local: bool) -> None:
+    """Print each effective setting, its value and where it comes from.
+
+    Sources, first found wins: a flag (--store, --profile, ...), the environment
+    (C3FS_*, AWS_*), the config file, the default. Then, for an s3:// store, where the
+    credentials come from (never the keys themselves), and the store's own settings
+    (quota, chunk sizes), unless --local.
+
+    \b
+    The config file ($C3FS_CONFIG, else $XDG_CONFIG_HOME/c3fs/config.toml):
+      store = "s3://bucket/c3"
+      endpoint = "https://minio.example:9000"
+      profile = "ml-team"
+      region = "eu-west-1"
+      disk_cache = "20GiB"
+      cache_dir = "/scratch/c3fs-cache"
+      project = "vision"
+    \b
+    Examples:
+      c3fs config show
+      c3fs --profile ml config show --json
+      c3fs config show --local      # no request to the store
+    """
+    from c3fs import settings
+
+    from .main import flags
+
+    rows = []
+    for name, setting in settings.effective().items():
+        source = setting.source
+        if name in flags and source == f"env {settings.KEYS[name].env[0]}":
+            source = flags[name]
+        rows.append({"key": name, "value": setting.value, "source": source})
+    problems = []
+    store = settings.get("store").value or ""
+    if store.startswith("s3://"):
+        rows.append(_credentials_row(problems))
+    if not local:
+        rows.extend(_store_rows(ctx, problems))
+    if as_json:
+        output.print_json({"schema": 1, "config_file": settings.config_path(), "settings": rows})
+    else:
+        cells = [(r["key"], "-" if r["value"] is None else output.escape(str(r["value"])),
+                  output.escape(r["source"])) for r in rows]
+        output.write_lines(output.columns(("KEY", "VALUE", "SOURCE"), cells))
+        output.note(f"config file: {settings.config_path()}")
+    if problems:
+        raise problems[0]
+
+
+def _credentials_row(problems: list) -> dict:
+    """Where an s3:// store's credentials come from; never the keys."""
+    from c3fs.errors import C3fsError
+    from c3fs.store.aws import resolve
+
+    try:
+        found = resolve()
+    except C3fsError as exc:
+        problems.append(exc)
+        return {"key": "credentials", "value": None, "source": f"error: {exc}"}
+    key_id = (found.credentials or {}).get("access_key_id")
+    shown = f"{key_id[:4]}...{key_id[-4:]}" if key_id and len(key_id) > 12 else None
+    return {"key": "credentials", "value": shown, "source": found.source}
+
+
+def _store_rows(ctx: Ctx, problems: list) -> list[dict]:
+    """The store's own settings (its `config` object), with source `store`."""
+    import msgspec
+
+    from c3fs.errors import C3fsError
+
+    try:
+        stored = msgspec.to_builtins(ctx.repo().store.config)
+    except C3fsError as exc:
+        problems.append(exc)
+        return [{"key": "store.*", "value": None, "source": f"error: {exc} (--local skips it)"}]
+    return [{"key": f"store.{k}", "value": v, "source": "store"} for k, v in stored.items()]
 
 
 @config.command("set")
@@ -323,7 +406,7 @@ def config_set(ctx: Ctx, key: str, value: str) -> None:
     if quota is not None and quota <= 0:
         raise UsageError("quota must be positive (or 'none')")
     ctx.repo(write=True).store.save_config(quota=quota)
-    output.err.print(f"quota set to {'none' if quota is None else output.human(quota)}")
+    output.note(f"quota set to {'none' if quota is None else output.human(quota)}")
 
 
 # data aliases (the platform's `c3 data ls/cp`) ------------------------------------------------

@@ -9,11 +9,12 @@ import click
 from c3fs.errors import UsageError
 
 from . import output
+from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
 
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("--up", "direction", flag_value="up", help="Only what JOB read (its inputs, theirs...).")
 @click.option("--down", "direction", flag_value="down", help="Only the jobs that read JOB (and theirs).")
 @click.option("--depth", type=click.IntRange(min=1, max=1000), default=20, show_default=True,
@@ -75,13 +76,13 @@ def _print_table(data: dict) -> None:
                      output.age(when) if when else "-", (n["root"] or "")[:16]))
     output.write_lines(output.columns(("DIR", "ID", "KIND", "STATUS", "AGE", "ROOT"), rows))
     if data["truncated"]:
-        output.err.print("(truncated)", markup=False)
+        output.note("(truncated)")
 
 
 # diff ---------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("a")
-@click.argument("b")
+@click.argument("a", shell_complete=complete_job)
+@click.argument("b", shell_complete=complete_job)
 @click.argument("path", required=False)
 @click.option("--json", "as_json", is_flag=True, help="The differences as JSON.")
 @pass_ctx
@@ -155,13 +156,13 @@ def _print_diff(report) -> None:
     lines += [f"M {show(c)}  {output.human(c.size_a)} -> {output.human(c.size_b)}, "
               f"{output.human(c.shared)} shared" for c in report.changed]
     output.write_lines(lines)
-    output.err.print(f"{len(report.added)} added, {len(report.removed)} removed, "
-                     f"{len(report.changed)} changed", markup=False, highlight=False)
+    output.note(f"{len(report.added)} added, {len(report.removed)} removed, "
+                     f"{len(report.changed)} changed")
 
 
 # logs ---------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-n", "--tail", type=click.IntRange(min=0), metavar="N",
               help="Only the last N lines of each stream.")
 @click.option("--stdout", "only", flag_value="stdout", help="Only what the job wrote to stdout.")
@@ -206,7 +207,7 @@ def _write_bytes(target, data: bytes) -> None:
 
 # rerun --------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("job")
+@click.argument("job", shell_complete=complete_job)
 @click.option("-j", "--job", "job_id", help="Id of the new job (default: a fresh one).")
 @click.option("--timeout", type=float, metavar="SECONDS", help="As for run.")
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),

@@ -42,7 +42,7 @@ def unlock(ctx: Ctx, name: str | None, list_: bool, force: bool, as_json: bool) 
         _print_locks(locks.list_locks(store), as_json)
         return
     lock = locks.unlock(store, name, force=force)
-    output.err.print(f"removed lock {lock.name}, held by {lock.holder()}", markup=False)
+    output.note(f"removed lock {lock.name}, held by {lock.holder()}")
 
 
 def _print_locks(found, as_json: bool) -> None:
@@ -50,7 +50,7 @@ def _print_locks(found, as_json: bool) -> None:
         output.print_json([lock.as_dict() for lock in found])
         return
     if not found:
-        output.err.print("no locks", markup=False)
+        output.note("no locks")
         return
     table = output.table("NAME", "KIND", "HOLDER", "STARTED", "LEASE")
     for lock in found:

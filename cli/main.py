@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from c3fs import preload
-from c3fs.errors import C3fsError, one_line
+from c3fs.errors import C3fsError, UsageError, one_line
 
 from . import output
 
@@ -29,9 +29,16 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class Ctx:
-    def __init__(self, store: str | None) -> None:
-        self.store_url = store
+    def __init__(self) -> None:
         self._repo: Repo | None = None
+
+    @property
+    def store_url(self) -> str | None:
+        """The store named by --store, C3FS_STORE or the config file; None: the default."""
+        from c3fs import settings
+
+        store = settings.get("store")
+        return None if store.source == "default" else store.value
 
     def repo(self, write: bool = False) -> Repo:
         """The store, opened once. Only a command that writes (`write`) creates a store that
@@ -40,7 +47,8 @@ class Ctx:
         if self._repo is None:
             from c3fs.repo import Repo
 
-            self._repo = Repo.open(self.store_url, create=write or not self.store_url)
+            url = self.store_url
+            self._repo = Repo.open(url, create=write or not url)
         return self._repo
 
     def close(self) -> None:
@@ -49,37 +57,145 @@ class Ctx:
             self._repo = None
 
 
-@click.group(context_settings=CONTEXT)
-@click.option("--store", envvar="C3FS_STORE", metavar="PATH|s3://BUCKET/PREFIX",
-              help="The store (default: $XDG_DATA_HOME/c3fs/store; env C3FS_STORE).")
-@click.option("--disk-cache", "--cache-size", "disk_cache", metavar="SIZE", envvar="C3FS_DISK_CACHE",
-              help="For an s3:// store: the local disk cache of fetched data, LRU "
-                   "(default 1GiB; env C3FS_DISK_CACHE). Not `mount --cache-size`, which "
-                   "sizes the mount's in-memory cache of decoded chunks.")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+# Global options: accepted before the subcommand (`c3fs --store X ls`) and after it (`c3fs ls
+# --store X`), as git and kubectl accept theirs. Each is applied by its callback when parsed:
+# a setting is exported as its C3FS_* variable (the library, mount daemons and nested
+# commands read it there), -v/-q set the log level.
+flags: dict[str, str] = {}  # setting -> the flag that set it (for `config show`)
+_verbosity = {"verbose": 0, "quiet": 0}
+
+
+def _set_setting(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    from c3fs import settings
+
+    if param.name == "disk_cache":
+        output.parse_size(value)  # a bad size is refused here, naming the flag's value
+    os.environ[settings.KEYS[param.name].env[0]] = value
+    flags[param.name] = param.opts[0]
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int | bool) -> None:
+    if value:
+        _verbosity[param.name] += int(value)
+        _apply_verbosity()
+
+
+def _apply_verbosity() -> None:
+    verbose, quiet = _verbosity["verbose"], _verbosity["quiet"]
+    if verbose and quiet:
+        raise UsageError("-q and -v contradict each other: give one")
+    output.quiet = bool(quiet)
+    level = logging.ERROR if quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.getLogger().setLevel(level)
+    # botocore logs responses (credentials among them) at DEBUG: never below INFO
+    logging.getLogger("botocore").setLevel(max(level, logging.INFO))
+
+
+def _global_options(group: bool) -> list[click.Option]:
+    """The global options, as parameters of the group (`group`) or of a subcommand."""
+    hidden = not group  # shown once, in `c3fs --help`
+    disk_cache = ["--disk-cache", "--cache-size"] if group else ["--disk-cache"]  # (mount has its own --cache-size)
+    setting = dict(expose_value=False, callback=_set_setting, hidden=hidden)
+    return [
+        click.Option(["--store"], metavar="PATH|s3://BUCKET/PREFIX", **setting,
+                     help="The store (default: $XDG_DATA_HOME/c3fs/store; env C3FS_STORE)."),
+        click.Option(disk_cache, metavar="SIZE", **setting,
+                     help="For an s3:// store: the local disk cache of fetched data, LRU "
+                          "(default 1GiB; env C3FS_DISK_CACHE). Not `mount --cache-size`, which "
+                          "sizes the mount's in-memory cache of decoded chunks."),
+        click.Option(["--profile"], metavar="NAME", **setting,
+                     help="AWS profile of ~/.aws/config and ~/.aws/credentials (as `aws "
+                          "--profile`: AWS_ACCESS_KEY_ID in the environment is then ignored)."),
+        click.Option(["--endpoint"], metavar="URL", **setting,
+                     help="S3 endpoint (MinIO, Ceph, R2...; env AWS_ENDPOINT_URL)."),
+        click.Option(["--region"], metavar="NAME", **setting, help="S3 region (env AWS_REGION)."),
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, hidden=hidden,
+                     callback=_set_verbosity,
+                     help="More detail: per-file lines and timings (-vv: debug log)."),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, hidden=hidden,
+                     callback=_set_verbosity,
+                     help="Errors only: no progress, summaries or warnings."),
+    ]
+
+
+GLOBAL_NOTE = ("Global options work here too: --store, --profile, --endpoint, --region, "
+               "--disk-cache, -v, -q (see c3fs --help).")
+
+
+class C3fsGroup(click.Group):
+    """A group whose commands (and their subcommands) accept the global options too."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        super().add_command(cmd, name)
+        _add_global_options(cmd)
+
+
+def _add_global_options(cmd: click.Command) -> None:
+    if getattr(cmd, "_c3fs_globals", False):
+        return
+    cmd._c3fs_globals = True  # type: ignore[attr-defined]
+    cmd.params.extend(_global_options(group=False))
+    cmd.epilog = ((cmd.epilog + "\n\n") if cmd.epilog else "") + GLOBAL_NOTE
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _add_global_options(sub)
+        original = cmd.add_command
+
+        def add_command(sub: click.Command, name: str | None = None) -> None:
+            original(sub, name)
+            _add_global_options(sub)
+
+        cmd.add_command = add_command  # type: ignore[method-assign]
+
+
+EXIT_CODES = (
+    (0, "success"),
+    (1, "other error"),
+    (2, "usage: bad option, argument, id or config file"),
+    (3, "not found: no such job, path or source file"),
+    (4, "exists or refused: a taken id, a destination that refused the write"),
+    (5, "store: unreachable, denied, wrong format version"),
+    (6, "damaged or missing data (verify, cp -r, pull finish the rest first)"),
+    (7, "locked: gc or a push holds the store"),
+    (8, "mount: FUSE failed, or a pin (--expect, digest:) did not match"),
+    (130, "interrupted (Ctrl-C)"),
+)
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES) + \
+    "\n  (c3fs run exits with its job's code: see c3fs run --help)"
+
+
+@click.group(cls=C3fsGroup, context_settings=CONTEXT, epilog=EPILOG, params=_global_options(group=True))
 @click.version_option(package_name="c3fs")
 @click.pass_context
-def app(ctx: click.Context, store: str | None, disk_cache: str | None, verbose: int) -> None:
+def app(ctx: click.Context) -> None:
     """c3fs: a content-addressed filesystem for the outputs of compute jobs.
+
+    Global options (--store, --profile, -v, -q, ...) go before or after the subcommand.
+    Settings come from flags, then the environment, then ~/.config/c3fs/config.toml
+    (`c3fs config show` says which).
 
     \b
     Examples:
       c3fs push ./outputs --project vision          # store a directory as a job
       c3fs run --project vision -- python train.py  # run a job, collect its artifacts
       c3fs ls -l /jobs/                             # jobs with status, size, age
+      c3fs ls --store s3://bucket/c3 /jobs/         # options after the subcommand too
+      c3fs cat /jobs/job_abc123/metrics.json        # a file's bytes to stdout
       c3fs cp -r /jobs/job_abc123/ ./local-output/  # download a job's artifacts
       c3fs mount /jobs/job_abc123 /data/prev        # mount a job read-only
     """
     global _command
     _command = ctx.invoked_subcommand
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    if disk_cache:  # read where the store is opened, also by a mount daemon or a job's mounts
-        output.parse_size(disk_cache)
-        os.environ["C3FS_DISK_CACHE"] = disk_cache
-    state = Ctx(store)
+    logging.basicConfig(handlers=[handler], force=True)
+    _apply_verbosity()
+    from c3fs import settings
+
+    settings.read_file()  # a bad config file is an error for every command, naming its line
+    state = Ctx()
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -100,6 +216,23 @@ def main(argv: list[str] | None = None) -> None:
         from .mount_helper import run as run_mount_helper
 
         sys.exit(run_mount_helper(args, "c3fs"))
+    from c3fs.settings import KEYS
+
+    exported = {key.env[0]: os.environ.get(key.env[0]) for key in KEYS.values()}
+    flags.clear()
+    _verbosity.update(verbose=0, quiet=0)
+    output.quiet = False
+    try:
+        _run(argv)
+    finally:  # the flags' exports end with the command (tests run many in one process)
+        for var, value in exported.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         app.main(args=argv, prog_name="c3fs", standalone_mode=False)
     except C3fsError as exc:

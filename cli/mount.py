@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from . import output
+from .complete import complete_path_or_file
 from .main import Ctx, app, pass_ctx
 
 
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("paths", nargs=-1, required=True, metavar="[REF] MOUNTPOINT")
+@click.argument("paths", nargs=-1, required=True, metavar="[REF] MOUNTPOINT",
+                shell_complete=complete_path_or_file)
 @click.option("-f", "--foreground", is_flag=True,
               help="Serve in this process until unmounted (logs go to stderr).")
 @click.option("--allow-other", is_flag=True,

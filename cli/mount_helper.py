@@ -29,6 +29,9 @@ USAGE = ("usage: mount.c3fs SPEC DIR [-sfnv] [-o store=URL,cache_dir=DIR,allow_o
 OPTIONS = {
     "store": ("global", "--store"),
     "disk_cache": ("global", "--disk-cache"),
+    "profile": ("global", "--profile"),
+    "endpoint": ("global", "--endpoint"),
+    "region": ("global", "--region"),
     "cache_dir": ("env", "C3FS_CACHE_DIR"),
     "cache_size": ("mount", "--cache-size"),
     "log_file": ("mount", "--log-file"),

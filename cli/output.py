@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     out: Console
     err: Console
+quiet = False  # -q: no progress, no summaries, no warnings; errors and results only
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
           "tb": 1000**4, "tib": 1024**4}
@@ -82,34 +83,62 @@ def print_json(value) -> None:
     sys.stdout.write(json.dumps(msgspec.to_builtins(value), indent=2, sort_keys=True) + "\n")
 
 
+def timing(what: str, started: float, nbytes: int | None = None) -> None:
+    """Under -v: how long `what` took since `started` (time.monotonic), and its rate."""
+    import logging
+
+    elapsed = time.monotonic() - started
+    rate = f", {human(nbytes / elapsed)}/s" if nbytes and elapsed > 0 else ""
+    logging.getLogger("c3fs.cli").info("%s in %.3f s%s", what, elapsed, rate)
+
+
+def note(text: str) -> None:
+    """A summary or notice for the person at the terminal (stderr); silent under -q."""
+    if not quiet:
+        _console("err").print(text, markup=False, highlight=False)
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int | None) -> Iterator:
-    """Yields an `advance(n)` callable; draws a bar only when stderr is a terminal."""
+    """Yields an `advance(n)` callable; draws a bar only when stderr is a terminal (and not
+    under -q). Sizes in IEC units (KiB, MiB), as every summary."""
     console = _console("err")
-    if not console.is_terminal:
+    if quiet or not console.is_terminal:
         yield lambda n: None
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import Progress
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*progress_columns(), console=console, transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 
 
+def progress_columns() -> tuple:
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
+
+    return (TextColumn("[bold]{task.description}"), BarColumn(),
+            DownloadColumn(binary_units=True), _speed_column(), TimeRemainingColumn())
+
+
+def _speed_column():
+    """rich's TransferSpeedColumn counts in decimal units (MB/s): this one in MiB/s."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human(speed)}/s", style="progress.data.speed")
+
+    return SpeedColumn()
+
+
 @contextlib.contextmanager
 def status(label: str) -> Iterator:
-    """Yields an `update(text)` callable; shows a status line only when stderr is a terminal."""
+    """Yields an `update(text)` callable; shows a status line only when stderr is a terminal
+    (and not under -q)."""
     console = _console("err")
-    if not console.is_terminal:
+    if quiet or not console.is_terminal:
         yield lambda text: None
         return
     with console.status(label) as line:

@@ -7,11 +7,12 @@ import click
 from c3fs.errors import UsageError
 
 from . import output
+from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
 
 @app.command(context_settings={"max_content_width": 100})
-@click.argument("args", nargs=-1, metavar="[JOB] NAME")
+@click.argument("args", nargs=-1, metavar="[JOB] NAME", shell_complete=complete_job)
 @click.option("--rm", "remove", is_flag=True, help="Remove the tag NAME.")
 @click.option("-l", "--list", "list_", is_flag=True, help="List the tags (of --project, or all).")
 @click.option("-p", "--project", help="The tag's project (default: the job's; for --rm, the "

@@ -82,7 +82,7 @@ def test_job_id_that_already_exists(run_cli, store_env, tmp_path: Path) -> None:
     line = result.assert_one_line_error()
     assert "already exists" in line and result.code == 4
     assert refs(store_env) == ["jobs/job_1"] and packs(store_env) == before
-    listed = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)
+    listed = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)["entries"]
     assert [item["record"] for item in listed] == [original]
     assert run_cli(["cp", "-r", "/jobs/job_1", str(tmp_path / "back")]).code == 0
     assert (tmp_path / "back" / "a.txt").read_bytes() == b"first"
@@ -484,7 +484,7 @@ def test_ls_chooses_jobs_by_project_status_age_and_count(run_cli, store_env, tmp
     assert names("/projects/vision/jobs/", "--status", "timeout") == ["j4"]
     long = run_cli(["ls", "-l", "/jobs/", "--project", "nlp"]).out.splitlines()
     assert [row.split()[0] for row in long] == ["ID", "j2", "j3"]
-    assert [r["name"] for r in json.loads(run_cli(["ls", "--json", "/jobs/", "--limit", "1"]).out)] \
+    assert [r["name"] for r in json.loads(run_cli(["ls", "--json", "/jobs/", "--limit", "1"]).out)["entries"]] \
         == ["j4"]
     for argv in (["/jobs/j0", "--limit", "1"], ["/", "--project", "x"], ["/jobs/", "--since", "2x"]):
         run_cli(["ls", *argv]).assert_one_line_error()

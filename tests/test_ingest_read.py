@@ -81,14 +81,14 @@ def test_ls_shows_metadata_as_stored(run_cli, tmp_path: Path) -> None:
     record = push(run_cli, src)
     result = run_cli(["ls", "--json", f"/jobs/{record['id']}/links"])
     assert result.code == 0, result.err
-    items = {item["name"]: item for item in json.loads(result.out)}
+    items = {item["name"]: item for item in json.loads(result.out)["entries"]}
     assert items["absolute-outside"]["type"] == "symlink"
     assert items["absolute-outside"]["target"] == "/etc/passwd"
     assert items["dangling"]["target"] == "does/not/exist"
     assert items["non-utf8-target"]["target"] == "\\xfe\\xff target"
     result = run_cli(["ls", "--json", f"/jobs/{record['id']}"])
-    items = {item["name"]: item for item in json.loads(result.out)}
-    assert items["exec.sh"]["mode"] == oct(0o755) and items["exec.sh"]["type"] == "file"
+    items = {item["name"]: item for item in json.loads(result.out)["entries"]}
+    assert items["exec.sh"]["mode"] == 0o755 and items["exec.sh"]["type"] == "file"
     assert items["before-1970"]["mtime_ns"] == -1_500_000_000_123
     assert items["year-2096"]["mtime_ns"] == 4_000_000_000_123_456_789
     assert items["\\xff\\xfe-not-utf8-\\x80"]["size"] == 3 * len(b"\xff\xfe-not-utf8-\x80")
@@ -394,7 +394,7 @@ def test_push_records_are_listed_per_project(run_cli, tmp_path: Path) -> None:
     result = run_cli(["ls", "/projects/vision/jobs/"])
     assert result.out.split() == [a["id"] + "/", "latest"]  # (a symlink to the newest)
     result = run_cli(["ls", "--json", "/jobs/"])
-    listed = {item["record"]["id"]: item["record"] for item in json.loads(result.out)}
+    listed = {item["record"]["id"]: item["record"] for item in json.loads(result.out)["entries"]}
     assert listed == {a["id"]: a, b["id"]: b}
     assert all(r["kind"] == JOB for r in listed.values())
     result = run_cli(["ls", "/projects/"])

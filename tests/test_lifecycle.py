@@ -44,7 +44,7 @@ def workdir(tmp_path: Path) -> Path:
 def record(c3fs_bin, job_id: str) -> dict:
     res = c3fs_bin("ls", "--json", "/jobs/")
     assert res.code == 0, res.err
-    items = {i["name"]: i["record"] for i in json.loads(res.out)}
+    items = {i["name"]: i["record"] for i in json.loads(res.out)["entries"]}
     return items[job_id]
 
 

@@ -173,8 +173,8 @@ def test_tags_and_latest_in_the_mount_and_the_installed_command(tmp_path) -> Non
 
 # 2. pins ------------------------------------------------------------------------------------
 def _root(run_cli, job: str) -> str:
-    return json.loads(run_cli(["ls", "--json", "/jobs/"]).out)[
-        [i["name"] for i in json.loads(run_cli(["ls", "--json", "/jobs/"]).out)].index(job)
+    return json.loads(run_cli(["ls", "--json", "/jobs/"]).out)["entries"][
+        [i["name"] for i in json.loads(run_cli(["ls", "--json", "/jobs/"]).out)["entries"]].index(job)
     ]["record"]["root"]
 
 
@@ -231,7 +231,7 @@ def test_run_records_what_latest_and_a_tag_resolved_to(c3fs_bin, run_cli, store_
     out = tmp_path / "both"
     assert run_cli(["cp", "/jobs/consumer/both", str(out)]).code == 0
     assert out.read_bytes() == b"from afrom b"
-    record = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)[-1]["record"]
+    record = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)["entries"][-1]["record"]
     assert [(i["ref"], i["resolved"], i["root"]) for i in record["inputs"]] == [
         ("/projects/p/jobs/latest", "/jobs/a", _root(run_cli, "a")),
         ("/projects/p/tags/best", "/jobs/b", _root(run_cli, "b"))]
@@ -376,7 +376,7 @@ def test_run_keeps_stdout_and_stderr_with_the_job(c3fs_bin, run_cli, store_env, 
                    cwd=work)
     assert res.code == code, res.err
     assert "out 2999" in res.out and "err line" in res.err  # still shown live
-    record = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)[0]["record"]
+    record = json.loads(run_cli(["ls", "--json", "/jobs/"]).out)["entries"][0]["record"]
     assert record["status"] == status and len(record["logs"]) == 64
     assert run_cli(["ls", "/jobs/loud"]).out == ""  # not among the artifacts
     full = c3fs_bin("logs", "loud")
@@ -485,7 +485,7 @@ def test_rerun_mounts_what_the_job_read_not_what_latest_is_now(c3fs_bin, run_cli
     seen = tmp_path / "seen"
     assert run_cli(["cp", "/jobs/second/seen", str(seen)]).code == 0
     assert seen.read_bytes() == b"version 1"
-    inputs = json.loads(run_cli(["ls", "--json", "/projects/q/jobs/"]).out)[-1]["record"]["inputs"]
+    inputs = json.loads(run_cli(["ls", "--json", "/projects/q/jobs/"]).out)["entries"][-1]["record"]["inputs"]
     assert [(i["ref"], i["resolved"]) for i in inputs] == [("/jobs/v1", "/jobs/v1")]
 
 

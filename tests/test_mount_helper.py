@@ -32,6 +32,9 @@ def test_mounts_arguments_become_a_c3fs_mount():
         "mount", "/datasets/d", "/m", "--source", "c3fs#/datasets/d"]
     assert parse(["c3fs", "/m", "-o", "rw"]).ref == "/"  # mount(8)'s default is rw: ignored
     assert parse(["c3fs", "/m", "-f"]).fake
+    assert parse(["/jobs/a", "/m", "-o", "profile=team,endpoint=http://h:9000,region=eu-1"]
+                 ).argv()[:6] == ["--profile", "team", "--endpoint", "http://h:9000",
+                                  "--region", "eu-1"]
     assert parse(["/", "/m", "-s", "-o", "unknown_thing"]).ref == "/"  # sloppy
 
 

@@ -99,6 +99,54 @@ def index_path(store_id: str) -> Path:
     return cache_root() / store_id / "index"
 
 
+def _known_path(url: str) -> Path:
+    """Where the id of the s3:// store `url` is noted (`s3://b/p/` and `s3://b/p` alike)."""
+    from urllib.parse import urlsplit
+
+    import blake3
+
+    parts = urlsplit(url)
+    name = f"s3://{parts.netloc}/{parts.path.strip('/')}".rstrip("/")
+    return cache_root() / "stores" / blake3.blake3(name.encode()).hexdigest(8)
+
+
+def remember_store(url: str, store_id: str) -> None:
+    """Note which store id `url` has, so that shell completion can find the index of a
+    remote store without asking it (`known_store_id`). Written once per store and machine."""
+    if not url.startswith("s3://"):
+        return  # a local store's config is read directly
+    path = _known_path(url)
+    try:
+        if path.read_text() == store_id:
+            return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        make_private_dir(path.parent)
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, store_id.encode())
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+
+
+def known_store_id(url: str) -> str | None:
+    """The id of the store at `url` as this machine knows it without asking the store: a
+    local store's config, or what `remember_store` noted; None if unknown."""
+    import msgspec
+
+    try:
+        if url.startswith("s3://"):
+            text = _known_path(url).read_text()
+        else:
+            text = msgspec.json.decode(Path(url, "config").read_bytes()).get("store_id")
+    except (OSError, ValueError, AttributeError, StoreError, msgspec.DecodeError):
+        return None
+    return text if isinstance(text, str) and text.isalnum() else None
+
+
 class Index:
     def __init__(self, path: Path, store_id: str) -> None:
         self.path = path
@@ -535,6 +583,7 @@ def _reason(exc: Exception, path: Path) -> str:
 
 
 def open_index(store: Store) -> Index:
+    remember_store(store.url, store.config.store_id)
     index = Index(index_path(store.config.store_id), store.config.store_id)
     if index.fresh:
         index.sync(store)

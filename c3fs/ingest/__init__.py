@@ -28,6 +28,7 @@ import blake3
 import pyfastcdc
 
 from c3fs.errors import NotFound, SourceError
+from c3fs.fsutil import human
 from c3fs.index import Index
 from c3fs.objects import codec
 from c3fs.objects.ids import blob_id
@@ -421,6 +422,7 @@ class Ingester:
         """Store files smaller than one chunk: one read, one blob each, stats added once."""
         entries = []
         files = chunks = total = 0
+        verbose = log.isEnabledFor(logging.INFO)  # -v: one line a file
         fds = self._open_small(dir_fd, batch)
         try:
             for i, (name, st) in enumerate(batch):
@@ -432,6 +434,8 @@ class Ingester:
                 chunk_id, size = self._store_chunk(data) if data else (b"", 0)
                 entries.append(Entry(name, FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns,
                                      chunks=chunk_id, sizes=[size] if size else []))
+                if verbose:
+                    log.info("stored %s (%s)", where.display(name), human(size))
                 files, chunks, total = files + 1, chunks + bool(size), total + size
         finally:
             for fd in fds:
@@ -486,6 +490,8 @@ class Ingester:
         except OSError as exc:
             raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
         total = sum(sizes)
+        if log.isEnabledFor(logging.INFO):  # -v: one line a file
+            log.info("stored %s (%s, %d chunks)", where.display(name), human(total), len(ids))
         self.stats.add(files=1, logical_bytes=total, chunks=len(ids))
         self.progress(total)
         return Entry(name, FILE, stat.S_IMODE(st.st_mode), total, st.st_mtime_ns,

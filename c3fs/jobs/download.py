@@ -48,7 +48,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from c3fs.errors import BlobUnavailable, DataError, DestinationError, FormatError, one_line
-from c3fs.fsutil import count, shortened
+from c3fs.fsutil import count, human, shortened
 from c3fs.objects.ids import blob_id, token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
@@ -198,6 +198,7 @@ class Copier:
         if node.kind == LINK:
             _place_link(self.vfs.readlink(node), path, node.mtime_ns)
             self.stats.links += 1
+            log.info("linked %s", node.display)
         elif node.kind == FILE:
             if found is None and not fresh:
                 found = _existing(path)
@@ -206,6 +207,7 @@ class Copier:
                 return
             if found is not None and _unchanged(found, node):
                 self.stats.skipped += 1
+                log.info("unchanged %s", node.display)
                 self.progress(node.size)
                 return
             if found is not None and _write_in_place(found):
@@ -339,6 +341,8 @@ class Copier:
         with self._stats_lock:
             self.stats.files += 1
             self.stats.bytes += node.size
+        if log.isEnabledFor(logging.INFO):  # -v: one line a file
+            log.info("copied %s (%s)", node.display, human(node.size))
 
     def _is_damage(self, exc: BaseException) -> bool:
         """Damaged or missing data met in a directory's copy (not a store that did not

@@ -84,8 +84,15 @@ def parse_size(text: str) -> int:
 
 def default_max_bytes() -> int:
     """The cache limit: $C3FS_DISK_CACHE if set (a size such as 2GiB), else 1 GiB."""
-    text = os.environ.get(SIZE_ENV)
-    return parse_size(text) if text else DEFAULT_MAX_BYTES
+    from c3fs import settings
+
+    setting = settings.get("disk_cache")
+    if setting.source == "default":
+        return DEFAULT_MAX_BYTES
+    try:
+        return parse_size(setting.value or "")
+    except UsageError as exc:
+        raise UsageError(f"{exc} (disk_cache, from {setting.source})") from None
 
 
 @dataclass

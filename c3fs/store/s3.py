@@ -1,8 +1,8 @@
 """The S3-compatible backend: one object per key under `s3://bucket/prefix`, through obstore.
 
-Serves AWS S3, MinIO, Ceph RGW, R2 and GCS's S3 API alike. Configured by the usual AWS
-environment variables: AWS_ENDPOINT_URL (an `http://` endpoint is allowed), AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN and AWS_REGION (default us-east-1).
+Serves AWS S3, MinIO, Ceph RGW, R2 and GCS's S3 API alike. Endpoint (an `http://` one is
+allowed), region and credentials are found as the AWS CLI finds them (`c3fs.store.aws`:
+c3fs settings, AWS_* variables, profiles of ~/.aws, SSO, container and instance roles).
 
 - missing key: `get`/`size` raise KeyMissing; `delete` ignores it. A missing bucket is a
   BackendError naming the bucket, never KeyMissing.
@@ -23,12 +23,12 @@ lost may meet its own object and raise KeyExists.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import blake3
@@ -43,6 +43,8 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from c3fs.preload import cache_dir
+from c3fs.store.aws import DEFAULT_REGION
+from c3fs.store.aws import resolve as resolve_aws
 from c3fs.store.backend import (
     Backend,
     BackendDefaults,
@@ -59,7 +61,6 @@ from c3fs.store.cache import BlockCache
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION = "us-east-1"
 CONNECT_TIMEOUT = 5.0
 # A request must finish within its timeout (obstore has no idle timeout). Most requests are
 # small, and a hung server should cost seconds, not the minutes a big upload may need:
@@ -96,6 +97,8 @@ class S3Backend(BackendDefaults):
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
         session_token: str | None = None,
+        credential_provider: Any = None,
+        credentials_source: str = "",
         connect_timeout: float = CONNECT_TIMEOUT,
         request_timeout: float = REQUEST_TIMEOUT,
         bulk_timeout: float = BULK_TIMEOUT,
@@ -105,6 +108,8 @@ class S3Backend(BackendDefaults):
         self.endpoint = endpoint
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self._secrets = tuple(s for s in (secret_access_key, session_token) if s)
+        self._provider = credential_provider
+        self._credentials_source = credentials_source
         self._bucket_seen = False
         credentials = {
             "access_key_id": access_key_id,
@@ -120,6 +125,7 @@ class S3Backend(BackendDefaults):
                     config={name: value for name, value in config.items() if value},
                     client_options=_client_options(endpoint, connect_timeout, timeout),
                     retry_config={"max_retries": 0, "retry_timeout": timedelta(seconds=timeout)},
+                    credential_provider=credential_provider,
                 )
                 for timeout in (request_timeout, bulk_timeout)
             )
@@ -130,16 +136,14 @@ class S3Backend(BackendDefaults):
 
     @classmethod
     def from_env(cls, bucket: str, prefix: str = "", **kwargs) -> S3Backend:
-        """Settings from the standard AWS environment variables; `kwargs` override them."""
-        env = os.environ.get
-        settings = {
-            "endpoint": env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL") or None,
-            "region": env("AWS_REGION") or env("AWS_DEFAULT_REGION") or DEFAULT_REGION,
-            "access_key_id": env("AWS_ACCESS_KEY_ID") or None,
-            "secret_access_key": env("AWS_SECRET_ACCESS_KEY") or None,
-            "session_token": env("AWS_SESSION_TOKEN") or None,
-        }
-        return cls(bucket, prefix, **{**settings, **kwargs})
+        """Endpoint, region and credentials found as the AWS CLI finds them (`aws.resolve`:
+        c3fs settings, the environment, ~/.aws, SSO, container and instance roles);
+        `kwargs` override them."""
+        names = ("endpoint", "region", "access_key_id", "secret_access_key", "session_token")
+        found = resolve_aws(**{k: kwargs.pop(k) for k in names if k in kwargs})
+        return cls(bucket, prefix, endpoint=found.endpoint, region=found.region,
+                   **(found.credentials or {}), credential_provider=found.provider,
+                   credentials_source=found.source, **kwargs)
 
     # verbs --------------------------------------------------------------------------------
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
@@ -256,13 +260,14 @@ class S3Backend(BackendDefaults):
         return BackendError(f"S3 bucket {self.bucket!r} does not exist at {self.endpoint or 'AWS'}")
 
     def _denied(self, reason: str | int | None) -> str:
-        return (
-            f"S3 at {self.endpoint or 'AWS'} refused access to bucket {self.bucket!r} ({reason}): "
-            "check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN"
-        )
+        check = ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN"
+                 if self._provider is None else f"the credentials of {self._credentials_source}")
+        return (f"S3 at {self.endpoint or 'AWS'} refused access to bucket {self.bucket!r} "
+                f"({reason}): check {check}")
 
     def _scrub(self, message: str) -> str:
-        for secret in self._secrets:
+        provided = self._provider.secrets() if self._provider is not None else ()
+        for secret in self._secrets + provided:
             message = message.replace(secret, "***")
         return message
 
@@ -328,7 +333,8 @@ def open_s3_backend(url: str, cache: bool = True, disk_cache_bytes: int | None =
     or 1 GiB) kept per endpoint, bucket and prefix."""
     bucket, prefix = parse_s3_url(url)
     backend = S3Backend.from_env(bucket, prefix)
-    log.debug("S3 store %s at %s", backend.url, backend.endpoint or "AWS")
+    log.debug("S3 store %s at %s, credentials from %s", backend.url, backend.endpoint or "AWS",
+              backend._credentials_source or "arguments")
     retrying = RetryingBackend(backend, deadline=deadline)
     if not cache:
         return retrying

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +73,7 @@ class Store:
         except KeyMissing:
             if not create:
                 raise StoreError(f"no c3fs store at {backend.url} (a push or a run creates "
-                                 "it; check --store / C3FS_STORE)") from None
+                                 "it; check --store, C3FS_STORE or `store` in the c3fs config)") from None
             return cls._create(backend)
         return cls(backend, _decode_config(raw, backend.url))
 
@@ -219,8 +218,9 @@ def _decode_config(raw: bytes, url: str) -> StoreConfig:
 
 
 def default_store_path() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "c3fs" / "store"
+    from c3fs.settings import defaults
+
+    return Path(defaults()["store"])
 
 
 def open_backend(url: str | None, create: bool = True, *, cache: bool = True,
@@ -229,7 +229,9 @@ def open_backend(url: str | None, create: bool = True, *, cache: bool = True,
     S3 with retries (their requests bounded by `deadline`) under a disk cache of pack blocks
     (`cache`, `disk_cache_bytes`: see `open_s3_backend`); anything else is a local directory
     path (made if missing when `create`)."""
-    url = url or os.environ.get("C3FS_STORE") or str(default_store_path())
+    from c3fs import settings
+
+    url = url or settings.value("store")
     if url.startswith("s3://"):
         from c3fs.store.s3 import open_s3_backend  # obstore: only for S3 stores
 

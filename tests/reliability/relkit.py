@@ -80,7 +80,7 @@ class Site:
         return json.loads(result.out)
 
     def record(self, job: str) -> dict:
-        items = json.loads(self.run("ls", "--json", "/jobs/").ok().out)
+        items = json.loads(self.run("ls", "--json", "/jobs/").ok().out)["entries"]
         return next(item["record"] for item in items if item["name"] == job)
 
     def jobs(self) -> list[str]:

@@ -192,7 +192,7 @@ def run_bounded(site: Site, *args: str | os.PathLike) -> None:
 def listed_jobs(site: Site) -> list[str]:
     result = site.run("ls", "--json", "/jobs/", timeout=TIMEOUT)
     typed(result.code, result.err, ("ls", "--json"))
-    return [item["name"] for item in json.loads(result.out)] if result.code == 0 else []
+    return [item["name"] for item in json.loads(result.out)["entries"]] if result.code == 0 else []
 
 
 def mount_and_read(site: Site, mnt: Path) -> None:

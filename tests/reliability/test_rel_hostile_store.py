@@ -196,11 +196,11 @@ def test_untrusted_text_is_printed_escaped(site: Site) -> None:
     long_jobs = site.run("ls", "-l", "/jobs/").out
     assert "[/bold] \\033[2J\\nnext" in long_jobs, long_jobs
     assert "-> \\033[2J\\n/etc" in site.run("ls", "-l", "/jobs/evil").out
-    items = json.loads(site.run("ls", "--json", "/jobs/evil").out)
+    items = json.loads(site.run("ls", "--json", "/jobs/evil").out)["entries"]
     names = {item["name"] for item in items}
     assert TITLE.decode() + "title" in names and "two\nlines" in names
     assert next(i["target"] for i in items if i["name"] == "link") == (CLEAR + b"\n/etc").decode()
-    record = json.loads(site.run("ls", "--json", "/jobs/").out)
+    record = json.loads(site.run("ls", "--json", "/jobs/").out)["entries"]
     assert next(i for i in record if i["name"] == "marked")["record"]["reason"] == \
         "[/bold] \x1b[2J\nnext"
 
