@@ -6,15 +6,22 @@ path. A `Store` is cheap to share: every `Store` of one URL in a process uses on
 
 Threads: a Store and its files may be used from any thread (a file serialises its own reads,
 as Python's files do). Fork: a process forked from one that opened a Store (a DataLoader's
-workers) opens its own Repo on first use; the parent's LMDB environment, thread pool and
+workers) opens its own Repo on first use. The parent's LMDB environment, thread pool and
 locks are dropped in the child, never used or closed there (closing an inherited LMDB
-environment would free the parent's reader slots).
+environment frees the parent's reader slots). py-lmdb refuses to open the same files again
+while the inherited environment is referenced, so nothing may hold it across the fork: before
+forking, this process's prefetch threads finish (`BlobSource.pause`); code of the user's that
+holds c3fs internals (`Store.repo`) in the forking thread's frames keeps it, and the child's
+first read is then an IndexUnavailable "already open". An s3:// store cannot be read in a
+forked child at all (obstore's runtime does not survive fork): a clear UsageError says to use
+'spawn' or 'forkserver', to which a Store passes by pickling.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -57,11 +64,25 @@ _opened: dict[str, _Opened] = {}
 _live: weakref.WeakSet[Store | _RawFile] = weakref.WeakSet()  # what holds per-process state
 _owner_pid = os.getpid()
 _fork_hook = False
+_s3_forked = False  # this process was forked from one that had loaded the S3 client
+
+
+def _before_fork() -> None:
+    """Let this process's prefetch threads finish: none of them may be holding a Repo when
+    the process forks (see `BlobSource.pause`)."""
+    for opened in list(_opened.values()):
+        opened.repo.blobs.pause()
+
+
+def _after_fork_in_parent() -> None:
+    for opened in list(_opened.values()):
+        opened.repo.blobs.resume()
 
 
 def _after_fork_in_child() -> None:
     """Drop (never close) what the parent opened: the child opens its own on first use."""
-    global _lock, _owner_pid
+    global _lock, _owner_pid, _s3_forked
+    _s3_forked = _s3_forked or "obstore" in sys.modules
     _lock = threading.Lock()  # the parent's may have been held by a thread the child lacks
     _owner_pid = os.getpid()
     _opened.clear()
@@ -69,19 +90,26 @@ def _after_fork_in_child() -> None:
         holder._forget()
 
 
-def _acquire(key: str, url: str | None, create: bool, cache_bytes: int) -> _Opened:
-    """This process's Repo of `key`, opened if needed (called holding `_lock`)."""
+def _acquire(url: str, create: bool, cache_bytes: int) -> _Opened:
+    """This process's Repo of `url`, opened if needed (called holding `_lock`)."""
     global _fork_hook
     if _owner_pid != os.getpid():  # forked without os.fork, whose hook would have run
         _after_fork_in_child()
     if not _fork_hook:  # registered on first use, not at import
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                            after_in_child=_after_fork_in_child)
         _fork_hook = True
-    opened = _opened.get(key)
+    opened = _opened.get(url)
     if opened is None:
         from c3fs.repo import Repo
 
-        opened = _opened[key] = _Opened(Repo.open(url, cache_bytes=cache_bytes, create=create))
+        if _s3_forked and url.startswith("s3://"):
+            raise UsageError(
+                f"{url}: an s3:// store cannot be read in a process forked from one that had "
+                "used S3 (its client's runtime does not survive a fork): start workers with "
+                "'spawn' or 'forkserver' (DataLoader(multiprocessing_context='forkserver')); "
+                "a Store is passed to them by pickling")
+        opened = _opened[url] = _Opened(Repo.open(url, cache_bytes=cache_bytes, create=create))
     opened.users += 1
     return opened
 
@@ -94,18 +122,19 @@ def _release(key: str, opened: _Opened) -> None:
             opened.repo.close()
 
 
-def _store_url(url: str | os.PathLike[str] | None) -> str | None:
-    """`url` as the store layer takes it: file:///p -> /p, a relative path made absolute."""
-    if url is None:
-        return None
-    text = os.fspath(url)
+def _store_url(url: str | os.PathLike[str] | None) -> str:
+    """The store `url` names, as the store layer takes it (None: the CLI's default store;
+    file:///p -> /p; a path made absolute, symlinks resolved: one key per store)."""
+    from c3fs.store.store import store_url
+
+    text = store_url(None if url is None else os.fspath(url))
     if text.startswith("file://"):
         text = text[len("file://"):]
         if not text.startswith("/"):
             raise UsageError(f"store URL {os.fspath(url)!r}: use file:///absolute/path")
     if "://" in text:
         return text
-    return os.path.abspath(text)
+    return os.path.realpath(text)
 
 
 # entries ------------------------------------------------------------------------------------
@@ -152,10 +181,9 @@ class Store:
 
     def __init__(self, url: str | os.PathLike[str] | None = None, *, create: bool | None = None,
                  cache_bytes: int = 128 * MiB) -> None:
-        self.url = _store_url(url)
-        self._create = self.url is None if create is None else create
+        self.url: str = _store_url(url)
+        self._create = url is None if create is None else create
         self._cache_bytes = cache_bytes
-        self._key = self.url or "default:" + os.environ.get("C3FS_STORE", "")
         self._opened: _Opened | None = None
         self._pid = 0
         self._files = 0  # open files: the Repo is released when the last one closes
@@ -186,20 +214,21 @@ class Store:
     def _drop(self) -> None:
         opened, self._opened = self._opened, None
         if opened is not None and self._pid == os.getpid():
-            _release(self._key, opened)
+            _release(self.url, opened)
 
     def _forget(self) -> None:  # in a forked child: the parent's Repo is not ours
         self._opened = None
 
-    def _state(self) -> _Opened:
+    def _state(self, for_file: bool = False) -> _Opened:
+        """This process's Repo of the store; `for_file`: for a file still open on it."""
+        if self.closed and not for_file:
+            raise ValueError("I/O operation on a closed c3fs.Store")
         opened = self._opened
         if opened is not None and self._pid == os.getpid():
             return opened
-        if self.closed:
-            raise ValueError("I/O operation on a closed c3fs.Store")
         with _lock:
             if self._opened is None or self._pid != os.getpid():  # (another thread may have)
-                self._opened = _acquire(self._key, self.url, self._create, self._cache_bytes)
+                self._opened = _acquire(self.url, self._create, self._cache_bytes)
                 self._pid = os.getpid()
             return self._opened
 
@@ -347,7 +376,7 @@ class _RawFile(io.RawIOBase):
     def _read(self, size: int) -> bytes:
         reader = self._reader
         if reader is None or self._pid != os.getpid():
-            reader = self._reader = self._store._state().vfs.open(self._node)
+            reader = self._reader = self._store._state(for_file=True).vfs.open(self._node)
             self._pid = os.getpid()
         try:
             data = reader.read(self._pos, size)
@@ -422,7 +451,7 @@ class File(io.BufferedReader):
         return f"<c3fs.File {self.raw.name!r}>"
 
 
-def _reopen(url: str | None, create: bool, cache_bytes: int) -> Store:
+def _reopen(url: str, create: bool, cache_bytes: int) -> Store:
     return Store(url, create=create, cache_bytes=cache_bytes)
 
 
@@ -436,10 +465,9 @@ def _store(store: Store | str | os.PathLike[str] | None) -> Store:
     if isinstance(store, Store):
         return store
     url = _store_url(store)
-    key = url or "default:" + os.environ.get("C3FS_STORE", "")
-    found = _shared.get(key)
+    found = _shared.get(url)
     if found is None or found.closed:
-        found = _shared[key] = Store(url)
+        found = _shared[url] = Store(url, create=store is None)
     return found
 
 

@@ -223,13 +223,18 @@ def default_store_path() -> Path:
     return Path(base) / "c3fs" / "store"
 
 
+def store_url(url: str | None) -> str:
+    """The store a command uses: `url` (--store), else $C3FS_STORE, else the default path."""
+    return url or os.environ.get("C3FS_STORE") or str(default_store_path())
+
+
 def open_backend(url: str | None, create: bool = True, *, cache: bool = True,
                  disk_cache_bytes: int | None = None, deadline: Deadline | None = None) -> Backend:
     """The whole backend of a store, composed here and only here: `s3://bucket/prefix` ->
     S3 with retries (their requests bounded by `deadline`) under a disk cache of pack blocks
     (`cache`, `disk_cache_bytes`: see `open_s3_backend`); anything else is a local directory
     path (made if missing when `create`)."""
-    url = url or os.environ.get("C3FS_STORE") or str(default_store_path())
+    url = store_url(url)
     if url.startswith("s3://"):
         from c3fs.store.s3 import open_s3_backend  # obstore: only for S3 stores
 
