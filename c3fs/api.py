@@ -205,16 +205,18 @@ class Store:
 
     def close(self) -> None:
         """Release the store (its Repo closes with the last Store and file of its URL)."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._files == 0:
-            self._drop()
-
-    def _drop(self) -> None:
-        opened, self._opened = self._opened, None
-        if opened is not None and self._pid == os.getpid():
+        with _lock:
+            if self.closed:
+                return
+            self.closed = True
+            opened = self._take() if self._files == 0 else None
+        if opened is not None:
             _release(self.url, opened)
+
+    def _take(self) -> _Opened | None:
+        """This process's Repo, given up (called holding `_lock`)."""
+        opened, self._opened = self._opened, None
+        return opened if self._pid == os.getpid() else None
 
     def _forget(self) -> None:  # in a forked child: the parent's Repo is not ours
         self._opened = None
@@ -344,12 +346,15 @@ class Store:
 
     # open files ---------------------------------------------------------------------------
     def _file_opened(self) -> None:
-        self._files += 1
+        with _lock:
+            self._files += 1
 
     def _file_closed(self) -> None:
-        self._files -= 1
-        if self.closed and self._files == 0:
-            self._drop()
+        with _lock:
+            self._files -= 1
+            opened = self._take() if self.closed and self._files == 0 else None
+        if opened is not None:
+            _release(self.url, opened)
 
 
 # files --------------------------------------------------------------------------------------
