@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 MiB = 1024 * 1024
 BUFFER_SIZE = 128 * 1024  # a File's buffer: small reads (headers, pickle opcodes) stay cheap
-READ_STEP = 4 * MiB  # a big readinto is served this much at a time (bounded temporaries)
+READ_STEP = MiB  # big reads go in steps: the reader reads ahead of each (8 chunks) as it goes
 
 
 # one Repo per store URL per process -------------------------------------------------------
@@ -312,10 +312,13 @@ class Store:
         node = self._file_node(path)
         first, last, _ = slice(start, end).indices(node.size)
         reader = self._state().vfs.open(node)
-        try:
-            return reader.read(first, max(last - first, 0))
+        parts = []
+        try:  # in steps: from the second on, the reader reads ahead
+            for at in range(first, last, READ_STEP):
+                parts.append(reader.read(at, min(READ_STEP, last - at)))
         except (DataError, FormatError) as exc:
             raise exc.reading(_join(split_path(path))) from None
+        return b"".join(parts)
 
     # jobs ---------------------------------------------------------------------------------
     def record(self, job: str) -> JobRecord:
