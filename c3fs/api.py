@@ -42,6 +42,7 @@ from c3fs.vfs import Node, Vfs, split_path
 if TYPE_CHECKING:
     from c3fs.jobs.pull import Pulled
     from c3fs.objects.job import JobRecord
+    from c3fs.reader import FileReader
     from c3fs.repo import Repo
 
 MiB = 1024 * 1024
@@ -131,7 +132,7 @@ def _store_url(url: str | os.PathLike[str] | None) -> str:
     if text.startswith("file://"):
         text = text[len("file://"):]
         if not text.startswith("/"):
-            raise UsageError(f"store URL {os.fspath(url)!r}: use file:///absolute/path")
+            raise UsageError(f"store URL file://{text}: use file:///absolute/path")
     if "://" in text:
         return text
     return os.path.realpath(text)
@@ -160,7 +161,8 @@ def _join(parts: tuple[bytes, ...]) -> str:
 
 
 def _info(path: str, node: Node) -> Info:
-    kind = "directory" if node.kind == DIR else "file" if node.kind == FILE else "link"
+    kind: Literal["file", "directory", "link"] = (
+        "directory" if node.kind == DIR else "file" if node.kind == FILE else "link")
     target = _text(node.entry.target) if kind == "link" and node.entry is not None else None
     name = path.rsplit("/", 1)[-1]
     return Info(path, name, kind, node.size, node.mode, node.mtime_ns / 1e9, target)
@@ -372,7 +374,7 @@ class _RawFile(io.RawIOBase):
         self._store = store
         self._node = node
         self._pos = 0
-        self._reader = store._state().vfs.open(node)
+        self._reader: FileReader | None = store._state().vfs.open(node)
         self._reader.start()
         self._pid = os.getpid()
         store._file_opened()
