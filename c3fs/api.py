@@ -36,8 +36,8 @@ from c3fs.errors import (
     NotFound,
     UsageError,
 )
-from c3fs.objects.tree import DIR, FILE
-from c3fs.vfs import Node, Vfs, split_path
+from c3fs.objects.tree import DIR, FILE, LINK
+from c3fs.vfs import MAX_LINKS, Node, Vfs, split_path
 
 if TYPE_CHECKING:
     from c3fs.jobs.pull import Pulled
@@ -168,6 +168,26 @@ def _info(path: str, node: Node) -> Info:
     return Info(path, name, kind, node.size, node.mode, node.mtime_ns / 1e9, target)
 
 
+def _link_target(parts: tuple[bytes, ...], link: Node) -> tuple[bytes, ...]:
+    """The path a symlink of a job's tree at `parts` points to; NotFound if it leaves the
+    job (an absolute target, or `..` above the job's root: never followed out)."""
+    assert link.entry is not None
+    target = link.entry.target
+    job_root = len(parts) - (link.depth - 2)  # the link's canonical path: /jobs/<id>/...
+    if target.startswith(b"/"):
+        raise NotFound(f"{_join(parts)} is a symlink to {_text(target)}, outside the store")
+    result = list(parts[:-1])
+    for name in target.split(b"/"):
+        if name == b"..":
+            if len(result) <= job_root:
+                raise NotFound(f"{_join(parts)} is a symlink to {_text(target)}, outside "
+                               "its job")
+            result.pop()
+        elif name and name != b".":
+            result.append(name)
+    return tuple(result)
+
+
 # the store ----------------------------------------------------------------------------------
 class Store:
     """A c3fs store: a directory path, `file:///path`, `s3://bucket/prefix`, or None for the
@@ -293,7 +313,8 @@ class Store:
     def open(self, path: str, mode: str = "rb", *, buffer_size: int = BUFFER_SIZE) -> File:
         """The file at `path`, read-only and binary (`mode` "rb"): read, readinto, seek,
         tell, as a file opened with `open(path, "rb")`. Chunks are fetched as they are read
-        (never the whole file). IsADirectory for a directory; NotFound if there is none."""
+        (never the whole file). A symlink of the job's tree is followed, never out of the
+        job. IsADirectory for a directory; NotFound if there is none."""
         if mode not in ("rb", "br"):
             raise UsageError(f"c3fs files are read-only and binary: open with mode 'rb', "
                              f"not {mode!r}")
@@ -301,11 +322,19 @@ class Store:
         return File(_RawFile(self, node, _join(split_path(path))), buffer_size)
 
     def _file_node(self, path: str) -> Node:
+        """The regular file at `path`, following symlinks of the job's tree that stay in
+        the job (`best.pt -> ckpt_100.pt`), as a mount would."""
+        parts = split_path(path)
         node = self._resolve(path)
+        for _ in range(MAX_LINKS):
+            if node.kind != LINK or node.entry is None:
+                break
+            parts = _link_target(parts, node)
+            node = self._resolve(b"/" + b"/".join(parts))
         if node.is_dir:
             raise IsADirectory(f"{_join(split_path(path))} is a directory")
         if node.kind != FILE:
-            raise NotFound(f"{_join(split_path(path))} is a symlink, not a regular file")
+            raise NotFound(f"{_join(split_path(path))}: too many levels of symbolic links")
         return node
 
     def read_bytes(self, path: str, start: int | None = None, end: int | None = None) -> bytes:

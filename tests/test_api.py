@@ -63,6 +63,11 @@ def _outputs(root: Path) -> Path:
         zf.writestr("model/data.pkl", pickle.dumps({"weights": ARRAY[:3].tolist(), "step": 7}))
     write_file(src / "state.pkl", pickle.dumps({"epoch": 3, "tensor": ARRAY}, protocol=2))
     os.symlink("m.csv", src / "link.csv")
+    (src / "links").mkdir()
+    for name, target in [("up", "../sub/big.bin"), ("abs", "/etc/passwd"),
+                         ("escape", "../../../../etc/passwd"), ("loop1", "loop2"),
+                         ("loop2", "loop1"), ("chain", "up")]:
+        os.symlink(target, src / "links" / name)
     return src
 
 
@@ -101,7 +106,8 @@ def test_push_returns_the_record_and_ls_lists_it(store: c3fs.Store) -> None:
     assert c3fs.ls(store, "/jobs/") == ["/jobs/job_a"]
     assert store.ls("/projects/vision/jobs/job_a") == [
         f"/projects/vision/jobs/job_a/{n}"
-        for n in ("array.npy", "link.csv", "m.csv", "model.zip", "plot.png", "state.pkl", "sub")]
+        for n in ("array.npy", "link.csv", "links", "m.csv", "model.zip", "plot.png", "state.pkl",
+                  "sub")]
     assert store.ls("/jobs/job_a/m.csv") == ["/jobs/job_a/m.csv"]  # a file lists itself
     sub, = [i for i in store.ls("/jobs/job_a", detail=True) if i.name == "sub"]
     assert (sub.type, sub.path, sub.mode) == ("directory", "/jobs/job_a/sub", 0o755)
@@ -173,13 +179,18 @@ def test_bad_input_gets_typed_errors(store: c3fs.Store, store_env, tmp_path: Pat
         ("/jobs/job_a/missing.csv", NotFound, "no such file"),
         ("/jobs/job_a/../../etc/passwd", NotFound, "'..' is not allowed"),
         ("/etc/passwd", NotFound, "/etc: no such file"),
-        ("/jobs/job_a/link.csv", NotFound, "symlink"),
+        ("/jobs/job_a/links/abs", NotFound, "symlink to /etc/passwd, outside the store"),
+        ("/jobs/job_a/links/escape", NotFound, "outside its job"),
+        ("/jobs/job_a/links/loop1", NotFound, "too many levels of symbolic links"),
         ("/jobs/job_a/m.csv/x", C3fsError, "not a directory"),
         ("/jobs/bad id!/x", NotFound, "no job"),
     ]
     for path, error, text in cases:
         with pytest.raises(error, match=text.replace("(", r"\(")):
             store.open(path)
+    with store.open("/projects/vision/jobs/job_a/link.csv") as f:  # a link in the job: followed
+        assert f.read() == b"step,loss\n1,0.5\n2,0.25\n"
+    assert store.read_bytes("/jobs/job_a/links/chain", 0, 100) == BIG[:100]
     with pytest.raises(UsageError, match="read-only"):
         store.open("/jobs/job_a/m.csv", "wb")
     with pytest.raises(AlreadyExists):
