@@ -65,7 +65,8 @@ _opened: dict[str, _Opened] = {}
 _live: weakref.WeakSet[Store | _RawFile] = weakref.WeakSet()  # what holds per-process state
 _owner_pid = os.getpid()
 _fork_hook = False
-_s3_forked = False  # this process was forked from one that had loaded the S3 client
+_forked = False  # this process was forked from one that had opened a Store
+_s3_forked = False  # ... and had loaded the S3 client
 
 
 def _before_fork() -> None:
@@ -82,7 +83,8 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     """Drop (never close) what the parent opened: the child opens its own on first use."""
-    global _lock, _owner_pid, _s3_forked
+    global _lock, _owner_pid, _forked, _s3_forked
+    _forked = True
     _s3_forked = _s3_forked or "obstore" in sys.modules
     _lock = threading.Lock()  # the parent's may have been held by a thread the child lacks
     _owner_pid = os.getpid()
@@ -102,17 +104,30 @@ def _acquire(url: str, create: bool, cache_bytes: int) -> _Opened:
         _fork_hook = True
     opened = _opened.get(url)
     if opened is None:
-        from c3fs.repo import Repo
-
         if _s3_forked and url.startswith("s3://"):
             raise UsageError(
                 f"{url}: an s3:// store cannot be read in a process forked from one that had "
                 "used S3 (its client's runtime does not survive a fork): start workers with "
                 "'spawn' or 'forkserver' (DataLoader(multiprocessing_context='forkserver')); "
                 "a Store is passed to them by pickling")
-        opened = _opened[url] = _Opened(Repo.open(url, cache_bytes=cache_bytes, create=create))
+        opened = _opened[url] = _Opened(_open_repo(url, create, cache_bytes))
     opened.users += 1
     return opened
+
+
+def _open_repo(url: str, create: bool, cache_bytes: int) -> Repo:
+    from c3fs.index import IndexUnavailable
+    from c3fs.repo import Repo
+
+    try:
+        return Repo.open(url, cache_bytes=cache_bytes, create=create)
+    except IndexUnavailable as exc:
+        if not _forked or "already open" not in str(exc):
+            raise
+        raise IndexUnavailable(
+            f"{exc}: this process was forked from one using the store, and something here "
+            "still holds the parent's index (Store.repo, a Repo or a reader kept in a "
+            "variable); keep only c3fs.Store and c3fs.File objects across a fork") from None
 
 
 def _release(key: str, opened: _Opened) -> None:

@@ -362,6 +362,32 @@ def test_forked_workers_read_through_the_parents_store(store: c3fs.Store, worker
         _inherited = _inherited_file = _holding = None
 
 
+_kept: object = None  # what a user's code might keep: the parent's internals
+
+
+def _worker_read_keeping_internals(path: str) -> str:
+    assert _inherited is not None
+    try:
+        with _inherited.open(path) as f:
+            return f.read().decode()
+    except c3fs.errors.StoreError as exc:
+        return str(exc)
+
+
+def test_internals_kept_across_a_fork_are_named(store: c3fs.Store) -> None:
+    """The one case a forked child cannot open its index: the parent's, still referenced
+    there, may not be opened twice. The error says so and what to keep instead."""
+    global _inherited, _kept
+    _inherited, _kept = store, store.repo
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            message, = pool.map(_worker_read_keeping_internals, ["/jobs/job_a/m.csv"])
+    finally:
+        _inherited = _kept = None
+    assert "already open in this process" in message
+    assert "keep only c3fs.Store and c3fs.File objects across a fork" in message
+
+
 def _spawned_read(store: c3fs.Store, path: str) -> str:
     with store.open(path) as f:
         return hashlib.sha256(f.read()).hexdigest()
