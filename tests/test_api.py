@@ -12,10 +12,10 @@ import pickle
 import re
 import subprocess
 import sys
-import threading
 import tracemalloc
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -246,30 +246,22 @@ def test_stores_of_one_url_share_one_repo(store_env, store: c3fs.Store) -> None:
 def test_threads_read_through_one_store(store: c3fs.Store) -> None:
     files = {"/jobs/job_a/sub/big.bin": BIG, "/projects/vision/jobs/job_a/m.csv":
              b"step,loss\n1,0.5\n2,0.25\n"}
-    errors: list[BaseException] = []
 
     def work(seed: int) -> None:
         rng = np.random.default_rng(seed)
-        try:
-            for _ in range(40):
-                path = list(files)[int(rng.integers(2))]
-                want = files[path]
-                start = int(rng.integers(len(want)))
-                size = int(rng.integers(1, 400 * KiB))
-                with store.open(path) as f:
-                    f.seek(start)
-                    assert f.read(size) == want[start:start + size]
-                assert store.read_bytes(path, start, start + size) == want[start:start + size]
-            assert store.ls("/jobs") == ["/jobs/job_a"]
-        except BaseException as exc:  # noqa: BLE001 (reported below)
-            errors.append(exc)
+        for _ in range(40):
+            path = list(files)[int(rng.integers(2))]
+            want = files[path]
+            start = int(rng.integers(len(want)))
+            size = int(rng.integers(1, 400 * KiB))
+            with store.open(path) as f:
+                f.seek(start)
+                assert f.read(size) == want[start:start + size]
+            assert store.read_bytes(path, start, start + size) == want[start:start + size]
+        assert store.ls("/jobs") == ["/jobs/job_a"]
 
-    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors[0]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))  # re-raises a thread's failure
 
 
 def test_threads_share_one_file_object(store: c3fs.Store) -> None:
@@ -278,15 +270,12 @@ def test_threads_share_one_file_object(store: c3fs.Store) -> None:
     pieces: list[bytes] = []
     step = 64 * KiB
     with store.open("/jobs/job_a/sub/big.bin") as shared:
-        def work() -> None:
+        def work(_: int) -> None:
             while piece := shared.read(step):
                 pieces.append(piece)
 
-        threads = [threading.Thread(target=work) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(work, range(6)))
     assert sorted(pieces) == sorted(BIG[at:at + step] for at in range(0, len(BIG), step))
 
 

@@ -117,18 +117,15 @@ def test_open_and_cat_file_ranges(fs: C3fsFileSystem) -> None:
 
 
 def test_errors_are_the_oserrors_fsspec_users_expect(fs: C3fsFileSystem) -> None:
-    with pytest.raises(FileNotFoundError):
-        fs.open("/jobs/job_nope/m.csv")
-    with pytest.raises(FileNotFoundError):
-        fs.info("/jobs/job_f/nope.csv")
-    with pytest.raises(FileNotFoundError):
-        fs.cat_file("/jobs/job_f/../../etc/passwd")
-    with pytest.raises(FileNotFoundError):
-        fs.ls("/etc")
-    with pytest.raises(IsADirectoryError):
-        fs.open("/jobs/job_f/table")
-    with pytest.raises(NotADirectoryError):
-        fs.ls("/jobs/job_f/m.csv/x")
+    cases = [(fs.open, "/jobs/job_nope/m.csv", FileNotFoundError),
+             (fs.info, "/jobs/job_f/nope.csv", FileNotFoundError),
+             (fs.cat_file, "/jobs/job_f/../../etc/passwd", FileNotFoundError),
+             (fs.ls, "/etc", FileNotFoundError),
+             (fs.open, "/jobs/job_f/table", IsADirectoryError),
+             (fs.ls, "/jobs/job_f/m.csv/x", NotADirectoryError)]
+    for call, path, error in cases:
+        with pytest.raises(error):
+            call(path)
     for write in (lambda: fs.open("/jobs/job_f/new.csv", "wb"), lambda: fs.rm("/jobs/job_f"),
                   lambda: fs.pipe_file("/jobs/job_f/x", b"x"), lambda: fs.mkdir("/jobs/x")):
         with pytest.raises(OSError) as caught:
