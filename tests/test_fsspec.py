@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import json
+import multiprocessing
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -166,6 +167,30 @@ def test_pyarrow_reads_a_dataset_through_c3fs(fs: C3fsFileSystem) -> None:
     assert whole.num_rows == 30 and sorted(whole.column("step").to_pylist()) == list(range(30))
     filtered = dataset.to_table(filter=ds.field("step") >= 25)
     assert sorted(filtered.column("step").to_pylist()) == list(range(25, 30))
+
+
+_parent_fs: C3fsFileSystem | None = None  # inherited by forked workers (a global: see test_api)
+
+
+def _worker_reads(path: str) -> tuple[bytes, list[float]]:
+    """In a forked worker: the parent's filesystem object, and pandas making its own."""
+    assert _parent_fs is not None
+    head = _parent_fs.cat_file(path, 0, 9)
+    frame = pd.read_csv(f"c3fs://{path}", storage_options={"store": _parent_fs.store.url})
+    return head, frame["loss"].tolist()
+
+
+def test_forked_workers_read_through_fsspec(fs: C3fsFileSystem) -> None:
+    global _parent_fs
+    _parent_fs = fs
+    assert fs.cat_file("/jobs/job_f/m.csv", 0, 4) == b"step"  # the parent has read
+    try:
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            results = pool.map(_worker_reads, ["/jobs/job_f/m.csv"] * 4)
+    finally:
+        _parent_fs = None
+    assert results == [(b"step,loss", [0.5, 0.25, 0.125])] * 4
+    assert fs.cat_file("/jobs/job_f/m.csv", 0, 4) == b"step"
 
 
 def test_a_filesystem_pickles_for_workers(fs: C3fsFileSystem) -> None:
