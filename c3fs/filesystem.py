@@ -85,15 +85,20 @@ class C3fsFileSystem(AbstractFileSystem):
 
     def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False,
              detail: bool = False, **kwargs: Any) -> Any:
-        """As fsspec's, in one walk of the namespace (links are listed, not followed)."""
+        """As fsspec's, in one walk of the namespace (links are listed, not followed); a
+        path that is not there finds nothing (so `glob` of it is empty), as in fsspec."""
         path = self._strip_protocol(path)
         if maxdepth is not None and maxdepth < 1:
             raise ValueError("maxdepth must be at least 1")
         found: dict[str, dict[str, Any]] = {}
         with _os_errors(path):
-            for info in self.store.walk(path, maxdepth):
-                if withdirs or info.type != "directory":
-                    found[info.path] = _entry(info)
+            try:
+                for info in self.store.walk(path, maxdepth):
+                    if withdirs or info.type != "directory":
+                        found[info.path] = _entry(info)
+            except (NotFound, NotADirectory):
+                if found:  # gone during the walk (a job removed): not "nothing there"
+                    raise
         names = sorted(found)
         return {name: found[name] for name in names} if detail else names
 

@@ -90,6 +90,7 @@ def test_ls_info_find_glob(fs: C3fsFileSystem) -> None:
     assert fs.find("/jobs/job_f/table") == [f"/jobs/job_f/table/part-{i}.parquet" for i in range(3)]
     assert fs.find("/jobs", maxdepth=1, withdirs=True) == ["/jobs", "/jobs/job_f"]
     assert fs.find("/jobs/job_f/m.csv") == ["/jobs/job_f/m.csv"]
+    assert fs.find("/jobs/job_nope") == [] and fs.glob("/jobs/job_nope/*.csv") == []
     assert fs.glob("c3fs:///projects/*/jobs/*/*.csv") == ["/projects/vision/jobs/job_f/m.csv"]
     assert fs.glob("/jobs/job_f/**/*.parquet") == [
         f"/jobs/job_f/table/part-{i}.parquet" for i in range(3)]
