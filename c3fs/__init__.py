@@ -28,14 +28,15 @@ _API = {"File", "Info", "Store", "info", "ls", "open", "pull", "push"}
 
 
 def __getattr__(name: str):
+    # import_module, not `from c3fs import ...`: that asks this function again (recursion)
     if name in _API:
-        from c3fs import api
+        from importlib import import_module
 
-        return getattr(api, name)
+        return getattr(import_module("c3fs.api"), name)
     if name == "errors":
-        from c3fs import errors
+        from importlib import import_module
 
-        return errors
+        return import_module("c3fs.errors")
     raise AttributeError(f"module 'c3fs' has no attribute {name!r}")
 
 

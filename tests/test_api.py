@@ -83,9 +83,11 @@ def test_import_c3fs_loads_nothing_else() -> None:
             "or m in ('lmdb', 'fsspec', 'msgspec', 'obstore', 'typing')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['c3fs']"
-    code = "import c3fs; print(c3fs.Store.__module__, c3fs.errors.NotFound.__name__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["c3fs.api", "NotFound"]
+    for code in ("import c3fs; print(c3fs.errors.NotFound.__name__, c3fs.Store.__module__)",
+                 "import c3fs; print(c3fs.open.__module__, c3fs.errors.__name__)",
+                 "from c3fs import errors, Store; print(errors.__name__, Store.__name__)"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0 and len(out.stdout.split()) == 2, out.stderr[-500:]
 
 
 def test_public_names_are_documented() -> None:
