@@ -44,10 +44,20 @@ class BlobSource:
         self.cache_bytes = cache_bytes
         self._cache: LRU[bytes, bytes] = LRU(cache_bytes, weigh=len)
         self._fetches: SingleFlight[bytes, bytes] = SingleFlight()
+        self._workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-fetch")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def pause(self) -> None:
+        """Drop queued prefetches and wait for those in flight (before a fork: a thread that
+        holds this source when the process forks leaves its references in the child, where
+        they keep the parent's LMDB environment from being let go). `resume` after."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def resume(self) -> None:
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="c3fs-fetch")
 
     def get(self, blob_id: bytes, remember: bool = True) -> bytes:
         """Verified plain bytes of `blob_id`; BlobMissing / BlobCorrupt, never wrong bytes.
@@ -75,7 +85,10 @@ class BlobSource:
         """Start fetching blobs not yet cached or in flight, in worker threads."""
         for blob_id in blob_ids:
             if blob_id not in self._cache and blob_id not in self._fetches:
-                self._pool.submit(self._quiet_get, blob_id)
+                try:
+                    self._pool.submit(self._quiet_get, blob_id)
+                except RuntimeError:  # closed, or paused for a fork: a prefetch is optional
+                    return
 
     def _quiet_get(self, blob_id: bytes) -> None:
         try:

@@ -217,10 +217,12 @@ def _decode_config(raw: bytes, url: str) -> StoreConfig:
         raise StoreError(f"{url}: the store config is damaged: {exc}") from None
 
 
-def default_store_path() -> Path:
-    from c3fs.settings import defaults
+def store_url(url: str | None) -> str:
+    """The store a command uses: `url` (--store), else $C3FS_STORE, else the config file's,
+    else the default path (`c3fs.settings`)."""
+    from c3fs import settings
 
-    return Path(defaults()["store"])
+    return url or settings.value("store")
 
 
 def open_backend(url: str | None, create: bool = True, *, cache: bool = True,
@@ -229,9 +231,7 @@ def open_backend(url: str | None, create: bool = True, *, cache: bool = True,
     S3 with retries (their requests bounded by `deadline`) under a disk cache of pack blocks
     (`cache`, `disk_cache_bytes`: see `open_s3_backend`); anything else is a local directory
     path (made if missing when `create`)."""
-    from c3fs import settings
-
-    url = url or settings.value("store")
+    url = store_url(url)
     if url.startswith("s3://"):
         from c3fs.store.s3 import open_s3_backend  # obstore: only for S3 stores
 
