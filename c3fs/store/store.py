@@ -18,7 +18,6 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 
