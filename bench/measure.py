@@ -1,4 +1,5 @@
-"""Measuring primitives: cold caches, timed commands with peak RSS, FUSE mounts, sizes, stats."""
+"""Measuring primitives: cold caches, timed commands with peak RSS and CPU time, FUSE mounts,
+sizes, stats."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Timed:
     seconds: float
     peak_rss: int
     stdout: str
+    cpu: float = 0.0  # user + system seconds of the process and every descendant it reaped
 
 
 # caches -------------------------------------------------------------------------------------------
@@ -61,10 +63,17 @@ def drop_caches() -> bool:
 
 # peak RSS of a process tree -----------------------------------------------------------------------
 class RssPoller:
-    """Polls the summed RSS of a process and its descendants every `interval` seconds."""
+    """Polls a process and its descendants every `interval` seconds: `peak` is the larger of
+    the highest summed RSS seen and the highest peak (VmHWM) of any one of them.
+
+    VmHWM is the kernel's high-water mark of a process's own memory since its exec, so a
+    short spike between two polls still counts. The kernel's `ru_maxrss` is not used: it
+    includes the RSS of the parent copied at fork (a child of a 300 MiB harness reports at
+    least 300 MiB, `true` included)."""
 
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
+        self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,7 +86,10 @@ class RssPoller:
         self._thread.join()
 
     def sample(self) -> None:
-        self.peak = max(self.peak, tree_rss(self.pid))
+        total, hwm = _tree_memory(self.pid)
+        if total:
+            self.samples += 1
+        self.peak = max(self.peak, total, hwm)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -85,21 +97,57 @@ class RssPoller:
             self._stop.wait(self.interval)
 
 
-def tree_rss(pid: int) -> int:
+def _tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    return _tree_memory(pid)[0]
+
+
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(summed RSS, largest VmHWM) of `pid` and its descendants, in bytes."""
+    total = hwm = 0
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
+        hwm = max(hwm, _vm_hwm(proc.pid))
+    return total, hwm
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds so far of `pid` (all its threads) and its live descendants,
+    plus the children they reaped (for a daemon left running: read it before and after)."""
+    total = 0.0
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
+def _cpu(usage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_timed(cmd: Command, timeout: float = 3600) -> Timed:
-    """Run `cmd`, return wall seconds, peak RSS (polled tree sum or the kernel's maxrss) and stdout."""
+    """Run `cmd`, return wall seconds, peak RSS (`RssPoller`), stdout and CPU seconds (user +
+    system of the process and every descendant it waited for, from `wait4`)."""
     env = {**os.environ, **(cmd.env or {})}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE,
@@ -111,7 +159,9 @@ def run_timed(cmd: Command, timeout: float = 3600) -> Timed:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {_tail(err)}")
-    return Timed(seconds, max(poller.peak, usage.ru_maxrss * 1024), out.decode(errors="replace"))
+    # a process gone before the first poll (a few ms) has only ru_maxrss, an upper bound
+    peak = poller.peak if poller.samples else usage.ru_maxrss * 1024
+    return Timed(seconds, peak, out.decode(errors="replace"), _cpu(usage))
 
 
 def _communicate(proc: subprocess.Popen, stdin: bytes | None, timeout: float) -> tuple[bytes, bytes]:
@@ -149,15 +199,34 @@ def _tail(stderr: bytes, lines: int = 3) -> str:
 # reading ------------------------------------------------------------------------------------------
 def cat_files(root: Path, relpaths: Sequence[str]) -> float:
     """`cat` every file (in order, batched by xargs) to /dev/null; return wall seconds."""
+    return cat_files_timed(root, relpaths)[0]
+
+
+def cat_files_timed(root: Path, relpaths: Sequence[str]) -> tuple[float, float]:
+    """`cat_files`, also returning the CPU seconds of xargs and its cats (`wait4`)."""
     names = b"\0".join(p.encode() for p in relpaths)
     start = time.perf_counter()
     with open(os.devnull, "wb") as null:
-        proc = subprocess.run(["xargs", "-0", "cat"], cwd=root, input=names, stdout=null,
-                              stderr=subprocess.PIPE)
+        proc = subprocess.Popen(["xargs", "-0", "cat"], cwd=root, stdin=subprocess.PIPE,
+                                stdout=null, stderr=subprocess.PIPE)
+        _, err = _communicate_in(proc, names)
+        _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise StepFailed(f"cat under {root} failed: {_tail(proc.stderr)}")
-    return seconds
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StepFailed(f"cat under {root} failed: {_tail(err)}")
+    return seconds, _cpu(usage)
+
+
+def _communicate_in(proc: subprocess.Popen, data: bytes) -> tuple[bytes, bytes]:
+    """Write `data` to stdin, read stderr; leaves the child unreaped (for wait4)."""
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.write(data)
+    proc.stdin.close()
+    reader.join()
+    return b"", b"".join(err)
 
 
 def ls_lr(root: Path) -> float:
@@ -194,10 +263,23 @@ class Mount:
     started: float
     daemon_pid: int | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    searched: bool = field(default=False, repr=False)
 
     def poller(self) -> RssPoller | contextlib.nullcontext:
-        pid = self.daemon_pid or find_daemon(self.mountpoint)
+        pid = self.pid()
         return RssPoller(pid, interval=0.05) if pid else contextlib.nullcontext()
+
+    def pid(self) -> int | None:
+        """The daemon's pid (found by its mountpoint once, if it backgrounded itself)."""
+        if self.daemon_pid is None and not self.searched:
+            self.searched = True
+            self.daemon_pid = find_daemon(self.mountpoint)
+        return self.daemon_pid
+
+    def cpu(self) -> float:
+        """CPU seconds the daemon has used so far (0 without one: native disk)."""
+        pid = self.pid()
+        return tree_cpu(pid) if pid else 0.0
 
 
 def find_daemon(mountpoint: Path) -> int | None:
