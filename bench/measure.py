@@ -4,10 +4,12 @@ sizes, stats."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -67,13 +69,12 @@ class RssPoller:
     the highest summed RSS seen and the highest peak (VmHWM) of any one of them.
 
     VmHWM is the kernel's high-water mark of a process's own memory since its exec, so a
-    short spike between two polls still counts. The kernel's `ru_maxrss` is not used: it
-    includes the RSS of the parent copied at fork (a child of a 300 MiB harness reports at
-    least 300 MiB, `true` included)."""
+    short spike between two polls still counts (a process that ends between two polls is
+    not seen: `run_timed` adds GNU time's figure)."""
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+    def __init__(self, pid: int, interval: float = 0.02, skip_root: bool = False) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
-        self.samples = 0
+        self.skip_root = skip_root  # count only its descendants (`pid` is a wrapper)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -86,9 +87,7 @@ class RssPoller:
         self._thread.join()
 
     def sample(self) -> None:
-        total, hwm = _tree_memory(self.pid)
-        if total:
-            self.samples += 1
+        total, hwm = _tree_memory(self.pid, self.skip_root)
         self.peak = max(self.peak, total, hwm)
 
     def _run(self) -> None:
@@ -97,22 +96,23 @@ class RssPoller:
             self._stop.wait(self.interval)
 
 
-def _tree(pid: int) -> list[psutil.Process]:
+def _tree(pid: int, skip_root: bool = False) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
+        children = root.children(recursive=True)
     except psutil.Error:
         return []
+    return children if skip_root else [root, *children]
 
 
 def tree_rss(pid: int) -> int:
     return _tree_memory(pid)[0]
 
 
-def _tree_memory(pid: int) -> tuple[int, int]:
+def _tree_memory(pid: int, skip_root: bool = False) -> tuple[int, int]:
     """(summed RSS, largest VmHWM) of `pid` and its descendants, in bytes."""
     total = hwm = 0
-    for proc in _tree(pid):
+    for proc in _tree(pid, skip_root):
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
         hwm = max(hwm, _vm_hwm(proc.pid))
@@ -146,22 +146,51 @@ def _cpu(usage) -> float:
 
 
 def run_timed(cmd: Command, timeout: float = 3600) -> Timed:
-    """Run `cmd`, return wall seconds, peak RSS (`RssPoller`), stdout and CPU seconds (user +
-    system of the process and every descendant it waited for, from `wait4`)."""
+    """Run `cmd`, return wall seconds, peak RSS, stdout and CPU seconds (user + system of the
+    process and every descendant it waited for, from `wait4`).
+
+    The peak RSS is the larger of `RssPoller`'s figure and the kernel's `ru_maxrss` of the
+    largest process, taken under GNU time (`/usr/bin/time`, package `time`): a small process
+    of its own that forks the command, so the command's ru_maxrss starts from time's ~1 MiB,
+    not from the harness's RSS (which a child of the harness inherits at fork: `true` run
+    from a 300 MiB harness reports 316 MiB). Without GNU time, only the polled figure."""
     env = {**os.environ, **(cmd.env or {})}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.PIPE)
-    with RssPoller(proc.pid) as poller:
-        out, err = _communicate(proc, cmd.stdin, timeout)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {_tail(err)}")
-    # a process gone before the first poll (a few ms) has only ru_maxrss, an upper bound
-    peak = poller.peak if poller.samples else usage.ru_maxrss * 1024
-    return Timed(seconds, peak, out.decode(errors="replace"), _cpu(usage))
+    wrapper = _gnu_time()
+    with contextlib.ExitStack() as stack:
+        argv = cmd.argv
+        if wrapper:
+            stats = stack.enter_context(tempfile.NamedTemporaryFile("r", prefix="bench-time-"))
+            argv = [wrapper, "-f", "%M", "-o", stats.name, *cmd.argv]
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.PIPE)
+        with RssPoller(proc.pid, skip_root=bool(wrapper)) as poller:
+            out, err = _communicate(proc, cmd.stdin, timeout)
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {_tail(err)}")
+        largest = _max_rss_kib(stats.read()) * 1024 if wrapper else 0
+    return Timed(seconds, max(poller.peak, largest), out.decode(errors="replace"), _cpu(usage))
+
+
+@functools.cache
+def _gnu_time() -> str | None:
+    path = "/usr/bin/time"
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if "GNU" in proc.stdout + proc.stderr else None
+
+
+def _max_rss_kib(text: str) -> int:
+    """GNU time's %M (KiB): the last line that is a number (it may write a note before)."""
+    for line in reversed(text.splitlines()):
+        if line.strip().isdigit():
+            return int(line)
+    return 0
 
 
 def _communicate(proc: subprocess.Popen, stdin: bytes | None, timeout: float) -> tuple[bytes, bytes]:
