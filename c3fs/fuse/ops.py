@@ -333,11 +333,12 @@ class Operations(pyfuse3.Operations):
         return found
 
     @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         reader = (await self._file(fh)).reader
-        data = reader.read_cached(off, size)  # chunks in memory: no thread round trip
+        # chunks in memory: no thread round trip; a view, not a copy (pyfuse3 takes any buffer)
+        data = reader.read_cached(off, size, view=True)
         if data is None:
-            data = await self._thread(reader.read, off, size)
+            data = await self._thread(reader.read, off, size, True)
         return data
 
     @handler

@@ -182,12 +182,15 @@ class FileReader:
         read)."""
         self.blobs.prefetch(self.ids[:chunks])
 
-    def read(self, offset: int, size: int) -> bytes:
-        return self._read(offset, size, self._fetch)
+    def read(self, offset: int, size: int, view: bool = False) -> bytes | memoryview:
+        """Bytes `offset` to `offset + size` (fewer at the end). `view`: a range inside one
+        chunk comes as a memoryview of the decoded chunk instead of a copy (the mount's
+        replies: the kernel copies them once more anyway)."""
+        return self._read(offset, size, self._fetch, view)
 
-    def read_cached(self, offset: int, size: int) -> bytes | None:
+    def read_cached(self, offset: int, size: int, view: bool = False) -> bytes | memoryview | None:
         """`read` from cached chunks only: None as soon as one is not cached (never blocks)."""
-        return self._read(offset, size, self.blobs.peek)
+        return self._read(offset, size, self.blobs.peek, view)
 
     def chunk(self, i: int) -> bytes:
         """The verified bytes of chunk `i` (starting at `starts[i]`), as many as the tree says."""
@@ -200,7 +203,8 @@ class FileReader:
                 return data
         return self.blobs.get(chunk_id, self._remember)
 
-    def _read(self, offset: int, size: int, get: Callable[[bytes], bytes | None]) -> bytes | None:
+    def _read(self, offset: int, size: int, get: Callable[[bytes], bytes | None],
+              view: bool = False) -> bytes | memoryview | None:
         end = min(offset + size, self.size)
         if offset >= end:
             return b""
@@ -217,7 +221,9 @@ class FileReader:
             self.check(i, data)
             lo = max(offset - self.starts[i], 0)
             hi = min(end - self.starts[i], len(data))
-            parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
+            whole = lo == 0 and hi == len(data)
+            parts.append(data if whole else memoryview(data)[lo:hi] if view or last > first
+                         else data[lo:hi])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def check(self, i: int, data: bytes) -> bytes:
