@@ -31,6 +31,7 @@ def test_peak_rss_is_not_the_harness(argv: list[str]) -> None:
     assert len(held) == 300 * MiB
 
 
+@pytest.mark.skipif(measure._gnu_time() is None, reason="needs GNU time (/usr/bin/time)")
 def test_peak_rss_sees_the_child() -> None:
     """A child that touches 120 MiB and exits at once (no poll may catch it) is still seen."""
     code = "b = bytearray(120 << 20); b[::4096] = b'x' * len(b[::4096])"
