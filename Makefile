@@ -47,10 +47,11 @@ $(VENV)/.installed: pyproject.toml $(LOCK) $(BUILD_LOCK) $(PYFUSE3_PATCHES) | sy
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# pyfuse3 from its source release with two patches (patches/README.md): reads of files
-# opened without an OPEN request (FUSE_NO_OPEN_SUPPORT) are handed the inode, and its version
-# is a constant instead of an importlib.metadata lookup. c3fs also runs on a stock pyfuse3,
-# with one OPEN and one RELEASE request per file opened.
+# pyfuse3 from its source release with three patches (patches/README.md): reads of files
+# opened without an OPEN request (FUSE_NO_OPEN_SUPPORT) are handed the inode, its version
+# is a constant instead of an importlib.metadata lookup, and a READ's reply may be a list of
+# buffers (sent with writev, without the GIL). c3fs also runs on a stock pyfuse3, with one
+# OPEN and one RELEASE request per file opened and each READ's pieces joined.
 pyfuse3:
 	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
 	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(PYFUSE3_BUILD) pyfuse3==$(PYFUSE3)

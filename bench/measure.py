@@ -1,12 +1,15 @@
-"""Measuring primitives: cold caches, timed commands with peak RSS, FUSE mounts, sizes, stats."""
+"""Measuring primitives: cold caches, timed commands with peak RSS and CPU time, FUSE mounts,
+sizes, stats."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -46,6 +49,7 @@ class Timed:
     seconds: float
     peak_rss: int
     stdout: str
+    cpu: float = 0.0  # user + system seconds of the process and every descendant it reaped
 
 
 # caches -------------------------------------------------------------------------------------------
@@ -61,10 +65,16 @@ def drop_caches() -> bool:
 
 # peak RSS of a process tree -----------------------------------------------------------------------
 class RssPoller:
-    """Polls the summed RSS of a process and its descendants every `interval` seconds."""
+    """Polls a process and its descendants every `interval` seconds: `peak` is the larger of
+    the highest summed RSS seen and the highest peak (VmHWM) of any one of them.
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+    VmHWM is the kernel's high-water mark of a process's own memory since its exec, so a
+    short spike between two polls still counts (a process that ends between two polls is
+    not seen: `run_timed` adds GNU time's figure)."""
+
+    def __init__(self, pid: int, interval: float = 0.02, skip_root: bool = False) -> None:
         self.pid, self.interval, self.peak = pid, interval, 0
+        self.skip_root = skip_root  # count only its descendants (`pid` is a wrapper)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,7 +87,8 @@ class RssPoller:
         self._thread.join()
 
     def sample(self) -> None:
-        self.peak = max(self.peak, tree_rss(self.pid))
+        total, hwm = _tree_memory(self.pid, self.skip_root)
+        self.peak = max(self.peak, total, hwm)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -85,33 +96,101 @@ class RssPoller:
             self._stop.wait(self.interval)
 
 
-def tree_rss(pid: int) -> int:
+def _tree(pid: int, skip_root: bool = False) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        children = root.children(recursive=True)
     except psutil.Error:
-        return 0
-    total = 0
-    for proc in procs:
+        return []
+    return children if skip_root else [root, *children]
+
+
+def tree_rss(pid: int) -> int:
+    return _tree_memory(pid)[0]
+
+
+def _tree_memory(pid: int, skip_root: bool = False) -> tuple[int, int]:
+    """(summed RSS, largest VmHWM) of `pid` and its descendants, in bytes."""
+    total = hwm = 0
+    for proc in _tree(pid, skip_root):
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
+        hwm = max(hwm, _vm_hwm(proc.pid))
+    return total, hwm
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds so far of `pid` (all its threads) and its live descendants,
+    plus the children they reaped (for a daemon left running: read it before and after)."""
+    total = 0.0
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
+def _cpu(usage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_timed(cmd: Command, timeout: float = 3600) -> Timed:
-    """Run `cmd`, return wall seconds, peak RSS (polled tree sum or the kernel's maxrss) and stdout."""
+    """Run `cmd`, return wall seconds, peak RSS, stdout and CPU seconds (user + system of the
+    process and every descendant it waited for, from `wait4`).
+
+    The peak RSS is the larger of `RssPoller`'s figure and the kernel's `ru_maxrss` of the
+    largest process, taken under GNU time (`/usr/bin/time`, package `time`): a small process
+    of its own that forks the command, so the command's ru_maxrss starts from time's ~1 MiB,
+    not from the harness's RSS (which a child of the harness inherits at fork: `true` run
+    from a 300 MiB harness reports 316 MiB). Without GNU time, only the polled figure."""
     env = {**os.environ, **(cmd.env or {})}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.PIPE)
-    with RssPoller(proc.pid) as poller:
-        out, err = _communicate(proc, cmd.stdin, timeout)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {_tail(err)}")
-    return Timed(seconds, max(poller.peak, usage.ru_maxrss * 1024), out.decode(errors="replace"))
+    wrapper = _gnu_time()
+    with contextlib.ExitStack() as stack:
+        argv = cmd.argv
+        if wrapper:
+            stats = stack.enter_context(tempfile.NamedTemporaryFile("r", prefix="bench-time-"))
+            argv = [wrapper, "-f", "%M", "-o", stats.name, *cmd.argv]
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cmd.cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.PIPE)
+        with RssPoller(proc.pid, skip_root=bool(wrapper)) as poller:
+            out, err = _communicate(proc, cmd.stdin, timeout)
+            _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {_tail(err)}")
+        largest = _max_rss_kib(stats.read()) * 1024 if wrapper else 0
+    return Timed(seconds, max(poller.peak, largest), out.decode(errors="replace"), _cpu(usage))
+
+
+@functools.cache
+def _gnu_time() -> str | None:
+    path = "/usr/bin/time"
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if "GNU" in proc.stdout + proc.stderr else None
+
+
+def _max_rss_kib(text: str) -> int:
+    """GNU time's %M (KiB): the last line that is a number (it may write a note before)."""
+    for line in reversed(text.splitlines()):
+        if line.strip().isdigit():
+            return int(line)
+    return 0
 
 
 def _communicate(proc: subprocess.Popen, stdin: bytes | None, timeout: float) -> tuple[bytes, bytes]:
@@ -149,15 +228,34 @@ def _tail(stderr: bytes, lines: int = 3) -> str:
 # reading ------------------------------------------------------------------------------------------
 def cat_files(root: Path, relpaths: Sequence[str]) -> float:
     """`cat` every file (in order, batched by xargs) to /dev/null; return wall seconds."""
+    return cat_files_timed(root, relpaths)[0]
+
+
+def cat_files_timed(root: Path, relpaths: Sequence[str]) -> tuple[float, float]:
+    """`cat_files`, also returning the CPU seconds of xargs and its cats (`wait4`)."""
     names = b"\0".join(p.encode() for p in relpaths)
     start = time.perf_counter()
     with open(os.devnull, "wb") as null:
-        proc = subprocess.run(["xargs", "-0", "cat"], cwd=root, input=names, stdout=null,
-                              stderr=subprocess.PIPE)
+        proc = subprocess.Popen(["xargs", "-0", "cat"], cwd=root, stdin=subprocess.PIPE,
+                                stdout=null, stderr=subprocess.PIPE)
+        _, err = _communicate_in(proc, names)
+        _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise StepFailed(f"cat under {root} failed: {_tail(proc.stderr)}")
-    return seconds
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise StepFailed(f"cat under {root} failed: {_tail(err)}")
+    return seconds, _cpu(usage)
+
+
+def _communicate_in(proc: subprocess.Popen, data: bytes) -> tuple[bytes, bytes]:
+    """Write `data` to stdin, read stderr; leaves the child unreaped (for wait4)."""
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.write(data)
+    proc.stdin.close()
+    reader.join()
+    return b"", b"".join(err)
 
 
 def ls_lr(root: Path) -> float:
@@ -194,10 +292,23 @@ class Mount:
     started: float
     daemon_pid: int | None = None
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    searched: bool = field(default=False, repr=False)
 
     def poller(self) -> RssPoller | contextlib.nullcontext:
-        pid = self.daemon_pid or find_daemon(self.mountpoint)
+        pid = self.pid()
         return RssPoller(pid, interval=0.05) if pid else contextlib.nullcontext()
+
+    def pid(self) -> int | None:
+        """The daemon's pid (found by its mountpoint once, if it backgrounded itself)."""
+        if self.daemon_pid is None and not self.searched:
+            self.searched = True
+            self.daemon_pid = find_daemon(self.mountpoint)
+        return self.daemon_pid
+
+    def cpu(self) -> float:
+        """CPU seconds the daemon has used so far (0 without one: native disk)."""
+        pid = self.pid()
+        return tree_cpu(pid) if pid else 0.0
 
 
 def find_daemon(mountpoint: Path) -> int | None:

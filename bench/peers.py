@@ -108,7 +108,7 @@ class Native(Tool):
 
     @contextlib.contextmanager
     def mount(self, label: str, mnt: Path) -> Iterator[Mount]:
-        yield Mount(mnt, time.perf_counter())
+        yield Mount(mnt, time.perf_counter(), searched=True)  # no daemon
 
     def mount_cmd(self, label: str, mnt: Path) -> Command:
         return Command(["true"])

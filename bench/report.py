@@ -140,6 +140,50 @@ def targets(tools: dict, small_files: int) -> list[dict]:
             for t, v, ok, u in rows]
 
 
+def cpu_targets(tools: dict) -> list[dict]:
+    """Issue 20's figures: speed against squashfs and native `cp -r`, CPU per GB against the
+    best peer (each row's value is the ratio; CPU rows beside the speed rows they cost)."""
+    c3 = lambda key: median(tools, "c3fs", key)  # noqa: E731
+    sq = lambda key: median(tools, "squashfs", key)  # noqa: E731
+    native_cp = median(tools, "native", "cp")
+    peer = lambda key: best_peer(tools, BY_KEY[key])  # noqa: E731
+    rows = [
+        ("push ≥ 1.1× squashfs, cold", _div(c3("ingest_cold"), sq("ingest_cold")), 1.1, "× squashfs"),
+        ("push ≥ 1.1× squashfs, source cached", _div(c3("ingest_warm"), sq("ingest_warm")), 1.1, "× squashfs"),
+        ("push CPU-s/GB ≤ squashfs's, cold", _div(c3("ingest_cold_cpu"), sq("ingest_cold_cpu")), -1.0, "× squashfs"),
+        ("push CPU-s/GB ≤ squashfs's, cached", _div(c3("ingest_warm_cpu"), sq("ingest_warm_cpu")), -1.0, "× squashfs"),
+        ("pull ≥ native cp -r", _div(c3("restore"), native_cp), 1.0, "× native"),
+        ("pull ≥ 1.1× unsquashfs", _div(c3("restore"), sq("restore")), 1.1, "× unsquashfs"),
+        ("cp -r ≥ native cp -r", _div(c3("cp"), native_cp), 1.0, "× native"),
+        ("cp -r ≥ 1.1× unsquashfs", _div(c3("cp"), sq("restore")), 1.1, "× unsquashfs"),
+        ("checkpoints through the mount, cold ≥ 1.1× squashfuse",
+         _div(c3("ckpt_cold"), sq("ckpt_cold")), 1.1, "× squashfuse"),
+        ("small files through the mount, cold ≤ best peer",
+         _div(c3("small_cold"), peer("small_cold")[1]), -1.0, "× best peer"),
+    ]
+    for key in ("ingest_cold_cpu", "ingest_warm_cpu", "ckpt_cold_cpu", "small_cold_cpu",
+                "restore_cpu"):
+        name, value = peer(key)
+        rows.append((f"{BY_KEY[key].label} ≤ 1.5× best peer's ({name or '–'})",
+                     _div(c3(key), value), -1.5, "× best peer"))
+    # a bound > 0 is a floor (higher is better), < 0 a ceiling (lower is better)
+    return [{"target": t, "value": v, "unit": u,
+             "status": "pending" if v is None else
+             ("met" if (v >= bound if bound > 0 else v <= -bound) else "missed")}
+            for t, v, bound, u in rows]
+
+
+def ceilings_table(ceilings: dict) -> str:
+    """The machine's own ceilings measured in the run (`bench.ceilings`)."""
+    rows = [[name, _spread(entry["mbps"]), _spread(entry["cpu"])]
+            for name, entry in ceilings.items()]
+    return _table(["one core, in this run", "MB/s ↑", "CPU-s/GB ↓"], rows)
+
+
+def _spread(entry: dict) -> str:
+    return f"{fmt(entry['median'])} [{fmt(entry['min'])}–{fmt(entry['max'])}]"
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -163,6 +207,7 @@ def build(tools: dict, measured: list[Tool], skipped: dict, manifest: Manifest, 
         "tools": ordered,
         "ratios": ratios(ordered),
         "targets": targets(ordered, manifest.params["small_files"]),
+        "cpu_targets": cpu_targets(ordered),
         "metrics": {m.key: {"label": m.label, "unit": m.unit,
                             "better": "higher" if m.higher_is_better else "lower"} for m in METRICS},
     }
@@ -238,8 +283,14 @@ def markdown(results: dict, with_targets: bool = True) -> str:
         "",
         _table(["metric", *names], [_ratio_row(m, results["ratios"], names) for m in _present(tools)]),
     ]
+    if results.get("ceilings"):
+        parts += ["", "The machine's ceilings, measured in each repeat of this run (`bench/ceilings.py`):",
+                  "", ceilings_table(results["ceilings"])]
     if with_targets:
         parts += ["", "c3fs against the targets of issues 4 and 6:", "", targets_table(results["targets"])]
+        if results.get("cpu_targets"):
+            parts += ["", "c3fs against the figures of issue 20 (speed, and CPU per GB):", "",
+                      targets_table(results["cpu_targets"])]
     parts += _notes(results)
     return "\n".join(parts) + "\n"
 
@@ -306,8 +357,12 @@ README = BENCH_DIR / "README.md"
 def update_readme(results: dict, readme: Path = README) -> None:
     """Put this run's tables between the README's markers (`python -m bench readme`)."""
     text = readme.read_text()
+    body = targets_table(results["targets"])
+    if results.get("cpu_targets"):
+        body += ("\n\nIssue 20 (speed against squashfs and native `cp -r`, CPU per GB against "
+                 "the best peer):\n\n" + targets_table(results["cpu_targets"]))
     text = _between(text, "targets", f"From run {results['timestamp']} ({results['mode']}); "
-                    "full definitions in the table below.\n\n" + targets_table(results["targets"]))
+                    "full definitions in the table below.\n\n" + body)
     text = _between(text, "results", markdown(results, with_targets=False).replace("\n## ", "\n### ", 1)
                     .removeprefix("## ").replace("bench ", "Run ", 1)
                     + "\n![throughput per tool](results/latest.png)\n")

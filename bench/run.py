@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import dataset, report
+from bench import ceilings, dataset, report
 from bench.c3fs_tool import C3fs
 from bench.dataset import Manifest
 from bench.measure import (
@@ -26,6 +26,7 @@ from bench.measure import (
     RssPoller,
     StepFailed,
     cat_files,
+    cat_files_timed,
     discard,
     drop_caches,
     file_count,
@@ -39,7 +40,7 @@ from bench.measure import (
 from bench.peers import PEERS, Tool, locate
 
 WORK = dataset.BENCH_DIR / "work"
-MB, MiB, GiB = 1e6, float(1 << 20), float(1 << 30)
+MB, GB, MiB, GiB = 1e6, 1e9, float(1 << 20), float(1 << 30)
 ALL_TOOLS = ("c3fs", "native", "restic", "borg", "squashfs", "casync")
 
 
@@ -85,6 +86,7 @@ class Repeat:
         timed = run_timed(self.tool.ingest(m.path("v1"), "v1"))
         self.tool.after_ingest(m.path("v1"), "v1", timed.stdout)
         self.values["ingest_cold"] = m.bytes_v1 / timed.seconds / MB
+        self.values["ingest_cold_cpu"] = timed.cpu / (m.bytes_v1 / GB)
         self.values["ingest_rss"] = timed.peak_rss / MiB
         self.size_v1 = self.tool.store_bytes()
         self.values["repo_pct"] = 100 * self.size_v1 / m.bytes_v1
@@ -97,6 +99,7 @@ class Repeat:
         self.tool.after_ingest(m.path("v2"), "v2", timed.stdout)
         delta = self.tool.store_bytes() - self.size_v1
         self.values["next_ingest"] = m.bytes_v1 / timed.seconds / MB
+        self.values["next_ingest_cpu"] = timed.cpu / (m.bytes_v1 / GB)
         self.values["next_delta"] = delta / MB
         self.values["next_delta_ratio"] = delta / m.changed_region_bytes
 
@@ -108,6 +111,7 @@ class Repeat:
         timed = run_timed(self.tool.ingest(m.path("v1"), "v1"))
         self.tool.after_ingest(m.path("v1"), "v1", timed.stdout)
         self.values["ingest_warm"] = m.bytes_v1 / timed.seconds / MB
+        self.values["ingest_warm_cpu"] = timed.cpu / (m.bytes_v1 / GB)
 
     # mount sessions -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -135,30 +139,47 @@ class Repeat:
         m = self.manifest
         with self.session() as (mounted, root):
             wait_first_byte(root / m.plots[-1], mounted.started)  # ready; warms no measured file
-            self.values["ckpt_cold"] = m.bytes_checkpoints / cat_files(root, m.checkpoints) / MB
-            self.values["ckpt_warm"] = m.bytes_checkpoints / cat_files(root, m.checkpoints) / MB
+            for key in ("ckpt_cold", "ckpt_warm"):
+                self._read(key, mounted, root, m.checkpoints, m.bytes_checkpoints, MB)
 
     def session_small(self) -> None:
         m = self.manifest
         with self.session() as (mounted, root):
             wait_first_byte(root / m.plots[-1], mounted.started)
-            self.values["small_cold"] = cat_files(root, m.small_files)
-            self.values["small_warm"] = cat_files(root, m.small_files)
+            for key in ("small_cold", "small_warm"):
+                self._read(key, mounted, root, m.small_files, m.bytes_small, None)
+
+    def _read(self, key: str, mounted, root: Path, files: list[str], nbytes: int,
+              rate: float | None) -> None:
+        """`cat` `files` through the mount: MB/s (`rate`) or seconds, and CPU-s per GB of the
+        reader (xargs, cat) and the daemon together."""
+        daemon = mounted.cpu()
+        seconds, cpu = cat_files_timed(root, files)
+        cpu += mounted.cpu() - daemon
+        self.values[key] = nbytes / seconds / rate if rate else seconds
+        self.values[f"{key}_cpu"] = cpu / (nbytes / GB)
 
     # restore ------------------------------------------------------------------------------------
     def restore(self) -> None:
-        self.values["restore"], self.values["restore_rss"] = self._extract(self.tool.restore)
+        timed = self._extract(self.tool.restore)
+        self.values["restore"], self.values["restore_cpu"] = self._rate(timed)
+        self.values["restore_rss"] = timed.peak_rss / MiB
 
     def c3fs_cp(self) -> None:
-        self.values["cp"], _ = self._extract(self.tool.copy)
+        self.values["cp"], self.values["cp_cpu"] = self._rate(self._extract(self.tool.copy))
 
-    def _extract(self, command: Callable) -> tuple[float, float]:
+    def _rate(self, timed) -> tuple[float, float]:
+        """(MB/s, CPU-s per GB) of a step over the v1 tree."""
+        nbytes = self.manifest.bytes_v1
+        return nbytes / timed.seconds / MB, timed.cpu / (nbytes / GB)
+
+    def _extract(self, command: Callable):
         dest = fresh_dir(self.tool.work / "restore")
         try:
             drop_caches()
             timed = run_timed(command("v1", dest))
             self._verify(dest)
-            return self.manifest.bytes_v1 / timed.seconds / MB, timed.peak_rss / MiB
+            return timed
         finally:
             discard(dest)
 
@@ -174,8 +195,9 @@ class Repeat:
 
 def native_cp_metric(values: dict[str, float]) -> None:
     """For native disk, `cp -r` is both the restore and the cp figure."""
-    if "restore" in values:
-        values["cp"] = values["restore"]
+    for suffix in ("", "_cpu"):
+        if "restore" + suffix in values:
+            values["cp" + suffix] = values["restore" + suffix]
 
 
 # the whole run ------------------------------------------------------------------------------------
@@ -192,12 +214,16 @@ def make_tools(names: list[str]) -> list[Tool]:
     return tools
 
 
-def measure_all(tools: list[Tool], manifest: Manifest, repeats: int, log) -> dict:
-    """{tool: {"values": {metric: [one per repeat]}, "notes": [...], "load": [1-min load avg]}}."""
+def measure_all(tools: list[Tool], manifest: Manifest, repeats: int, log,
+                limits: dict | None = None) -> dict:
+    """{tool: {"values": {metric: [one per repeat]}, "notes": [...], "load": [1-min load avg]}};
+    the machine's ceilings of each repeat go to `limits` ({kernel: {"mbps": [], "cpu": []}})."""
     results = {t.name: {"values": {}, "notes": [], "load": []} for t in tools}
     for tool in tools:
         tool.warm_up()
     for rep in range(1, repeats + 1):
+        if limits is not None:
+            measure_ceilings(manifest, limits, log)
         for tool in tools:
             log(f"[repeat {rep}/{repeats}] {tool.name}")
             start = time.perf_counter()
@@ -213,6 +239,20 @@ def measure_all(tools: list[Tool], manifest: Manifest, repeats: int, log) -> dic
                 + ", ".join(f"{k}={v:.3g}" for k, v in one.values.items()))
             discard(tool.work)
     return results
+
+
+def measure_ceilings(manifest: Manifest, limits: dict, log) -> None:
+    try:
+        found = ceilings.measure(manifest)
+    except (RuntimeError, OSError, StepFailed) as exc:
+        log(f"    ceilings FAILED: {exc}")
+        return
+    for name, (mbps, cpu) in found.items():
+        entry = limits.setdefault(name, {"mbps": [], "cpu": []})
+        entry["mbps"].append(mbps)
+        entry["cpu"].append(cpu)
+    log("    ceilings: " + ", ".join(f"{n} {m:.0f} MB/s {c:.2f} CPU-s/GB"
+                                     for n, (m, c) in found.items()))
 
 
 def merge(raw: dict, extra: dict) -> None:
@@ -252,8 +292,9 @@ def main(args: argparse.Namespace, params: dataset.Params) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     set_trash(WORK / "trash")
     started = time.time()
+    limits: dict = {}
     try:
-        raw = measure_all(tools, manifest, max(1, args.repeat), log)
+        raw = measure_all(tools, manifest, max(1, args.repeat), log, limits)
         if args.s3:
             from bench import s3
 
@@ -264,6 +305,8 @@ def main(args: argparse.Namespace, params: dataset.Params) -> int:
         if not args.keep_work:
             shutil.rmtree(WORK, ignore_errors=True)
     results = report.build(summarize_results(raw), tools, skipped, manifest, args, started)
+    results["ceilings"] = {name: {k: summarize(v) for k, v in entry.items()}
+                           for name, entry in limits.items()}
     paths = report.write(results)
     print(report.markdown(results))
     log(f"results: {', '.join(str(p) for p in paths)}")

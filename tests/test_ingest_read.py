@@ -262,6 +262,31 @@ def test_random_offset_reads_match_source(pushed_file, draw: st.DataObject) -> N
 
 
 @READS
+@given(st.data())
+def test_reads_as_views_match_source(pushed_file, draw: st.DataObject) -> None:
+    """`view=True` (the mount's replies): a range inside one chunk is a memoryview of the
+    decoded chunk, not a copy; any range has the same bytes as a plain read."""
+    vfs, node, data = pushed_file
+    reader = vfs.open(node)
+    offset = draw.draw(st.integers(0, len(data) + 100))
+    size = draw.draw(st.integers(0, 2 * MiB))
+    got = reader.read(offset, size, view=True)
+    assert bytes(got) == data[offset : offset + size]
+    cached = reader.read_cached(offset, size, view=True)
+    assert cached is None or bytes(cached) == data[offset : offset + size]
+
+
+def test_a_read_inside_one_chunk_is_not_copied(pushed_file) -> None:
+    vfs, node, data = pushed_file
+    reader = vfs.open(node)
+    start, end = reader.starts[1], reader.starts[2]
+    view = reader.read(start + 10, end - start - 20, view=True)
+    assert isinstance(view, memoryview) and view.obj is reader.chunk(1)
+    assert bytes(view) == data[start + 10 : end - 10]
+    assert isinstance(reader.read(start + 10, 5), bytes)  # callers that want bytes get bytes
+
+
+@READS
 @given(st.integers(1, 300 * KiB))
 def test_sequential_reads_with_readahead(pushed_file, step: int) -> None:
     vfs, node, data = pushed_file

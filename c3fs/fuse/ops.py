@@ -65,6 +65,9 @@ from c3fs.objects.tree import FILE, LINK, file_digest
 from c3fs.reader import FileReader
 from c3fs.vfs import ROOT_INO, Node, Vfs
 
+# a patched pyfuse3 (patches/) sends a READ's reply given as a list of buffers without joining
+REPLY_PARTS = getattr(pyfuse3, "READ_REPLY_PARTS", False)
+
 log = logging.getLogger(__name__)
 
 CONTENT_TIMEOUT = 3600.0  # a job's tree never changes
@@ -371,12 +374,16 @@ class Operations(pyfuse3.Operations):
         return found
 
     @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview | list:
+        """The chunks' bytes as views, never copied: a patched pyfuse3 sends a list of them as
+        one reply (READ_REPLY_PARTS, see patches/); a stock one gets them joined."""
         reader = (await self._file(fh)).reader
-        data = reader.read_cached(off, size)  # chunks in memory: no thread round trip
-        if data is None:
-            data = await self._thread(reader.read, off, size)
-        return data
+        parts = reader.read_parts(off, size, cached=True)  # in memory: no thread round trip
+        if parts is None:
+            parts = await self._thread(reader.read_parts, off, size)
+        if len(parts) <= 1:
+            return parts[0] if parts else b""
+        return parts if REPLY_PARTS else b"".join(parts)
 
     @handler
     async def release(self, fh: int) -> None:

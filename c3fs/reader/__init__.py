@@ -196,12 +196,21 @@ class FileReader:
         read)."""
         self.blobs.prefetch(self.ids[:chunks])
 
-    def read(self, offset: int, size: int) -> bytes:
-        return self._read(offset, size, self._fetch)
+    def read(self, offset: int, size: int, view: bool = False) -> bytes | memoryview:
+        """Bytes `offset` to `offset + size` (fewer at the end). `view`: a range inside one
+        chunk comes as a memoryview of the decoded chunk instead of a copy."""
+        return _joined(self._parts(offset, size, self._fetch), view)
 
-    def read_cached(self, offset: int, size: int) -> bytes | None:
+    def read_cached(self, offset: int, size: int, view: bool = False) -> bytes | memoryview | None:
         """`read` from cached chunks only: None as soon as one is not cached (never blocks)."""
-        return self._read(offset, size, self.blobs.peek)
+        parts = self._parts(offset, size, self.blobs.peek)
+        return None if parts is None else _joined(parts, view)
+
+    def read_parts(self, offset: int, size: int, cached: bool = False) -> list[bytes | memoryview] | None:
+        """`read` as the pieces of the chunks it spans, in order, views of the decoded chunks
+        (never copied: the mount's reply sends them as they are). `cached`: from cached
+        chunks only, None as soon as one is not cached (never blocks)."""
+        return self._parts(offset, size, self.blobs.peek if cached else self._fetch)
 
     def digest(self) -> bytes:
         """blake3 of the whole content (what `b3sum` prints): from the tree when it holds it
@@ -229,16 +238,17 @@ class FileReader:
                 return data
         return self.blobs.get(chunk_id, self._remember)
 
-    def _read(self, offset: int, size: int, get: Callable[[bytes], bytes | None]) -> bytes | None:
+    def _parts(self, offset: int, size: int, get: Callable[[bytes], bytes | None]
+               ) -> list[bytes | memoryview] | None:
         end = min(offset + size, self.size)
         if offset >= end:
-            return b""
+            return []
         first = bisect.bisect_right(self.starts, offset) - 1
         last = bisect.bisect_left(self.starts, end) - 1
         if self.readahead and offset == self._next_offset:
             self.blobs.prefetch(self.ids[last + 1 : last + 1 + self.readahead])
         self._next_offset = end  # before fetching: concurrent sequential reads still prefetch
-        parts = []
+        parts: list[bytes | memoryview] = []
         for i in range(first, last + 1):
             data = get(self.ids[i])
             if data is None:
@@ -246,8 +256,8 @@ class FileReader:
             self.check(i, data)
             lo = max(offset - self.starts[i], 0)
             hi = min(end - self.starts[i], len(data))
-            parts.append(data if lo == 0 and hi == len(data) else data[lo:hi])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
+        return parts
 
     def check(self, i: int, data: bytes) -> bytes:
         """`data`, the verified bytes of chunk `i`, if they are as many as the file's tree
@@ -257,3 +267,12 @@ class FileReader:
         if len(data) != claimed:
             raise ChunkSizeMismatch(self.ids[i], claimed, len(data))
         return data
+
+
+def _joined(parts: list[bytes | memoryview] | None, view: bool) -> bytes | memoryview:
+    """The parts as one buffer: joined (one copy), or alone as they are (`view`), or as bytes."""
+    if not parts:
+        return b""
+    if len(parts) > 1:
+        return b"".join(parts)
+    return parts[0] if view or isinstance(parts[0], bytes) else bytes(parts[0])
