@@ -48,6 +48,9 @@ KEY = "S3RVER"
 MB, GiB = 1e6, float(1 << 30)
 PART = 8 << 20
 TOOLS = ("c3fs", "c3fs-local", "rclone-off", "rclone-full", "s3fs", "boto3")
+# c3fs-serial: c3fs with fetching ahead in merged ranged GETs off (C3FS_READ_WINDOW=0), the
+# A side of an A/B of that change in the same run (`--tools c3fs,c3fs-serial`)
+VARIANTS = {"c3fs-serial": {"C3FS_READ_WINDOW": "0"}}
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -210,11 +213,13 @@ class Rig:
         log("c3fs push into a local store (the c3fs-local baseline)")
         run(self.c3fs_tool(self.work / "c3fs-local-push", local=True).ingest(self.src, "v1"))
 
-    def c3fs_tool(self, work: Path, direct: bool = False, local: bool = False) -> C3fs:
+    def c3fs_tool(self, work: Path, direct: bool = False, local: bool = False,
+                  variant: str = "c3fs") -> C3fs:
         """c3fs on a fresh machine (empty cache directory: index and block cache); `local`:
-        on a store on this machine's disk instead of the bucket."""
+        on a store on this machine's disk instead of the bucket; `variant`: see VARIANTS."""
         endpoint = self.server.endpoint if direct else self.proxy.endpoint
-        env = {**s3_env(endpoint), "C3FS_CACHE_DIR": str(fresh_dir(work / "cache"))}
+        env = {**s3_env(endpoint), "C3FS_CACHE_DIR": str(fresh_dir(work / "cache")),
+               **VARIANTS.get(variant, {})}
         store = str(self.work / "local-store") if local else "s3://c3fs/bench"
         tool = C3fs(work / "tool", store=store, extra_env=env)
         tool.setup()
@@ -227,7 +232,8 @@ class Rig:
         mnt = work / "mnt"
         mnt.mkdir(parents=True, exist_ok=True)
         if name.startswith("c3fs"):
-            with self.c3fs_tool(work, local=name == "c3fs-local").mount("v1", mnt) as mounted:
+            tool = self.c3fs_tool(work, local=name == "c3fs-local", variant=name)
+            with tool.mount("v1", mnt) as mounted:
                 yield mounted
             return
         if name.startswith("rclone"):
@@ -285,7 +291,7 @@ class Rig:
                                                                 / GiB)
             out["daemon_rss_mib"] = rss.peak / (1 << 20) if hasattr(rss, "peak") else float("nan")
         if name.startswith("c3fs"):
-            out.update(self.c3fs_pull(work, local=name == "c3fs-local"))
+            out.update(self.c3fs_pull(work, local=name == "c3fs-local", variant=name))
         return out
 
     def timed_pull(self, cmd: Command) -> dict[str, float]:
@@ -306,8 +312,8 @@ class Rig:
                 "pull_requests_per_gib": (self.proxy.requests() - before) / gib,
                 "pull_rss_mib": rss.peak / (1 << 20)}
 
-    def c3fs_pull(self, work: Path, local: bool) -> dict[str, float]:
-        tool = self.c3fs_tool(work / "pull", local=local)
+    def c3fs_pull(self, work: Path, local: bool, variant: str = "c3fs") -> dict[str, float]:
+        tool = self.c3fs_tool(work / "pull", local=local, variant=variant)
         dest = fresh_dir(work / "pull-dest")
         return self.timed_pull(tool.restore("v1", dest))
 
@@ -368,7 +374,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--delay-ms", type=float, default=20.0, help="added per request")
     parser.add_argument("--mbps", type=float, default=None, help="bandwidth cap, MB/s")
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {TOOLS}")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"comma list of {TOOLS + tuple(VARIANTS)}")
     parser.add_argument("--no-moto", action="store_true", help="skip moto's ranged GET cost")
     parser.add_argument("--keep-work", action="store_true", help="keep bench/work/remote/")
     return parser
@@ -438,6 +445,7 @@ ROWS = (("first_byte_s", "mount to first byte (s)", False),
         ("requests_per_gib", "requests per GiB read (mount)", False),
         ("mount_requests", "requests to mount", False),
         ("ls_requests", "requests for ls -lR", False),
+        ("pull_requests_per_gib", "requests per GiB pulled", False),
         ("daemon_rss_mib", "daemon peak RSS (MiB)", False),
         ("pull_rss_mib", "pull peak RSS (MiB)", False))
 
@@ -479,6 +487,10 @@ def _ratios(summary: dict, tools: list[str], limit: dict | None) -> list[str]:
             best = max(peers) if higher else min(peers)
             ratio = mine["median"] / best if higher else best / mine["median"]
             parts.append(f"{ratio:.2f}× the best peer (>1: c3fs faster)")
+        serial = summary.get("c3fs-serial", {}).get(key)
+        if serial:
+            ratio = mine["median"] / serial["median"] if higher else serial["median"] / mine["median"]
+            parts.append(f"{ratio:.2f}× c3fs-serial (fetching ahead off, same run)")
         local = summary.get("c3fs-local", {}).get(key)
         if local:
             ratio = mine["median"] / local["median"] if higher else local["median"] / mine["median"]

@@ -72,9 +72,13 @@ class DirectoryReadahead:
         window = entries[start : start + self.window]
         half = start + self.window // 2
         trigger = entries[half].name if start + self.window < len(entries) else END
-        for entry in window:
-            if entry.kind == FILE and 0 < entry.size <= SMALL_FILE:
-                self._read_ahead(parent, entry)
+        small = [e for e in window if e.kind == FILE and 0 < e.size <= SMALL_FILE]
+        # a remote store: the window's chunks in a few merged ranged GETs at once, not one
+        # round trip per pack block as the files are read in turn
+        if self.vfs.repo.blobs.remote:
+            self.vfs.repo.blobs.prefetch([c for e in small for c in e.chunk_ids()])
+        for entry in small:
+            self._read_ahead(parent, entry)
         return trigger
 
     def _read_ahead(self, parent: Node, entry: Entry) -> None:

@@ -8,6 +8,8 @@ one and changes nothing but where ranged reads of `packs/` keys come from.
 - What is cached: ranged reads of packs, in aligned blocks of `block_size` bytes (1 MiB).
   A miss fetches the whole block with one ranged GET, so the next blobs of the same pack —
   the next chunks of a file, the next small files of a directory — need no request at all.
+  A read over several missing blocks in a row fetches them with one ranged GET (the
+  reader merges neighbouring blobs of a pack into one read: one round trip, not one each).
   Packs never change under their name, so a block never goes stale. Config, refs and locks
   are never cached (they change), nor whole-object reads or reads longer than `MAX_SPAN`
   blocks.
@@ -59,7 +61,7 @@ DEFAULT_MAX_BYTES = 1 * GiB
 SIZE_ENV = "C3FS_DISK_CACHE"
 BLOCK_SIZE = 1 * MiB
 MEMORY_BYTES = 16 * MiB  # decoded blocks kept in memory: the next blobs of a block are free
-MAX_SPAN = 8  # a read over more blocks than this goes straight to the inner backend
+MAX_SPAN = 16  # a read over more blocks than this goes straight to the inner backend
 LOW_WATER = 0.9  # an eviction pass frees space down to this fraction of the limit
 TEMP_AGE = 3600.0  # temp files older than this were left by a crashed writer
 TMP_PREFIX = ".tmp."
@@ -291,8 +293,10 @@ class BlockCache:
         first, last = offset // self.block_size, (offset + length - 1) // self.block_size
         if last - first >= MAX_SPAN:
             return self.inner.get(key, offset, length)
-        blocks = [self._block(key, pack_id, n) for n in range(first, last + 1)]
-        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        if first == last:
+            data = self._block(key, pack_id, first)
+        else:
+            data = b"".join(self._blocks(key, pack_id, first, last))
         start = offset - first * self.block_size
         return data[start : start + length]
 
@@ -344,6 +348,47 @@ class BlockCache:
             self.stats.hits += 1
         return data
 
+    def _blocks(self, key: str, pack_id: str, first: int, last: int) -> list[bytes]:
+        """Blocks `first`..`last`: cached ones as they are, each run of missing ones in a
+        row fetched with one ranged GET."""
+        found = {n: self._cached(f"{pack_id}.{n}") for n in range(first, last + 1)}
+        missing = [n for n, data in found.items() if data is None]
+        for run in _runs(missing):
+            if len(run) == 1:
+                found[run[0]] = self._block(key, pack_id, run[0])
+            else:
+                found.update(self._fetch_run(key, pack_id, run[0], run[-1]))
+        return [found[n] for n in range(first, last + 1)]
+
+    def _cached(self, name: str) -> bytes | None:
+        """A block from memory or disk (kept in memory then), or None."""
+        data = self._memory.get(name)
+        if data is None:
+            data = self.disk.read(name)
+            if data is None:
+                return None
+            self._memory.put(name, data)
+        with self._lock:
+            self.stats.hits += 1
+        return data
+
+    def _fetch_run(self, key: str, pack_id: str, first: int, last: int) -> dict[int, bytes]:
+        """Blocks `first`..`last` of a pack with one ranged GET, each cached."""
+        size = self.block_size
+        data = self.inner.get(key, first * size, (last - first + 1) * size)
+        with self._lock:
+            self.stats.misses += last - first + 1
+            self.stats.fetched_bytes += len(data)
+        blocks = {}
+        for n in range(first, last + 1):
+            block = data[(n - first) * size : (n - first + 1) * size]
+            name = f"{pack_id}.{n}"
+            if block:
+                self.disk.write(name, block)
+            self._memory.put(name, block)
+            blocks[n] = block
+        return blocks
+
     def _load(self, key: str, name: str, number: int) -> bytes:
         data = self._memory.get(name)  # loaded by another caller just now
         if data is None:
@@ -387,6 +432,17 @@ class NoDisk:
 
     def drop_pack(self, pack_id: str) -> None:
         pass
+
+
+def _runs(numbers: list[int]) -> list[list[int]]:
+    """Ascending `numbers` cut into runs of consecutive ones: [1, 2, 4] -> [[1, 2], [4]]."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
 
 
 def _pack_id(key: str) -> str | None:

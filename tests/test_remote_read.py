@@ -1,0 +1,184 @@
+"""Reading from a remote store (a real moto server process): blobs fetched ahead of their
+readers in merged ranged GETs, many at once, bounded, never wrong (c3fs/reader/ahead.py).
+
+GETs are counted by a wrapper backend that only counts and passes every call on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from test_s3_store import mixed_tree, same_tree
+from trees import write_random_file
+
+from c3fs.index import open_index
+from c3fs.jobs.download import Copier
+from c3fs.reader import BlobSource, FileReader
+from c3fs.reader.ahead import BUDGET, SPAN
+from c3fs.repo import Repo
+from c3fs.store.cache import BlockCache
+from c3fs.store.store import Store, open_backend
+from c3fs.vfs import Vfs
+
+pytestmark = pytest.mark.s3
+
+KiB, MiB = 1024, 1024 * 1024
+C3FS = Path(sys.executable).parent / "c3fs"
+KEY = Store.pack_key("ab" + "7" * 62)
+
+
+class Counting:
+    """A backend wrapper that records every ranged GET of a pack (key, offset, length)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.gets: list[tuple[str, int, int | None]] = []
+        self._lock = threading.Lock()
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if key.startswith("packs/"):
+            with self._lock:
+                self.gets.append((key, offset, length))
+        return self.inner.get(key, offset, length)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+class SpoilOnce:
+    """Flips one byte of the first pack GET longer than 2 MiB (a merged GET), once: the fault
+    a real server does not produce."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.spoiled = 0
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = self.inner.get(key, offset, length)
+        if key.startswith("packs/") and (length or 0) > 2 * MiB and not self.spoiled:
+            self.spoiled += 1
+            return data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def remote_repo(url: str, home: Path) -> tuple[Repo, Counting]:
+    """A fresh machine's repo on `url` (empty index and block cache), its pack GETs counted."""
+    os.environ["C3FS_CACHE_DIR"] = str(home)
+    plain = open_backend(url, cache=False)
+    counting = Counting(plain)
+    store = Store.open(BlockCache(counting, home / "blocks", 256 * MiB))
+    index = open_index(store)
+    index.sync(store)
+    return Repo(store, index, BlobSource(store, index)), counting
+
+
+def push(url: str, src: Path, job: str, home: Path) -> None:
+    env = {**os.environ, "C3FS_CACHE_DIR": str(home)}
+    subprocess.run([str(C3FS), "--store", url, "push", str(src), "-p", "p", "-j", job],
+                   check=True, capture_output=True, env=env)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("C3FS_CACHE_DIR", str(tmp_path / "reader-home"))
+    return tmp_path / "reader-home"
+
+
+def test_a_read_over_missing_blocks_is_one_get_per_run(s3_url: str, tmp_path: Path) -> None:
+    data = os.urandom(2 * MiB + 5)
+    counting = Counting(open_backend(s3_url, cache=False))
+    cache = BlockCache(counting, tmp_path / "c", 64 * MiB, block_size=64 * KiB, memory_bytes=0)
+    cache.put(KEY, data)
+    assert cache.get(KEY, 10, 600 * KiB) == data[10 : 10 + 600 * KiB]
+    assert len(counting.gets) == 1  # 10 blocks, one ranged GET
+    assert cache.get(KEY, 300 * KiB, 20 * KiB) == data[300 * KiB : 320 * KiB]  # cached
+    assert cache.get(KEY, 500 * KiB, 400 * KiB) == data[500 * KiB : 900 * KiB]
+    assert len(counting.gets) == 2 and counting.gets[1][1] == 640 * KiB  # only the missing run
+    assert cache.get(KEY, 2 * MiB - 100, 64 * KiB) == data[2 * MiB - 100 :]  # past the end
+
+
+def test_sequential_read_of_a_remote_file_merges_chunks_into_few_gets(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    size = 24 * MiB + 12345
+    src.mkdir()
+    write_random_file(src / "big.bin", size, seed=3)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        assert repo.blobs.remote
+        vfs = Vfs(repo, "/jobs/j1")
+        node = vfs.lookup(vfs.root, b"big.bin")
+        reader = FileReader(repo.blobs, node.entry, readahead=8)
+        expected = (src / "big.bin").read_bytes()
+        got = b"".join(reader.read(offset, MiB) for offset in range(0, size, MiB))
+        assert got == expected
+        chunks = len(reader.ids)
+        assert chunks > 100  # ~128 KiB chunks: one GET each would be > 100
+        assert len(counting.gets) <= 2 * size // SPAN + 8, counting.gets
+        assert all(length is not None and length <= 16 * MiB for _, _, length in counting.gets)
+        assert repo.blobs.ahead._ready.weight <= BUDGET
+    finally:
+        repo.close()
+
+
+def test_fetching_ahead_can_be_turned_off(s3_url: str, tmp_path: Path, home: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("C3FS_READ_WINDOW", "0")
+    src = tmp_path / "src"
+    src.mkdir()
+    write_random_file(src / "big.bin", 3 * MiB, seed=4)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        assert not repo.blobs.remote and repo.blobs.ahead is None
+        vfs = Vfs(repo, "/jobs/j1")
+        reader = FileReader(repo.blobs, vfs.lookup(vfs.root, b"big.bin").entry, readahead=8)
+        assert reader.read(0, 3 * MiB) == (src / "big.bin").read_bytes()
+        assert len(counting.gets) >= 3  # a GET per 1 MiB block
+    finally:
+        repo.close()
+
+
+def test_copy_of_a_remote_job_fetches_every_pack_range_ahead(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, seed=5, big=20 * MiB, small=400)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        stats = Copier(vfs).copy(vfs.root, tmp_path / "out")
+        assert stats.files == 400 + 6 + 1
+        same_tree(src, tmp_path / "out")
+        # ~160 chunks of the big file, 6 plots, 400 small files: a handful of merged GETs
+        assert len(counting.gets) <= 40, len(counting.gets)
+    finally:
+        repo.close()
+
+
+def test_a_blob_that_fails_ahead_is_fetched_and_checked_by_its_reader(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    """Bytes spoiled on the way for the merged GET are never served: the reader's own fetch
+    gets the blob again (and verifies it)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_random_file(src / "big.bin", 4 * MiB, seed=6)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        counting.inner = SpoilOnce(counting.inner)
+        vfs = Vfs(repo, "/jobs/j1")
+        reader = FileReader(repo.blobs, vfs.lookup(vfs.root, b"big.bin").entry, readahead=8)
+        data = b"".join(reader.read(offset, MiB) for offset in range(0, 4 * MiB, MiB))
+        assert data == (src / "big.bin").read_bytes()
+        assert counting.inner.spoiled == 1
+    finally:
+        repo.close()
