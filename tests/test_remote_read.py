@@ -6,18 +6,22 @@ GETs are counted by a wrapper backend that only counts and passes every call on.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import blake3
 import pytest
+from fusehelp import force_unmount, wait_until
 from test_s3_store import mixed_tree, same_tree
 from trees import write_random_file
 
 from c3fs.index import open_index
 from c3fs.jobs.download import Copier
-from c3fs.reader import BlobSource, FileReader
+from c3fs.objects.tree import FILE
+from c3fs.reader import BlobSource, FileReader, trace
 from c3fs.reader.ahead import BUDGET, SPAN
 from c3fs.repo import Repo
 from c3fs.store.cache import BlockCache
@@ -184,3 +188,102 @@ def test_a_blob_that_fails_ahead_is_fetched_and_checked_by_its_reader(
         assert counting.inner.spoiled == 1
     finally:
         repo.close()
+
+
+# learned prefetch (c3fs/reader/trace.py) ------------------------------------------------------
+def test_a_trace_round_trips_through_the_store_and_bad_ones_are_ignored(
+        s3_url: str, tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store.open(open_backend(s3_url, cache=False))
+    assert trace.load(store, "job", "j1") == []
+    recorder = trace.Recorder(limit=3)
+    ids = [bytes([i]) * 32 for i in range(5)]
+    recorder.add([ids[2], ids[0], ids[2]])
+    recorder.add(ids)  # the limit: 3 ids, each once, in first-asked order
+    key = trace.save(store, "job", "j1", recorder)
+    assert key is not None and key.startswith("traces/job/j1/")
+    assert trace.save(store, "job", "j1", recorder) == key  # content-addressed: one object
+    assert trace.load(store, "job", "j1") == [ids[2], ids[0], ids[1]]
+    store.backend.put("traces/job/j1/" + "0" * 64, b"C3TRACE1" + b"x" * 5000)  # bigger, bad
+    assert trace.load(store, "job", "j1") == [ids[2], ids[0], ids[1]]
+    assert "ignoring the access trace" in caplog.text
+
+
+def test_a_replayed_trace_is_fetched_in_its_order_in_merged_gets(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, seed=7, big=MiB, small=300)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        files = [n for n in vfs.walk(vfs.root) if n.kind == FILE and n.size < 64 * KiB]
+        order = random.Random(1).sample(files, 100)
+        recorder = trace.Recorder()
+        for node in order:
+            recorder.add(node.entry.chunk_ids())
+        trace.save(repo.store, "job", "j1", recorder)
+        ids = trace.load(repo.store, "job", "j1")
+        assert ids == [c for node in order for c in node.entry.chunk_ids()]
+        repo.blobs.prefetch(ids)
+        for node in order:  # the second machine's readers, in the recorded order
+            assert vfs.open(node, readahead=0).read(0, node.size) == (
+                src / node_path(node)).read_bytes()
+        # 100 small files in a few packs: a few merged GETs, not one per file or per block
+        assert len(counting.gets) <= 6, counting.gets
+        assert repo.blobs.ahead.gets >= 1
+    finally:
+        repo.close()
+
+
+def node_path(node) -> str:
+    parts = []
+    while node.parent is not None and node.depth > 2:
+        parts.append(node.name.decode())
+        node = node.parent
+    return "/".join(reversed(parts))
+
+
+@pytest.mark.fuse
+def test_a_mount_records_its_trace_and_the_next_mount_on_another_machine_replays_it(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, seed=8, big=MiB, small=200)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    names = sorted(str(p.relative_to(src)) for p in (src / "metrics").rglob("*.txt"))
+    order = random.Random(2).sample(names, 40)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    first = {**os.environ, "C3FS_CACHE_DIR": str(tmp_path / "first")}
+    try:
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", "/jobs/j1", str(mnt)],
+                       check=True, capture_output=True, env=first)
+        for name in order:
+            assert (mnt / name).read_bytes() == (src / name).read_bytes()
+        subprocess.run([str(C3FS), "umount", str(mnt)], check=True, capture_output=True)
+        store = Store.open(open_backend(s3_url, cache=False))
+        wait_until(lambda: trace.load(store, "job", "j1"), "the stored trace", 30)
+        ids = trace.load(store, "job", "j1")
+        index = open_index(store)  # (this process's own, under the pytest home)
+        wanted = [c for name in order for c in chunks_of(index, store, src / name)]
+        assert ids[: len(wanted)] == wanted  # what the readers asked for, in their order
+
+        second = tmp_path / "second"  # another machine: its block cache fills with no reader
+        env = {**os.environ, "C3FS_CACHE_DIR": str(second)}
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", "/jobs/j1", str(mnt)],
+                       check=True, capture_output=True, env=env)
+        blocks = {f"{loc.pack_id}.{loc.offset // MiB}" for loc in map(index.lookup, wanted)}
+        wait_until(lambda: blocks <= cached_blocks(second), "blocks fetched ahead of readers", 30)
+        for name in order:
+            assert (mnt / name).read_bytes() == (src / name).read_bytes()
+    finally:
+        force_unmount(mnt)
+
+
+def chunks_of(index, store: Store, path: Path) -> list[bytes]:
+    """The chunk ids of a pushed small file (one chunk: the blake3 of its bytes)."""
+    return [blake3.blake3(path.read_bytes()).digest()]
+
+
+def cached_blocks(home: Path) -> set[str]:
+    """The names of the pack blocks in a machine's disk cache (<pack id>.<block number>)."""
+    return {p.name for p in home.rglob("blocks-*/*/*") if not p.name.startswith(".")}

@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -23,6 +24,7 @@ import trio
 from c3fs.errors import MountError, NotADirectory, NotFound
 from c3fs.fuse.ops import Operations
 from c3fs.preload import record as record_preload
+from c3fs.reader import trace
 from c3fs.repo import Repo
 from c3fs.store.backend import Deadline
 from c3fs.vfs import Vfs
@@ -64,9 +66,14 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
     """Mount and serve until unmounted; C3fsError (one line) when the mount cannot start."""
     limit_malloc_arenas()
     vfs = open_vfs(store_url, ref, cache_bytes)
+    # learned prefetch: a mount of one job on a remote store replays the job's access trace
+    # and records its own (c3fs/reader/trace.py)
+    job = vfs.root.ref if vfs.repo.blobs.remote and traces_enabled() else None
+    recorder = trace.Recorder() if job else None
     try:
         try:
-            pyfuse3.init(Operations(vfs, readahead=chunk_readahead(vfs.repo.blobs.remote)),
+            pyfuse3.init(Operations(vfs, readahead=chunk_readahead(vfs.repo.blobs.remote),
+                                    trace=recorder),
                          mountpoint,
                          fuse_options(allow_other))
         except RuntimeError as exc:
@@ -77,11 +84,16 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
                 log.warning("the command that started this mount died before it was ready: "
                             "unmounting %s", mountpoint)
                 return
+            if job:
+                threading.Thread(target=replay_trace, args=(vfs, *job), daemon=True,
+                                 name="c3fs-replay").start()
             trio.run(_serve, mountpoint, ack_fd)
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
             record_preload("mount")  # what the daemon loaded, read ahead by the next mount
+            if job and recorder is not None:
+                trace.save(vfs.repo.store, *job, recorder)
     finally:
         vfs.repo.close()
 
@@ -119,6 +131,24 @@ async def _stop_on_signal() -> None:
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+TRACE_ENV = "C3FS_TRACE"  # 0: a mount neither replays nor records access traces
+
+
+def traces_enabled() -> bool:
+    return os.environ.get(TRACE_ENV, "1") != "0"
+
+
+def replay_trace(vfs: Vfs, kind: str, name: str) -> None:
+    """Fetch the chunks of the job's stored access trace, in its order, ahead of readers."""
+    try:
+        ids = trace.load(vfs.repo.store, kind, name)
+        if ids:
+            log.info("replaying an access trace of %d chunks of %s %s", len(ids), kind, name)
+            vfs.repo.blobs.prefetch(ids)
+    except Exception:  # a hint only: never the mount's end
+        log.debug("replaying the access trace of %s %s failed", kind, name, exc_info=True)
 
 
 def chunk_readahead(remote: bool = False) -> int:

@@ -53,11 +53,12 @@ import pyfuse3
 import trio
 
 from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
-from c3fs.fuse.readahead import DirectoryReadahead
+from c3fs.fuse.readahead import SMALL_FILE, DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET
 from c3fs.objects.tree import FILE, LINK
 from c3fs.reader import FileReader
+from c3fs.reader.trace import Recorder
 from c3fs.vfs import ROOT_INO, Node, Vfs
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,10 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
 
     def __init__(self, vfs: Vfs, threads: int = 16, readahead: int = 8,
-                 stateless_open: bool | None = None) -> None:
+                 stateless_open: bool | None = None, trace: Recorder | None = None) -> None:
+        """`trace`: records the chunks the kernel asks for (see c3fs/reader/trace.py)."""
         super().__init__()
+        self.trace = trace
         self.stateless_open = opens_without_requests() if stateless_open is None else stateless_open
         self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
         self.vfs = vfs
@@ -248,6 +251,8 @@ class Operations(pyfuse3.Operations):
             return negative_entry()  # content never changes: the kernel may cache the miss
         if node.kind == FILE:
             self.directory_readahead.opened(parent, node)  # `cat *`, `cp -r`: the next ones
+            if self.trace is not None and node.entry is not None and node.size <= SMALL_FILE:
+                self.trace.add(node.entry.chunk_ids())  # (read ahead, it may send no READ)
         return self._entry(node)
 
     @handler
@@ -335,6 +340,8 @@ class Operations(pyfuse3.Operations):
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         reader = (await self._file(fh)).reader
+        if self.trace is not None:
+            self.trace.add(reader.ids_between(off, size))
         data = reader.read_cached(off, size)  # chunks in memory: no thread round trip
         if data is None:
             data = await self._thread(reader.read, off, size)

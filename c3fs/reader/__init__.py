@@ -228,6 +228,14 @@ class FileReader:
     def read(self, offset: int, size: int) -> bytes:
         return self._read(offset, size, self._fetch)
 
+    def ids_between(self, offset: int, size: int) -> list[bytes]:
+        """The ids of the chunks that bytes `offset`..`offset + size` lie in."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return []
+        first = bisect.bisect_right(self.starts, offset) - 1
+        return self.ids[first : bisect.bisect_left(self.starts, end)]
+
     def read_cached(self, offset: int, size: int) -> bytes | None:
         """`read` from cached chunks only: None as soon as one is not cached (never blocks)."""
         return self._read(offset, size, self.blobs.peek)

@@ -31,15 +31,16 @@ from dataclasses import dataclass, field
 from c3fs.errors import DataError, FormatError
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.memo import LRU
+from c3fs.objects import codec
 from c3fs.store.backend import BackendError
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
 KiB, MiB = 1024, 1024 * 1024
-SPAN = 8 * MiB  # at most this many bytes of one pack in one ranged GET
+SPAN = 4 * MiB  # at most this many bytes of one pack in one ranged GET
 GAP = 256 * KiB  # a GET reads over up to this many unwanted bytes between two wanted blobs
 WORKERS = 16  # ranged GETs in flight
-BUDGET = 96 * MiB  # plain bytes in flight and waiting to be taken
+BUDGET = 64 * MiB  # plain bytes in flight and waiting to be taken
 QUEUED = 4096  # spans wanted but not yet started
 
 
@@ -138,10 +139,12 @@ class Ahead:
     # in a worker ------------------------------------------------------------------------------
     def _fetch(self, span: Span) -> None:
         try:
-            stored = self.store.read(span.pack_id, span.offset, span.end - span.offset)
+            stored = memoryview(self.store.read(span.pack_id, span.offset, span.end - span.offset))
             for blob_id, loc in span.blobs:
                 start = loc.offset - span.offset
-                piece = stored[start : start + loc.length]
+                piece = stored[start : start + loc.length]  # no copy (raw blobs: one, below)
+                if loc.codec == codec.RAW:
+                    piece = bytes(piece)
                 try:
                     self._ready.put(blob_id, self._decode(blob_id, loc, piece))
                 except (DataError, FormatError):

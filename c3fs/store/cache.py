@@ -133,8 +133,11 @@ class DiskBlocks:
             os.utime(path)  # LRU: recently used
         return payload
 
+    def has(self, name: str) -> bool:
+        return self.path(name).exists()
+
     # writing (under the lock) -------------------------------------------------------------
-    def write(self, name: str, payload: bytes) -> None:
+    def write(self, name: str, payload: bytes | memoryview) -> None:
         """Cache a block; a block that cannot be written (full disk) is simply not cached."""
         size = _HEADER.size + len(payload)
         if size > self.max_bytes:
@@ -160,7 +163,7 @@ class DiskBlocks:
                 raise
             _set_used(state, used + size)
 
-    def _write_temp(self, name: str, payload: bytes) -> Path:
+    def _write_temp(self, name: str, payload: bytes | memoryview) -> Path:
         path = self.path(name)
         make_private_dir(path.parent)
         tmp = path.parent / f"{TMP_PREFIX}{name}.{token_hex(6)}"
@@ -295,6 +298,8 @@ class BlockCache:
             return self.inner.get(key, offset, length)
         if first == last:
             data = self._block(key, pack_id, first)
+        elif all(self._absent(f"{pack_id}.{n}") for n in range(first, last + 1)):
+            data = self._fetch_run(key, pack_id, first, last)  # (a reader's merged read)
         else:
             data = b"".join(self._blocks(key, pack_id, first, last))
         start = offset - first * self.block_size
@@ -357,8 +362,13 @@ class BlockCache:
             if len(run) == 1:
                 found[run[0]] = self._block(key, pack_id, run[0])
             else:
-                found.update(self._fetch_run(key, pack_id, run[0], run[-1]))
+                data = self._fetch_run(key, pack_id, run[0], run[-1])
+                for n in run:
+                    found[n] = data[(n - run[0]) * self.block_size : (n - run[0] + 1) * self.block_size]
         return [found[n] for n in range(first, last + 1)]
+
+    def _absent(self, name: str) -> bool:
+        return name not in self._memory and not self.disk.has(name)
 
     def _cached(self, name: str) -> bytes | None:
         """A block from memory or disk (kept in memory then), or None."""
@@ -372,22 +382,22 @@ class BlockCache:
             self.stats.hits += 1
         return data
 
-    def _fetch_run(self, key: str, pack_id: str, first: int, last: int) -> dict[int, bytes]:
-        """Blocks `first`..`last` of a pack with one ranged GET, each cached."""
+    def _fetch_run(self, key: str, pack_id: str, first: int, last: int) -> bytes:
+        """Blocks `first`..`last` of a pack with one ranged GET (their bytes, joined), each
+        written to disk; the last one also kept in memory (where the next read starts)."""
         size = self.block_size
         data = self.inner.get(key, first * size, (last - first + 1) * size)
         with self._lock:
             self.stats.misses += last - first + 1
             self.stats.fetched_bytes += len(data)
-        blocks = {}
+        view = memoryview(data)
         for n in range(first, last + 1):
-            block = data[(n - first) * size : (n - first + 1) * size]
-            name = f"{pack_id}.{n}"
+            block = view[(n - first) * size : (n - first + 1) * size]
             if block:
-                self.disk.write(name, block)
-            self._memory.put(name, block)
-            blocks[n] = block
-        return blocks
+                self.disk.write(f"{pack_id}.{n}", block)
+        if len(data) > (last - first) * size:
+            self._memory.put(f"{pack_id}.{last}", data[(last - first) * size :])
+        return data
 
     def _load(self, key: str, name: str, number: int) -> bytes:
         data = self._memory.get(name)  # loaded by another caller just now
@@ -421,10 +431,13 @@ class BlockCache:
 class NoDisk:
     """No disk at all: every block is fetched (by BlockCache.uncached)."""
 
+    def has(self, name: str) -> bool:
+        return False
+
     def read(self, name: str) -> bytes | None:
         return None
 
-    def write(self, name: str, payload: bytes) -> None:
+    def write(self, name: str, payload: bytes | memoryview) -> None:
         pass
 
     def drop(self, names: list[str]) -> bool:
