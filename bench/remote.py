@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -257,16 +258,45 @@ class Rig:
         with measure.foreground_mount(cmd, mnt) as mounted:
             yield mounted
 
+    def clear_traces(self) -> None:
+        """Remove c3fs's access traces of the job: the next mount is one of a job nobody read
+        before (cold), not one that replays an earlier repeat's reads."""
+        s3 = client(self.server.endpoint)
+        listed = s3.list_objects_v2(Bucket="c3fs", Prefix="bench/traces/").get("Contents", [])
+        for obj in listed:
+            s3.delete_object(Bucket="c3fs", Key=obj["Key"])
+
+    def trace_replay(self, name: str, rep: int) -> dict[str, float]:
+        """Learned prefetch: machine 1 reads the small files in a random order (a mount of a
+        job never read before: it records its trace); machine 2, fresh, mounts the job and
+        reads them in the same order (its mount replays machine 1's trace)."""
+        order = random.Random(rep).sample(self.small, len(self.small))
+        out = {}
+        self.clear_traces()
+        for machine in ("first", "second"):
+            work = fresh_dir(self.work / f"{name}-{rep}-trace-{machine}")
+            drop_caches()
+            with self.mount(name, work) as mounted:
+                before = self.proxy.requests()
+                out[f"random_{machine}_s"] = measure.cat_files(mounted.mountpoint, order)
+                out[f"random_{machine}_requests"] = self.proxy.requests() - before
+        out["random_speedup"] = out["random_first_s"] / out["random_second_s"]
+        return out
+
     def one_repeat(self, name: str, rep: int, log: Callable[[str], None]) -> dict[str, float]:
         """Two fresh machines: one times mount to first byte (of the first small file), the
         other lists the job, reads the small files, then the checkpoints twice."""
         out: dict[str, float] = {}
+        if name.startswith("c3fs"):
+            self.clear_traces()
         work = fresh_dir(self.work / f"{name}-{rep}-first-byte")
         drop_caches()
         with self.mount(name, work) as mounted:
             out["first_byte_s"] = measure.wait_first_byte(mounted.mountpoint / self.small[0],
                                                           mounted.started)
         work = fresh_dir(self.work / f"{name}-{rep}")
+        if name.startswith("c3fs"):
+            self.clear_traces()
         drop_caches()
         before_mount = self.proxy.requests()
         with self.mount(name, work) as mounted:
@@ -292,6 +322,8 @@ class Rig:
             out["daemon_rss_mib"] = rss.peak / (1 << 20) if hasattr(rss, "peak") else float("nan")
         if name.startswith("c3fs"):
             out.update(self.c3fs_pull(work, local=name == "c3fs-local", variant=name))
+        if name in ("c3fs", "c3fs-serial"):
+            out.update(self.trace_replay(name, rep))
         return out
 
     def timed_pull(self, cmd: Command) -> dict[str, float]:
@@ -446,6 +478,11 @@ ROWS = (("first_byte_s", "mount to first byte (s)", False),
         ("mount_requests", "requests to mount", False),
         ("ls_requests", "requests for ls -lR", False),
         ("pull_requests_per_gib", "requests per GiB pulled", False),
+        ("random_first_s", "small files, random order, 1st machine (s)", False),
+        ("random_second_s", "same order, 2nd machine, trace replayed (s)", False),
+        ("random_speedup", "learned prefetch: 1st / 2nd machine (×)", True),
+        ("random_first_requests", "requests, random order, 1st machine", False),
+        ("random_second_requests", "requests, same order, 2nd machine", False),
         ("daemon_rss_mib", "daemon peak RSS (MiB)", False),
         ("pull_rss_mib", "pull peak RSS (MiB)", False))
 
