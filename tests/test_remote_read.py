@@ -101,10 +101,11 @@ def test_a_read_over_missing_blocks_is_one_get_per_run(s3_url: str, tmp_path: Pa
     cache = BlockCache(counting, tmp_path / "c", 64 * MiB, block_size=64 * KiB, memory_bytes=0)
     cache.put(KEY, data)
     assert cache.get(KEY, 10, 600 * KiB) == data[10 : 10 + 600 * KiB]
-    assert len(counting.gets) == 1  # 10 blocks, one ranged GET
-    assert cache.get(KEY, 300 * KiB, 20 * KiB) == data[300 * KiB : 320 * KiB]  # cached
+    assert counting.gets == [(KEY, 10, 600 * KiB)]  # 10 blocks, one ranged GET, exact
+    assert cache.get(KEY, 300 * KiB, 20 * KiB) == data[300 * KiB : 320 * KiB]  # block 4: cached
+    assert cache.stats.misses == 8  # blocks 1-8 were held whole, so cached; 0 and 9 were not
     assert cache.get(KEY, 500 * KiB, 400 * KiB) == data[500 * KiB : 900 * KiB]
-    assert len(counting.gets) == 2 and counting.gets[1][1] == 640 * KiB  # only the missing run
+    assert counting.gets[1:] == [(KEY, 576 * KiB, 384 * KiB)]  # only the run 9-14, at once
     assert cache.get(KEY, 2 * MiB - 100, 64 * KiB) == data[2 * MiB - 100 :]  # past the end
 
 

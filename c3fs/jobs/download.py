@@ -296,7 +296,7 @@ class Copier:
         """A remote store: these chunks in merged ranged GETs, many at once, ahead of the
         writers (those this copy wrote already are read back instead, see `_Reuse`)."""
         if self.vfs.repo.blobs.remote:
-            self.vfs.repo.blobs.prefetch(chunk_ids, skip=self._reuse.has)
+            self.vfs.repo.blobs.prefetch(chunk_ids, skip=self._reuse.has, keep=False)
 
     def _write_part(self, big: _BigFile, reader: FileReader, first: int, stop: int) -> None:
         self._fetch_ahead(reader.ids[first : stop + (stop - first)])  # this part and the next

@@ -40,7 +40,7 @@ KiB, MiB = 1024, 1024 * 1024
 SPAN = 4 * MiB  # at most this many bytes of one pack in one ranged GET
 GAP = 256 * KiB  # a GET reads over up to this many unwanted bytes between two wanted blobs
 WORKERS = 16  # ranged GETs in flight
-BUDGET = 64 * MiB  # plain bytes in flight and waiting to be taken
+BUDGET = 48 * MiB  # plain bytes in flight and waiting to be taken
 QUEUED = 4096  # spans wanted but not yet started
 
 
@@ -51,6 +51,7 @@ class Span:
     end: int
     blobs: list[tuple[bytes, Location]] = field(default_factory=list)
     plain: int = 0
+    keep: bool = True  # kept in the store's disk cache (a copy's reads are not)
     started: bool = False
     done: Future = field(default_factory=Future)
 
@@ -85,8 +86,10 @@ class Ahead:
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._spans or blob_id in self._ready
 
-    def want(self, blob_ids: list[bytes], known: Callable[[bytes], bool]) -> None:
-        """Fetch these blobs ahead, in this order (`known`: already cached elsewhere)."""
+    def want(self, blob_ids: list[bytes], known: Callable[[bytes], bool], keep: bool = True
+             ) -> None:
+        """Fetch these blobs ahead, in this order (`known`: already cached elsewhere; `keep`:
+        their pack blocks also go to the store's disk cache)."""
         located = []
         try:
             for blob_id in dict.fromkeys(blob_ids):
@@ -103,6 +106,7 @@ class Ahead:
                     break
                 for blob_id, _ in span.blobs:
                     self._spans[blob_id] = span
+                span.keep = keep
                 self._queue[id(span)] = span
             self._start_fitting()
 
@@ -139,7 +143,8 @@ class Ahead:
     # in a worker ------------------------------------------------------------------------------
     def _fetch(self, span: Span) -> None:
         try:
-            stored = memoryview(self.store.read(span.pack_id, span.offset, span.end - span.offset))
+            store = self.store if span.keep else self.store.uncached
+            stored = memoryview(store.read(span.pack_id, span.offset, span.end - span.offset))
             for blob_id, loc in span.blobs:
                 start = loc.offset - span.offset
                 piece = stored[start : start + loc.length]  # no copy (raw blobs: one, below)

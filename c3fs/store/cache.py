@@ -299,7 +299,7 @@ class BlockCache:
         if first == last:
             data = self._block(key, pack_id, first)
         elif all(self._absent(f"{pack_id}.{n}") for n in range(first, last + 1)):
-            data = self._fetch_run(key, pack_id, first, last)  # (a reader's merged read)
+            return self._fetch_range(key, pack_id, offset, length)  # (a reader's merged read)
         else:
             data = b"".join(self._blocks(key, pack_id, first, last))
         start = offset - first * self.block_size
@@ -380,6 +380,20 @@ class BlockCache:
             self._memory.put(name, data)
         with self._lock:
             self.stats.hits += 1
+        return data
+
+    def _fetch_range(self, key: str, pack_id: str, offset: int, length: int) -> bytes:
+        """Exactly this range with one ranged GET (no copy of it made); the blocks it holds
+        whole are written to disk."""
+        data = self.inner.get(key, offset, length)
+        size = self.block_size
+        first, end = -(-offset // size), (offset + len(data)) // size
+        with self._lock:
+            self.stats.misses += max(end - first, 0)
+            self.stats.fetched_bytes += len(data)
+        view = memoryview(data)
+        for n in range(first, end):
+            self.disk.write(f"{pack_id}.{n}", view[n * size - offset : (n + 1) * size - offset])
         return data
 
     def _fetch_run(self, key: str, pack_id: str, first: int, last: int) -> bytes:
