@@ -62,6 +62,7 @@ SIZE_ENV = "C3FS_DISK_CACHE"
 BLOCK_SIZE = 1 * MiB
 MEMORY_BYTES = 16 * MiB  # decoded blocks kept in memory: the next blobs of a block are free
 MAX_SPAN = 16  # a read over more blocks than this goes straight to the inner backend
+EXACT_SPAN = 3  # a read over more missing blocks is fetched exactly (its edges not cached)
 LOW_WATER = 0.9  # an eviction pass frees space down to this fraction of the limit
 TEMP_AGE = 3600.0  # temp files older than this were left by a crashed writer
 TMP_PREFIX = ".tmp."
@@ -298,7 +299,8 @@ class BlockCache:
             return self.inner.get(key, offset, length)
         if first == last:
             data = self._block(key, pack_id, first)
-        elif all(self._absent(f"{pack_id}.{n}") for n in range(first, last + 1)):
+        elif last - first >= EXACT_SPAN and all(
+                self._absent(f"{pack_id}.{n}") for n in range(first, last + 1)):
             return self._fetch_range(key, pack_id, offset, length)  # (a reader's merged read)
         else:
             data = b"".join(self._blocks(key, pack_id, first, last))
