@@ -11,13 +11,17 @@ cache, C3FS_CACHE_DIR), empty rclone cache, new mounts, page cache dropped.
 
 Per tool and repeat: mount to first byte, `ls -lR`, the checkpoints cold then again (page
 cache), the small files cold, requests per GiB read (at the proxy) and daemon peak RSS; then a
-pull of the whole job (c3fs pull; boto3 download-first). The rig's limit is the checkpoints
+pull of the whole job (c3fs pull; boto3 download-first); for c3fs, learned prefetch: machine 1
+reads the small files in a random order, machine 2 in the same order, replaying machine 1's
+access trace. `c3fs-serial` is c3fs with fetching ahead off (C3FS_READ_WINDOW=0), the A side
+of an A/B in the same run. The rig's limit is the checkpoints
 fetched by obstore with parallel 8 MiB ranged GETs (8, 16 and 32 in flight; the best).
 Results: bench/results/remote-<timestamp>.{json,md}.
 
     python -m bench remote                                   # quick scale, 20 ms, 3 repeats
     python -m bench remote --small-files 1000 --tools c3fs,rclone-off,boto3
     python -m bench remote --delay-ms 50 --mbps 100 --repeat 5
+    python -m bench remote --small-files 1000 --tools c3fs,c3fs-serial,c3fs-local
 """
 
 from __future__ import annotations
