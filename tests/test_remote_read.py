@@ -207,6 +207,11 @@ def test_a_trace_round_trips_through_the_store_and_bad_ones_are_ignored(
     store.backend.put("traces/job/j1/" + "0" * 64, b"C3TRACE1" + b"x" * 5000)  # bigger, bad
     assert trace.load(store, "job", "j1") == [ids[2], ids[0], ids[1]]
     assert "ignoring the access trace" in caplog.text
+    for i in range(trace.MAX_TRACES):  # a job read many ways keeps a bounded number
+        other = trace.Recorder()
+        other.add([bytes([100 + i]) * 32])
+        trace.save(store, "job", "j1", other)
+    assert len(list(store.backend.list("traces/job/j1/"))) == trace.MAX_TRACES
 
 
 def test_a_replayed_trace_is_fetched_in_its_order_in_merged_gets(

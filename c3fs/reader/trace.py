@@ -9,7 +9,8 @@ ahead sends no READ), at most `MAX_IDS` of them, and at unmount stores the trace
 
     traces/<kind>/<name>/<blake3 of the object>      (kind: job or dataset)
 
-create-only and named by its content (two mounts that read alike store one object).
+create-only and named by its content (two mounts that read alike store one object); at most
+`MAX_TRACES` per job (a mount stores none once there are that many).
 Format (version 1): `MAGIC`, then zstd of the 32-byte chunk ids in order. A trace is
 untrusted input: used only if its bytes match its name and hold whole ids, at most
 `MAX_IDS`; anything else is skipped with one warning. The next mount reads the largest
@@ -34,6 +35,7 @@ MAGIC = b"C3TRACE1"
 ID = 32
 MAX_IDS = 131_072  # 4 MiB of chunk ids: a trace is small, whatever the job
 MAX_BYTES = MAX_IDS * ID + 4096  # the largest object read back as a trace
+MAX_TRACES = 8  # traces kept per job: a mount stores none once there are this many
 
 
 class Recorder:
@@ -74,6 +76,10 @@ def save(store: Store, kind: str, name: str, recorder: Recorder) -> str | None:
     data = recorder.encode()
     key = prefix(kind, name) + blake3.blake3(data).hexdigest()
     try:
+        if sum(1 for _ in store.backend.list(prefix(kind, name))) >= MAX_TRACES:
+            log.info("%s %s has %d access traces already; not storing another", kind, name,
+                     MAX_TRACES)
+            return None
         store.backend.create(key, data)
     except KeyExists:
         pass  # the same trace, stored by an earlier mount
