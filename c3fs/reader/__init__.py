@@ -101,9 +101,15 @@ class BlobSource:
         return data
 
     def peek(self, blob_id: bytes) -> bytes | None:
-        """The cached bytes of `blob_id`, or None: never fetches, so it may run on the FUSE
-        event loop (which then sends only cache misses to a worker thread)."""
-        return self._cache.get(blob_id)
+        """The cached bytes of `blob_id` (or fetched ahead and decoded already), or None:
+        never fetches nor decodes, so it may run on the FUSE event loop (which then sends
+        only the rest to a worker thread)."""
+        data = self._cache.get(blob_id)
+        if data is None and self.ahead is not None:
+            data = self.ahead.take_decoded(blob_id)
+            if data is not None and len(data) <= self.cache_bytes // 4:
+                self._cache.put(blob_id, data)
+        return data
 
     def prefetch(self, blob_ids: list[bytes],
                  skip: Callable[[bytes], bool] | None = None, keep: bool = True) -> None:

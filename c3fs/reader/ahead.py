@@ -140,6 +140,15 @@ class Ahead:
         except (DataError, FormatError):
             return None  # the caller's own fetch reads it again, and reports it
 
+    def take_decoded(self, blob_id: bytes) -> bytes | None:
+        """`take`, but only a blob already fetched and decoded: never waits nor decodes."""
+        item = self._ready.get(blob_id)
+        if item is None or item[0] is not None or self._ready.pop(blob_id) is None:
+            return None
+        with self._lock:
+            self._start_fitting()
+        return item[1]
+
     # scheduling (under the lock) ------------------------------------------------------------
     def _start_fitting(self) -> None:
         while self._queue and not self._closed:
