@@ -6,7 +6,8 @@ HTTP request on a connection (a chunk that begins with a method, after the previ
 began), the proxy counts it and holds it for `--delay-ms` before forwarding, so every request
 costs one added round trip, whatever the client's concurrency (each connection waits on its
 own). `--mbps` caps the bytes sent back to the clients, all connections together (a shared
-link). Counters (requests by method, bytes each way, connections) are written as JSON to
+link). `--spike-ms S --spike-rate R`: a fraction R of requests is held S ms longer (latency
+spikes, as netem's jitter would make). Counters (requests by method, bytes each way, connections) are written as JSON to
 `--stats` after every request and when a connection closes.
 
     python -m bench.proxy --upstream 127.0.0.1:9000 --port 9100 --delay-ms 20 --stats s.json
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -39,8 +41,11 @@ _METHOD = re.compile(rb"^(GET|PUT|POST|HEAD|DELETE|OPTIONS|PATCH) \S+ HTTP/1\.[0
 class Link:
     """The shared state: the added delay, the bandwidth cap and the counters."""
 
-    def __init__(self, delay: float, mbps: float | None, stats: Path | None) -> None:
+    def __init__(self, delay: float, mbps: float | None, stats: Path | None,
+                 spike: float = 0.0, spike_rate: float = 0.0, seed: int = 1) -> None:
         self.delay, self.stats = delay, stats
+        self.spike, self.spike_rate = spike, spike_rate  # latency spikes: this often, this long
+        self.random = random.Random(seed)
         self.bytes_per_s = mbps * 1e6 if mbps else None
         self.next_free = 0.0
         self.counts: dict[str, int] = {"requests": 0, "bytes_up": 0, "bytes_down": 0,
@@ -53,6 +58,13 @@ class Link:
         start = max(now, self.next_free)
         self.next_free = start + size / self.bytes_per_s
         await asyncio.sleep(self.next_free - now)
+
+    def hold(self) -> float:
+        """Seconds to hold the next request: the delay, plus a spike now and then."""
+        spiking = self.spike_rate and self.random.random() < self.spike_rate
+        if spiking:
+            self.counts["spikes"] = self.counts.get("spikes", 0) + 1
+        return self.delay + (self.spike if spiking else 0.0)
 
     def count_request(self, method: str) -> None:
         self.counts["requests"] += 1
@@ -80,8 +92,8 @@ class Connection:
             if self.awaiting_request and (match := _METHOD.match(data)):
                 self.awaiting_request = False
                 self.link.count_request(match.group(1).decode())
-                if self.link.delay:
-                    await asyncio.sleep(self.link.delay)
+                if hold := self.link.hold():
+                    await asyncio.sleep(hold)
             self.link.counts["bytes_up"] += len(data)
             writer.write(data)
             await writer.drain()
@@ -139,8 +151,9 @@ class Proxy:
     """`python -m bench.proxy` in a subprocess; `requests()` / `counts()` read its stats file."""
 
     def __init__(self, upstream_port: int, work: Path, delay_ms: float = 20.0,
-                 mbps: float | None = None) -> None:
+                 mbps: float | None = None, spike_ms: float = 0.0, spike_rate: float = 0.0) -> None:
         self.upstream_port, self.delay_ms, self.mbps = upstream_port, delay_ms, mbps
+        self.spike_ms, self.spike_rate = spike_ms, spike_rate
         self.port = free_port()
         self.endpoint = f"http://{HOST}:{self.port}"
         work.mkdir(parents=True, exist_ok=True)
@@ -154,6 +167,8 @@ class Proxy:
                 "--stats", str(self.stats)]
         if self.mbps:
             argv += ["--mbps", str(self.mbps)]
+        if self.spike_rate:
+            argv += ["--spike-ms", str(self.spike_ms), "--spike-rate", str(self.spike_rate)]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
@@ -247,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=20.0, help="added per request")
     parser.add_argument("--mbps", type=float, default=None, help="cap on bytes to clients, MB/s")
     parser.add_argument("--stats", type=Path, default=None, help="JSON counters written here")
+    parser.add_argument("--spike-ms", type=float, default=0.0,
+                        help="latency spike: a request held this much longer (netem jitter)")
+    parser.add_argument("--spike-rate", type=float, default=0.0,
+                        help="fraction of requests that spike (0.05: one in 20)")
     parser.add_argument("--ceiling", action="store_true", help="measure the proxy's own MB/s")
     args = parser.parse_args(argv)
     if args.ceiling:
@@ -255,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.upstream:
         parser.error("--upstream is required")
     host, _, port = args.upstream.rpartition(":")
-    link = Link(args.delay_ms / 1000, args.mbps, args.stats)
+    link = Link(args.delay_ms / 1000, args.mbps, args.stats, args.spike_ms / 1000,
+                args.spike_rate)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     link.write_stats()
     asyncio.run(serve(args.port, (host, int(port)), link, None))

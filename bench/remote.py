@@ -11,13 +11,17 @@ cache, C3FS_CACHE_DIR), empty rclone cache, new mounts, page cache dropped.
 
 Per tool and repeat: mount to first byte, `ls -lR`, the checkpoints cold then again (page
 cache), the small files cold, requests per GiB read (at the proxy) and daemon peak RSS; then a
-pull of the whole job (c3fs pull; boto3 download-first). The rig's limit is the checkpoints
+pull of the whole job (c3fs pull; boto3 download-first); for c3fs, learned prefetch: machine 1
+reads the small files in a random order, machine 2 in the same order, replaying machine 1's
+access trace. `c3fs-serial` is c3fs with fetching ahead off (C3FS_READ_WINDOW=0), the A side
+of an A/B in the same run. The rig's limit is the checkpoints
 fetched by obstore with parallel 8 MiB ranged GETs (8, 16 and 32 in flight; the best).
 Results: bench/results/remote-<timestamp>.{json,md}.
 
     python -m bench remote                                   # quick scale, 20 ms, 3 repeats
     python -m bench remote --small-files 1000 --tools c3fs,rclone-off,boto3
     python -m bench remote --delay-ms 50 --mbps 100 --repeat 5
+    python -m bench remote --small-files 1000 --tools c3fs,c3fs-serial,c3fs-local
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -48,6 +53,9 @@ KEY = "S3RVER"
 MB, GiB = 1e6, float(1 << 30)
 PART = 8 << 20
 TOOLS = ("c3fs", "c3fs-local", "rclone-off", "rclone-full", "s3fs", "boto3")
+# c3fs-serial: c3fs with fetching ahead in merged ranged GETs off (C3FS_READ_WINDOW=0), the
+# A side of an A/B of that change in the same run (`--tools c3fs,c3fs-serial`)
+VARIANTS = {"c3fs-serial": {"C3FS_READ_WINDOW": "0"}}
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -210,11 +218,13 @@ class Rig:
         log("c3fs push into a local store (the c3fs-local baseline)")
         run(self.c3fs_tool(self.work / "c3fs-local-push", local=True).ingest(self.src, "v1"))
 
-    def c3fs_tool(self, work: Path, direct: bool = False, local: bool = False) -> C3fs:
+    def c3fs_tool(self, work: Path, direct: bool = False, local: bool = False,
+                  variant: str = "c3fs") -> C3fs:
         """c3fs on a fresh machine (empty cache directory: index and block cache); `local`:
-        on a store on this machine's disk instead of the bucket."""
+        on a store on this machine's disk instead of the bucket; `variant`: see VARIANTS."""
         endpoint = self.server.endpoint if direct else self.proxy.endpoint
-        env = {**s3_env(endpoint), "C3FS_CACHE_DIR": str(fresh_dir(work / "cache"))}
+        env = {**s3_env(endpoint), "C3FS_CACHE_DIR": str(fresh_dir(work / "cache")),
+               **VARIANTS.get(variant, {})}
         store = str(self.work / "local-store") if local else "s3://c3fs/bench"
         tool = C3fs(work / "tool", store=store, extra_env=env)
         tool.setup()
@@ -227,7 +237,8 @@ class Rig:
         mnt = work / "mnt"
         mnt.mkdir(parents=True, exist_ok=True)
         if name.startswith("c3fs"):
-            with self.c3fs_tool(work, local=name == "c3fs-local").mount("v1", mnt) as mounted:
+            tool = self.c3fs_tool(work, local=name == "c3fs-local", variant=name)
+            with tool.mount("v1", mnt) as mounted:
                 yield mounted
             return
         if name.startswith("rclone"):
@@ -251,16 +262,45 @@ class Rig:
         with measure.foreground_mount(cmd, mnt) as mounted:
             yield mounted
 
+    def clear_traces(self) -> None:
+        """Remove c3fs's access traces of the job: the next mount is one of a job nobody read
+        before (cold), not one that replays an earlier repeat's reads."""
+        s3 = client(self.server.endpoint)
+        listed = s3.list_objects_v2(Bucket="c3fs", Prefix="bench/traces/").get("Contents", [])
+        for obj in listed:
+            s3.delete_object(Bucket="c3fs", Key=obj["Key"])
+
+    def trace_replay(self, name: str, rep: int) -> dict[str, float]:
+        """Learned prefetch: machine 1 reads the small files in a random order (a mount of a
+        job never read before: it records its trace); machine 2, fresh, mounts the job and
+        reads them in the same order (its mount replays machine 1's trace)."""
+        order = random.Random(rep).sample(self.small, len(self.small))
+        out = {}
+        self.clear_traces()
+        for machine in ("first", "second"):
+            work = fresh_dir(self.work / f"{name}-{rep}-trace-{machine}")
+            drop_caches()
+            with self.mount(name, work) as mounted:
+                before = self.proxy.requests()
+                out[f"random_{machine}_s"] = measure.cat_files(mounted.mountpoint, order)
+                out[f"random_{machine}_requests"] = self.proxy.requests() - before
+        out["random_speedup"] = out["random_first_s"] / out["random_second_s"]
+        return out
+
     def one_repeat(self, name: str, rep: int, log: Callable[[str], None]) -> dict[str, float]:
         """Two fresh machines: one times mount to first byte (of the first small file), the
         other lists the job, reads the small files, then the checkpoints twice."""
         out: dict[str, float] = {}
+        if name.startswith("c3fs"):
+            self.clear_traces()
         work = fresh_dir(self.work / f"{name}-{rep}-first-byte")
         drop_caches()
         with self.mount(name, work) as mounted:
             out["first_byte_s"] = measure.wait_first_byte(mounted.mountpoint / self.small[0],
                                                           mounted.started)
         work = fresh_dir(self.work / f"{name}-{rep}")
+        if name.startswith("c3fs"):
+            self.clear_traces()
         drop_caches()
         before_mount = self.proxy.requests()
         with self.mount(name, work) as mounted:
@@ -285,7 +325,9 @@ class Rig:
                                                                 / GiB)
             out["daemon_rss_mib"] = rss.peak / (1 << 20) if hasattr(rss, "peak") else float("nan")
         if name.startswith("c3fs"):
-            out.update(self.c3fs_pull(work, local=name == "c3fs-local"))
+            out.update(self.c3fs_pull(work, local=name == "c3fs-local", variant=name))
+        if name in ("c3fs", "c3fs-serial"):
+            out.update(self.trace_replay(name, rep))
         return out
 
     def timed_pull(self, cmd: Command) -> dict[str, float]:
@@ -306,8 +348,8 @@ class Rig:
                 "pull_requests_per_gib": (self.proxy.requests() - before) / gib,
                 "pull_rss_mib": rss.peak / (1 << 20)}
 
-    def c3fs_pull(self, work: Path, local: bool) -> dict[str, float]:
-        tool = self.c3fs_tool(work / "pull", local=local)
+    def c3fs_pull(self, work: Path, local: bool, variant: str = "c3fs") -> dict[str, float]:
+        tool = self.c3fs_tool(work / "pull", local=local, variant=variant)
         dest = fresh_dir(work / "pull-dest")
         return self.timed_pull(tool.restore("v1", dest))
 
@@ -368,7 +410,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--delay-ms", type=float, default=20.0, help="added per request")
     parser.add_argument("--mbps", type=float, default=None, help="bandwidth cap, MB/s")
-    parser.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {TOOLS}")
+    parser.add_argument("--tools", default=",".join(TOOLS),
+                        help=f"comma list of {TOOLS + tuple(VARIANTS)}")
     parser.add_argument("--no-moto", action="store_true", help="skip moto's ranged GET cost")
     parser.add_argument("--keep-work", action="store_true", help="keep bench/work/remote/")
     return parser
@@ -438,6 +481,12 @@ ROWS = (("first_byte_s", "mount to first byte (s)", False),
         ("requests_per_gib", "requests per GiB read (mount)", False),
         ("mount_requests", "requests to mount", False),
         ("ls_requests", "requests for ls -lR", False),
+        ("pull_requests_per_gib", "requests per GiB pulled", False),
+        ("random_first_s", "small files, random order, 1st machine (s)", False),
+        ("random_second_s", "same order, 2nd machine, trace replayed (s)", False),
+        ("random_speedup", "learned prefetch: 1st / 2nd machine (×)", True),
+        ("random_first_requests", "requests, random order, 1st machine", False),
+        ("random_second_requests", "requests, same order, 2nd machine", False),
         ("daemon_rss_mib", "daemon peak RSS (MiB)", False),
         ("pull_rss_mib", "pull peak RSS (MiB)", False))
 
@@ -479,6 +528,10 @@ def _ratios(summary: dict, tools: list[str], limit: dict | None) -> list[str]:
             best = max(peers) if higher else min(peers)
             ratio = mine["median"] / best if higher else best / mine["median"]
             parts.append(f"{ratio:.2f}× the best peer (>1: c3fs faster)")
+        serial = summary.get("c3fs-serial", {}).get(key)
+        if serial:
+            ratio = mine["median"] / serial["median"] if higher else serial["median"] / mine["median"]
+            parts.append(f"{ratio:.2f}× c3fs-serial (fetching ahead off, same run)")
         local = summary.get("c3fs-local", {}).get(key)
         if local:
             ratio = mine["median"] / local["median"] if higher else local["median"] / mine["median"]

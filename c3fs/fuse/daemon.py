@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -23,6 +24,7 @@ import trio
 from c3fs.errors import MountError, NotADirectory, NotFound
 from c3fs.fuse.ops import Operations
 from c3fs.preload import record as record_preload
+from c3fs.reader import trace
 from c3fs.repo import Repo
 from c3fs.store.backend import Deadline
 from c3fs.vfs import Vfs
@@ -73,10 +75,15 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
     """Mount and serve until unmounted; C3fsError (one line) when the mount cannot start."""
     limit_malloc_arenas()
     vfs = open_vfs(store_url, ref, cache_bytes)
+    # learned prefetch: a mount of one job on a remote store replays the job's access trace
+    # and records its own (c3fs/reader/trace.py)
+    job = vfs.root.ref if vfs.repo.blobs.remote and traces_enabled() else None
+    recorder = trace.Recorder() if job else None
     try:
         try:
-            pyfuse3.init(Operations(vfs, readahead=chunk_readahead()), mountpoint,
-                         fuse_options(allow_other, source))
+            pyfuse3.init(Operations(vfs, readahead=chunk_readahead(vfs.repo.blobs.remote),
+                                    trace=recorder),
+                         mountpoint, fuse_options(allow_other, source))
         except RuntimeError as exc:
             raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
         log.info("mounted %s at %s (store %s)", ref or "/", mountpoint, vfs.repo.store.url)
@@ -85,11 +92,16 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
                 log.warning("the command that started this mount died before it was ready: "
                             "unmounting %s", mountpoint)
                 return
+            if job:
+                threading.Thread(target=replay_trace, args=(vfs, *job), daemon=True,
+                                 name="c3fs-replay").start()
             trio.run(_serve, mountpoint, ack_fd)
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
             record_preload("mount")  # what the daemon loaded, read ahead by the next mount
+            if job and recorder is not None:
+                trace.save(vfs.repo.store, *job, recorder)
     finally:
         vfs.repo.close()
 
@@ -129,15 +141,35 @@ async def _stop_on_signal() -> None:
             return
 
 
-def chunk_readahead() -> int:
+TRACE_ENV = "C3FS_TRACE"  # 0: a mount neither replays nor records access traces
+
+
+def traces_enabled() -> bool:
+    return os.environ.get(TRACE_ENV, "1") != "0"
+
+
+def replay_trace(vfs: Vfs, kind: str, name: str) -> None:
+    """Fetch the chunks of the job's stored access trace, in its order, ahead of readers."""
+    try:
+        ids = trace.load(vfs.repo.store, kind, name)
+        if ids:
+            log.info("replaying an access trace of %d chunks of %s %s", len(ids), kind, name)
+            vfs.repo.blobs.prefetch(ids)
+    except Exception:  # a hint only: never the mount's end
+        log.debug("replaying the access trace of %s %s failed", kind, name, exc_info=True)
+
+
+def chunk_readahead(remote: bool = False) -> int:
     """Chunks each reader prefetches past a sequential read.
 
     As root the mount raises the kernel's own readahead (`set_readahead`): the kernel then
     sends several 1 MiB READs at once and decoding already runs in parallel, so a second
     readahead in the daemon only adds thread hand-offs (measured: ~15% more CPU, slower).
     Without that the kernel reads ahead 128 KiB at a time and the reader must prefetch.
+    A remote store's reader always reads ahead (a growing window of merged ranged GETs):
+    4 MiB of kernel readahead is a few round trips, far from what the link can carry.
     """
-    return 0 if os.geteuid() == 0 else 8
+    return 8 if remote or os.geteuid() != 0 else 0
 
 
 def set_readahead(mountpoint: str) -> None:

@@ -58,11 +58,12 @@ import pyfuse3
 import trio
 
 from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
-from c3fs.fuse.readahead import DirectoryReadahead
+from c3fs.fuse.readahead import SMALL_FILE, DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB
 from c3fs.objects.tree import FILE, LINK, file_digest
 from c3fs.reader import FileReader
+from c3fs.reader.trace import Recorder
 from c3fs.vfs import ROOT_INO, Node, Vfs
 
 # a patched pyfuse3 (patches/) sends a READ's reply given as a list of buffers without joining
@@ -237,8 +238,10 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
 
     def __init__(self, vfs: Vfs, threads: int = 16, readahead: int = 8,
-                 stateless_open: bool | None = None) -> None:
+                 stateless_open: bool | None = None, trace: Recorder | None = None) -> None:
+        """`trace`: records the chunks the kernel asks for (see c3fs/reader/trace.py)."""
         super().__init__()
+        self.trace = trace
         self.stateless_open = opens_without_requests() if stateless_open is None else stateless_open
         self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
         self._digests: LRU = LRU(DIGESTS)  # blake3 of a chunk list -> hex digest of the bytes
@@ -289,6 +292,8 @@ class Operations(pyfuse3.Operations):
             return negative_entry()  # content never changes: the kernel may cache the miss
         if node.kind == FILE:
             self.directory_readahead.opened(parent, node)  # `cat *`, `cp -r`: the next ones
+            if self.trace is not None and node.entry is not None and node.size <= SMALL_FILE:
+                self.trace.add(node.entry.chunk_ids())  # (read ahead, it may send no READ)
         return self._entry(node)
 
     @handler
@@ -378,6 +383,8 @@ class Operations(pyfuse3.Operations):
         """The chunks' bytes as views, never copied: a patched pyfuse3 sends a list of them as
         one reply (READ_REPLY_PARTS, see patches/); a stock one gets them joined."""
         reader = (await self._file(fh)).reader
+        if self.trace is not None:
+            self.trace.add(reader.ids_between(off, size))
         parts = reader.read_parts(off, size, cached=True)  # in memory: no thread round trip
         if parts is None:
             parts = await self._thread(reader.read_parts, off, size)

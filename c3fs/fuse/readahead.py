@@ -30,6 +30,7 @@ from c3fs.vfs import Node, Vfs
 log = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
 WINDOW = 64
+REMOTE_WINDOWS = 4  # windows whose chunks a remote store is asked for at once
 DIRECTORIES = 64  # directories remembered (each: the name that starts its next window)
 END = b"\xff" * 256  # greater than any name: the directory is read ahead to its end
 
@@ -72,8 +73,13 @@ class DirectoryReadahead:
         window = entries[start : start + self.window]
         half = start + self.window // 2
         trigger = entries[half].name if start + self.window < len(entries) else END
+        if self.vfs.repo.blobs.remote:
+            # a remote store: the chunks of this window and the next ones in a few merged
+            # ranged GETs at once, not a round trip per pack block as the files are read
+            ahead = entries[start : start + REMOTE_WINDOWS * self.window]
+            self.vfs.repo.blobs.prefetch([c for e in ahead if _small(e) for c in e.chunk_ids()])
         for entry in window:
-            if entry.kind == FILE and 0 < entry.size <= SMALL_FILE:
+            if _small(entry):
                 self._read_ahead(parent, entry)
         return trigger
 
@@ -85,3 +91,7 @@ class DirectoryReadahead:
             return  # the READ of that file will report it
         if self.push is not None:
             self.push(node.ino, content)
+
+
+def _small(entry: Entry) -> bool:
+    return entry.kind == FILE and 0 < entry.size <= SMALL_FILE

@@ -412,12 +412,14 @@ class Index:
         self._sync(store, packs=True, refs=True)
 
     def _sync(self, store: Store, packs: bool, refs: bool) -> None:
-        with self._sync_lock:
-            if packs:
-                self._sync_packs(store)
+        with self._sync_lock, ThreadPoolExecutor(2, thread_name_prefix="c3fs-sync") as pool:
+            # packs and refs are learned side by side: on a remote store each is round trips
+            # (a fresh machine's mount waits for both)
+            done = [pool.submit(self._sync_packs, store)] if packs else []
             if refs:
-                for kind in (JOB, DATASET):
-                    self._sync_refs(store, kind)
+                done += [pool.submit(self._sync_refs, store, kind) for kind in (JOB, DATASET)]
+            for future in done:
+                future.result()
             with self._write() as txn:
                 txn.put(b"synced", repr(time.time()).encode(), db=self.meta)
 
@@ -437,13 +439,11 @@ class Index:
         are fsynced here first: a push that dedups against them never names a pack that a
         power loss could take away. Learning 3,000 packs already on disk: 0.87 -> 1.17 s."""
         learned = {}
-        for pack_id, size in sizes.items():
-            try:
-                learned[pack_id] = store.pack_entries(pack_id, size)
-            except KeyMissing:
-                pass
-            except FormatError as exc:
-                log.error("skipping damaged pack %s: %s", pack_id, exc)
+        with ThreadPoolExecutor(REF_FETCHES, thread_name_prefix="c3fs-pack") as pool:
+            trailers = pool.map(lambda item: self._trailer(store, *item), sizes.items())
+            for pack_id, entries in zip(sizes, trailers, strict=True):
+                if entries is not None:
+                    learned[pack_id] = entries
         try:
             store.sync_packs(list(learned))
         except (KeyMissing, OSError):  # one was deleted (gc) since, or the disk failed
@@ -457,6 +457,18 @@ class Index:
                     del learned[pack_id]
         for pack_id, entries in learned.items():
             self.add_pack(pack_id, sizes[pack_id], entries)
+
+    @staticmethod
+    def _trailer(store: Store, pack_id: str, size: int) -> list | None:
+        """A pack's trailer entries (requests: fetched `REF_FETCHES` packs at a time), or None
+        if it is gone or damaged (logged)."""
+        try:
+            return store.pack_entries(pack_id, size)
+        except KeyMissing:
+            return None
+        except FormatError as exc:
+            log.error("skipping damaged pack %s: %s", pack_id, exc)
+            return None
 
     def _sync_refs(self, store: Store, kind: str) -> None:
         """Forget refs gone from the store and learn new ones: fetched `REF_FETCHES` at a

@@ -228,6 +228,7 @@ class Copier:
         1.5-1.9 s with this one for small files and 4 for the parts of big files, which
         mostly decompress and hash without the GIL."""
         if self._small:
+            self._fetch_ahead([c for node, _ in self._small for c in node.entry.chunk_ids()])
             futures.append(self._smalls.submit(self._write_files, self._small))
             self._small = []
 
@@ -236,6 +237,7 @@ class Copier:
         reader = self._open(node)
         parts = _parts(reader.starts, PART)
         if len(parts) == 1:
+            self._fetch_ahead(reader.ids)
             futures.append(self._bigs.submit(self._write_file, node, path))
             return
         self._big_slots.acquire()  # bounds open fds and queued work; the last part releases it
@@ -292,7 +294,14 @@ class Copier:
             _write_all(fd, data)
             self.progress(len(data))
 
+    def _fetch_ahead(self, chunk_ids: list[bytes]) -> None:
+        """A remote store: these chunks in merged ranged GETs, many at once, ahead of the
+        writers (those this copy wrote already are read back instead, see `_Reuse`)."""
+        if self.vfs.repo.blobs.remote:
+            self.vfs.repo.blobs.prefetch(chunk_ids, skip=self._reuse.has, keep=False)
+
     def _write_part(self, big: _BigFile, reader: FileReader, first: int, stop: int) -> None:
+        self._fetch_ahead(reader.ids[first : stop + (stop - first)])  # this part and the next
         try:
             with _named_errors(big.node, big.path):
                 fd = big.open()
@@ -497,6 +506,9 @@ class _Reuse:
         """`chunk_id` is now written at `offset` of `staged`'s file (after the write)."""
         with self._lock:
             self._where.setdefault(chunk_id, (staged, offset, length))
+
+    def has(self, chunk_id: bytes) -> bool:
+        return chunk_id in self._where
 
     def get(self, chunk_id: bytes) -> bytes | None:
         with self._lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,17 +25,36 @@ from c3fs.errors import (
     ChunkSizeMismatch,
     DataError,
     FormatError,
+    UsageError,
 )
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.memo import LRU, SingleFlight
 from c3fs.objects import codec
 from c3fs.objects.tree import Entry, file_digest
-from c3fs.store.backend import BackendError, KeyMissing
+from c3fs.reader.ahead import Ahead
+from c3fs.store.backend import LOCAL, BackendError, KeyMissing
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 START = 4  # chunks fetched as soon as a file is opened
+WINDOW_ENV = "C3FS_READ_WINDOW"  # MiB a sequential reader of a remote store keeps in flight
+WINDOW_FIRST = 8 * MiB  # a remote reader's first window; it doubles as the reader keeps up
+WINDOW_MAX = 64 * MiB
+
+
+def window_max() -> int:
+    """$C3FS_READ_WINDOW MiB (default 64): the most a sequential reader of a remote store
+    fetches ahead; 0 turns fetching ahead in merged ranged GETs off."""
+    raw = os.environ.get(WINDOW_ENV)
+    try:
+        return int(float(raw) * MiB) if raw else WINDOW_MAX
+    except ValueError:
+        raise UsageError(f"{WINDOW_ENV}={raw!r} is not a number of MiB") from None
+
+
+def ahead_enabled() -> bool:
+    return window_max() > 0
 
 
 class BlobSource:
@@ -46,9 +66,19 @@ class BlobSource:
         self._fetches: SingleFlight[bytes, bytes] = SingleFlight()
         self._workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-fetch")
+        # a remote store: prefetches go out as merged ranged GETs, many at once (see ahead.py)
+        self.ahead = None if LOCAL in store.backend.capabilities or not ahead_enabled() \
+            else Ahead(store, index, self._decode)
+
+    @property
+    def remote(self) -> bool:
+        """Whether prefetches go through `Ahead` (a remote store): readers then read ahead."""
+        return self.ahead is not None
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.ahead is not None:
+            self.ahead.close()
 
     def pause(self) -> None:
         """Drop queued prefetches and wait for those in flight (before a fork: a thread that
@@ -66,6 +96,10 @@ class BlobSource:
         data = self._cache.get(blob_id)
         if data is not None:
             return data
+        if self.ahead is not None and (data := self.ahead.take(blob_id)) is not None:
+            if remember and len(data) <= self.cache_bytes // 4:
+                self._cache.put(blob_id, data)
+            return data
         return self._fetches.run(blob_id, lambda: self._load(blob_id, remember))
 
     def _load(self, blob_id: bytes, remember: bool) -> bytes:
@@ -77,12 +111,26 @@ class BlobSource:
         return data
 
     def peek(self, blob_id: bytes) -> bytes | None:
-        """The cached bytes of `blob_id`, or None: never fetches, so it may run on the FUSE
-        event loop (which then sends only cache misses to a worker thread)."""
-        return self._cache.get(blob_id)
+        """The cached bytes of `blob_id` (or fetched ahead and decoded already), or None:
+        never fetches nor decodes, so it may run on the FUSE event loop (which then sends
+        only the rest to a worker thread)."""
+        data = self._cache.get(blob_id)
+        if data is None and self.ahead is not None:
+            data = self.ahead.take_decoded(blob_id)
+            if data is not None and len(data) <= self.cache_bytes // 4:
+                self._cache.put(blob_id, data)
+        return data
 
-    def prefetch(self, blob_ids: list[bytes]) -> None:
-        """Start fetching blobs not yet cached or in flight, in worker threads."""
+    def prefetch(self, blob_ids: list[bytes],
+                 skip: Callable[[bytes], bool] | None = None, keep: bool = True) -> None:
+        """Start fetching blobs not yet cached or in flight, in worker threads (a remote
+        store: in this order, neighbours in a pack merged into one ranged GET). `skip`:
+        blobs the caller has elsewhere (a copy's own output); `keep=False`: a copy's, read
+        once, kept out of the store's disk cache."""
+        if self.ahead is not None:
+            self.ahead.want(blob_ids, lambda b: b in self._cache or b in self._fetches
+                            or (skip is not None and skip(b)), keep)
+            return
         for blob_id in blob_ids:
             if blob_id not in self._cache and blob_id not in self._fetches:
                 try:
@@ -190,6 +238,8 @@ class FileReader:
         self._reuse = reuse
         self._next_offset = -1
         self._digest = file_digest(entry)
+        self._wanted = 0  # chunks before this one were asked for ahead (a remote store)
+        self._window = WINDOW_FIRST
 
     def start(self, chunks: int = START) -> None:
         """Begin fetching the first chunks in worker threads (on open: ready by the first
@@ -200,6 +250,14 @@ class FileReader:
         """Bytes `offset` to `offset + size` (fewer at the end). `view`: a range inside one
         chunk comes as a memoryview of the decoded chunk instead of a copy."""
         return _joined(self._parts(offset, size, self._fetch), view)
+
+    def ids_between(self, offset: int, size: int) -> list[bytes]:
+        """The ids of the chunks that bytes `offset`..`offset + size` lie in."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return []
+        first = bisect.bisect_right(self.starts, offset) - 1
+        return self.ids[first : bisect.bisect_left(self.starts, end)]
 
     def read_cached(self, offset: int, size: int, view: bool = False) -> bytes | memoryview | None:
         """`read` from cached chunks only: None as soon as one is not cached (never blocks)."""
@@ -245,7 +303,10 @@ class FileReader:
             return []
         first = bisect.bisect_right(self.starts, offset) - 1
         last = bisect.bisect_left(self.starts, end) - 1
-        if self.readahead and offset == self._next_offset:
+        if self.readahead and self.blobs.remote:
+            if abs(offset - self._next_offset) <= self._window:  # (the kernel's READs of a
+                self._read_ahead(last)                            # window come in any order)
+        elif self.readahead and offset == self._next_offset:
             self.blobs.prefetch(self.ids[last + 1 : last + 1 + self.readahead])
         self._next_offset = end  # before fetching: concurrent sequential reads still prefetch
         parts: list[bytes | memoryview] = []
@@ -258,6 +319,20 @@ class FileReader:
             hi = min(end - self.starts[i], len(data))
             parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
         return parts
+
+    def _read_ahead(self, last: int) -> None:
+        """A remote store: once less than half the window lies fetched ahead of chunk `last`,
+        ask for the chunks up to a window past it (in one go, so that neighbours merge into
+        big ranged GETs), and double the window, up to $C3FS_READ_WINDOW (mountpoint-s3
+        grows its window the same way)."""
+        end = self.starts[last + 1]
+        if self.starts[self._wanted] - end >= self._window // 2 or self._wanted >= len(self.ids):
+            return
+        goal = bisect.bisect_left(self.starts, end + self._window, lo=last + 1)
+        goal = min(goal, len(self.ids))
+        self.blobs.prefetch(self.ids[max(self._wanted, last + 1) : goal])
+        self._wanted = goal
+        self._window = min(2 * self._window, max(window_max(), WINDOW_FIRST))
 
     def check(self, i: int, data: bytes) -> bytes:
         """`data`, the verified bytes of chunk `i`, if they are as many as the file's tree

@@ -8,6 +8,8 @@ one and changes nothing but where ranged reads of `packs/` keys come from.
 - What is cached: ranged reads of packs, in aligned blocks of `block_size` bytes (1 MiB).
   A miss fetches the whole block with one ranged GET, so the next blobs of the same pack —
   the next chunks of a file, the next small files of a directory — need no request at all.
+  A read over several missing blocks in a row fetches them with one ranged GET (the
+  reader merges neighbouring blobs of a pack into one read: one round trip, not one each).
   Packs never change under their name, so a block never goes stale. Config, refs and locks
   are never cached (they change), nor whole-object reads or reads longer than `MAX_SPAN`
   blocks.
@@ -59,7 +61,8 @@ DEFAULT_MAX_BYTES = 1 * GiB
 SIZE_ENV = "C3FS_DISK_CACHE"
 BLOCK_SIZE = 1 * MiB
 MEMORY_BYTES = 16 * MiB  # decoded blocks kept in memory: the next blobs of a block are free
-MAX_SPAN = 8  # a read over more blocks than this goes straight to the inner backend
+MAX_SPAN = 16  # a read over more blocks than this goes straight to the inner backend
+EXACT_SPAN = 3  # a read over more missing blocks is fetched exactly (its edges not cached)
 LOW_WATER = 0.9  # an eviction pass frees space down to this fraction of the limit
 TEMP_AGE = 3600.0  # temp files older than this were left by a crashed writer
 TMP_PREFIX = ".tmp."
@@ -138,8 +141,11 @@ class DiskBlocks:
             os.utime(path)  # LRU: recently used
         return payload
 
+    def has(self, name: str) -> bool:
+        return self.path(name).exists()
+
     # writing (under the lock) -------------------------------------------------------------
-    def write(self, name: str, payload: bytes) -> None:
+    def write(self, name: str, payload: bytes | memoryview) -> None:
         """Cache a block; a block that cannot be written (full disk) is simply not cached."""
         size = _HEADER.size + len(payload)
         if size > self.max_bytes:
@@ -165,7 +171,7 @@ class DiskBlocks:
                 raise
             _set_used(state, used + size)
 
-    def _write_temp(self, name: str, payload: bytes) -> Path:
+    def _write_temp(self, name: str, payload: bytes | memoryview) -> Path:
         path = self.path(name)
         make_private_dir(path.parent)
         tmp = path.parent / f"{TMP_PREFIX}{name}.{token_hex(6)}"
@@ -298,8 +304,13 @@ class BlockCache:
         first, last = offset // self.block_size, (offset + length - 1) // self.block_size
         if last - first >= MAX_SPAN:
             return self.inner.get(key, offset, length)
-        blocks = [self._block(key, pack_id, n) for n in range(first, last + 1)]
-        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+        if first == last:
+            data = self._block(key, pack_id, first)
+        elif last - first >= EXACT_SPAN and all(
+                self._absent(f"{pack_id}.{n}") for n in range(first, last + 1)):
+            return self._fetch_range(key, pack_id, offset, length)  # (a reader's merged read)
+        else:
+            data = b"".join(self._blocks(key, pack_id, first, last))
         start = offset - first * self.block_size
         return data[start : start + length]
 
@@ -351,6 +362,66 @@ class BlockCache:
             self.stats.hits += 1
         return data
 
+    def _blocks(self, key: str, pack_id: str, first: int, last: int) -> list[bytes]:
+        """Blocks `first`..`last`: cached ones as they are, each run of missing ones in a
+        row fetched with one ranged GET."""
+        found = {n: self._cached(f"{pack_id}.{n}") for n in range(first, last + 1)}
+        missing = [n for n, data in found.items() if data is None]
+        for run in _runs(missing):
+            if len(run) == 1:
+                found[run[0]] = self._block(key, pack_id, run[0])
+            else:
+                data = self._fetch_run(key, pack_id, run[0], run[-1])
+                for n in run:
+                    found[n] = data[(n - run[0]) * self.block_size : (n - run[0] + 1) * self.block_size]
+        return [found[n] for n in range(first, last + 1)]
+
+    def _absent(self, name: str) -> bool:
+        return name not in self._memory and not self.disk.has(name)
+
+    def _cached(self, name: str) -> bytes | None:
+        """A block from memory or disk (kept in memory then), or None."""
+        data = self._memory.get(name)
+        if data is None:
+            data = self.disk.read(name)
+            if data is None:
+                return None
+            self._memory.put(name, data)
+        with self._lock:
+            self.stats.hits += 1
+        return data
+
+    def _fetch_range(self, key: str, pack_id: str, offset: int, length: int) -> bytes:
+        """Exactly this range with one ranged GET (no copy of it made); the blocks it holds
+        whole are written to disk."""
+        data = self.inner.get(key, offset, length)
+        size = self.block_size
+        first, end = -(-offset // size), (offset + len(data)) // size
+        with self._lock:
+            self.stats.misses += max(end - first, 0)
+            self.stats.fetched_bytes += len(data)
+        view = memoryview(data)
+        for n in range(first, end):
+            self.disk.write(f"{pack_id}.{n}", view[n * size - offset : (n + 1) * size - offset])
+        return data
+
+    def _fetch_run(self, key: str, pack_id: str, first: int, last: int) -> bytes:
+        """Blocks `first`..`last` of a pack with one ranged GET (their bytes, joined), each
+        written to disk; the last one also kept in memory (where the next read starts)."""
+        size = self.block_size
+        data = self.inner.get(key, first * size, (last - first + 1) * size)
+        with self._lock:
+            self.stats.misses += last - first + 1
+            self.stats.fetched_bytes += len(data)
+        view = memoryview(data)
+        for n in range(first, last + 1):
+            block = view[(n - first) * size : (n - first + 1) * size]
+            if block:
+                self.disk.write(f"{pack_id}.{n}", block)
+        if len(data) > (last - first) * size:
+            self._memory.put(f"{pack_id}.{last}", data[(last - first) * size :])
+        return data
+
     def _load(self, key: str, name: str, number: int) -> bytes:
         data = self._memory.get(name)  # loaded by another caller just now
         if data is None:
@@ -383,10 +454,13 @@ class BlockCache:
 class NoDisk:
     """No disk at all: every block is fetched (by BlockCache.uncached)."""
 
+    def has(self, name: str) -> bool:
+        return False
+
     def read(self, name: str) -> bytes | None:
         return None
 
-    def write(self, name: str, payload: bytes) -> None:
+    def write(self, name: str, payload: bytes | memoryview) -> None:
         pass
 
     def drop(self, names: list[str]) -> bool:
@@ -394,6 +468,17 @@ class NoDisk:
 
     def drop_pack(self, pack_id: str) -> None:
         pass
+
+
+def _runs(numbers: list[int]) -> list[list[int]]:
+    """Ascending `numbers` cut into runs of consecutive ones: [1, 2, 4] -> [[1, 2], [4]]."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
 
 
 def _pack_id(key: str) -> str | None:

@@ -1,0 +1,295 @@
+"""Reading from a remote store (a real moto server process): blobs fetched ahead of their
+readers in merged ranged GETs, many at once, bounded, never wrong (c3fs/reader/ahead.py).
+
+GETs are counted by a wrapper backend that only counts and passes every call on."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import blake3
+import pytest
+from fusehelp import force_unmount, wait_until
+from test_s3_store import mixed_tree, same_tree
+from trees import write_random_file
+
+from c3fs.index import open_index
+from c3fs.jobs.download import Copier
+from c3fs.objects.tree import FILE
+from c3fs.reader import BlobSource, FileReader, trace
+from c3fs.reader.ahead import BUDGET, SPAN
+from c3fs.repo import Repo
+from c3fs.store.cache import BlockCache
+from c3fs.store.store import Store, open_backend
+from c3fs.vfs import Vfs
+
+pytestmark = pytest.mark.s3
+
+KiB, MiB = 1024, 1024 * 1024
+C3FS = Path(sys.executable).parent / "c3fs"
+KEY = Store.pack_key("ab" + "7" * 62)
+
+
+class Counting:
+    """A backend wrapper that records every ranged GET of a pack (key, offset, length)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.gets: list[tuple[str, int, int | None]] = []
+        self._lock = threading.Lock()
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if key.startswith("packs/"):
+            with self._lock:
+                self.gets.append((key, offset, length))
+        return self.inner.get(key, offset, length)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+class SpoilOnce:
+    """Flips one byte of the first pack GET longer than 2 MiB (a merged GET), once: the fault
+    a real server does not produce."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.spoiled = 0
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = self.inner.get(key, offset, length)
+        if key.startswith("packs/") and (length or 0) > 2 * MiB and not self.spoiled:
+            self.spoiled += 1
+            return data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def remote_repo(url: str, home: Path) -> tuple[Repo, Counting]:
+    """A fresh machine's repo on `url` (empty index and block cache), its pack GETs counted."""
+    os.environ["C3FS_CACHE_DIR"] = str(home)
+    plain = open_backend(url, cache=False)
+    counting = Counting(plain)
+    store = Store.open(BlockCache(counting, home / "blocks", 256 * MiB))
+    index = open_index(store)
+    index.sync(store)
+    return Repo(store, index, BlobSource(store, index)), counting
+
+
+def push(url: str, src: Path, job: str, home: Path) -> None:
+    env = {**os.environ, "C3FS_CACHE_DIR": str(home)}
+    subprocess.run([str(C3FS), "--store", url, "push", str(src), "-p", "p", "-j", job],
+                   check=True, capture_output=True, env=env)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("C3FS_CACHE_DIR", str(tmp_path / "reader-home"))
+    return tmp_path / "reader-home"
+
+
+def test_a_read_over_missing_blocks_is_one_get_per_run(s3_url: str, tmp_path: Path) -> None:
+    data = os.urandom(2 * MiB + 5)
+    counting = Counting(open_backend(s3_url, cache=False))
+    cache = BlockCache(counting, tmp_path / "c", 64 * MiB, block_size=64 * KiB, memory_bytes=0)
+    cache.put(KEY, data)
+    assert cache.get(KEY, 10, 600 * KiB) == data[10 : 10 + 600 * KiB]
+    assert counting.gets == [(KEY, 10, 600 * KiB)]  # 10 blocks, one ranged GET, exact
+    assert cache.get(KEY, 300 * KiB, 20 * KiB) == data[300 * KiB : 320 * KiB]  # block 4: cached
+    assert cache.stats.misses == 8  # blocks 1-8 were held whole, so cached; 0 and 9 were not
+    assert cache.get(KEY, 500 * KiB, 400 * KiB) == data[500 * KiB : 900 * KiB]
+    assert counting.gets[1:] == [(KEY, 576 * KiB, 384 * KiB)]  # only the run 9-14, at once
+    assert cache.get(KEY, 2 * MiB - 100, 64 * KiB) == data[2 * MiB - 100 :]  # past the end
+
+
+def test_sequential_read_of_a_remote_file_merges_chunks_into_few_gets(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    size = 24 * MiB + 12345
+    src.mkdir()
+    write_random_file(src / "big.bin", size, seed=3)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        assert repo.blobs.remote
+        vfs = Vfs(repo, "/jobs/j1")
+        node = vfs.lookup(vfs.root, b"big.bin")
+        reader = FileReader(repo.blobs, node.entry, readahead=8)
+        expected = (src / "big.bin").read_bytes()
+        got = b"".join(reader.read(offset, MiB) for offset in range(0, size, MiB))
+        assert got == expected
+        chunks = len(reader.ids)
+        assert chunks > 100  # ~128 KiB chunks: one GET each would be > 100
+        assert len(counting.gets) <= 2 * size // SPAN + 8, counting.gets
+        assert all(length is not None and length <= 16 * MiB for _, _, length in counting.gets)
+        assert repo.blobs.ahead._ready.weight <= BUDGET
+    finally:
+        repo.close()
+
+
+def test_fetching_ahead_can_be_turned_off(s3_url: str, tmp_path: Path, home: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("C3FS_READ_WINDOW", "0")
+    src = tmp_path / "src"
+    src.mkdir()
+    write_random_file(src / "big.bin", 3 * MiB, seed=4)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        assert not repo.blobs.remote and repo.blobs.ahead is None
+        vfs = Vfs(repo, "/jobs/j1")
+        reader = FileReader(repo.blobs, vfs.lookup(vfs.root, b"big.bin").entry, readahead=8)
+        assert reader.read(0, 3 * MiB) == (src / "big.bin").read_bytes()
+        assert len(counting.gets) >= 3  # a GET per 1 MiB block
+    finally:
+        repo.close()
+
+
+def test_copy_of_a_remote_job_fetches_every_pack_range_ahead(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, seed=5, big=20 * MiB, small=400)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        stats = Copier(vfs).copy(vfs.root, tmp_path / "out")
+        assert stats.files == 400 + 6 + 1
+        same_tree(src, tmp_path / "out")
+        # ~160 chunks of the big file, 6 plots, 400 small files: a handful of merged GETs
+        assert len(counting.gets) <= 40, len(counting.gets)
+    finally:
+        repo.close()
+
+
+@pytest.mark.logs("cached copy was damaged")
+def test_a_blob_that_fails_ahead_is_fetched_and_checked_by_its_reader(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    """Bytes spoiled on the way for the merged GET are never served: the reader's own fetch
+    gets the blob again (and verifies it)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    write_random_file(src / "big.bin", 4 * MiB, seed=6)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        counting.inner = SpoilOnce(counting.inner)
+        vfs = Vfs(repo, "/jobs/j1")
+        reader = FileReader(repo.blobs, vfs.lookup(vfs.root, b"big.bin").entry, readahead=8)
+        repo.blobs.prefetch(reader.ids)  # one merged GET of the whole file, spoiled
+        data = b"".join(reader.read(offset, MiB) for offset in range(0, 4 * MiB, MiB))
+        assert data == (src / "big.bin").read_bytes()
+        assert counting.inner.spoiled == 1
+    finally:
+        repo.close()
+
+
+# learned prefetch (c3fs/reader/trace.py) ------------------------------------------------------
+def test_a_trace_round_trips_through_the_store_and_bad_ones_are_ignored(
+        s3_url: str, tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store.open(open_backend(s3_url, cache=False))
+    assert trace.load(store, "job", "j1") == []
+    recorder = trace.Recorder(limit=3)
+    ids = [bytes([i]) * 32 for i in range(5)]
+    recorder.add([ids[2], ids[0], ids[2]])
+    recorder.add(ids)  # the limit: 3 ids, each once, in first-asked order
+    key = trace.save(store, "job", "j1", recorder)
+    assert key is not None and key.startswith("traces/job/j1/")
+    assert trace.save(store, "job", "j1", recorder) == key  # content-addressed: one object
+    assert trace.load(store, "job", "j1") == [ids[2], ids[0], ids[1]]
+    store.backend.put("traces/job/j1/" + "0" * 64, b"C3TRACE1" + b"x" * 5000)  # bigger, bad
+    assert trace.load(store, "job", "j1") == [ids[2], ids[0], ids[1]]
+    assert "ignoring the access trace" in caplog.text
+    for i in range(trace.MAX_TRACES):  # a job read many ways keeps a bounded number
+        other = trace.Recorder()
+        other.add([bytes([100 + i]) * 32])
+        trace.save(store, "job", "j1", other)
+    assert len(list(store.backend.list("traces/job/j1/"))) == trace.MAX_TRACES
+
+
+def test_a_replayed_trace_is_fetched_in_its_order_in_merged_gets(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, seed=7, big=MiB, small=300)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        files = [n for n in vfs.walk(vfs.root) if n.kind == FILE and n.size < 64 * KiB]
+        order = random.Random(1).sample(files, 100)
+        recorder = trace.Recorder()
+        for node in order:
+            recorder.add(node.entry.chunk_ids())
+        trace.save(repo.store, "job", "j1", recorder)
+        ids = trace.load(repo.store, "job", "j1")
+        assert ids == [c for node in order for c in node.entry.chunk_ids()]
+        repo.blobs.prefetch(ids)
+        for node in order:  # the second machine's readers, in the recorded order
+            assert vfs.open(node, readahead=0).read(0, node.size) == (
+                src / node_path(node)).read_bytes()
+        # 100 small files in a few packs: a few merged GETs, not one per file or per block
+        assert len(counting.gets) <= 6, counting.gets
+        assert repo.blobs.ahead.gets >= 1
+    finally:
+        repo.close()
+
+
+def node_path(node) -> str:
+    parts = []
+    while node.parent is not None and node.depth > 2:
+        parts.append(node.name.decode())
+        node = node.parent
+    return "/".join(reversed(parts))
+
+
+@pytest.mark.fuse
+def test_a_mount_records_its_trace_and_the_next_mount_on_another_machine_replays_it(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    mixed_tree(src, seed=8, big=MiB, small=200)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    names = sorted(str(p.relative_to(src)) for p in (src / "metrics").rglob("*.txt"))
+    order = random.Random(2).sample(names, 40)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    first = {**os.environ, "C3FS_CACHE_DIR": str(tmp_path / "first")}
+    try:
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", "/jobs/j1", str(mnt)],
+                       check=True, capture_output=True, env=first)
+        for name in order:
+            assert (mnt / name).read_bytes() == (src / name).read_bytes()
+        subprocess.run([str(C3FS), "umount", str(mnt)], check=True, capture_output=True)
+        store = Store.open(open_backend(s3_url, cache=False))
+        wait_until(lambda: trace.load(store, "job", "j1"), "the stored trace", 30)
+        ids = trace.load(store, "job", "j1")
+        index = open_index(store)  # (this process's own, under the pytest home)
+        wanted = [c for name in order for c in chunks_of(index, store, src / name)]
+        assert ids[: len(wanted)] == wanted  # what the readers asked for, in their order
+
+        second = tmp_path / "second"  # another machine: its block cache fills with no reader
+        env = {**os.environ, "C3FS_CACHE_DIR": str(second)}
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", "/jobs/j1", str(mnt)],
+                       check=True, capture_output=True, env=env)
+        blocks = {f"{loc.pack_id}.{loc.offset // MiB}" for loc in map(index.lookup, wanted)}
+        wait_until(lambda: blocks <= cached_blocks(second), "blocks fetched ahead of readers", 30)
+        for name in order:
+            assert (mnt / name).read_bytes() == (src / name).read_bytes()
+    finally:
+        force_unmount(mnt)
+
+
+def chunks_of(index, store: Store, path: Path) -> list[bytes]:
+    """The chunk ids of a pushed small file (one chunk: the blake3 of its bytes)."""
+    return [blake3.blake3(path.read_bytes()).digest()]
+
+
+def cached_blocks(home: Path) -> set[str]:
+    """The names of the pack blocks in a machine's disk cache (<pack id>.<block number>)."""
+    return {p.name for p in home.rglob("blocks-*/*/*") if not p.name.startswith(".")}
