@@ -396,9 +396,10 @@ def test_disk_cache_size_from_the_cli(machines, tmp_path: Path) -> None:
     assert 0 < sum(p.stat().st_size for p in blocks) <= 2 * MiB
     bad = b.run("--disk-cache", "lots", "ls", "/")
     assert error_line(bad) == "c3fs: error: not a size: 'lots' (examples: 500MiB, 50GiB, 1TB)"
-    b.ok("--cache-size", "1MiB", "cp", "-r", "/jobs/job_c/", str(tmp_path / "copy2"))  # alias
-    blocks = [p for p in b.home.glob("*/blocks-*/*/*") if not p.name.startswith(".")]
-    assert 0 < sum(p.stat().st_size for p in blocks) <= 1 * MiB
+    # the alias; (what a copy fetches ahead skips the disk cache, so the blocks the first copy
+    # left may stay: a cache shrinks to a new limit at its next write, not before)
+    shown = json.loads(b.ok("--cache-size", "1MiB", "config", "show", "--local", "--json"))
+    assert {"key": "disk_cache", "source": "--disk-cache", "value": "1MiB"} in shown["settings"]
 
 
 def test_two_machines_racing_for_one_job_id(machines, tmp_path: Path) -> None:
