@@ -180,24 +180,34 @@ def main(argv: list[str] | None = None) -> int:
                              "full run: 10000,100000,1000000)")
     parser.add_argument("--jobs", type=int, default=0, help="also measure a store of J job refs")
     parser.add_argument("--delete", action="store_true", help="delete the datasets afterwards")
+    parser.add_argument("--data", type=Path, default=BENCH / "data",
+                        help="where datasets are made and kept (default bench/data)")
+    parser.add_argument("--work", type=Path, default=BENCH / "work",
+                        help="where stores and copies go during the run (default bench/work)")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="only make the datasets (then measure later)")
     parser.add_argument("--write-refs", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.write_refs is not None:
         write_refs(args.write_refs)
         return 0
-    rows = []
+    rows: list[dict] = []
     for files in (int(n) for n in args.files.split(",")):
-        data = BENCH / "data" / f"scale-{files}"
+        data = args.data / f"scale-{files}"
         src = generate(data, files)
-        work = measure.fresh_dir(BENCH / "work" / f"scale-{files}")
+        if args.generate_only:
+            continue
+        work = measure.fresh_dir(args.work / f"scale-{files}")
         rows.append(Scale(work).measure(src, files))
         print(table(rows[-1:], None), flush=True)
         measure.discard(work)
         if args.delete:
             measure.discard(data)
+    if args.generate_only:
+        return 0
     jobs = None
     if args.jobs:
-        jobs = Scale(measure.fresh_dir(BENCH / "work" / "scale-jobs")).many_jobs(args.jobs)
+        jobs = Scale(measure.fresh_dir(args.work / "scale-jobs")).many_jobs(args.jobs)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = BENCH / "results"
     (results / f"scale-{stamp}.json").write_text(json.dumps({"rows": rows, "jobs": jobs}, indent=1))

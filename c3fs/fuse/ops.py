@@ -53,12 +53,13 @@ import pyfuse3
 import trio
 
 from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
+from c3fs.fuse.inodes import Inodes
 from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET
 from c3fs.objects.tree import FILE, LINK
 from c3fs.reader import FileReader
-from c3fs.vfs import ROOT_INO, Node, Vfs
+from c3fs.vfs import Node, Vfs
 
 log = logging.getLogger(__name__)
 
@@ -153,43 +154,6 @@ def kernel_version(release: str) -> tuple[int, int]:
         return 0, 0
 
 
-class Inodes:
-    """The nodes the kernel knows, with their lookup counts (released in `forget`)."""
-
-    def __init__(self, root: Node) -> None:
-        self.root = root
-        self._nodes: dict[int, Node] = {ROOT_INO: root}
-        self._counts: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._nodes)
-
-    def get(self, ino: int) -> Node:
-        node = self._nodes.get(ino)
-        if node is None:
-            raise NotFound(f"inode {ino} is not known (forgotten)")
-        return node
-
-    def find(self, ino: int) -> Node | None:
-        return self._nodes.get(ino)
-
-    def remember(self, node: Node) -> None:
-        """The kernel took one more reference to `node` (a lookup or a readdirplus entry)."""
-        self._nodes[node.ino] = node
-        self._counts[node.ino] = self._counts.get(node.ino, 0) + 1
-
-    def forget(self, ino: int, count: int) -> bool:
-        """Drop `count` references; True if the kernel no longer knows the inode."""
-        left = self._counts.get(ino, 0) - count
-        if left > 0:
-            self._counts[ino] = left
-            return False
-        self._counts.pop(ino, None)
-        if ino != ROOT_INO:
-            self._nodes.pop(ino, None)
-        return True
-
-
 class Operations(pyfuse3.Operations):
     """Read-only FUSE requests translated to the Vfs."""
 
@@ -202,7 +166,7 @@ class Operations(pyfuse3.Operations):
         self.stateless_open = opens_without_requests() if stateless_open is None else stateless_open
         self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
         self.vfs = vfs
-        self.inodes = Inodes(vfs.root)
+        self.inodes = Inodes(vfs, vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
         self.readahead = readahead
         self.directory_readahead = DirectoryReadahead(vfs, self.limiter, self._push)
@@ -213,6 +177,13 @@ class Operations(pyfuse3.Operations):
 
     async def _thread(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def _node(self, ino: int) -> Node:
+        """The node of a known inode: from memory, or rebuilt in a thread (trees to read)."""
+        node = self.inodes.cached(ino)
+        if node is None:
+            node = await self._thread(self.inodes.get, ino)
+        return node
 
     # attributes ---------------------------------------------------------------------------
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -237,7 +208,7 @@ class Operations(pyfuse3.Operations):
     # names --------------------------------------------------------------------------------
     @handler
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.get(parent_inode)
+        parent = await self._node(parent_inode)
         try:
             node = self.vfs.lookup_cached(parent, name)  # a decoded tree: no thread round trip
             if node is None:
@@ -258,15 +229,15 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
-        return self.attributes(self.inodes.get(inode))
+        return self.attributes(await self._node(inode))
 
     @handler
     async def readlink(self, inode: int, ctx=None) -> bytes:
-        return self.vfs.readlink(self.inodes.get(inode))
+        return self.vfs.readlink(await self._node(inode))
 
     @handler
     async def access(self, inode: int, mode: int, ctx=None) -> bool:
-        self.inodes.get(inode)
+        await self._node(inode)
         if mode & os.W_OK:
             raise ReadOnly()
         return True
@@ -274,7 +245,7 @@ class Operations(pyfuse3.Operations):
     # directories --------------------------------------------------------------------------
     @handler
     async def opendir(self, inode: int, ctx=None) -> int:
-        node = self.inodes.get(inode)
+        node = await self._node(inode)
         listing = await self._thread(self.vfs.children, node)
         fh = next(self._handles)
         self._dirs[fh] = (node, listing)
@@ -299,7 +270,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx=None) -> pyfuse3.FileInfo:
         if flags & WRITE_FLAGS:
             raise ReadOnly()
-        node = self.inodes.get(inode)
+        node = await self._node(inode)
         if node.kind != FILE:
             raise IsADirectory(f"{node.display} is not a regular file")
         if self.stateless_open:
@@ -323,9 +294,9 @@ class Operations(pyfuse3.Operations):
         """The open file behind a READ: its handle, or its inode when opened without OPEN."""
         if not self.stateless_open:
             return self._files[fh]
-        node = self.inodes.get(fh)
+        node = await self._node(fh)
         found = self.readers.get(fh)
-        if found is None or found.node.entry is not node.entry:  # (a path may get new content)
+        if found is None or found.node.entry != node.entry:  # (a path may get new content)
             if node.kind != FILE:
                 raise IsADirectory(f"{node.display} is not a regular file")
             found = await self._open(node)
@@ -347,7 +318,7 @@ class Operations(pyfuse3.Operations):
     # reading ahead (see c3fs/fuse/readahead.py) -------------------------------------------
     def _push(self, ino: int, content: bytes) -> None:
         """Put a file's content into the kernel's page cache (from a worker thread)."""
-        if self.inodes.find(ino) is None:
+        if ino not in self.inodes:
             return  # the kernel does not know it (not listed): nothing to attach pages to
         try:
             pyfuse3.notify_store(ino, 0, content)
@@ -356,10 +327,8 @@ class Operations(pyfuse3.Operations):
 
     def _parent(self, node: Node) -> Node | None:
         """The directory holding `node`, if the kernel still knows it."""
-        parent, root = node.parent, self.inodes.root
-        if parent is None:
-            return None
-        return root if parent.key == root.key else self.inodes.find(parent.ino)
+        parent = node.parent
+        return parent if parent is not None and parent.ino in self.inodes else None
 
     # the file system ----------------------------------------------------------------------
     @handler
@@ -377,7 +346,7 @@ class Operations(pyfuse3.Operations):
     # extended attributes ------------------------------------------------------------------
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx=None) -> bytes:
-        node = self.inodes.get(inode)
+        node = await self._node(inode)
         if not name.startswith(USER_NAMESPACE):
             raise NoNamespace()
         value = xattrs(node).get(name) if name.startswith(XATTR_PREFIX) else None
@@ -387,7 +356,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode: int, ctx=None) -> Sequence[bytes]:
-        return list(xattrs(self.inodes.get(inode)))
+        return list(xattrs(await self._node(inode)))
 
     # everything that would write ----------------------------------------------------------
     @handler

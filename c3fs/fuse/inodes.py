@@ -1,0 +1,247 @@
+"""The inodes the kernel knows, in a compact table: no Python object per node.
+
+After `find` of a million files the kernel holds a million inodes (readdirplus: every listed
+entry is a lookup) until it forgets them. The mount keeps, per inode, one row of an
+open-addressing hash table made of parallel arrays (~28 bytes a slot, at most 3/4 full):
+
+    ino -> parent ino, index of the entry in the parent's tree, lookup count, rows below
+
+A node is rebuilt from its row when a request needs it: its parent's node (rebuilt the same
+way, or one of the few kept whole), the parent's tree (the repo's tree cache) and the entry
+at `index`; the rebuilt node's inode number is checked against the row (a path whose content
+changed answers ENOENT rather than another entry). Nodes outside any tree (/, /jobs,
+/projects/..., a job's root, the virtual links) are few and kept whole.
+
+A row goes when the kernel has forgotten it (FORGET) and no row below it still needs it as a
+parent; the table shrinks when it is 1/8 full.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable
+
+from c3fs.errors import NotFound
+from c3fs.memo import LRU
+from c3fs.objects.tree import Tree
+from c3fs.vfs import ROOT_INO, Node, Vfs
+
+WHOLE = 0xFFFF_FFFF  # `index` of a node kept whole (outside any tree)
+MAX_COUNT = 0xFFFF_FFFF  # lookup counts saturate here (such an inode is never forgotten)
+MIN_SLOTS = 1024
+DIRECTORIES = 4096  # rebuilt directory nodes kept (each keeps its ancestors)
+
+
+class InodeTable:
+    """ino -> (parent ino, index, lookup count, rows below): linear probing over arrays,
+    deletion by backward shift (no tombstones). Inode numbers are hashes: bits 2.. index."""
+
+    def __init__(self, slots: int = MIN_SLOTS) -> None:
+        self.count = 0
+        self._allocate(slots)
+
+    def _allocate(self, slots: int) -> None:
+        self._mask = slots - 1
+        self._keys = array("Q", bytes(8 * slots))
+        self._parents = array("Q", bytes(8 * slots))
+        self._index = array("I", bytes(4 * slots))
+        self._counts = array("I", bytes(4 * slots))
+        self._below = array("I", bytes(4 * slots))
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def slots(self) -> int:
+        return self._mask + 1
+
+    def _slot(self, ino: int) -> int:
+        """The slot holding `ino`, or -1."""
+        keys, mask = self._keys, self._mask
+        i = (ino >> 2) & mask
+        while True:
+            key = keys[i]
+            if key == ino:
+                return i
+            if key == 0:
+                return -1
+            i = (i + 1) & mask
+
+    def __contains__(self, ino: int) -> bool:
+        return self._slot(ino) >= 0
+
+    def row(self, ino: int) -> tuple[int, int] | None:
+        """(parent ino, index) of a known inode, else None."""
+        i = self._slot(ino)
+        return None if i < 0 else (self._parents[i], self._index[i])
+
+    def lookups(self, ino: int) -> int:
+        i = self._slot(ino)
+        return 0 if i < 0 else self._counts[i]
+
+    def add(self, ino: int, parent: int, index: int) -> None:
+        """One more kernel reference to `ino`, the entry `index` of directory `parent`
+        (`parent` 0 and `index` WHOLE: a node kept whole, which pins no parent row)."""
+        i = self._slot(ino)
+        if i >= 0:
+            self._index[i] = index  # (the same path: a job pushed again may shift it)
+            if self._counts[i] < MAX_COUNT:
+                self._counts[i] += 1
+            return
+        if parent > ROOT_INO:
+            p = self._slot(parent)
+            if p < 0:
+                raise NotFound(f"inode {parent} is not known (forgotten)")
+            self._below[p] += 1
+        else:
+            parent = 0
+        if 4 * (self.count + 1) > 3 * self.slots:
+            self._resize(2 * self.slots)
+        keys, mask = self._keys, self._mask
+        i = (ino >> 2) & mask
+        while keys[i]:
+            i = (i + 1) & mask
+        keys[i] = ino
+        self._parents[i], self._index[i], self._counts[i], self._below[i] = parent, index, 1, 0
+        self.count += 1
+
+    def forget(self, ino: int, count: int) -> list[int]:
+        """Drop `count` kernel references to `ino`; the inodes whose rows went (`ino`, then
+        parents no longer needed). Unknown inodes are ignored."""
+        i = self._slot(ino)
+        if i < 0:
+            return []
+        if self._counts[i] < MAX_COUNT:
+            self._counts[i] = max(0, self._counts[i] - count)
+        gone: list[int] = []
+        while i >= 0 and self._counts[i] == 0 and self._below[i] == 0:
+            parent = self._parents[i]
+            self._delete(i)
+            gone.append(ino)
+            if not parent:
+                break
+            ino, i = parent, self._slot(parent)
+            if i >= 0:
+                self._below[i] -= 1
+        if self.slots > MIN_SLOTS and 8 * self.count < self.slots:
+            self._resize(self.slots // 2)
+        return gone
+
+    def _delete(self, i: int) -> None:
+        keys, parents, index, counts, below = (self._keys, self._parents, self._index,
+                                               self._counts, self._below)
+        mask = self._mask
+        j = i
+        while True:  # shift back the rows that probed past slot i
+            j = (j + 1) & mask
+            key = keys[j]
+            if key == 0:
+                break
+            home = (key >> 2) & mask
+            if (i < j and (home <= i or home > j)) or (j < i and home <= i and home > j):
+                keys[i], parents[i], index[i] = key, parents[j], index[j]
+                counts[i], below[i] = counts[j], below[j]
+                i = j
+        keys[i] = 0
+        self.count -= 1
+
+    def _resize(self, slots: int) -> None:
+        old = (self._keys, self._parents, self._index, self._counts, self._below)
+        self._allocate(max(MIN_SLOTS, slots))
+        keys, mask = self._keys, self._mask
+        for j, key in enumerate(old[0]):
+            if key:
+                i = (key >> 2) & mask
+                while keys[i]:
+                    i = (i + 1) & mask
+                keys[i] = key
+                self._parents[i], self._index[i] = old[1][j], old[2][j]
+                self._counts[i], self._below[i] = old[3][j], old[4][j]
+
+
+class Inodes:
+    """The nodes the kernel knows, with their lookup counts (released in `forget`)."""
+
+    def __init__(self, vfs: Vfs, root: Node) -> None:
+        self.vfs = vfs
+        self.root = root
+        self.table = InodeTable()
+        self._whole: dict[int, Node] = {}  # nodes outside any tree
+        self._dirs: LRU[int, Node] = LRU(DIRECTORIES)  # rebuilt directories
+
+    def __len__(self) -> int:
+        return len(self.table) + 1
+
+    def __contains__(self, ino: int) -> bool:
+        return ino == ROOT_INO or ino in self.table
+
+    def remember(self, node: Node) -> None:
+        """The kernel took one more reference to `node` (a lookup or a readdirplus entry)."""
+        if node.ino == ROOT_INO:
+            return
+        parent = node.parent
+        if node.index >= 0 and parent is not None and parent.tree_id is not None:
+            self.table.add(node.ino, parent.ino, node.index)
+            if node.is_dir:
+                self._dirs.put(node.ino, node)
+        else:
+            self.table.add(node.ino, 0, WHOLE)
+            self._whole[node.ino] = node
+
+    def forget(self, ino: int, count: int) -> bool:
+        """Drop `count` references; True if the kernel no longer knows the inode."""
+        if ino == ROOT_INO:
+            return False
+        for gone in self.table.forget(ino, count):
+            self._whole.pop(gone, None)
+            self._dirs.pop(gone)
+        return self.table.lookups(ino) == 0
+
+    def cached(self, ino: int) -> Node | None:
+        """The node of a known inode from memory, or None when a tree must be read first
+        (then `get`, in a worker thread). NotFound for an inode the kernel forgot."""
+        return self._rebuild(ino, self.vfs.repo.cached_tree)
+
+    def get(self, ino: int) -> Node:
+        """The node of a known inode (may read trees: not on the event loop)."""
+        node = self._rebuild(ino, self.vfs.repo.tree)
+        assert node is not None
+        return node
+
+    def find(self, ino: int) -> Node | None:
+        """The node if known and in memory, else None (never raises)."""
+        try:
+            return self.cached(ino)
+        except NotFound:
+            return None
+
+    def _kept(self, ino: int) -> Node | None:
+        if ino == ROOT_INO:
+            return self.root
+        return self._whole.get(ino) or self._dirs.get(ino)
+
+    def _rebuild(self, ino: int, tree_of: Callable[[bytes], Tree | None]) -> Node | None:
+        node = self._kept(ino)
+        if node is not None:
+            return node
+        chain: list[tuple[int, int]] = []  # (ino, index) from `ino` up to a kept node
+        while node is None:
+            row = self.table.row(ino)
+            if row is None or row[1] == WHOLE:
+                raise NotFound(f"inode {ino} is not known (forgotten)")
+            chain.append((ino, row[1]))
+            ino = row[0] or ROOT_INO
+            node = self._kept(ino)
+        for ino, index in reversed(chain):
+            tree = tree_of(node.tree_id) if node.tree_id is not None else None
+            if tree is None:
+                if node.tree_id is None:
+                    raise NotFound(f"inode {ino} is not known (its parent is not a directory)")
+                return None
+            entries = tree.entries
+            node = self.vfs.entry_node(node, entries[index], index) if index < len(entries) else None
+            if node is None or node.ino != ino:  # the path holds other content now
+                raise NotFound(f"inode {ino} is stale (its directory changed)")
+            if node.is_dir:
+                self._dirs.put(ino, node)
+        return node
