@@ -188,6 +188,12 @@ class Inodes:
             self.table.add(node.ino, 0, WHOLE)
             self._whole[node.ino] = node
 
+    def remember_children(self, parent: Node, children: list[tuple[int, int]]) -> None:
+        """`remember` of entries of a tree directory, given as (ino, index)."""
+        add, parent_ino = self.table.add, parent.ino
+        for ino, index in children:
+            add(ino, parent_ino, index)
+
     def forget(self, ino: int, count: int) -> bool:
         """Drop `count` references; True if the kernel no longer knows the inode."""
         if ino == ROOT_INO:

@@ -45,6 +45,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -57,7 +58,7 @@ from c3fs.fuse.inodes import Inodes
 from c3fs.fuse.readahead import DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET
-from c3fs.objects.tree import FILE, LINK
+from c3fs.objects.tree import DIR, FILE, LINK, Entry
 from c3fs.reader import FileReader
 from c3fs.vfs import Node, Vfs
 
@@ -74,6 +75,9 @@ XATTR_PREFIX = b"user.c3fs."
 XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
+STATFS_TTL = 10.0  # statfs sums every pack's size (`find`, `df` ask): once per 10 s at most
+GENERATION_MASK = 0xFFFF_FFFF_FFFF_FFFF
+MODE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -174,6 +178,7 @@ class Operations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[tuple[bytes, Node]]]] = {}
         self._handles = itertools.count(1)
+        self._stored: tuple[float, int] | None = None  # (when, bytes of packs) for statfs
 
     async def _thread(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -199,6 +204,22 @@ class Operations(pyfuse3.Operations):
         attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = (attr.st_size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
+        return attr
+
+    def entry_attributes(self, ino: int, entry: Entry) -> pyfuse3.EntryAttributes:
+        """`attributes` of the node of a tree's entry, made without the node (readdir)."""
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        kind = entry.kind
+        attr.generation = hash(entry.chunks if kind == FILE else entry.target) & GENERATION_MASK
+        attr.entry_timeout = attr.attr_timeout = CONTENT_TIMEOUT
+        attr.st_mode = MODE_BITS[kind] | entry.mode
+        attr.st_nlink = 1
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        size = attr.st_size = entry.size if kind == FILE else len(entry.target) if kind == LINK else 0
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_blocks = (size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
         return attr
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -245,21 +266,45 @@ class Operations(pyfuse3.Operations):
     # directories --------------------------------------------------------------------------
     @handler
     async def opendir(self, inode: int, ctx=None) -> int:
+        """A tree's directory keeps its (immutable) entries; others their listing, taken now."""
         node = await self._node(inode)
-        listing = await self._thread(self.vfs.children, node)
+        if node.tree_id is not None:
+            tree = self.vfs.repo.cached_tree(node.tree_id)
+            if tree is None:
+                tree = await self._thread(self.vfs.repo.tree, node.tree_id)
+            listing: list = tree.entries
+        else:
+            listing = await self._thread(self.vfs.children, node)
         fh = next(self._handles)
         self._dirs[fh] = (node, listing)
         return fh
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Entries from position `start_id` of the listing taken at opendir; next_id = i + 1."""
-        _, listing = self._dirs[fh]
-        for i in range(start_id, len(listing)):
-            name, node = listing[i]
-            if not pyfuse3.readdir_reply(token, name, self.attributes(node), i + 1):
-                return
-            self.inodes.remember(node)  # readdirplus: every reported entry is a lookup
+        """Entries from position `start_id` of the listing taken at opendir; next_id = i + 1.
+        readdirplus: every entry reported is a lookup, with its attributes."""
+        parent, listing = self._dirs[fh]
+        if parent.tree_id is None:
+            for i in range(start_id, len(listing)):
+                name, node = listing[i]
+                if not pyfuse3.readdir_reply(token, name, self.attributes(node), i + 1):
+                    return
+                self.inodes.remember(node)
+            return
+        # a tree's entries: no Node per entry (a million of them for `find`), rows added at once
+        reply, entry_attributes = pyfuse3.readdir_reply, self.entry_attributes
+        prefix = parent.key + b"/"
+        added: list[tuple[int, int]] = []
+        try:
+            for i in range(start_id, len(listing)):
+                entry = listing[i]
+                key = blake3.blake3(prefix + entry.name).digest(16)
+                ino = (int.from_bytes(key[:8], "little") >> 1) | 2  # vfs.ino_from_key
+                if not reply(token, entry.name, entry_attributes(ino, entry), i + 1):
+                    return
+                added.append((ino, i))
+        finally:
+            self.inodes.remember_children(parent, added)
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -333,7 +378,11 @@ class Operations(pyfuse3.Operations):
     # the file system ----------------------------------------------------------------------
     @handler
     async def statfs(self, ctx=None) -> pyfuse3.StatvfsData:
-        stored = await self._thread(lambda: sum(self.vfs.repo.index.pack_sizes().values()))
+        now = trio.current_time()
+        if self._stored is None or now - self._stored[0] > STATFS_TTL:
+            stored = await self._thread(lambda: sum(self.vfs.repo.index.pack_sizes().values()))
+            self._stored = (now, stored)
+        stored = self._stored[1]
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK_SIZE
         data.f_blocks = (stored + BLOCK_SIZE - 1) // BLOCK_SIZE
@@ -420,7 +469,7 @@ def generation_of(node: Node) -> int:
         key = node.entry.target
     else:
         return 0
-    return hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+    return hash(key) & GENERATION_MASK
 
 
 def timeouts_of(node: Node) -> tuple[float, float]:
