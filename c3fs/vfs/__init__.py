@@ -182,6 +182,14 @@ class Vfs:
             return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree.entries)]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
 
+    def iter_children(self, node: Node) -> Iterator[tuple[bytes, Node]]:
+        """`children`, with a tree's nodes made as they are consumed (its tree is read at
+        once, so a damaged one fails here, not halfway)."""
+        if node.tree_id is None:
+            return iter(self.children(node))
+        entries = self.repo.tree(node.tree_id).entries
+        return ((e.name, self.entry_node(node, e, i)) for i, e in enumerate(entries))
+
     def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
              reuse: Callable[[bytes], bytes | None] | None = None) -> FileReader:
         """A reader of a file's bytes (see `FileReader` for `remember` and `reuse`)."""
