@@ -75,7 +75,7 @@ XATTR_PREFIX = b"user.c3fs."
 XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
-STATFS_TTL = 10.0  # statfs sums every pack's size (`find`, `df` ask): once per 10 s at most
+STATFS_TTL = 10.0  # statfs sums every pack's size (`find`, `df` ask): at most every 10 s
 GENERATION_MASK = 0xFFFF_FFFF_FFFF_FFFF
 MODE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -380,7 +380,7 @@ class Operations(pyfuse3.Operations):
     async def statfs(self, ctx=None) -> pyfuse3.StatvfsData:
         now = trio.current_time()
         if self._stored is None or now - self._stored[0] > STATFS_TTL:
-            stored = await self._thread(lambda: sum(self.vfs.repo.index.pack_sizes().values()))
+            stored = await self._thread(self.vfs.repo.index.stored_bytes)
             self._stored = (now, stored)
         stored = self._stored[1]
         data = pyfuse3.StatvfsData()
