@@ -82,50 +82,75 @@ class InodeTable:
     def add(self, ino: int, parent: int, index: int) -> None:
         """One more kernel reference to `ino`, the entry `index` of directory `parent`
         (`parent` 0 and `index` WHOLE: a node kept whole, which pins no parent row)."""
-        i = self._slot(ino)
-        if i >= 0:
-            self._index[i] = index  # (the same path: a job pushed again may shift it)
-            if self._counts[i] < MAX_COUNT:
-                self._counts[i] += 1
-            return
+        self.add_children(parent, [(ino, index)])
+
+    def add_children(self, parent: int, children: list[tuple[int, int]]) -> None:
+        """`add` of several entries (ino, index) of one directory (a readdir reply)."""
         if parent > ROOT_INO:
-            p = self._slot(parent)
-            if p < 0:
+            if self._slot(parent) < 0:
                 raise NotFound(f"inode {parent} is not known (forgotten)")
-            self._below[p] += 1
         else:
             parent = 0
-        if 4 * (self.count + 1) > 3 * self.slots:
-            self._resize(2 * self.slots)
-        keys, mask = self._keys, self._mask
-        i = (ino >> 2) & mask
-        while keys[i]:
-            i = (i + 1) & mask
-        keys[i] = ino
-        self._parents[i], self._index[i], self._counts[i], self._below[i] = parent, index, 1, 0
-        self.count += 1
+        if 4 * (self.count + len(children)) > 3 * (self._mask + 1):
+            self._resize(self._grown(self.count + len(children)))
+        keys, parents, index, counts, below = (self._keys, self._parents, self._index,
+                                               self._counts, self._below)
+        mask, new = self._mask, 0
+        for ino, at in children:
+            i = (ino >> 2) & mask
+            while True:
+                key = keys[i]
+                if key == ino:  # known: one more reference (a job pushed again may shift it)
+                    index[i] = at
+                    if counts[i] < MAX_COUNT:
+                        counts[i] += 1
+                    break
+                if key == 0:
+                    keys[i], parents[i], index[i], counts[i], below[i] = ino, parent, at, 1, 0
+                    new += 1
+                    break
+                i = (i + 1) & mask
+        self.count += new
+        if parent and new:
+            below[self._slot(parent)] += new
+
+    def _grown(self, rows: int) -> int:
+        slots = self._mask + 1
+        while 4 * rows > 3 * slots:
+            slots *= 2
+        return slots
 
     def forget(self, ino: int, count: int) -> list[int]:
         """Drop `count` kernel references to `ino`; the inodes whose rows went (`ino`, then
         parents no longer needed). Unknown inodes are ignored."""
-        i = self._slot(ino)
-        if i < 0:
-            return []
-        if self._counts[i] < MAX_COUNT:
-            self._counts[i] = max(0, self._counts[i] - count)
         gone: list[int] = []
-        while i >= 0 and self._counts[i] == 0 and self._below[i] == 0:
-            parent = self._parents[i]
-            self._delete(i)
-            gone.append(ino)
-            if not parent:
-                break
-            ino, i = parent, self._slot(parent)
-            if i >= 0:
-                self._below[i] -= 1
-        if self.slots > MIN_SLOTS and 8 * self.count < self.slots:
-            self._resize(self.slots // 2)
+        self.forget_many([(ino, count)], gone)
         return gone
+
+    def forget_many(self, forgets: list[tuple[int, int]], gone: list[int]) -> None:
+        """`forget` of each (ino, count) (a FORGET batch); appends to `gone` the inodes
+        whose rows went."""
+        counts, below, parents = self._counts, self._below, self._parents
+        for ino, count in forgets:
+            i = self._slot(ino)
+            if i < 0:
+                continue
+            if counts[i] < MAX_COUNT:
+                counts[i] = max(0, counts[i] - count)
+            while i >= 0 and counts[i] == 0 and below[i] == 0:
+                parent = parents[i]
+                self._delete(i)
+                gone.append(ino)
+                if not parent:
+                    break
+                ino, i = parent, self._slot(parent)
+                if i >= 0:
+                    below[i] -= 1
+        slots = self._mask + 1
+        if slots > MIN_SLOTS and 8 * self.count < slots:
+            while slots > MIN_SLOTS and 8 * self.count < slots:
+                slots //= 2
+            self._resize(slots)
 
     def _delete(self, i: int) -> None:
         keys, parents, index, counts, below = (self._keys, self._parents, self._index,
@@ -190,18 +215,24 @@ class Inodes:
 
     def remember_children(self, parent: Node, children: list[tuple[int, int]]) -> None:
         """`remember` of entries of a tree directory, given as (ino, index)."""
-        add, parent_ino = self.table.add, parent.ino
-        for ino, index in children:
-            add(ino, parent_ino, index)
+        if children:
+            self.table.add_children(parent.ino, children)
 
     def forget(self, ino: int, count: int) -> bool:
         """Drop `count` references; True if the kernel no longer knows the inode."""
-        if ino == ROOT_INO:
-            return False
-        for gone in self.table.forget(ino, count):
-            self._whole.pop(gone, None)
-            self._dirs.pop(gone)
-        return self.table.lookups(ino) == 0
+        return ino in self.forget_many([(ino, count)])
+
+    def forget_many(self, forgets: list[tuple[int, int]]) -> list[int]:
+        """A FORGET batch; the inodes whose rows went (the kernel knows them no more)."""
+        gone: list[int] = []
+        self.table.forget_many([f for f in forgets if f[0] != ROOT_INO], gone)
+        whole, dirs = self._whole, self._dirs
+        for ino in gone:
+            if whole:
+                whole.pop(ino, None)
+            if ino in dirs:
+                dirs.pop(ino)
+        return gone
 
     def cached(self, ino: int) -> Node | None:
         """The node of a known inode from memory, or None when a tree must be read first

@@ -244,9 +244,10 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for ino, count in inode_list:
-            if self.inodes.forget(ino, count):
-                self.readers.pop(ino)
+        readers = self.readers
+        for ino in self.inodes.forget_many(list(inode_list)):
+            if ino in readers:
+                readers.pop(ino)
 
     @handler
     async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
