@@ -305,18 +305,20 @@ class Ingester:
 
     def _opened(self, parent: _Open | None, name: bytes, path: bytes, st: os.stat_result) -> _Open:
         """Open and list directory `path` (a name relative to `parent`, or the top)."""
-        where = parent.display(name) if parent is not None else os.fsdecode(name)
+        def where() -> str:  # made only for a message: O(depth), so never per directory
+            return parent.display(name) if parent is not None else os.fsdecode(name)
+
         dir_fd = parent.fd if parent is not None else None
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if parent else 0)
         try:
             fd = os.open(path, flags, dir_fd=dir_fd)
         except OSError as exc:
-            raise SourceError(f"{where}: cannot open directory: {exc.strerror}") from None
+            raise SourceError(f"{where()}: cannot open directory: {exc.strerror}") from None
         try:
             names = sorted(os.fsencode(n) for n in os.listdir(fd))
         except OSError as exc:
             os.close(fd)
-            raise SourceError(f"{where}: cannot list directory: {exc.strerror}") from None
+            raise SourceError(f"{where()}: cannot list directory: {exc.strerror}") from None
         return _Open(parent, name, fd, st, names, top=path if parent is None else b"")
 
     @staticmethod
