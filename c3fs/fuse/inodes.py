@@ -234,30 +234,31 @@ class Inodes:
                 dirs.pop(ino)
         return gone
 
-    def cached(self, ino: int) -> Node | None:
-        """The node of a known inode from memory, or None when a tree must be read first
-        (then `get`, in a worker thread). NotFound for an inode the kernel forgot."""
-        return self._rebuild(ino, self.vfs.repo.cached_tree)
+    def cached(self, ino: int, loaded: dict[bytes, Tree] | None = None) -> Node | bytes:
+        """The node of a known inode, rebuilt from memory (the tree cache, or `loaded`); or
+        the id of a tree to read first (in a worker thread), then ask again with it in
+        `loaded`. NotFound for an inode the kernel forgot. On the event loop only: the table
+        is not thread-safe."""
+        def tree_of(tree_id: bytes) -> Tree | None:
+            found = loaded.get(tree_id) if loaded else None
+            return found if found is not None else self.vfs.repo.cached_tree(tree_id)
 
-    def get(self, ino: int) -> Node:
-        """The node of a known inode (may read trees: not on the event loop)."""
-        node = self._rebuild(ino, self.vfs.repo.tree)
-        assert node is not None
-        return node
+        return self._rebuild(ino, tree_of)
 
     def find(self, ino: int) -> Node | None:
         """The node if known and in memory, else None (never raises)."""
         try:
-            return self.cached(ino)
+            node = self.cached(ino)
         except NotFound:
             return None
+        return node if isinstance(node, Node) else None
 
     def _kept(self, ino: int) -> Node | None:
         if ino == ROOT_INO:
             return self.root
         return self._whole.get(ino) or self._dirs.get(ino)
 
-    def _rebuild(self, ino: int, tree_of: Callable[[bytes], Tree | None]) -> Node | None:
+    def _rebuild(self, ino: int, tree_of: Callable[[bytes], Tree | None]) -> Node | bytes:
         node = self._kept(ino)
         if node is not None:
             return node
@@ -270,11 +271,11 @@ class Inodes:
             ino = row[0] or ROOT_INO
             node = self._kept(ino)
         for ino, index in reversed(chain):
-            tree = tree_of(node.tree_id) if node.tree_id is not None else None
+            if node.tree_id is None:
+                raise NotFound(f"inode {ino} is not known (its parent is not a directory)")
+            tree = tree_of(node.tree_id)
             if tree is None:
-                if node.tree_id is None:
-                    raise NotFound(f"inode {ino} is not known (its parent is not a directory)")
-                return None
+                return node.tree_id
             entries = tree.entries
             node = self.vfs.entry_node(node, entries[index], index) if index < len(entries) else None
             if node is None or node.ino != ino:  # the path holds other content now

@@ -3,12 +3,16 @@
 Where work runs (the S3QL rule, see STYLE.md):
 
 - on the trio event loop: everything answered from memory — getattr, forget, readdir pages
-  (the listing is taken once at opendir), open, release, readlink, xattrs, access, lookups in
-  a tree already decoded (`Vfs.lookup_cached`), and reads whose chunks are all in the
-  decoded-chunk cache (`FileReader.read_cached`);
+  (a tree's entries, or a listing taken once at opendir), open, release, readlink, xattrs,
+  access, lookups in a tree already decoded (`Vfs.lookup_cached`), and reads whose chunks
+  are all in the decoded-chunk cache (`FileReader.read_cached`);
 - in worker threads (`trio.to_thread.run_sync` under one `CapacityLimiter`): anything that may
   fetch or decode a blob or touch the store — other lookups (trees, unknown job ids), opendir
-  (the listing), reads that miss the cache (`FileReader.read`), statfs.
+  of a tree not decoded or of a listing, reads that miss the cache (`FileReader.read`),
+  statfs, and the trees a node needs when it is rebuilt from its row.
+
+The inodes the kernel knows are rows of a compact table (c3fs/fuse/inodes.py), not nodes:
+a node is rebuilt from its row (parent, index in the parent's tree) when a request needs it.
 
 Opening files costs no request (FUSE_NO_OPEN_SUPPORT): content never changes and a reader
 needs no per-open state, so the first OPEN is answered ENOSYS and from then on the kernel opens
@@ -184,11 +188,13 @@ class Operations(pyfuse3.Operations):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def _node(self, ino: int) -> Node:
-        """The node of a known inode: from memory, or rebuilt in a thread (trees to read)."""
-        node = self.inodes.cached(ino)
-        if node is None:
-            node = await self._thread(self.inodes.get, ino)
-        return node
+        """The node of a known inode: rebuilt on the loop, trees it needs read in a thread."""
+        loaded: dict = {}
+        while True:
+            node = self.inodes.cached(ino, loaded)
+            if isinstance(node, Node):
+                return node
+            loaded[node] = await self._thread(self.vfs.repo.tree, node)
 
     # attributes ---------------------------------------------------------------------------
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -364,7 +370,7 @@ class Operations(pyfuse3.Operations):
     # reading ahead (see c3fs/fuse/readahead.py) -------------------------------------------
     def _push(self, ino: int, content: bytes) -> None:
         """Put a file's content into the kernel's page cache (from a worker thread)."""
-        if ino not in self.inodes:
+        if ino not in self.inodes:  # (a read from a thread: a stale answer only skips a push)
             return  # the kernel does not know it (not listed): nothing to attach pages to
         try:
             pyfuse3.notify_store(ino, 0, content)
