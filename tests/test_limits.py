@@ -9,6 +9,7 @@ Paths longer than PATH_MAX and nesting thousands deep: tests/reliability/test_re
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,34 @@ def test_a_listing_too_big_for_one_blob_is_refused_at_push(run_cli, tmp_path: Pa
     assert "directory wide: 2,000 entries" in line and "split it into subdirectories" in line
     assert len(line.splitlines()) == 1 and "Traceback" not in line
     assert run_cli(["ls", "/jobs/wide"]).code == 3  # no job was made
+
+
+@pytest.mark.slow
+def test_a_tree_100000_levels_deep_is_pushed_and_listed_at_its_bottom(run_cli,
+                                                                       tmp_path: Path) -> None:
+    """Each level's path was once made for every directory opened: O(depth²), minutes at
+    100,000 levels. (Reading it through a mount works too, ~3 requests a level.)"""
+    depth = 100_000
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    (tmp_path / "src").mkdir()
+    below = os.open("src", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+    os.close(fd)
+    fd = below
+    try:
+        for _ in range(depth):  # made relative to each parent: far past PATH_MAX
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        leaf = os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"bottom\n")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+    try:
+        result = run_cli(["push", str(tmp_path / "src"), "-p", "lim", "-j", "deep"])
+        assert result.code == 0, result.err
+        listed = run_cli(["ls", "/jobs/deep" + "/d" * depth])
+        assert listed.code == 0 and listed.out.split() == ["leaf.txt"], listed.err[-300:]
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp_path / "src")], check=False)
