@@ -75,8 +75,9 @@ def test_a_sparse_file_is_pushed_and_read_at_its_end(run_cli, tmp_path: Path) ->
 
 def test_a_listing_too_big_for_one_blob_is_refused_at_push(run_cli, tmp_path: Path,
                                                           monkeypatch) -> None:
-    """Readers refuse blobs over 64 MiB: a directory of ~600,000 small files (or one file of
-    ~1.7 TiB) would make such a tree. The limit is lowered here to meet it with 2,000 files."""
+    """Readers refuse blobs over 64 MiB: a directory of ~600,000 small files, or one file of
+    ~1.8 M chunks (~220 GiB of ordinary data), would make such a tree. The limit is lowered
+    here to meet it with 2,000 files."""
     from c3fs import ingest
 
     monkeypatch.setattr(ingest, "MAX_TREE", 64 * 1024)
