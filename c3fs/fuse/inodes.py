@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable
+from itertools import compress
 
 from c3fs.errors import NotFound
 from c3fs.memo import LRU
@@ -171,17 +172,19 @@ class InodeTable:
         self.count -= 1
 
     def _resize(self, slots: int) -> None:
-        old = (self._keys, self._parents, self._index, self._counts, self._below)
+        old_keys, old_parents, old_index, old_counts, old_below = (
+            self._keys, self._parents, self._index, self._counts, self._below)
         self._allocate(max(MIN_SLOTS, slots))
-        keys, mask = self._keys, self._mask
-        for j, key in enumerate(old[0]):
-            if key:
-                i = (key >> 2) & mask
-                while keys[i]:
-                    i = (i + 1) & mask
-                keys[i] = key
-                self._parents[i], self._index[i] = old[1][j], old[2][j]
-                self._counts[i], self._below[i] = old[3][j], old[4][j]
+        keys, parents, index, counts, below = (self._keys, self._parents, self._index,
+                                               self._counts, self._below)
+        mask = self._mask
+        for j in compress(range(len(old_keys)), old_keys):  # the used slots only
+            key = old_keys[j]
+            i = (key >> 2) & mask
+            while keys[i]:
+                i = (i + 1) & mask
+            keys[i], parents[i], index[i] = key, old_parents[j], old_index[j]
+            counts[i], below[i] = old_counts[j], old_below[j]
 
 
 class Inodes:
