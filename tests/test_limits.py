@@ -122,3 +122,29 @@ def test_a_tree_100000_levels_deep_is_pushed_and_listed_at_its_bottom(run_cli,
         assert listed.code == 0 and listed.out.split() == ["leaf.txt"], listed.err[-300:]
     finally:
         subprocess.run(["rm", "-rf", str(tmp_path / "src")], check=False)
+
+
+def test_a_directory_too_big_for_the_tree_cache_is_decoded_once(run_cli, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """A tree heavier than the whole tree cache (262,144 entries; 100 here) is kept aside,
+    the last one met: lookups in it stay O(log n) instead of decoding it each time."""
+    from c3fs import repo as repo_module
+    from c3fs.repo import Repo
+    from c3fs.vfs import Vfs
+
+    src = tmp_path / "src" / "wide"
+    src.mkdir(parents=True)
+    for i in range(300):
+        (src / f"f{i:04d}").write_bytes(b"%d" % i)
+    assert run_cli(["push", str(tmp_path / "src"), "-p", "lim", "-j", "wide"]).code == 0
+    monkeypatch.setattr(repo_module, "TREE_ENTRIES", 100)
+    repo = Repo.open(create=False)
+    try:
+        vfs = Vfs(repo)
+        wide = vfs.resolve("/jobs/wide/wide")
+        first = repo.tree(wide.tree_id)
+        assert len(first.entries) == 300 and repo.tree(wide.tree_id) is first
+        assert repo.cached_tree(wide.tree_id) is first
+        assert vfs.lookup_cached(wide, b"f0299").size == 3
+    finally:
+        repo.close()
