@@ -92,11 +92,16 @@ class Scale:
         out: dict = {}
         try:
             daemon = measure.find_daemon(mnt)
+            cpu = daemon_cpu(daemon)
             for name, root in (("find", mnt), ("native_find", src)):
                 drop_caches()
                 out[f"{name}_s"] = timed(["find", str(root)])
+                if name == "find":  # CPU seconds: what load does not change much
+                    out["find_daemon_cpu_s"] = daemon_cpu(daemon) - cpu
             out["daemon_rss_find"] = measure.tree_rss(daemon) if daemon else None
+            cpu = daemon_cpu(daemon)
             out["ls_lr_s"] = measure.ls_lr(mnt)
+            out["ls_lr_daemon_cpu_s"] = daemon_cpu(daemon) - cpu
             out["native_ls_lr_s"] = measure.ls_lr(src)
             last = f"flat/f{files // 10 - 1:07d}.txt"
             for name, root in (("stat_last_ms", mnt), ("native_stat_last_ms", src)):
@@ -131,6 +136,16 @@ class Scale:
         return out
 
 
+def daemon_cpu(pid: int | None) -> float:
+    """User + system CPU seconds the daemon has used so far (0 if unknown)."""
+    if pid is None:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def timed(argv: list[str], cwd: Path | None = None) -> float:
     start = time.perf_counter()
     subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
@@ -155,7 +170,8 @@ def table(rows: list[dict], jobs: dict | None) -> str:
     mib = 1024 * 1024
     lines = ["| files | push s (RSS MiB) | native cp -r s | find cold s (native) | ls -lR s "
              "(native) | stat last ms (native) | daemon MiB after find / cat | cat all s | "
-             "c3fs cp -r s (RSS MiB) | c3fs ls flat s (native) |", "|" + "---|" * 10]
+             "c3fs cp -r s (RSS MiB) | c3fs ls flat s (native) | daemon CPU s in find / ls -lR |",
+             "|" + "---|" * 11]
     for r in rows:
         lines.append(
             f"| {r['files']:,} | {r['push_s']:.1f} ({r['push_rss'] / mib:.0f}) | "
@@ -164,7 +180,8 @@ def table(rows: list[dict], jobs: dict | None) -> str:
             f"{r['stat_last_ms']:.2f} ({r['native_stat_last_ms']:.2f}) | "
             f"{(r['daemon_rss_find'] or 0) / mib:.0f} / {(r['daemon_rss_cat'] or 0) / mib:.0f} | "
             f"{r['cat_all_s']:.1f} | {r['cp_s']:.1f} ({r['cp_rss'] / mib:.0f}) | "
-            f"{r['ls_flat_s']:.2f} ({r['native_ls_flat_s']:.3f}) |")
+            f"{r['ls_flat_s']:.2f} ({r['native_ls_flat_s']:.3f}) | "
+            f"{r.get('find_daemon_cpu_s', 0):.2f} / {r.get('ls_lr_daemon_cpu_s', 0):.2f} |")
     if jobs:
         lines += ["", f"{jobs['jobs']:,} job refs: `c3fs ls -l /jobs/` on a new machine "
                   f"{jobs['ls_jobs_new_machine_s']:.1f} s ({jobs['ls_jobs_new_machine_rss'] / mib:.0f} "
@@ -180,24 +197,34 @@ def main(argv: list[str] | None = None) -> int:
                              "full run: 10000,100000,1000000)")
     parser.add_argument("--jobs", type=int, default=0, help="also measure a store of J job refs")
     parser.add_argument("--delete", action="store_true", help="delete the datasets afterwards")
+    parser.add_argument("--data", type=Path, default=BENCH / "data",
+                        help="where datasets are made and kept (default bench/data)")
+    parser.add_argument("--work", type=Path, default=BENCH / "work",
+                        help="where stores and copies go during the run (default bench/work)")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="only make the datasets (then measure later)")
     parser.add_argument("--write-refs", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.write_refs is not None:
         write_refs(args.write_refs)
         return 0
-    rows = []
+    rows: list[dict] = []
     for files in (int(n) for n in args.files.split(",")):
-        data = BENCH / "data" / f"scale-{files}"
+        data = args.data / f"scale-{files}"
         src = generate(data, files)
-        work = measure.fresh_dir(BENCH / "work" / f"scale-{files}")
+        if args.generate_only:
+            continue
+        work = measure.fresh_dir(args.work / f"scale-{files}")
         rows.append(Scale(work).measure(src, files))
         print(table(rows[-1:], None), flush=True)
         measure.discard(work)
         if args.delete:
             measure.discard(data)
+    if args.generate_only:
+        return 0
     jobs = None
     if args.jobs:
-        jobs = Scale(measure.fresh_dir(BENCH / "work" / "scale-jobs")).many_jobs(args.jobs)
+        jobs = Scale(measure.fresh_dir(args.work / "scale-jobs")).many_jobs(args.jobs)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     results = BENCH / "results"
     (results / f"scale-{stamp}.json").write_text(json.dumps({"rows": rows, "jobs": jobs}, indent=1))

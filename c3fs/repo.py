@@ -61,18 +61,29 @@ class Repo:
 
     def __post_init__(self) -> None:
         self._trees: LRU[bytes, Tree] = LRU(TREE_ENTRIES, weigh=lambda tree: len(tree.entries) + 1)
+        # the last tree too big for the cache (a directory of 262,144+ entries): without it
+        # every lookup in such a directory decoded the whole of it again
+        self._big_tree: tuple[bytes, Tree] | None = None
 
     def tree(self, tree_id: bytes) -> Tree:
         """A decoded tree (the last TREE_ENTRIES entries' trees are kept: trees are immutable)."""
-        tree = self._trees.get(tree_id)
+        tree = self.cached_tree(tree_id)
         if tree is None:
             tree = decode_tree(self.blobs.get(tree_id))
-            self._trees.put(tree_id, tree)
+            if len(tree.entries) + 1 > self._trees.limit:
+                self._big_tree = (tree_id, tree)
+            else:
+                self._trees.put(tree_id, tree)
         return tree
 
     def cached_tree(self, tree_id: bytes) -> Tree | None:
         """The tree if it is decoded already, else None (never blocks: for the event loop)."""
-        return self._trees.get(tree_id)
+        tree = self._trees.get(tree_id)
+        if tree is None:
+            big = self._big_tree
+            if big is not None and big[0] == tree_id:
+                return big[1]
+        return tree
 
     def record(self, kind: str, name: str) -> JobRecord:
         """The record of a job or dataset; asks the store when the index does not know it."""

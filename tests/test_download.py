@@ -259,14 +259,14 @@ def test_a_damaged_file_is_left_out_and_everything_else_copied(
 def test_a_damaged_directory_is_left_out_and_everything_else_copied(
         repo, tmp_path: Path, monkeypatch, caplog) -> None:
     vfs = pushed(repo, tmp_path)
-    real_children = Vfs.children
+    real_children = Vfs.iter_children
 
     def children(self, node):
         if node.path[-1] == b"odd dir \xff":
             raise BlobCorrupt(node.tree_id, "p" * 64, "injected")
         return real_children(self, node)
 
-    monkeypatch.setattr(Vfs, "children", children)
+    monkeypatch.setattr(Vfs, "iter_children", children)
     with pytest.raises(DataError, match="1 damaged directory not copied"):
         Copier(vfs).copy(root(vfs), tmp_path / "dst")
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -446,7 +446,7 @@ def test_pull_goes_on_past_a_damaged_job(repo, tmp_path: Path, monkeypatch, capl
             (tmp_path / job / name).write_bytes(f"{job}/{name}".encode() * 100)
         push_dir(repo, str(tmp_path / job), "vision", job)
     bad = Vfs(repo).resolve("/jobs/j_file/b.txt").entry.chunk_ids()[0]
-    real_children, real_chunk = Vfs.children, Copier._chunk
+    real_children, real_chunk = Vfs.iter_children, Copier._chunk
 
     def children(self, node):
         if node.path == (b"jobs", b"j_root"):
@@ -458,7 +458,7 @@ def test_pull_goes_on_past_a_damaged_job(repo, tmp_path: Path, monkeypatch, capl
             raise BlobCorrupt(bad, "p" * 64, "injected")
         return real_chunk(self, reader, i)
 
-    monkeypatch.setattr(Vfs, "children", children)
+    monkeypatch.setattr(Vfs, "iter_children", children)
     monkeypatch.setattr(Copier, "_chunk", chunk)
     with pytest.raises(DataError, match=r"^2 jobs not pulled in full \(j_root, j_file\): .*; "
                                         r"1 job pulled in full$") as info:

@@ -657,6 +657,64 @@ def test_lookup_counts_are_released_by_forget(ops) -> None:
     trio.run(main)
 
 
+def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) -> None:
+    """readdirplus makes every entry a lookup: the inode table keeps a row per entry (no
+    node), rebuilds the node from its parent's tree when asked (reading the tree again if it
+    was evicted), and drops the rows, then the parents' rows, as the kernel forgets them."""
+    import pyfuse3
+
+    async def listing(ino: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+        """What the kernel's READDIRPLUS requests would get, in replies of 50 entries."""
+        found: list = []
+        page: list = []
+
+        def reply(token, name, attr, next_id) -> bool:
+            if len(page) == 50:
+                return False
+            page.append((name, attr))
+            return True
+
+        fh = await ops.opendir(ino)
+        real, pyfuse3.readdir_reply = pyfuse3.readdir_reply, reply
+        try:
+            while True:
+                page.clear()
+                await ops.readdir(fh, len(found), None)
+                found += page
+                if len(page) < 50:
+                    return found
+        finally:
+            pyfuse3.readdir_reply = real
+            await ops.releasedir(fh)
+
+    async def main() -> None:
+        jobs = await ops.lookup(1, b"jobs")
+        job = await ops.lookup(jobs.st_ino, JOB.encode())
+        many = await ops.lookup(job.st_ino, b"many")
+        entries = await listing(many.st_ino)
+        assert [name for name, _ in entries] == [f"f{i:04d}".encode() for i in range(400)]
+        rows = len(ops.inodes)
+        ops.vfs.repo._trees.clear()  # the rows hold no node and no tree
+        for name, attr in entries[::37]:
+            again = await ops.getattr(attr.st_ino)
+            assert (again.st_ino, again.st_size, again.generation) == (
+                attr.st_ino, attr.st_size, attr.generation)
+            looked = await ops.lookup(many.st_ino, name)
+            assert looked.st_ino == attr.st_ino
+            await ops.forget([(attr.st_ino, 1)])
+        if ops.stateless_open:
+            assert await ops.read(entries[-1][1].st_ino, 0, 100) == b"small file 399\n"
+        await ops.forget([(many.st_ino, 1)])  # the kernel forgets the directory first
+        assert len(ops.inodes) == rows
+        await ops.forget([(attr.st_ino, 1) for _, attr in entries])
+        assert len(ops.inodes) == rows - 401  # the last row below took the directory along
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.getattr(entries[0][1].st_ino)
+        assert exc.value.errno == errno.ENOENT
+
+    trio.run(main)
+
+
 @pytest.mark.logs("unexpected error in")
 def test_handlers_raise_only_fuse_errors(ops) -> None:
     import pyfuse3

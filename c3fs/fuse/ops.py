@@ -3,12 +3,16 @@
 Where work runs (the S3QL rule, see STYLE.md):
 
 - on the trio event loop: everything answered from memory — getattr, forget, readdir pages
-  (the listing is taken once at opendir), open, release, readlink, xattrs, access, lookups in
-  a tree already decoded (`Vfs.lookup_cached`), and reads whose chunks are all in the
-  decoded-chunk cache (`FileReader.read_cached`);
+  (a tree's entries, or a listing taken once at opendir), open, release, readlink, xattrs,
+  access, lookups in a tree already decoded (`Vfs.lookup_cached`), and reads whose chunks
+  are all in the decoded-chunk cache (`FileReader.read_cached`);
 - in worker threads (`trio.to_thread.run_sync` under one `CapacityLimiter`): anything that may
   fetch or decode a blob or touch the store — other lookups (trees, unknown job ids), opendir
-  (the listing), reads that miss the cache (`FileReader.read`), statfs.
+  of a tree not decoded or of a listing, reads that miss the cache (`FileReader.read`),
+  statfs, and the trees a node needs when it is rebuilt from its row.
+
+The inodes the kernel knows are rows of a compact table (c3fs/fuse/inodes.py), not nodes:
+a node is rebuilt from its row (parent, index in the parent's tree) when a request needs it.
 
 Opening files costs no request (FUSE_NO_OPEN_SUPPORT): content never changes and a reader
 needs no per-open state, so the first OPEN is answered ENOSYS and from then on the kernel opens
@@ -48,6 +52,7 @@ import functools
 import itertools
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,13 +63,14 @@ import pyfuse3
 import trio
 
 from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
+from c3fs.fuse.inodes import Inodes
 from c3fs.fuse.readahead import SMALL_FILE, DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB
-from c3fs.objects.tree import FILE, LINK, file_digest
+from c3fs.objects.tree import DIR, FILE, LINK, Entry, file_digest
 from c3fs.reader import FileReader
 from c3fs.reader.trace import Recorder
-from c3fs.vfs import ROOT_INO, Node, Vfs
+from c3fs.vfs import Node, Vfs
 
 # a patched pyfuse3 (patches/) sends a READ's reply given as a list of buffers without joining
 REPLY_PARTS = getattr(pyfuse3, "READ_REPLY_PARTS", False)
@@ -84,6 +90,9 @@ XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
 XATTR_INPUTS = b"user.c3fs.inputs"
+STATFS_TTL = 10.0  # statfs sums every pack's size (`find`, `df` ask): at most every 10 s
+GENERATION_MASK = 0xFFFF_FFFF_FFFF_FFFF
+MODE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 
@@ -194,43 +203,6 @@ def kernel_version(release: str) -> tuple[int, int]:
         return 0, 0
 
 
-class Inodes:
-    """The nodes the kernel knows, with their lookup counts (released in `forget`)."""
-
-    def __init__(self, root: Node) -> None:
-        self.root = root
-        self._nodes: dict[int, Node] = {ROOT_INO: root}
-        self._counts: dict[int, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._nodes)
-
-    def get(self, ino: int) -> Node:
-        node = self._nodes.get(ino)
-        if node is None:
-            raise NotFound(f"inode {ino} is not known (forgotten)")
-        return node
-
-    def find(self, ino: int) -> Node | None:
-        return self._nodes.get(ino)
-
-    def remember(self, node: Node) -> None:
-        """The kernel took one more reference to `node` (a lookup or a readdirplus entry)."""
-        self._nodes[node.ino] = node
-        self._counts[node.ino] = self._counts.get(node.ino, 0) + 1
-
-    def forget(self, ino: int, count: int) -> bool:
-        """Drop `count` references; True if the kernel no longer knows the inode."""
-        left = self._counts.get(ino, 0) - count
-        if left > 0:
-            self._counts[ino] = left
-            return False
-        self._counts.pop(ino, None)
-        if ino != ROOT_INO:
-            self._nodes.pop(ino, None)
-        return True
-
-
 class Operations(pyfuse3.Operations):
     """Read-only FUSE requests translated to the Vfs."""
 
@@ -246,7 +218,7 @@ class Operations(pyfuse3.Operations):
         self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
         self._digests: LRU = LRU(DIGESTS)  # blake3 of a chunk list -> hex digest of the bytes
         self.vfs = vfs
-        self.inodes = Inodes(vfs.root)
+        self.inodes = Inodes(vfs, vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
         self.readahead = readahead
         self.directory_readahead = DirectoryReadahead(vfs, self.limiter, self._push)
@@ -254,9 +226,19 @@ class Operations(pyfuse3.Operations):
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, list[tuple[bytes, Node]]]] = {}
         self._handles = itertools.count(1)
+        self._stored: tuple[float, int] | None = None  # (when, bytes of packs) for statfs
 
     async def _thread(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def _node(self, ino: int) -> Node:
+        """The node of a known inode: rebuilt on the loop, trees it needs read in a thread."""
+        loaded: dict = {}
+        while True:
+            node = self.inodes.cached(ino, loaded)
+            if isinstance(node, Node):
+                return node
+            loaded[node] = await self._thread(self.vfs.repo.tree, node)
 
     # attributes ---------------------------------------------------------------------------
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -274,6 +256,22 @@ class Operations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
         return attr
 
+    def entry_attributes(self, ino: int, entry: Entry) -> pyfuse3.EntryAttributes:
+        """`attributes` of the node of a tree's entry, made without the node (readdir)."""
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        kind = entry.kind
+        attr.generation = hash(entry.chunks if kind == FILE else entry.target) & GENERATION_MASK
+        attr.entry_timeout = attr.attr_timeout = CONTENT_TIMEOUT
+        attr.st_mode = MODE_BITS[kind] | entry.mode
+        attr.st_nlink = 1
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        size = attr.st_size = entry.size if kind == FILE else len(entry.target) if kind == LINK else 0
+        attr.st_blksize = BLOCK_SIZE
+        attr.st_blocks = (size + 511) // 512
+        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
+        return attr
+
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         self.inodes.remember(node)
         return self.attributes(node)
@@ -281,7 +279,7 @@ class Operations(pyfuse3.Operations):
     # names --------------------------------------------------------------------------------
     @handler
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.get(parent_inode)
+        parent = await self._node(parent_inode)
         try:
             node = self.vfs.lookup_cached(parent, name)  # a decoded tree: no thread round trip
             if node is None:
@@ -298,21 +296,22 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for ino, count in inode_list:
-            if self.inodes.forget(ino, count):
-                self.readers.pop(ino)
+        readers = self.readers
+        for ino in self.inodes.forget_many(list(inode_list)):
+            if ino in readers:
+                readers.pop(ino)
 
     @handler
     async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
-        return self.attributes(self.inodes.get(inode))
+        return self.attributes(await self._node(inode))
 
     @handler
     async def readlink(self, inode: int, ctx=None) -> bytes:
-        return self.vfs.readlink(self.inodes.get(inode))
+        return self.vfs.readlink(await self._node(inode))
 
     @handler
     async def access(self, inode: int, mode: int, ctx=None) -> bool:
-        self.inodes.get(inode)
+        await self._node(inode)
         if mode & os.W_OK:
             raise ReadOnly()
         return True
@@ -320,21 +319,45 @@ class Operations(pyfuse3.Operations):
     # directories --------------------------------------------------------------------------
     @handler
     async def opendir(self, inode: int, ctx=None) -> int:
-        node = self.inodes.get(inode)
-        listing = await self._thread(self.vfs.children, node)
+        """A tree's directory keeps its (immutable) entries; others their listing, taken now."""
+        node = await self._node(inode)
+        if node.tree_id is not None:
+            tree = self.vfs.repo.cached_tree(node.tree_id)
+            if tree is None:
+                tree = await self._thread(self.vfs.repo.tree, node.tree_id)
+            listing: list = tree.entries
+        else:
+            listing = await self._thread(self.vfs.children, node)
         fh = next(self._handles)
         self._dirs[fh] = (node, listing)
         return fh
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Entries from position `start_id` of the listing taken at opendir; next_id = i + 1."""
-        _, listing = self._dirs[fh]
-        for i in range(start_id, len(listing)):
-            name, node = listing[i]
-            if not pyfuse3.readdir_reply(token, name, self.attributes(node), i + 1):
-                return
-            self.inodes.remember(node)  # readdirplus: every reported entry is a lookup
+        """Entries from position `start_id` of the listing taken at opendir; next_id = i + 1.
+        readdirplus: every entry reported is a lookup, with its attributes."""
+        parent, listing = self._dirs[fh]
+        if parent.tree_id is None:
+            for i in range(start_id, len(listing)):
+                name, node = listing[i]
+                if not pyfuse3.readdir_reply(token, name, self.attributes(node), i + 1):
+                    return
+                self.inodes.remember(node)
+            return
+        # a tree's entries: no Node per entry (a million of them for `find`), rows added at once
+        reply, entry_attributes = pyfuse3.readdir_reply, self.entry_attributes
+        prefix = parent.key + b"/"
+        added: list[tuple[int, int]] = []
+        try:
+            for i in range(start_id, len(listing)):
+                entry = listing[i]
+                key = blake3.blake3(prefix + entry.name).digest(16)
+                ino = (int.from_bytes(key[:8], "little") >> 1) | 2  # vfs.ino_from_key
+                if not reply(token, entry.name, entry_attributes(ino, entry), i + 1):
+                    return
+                added.append((ino, i))
+        finally:
+            self.inodes.remember_children(parent, added)
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -345,7 +368,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx=None) -> pyfuse3.FileInfo:
         if flags & WRITE_FLAGS:
             raise ReadOnly()
-        node = self.inodes.get(inode)
+        node = await self._node(inode)
         if node.kind != FILE:
             raise IsADirectory(f"{node.display} is not a regular file")
         if self.stateless_open:
@@ -369,9 +392,9 @@ class Operations(pyfuse3.Operations):
         """The open file behind a READ: its handle, or its inode when opened without OPEN."""
         if not self.stateless_open:
             return self._files[fh]
-        node = self.inodes.get(fh)
+        node = await self._node(fh)
         found = self.readers.get(fh)
-        if found is None or found.node.entry is not node.entry:  # (a path may get new content)
+        if found is None or found.node.entry != node.entry:  # (a path may get new content)
             if node.kind != FILE:
                 raise IsADirectory(f"{node.display} is not a regular file")
             found = await self._open(node)
@@ -399,7 +422,7 @@ class Operations(pyfuse3.Operations):
     # reading ahead (see c3fs/fuse/readahead.py) -------------------------------------------
     def _push(self, ino: int, content: bytes) -> None:
         """Put a file's content into the kernel's page cache (from a worker thread)."""
-        if self.inodes.find(ino) is None:
+        if ino not in self.inodes:  # (a read from a thread: a stale answer only skips a push)
             return  # the kernel does not know it (not listed): nothing to attach pages to
         try:
             pyfuse3.notify_store(ino, 0, content)
@@ -408,15 +431,17 @@ class Operations(pyfuse3.Operations):
 
     def _parent(self, node: Node) -> Node | None:
         """The directory holding `node`, if the kernel still knows it."""
-        parent, root = node.parent, self.inodes.root
-        if parent is None:
-            return None
-        return root if parent.key == root.key else self.inodes.find(parent.ino)
+        parent = node.parent
+        return parent if parent is not None and parent.ino in self.inodes else None
 
     # the file system ----------------------------------------------------------------------
     @handler
     async def statfs(self, ctx=None) -> pyfuse3.StatvfsData:
-        stored = await self._thread(lambda: sum(self.vfs.repo.index.pack_sizes().values()))
+        now = trio.current_time()
+        if self._stored is None or now - self._stored[0] > STATFS_TTL:
+            stored = await self._thread(self.vfs.repo.index.stored_bytes)
+            self._stored = (now, stored)
+        stored = self._stored[1]
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = BLOCK_SIZE
         data.f_blocks = (stored + BLOCK_SIZE - 1) // BLOCK_SIZE
@@ -429,7 +454,7 @@ class Operations(pyfuse3.Operations):
     # extended attributes ------------------------------------------------------------------
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx=None) -> bytes:
-        node = self.inodes.get(inode)
+        node = await self._node(inode)
         if not name.startswith(USER_NAMESPACE):
             raise NoNamespace()
         if name == XATTR_INPUTS and _job_root(node):
@@ -452,7 +477,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def listxattr(self, inode: int, ctx=None) -> Sequence[bytes]:
-        node = self.inodes.get(inode)
+        node = await self._node(inode)
         names = list(xattrs(node))
         if _job_root(node) and await self._thread(self._inputs, node):
             names.append(XATTR_INPUTS)
@@ -527,7 +552,7 @@ def generation_of(node: Node) -> int:
         key = node.entry.target
     else:
         return 0
-    return hash(key) & 0xFFFF_FFFF_FFFF_FFFF
+    return hash(key) & GENERATION_MASK
 
 
 def timeouts_of(node: Node) -> tuple[float, float]:

@@ -343,6 +343,12 @@ class Index:
                 bytes(k).hex(): _PACK.unpack_from(v)[0] for k, v in txn.cursor(db=self.packs)
             }
 
+    def stored_bytes(self) -> int:
+        """The sum of `pack_sizes` (statfs), without copying each pack's list of blob ids."""
+        with self.env.begin(buffers=True) as txn:
+            return sum(_PACK.unpack_from(v)[0] for v in txn.cursor(db=self.packs).iternext(
+                keys=False, values=True))
+
     def pack_blob_ids(self, pack_id: str) -> list[bytes]:
         with self._read() as txn:
             raw = txn.get(bytes.fromhex(pack_id), db=self.packs) or b""

@@ -37,6 +37,8 @@ from c3fs.objects.tree import DIR, FILE, LINK, Entry, encode_tree
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+MAX_TREE = codec.MAX_PLAIN  # the largest blob a reader accepts
 Progress = Callable[[int], None]
 BATCH_BYTES = 1024 * 1024
 SMALL_BATCH = 64  # files smaller than one chunk, stored per task
@@ -253,9 +255,18 @@ class Ingester:
         self.sink.flush()
         return root.entry.target
 
-    def store_tree(self, entries: list[Entry]) -> bytes:
-        """Store one tree made of existing entries (used to compose job trees)."""
+    def store_tree(self, entries: list[Entry], name: bytes = b"") -> bytes:
+        """Store one tree made of existing entries (used to compose job trees). A tree over
+        MAX_TREE bytes (readers refuse bigger blobs) is refused: a directory of more than
+        ~600,000 small files, or a file of more than ~1.8 M chunks (37 B each in its entry):
+        ~220 GiB of ordinary data (128 KiB chunks on average), ~1.7 TiB of holes (1 MiB)."""
         data = encode_tree(entries)
+        if len(data) > MAX_TREE:
+            where = f"directory {name.decode(errors='backslashreplace')}" if name else "a tree"
+            raise SourceError(
+                f"{where}: {len(entries):,} entries ({sum(len(e.sizes) for e in entries):,} "
+                f"chunks) take {len(data) / MiB:.0f} MiB, over the {MAX_TREE // MiB} MiB one "
+                "directory's listing may take (split it into subdirectories)")
         tree_id = blob_id(data)
         self._store_blob(TREE, tree_id, data)
         return tree_id
@@ -297,18 +308,20 @@ class Ingester:
 
     def _opened(self, parent: _Open | None, name: bytes, path: bytes, st: os.stat_result) -> _Open:
         """Open and list directory `path` (a name relative to `parent`, or the top)."""
-        where = parent.display(name) if parent is not None else os.fsdecode(name)
+        def where() -> str:  # made only for a message: O(depth), so never per directory
+            return parent.display(name) if parent is not None else os.fsdecode(name)
+
         dir_fd = parent.fd if parent is not None else None
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if parent else 0)
         try:
             fd = os.open(path, flags, dir_fd=dir_fd)
         except OSError as exc:
-            raise SourceError(f"{where}: cannot open directory: {exc.strerror}") from None
+            raise SourceError(f"{where()}: cannot open directory: {exc.strerror}") from None
         try:
             names = sorted(os.fsencode(n) for n in os.listdir(fd))
         except OSError as exc:
             os.close(fd)
-            raise SourceError(f"{where}: cannot list directory: {exc.strerror}") from None
+            raise SourceError(f"{where()}: cannot list directory: {exc.strerror}") from None
         return _Open(parent, name, fd, st, names, top=path if parent is None else b"")
 
     @staticmethod
@@ -353,7 +366,7 @@ class Ingester:
                     part = part.entry
                 entries.extend(part) if isinstance(part, list) else entries.append(part)
             walked.entry = Entry(walked.name, DIR, walked.mode, 0, walked.mtime_ns,
-                                 target=self.store_tree(entries))
+                                 target=self.store_tree(entries, walked.name))
             walked.parts = []
             self._tasks -= walked.tasks
             self.stats.add(dirs=1)

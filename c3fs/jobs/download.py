@@ -43,6 +43,7 @@ import logging
 import os
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,7 +60,37 @@ TMP = b".c3fs-tmp."
 SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
 SMALL_BATCH = 64
 PART = 16 * 1024 * 1024  # a bigger file is written in parts of about this size, in parallel
+PENDING = 256  # tasks queued ahead of the writers (a batch of small files is one): the walk
+# waits for the oldest beyond that, so a million files are never all queued (as nodes) at once
 SOURCES = 16  # big files whose chunks later files may read back (fds held until the end)
+
+
+class _Window:
+    """The futures of queued work, at most `limit` of them not yet done: `append` waits for
+    the oldest beyond that, so the walk streams. Failures are raised by `wait_all`, once
+    every task has ended (a big file's parts all run: the last one cleans up)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: deque[Future] = deque()
+        self._failed: list[Future] = []
+
+    def append(self, future: Future) -> None:
+        items = self._items
+        items.append(future)
+        while items and (items[0].done() or len(items) > self.limit):
+            done = items.popleft()
+            if done.exception() is not None:  # (waits for it first)
+                self._failed.append(done)
+
+    def wait_all(self) -> None:
+        """Wait for every task; raise what the first failed one (in order) raised."""
+        for future in self._items:
+            if future.exception() is not None:
+                self._failed.append(future)
+        self._items.clear()
+        if self._failed:
+            self._failed[0].result()
 
 
 class CopyIncomplete(DataError):
@@ -149,14 +180,13 @@ class Copier:
         try:
             with (ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-small") as self._smalls,
                   ThreadPoolExecutor(self.workers, thread_name_prefix="c3fs-cp") as self._bigs):
-                futures: list[Future] = []
+                futures = _Window(PENDING)
                 if node.kind == DIR:
                     self._copy_dir(node, target, futures, dirs)
                 else:
                     self._copy_leaf(node, target, False, futures, found)
                 self._flush_small(futures)
-                for future in futures:
-                    future.result()
+                futures.wait_all()
         except BaseException:  # every task has ended: the directories still get their modes
             _finish_dirs(dirs, self._mode, strict=False)
             raise
@@ -173,7 +203,7 @@ class Copier:
     def _copy_one_dir(self, node: Node, path: bytes, futures, dirs) -> list[tuple[Node, bytes]]:
         """Make one directory and copy its files and links; return its subdirectories."""
         try:
-            children = self.vfs.children(node)
+            children = self.vfs.iter_children(node)  # the tree is read now, nodes made lazily
         except (DataError, FormatError) as exc:
             error = exc.reading(node.display)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made

@@ -56,6 +56,7 @@ class Node:
     ref: tuple[str, str] | None = None  # (kind, name) of the job or dataset it belongs to
     tree_id: bytes | None = None  # a directory backed by a tree
     entry: Entry | None = None  # a file or symlink
+    index: int = -1  # its position in its parent's tree (-1: not in a tree)
 
     @property
     def is_dir(self) -> bool:
@@ -178,8 +179,16 @@ class Vfs:
             raise NotADirectory(f"{node.display} is not a directory")
         if node.tree_id is not None:
             tree = self.repo.tree(node.tree_id)
-            return [(e.name, self.entry_node(node, e)) for e in tree.entries]
+            return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree.entries)]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
+
+    def iter_children(self, node: Node) -> Iterator[tuple[bytes, Node]]:
+        """`children`, with a tree's nodes made as they are consumed (its tree is read at
+        once, so a damaged one fails here, not halfway)."""
+        if node.tree_id is None:
+            return iter(self.children(node))
+        entries = self.repo.tree(node.tree_id).entries
+        return ((e.name, self.entry_node(node, e, i)) for i, e in enumerate(entries))
 
     def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
              reuse: Callable[[bytes], bytes | None] | None = None) -> FileReader:
@@ -211,15 +220,15 @@ class Vfs:
         i = bisect.bisect_left(entries, name, key=lambda e: e.name)
         if i == len(entries) or entries[i].name != name:
             raise NotFound(f"{parent.child_display(name)}: no such file or directory")
-        return self.entry_node(parent, entries[i])
+        return self.entry_node(parent, entries[i], i)
 
     @staticmethod
-    def entry_node(parent: Node, entry: Entry) -> Node:
-        """The node of `entry`, an entry of the tree of directory `parent`."""
+    def entry_node(parent: Node, entry: Entry, index: int = -1) -> Node:
+        """The node of `entry`, entry `index` of the tree of directory `parent`."""
         key = child_key(parent.key, entry.name)
         tree_id = entry.target if entry.kind == DIR else None
         return Node(ino_from_key(key), entry.kind, entry.mode, entry.size, entry.mtime_ns,
-                    entry.name, parent, key, parent.depth + 1, parent.ref, tree_id, entry)
+                    entry.name, parent, key, parent.depth + 1, parent.ref, tree_id, entry, index)
 
     def ref_root(self, record: JobRecord) -> Node:
         top = self._virtual((_KIND_DIR[record.kind],))  # canonical: /jobs/<id>, /datasets/<n>

@@ -1,0 +1,62 @@
+"""The mount's compact inode table (c3fs/fuse/inodes.py) against a plain dict model."""
+
+from __future__ import annotations
+
+import random
+
+from c3fs.fuse.inodes import MIN_SLOTS, WHOLE, InodeTable
+
+
+def test_rows_survive_collisions_growth_deletion_and_shrinking() -> None:
+    rng = random.Random(7)
+    table, model = InodeTable(), {}
+    # few distinct home slots: long probe runs, so deletion must shift rows back correctly
+    inos = [(rng.randrange(1 << 40) << 12) | (rng.randrange(4) << 2) | 2 for _ in range(3000)]
+    for step in range(15_000):
+        ino = rng.choice(inos)
+        if ino not in model or rng.random() < 0.6:
+            table.add(ino, 0, step)
+            count = model.get(ino, (0, 0))[0] + 1
+            model[ino] = (count, step)
+        else:
+            n = rng.randint(1, model[ino][0])
+            gone = table.forget(ino, n)
+            count = model[ino][0] - n
+            assert gone == ([] if count else [ino])
+            if count:
+                model[ino] = (count, model[ino][1])
+            else:
+                del model[ino]
+        if step % 3000 == 0:
+            for known, (count, index) in model.items():
+                assert table.row(known) == (0, index) and table.lookups(known) == count
+    assert len(table) == len(model)
+    for ino, (count, _) in list(model.items()):
+        table.forget(ino, count)
+    assert len(table) == 0 and table.slots == MIN_SLOTS  # shrunk back
+    assert all(ino not in table for ino in inos)
+
+
+def test_a_directory_row_stays_while_rows_below_need_it() -> None:
+    table = InodeTable()
+    parent, child, other = 0x1000_0006, 0x2000_000A, 0x3000_000E
+    table.add(parent, 0, WHOLE)
+    table.add(child, parent, 3)
+    table.add(other, parent, 4)
+    assert table.forget(parent, 1) == []  # the kernel forgot it first: still a parent
+    assert table.lookups(parent) == 0 and parent in table
+    assert table.forget(child, 1) == [child]
+    assert table.forget(other, 1) == [other, parent]  # the last row below takes it along
+    assert len(table) == 0
+    table.forget(parent, 5)  # unknown: ignored
+    assert len(table) == 0
+
+
+def test_rows_cost_28_bytes_a_slot_at_most_3_4_full() -> None:
+    rng = random.Random(3)
+    table = InodeTable()
+    for i in range(200_000):
+        table.add((rng.getrandbits(61) << 2) | 2, 0, i)
+    size = sum(a.itemsize * len(a) for a in (table._keys, table._parents, table._index,
+                                             table._counts, table._below))
+    assert size == 28 * table.slots and len(table) == 200_000 and 4 * len(table) <= 3 * table.slots
