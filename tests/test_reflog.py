@@ -163,3 +163,13 @@ def test_poll_on_s3_costs_one_list_request(s3_url: str, tmp_path: Path) -> None:
     assert index.record(JOB, "job_new") is not None
     assert [prefix for prefix, _ in calls] == [CHANGES]
     index.close()
+
+
+def test_gc_prunes_old_log_entries(tmp_path: Path) -> None:
+    store = Store.open(LocalBackend(tmp_path / "s"))
+    store.create_ref(record("job_a"))
+    store.create_ref(record("job_b"))
+    assert store.prune_changes() == 0  # a day's entries are kept
+    assert store.prune_changes(keep=-1) == 2
+    assert store.changes(0) == []
+    assert {name for name in store.list_refs(JOB)} == {"job_a", "job_b"}

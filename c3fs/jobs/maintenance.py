@@ -88,6 +88,7 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
         report = _sweep(repo, live, dry_run, say)
         if not dry_run:
             repo.store.backend.sweep_temp()
+            repo.store.prune_changes()
         return report
 
 

@@ -39,6 +39,7 @@ KiB, MiB = 1024, 1024 * 1024
 REF_PREFIX = {JOB: "refs/jobs/", DATASET: "refs/datasets/"}
 REF_LOG = 1  # the ref change log's format version (`StoreConfig.ref_log`)
 CHANGES = "changes/"
+CHANGES_KEEP = 86400.0  # seconds gc keeps change log entries (readers need FULL_EVERY of them)
 
 
 class Change(msgspec.Struct, frozen=True):
@@ -221,6 +222,18 @@ class Store:
                 found.append(change)
         found.sort(key=lambda change: change.key)
         return found
+
+    def prune_changes(self, keep: float = CHANGES_KEEP) -> int:
+        """Delete change log entries older than `keep` seconds (gc): a reader that last
+        synced longer ago than `Index.FULL_EVERY` lists every ref and never reads them."""
+        cutoff = int((time.time() - keep) * 1000)
+        removed = 0
+        for key, _ in self.backend.list(CHANGES):
+            change = parse_change(key)
+            if change is not None and change.ms < cutoff:
+                self.backend.delete(key)
+                removed += 1
+        return removed
 
     def get_ref(self, kind: str, name: str) -> JobRecord:
         try:
