@@ -17,7 +17,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import msgspec
@@ -59,9 +58,9 @@ def set_log(root: Path, on: bool) -> None:
     (root / "config").write_bytes(msgspec.json.encode(config))
 
 
-def timed(fn) -> float:
+def timed_sync(index: Index, store: Store) -> float:
     start = time.perf_counter()
-    fn()
+    index.sync(store)
     return time.perf_counter() - start
 
 
@@ -74,13 +73,13 @@ def measure(root: Path, work: Path, log_on: bool, repeat: int, tag: str) -> dict
         store = Store.open(backend)
         path = work / f"index-{tag}-{n}"
         index = Index(path, store.config.store_id)
-        firsts.append(timed(lambda: index.sync(store)))
+        firsts.append(timed_sync(index, store))
         backend.calls = backend.requests = 0
-        polls.append(timed(lambda: index.sync(store)))
+        polls.append(timed_sync(index, store))
         out["poll_list_calls"], out["poll_s3_requests"] = backend.calls, backend.requests
         Store.open(LocalBackend(root)).create_ref(record(f"new_{tag}_{n}"))
         backend.calls = backend.requests = 0
-        learns.append(timed(lambda: index.sync(store)))
+        learns.append(timed_sync(index, store))
         assert index.record(JOB, f"new_{tag}_{n}") is not None
         out["learn_list_calls"], out["learn_s3_requests"] = backend.calls, backend.requests
         index.close()

@@ -33,7 +33,7 @@ from typing import NamedTuple, NoReturn
 
 import lmdb
 
-from c3fs.errors import FormatError, NotFound, StoreError
+from c3fs.errors import FormatError, NotFound, StoreError, UsageError
 from c3fs.fsutil import make_private_dir
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
@@ -52,6 +52,7 @@ _MAP_SIZE = 1 << 36
 PREFETCH_MAX = 64 * 1024 * 1024  # indexes up to this size are read ahead whole when opened
 LEARN_BATCH = 256  # packs whose trailers are held in memory at once by a sync
 FULL_EVERY = 600.0  # seconds between full listings of refs and packs, on a store with a log
+FULL_EVERY_ENV = "C3FS_FULL_SYNC_EVERY"  # overrides it (0: list everything at every sync)
 LOG_SLACK_MS = 300_000  # each poll of the change log looks this far back (clock skew, slow writers)
 
 
@@ -429,11 +430,12 @@ class Index:
     def _log_usable(self, store: Store) -> bool:
         if store.config.ref_log < 1:
             return False
+        every = full_sync_every()
         with self._read() as txn:
             full = txn.get(b"full_synced", db=self.meta)
             cursor = txn.get(b"log_cursor", db=self.meta)
             return (full is not None and cursor is not None
-                    and 0 <= time.time() - float(bytes(full)) < FULL_EVERY)
+                    and 0 <= time.time() - float(bytes(full)) < every)
 
     def _sync_changes(self, store: Store) -> None:
         """Apply the change log's entries since the cursor (less `LOG_SLACK_MS`), each once
@@ -603,6 +605,17 @@ class Index:
             items = [(bytes(k), _LOC.unpack(v)) for k, v in txn.cursor(db=self.blobs)]
         for blob_id, (pack_raw, offset, length, plain_len, codec, kind) in items:
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+def full_sync_every() -> float:
+    """Seconds between full listings: $C3FS_FULL_SYNC_EVERY, else `FULL_EVERY`."""
+    raw = os.environ.get(FULL_EVERY_ENV)
+    if not raw:
+        return FULL_EVERY
+    try:
+        return float(raw)
+    except ValueError:
+        raise UsageError(f"{FULL_EVERY_ENV}={raw!r} is not a number of seconds") from None
 
 
 def _already_open(exc: lmdb.Error) -> bool:
