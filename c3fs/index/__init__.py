@@ -420,9 +420,7 @@ class Index:
         `FULL_EVERY` seconds, and heals what the log missed (a writer that crashed between
         ref and log entry, or an older c3fs that writes no log)."""
         try:
-            if refs and not full and self._log_usable(store):
-                self._sync_changes(store)
-            else:
+            if not (refs and not full and self._log_usable(store) and self._sync_changes(store)):
                 self._sync(store, packs, refs)
         except IndexDamaged as exc:
             self.heal(exc, store)
@@ -437,14 +435,18 @@ class Index:
             return (full is not None and cursor is not None
                     and 0 <= time.time() - float(bytes(full)) < every)
 
-    def _sync_changes(self, store: Store) -> None:
+    def _sync_changes(self, store: Store) -> bool:
         """Apply the change log's entries since the cursor (less `LOG_SLACK_MS`), each once
         per process; an entry applied again by a new process is cheap: an add of a known
-        ref fetches nothing, a removal of an unknown one does nothing."""
+        ref fetches nothing, a removal of an unknown one does nothing. False if the index
+        has no cursor (then the caller lists everything)."""
         with self._sync_lock:
             now_ms = int(time.time() * 1000)
             with self._read() as txn:
-                cursor = int(bytes(txn.get(b"log_cursor", db=self.meta)))
+                raw = txn.get(b"log_cursor", db=self.meta)
+            if raw is None:  # forgotten since `_log_usable` (a rebuild): list everything
+                return False
+            cursor = int(bytes(raw))
             since = min(cursor, now_ms) - LOG_SLACK_MS
             changes = [c for c in store.changes(since) if c.key not in self._changes_seen]
             last: dict[tuple[str, str], str] = {}
@@ -471,6 +473,7 @@ class Index:
             for key, ms in list(self._changes_seen.items()):
                 if ms <= since:
                     del self._changes_seen[key]
+        return True
 
     def heal(self, exc: IndexDamaged, store: Store) -> None:
         """After `exc`, `_damaged` has put a new, empty index in place: fill it from the store
