@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 
@@ -51,6 +52,19 @@ class Change(msgspec.Struct, frozen=True):
     op: str
     kind: str
     name: str
+
+
+_stamp_lock = threading.Lock()
+_last_stamp = 0
+
+
+def change_stamp() -> int:
+    """Now in milliseconds, strictly after this process's previous stamp: a process's own
+    changes (an add then an rm in the same millisecond) keep their order in the log."""
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(int(time.time() * 1000), _last_stamp + 1)
+        return _last_stamp
 
 
 def change_key(ms: int, op: str, kind: str, name: str) -> str:
@@ -206,7 +220,7 @@ class Store:
         if self.config.ref_log < REF_LOG:
             return
         try:
-            self.backend.create(change_key(int(time.time() * 1000), op, kind, name), b"")
+            self.backend.create(change_key(change_stamp(), op, kind, name), b"")
         except StoreError as exc:
             log.warning("%s %s %s, but noting it in the store's change log failed (%s): "
                         "other machines learn it at their next full listing", kind, name,
