@@ -170,3 +170,15 @@ def test_gc_prunes_old_log_entries(tmp_path: Path) -> None:
     assert store.prune_changes(keep=-1) == 2
     assert store.changes(0) == []
     assert {name for name in store.list_refs(JOB)} == {"job_a", "job_b"}
+
+
+def test_a_dataset_removed_and_made_again_between_polls_is_fetched_again(tmp_path: Path) -> None:
+    store1, _, index1 = machine(tmp_path / "s", tmp_path / "m1")
+    store2, _, _ = machine(tmp_path / "s", tmp_path / "m2")
+    store2.create_ref(record("ds", DATASET))
+    index1.sync(store1)
+    assert index1.record(DATASET, "ds").root == "ab" * 32
+    store2.delete_ref(DATASET, "ds")
+    store2.create_ref(msgspec.structs.replace(record("ds", DATASET), root="cd" * 32))
+    index1.sync(store1)
+    assert index1.record(DATASET, "ds").root == "cd" * 32

@@ -450,18 +450,22 @@ class Index:
             since = min(cursor, now_ms) - LOG_SLACK_MS
             changes = [c for c in store.changes(since) if c.key not in self._changes_seen]
             last: dict[tuple[str, str], str] = {}
+            removed = set()  # refs removed (and perhaps made again: a new record)
             for change in changes:  # in time order: the last op on a ref wins
                 last[(change.kind, change.name)] = change.op
+                if change.op == "rm":
+                    removed.add((change.kind, change.name))
             fetch = []
             with self._read() as txn:
-                for (kind, name), op in last.items():
-                    if op == "add" and txn.get(name.encode(), db=self._db(kind)) is None:
-                        fetch.append((kind, name))
+                for ref, op in last.items():
+                    if op == "add" and (ref in removed
+                                        or txn.get(ref[1].encode(), db=self._db(ref[0])) is None):
+                        fetch.append(ref)
             with ThreadPoolExecutor(REF_FETCHES, thread_name_prefix="c3fs-ref") as pool:
                 records = list(pool.map(lambda ref: self._fetch_ref(store, *ref), fetch))
             with self._write() as txn:
                 for (kind, name), op in last.items():
-                    if op == "rm":
+                    if op == "rm" or (kind, name) in removed:
                         txn.delete(name.encode(), db=self._db(kind))
                 for record in records:
                     if record is not None:
