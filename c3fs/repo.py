@@ -52,12 +52,14 @@ class Repo:
         self.blobs.close()
         self.index.close()
 
-    def refresh(self, force: bool = False) -> None:
-        """Learn jobs and packs added or removed elsewhere, at most every refresh_interval."""
+    def refresh(self, force: bool = False, full: bool = False) -> None:
+        """Learn jobs and packs added or removed elsewhere, at most every refresh_interval
+        (`force`: now). `full`: list every ref and pack, not only the store's change log
+        (what must see every pack or every ref whatever a writer logged: gc, accounting)."""
         now = time.monotonic()
-        if force or now - self._last_refresh >= self.refresh_interval:
+        if force or full or now - self._last_refresh >= self.refresh_interval:
             self._last_refresh = now
-            self.index.sync(self.store)
+            self.index.sync(self.store, full=full)
 
     def __post_init__(self) -> None:
         self._trees: LRU[bytes, Tree] = LRU(TREE_ENTRIES, weigh=lambda tree: len(tree.entries) + 1)

@@ -466,3 +466,15 @@ def test_store_on_s3(s3_url: str) -> None:
     store.put_pack(PACK_A, b"pack bytes")
     assert dict(store.list_packs()) == {PACK_A: 10}
     assert store.read(PACK_A, 5, 5) == b"bytes"
+
+
+def test_list_after_gives_only_later_keys(backend: Backend) -> None:
+    keys = ["log/2026120615/0001-a", "log/2026120616/0002-b", "log/2026120616/0003-c",
+            "log/2026120617/0004-d", "logx", "other/1"]
+    for key in keys:
+        backend.put(key, b"")
+    assert sorted(k for k, _ in backend.list("log/", after=None)) == keys[:4]
+    assert sorted(k for k, _ in backend.list("log/", after="log/2026120616/0002")) == keys[1:4]
+    assert sorted(k for k, _ in backend.list("log/", after="log/2026120616/0002-b")) == keys[2:4]
+    assert sorted(k for k, _ in backend.list("log/", after="log/2026120618")) == []
+    assert sorted(k for k, _ in backend.list("log/", after="log/")) == keys[:4]

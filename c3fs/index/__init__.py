@@ -33,7 +33,7 @@ from typing import NamedTuple, NoReturn
 
 import lmdb
 
-from c3fs.errors import FormatError, NotFound, StoreError
+from c3fs.errors import FormatError, NotFound, StoreError, UsageError
 from c3fs.fsutil import make_private_dir
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
@@ -51,6 +51,9 @@ REF_BATCH = 1000  # refs recorded per write transaction
 _MAP_SIZE = 1 << 36
 PREFETCH_MAX = 64 * 1024 * 1024  # indexes up to this size are read ahead whole when opened
 LEARN_BATCH = 256  # packs whose trailers are held in memory at once by a sync
+FULL_EVERY = 600.0  # seconds between full listings of refs and packs, on a store with a log
+FULL_EVERY_ENV = "C3FS_FULL_SYNC_EVERY"  # overrides it (0: list everything at every sync)
+LOG_SLACK_MS = 300_000  # each poll of the change log looks this far back (clock skew, slow writers)
 
 
 class IndexUnavailable(StoreError):
@@ -156,6 +159,7 @@ class Index:
         self._replacing = False
         self.closed = False
         self._damaged_refs: set[tuple[str, str]] = set()  # logged already
+        self._changes_seen: dict[str, int] = {}  # change log keys applied: key -> stamp
         self.env = self._open_env()
         _OPEN.add(self)
         try:
@@ -290,7 +294,8 @@ class Index:
                 txn.drop(db, delete=False)
             txn.put(b"store_id", self.store_id, db=self.meta)
             txn.put(b"schema", SCHEMA, db=self.meta)
-            txn.delete(b"synced", db=self.meta)
+            for key in (b"synced", b"full_synced", b"log_cursor"):
+                txn.delete(key, db=self.meta)
         return True
 
     def close(self) -> None:
@@ -403,13 +408,76 @@ class Index:
             txn.put(key.encode(), value, db=self.local)
 
     # sync with the store ------------------------------------------------------------------
-    def sync(self, store: Store, packs: bool = True, refs: bool = True) -> None:
-        """Bring the index up to date with the store's listing (cheap when nothing changed).
-        It walks the packs and records: damage it meets is repaired by starting a new index."""
+    def sync(self, store: Store, packs: bool = True, refs: bool = True,
+             full: bool = False) -> None:
+        """Bring the index up to date with the store (cheap when nothing changed). It walks
+        the packs and records: damage it meets is repaired by starting a new index.
+
+        On a store with a change log (`ref_log`), a sync of refs reads only the log's
+        entries since the last sync (a few requests, however many refs the store has) and
+        leaves packs to the reader, which relearns them when a blob is missing; a full
+        listing of refs and packs is made when `full`, on a new index, and every
+        `FULL_EVERY` seconds, and heals what the log missed (a writer that crashed between
+        ref and log entry, or an older c3fs that writes no log)."""
         try:
-            self._sync(store, packs, refs)
+            if not (refs and not full and self._log_usable(store) and self._sync_changes(store)):
+                self._sync(store, packs, refs)
         except IndexDamaged as exc:
             self.heal(exc, store)
+
+    def _log_usable(self, store: Store) -> bool:
+        if store.config.ref_log < 1:
+            return False
+        every = full_sync_every()
+        with self._read() as txn:
+            full = txn.get(b"full_synced", db=self.meta)
+            cursor = txn.get(b"log_cursor", db=self.meta)
+            return (full is not None and cursor is not None
+                    and 0 <= time.time() - float(bytes(full)) < every)
+
+    def _sync_changes(self, store: Store) -> bool:
+        """Apply the change log's entries since the cursor (less `LOG_SLACK_MS`), each once
+        per process; an entry applied again by a new process is cheap: an add of a known
+        ref fetches nothing, a removal of an unknown one does nothing. False if the index
+        has no cursor (then the caller lists everything)."""
+        with self._sync_lock:
+            now_ms = int(time.time() * 1000)
+            with self._read() as txn:
+                raw = txn.get(b"log_cursor", db=self.meta)
+            if raw is None:  # forgotten since `_log_usable` (a rebuild): list everything
+                return False
+            cursor = int(bytes(raw))
+            since = min(cursor, now_ms) - LOG_SLACK_MS
+            changes = [c for c in store.changes(since) if c.key not in self._changes_seen]
+            last: dict[tuple[str, str], str] = {}
+            removed = set()  # refs removed (and perhaps made again: a new record)
+            for change in changes:  # in time order: the last op on a ref wins
+                last[(change.kind, change.name)] = change.op
+                if change.op == "rm":
+                    removed.add((change.kind, change.name))
+            fetch = []
+            with self._read() as txn:
+                for ref, op in last.items():
+                    if op == "add" and (ref in removed
+                                        or txn.get(ref[1].encode(), db=self._db(ref[0])) is None):
+                        fetch.append(ref)
+            with ThreadPoolExecutor(REF_FETCHES, thread_name_prefix="c3fs-ref") as pool:
+                records = list(pool.map(lambda ref: self._fetch_ref(store, *ref), fetch))
+            with self._write() as txn:
+                for (kind, name), op in last.items():
+                    if op == "rm" or (kind, name) in removed:
+                        txn.delete(name.encode(), db=self._db(kind))
+                for record in records:
+                    if record is not None:
+                        txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
+                txn.put(b"log_cursor", str(now_ms).encode(), db=self.meta)
+                txn.put(b"synced", repr(time.time()).encode(), db=self.meta)
+            for change in changes:
+                self._changes_seen[change.key] = change.ms
+            for key, ms in list(self._changes_seen.items()):
+                if ms <= since:
+                    del self._changes_seen[key]
+        return True
 
     def heal(self, exc: IndexDamaged, store: Store) -> None:
         """After `exc`, `_damaged` has put a new, empty index in place: fill it from the store
@@ -418,6 +486,7 @@ class Index:
         self._sync(store, packs=True, refs=True)
 
     def _sync(self, store: Store, packs: bool, refs: bool) -> None:
+        started_ms = int(time.time() * 1000)  # the log is read from here after a full listing
         with self._sync_lock, ThreadPoolExecutor(2, thread_name_prefix="c3fs-sync") as pool:
             # packs and refs are learned side by side: on a remote store each is round trips
             # (a fresh machine's mount waits for both)
@@ -428,6 +497,9 @@ class Index:
                 future.result()
             with self._write() as txn:
                 txn.put(b"synced", repr(time.time()).encode(), db=self.meta)
+                if packs and refs:
+                    txn.put(b"full_synced", repr(started_ms / 1000).encode(), db=self.meta)
+                    txn.put(b"log_cursor", str(started_ms).encode(), db=self.meta)
 
     def _sync_packs(self, store: Store) -> None:
         known = self.pack_sizes()
@@ -533,13 +605,24 @@ class Index:
         except IndexDamaged as exc:  # dropping walks every page: a new one is in its place
             self.heal(exc, store)
             return
-        self.sync(store)
+        self.sync(store, full=True)
 
     def iter_blobs(self) -> Iterator[tuple[bytes, Location]]:
         with self._read() as txn:
             items = [(bytes(k), _LOC.unpack(v)) for k, v in txn.cursor(db=self.blobs)]
         for blob_id, (pack_raw, offset, length, plain_len, codec, kind) in items:
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+def full_sync_every() -> float:
+    """Seconds between full listings: $C3FS_FULL_SYNC_EVERY, else `FULL_EVERY`."""
+    raw = os.environ.get(FULL_EVERY_ENV)
+    if not raw:
+        return FULL_EVERY
+    try:
+        return float(raw)
+    except ValueError:
+        raise UsageError(f"{FULL_EVERY_ENV}={raw!r} is not a number of seconds") from None
 
 
 def _already_open(exc: lmdb.Error) -> bool:

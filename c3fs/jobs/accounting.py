@@ -40,7 +40,7 @@ class Balance:
 
 
 def balance(repo: Repo) -> Balance:
-    repo.refresh(force=True)
+    repo.refresh(full=True)
     sizes = repo.index.pack_sizes()
     result = Balance(sum(sizes.values()), len(sizes), repo.store.config.quota, Usage())
     for record in repo.jobs() + repo.datasets():

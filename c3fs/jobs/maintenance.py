@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def live_records(repo: Repo) -> list[JobRecord]:
-    repo.refresh(force=True)
+    repo.refresh(full=True)
     return repo.jobs() + repo.datasets()
 
 
@@ -71,7 +71,7 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
     """`progress(text)`: which phase gc is in, for a status line."""
     say = progress or (lambda text: None)
     with gc_lock(repo.store) as lease:
-        repo.index.sync(repo.store)
+        repo.index.sync(repo.store, full=True)
         live: set[bytes] = set()
         records = live_records(repo)
         for n, record in enumerate(records, 1):
@@ -88,6 +88,7 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
         report = _sweep(repo, live, dry_run, say)
         if not dry_run:
             repo.store.backend.sweep_temp()
+            repo.store.prune_changes()
         return report
 
 

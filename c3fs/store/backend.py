@@ -78,8 +78,10 @@ class Backend(Protocol):
     def create(self, key: str, data: bytes) -> None:
         """Like put, but KeyExists if `key` already exists (never overwrites)."""
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object whose key starts with `prefix`, in no set order."""
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object whose key starts with `prefix`, in no set order;
+        with `after`, only keys that sort after it (S3's start-after: a listing of what is
+        new in a time-ordered key family costs requests for the new keys only)."""
 
     def delete(self, key: str) -> None:
         """Remove `key`; removing a missing key is not an error."""
@@ -317,8 +319,8 @@ class RetryingBackend:
     def create(self, key: str, data: bytes) -> None:
         self._retry(f"create {key}", self.inner.create, key, data)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        return iter(self._retry(f"list {prefix}", lambda: list(self.inner.list(prefix))))
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
+        return iter(self._retry(f"list {prefix}", lambda: list(self.inner.list(prefix, after))))
 
     def delete(self, key: str) -> None:
         self._retry(f"delete {key}", self.inner.delete, key)

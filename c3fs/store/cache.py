@@ -327,8 +327,8 @@ class BlockCache:
     def create(self, key: str, data: bytes) -> None:
         self.inner.create(key, data)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        return self.inner.list(prefix)
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
+        return self.inner.list(prefix, after)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

@@ -146,9 +146,10 @@ class LocalBackend(BackendDefaults):
             raise BackendError(f"write {key} in {self.root}: {what}") from None
         return tmp, path
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
         """Walked with a stack, not recursion: a crafted tree of folders deeper than
-        Python's recursion limit (under refs/, say) is listed, not a RecursionError."""
+        Python's recursion limit (under refs/, say) is listed, not a RecursionError. With
+        `after`, folders whose keys all sort before it are not entered."""
         base, _, _ = prefix.rpartition("/")
         stack = [base]
         while stack:
@@ -159,8 +160,10 @@ class LocalBackend(BackendDefaults):
                                                              or prefix.startswith(key + "/")):
                     continue
                 if _is_dir(entry):
-                    if not entry.is_symlink():  # as os.walk: never followed
-                        stack.append(key)
+                    if not entry.is_symlink() and _may_hold_after(key, after):
+                        stack.append(key)  # as os.walk: a symlink is never followed
+                    continue
+                if after is not None and key <= after:
                     continue
                 try:
                     yield key, entry.stat().st_size
@@ -204,6 +207,12 @@ def _write_all(fd: int, data: bytes | list[bytes]) -> None:
             first += 1
         if written:
             parts[first] = parts[first][written:]
+
+
+def _may_hold_after(folder: str, after: str | None) -> bool:
+    """Whether a key under `folder` can sort after `after`."""
+    inside = folder + "/"
+    return after is None or inside > after or after.startswith(inside)
 
 
 def _scandir(path: Path) -> list[os.DirEntry]:

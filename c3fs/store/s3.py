@@ -194,10 +194,10 @@ class S3Backend(BackendDefaults):
             obstore.put(self._client(len(data)), _check_key(key), data, mode="create",
                         use_multipart=False)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, after: str | None = None) -> Iterator[tuple[str, int]]:
         base = prefix.rpartition("/")[0] or None  # obstore matches whole path segments
         with self._errors("list", prefix or "/"):
-            for page in obstore.list(self.store, base, chunk_size=LIST_PAGE):
+            for page in obstore.list(self.store, base, offset=after, chunk_size=LIST_PAGE):
                 for meta in page:
                     if meta["path"].startswith(prefix):
                         yield meta["path"], meta["size"]

@@ -8,6 +8,9 @@ Keys::
     refs/datasets/<name>         dataset records, create-only
     locks/<name>                 push and gc locks (see c3fs.store.locks)
     tags/<project>/<tag>/<gen>   tag records, create-only (see c3fs.jobs.tags)
+    changes/<hour>/<ms>-<rand>-<add|rm>-<kind>-<name>
+                                 the ref change log (`ref_log` 1 in config): empty objects,
+                                 create-only, written right after the ref is made or removed
 
 The store's objects are the truth; the LMDB index is rebuilt from them.
 """
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Iterator
 
@@ -33,6 +38,56 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 KiB, MiB = 1024, 1024 * 1024
 REF_PREFIX = {JOB: "refs/jobs/", DATASET: "refs/datasets/"}
+REF_LOG = 1  # the ref change log's format version (`StoreConfig.ref_log`)
+CHANGES = "changes/"
+CHANGES_KEEP = 86400.0  # seconds gc keeps change log entries (readers need FULL_EVERY of them)
+
+
+class Change(msgspec.Struct, frozen=True):
+    """One entry of the ref change log: `op` ("add" or "rm") of ref `kind`/`name`, stamped
+    `ms` (milliseconds since the epoch, by the writer's clock)."""
+
+    key: str
+    ms: int
+    op: str
+    kind: str
+    name: str
+
+
+_stamp_lock = threading.Lock()
+_last_stamp = 0
+
+
+def change_stamp() -> int:
+    """Now in milliseconds, strictly after this process's previous stamp: a process's own
+    changes (an add then an rm in the same millisecond) keep their order in the log."""
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(int(time.time() * 1000), _last_stamp + 1)
+        return _last_stamp
+
+
+def change_key(ms: int, op: str, kind: str, name: str) -> str:
+    hour = time.strftime("%Y%m%d%H", time.gmtime(ms / 1000))
+    return f"{CHANGES}{hour}/{ms:013d}-{secrets.token_hex(4)}-{op}-{kind}-{name}"
+
+
+def changes_after_key(ms: int) -> str:
+    """The key every entry stamped after `ms` sorts after (`Backend.list`'s `after`)."""
+    ms = max(ms, 0)
+    return f"{CHANGES}{time.strftime('%Y%m%d%H', time.gmtime(ms / 1000))}/{ms:013d}"
+
+
+def parse_change(key: str) -> Change | None:
+    try:
+        hour, _, rest = key[len(CHANGES):].partition("/")
+        ms, _rand, op, kind, name = rest.split("-", 4)
+    except ValueError:
+        return None
+    if not (key.startswith(CHANGES) and len(hour) == 10 and ms.isdigit() and op in ("add", "rm")
+            and kind in REF_PREFIX and is_name(name)):
+        return None
+    return Change(key, int(ms), op, kind, name)
 
 
 class StoreConfig(msgspec.Struct, kw_only=True):
@@ -46,6 +101,9 @@ class StoreConfig(msgspec.Struct, kw_only=True):
     zstd_level: int = 1
     pack_target: int = 32 * MiB
     quota: int | None = None
+    # 1: refs made or removed are also noted in `changes/` (readers poll that for what is
+    # new); 0: a store made before the log (readers list all refs). Older c3fs ignores it.
+    ref_log: int = 0
 
 
 class Store:
@@ -81,7 +139,7 @@ class Store:
         if backend.occupied():  # never turn someone's folder into a store
             raise StoreError(f"{backend.url} is not a c3fs store, and not empty: a new "
                              "store needs a new or empty directory")
-        config = StoreConfig(store_id=token_hex(8), created=time.time())
+        config = StoreConfig(store_id=token_hex(8), created=time.time(), ref_log=REF_LOG)
         try:
             backend.create("config", msgspec.json.encode(config))
         except KeyExists:  # another process created it first: use theirs
@@ -154,6 +212,42 @@ class Store:
     def create_ref(self, record: JobRecord) -> None:
         """Register a job or dataset: create-only, so an id can never be taken twice."""
         self.backend.create(self.ref_key(record.kind, record.id), encode_record(record))
+        self.note_change("add", record.kind, record.id)
+
+    def note_change(self, op: str, kind: str, name: str) -> None:
+        """Add an entry to the ref change log (after the ref itself: a crash between the two
+        leaves a ref that readers learn at their next full listing, see `Index.sync`)."""
+        if self.config.ref_log < REF_LOG:
+            return
+        try:
+            self.backend.create(change_key(change_stamp(), op, kind, name), b"")
+        except StoreError as exc:
+            log.warning("%s %s %s, but noting it in the store's change log failed (%s): "
+                        "other machines learn it at their next full listing", kind, name,
+                        "registered" if op == "add" else "removed", exc)
+
+    def changes(self, since_ms: int) -> list[Change]:
+        """The change log's entries stamped after `since_ms`, in key (time) order: requests
+        for these entries only, not for every ref."""
+        found = []
+        for key, _ in self.backend.list(CHANGES, after=changes_after_key(since_ms)):
+            change = parse_change(key)
+            if change is not None and change.ms > since_ms:
+                found.append(change)
+        found.sort(key=lambda change: change.key)
+        return found
+
+    def prune_changes(self, keep: float = CHANGES_KEEP) -> int:
+        """Delete change log entries older than `keep` seconds (gc): a reader that last
+        synced longer ago than `Index.FULL_EVERY` lists every ref and never reads them."""
+        cutoff = int((time.time() - keep) * 1000)
+        removed = 0
+        for key, _ in self.backend.list(CHANGES):
+            change = parse_change(key)
+            if change is not None and change.ms < cutoff:
+                self.backend.delete(key)
+                removed += 1
+        return removed
 
     def get_ref(self, kind: str, name: str) -> JobRecord:
         try:
@@ -189,6 +283,7 @@ class Store:
         except KeyMissing:
             raise NotFound(f"no {kind} {name!r} in the store") from None
         self.backend.delete(key)
+        self.note_change("rm", kind, name)
 
 
 def _shorten(key: str, keep: int = 100) -> str:

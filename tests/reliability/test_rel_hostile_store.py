@@ -29,6 +29,14 @@ from reliability.relkit import BIN, MiB, Site, daemon_of, mounted, run_peak_rss
 from reliability.test_rel_hostile import craft_job, file_entry, put_pack, raw_tree
 
 
+@pytest.fixture
+def site(site: Site) -> Site:
+    """Refs here are written around c3fs (no change log entry): every command lists every
+    ref, as the periodic full listing does (what these tests check is what it then does)."""
+    site.env_extra["C3FS_FULL_SYNC_EVERY"] = "0"
+    return site
+
+
 def put_ref(site: Site, key: str, data: bytes) -> None:
     """Write any bytes at any key of a local store (what an attacker with write access can)."""
     path = site.root / key
