@@ -88,10 +88,10 @@ test-latest: sysdeps test-sysdeps
 # diff, run `make test`, commit both files.
 lock:
 	rm -rf $(VENV)/lock && $(PYTHON) -m venv $(VENV)/lock && $(VENV)/lock/bin/pip install -q $(UV)
-	$(VENV)/lock/bin/uv pip compile -q --generate-hashes --python-version 3.11 \
+	$(VENV)/lock/bin/uv pip compile -q --generate-hashes --custom-compile-command "make lock" --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --extra test --extra bench \
 	  --no-emit-package pyfuse3 -o $(LOCK) pyproject.toml
-	$(VENV)/lock/bin/uv pip compile -q --generate-hashes --python-version 3.11 \
+	$(VENV)/lock/bin/uv pip compile -q --generate-hashes --custom-compile-command "make lock" --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o $(BUILD_LOCK) requirements/build.in
 
 bench: install
