@@ -93,7 +93,10 @@ class S3rver:
             self.proc = subprocess.Popen(
                 ["node", str(S3RVER), "-d", str(data), "-a", HOST, "-p", str(self.port),
                  "--silent", "--allow-mismatched-signatures", "--no-vhost-buckets"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # its continuation tokens use a cipher OpenSSL 3 keeps in the legacy
+                # provider: without it every listing of over 1,000 keys answers 500
+                env={**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"})
         deadline = time.monotonic() + timeout
         while not _answers(self.endpoint):
             if self.proc.poll() is not None or time.monotonic() > deadline:
