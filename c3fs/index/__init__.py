@@ -35,6 +35,7 @@ import lmdb
 
 from c3fs.errors import FormatError, NotFound, StoreError, UsageError
 from c3fs.fsutil import make_private_dir
+from c3fs.objects import refsnap
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.pack import PackEntry
 from c3fs.preload import cache_dir
@@ -54,6 +55,10 @@ LEARN_BATCH = 256  # packs whose trailers are held in memory at once by a sync
 FULL_EVERY = 600.0  # seconds between full listings of refs and packs, on a store with a log
 FULL_EVERY_ENV = "C3FS_FULL_SYNC_EVERY"  # overrides it (0: list everything at every sync)
 LOG_SLACK_MS = 300_000  # each poll of the change log looks this far back (clock skew, slow writers)
+SNAPSHOT_EVERY = 3600.0  # seconds: a full listing stores a ref snapshot if the newest is older
+SNAPSHOT_MIN_REFS = 1000  # stores with fewer refs list them all (a few requests) and store none
+SNAPSHOT_BATCH = 10_000  # records per write transaction when learning a snapshot
+SNAPSHOT_MAX_AGE = 12 * 3600.0  # older ones are not read: gc keeps the log 24 h (CHANGES_KEEP)
 
 
 class IndexUnavailable(StoreError):
@@ -420,8 +425,13 @@ class Index:
         `FULL_EVERY` seconds, and heals what the log missed (a writer that crashed between
         ref and log entry, or an older c3fs that writes no log)."""
         try:
-            if not (refs and not full and self._log_usable(store) and self._sync_changes(store)):
-                self._sync(store, packs, refs)
+            if refs and not full and self._log_usable(store) and self._sync_changes(store):
+                return
+            if refs and packs and not full and self._from_snapshot(store):
+                return
+            started_ms = self._sync(store, packs, refs)
+            if refs and packs:
+                self._snapshot_if_due(store, started_ms)
         except IndexDamaged as exc:
             self.heal(exc, store)
 
@@ -485,8 +495,10 @@ class Index:
         log.warning("%s; rebuilding it from the store", exc.reason)
         self._sync(store, packs=True, refs=True)
 
-    def _sync(self, store: Store, packs: bool, refs: bool) -> None:
-        started_ms = int(time.time() * 1000)  # the log is read from here after a full listing
+    def _sync(self, store: Store, packs: bool, refs: bool) -> int:
+        """List packs and refs, learn what is new, forget what is gone; returns the moment
+        (ms) the listing began: the log is read from there on."""
+        started_ms = int(time.time() * 1000)
         with self._sync_lock, ThreadPoolExecutor(2, thread_name_prefix="c3fs-sync") as pool:
             # packs and refs are learned side by side: on a remote store each is round trips
             # (a fresh machine's mount waits for both)
@@ -500,6 +512,87 @@ class Index:
                 if packs and refs:
                     txn.put(b"full_synced", repr(started_ms / 1000).encode(), db=self.meta)
                     txn.put(b"log_cursor", str(started_ms).encode(), db=self.meta)
+        return started_ms
+
+    # ref snapshots (c3fs.objects.refsnap) ---------------------------------------------------
+    def _from_snapshot(self, store: Store) -> bool:
+        """A new index on a store with the log: learn the packs, take the records from the
+        newest ref snapshot, then the log since the snapshot's moment, instead of fetching
+        every ref. False (nothing learned) if there is no index-free start to make this way:
+        the index has synced before, the store has no log or no recent snapshot, or the
+        snapshot cannot be read (then the caller lists everything)."""
+        if store.config.ref_log < 1:
+            return False
+        with self._read() as txn:  # a new index only: nothing known that may be gone
+            if (txn.get(b"full_synced", db=self.meta) is not None
+                    or any(txn.stat(db)["entries"] for db in (self.jobs, self.datasets))):
+                return False
+        try:
+            newest = store.snapshots()
+        except StoreError as exc:
+            log.info("cannot list the store's ref snapshots (%s): listing every ref", exc)
+            return False
+        now_ms = int(time.time() * 1000)
+        usable = [s for s in newest if now_ms - SNAPSHOT_MAX_AGE * 1000 <= s[0]
+                  <= now_ms + LOG_SLACK_MS]
+        if not usable:
+            return False
+        ms, want, key = usable[-1]
+        with self._sync_lock, ThreadPoolExecutor(1, thread_name_prefix="c3fs-sync") as pool:
+            packs = pool.submit(self._sync_packs, store)  # side by side, as a full sync does
+            learned = self._learn_snapshot(store, ms, want, key)
+            packs.result()
+            if not learned:
+                return False
+            with self._write() as txn:
+                txn.put(b"synced", repr(time.time()).encode(), db=self.meta)
+                txn.put(b"full_synced", repr(time.time()).encode(), db=self.meta)
+                txn.put(b"log_cursor", str(ms).encode(), db=self.meta)
+        return self._sync_changes(store)
+
+    def _learn_snapshot(self, store: Store, ms: int, want: str, key: str) -> bool:
+        try:
+            data = store.backend.get(key)
+            batch: list[JobRecord] = []
+            for record in refsnap.decode(data, ms, want):
+                batch.append(record)
+                if len(batch) >= SNAPSHOT_BATCH:
+                    self.put_records(batch)
+                    batch.clear()
+            self.put_records(batch)
+            return True
+        except KeyMissing:  # deleted by gc since it was listed
+            log.info("ref snapshot %s is gone: listing every ref", key)
+        except FormatError as exc:
+            log.warning("skipping a damaged ref snapshot (%s): %s; listing every ref", key, exc)
+        except StoreError as exc:
+            log.info("cannot read ref snapshot %s (%s): listing every ref", key, exc)
+        with self._write() as txn:  # what a damaged one said is not kept
+            for db in (self.jobs, self.datasets):
+                txn.drop(db, delete=False)
+        return False
+
+    def _snapshot_if_due(self, store: Store, started_ms: int) -> None:
+        """After a full listing: store a ref snapshot of what it learned, if the store's
+        newest is older than `SNAPSHOT_EVERY` and the store is big enough to need one. Best
+        effort: a machine that may not write (read-only credentials) only logs it."""
+        if store.config.ref_log < 1:
+            return
+        with self._read() as txn:
+            count = sum(txn.stat(db)["entries"] for db in (self.jobs, self.datasets))
+        if count < SNAPSHOT_MIN_REFS:
+            return
+        try:
+            made = store.snapshots()
+            if made and started_ms - made[-1][0] < SNAPSHOT_EVERY * 1000:
+                return
+            with self._read() as txn:
+                data = refsnap.encode(started_ms, (bytes(value) for db in (self.jobs, self.datasets)
+                                                   for _, value in txn.cursor(db=db)))
+            key = store.put_snapshot(started_ms, data)
+            log.info("stored ref snapshot %s (%d records, %d bytes)", key, count, len(data))
+        except StoreError as exc:
+            log.info("could not store a ref snapshot: %s", exc)
 
     def _sync_packs(self, store: Store) -> None:
         known = self.pack_sizes()

@@ -89,6 +89,7 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
         if not dry_run:
             repo.store.backend.sweep_temp()
             repo.store.prune_changes()
+            repo.store.prune_snapshots()
         return report
 
 

@@ -11,6 +11,9 @@ Keys::
     changes/<hour>/<ms>-<rand>-<add|rm>-<kind>-<name>
                                  the ref change log (`ref_log` 1 in config): empty objects,
                                  create-only, written right after the ref is made or removed
+    snapshots/refs/<ms>-<blake3>  every record as of `ms` (c3fs.objects.refsnap), so that a
+                                 new machine reads one object, then the log; optional (a
+                                 store without any is read by listing every ref), create-only
 
 The store's objects are the truth; the LMDB index is rebuilt from them.
 """
@@ -28,6 +31,7 @@ import msgspec
 
 from c3fs.errors import DamagedRef, FormatError, NotFound, StoreError, StoreVersionError
 from c3fs.objects import pack as packfmt
+from c3fs.objects import refsnap
 from c3fs.objects.ids import check_name, is_name, token_hex
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
 from c3fs.objects.nesting import check_json_depth
@@ -41,6 +45,8 @@ REF_PREFIX = {JOB: "refs/jobs/", DATASET: "refs/datasets/"}
 REF_LOG = 1  # the ref change log's format version (`StoreConfig.ref_log`)
 CHANGES = "changes/"
 CHANGES_KEEP = 86400.0  # seconds gc keeps change log entries (readers need FULL_EVERY of them)
+SNAPSHOTS = "snapshots/refs/"
+SNAPSHOTS_KEPT = 2  # gc deletes all but the newest ones
 
 
 class Change(msgspec.Struct, frozen=True):
@@ -248,6 +254,33 @@ class Store:
                 self.backend.delete(key)
                 removed += 1
         return removed
+
+    # ref snapshots (c3fs.objects.refsnap) ----------------------------------------------
+    def snapshots(self) -> list[tuple[int, str, str]]:
+        """(moment in ms, content digest, key) of each ref snapshot, oldest first: one
+        LIST request of a few keys."""
+        found = []
+        for key, _ in self.backend.list(SNAPSHOTS):
+            ms, _, want = key[len(SNAPSHOTS):].partition("-")
+            if ms.isdigit() and len(ms) == 13 and len(want) == refsnap.DIGEST_HEX:
+                found.append((int(ms), want, key))
+        return sorted(found)
+
+    def put_snapshot(self, ms: int, data: bytes) -> str:
+        key = f"{SNAPSHOTS}{ms:013d}-{refsnap.digest(data)}"
+        try:
+            self.backend.create(key, data)
+        except KeyExists:  # the same records at the same moment: the same object
+            pass
+        return key
+
+    def prune_snapshots(self, keep: int = SNAPSHOTS_KEPT) -> int:
+        """Delete all but the newest `keep` snapshots (gc); a reader that meets one deleted
+        under it lists every ref instead."""
+        old = self.snapshots()[:-keep] if keep else self.snapshots()
+        for _, _, key in old:
+            self.backend.delete(key)
+        return len(old)
 
     def get_ref(self, kind: str, name: str) -> JobRecord:
         try:
