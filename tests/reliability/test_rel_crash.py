@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,18 @@ def stage(left: int, ref: Reference) -> str:
     return "killed after all packs" if left >= ref.stored * 0.99 else "killed mid-upload"
 
 
+def soak(what: str, delays: list[float], once: Callable[[int, float], str]) -> None:
+    """`once(i, delay)` for each delay, scaled down after each kill that came too late (the
+    command had completed: it ran faster than its reference, measured under other load), so
+    that most kills land while it runs however the machine's load moves."""
+    scale, outcomes = 1.0, []
+    for i, delay in enumerate(delays):
+        outcomes.append(once(i, delay * scale))
+        if outcomes[-1] == "complete":
+            scale *= 0.6
+    summarize(what, outcomes)
+
+
 def summarize(what: str, outcomes: list[str]) -> None:
     counts = {name: outcomes.count(name) for name in sorted(set(outcomes))}
     print(f"\n{what}: {len(outcomes)} points: {counts}")
@@ -136,9 +149,8 @@ def test_push_killed_after_its_last_pack(tmp_path: Path, big_tree: Path,
 
 
 def soak_push(tmp_path: Path, src: Path, ref: Reference, points: int, seed: int) -> None:
-    outcomes = [kill_push_once(tmp_path / f"k{i}", src, ref, delay)
-                for i, delay in enumerate(spread_delays(seed, points, 0.9 * ref.duration))]
-    summarize("push kill -9", outcomes)
+    soak("push kill -9", spread_delays(seed, points, 0.9 * ref.duration),
+         lambda i, delay: kill_push_once(tmp_path / f"k{i}", src, ref, delay))
 
 
 def test_push_killed_at_3_points(tmp_path: Path, big_tree: Path, push_ref: Reference) -> None:
@@ -202,9 +214,8 @@ def kill_run_once(root: Path, src: Path, ref: Reference, delay: float) -> str:
 
 
 def soak_run(tmp_path: Path, src: Path, ref: Reference, points: int, seed: int) -> None:
-    outcomes = [kill_run_once(tmp_path / f"k{i}", src, ref, delay)
-                for i, delay in enumerate(spread_delays(seed, points, 0.8 * ref.duration))]
-    summarize("run kill -9 during upload", outcomes)
+    soak("run kill -9 during upload", spread_delays(seed, points, 0.8 * ref.duration),
+         lambda i, delay: kill_run_once(tmp_path / f"k{i}", src, ref, delay))
 
 
 def test_run_killed_during_upload_at_3_points(tmp_path: Path, big_tree: Path,
@@ -285,9 +296,8 @@ def kill_gc_once(root: Path, base: GcBase, delay: float) -> bool:
 
 
 def soak_gc(tmp_path: Path, base: GcBase, points: int, seed: int) -> None:
-    killed = [kill_gc_once(tmp_path / f"k{i}", base, delay)
-              for i, delay in enumerate(spread_delays(seed, points, base.duration))]
-    summarize("gc kill -9", ["killed" if k else "complete" for k in killed])
+    soak("gc kill -9", spread_delays(seed, points, base.duration),
+         lambda i, delay: "killed" if kill_gc_once(tmp_path / f"k{i}", base, delay) else "complete")
 
 
 def test_gc_killed_at_3_points(tmp_path: Path, gc_base: GcBase) -> None:
