@@ -90,8 +90,6 @@ class Repo:
     def record(self, kind: str, name: str) -> JobRecord:
         """The record of a job or dataset; asks the store when the index does not know it."""
         record = self._healing(self.index.record, kind, name)
-        if record is not None and self._healing(self.index.unverified_record, kind, name):
-            record = self._verified(record)  # from a ref snapshot: its ref decides
         if record is None:
             try:  # a damaged ref is a DamagedRef naming it (exit 6), not "no such job"
                 record = self.store.get_ref(kind, name)
@@ -99,20 +97,6 @@ class Repo:
                 raise NotFound(f"no {kind} {name!r}") from None
             self.index.put_record(record)
         return record
-
-    def _verified(self, record: JobRecord) -> JobRecord | None:
-        """The record a ref snapshot gave, checked against its ref before a command uses it:
-        None (and forgotten) if the ref is gone; the ref's, with a warning, if they differ."""
-        try:
-            ref = self.store.get_ref(record.kind, record.id)
-        except NotFound:
-            self.index.remove_record(record.kind, record.id)
-            return None
-        if ref != record:
-            log.warning("the store's ref snapshot disagreed with the ref of %s %s; using the "
-                        "ref", record.kind, record.id)
-        self.index.put_record(ref)
-        return ref
 
     def jobs(self) -> list[JobRecord]:
         return self.records(JOB)

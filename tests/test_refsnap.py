@@ -224,30 +224,3 @@ def test_a_new_machine_on_s3_makes_four_requests(s3_server, s3_url: str, tmp_pat
     assert any(b"/snapshots/refs/" in line for line in requests), requests
     first.close()
     second.close()
-
-
-@pytest.mark.logs("ref snapshot disagreed with the ref of job job_00007")
-def test_a_command_naming_a_job_reads_its_ref_not_the_snapshot(store_env) -> None:
-    """A snapshot that lies about a job that exists (another root) or names a removed one:
-    listings show what it says until the next full listing, but a command that uses the
-    job reads its ref first."""
-    from c3fs.errors import NotFound
-    from c3fs.repo import Repo
-
-    populated(store_env.store, 120)
-    ms = int(time.time() * 1000)
-    records = [record(f"job_{n:05d}") for n in range(120)] + [record("job_gone")]
-    records[7] = JobRecord(id="job_00007", kind=JOB, project="p", created=1.0, root="cd" * 32)
-    data = refsnap.encode(ms, [encode_record(r) for r in records])
-    Store.open(LocalBackend(store_env.store)).put_snapshot(ms, data)
-    repo = Repo.open(str(store_env.store))
-    try:
-        assert repo.index.record(JOB, "job_00007").root == "cd" * 32  # as the snapshot said
-        assert repo.record(JOB, "job_00007").root == "ab" * 32  # as its ref says
-        assert repo.index.record(JOB, "job_00007").root == "ab" * 32
-        assert not repo.index.unverified_record(JOB, "job_00007")
-        with pytest.raises(NotFound):
-            repo.record(JOB, "job_gone")
-        assert repo.index.record(JOB, "job_gone") is None
-    finally:
-        repo.close()

@@ -282,7 +282,6 @@ class Index:
         self.datasets = env.open_db(b"datasets")
         self.meta = env.open_db(b"meta")
         self.local = env.open_db(b"local")
-        self.unverified = env.open_db(b"unverified")  # records a ref snapshot gave
         return env
 
     def _lmdb_env(self) -> lmdb.Environment:
@@ -296,8 +295,7 @@ class Index:
                 b"schema", db=self.meta
             ) == SCHEMA:
                 return txn.get(b"synced", db=self.meta) is None
-            for db in (self.blobs, self.packs, self.jobs, self.datasets, self.local,
-                       self.unverified):
+            for db in (self.blobs, self.packs, self.jobs, self.datasets, self.local):
                 txn.drop(db, delete=False)
             txn.put(b"store_id", self.store_id, db=self.meta)
             txn.put(b"schema", SCHEMA, db=self.meta)
@@ -384,18 +382,12 @@ class Index:
         return self.jobs if kind == JOB else self.datasets
 
     def put_record(self, record: JobRecord) -> None:
-        self.put_records([record])
+        with self._write() as txn:
+            txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
 
     def remove_record(self, kind: str, name: str) -> None:
         with self._write() as txn:
             txn.delete(name.encode(), db=self._db(kind))
-            txn.delete(_mark(kind, name), db=self.unverified)
-
-    def unverified_record(self, kind: str, name: str) -> bool:
-        """Whether the record of `kind`/`name` came from a ref snapshot, not its ref (a
-        command about to use it reads the ref: `Repo.record`)."""
-        with self._read() as txn:
-            return txn.get(_mark(kind, name), db=self.unverified) is not None
 
     def record(self, kind: str, name: str) -> JobRecord | None:
         with self._read() as txn:
@@ -565,9 +557,9 @@ class Index:
             for record in refsnap.decode(data, ms, want):
                 batch.append(record)
                 if len(batch) >= SNAPSHOT_BATCH:
-                    self.put_records(batch, unverified=True)
+                    self.put_records(batch)
                     batch.clear()
-            self.put_records(batch, unverified=True)
+            self.put_records(batch)
             return True
         except KeyMissing:  # deleted by gc since it was listed
             log.info("ref snapshot %s is gone: listing every ref", key)
@@ -576,7 +568,7 @@ class Index:
         except StoreError as exc:
             log.info("cannot read ref snapshot %s (%s): listing every ref", key, exc)
         with self._write() as txn:  # what a damaged one said is not kept
-            for db in (self.jobs, self.datasets, self.unverified):
+            for db in (self.jobs, self.datasets):
                 txn.drop(db, delete=False)
         return False
 
@@ -670,15 +662,10 @@ class Index:
                 fetched = pool.map(lambda name: self._fetch_ref(store, kind, name), names)
                 self.put_records([record for record in fetched if record is not None])
 
-    def put_records(self, records: list[JobRecord], unverified: bool = False) -> None:
-        """Record these; `unverified`: they come from a ref snapshot, not from their refs."""
+    def put_records(self, records: list[JobRecord]) -> None:
         with self._write() as txn:
             for record in records:
                 txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
-                if unverified:
-                    txn.put(_mark(record.kind, record.id), b"", db=self.unverified)
-                else:
-                    txn.delete(_mark(record.kind, record.id), db=self.unverified)
 
     def learn_ref(self, store: Store, kind: str, name: str) -> JobRecord | None:
         record = self._fetch_ref(store, kind, name)
@@ -706,7 +693,7 @@ class Index:
         """Forget everything but local state and relearn it from the store."""
         try:
             with self._sync_lock, self._write() as txn:
-                for db in (self.blobs, self.packs, self.jobs, self.datasets, self.unverified):
+                for db in (self.blobs, self.packs, self.jobs, self.datasets):
                     txn.drop(db, delete=False)
         except IndexDamaged as exc:  # dropping walks every page: a new one is in its place
             self.heal(exc, store)
@@ -718,10 +705,6 @@ class Index:
             items = [(bytes(k), _LOC.unpack(v)) for k, v in txn.cursor(db=self.blobs)]
         for blob_id, (pack_raw, offset, length, plain_len, codec, kind) in items:
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
-
-
-def _mark(kind: str, name: str) -> bytes:
-    return f"{kind}/{name}".encode()
 
 
 def full_sync_every() -> float:
