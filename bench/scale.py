@@ -14,7 +14,8 @@ measures, beside native tools in the same run:
 
 `--jobs J` also builds a store of J job refs (one tiny tree, refs written by the store API)
 and times `c3fs ls -l /jobs/` on a new machine (empty index: the first command syncs every
-ref) and again (index warm). Results go to bench/results/scale-<timestamp>.{json,md}; the
+ref, and stores a ref snapshot), warm with filters, and on another new machine (from the
+snapshot). Results go to bench/results/scale-<timestamp>.{json,md}; the
 datasets live under bench/data/scale-N (gitignored; `--delete` removes them afterwards).
 """
 
@@ -129,10 +130,16 @@ class Scale:
                             env=self.env, cwd=BENCH.parent))
         out = {"jobs": jobs, "write_refs_s": time.perf_counter() - start}
         measure.discard(self.work / "cache")
-        cold = run_timed(self.cmd("ls", "-l", "/jobs/"))
+        cold = run_timed(self.cmd("ls", "-l", "/jobs/"))  # lists every ref: stores a snapshot
         warm = run_timed(self.cmd("ls", "-l", "/jobs/"))
         out.update(ls_jobs_new_machine_s=cold.seconds, ls_jobs_new_machine_rss=cold.peak_rss,
                    ls_jobs_warm_s=warm.seconds, ls_jobs_warm_rss=warm.peak_rss)
+        out["ls_jobs_limit_s"] = run_timed(self.cmd("ls", "-l", "/jobs/", "--limit", "20")).seconds
+        out["ls_jobs_project_s"] = run_timed(self.cmd("ls", "-l", "/projects/p3/jobs/",
+                                                      "--since", "1d")).seconds
+        measure.discard(self.work / "cache")  # another new machine: the ref snapshot
+        snap = run_timed(self.cmd("ls", "-l", "/jobs/", "--limit", "20"))
+        out.update(ls_jobs_snapshot_s=snap.seconds, ls_jobs_snapshot_rss=snap.peak_rss)
         return out
 
 
@@ -185,7 +192,12 @@ def table(rows: list[dict], jobs: dict | None) -> str:
     if jobs:
         lines += ["", f"{jobs['jobs']:,} job refs: `c3fs ls -l /jobs/` on a new machine "
                   f"{jobs['ls_jobs_new_machine_s']:.1f} s ({jobs['ls_jobs_new_machine_rss'] / mib:.0f} "
-                  f"MiB), warm {jobs['ls_jobs_warm_s']:.2f} s ({jobs['ls_jobs_warm_rss'] / mib:.0f} MiB)"]
+                  f"MiB), warm {jobs['ls_jobs_warm_s']:.2f} s ({jobs['ls_jobs_warm_rss'] / mib:.0f} MiB); "
+                  f"warm with `--limit 20` {jobs.get('ls_jobs_limit_s', 0):.2f} s, "
+                  f"`/projects/p3/jobs/ --since 1d` {jobs.get('ls_jobs_project_s', 0):.2f} s; "
+                  f"a new machine from the ref snapshot (`--limit 20`) "
+                  f"{jobs.get('ls_jobs_snapshot_s', 0):.2f} s "
+                  f"({jobs.get('ls_jobs_snapshot_rss', 0) / mib:.0f} MiB)"]
     return "\n".join(lines) + "\n"
 
 

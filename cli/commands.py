@@ -204,8 +204,8 @@ def _since(text: str) -> float:
 
 
 def _record_of(vfs: Vfs, node: Node) -> JobRecord | None:
-    if node.ref and node.depth == 2:
-        return vfs.repo.record(*node.ref)
+    if node.ref and node.depth == 2:  # listed with its record (one decode per listing)
+        return node.record or vfs.repo.record(*node.ref)
     return None
 
 

@@ -212,6 +212,12 @@ pass_ctx = click.make_pass_decorator(Ctx)
 def main(argv: list[str] | None = None) -> None:
     """Entry point; `argv` lets tests call the CLI in-process."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:  # a command of its own: the mount daemon's collector thresholds (a
+        # listing of 100,000 jobs makes ~10 objects each; at the default gen0 threshold
+        # of 700 the collector ran thousands of times, traversing all of them)
+        from c3fs.memo import tune_collector
+
+        tune_collector()
     if args and args[0].startswith("/") and "-o" in args:  # mount.fuse3: `c3fs SPEC DIR -o ...`
         from .mount_helper import run as run_mount_helper
 

@@ -11,7 +11,6 @@ was ready: `ready()` returns False, or `ack_fd` closes without an "ack".
 from __future__ import annotations
 
 import ctypes
-import gc
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ import trio
 
 from c3fs.errors import MountError, NotADirectory, NotFound
 from c3fs.fuse.ops import Operations
+from c3fs.memo import tune_collector
 from c3fs.preload import record as record_preload
 from c3fs.reader import trace
 from c3fs.repo import Repo
@@ -33,11 +33,6 @@ from c3fs.vfs import Vfs
 log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MAX_TASKS = 64  # concurrent FUSE requests in flight (pyfuse3 worker tasks)
-# A listing allocates objects per entry (decoded tree entries, attributes), most of them
-# short-lived; with the default gen0 threshold (700) the collector ran ~4 times per 1,000
-# entries and traversed the tree cache's entries at each older collection. Measured on
-# `find` of 200,000 files: daemon CPU 1.42 -> 1.18 s.
-GC_THRESHOLDS = (50_000, 20, 100)
 READ_AHEAD_KB = 4096  # kernel readahead for the mount (the default, 128 KiB, is too small)
 
 
@@ -80,7 +75,7 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
         source: str | None = None) -> None:
     """Mount and serve until unmounted; C3fsError (one line) when the mount cannot start."""
     limit_malloc_arenas()
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_collector()
     vfs = open_vfs(store_url, ref, cache_bytes)
     # learned prefetch: a mount of one job on a remote store replays the job's access trace
     # and records its own (c3fs/reader/trace.py)

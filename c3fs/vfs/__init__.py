@@ -57,6 +57,7 @@ class Node:
     tree_id: bytes | None = None  # a directory backed by a tree
     entry: Entry | None = None  # a file or symlink
     index: int = -1  # its position in its parent's tree (-1: not in a tree)
+    record: JobRecord | None = None  # a job's or dataset's root, as listed: its record
 
     @property
     def is_dir(self) -> bool:
@@ -124,6 +125,7 @@ class Vfs:
     def __init__(self, repo: Repo, root: str = "/") -> None:
         self.repo = repo
         self._created_ns = int(repo.store.config.created * 1e9)  # the virtual dirs' mtime
+        self._tops = {kind: self._virtual((name,)) for kind, name in _KIND_DIR.items()}
         self.root = (replace(self.resolve(root), ino=ROOT_INO) if split_path(root)
                      else self._virtual(()))
 
@@ -231,12 +233,12 @@ class Vfs:
                     entry.name, parent, key, parent.depth + 1, parent.ref, tree_id, entry, index)
 
     def ref_root(self, record: JobRecord) -> Node:
-        top = self._virtual((_KIND_DIR[record.kind],))  # canonical: /jobs/<id>, /datasets/<n>
+        top = self._tops[record.kind]  # canonical: /jobs/<id>, /datasets/<n>
         name = record.id.encode()
         key = child_key(top.key, name)
         mtime = int((record.ended or record.created) * 1e9)
         return Node(ino_from_key(key), DIR, 0o755, 0, mtime, name, top, key, 2,
-                    (record.kind, record.id), record.root_id)
+                    (record.kind, record.id), record.root_id, record=record)
 
     # the virtual part ---------------------------------------------------------------------
     def _virtual_child(self, parent: Node, name: bytes) -> Node:
