@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -97,6 +98,16 @@ class Repo:
                 raise NotFound(f"no {kind} {name!r}") from None
             self.index.put_record(record)
         return record
+
+    def newest(self, kind: str, keep: Callable[[JobRecord], bool], limit: int | None,
+               since: float | None = None) -> list[JobRecord]:
+        """Up to `limit` records of `kind` that `keep`, created since `since`, the newest
+        first: read from the index's order of creation, not by decoding every record."""
+        def read() -> list[JobRecord]:
+            found = (r for r in self.index.newest(kind, since) if keep(r))
+            return list(itertools.islice(found, limit))
+
+        return self._healing(read)
 
     def jobs(self) -> list[JobRecord]:
         return self.records(JOB)

@@ -138,14 +138,17 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     started = time.monotonic()
     vfs = Vfs(repo)
     node = vfs.resolve(path)
-    items = vfs.children(node) if node.is_dir else [(node.name, node)]
-    output.timing(f"ls {path}: {output.count(len(items), 'name')} read", started)
     chosen = RecordFilter(project, status, since, limit)
-    if chosen.active:
-        if not _lists_records(node):
-            raise UsageError("--project, --status, --since and --limit choose jobs or datasets: "
-                             "list /jobs/, /projects/<p>/jobs/ or /datasets/")
-        items = chosen.apply(vfs, items)
+    if chosen.active and not _lists_records(node):
+        raise UsageError("--project, --status, --since and --limit choose jobs or datasets: "
+                         "list /jobs/, /projects/<p>/jobs/ or /datasets/")
+    if chosen.active and (limit or since):  # the newest first, read only as far as needed
+        items = chosen.newest(vfs, node)
+    else:
+        items = vfs.children(node) if node.is_dir else [(node.name, node)]
+        if chosen.active:
+            items = chosen.apply(vfs, items)
+    output.timing(f"ls {path}: {output.count(len(items), 'name')} read", started)
     if as_json:
         output.print_json({"schema": LS_SCHEMA, "path": node.display,
                            "entries": [_json_item(vfs, name, n) for name, n in items]})
@@ -172,6 +175,20 @@ class RecordFilter:
         if self.limit is not None:
             kept = sorted(kept, key=lambda pair: pair[1].created)[-self.limit:]
         return [item for item, _ in kept]
+
+    def newest(self, vfs: Vfs, node: Node) -> list[tuple[bytes, Node]]:
+        """What `apply` keeps of `node`'s listing (a /jobs/-like directory), from the index's
+        order of creation: `--limit 20` of 100,000 jobs decodes 20 records, not 100,000."""
+        from c3fs.objects.job import DATASET, JOB
+
+        path = node.path
+        kind = JOB if path[-1] == b"jobs" else DATASET
+        project = path[1].decode() if len(path) == 3 else None
+        records = vfs.repo.newest(
+            kind, lambda r: self._keeps(r) and (project is None or r.project == project),
+            self.limit, self.since)
+        items = [(r.id.encode(), vfs.ref_root(r)) for r in reversed(records)]
+        return items if self.limit is not None else sorted(items, key=lambda item: item[0])
 
     def _keeps(self, record: JobRecord) -> bool:
         return ((self.project is None or record.project == self.project)

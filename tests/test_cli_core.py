@@ -491,6 +491,25 @@ def test_ls_chooses_jobs_by_project_status_age_and_count(run_cli, store_env, tmp
     assert set(jobfmt.STATUSES) == {"SUCCEEDED", "FAILED", "TIMEOUT", "CANCELED"}  # cli's copy
 
 
+def test_ls_limit_reads_only_the_newest_records(run_cli, store_env, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--limit N` walks the index's order of creation: N records decoded, not all."""
+    import c3fs.index as indexmod
+
+    root = push_ok(run_cli, small_src(tmp_path), "seed")["root"]
+    store = Store.open(LocalBackend(store_env.store))
+    for n in range(300):
+        store.create_ref(JobRecord(id=f"job{n:03d}", project=f"p{n % 3}", root=root,
+                                   created=1_000_000.0 + n))
+    run_cli(["ls", "/jobs/"]).ok()  # the index learns them
+    decoded = []
+    real = indexmod.decode_record
+    monkeypatch.setattr(indexmod, "decode_record", lambda raw: decoded.append(1) or real(raw))
+    out = run_cli(["ls", "/jobs/", "--limit", "3", "--project", "p1"]).ok().out.split()
+    assert out == ["job292/", "job295/", "job298/"]  # p1's newest three, oldest first
+    assert len(decoded) <= 10, len(decoded)  # the seed's and p1's newest, a p0 and p2 between
+
+
 def test_ls_escapes_names_in_long_and_plain_listings(run_cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

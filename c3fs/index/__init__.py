@@ -44,7 +44,7 @@ from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
 
-SCHEMA = b"1"
+SCHEMA = b"2"  # 2: `by_created` (an index of schema 1 is made anew: a full sync)
 _LOC = struct.Struct("<32sQIIBB")
 _PACK = struct.Struct("<Q")
 REF_FETCHES = 16  # refs fetched at once during a sync (requests in flight on a remote store)
@@ -280,6 +280,7 @@ class Index:
         self.packs = env.open_db(b"packs")
         self.jobs = env.open_db(b"jobs")
         self.datasets = env.open_db(b"datasets")
+        self.by_created = env.open_db(b"by_created")  # created, kind, id: the newest first
         self.meta = env.open_db(b"meta")
         self.local = env.open_db(b"local")
         return env
@@ -295,7 +296,8 @@ class Index:
                 b"schema", db=self.meta
             ) == SCHEMA:
                 return txn.get(b"synced", db=self.meta) is None
-            for db in (self.blobs, self.packs, self.jobs, self.datasets, self.local):
+            for db in (self.blobs, self.packs, self.jobs, self.datasets, self.local,
+                       self.by_created):
                 txn.drop(db, delete=False)
             txn.put(b"store_id", self.store_id, db=self.meta)
             txn.put(b"schema", SCHEMA, db=self.meta)
@@ -383,11 +385,44 @@ class Index:
 
     def put_record(self, record: JobRecord) -> None:
         with self._write() as txn:
-            txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
+            self._put_record(txn, record)
 
     def remove_record(self, kind: str, name: str) -> None:
         with self._write() as txn:
-            txn.delete(name.encode(), db=self._db(kind))
+            self._delete_record(txn, kind, name)
+
+    def _put_record(self, txn: lmdb.Transaction, record: JobRecord) -> None:
+        name = record.id.encode()
+        old = txn.get(name, db=self._db(record.kind))
+        if old is not None:
+            txn.delete(_created_key(_created_of(old), record.kind, record.id), db=self.by_created)
+        txn.put(name, encode_record(record), db=self._db(record.kind))
+        txn.put(_created_key(record.created, record.kind, record.id), b"", db=self.by_created)
+
+    def _delete_record(self, txn: lmdb.Transaction, kind: str, name: str) -> None:
+        old = txn.pop(name.encode(), db=self._db(kind))
+        if old is not None:
+            txn.delete(_created_key(_created_of(old), kind, name), db=self.by_created)
+
+    def newest(self, kind: str, since: float | None = None) -> Iterator[JobRecord]:
+        """Records of `kind`, the most recently created first, down to `since`: as many as
+        the caller takes, each read when reached (`ls --limit 20` of 100,000 jobs reads 20)."""
+        tag = f"/{kind}/".encode()
+        with self._read() as txn:
+            cursor = txn.cursor(db=self.by_created)
+            if not cursor.last():
+                return
+            while True:
+                key = bytes(cursor.key())
+                created = _CREATED.unpack_from(key)[0]
+                if since is not None and created < since:
+                    return
+                if key[_CREATED.size:].startswith(tag):
+                    raw = txn.get(key[_CREATED.size + len(tag):], db=self._db(kind))
+                    if raw is not None:
+                        yield decode_record(raw)
+                if not cursor.prev():
+                    return
 
     def record(self, kind: str, name: str) -> JobRecord | None:
         with self._read() as txn:
@@ -476,10 +511,10 @@ class Index:
             with self._write() as txn:
                 for (kind, name), op in last.items():
                     if op == "rm" or (kind, name) in removed:
-                        txn.delete(name.encode(), db=self._db(kind))
+                        self._delete_record(txn, kind, name)
                 for record in records:
                     if record is not None:
-                        txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
+                        self._put_record(txn, record)
                 txn.put(b"log_cursor", str(now_ms).encode(), db=self.meta)
                 txn.put(b"synced", repr(time.time()).encode(), db=self.meta)
             for change in changes:
@@ -568,7 +603,7 @@ class Index:
         except StoreError as exc:
             log.info("cannot read ref snapshot %s (%s): listing every ref", key, exc)
         with self._write() as txn:  # what a damaged one said is not kept
-            for db in (self.jobs, self.datasets):
+            for db in (self.jobs, self.datasets, self.by_created):
                 txn.drop(db, delete=False)
         return False
 
@@ -652,7 +687,7 @@ class Index:
         for start in range(0, len(gone), REF_BATCH):
             with self._write() as txn:
                 for name in gone[start:start + REF_BATCH]:
-                    txn.delete(name.encode(), db=self._db(kind))
+                    self._delete_record(txn, kind, name)
         new = sorted(present - known)
         if not new:
             return
@@ -665,7 +700,7 @@ class Index:
     def put_records(self, records: list[JobRecord]) -> None:
         with self._write() as txn:
             for record in records:
-                txn.put(record.id.encode(), encode_record(record), db=self._db(record.kind))
+                self._put_record(txn, record)
 
     def learn_ref(self, store: Store, kind: str, name: str) -> JobRecord | None:
         record = self._fetch_ref(store, kind, name)
@@ -693,7 +728,7 @@ class Index:
         """Forget everything but local state and relearn it from the store."""
         try:
             with self._sync_lock, self._write() as txn:
-                for db in (self.blobs, self.packs, self.jobs, self.datasets):
+                for db in (self.blobs, self.packs, self.jobs, self.datasets, self.by_created):
                     txn.drop(db, delete=False)
         except IndexDamaged as exc:  # dropping walks every page: a new one is in its place
             self.heal(exc, store)
@@ -705,6 +740,22 @@ class Index:
             items = [(bytes(k), _LOC.unpack(v)) for k, v in txn.cursor(db=self.blobs)]
         for blob_id, (pack_raw, offset, length, plain_len, codec, kind) in items:
             yield blob_id, Location(pack_raw.hex(), offset, length, plain_len, codec, kind)
+
+
+_CREATED = struct.Struct(">d")  # a time >= 0 (records are checked): bytes sort as numbers
+
+
+def _created_key(created: float, kind: str, name: str) -> bytes:
+    return _CREATED.pack(created) + f"/{kind}/{name}".encode()
+
+
+def _created_of(raw: bytes) -> float:
+    """The creation time of an encoded record (0 if it cannot be read: its key is then
+    not found, and stays until the index is rebuilt; listings skip it)."""
+    try:
+        return decode_record(bytes(raw)).created
+    except FormatError:
+        return 0.0
 
 
 def full_sync_every() -> float:
