@@ -293,3 +293,45 @@ def chunks_of(index, store: Store, path: Path) -> list[bytes]:
 def cached_blocks(home: Path) -> set[str]:
     """The names of the pack blocks in a machine's disk cache (<pack id>.<block number>)."""
     return {p.name for p in home.rglob("blocks-*/*/*") if not p.name.startswith(".")}
+
+
+@pytest.mark.fuse
+def test_a_namespace_mount_records_a_trace_per_job_and_replays_one_when_it_is_read(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = {job: tmp_path / job for job in ("j1", "j2")}
+    for seed, (job, path) in enumerate(src.items(), 20):
+        mixed_tree(path, seed=seed, big=MiB, small=100)
+        push(s3_url, path, job, tmp_path / "pusher")
+    orders = {job: random.Random(job).sample(
+        sorted(str(p.relative_to(path)) for p in (path / "metrics").rglob("*.txt")), 20)
+        for job, path in src.items()}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", str(mnt)], check=True,
+                       capture_output=True, env={**os.environ, "C3FS_CACHE_DIR": str(tmp_path / "m1")})
+        for job, order in orders.items():
+            for name in order:
+                assert (mnt / "jobs" / job / name).read_bytes() == (src[job] / name).read_bytes()
+        subprocess.run([str(C3FS), "umount", str(mnt)], check=True, capture_output=True)
+        store = Store.open(open_backend(s3_url, cache=False))
+        for job, order in orders.items():  # one trace per job read, each of its own reads
+            wait_until(lambda job=job: trace.load(store, "job", job), f"the trace of {job}", 30)
+            wanted = [blake3.blake3((src[job] / name).read_bytes()).digest() for name in order]
+            assert trace.load(store, "job", job)[: len(wanted)] == wanted
+
+        second = tmp_path / "m2"  # another machine: reading one file of j1 replays j1's trace
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", str(mnt)], check=True,
+                       capture_output=True, env={**os.environ, "C3FS_CACHE_DIR": str(second)})
+        assert (mnt / "jobs/j1" / orders["j1"][0]).read_bytes() == (
+            src["j1"] / orders["j1"][0]).read_bytes()
+        index = open_index(store)
+        blocks = {f"{loc.pack_id}.{loc.offset // MiB}" for loc in map(index.lookup, (
+            blake3.blake3((src["j1"] / name).read_bytes()).digest() for name in orders["j1"]))}
+        wait_until(lambda: blocks <= cached_blocks(second), "j1's traced blocks fetched ahead", 30)
+        log = next((second / "mounts").glob("*.log"))
+        wait_until(lambda: "of job j1" in log.read_text(), "j1's trace replayed", 30)
+        assert "replaying an access trace of 20 chunks of job j1" in log.read_text()
+        assert "of job j2" not in log.read_text()  # a job nobody read: its trace waits
+    finally:
+        force_unmount(mnt)
