@@ -335,3 +335,36 @@ def test_a_namespace_mount_records_a_trace_per_job_and_replays_one_when_it_is_re
         assert "of job j2" not in log.read_text()  # a job nobody read: its trace waits
     finally:
         force_unmount(mnt)
+
+
+def test_directory_readahead_near_a_directorys_end_fetches_the_next_directories_too(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(6):  # `cat d*/*`: six directories of 16 small files (19 MiB in all)
+        (src / "runs" / f"d{d}").mkdir(parents=True)
+        for f in range(16):
+            write_random_file(str(src / "runs" / f"d{d}" / f"f{f:02}"), 200 * KiB, seed=d * 100 + f)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        from c3fs.fuse.readahead import DirectoryReadahead
+
+        vfs = Vfs(repo, "/jobs/j1")
+        runs = vfs.lookup(vfs.root, b"runs")
+        dirs = [vfs.lookup(runs, f"d{d}".encode()) for d in range(6)]
+        readahead = DirectoryReadahead(vfs, limiter=None, window=16)
+        readahead._read_after(dirs[0], b"")  # the first file of d0 was opened
+        nodes = {(d, f): vfs.lookup(dirs[d], f"f{f:02}".encode()) for d in (1, 2, 3)
+                 for f in range(16)}
+        blocks = {f"{loc.pack_id}.{loc.offset // MiB}" for loc in (
+            repo.index.lookup(c) for node in nodes.values() for c in node.entry.chunk_ids())}
+        # d1-d3 arrive with no reader: fetched ahead with d0 (d4, d5: past the 4 windows)
+        wait_until(lambda: blocks <= cached_blocks(home), "the next directories fetched", 30)
+        before = len(counting.gets)
+        for (d, f), node in nodes.items():
+            assert vfs.open(node, readahead=0).read(0, node.size) == (
+                src / "runs" / f"d{d}" / f"f{f:02}").read_bytes()
+        assert len(counting.gets) == before  # every one of them read from the cache
+        assert repo.blobs.ahead.gets >= 1
+    finally:
+        repo.close()
