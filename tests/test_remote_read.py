@@ -368,3 +368,30 @@ def test_directory_readahead_near_a_directorys_end_fetches_the_next_directories_
         assert repo.blobs.ahead.gets >= 1
     finally:
         repo.close()
+
+
+@pytest.mark.fuse
+def test_a_fresh_machine_mounts_a_job_and_reads_its_first_byte_in_few_requests(
+        s3_server, s3_url: str, tmp_path: Path) -> None:
+    """Counted at the bench's proxy (no delay): config, the listings (packs, jobs, datasets),
+    the ref and the trailers (which hold the trees), the trace listing, the file's block."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.proxy import Proxy
+
+    src = tmp_path / "src"
+    mixed_tree(src, seed=3, big=MiB, small=50)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    name = sorted(str(p.relative_to(src)) for p in (src / "metrics").rglob("*.txt"))[0]
+    proxy = Proxy(s3_server.port, tmp_path / "proxy", delay_ms=0).start()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "C3FS_CACHE_DIR": str(tmp_path / "m")}
+    try:
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", "/jobs/j1", str(mnt)],
+                       check=True, capture_output=True, env=env)
+        with open(mnt / name, "rb") as f:
+            assert f.read(1) == (src / name).read_bytes()[:1]
+        assert proxy.requests() <= 9, proxy.counts()  # (9 here: 2 packs, so 2 trailers)
+    finally:
+        force_unmount(mnt)
+        proxy.stop()
