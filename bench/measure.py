@@ -311,6 +311,14 @@ class Mount:
         return tree_cpu(pid) if pid else 0.0
 
 
+def wait_exited(pid: int | None, timeout: float = 60.0) -> None:
+    """Wait until process `pid` (a daemon after its unmount) has exited."""
+    if pid is None:
+        return
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+        psutil.Process(pid).wait(timeout)
+
+
 def find_daemon(mountpoint: Path) -> int | None:
     """The pid of the process whose command line names `mountpoint` (a backgrounded daemon)."""
     target = str(mountpoint)

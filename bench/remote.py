@@ -242,7 +242,11 @@ class Rig:
         if name.startswith("c3fs"):
             tool = self.c3fs_tool(work, local=name == "c3fs-local", variant=name)
             with tool.mount("v1", mnt) as mounted:
+                daemon = mounted.pid()
                 yield mounted
+            # the daemon stores its access trace after the unmount: the next step (a
+            # clear_traces, the next machine) must not race it
+            measure.wait_exited(daemon)
             return
         if name.startswith("rclone"):
             mode = name.split("-")[1]

@@ -211,9 +211,12 @@ def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
     refs = ref_names(jobs, dataset)
     for kind, name in refs:
         repo.store.get_ref(kind, name)  # unknown -> NotFound before anything is removed
+    from c3fs.reader import trace
+
     for kind, name in refs:
         repo.store.delete_ref(kind, name)
         repo.index.remove_record(kind, name)
+        trace.remove(repo.store, kind, name)  # its access traces (learned prefetch)
         output.note(f"removed {kind} {name}")
 
 

@@ -293,3 +293,105 @@ def chunks_of(index, store: Store, path: Path) -> list[bytes]:
 def cached_blocks(home: Path) -> set[str]:
     """The names of the pack blocks in a machine's disk cache (<pack id>.<block number>)."""
     return {p.name for p in home.rglob("blocks-*/*/*") if not p.name.startswith(".")}
+
+
+@pytest.mark.fuse
+def test_a_namespace_mount_records_a_trace_per_job_and_replays_one_when_it_is_read(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = {job: tmp_path / job for job in ("j1", "j2")}
+    for seed, (job, path) in enumerate(src.items(), 20):
+        mixed_tree(path, seed=seed, big=MiB, small=100)
+        push(s3_url, path, job, tmp_path / "pusher")
+    orders = {job: random.Random(job).sample(
+        sorted(str(p.relative_to(path)) for p in (path / "metrics").rglob("*.txt")), 20)
+        for job, path in src.items()}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", str(mnt)], check=True,
+                       capture_output=True, env={**os.environ, "C3FS_CACHE_DIR": str(tmp_path / "m1")})
+        for job, order in orders.items():
+            for name in order:
+                assert (mnt / "jobs" / job / name).read_bytes() == (src[job] / name).read_bytes()
+        subprocess.run([str(C3FS), "umount", str(mnt)], check=True, capture_output=True)
+        store = Store.open(open_backend(s3_url, cache=False))
+        for job, order in orders.items():  # one trace per job read, each of its own reads
+            wait_until(lambda job=job: trace.load(store, "job", job), f"the trace of {job}", 30)
+            wanted = [blake3.blake3((src[job] / name).read_bytes()).digest() for name in order]
+            assert trace.load(store, "job", job)[: len(wanted)] == wanted
+
+        second = tmp_path / "m2"  # another machine: reading one file of j1 replays j1's trace
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", str(mnt)], check=True,
+                       capture_output=True, env={**os.environ, "C3FS_CACHE_DIR": str(second)})
+        assert (mnt / "jobs/j1" / orders["j1"][0]).read_bytes() == (
+            src["j1"] / orders["j1"][0]).read_bytes()
+        index = open_index(store)
+        blocks = {f"{loc.pack_id}.{loc.offset // MiB}" for loc in map(index.lookup, (
+            blake3.blake3((src["j1"] / name).read_bytes()).digest() for name in orders["j1"]))}
+        wait_until(lambda: blocks <= cached_blocks(second), "j1's traced blocks fetched ahead", 30)
+        log = next((second / "mounts").glob("*.log"))
+        wait_until(lambda: "of job j1" in log.read_text(), "j1's trace replayed", 30)
+        assert "replaying an access trace of 20 chunks of job j1" in log.read_text()
+        assert "of job j2" not in log.read_text()  # a job nobody read: its trace waits
+    finally:
+        force_unmount(mnt)
+
+
+def test_directory_readahead_near_a_directorys_end_fetches_the_next_directories_too(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src = tmp_path / "src"
+    for d in range(6):  # `cat d*/*`: six directories of 16 small files (19 MiB in all)
+        (src / "runs" / f"d{d}").mkdir(parents=True)
+        for f in range(16):
+            write_random_file(str(src / "runs" / f"d{d}" / f"f{f:02}"), 200 * KiB, seed=d * 100 + f)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        from c3fs.fuse.readahead import DirectoryReadahead
+
+        vfs = Vfs(repo, "/jobs/j1")
+        runs = vfs.lookup(vfs.root, b"runs")
+        dirs = [vfs.lookup(runs, f"d{d}".encode()) for d in range(6)]
+        readahead = DirectoryReadahead(vfs, limiter=None, window=16)
+        readahead._read_after(dirs[0], b"")  # the first file of d0 was opened
+        nodes = {(d, f): vfs.lookup(dirs[d], f"f{f:02}".encode()) for d in (1, 2, 3)
+                 for f in range(16)}
+        blocks = {f"{loc.pack_id}.{loc.offset // MiB}" for loc in (
+            repo.index.lookup(c) for node in nodes.values() for c in node.entry.chunk_ids())}
+        # d1-d3 arrive with no reader: fetched ahead with d0 (d4, d5: past the 4 windows)
+        wait_until(lambda: blocks <= cached_blocks(home), "the next directories fetched", 30)
+        before = len(counting.gets)
+        for (d, f), node in nodes.items():
+            assert vfs.open(node, readahead=0).read(0, node.size) == (
+                src / "runs" / f"d{d}" / f"f{f:02}").read_bytes()
+        assert len(counting.gets) == before  # every one of them read from the cache
+        assert repo.blobs.ahead.gets >= 1
+    finally:
+        repo.close()
+
+
+@pytest.mark.fuse
+def test_a_fresh_machine_mounts_a_job_and_reads_its_first_byte_in_few_requests(
+        s3_server, s3_url: str, tmp_path: Path) -> None:
+    """Counted at the bench's proxy (no delay): config, the listings (packs, jobs, datasets),
+    the ref and the trailers (which hold the trees), the trace listing, the file's block."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.proxy import Proxy
+
+    src = tmp_path / "src"
+    mixed_tree(src, seed=3, big=MiB, small=50)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    name = sorted(str(p.relative_to(src)) for p in (src / "metrics").rglob("*.txt"))[0]
+    proxy = Proxy(s3_server.port, tmp_path / "proxy", delay_ms=0).start()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "C3FS_CACHE_DIR": str(tmp_path / "m")}
+    try:
+        subprocess.run([str(C3FS), "--store", s3_url, "mount", "/jobs/j1", str(mnt)],
+                       check=True, capture_output=True, env=env)
+        with open(mnt / name, "rb") as f:
+            assert f.read(1) == (src / name).read_bytes()[:1]
+        assert proxy.requests() <= 9, proxy.counts()  # (9 here: 2 packs, so 2 trailers)
+    finally:
+        force_unmount(mnt)
+        proxy.stop()

@@ -165,14 +165,29 @@ def default_log_file(mountpoint: str) -> Path:
 
 
 def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes, source) -> None:
-    from c3fs.fuse import daemon
-
     def ready() -> None:
         if notice := stock_notice():
             log.warning("%s", notice)
 
-    daemon.run(store_url, ref, mountpoint, allow_other=allow_other, cache_bytes=cache_bytes,
-               ready=ready, source=source)
+    daemon = _import_daemon(opening := _opening(store_url, ref, cache_bytes))
+    daemon.run(opening, ref, mountpoint, allow_other=allow_other, ready=ready, source=source)
+
+
+def _opening(store_url: str | None, ref: str, cache_bytes: int):
+    """Start opening the store and resolving `ref` in a thread (c3fs.fuse.opening)."""
+    from c3fs.fuse.opening import Opening
+
+    return Opening(store_url, ref, cache_bytes)
+
+
+def _import_daemon(opening):
+    """The daemon module: pyfuse3 and trio import while `opening` waits on the store."""
+    try:
+        from c3fs.fuse import daemon
+    except BaseException:
+        opening.close()
+        raise
+    return daemon
 
 
 def stock_notice() -> str | None:
@@ -264,13 +279,11 @@ class _OneLineFormatter(logging.Formatter):
 
 def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
     """Run the daemon; report "ok" or "error <code> <message>"; return the exit status."""
-    from c3fs.fuse import daemon
-
     store_url, ref, mountpoint, allow_other, cache_bytes, source = args
     try:
-        daemon.run(store_url, ref, mountpoint, allow_other=allow_other, source=source,
-                   cache_bytes=cache_bytes, ready=lambda: status.send(_ready_lines()),
-                   ack_fd=ack_fd)
+        daemon = _import_daemon(opening := _opening(store_url, ref, cache_bytes))
+        daemon.run(opening, ref, mountpoint, allow_other=allow_other, source=source,
+                   ready=lambda: status.send(_ready_lines()), ack_fd=ack_fd)
     except C3fsError as exc:
         log.error("%s", exc)
         _report_error(status, exc)

@@ -10,7 +10,6 @@ was ready: `ready()` returns False, or `ack_fd` closes without an "ack".
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -21,13 +20,12 @@ from functools import partial
 import pyfuse3
 import trio
 
-from c3fs.errors import MountError, NotADirectory, NotFound
+from c3fs.errors import MountError
+from c3fs.fuse.opening import Opening
 from c3fs.fuse.ops import Operations
 from c3fs.memo import tune_collector
 from c3fs.preload import record as record_preload
 from c3fs.reader import trace
-from c3fs.repo import Repo
-from c3fs.store.backend import Deadline
 from c3fs.vfs import Vfs
 
 log = logging.getLogger(__name__)
@@ -48,43 +46,18 @@ def fuse_options(allow_other: bool, source: str | None = None) -> set[str]:
     return options
 
 
-def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
-    # Mounting nothing is a mistake. Each read is an operation: a store that stops answering
-    # fails the reads waiting on it after one deadline, and the next read tries it again.
-    try:
-        repo = Repo.open(store_url, cache_bytes, create=False, deadline=Deadline(rearm=True))
-    except PermissionError as exc:  # a user other than the store's (a local one is 0700)
-        raise MountError(f"cannot open the store as this user: {exc.strerror}: "
-                         f"{exc.filename}") from None
-    try:
-        vfs = Vfs(repo, ref or "/")
-    except NotFound as exc:
-        repo.close()
-        raise NotFound(f"unknown ref {ref}: {exc}") from None
-    except BaseException:
-        repo.close()
-        raise
-    if not vfs.root.is_dir:
-        repo.close()
-        raise NotADirectory(f"{ref} is a file: mount a job, a dataset or a folder")
-    return vfs
-
-
-def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
-        cache_bytes: int, ready: Callable[[], bool | None], ack_fd: int | None = None,
+def run(opening: Opening, ref: str, mountpoint: str, *, allow_other: bool,
+        ready: Callable[[], bool | None], ack_fd: int | None = None,
         source: str | None = None) -> None:
-    """Mount and serve until unmounted; C3fsError (one line) when the mount cannot start."""
-    limit_malloc_arenas()
+    """Mount what `opening` opens and serve until unmounted; C3fsError (one line) when the
+    mount cannot start."""
     tune_collector()
-    vfs = open_vfs(store_url, ref, cache_bytes)
-    # learned prefetch: a mount of one job on a remote store replays the job's access trace
-    # and records its own (c3fs/reader/trace.py)
-    job = vfs.root.ref if vfs.repo.blobs.remote and traces_enabled() else None
-    recorder = trace.Recorder() if job else None
+    vfs = opening.result()
+    traces = mount_traces(vfs)
     try:
         try:
             pyfuse3.init(Operations(vfs, readahead=chunk_readahead(vfs.repo.blobs.remote),
-                                    trace=recorder),
+                                    traces=traces),
                          mountpoint, fuse_options(allow_other, source))
         except RuntimeError as exc:
             raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
@@ -94,16 +67,13 @@ def run(store_url: str | None, ref: str, mountpoint: str, *, allow_other: bool,
                 log.warning("the command that started this mount died before it was ready: "
                             "unmounting %s", mountpoint)
                 return
-            if job:
-                threading.Thread(target=replay_trace, args=(vfs, *job), daemon=True,
-                                 name="c3fs-replay").start()
             trio.run(_serve, mountpoint, ack_fd)
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
             record_preload("mount")  # what the daemon loaded, read ahead by the next mount
-            if job and recorder is not None:
-                trace.save(vfs.repo.store, *job, recorder)
+            if traces is not None:
+                traces.save(vfs.repo.store)
     finally:
         vfs.repo.close()
 
@@ -150,6 +120,23 @@ def traces_enabled() -> bool:
     return os.environ.get(TRACE_ENV, "1") != "0"
 
 
+def mount_traces(vfs: Vfs) -> trace.Traces | None:
+    """Learned prefetch (c3fs/reader/trace.py): on a remote store, the mount records what
+    its readers read, per job, and replays a job's stored trace: a mount of one job at once
+    (while the mount starts), a namespace mount when a job is first read."""
+    if not (vfs.repo.blobs.remote and traces_enabled()):
+        return None
+    traces = trace.Traces(first=partial(start_replay, vfs))
+    if vfs.root.ref is not None:
+        traces.start(vfs.root.ref)
+    return traces
+
+
+def start_replay(vfs: Vfs, ref: tuple[str, str]) -> None:
+    threading.Thread(target=replay_trace, args=(vfs, *ref), daemon=True,
+                     name="c3fs-replay").start()
+
+
 def replay_trace(vfs: Vfs, kind: str, name: str) -> None:
     """Fetch the chunks of the job's stored access trace, in its order, ahead of readers."""
     try:
@@ -183,19 +170,3 @@ def set_readahead(mountpoint: str) -> None:
             f.write(str(READ_AHEAD_KB))
     except OSError as exc:
         log.debug("kernel readahead left at its default: %s", exc)
-
-
-def limit_malloc_arenas() -> None:
-    """One glibc heap for all threads, so the RSS stays near the cache size.
-
-    Decoded chunks (kept) and read buffers (freed at once), up to 1 MiB each, come from many
-    threads; with a heap per thread the holes left by the freed ones add ~40 MiB to the RSS
-    (measured: 4 readers, 64 MiB cache: 155-175 MiB with 2 heaps, 127-133 MiB with one,
-    and no slower). The mmap threshold stays dynamic: fixing it low sends every 1 MiB buffer
-    to a fresh mmap, whose page faults cost more CPU than decoding (~25 % on a cold read).
-    """
-    try:
-        libc = ctypes.CDLL(None)  # the process's own symbols (not find_library: it forks ldconfig)
-        libc.mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass

@@ -69,7 +69,7 @@ from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB
 from c3fs.objects.tree import DIR, FILE, LINK, Entry, file_digest
 from c3fs.reader import FileReader
-from c3fs.reader.trace import Recorder
+from c3fs.reader.trace import Traces
 from c3fs.vfs import Node, Vfs
 
 # a patched pyfuse3 (patches/) sends a READ's reply given as a list of buffers without joining
@@ -210,10 +210,10 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
 
     def __init__(self, vfs: Vfs, threads: int = 16, readahead: int = 8,
-                 stateless_open: bool | None = None, trace: Recorder | None = None) -> None:
-        """`trace`: records the chunks the kernel asks for (see c3fs/reader/trace.py)."""
+                 stateless_open: bool | None = None, traces: Traces | None = None) -> None:
+        """`traces`: records the chunks the kernel asks for, per job (c3fs/reader/trace.py)."""
         super().__init__()
-        self.trace = trace
+        self.traces = traces
         self.stateless_open = opens_without_requests() if stateless_open is None else stateless_open
         self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
         self._digests: LRU = LRU(DIGESTS)  # blake3 of a chunk list -> hex digest of the bytes
@@ -290,8 +290,8 @@ class Operations(pyfuse3.Operations):
             return negative_entry()  # content never changes: the kernel may cache the miss
         if node.kind == FILE:
             self.directory_readahead.opened(parent, node)  # `cat *`, `cp -r`: the next ones
-            if self.trace is not None and node.entry is not None and node.size <= SMALL_FILE:
-                self.trace.add(node.entry.chunk_ids())  # (read ahead, it may send no READ)
+            if self.traces is not None and node.entry is not None and node.size <= SMALL_FILE:
+                self.traces.add(node.ref, node.entry.chunk_ids())  # (read ahead: maybe no READ)
         return self._entry(node)
 
     @handler
@@ -405,9 +405,10 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview | list:
         """The chunks' bytes as views, never copied: a patched pyfuse3 sends a list of them as
         one reply (READ_REPLY_PARTS, see patches/); a stock one gets them joined."""
-        reader = (await self._file(fh)).reader
-        if self.trace is not None:
-            self.trace.add(reader.ids_between(off, size))
+        found = await self._file(fh)
+        reader = found.reader
+        if self.traces is not None:
+            self.traces.add(found.node.ref, reader.ids_between(off, size))
         parts = reader.read_parts(off, size, cached=True)  # in memory: no thread round trip
         if parts is None:
             parts = await self._thread(reader.read_parts, off, size)

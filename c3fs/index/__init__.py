@@ -534,9 +534,10 @@ class Index:
         """List packs and refs, learn what is new, forget what is gone; returns the moment
         (ms) the listing began: the log is read from there on."""
         started_ms = int(time.time() * 1000)
-        with self._sync_lock, ThreadPoolExecutor(2, thread_name_prefix="c3fs-sync") as pool:
-            # packs and refs are learned side by side: on a remote store each is round trips
-            # (a fresh machine's mount waits for both)
+        with self._sync_lock, ThreadPoolExecutor(3, thread_name_prefix="c3fs-sync") as pool:
+            # packs, jobs and datasets are learned side by side: on a remote store each is
+            # round trips (a fresh machine's mount waits for all three; with 2 threads the
+            # datasets' listing waited for the jobs': one more round trip to mount)
             done = [pool.submit(self._sync_packs, store)] if packs else []
             if refs:
                 done += [pool.submit(self._sync_refs, store, kind) for kind in (JOB, DATASET)]

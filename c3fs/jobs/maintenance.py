@@ -24,6 +24,7 @@ from c3fs.fsutil import count
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
 from c3fs.objects.tree import DIR, FILE, Entry, Tree
+from c3fs.reader import trace
 from c3fs.repo import Repo
 from c3fs.store.locks import gc_lock
 
@@ -64,6 +65,7 @@ class GcReport:
     packs_repacked: int = 0
     packs_written: int = 0
     bytes_freed: int = 0
+    traces_deleted: int = 0  # access traces of jobs that are gone (c3fs/reader/trace.py)
     dry_run: bool = False
 
 
@@ -86,6 +88,7 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
         say(f"sweeping: {len(live)} blobs in use")
         lease.check()  # a push that broke our lock may be using what looks dead
         report = _sweep(repo, live, dry_run, say)
+        report.traces_deleted = _sweep_traces(repo, records, dry_run)
         if not dry_run:
             repo.store.backend.sweep_temp()
             repo.store.prune_changes()
@@ -113,6 +116,15 @@ def _sweep(repo: Repo, live: set[bytes], dry_run: bool, say: Callable[[str], Non
         say(f"repacking {count(len(partly), 'pack')} partly in use")
         _repack(repo, partly, sizes, report, dry_run)
     return report
+
+
+def _sweep_traces(repo: Repo, records: list[JobRecord], dry_run: bool) -> int:
+    """Delete the access traces of jobs and datasets that are gone (a mount that stored
+    one after `c3fs rm`, an rm that could not delete them); how many."""
+    dead = trace.orphans(repo.store, {(record.kind, record.id) for record in records})
+    for key in [] if dry_run else dead:
+        repo.store.backend.delete(key)
+    return len(dead)
 
 
 def _here(repo: Repo, blob_id: bytes, pack_id: str) -> bool:

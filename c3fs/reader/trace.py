@@ -3,9 +3,10 @@ chunks, shared through the store, so that the next mount of that job, on any mac
 fetches them in that order ahead of its readers (a training job re-reading its input each
 epoch, the next stage of a pipeline).
 
-A mount of one job or dataset on a remote store records each chunk the first time a reader
-asks for it (a READ, or the lookup of a small file: `cat` of a file the mount already read
-ahead sends no READ), at most `MAX_IDS` of them, and at unmount stores the trace at
+A mount on a remote store records, per job or dataset its readers read (`Traces`: one job's
+mount, or the whole namespace's, at most `MAX_JOBS` of them), each chunk the first time a
+reader asks for it (a READ, or the lookup of a small file: `cat` of a file the mount already
+read ahead sends no READ), at most `MAX_IDS` in all, and at unmount stores each trace at
 
     traces/<kind>/<name>/<blake3 of the object>      (kind: job or dataset)
 
@@ -15,13 +16,18 @@ Format (version 1): `MAGIC`, then zstd of the 32-byte chunk ids in order. A trac
 untrusted input: used only if its bytes match its name and hold whole ids, at most
 `MAX_IDS`; anything else is skipped with one warning. The next mount reads the largest
 trace of its job and asks the reader to fetch its chunks in order (`BlobSource.prefetch`:
-merged ranged GETs, bounded; chunks it does not know are skipped).
+merged ranged GETs, bounded; chunks it does not know are skipped): a mount of one job at
+once, a namespace mount when its readers first read a job.
+
+`c3fs rm` removes a job's traces with its ref; `gc` removes those of jobs that are gone (a
+mount that stored one after the job's `rm`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import blake3
 import zstandard
@@ -36,6 +42,9 @@ ID = 32
 MAX_IDS = 131_072  # 4 MiB of chunk ids: a trace is small, whatever the job
 MAX_BYTES = MAX_IDS * ID + 4096  # the largest object read back as a trace
 MAX_TRACES = 8  # traces kept per job: a mount stores none once there are this many
+MAX_JOBS = 256  # jobs one mount records traces of (a namespace mount)
+ROOT = "traces/"
+Ref = tuple[str, str]  # (kind, name): a job or a dataset
 
 
 class Recorder:
@@ -64,8 +73,74 @@ class Recorder:
             return MAGIC + zstandard.ZstdCompressor(level=3).compress(b"".join(self._order))
 
 
+class Traces:
+    """A mount's recorders, one per job (or dataset) its readers read, at most `MAX_JOBS`,
+    `MAX_IDS` chunk ids in all. `first(ref)` is called once per job, when it is first read
+    (a namespace mount replays that job's trace then). Thread-safe."""
+
+    def __init__(self, first: Callable[[Ref], None] | None = None, limit: int = MAX_IDS,
+                 jobs: int = MAX_JOBS) -> None:
+        self.limit, self.jobs = limit, jobs
+        self.recorders: dict[Ref, Recorder] = {}
+        self._first = first
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def add(self, ref: Ref | None, chunk_ids: list[bytes]) -> None:
+        room = self.limit - self._total
+        if ref is None or room <= 0:
+            return
+        recorder = self.recorders.get(ref) or self.start(ref)
+        if recorder is not None:
+            before = len(recorder)
+            recorder.add(chunk_ids[:room])
+            with self._lock:
+                self._total += len(recorder) - before
+
+    def start(self, ref: Ref) -> Recorder | None:
+        """The recorder of `ref`, made (and `first` called) if new; None past `jobs`."""
+        with self._lock:
+            if ref in self.recorders:
+                return self.recorders[ref]
+            if len(self.recorders) >= self.jobs:
+                return None
+            recorder = self.recorders[ref] = Recorder(self.limit)
+        if self._first is not None:
+            self._first(ref)
+        return recorder
+
+    def save(self, store: Store) -> list[str]:
+        """Store every trace recorded (see `save`); the keys stored."""
+        keys = [save(store, *ref, recorder) for ref, recorder in list(self.recorders.items())]
+        return [key for key in keys if key]
+
+
 def prefix(kind: str, name: str) -> str:
-    return f"traces/{kind}/{name}/"
+    return f"{ROOT}{kind}/{name}/"
+
+
+def remove(store: Store, kind: str, name: str) -> int:
+    """Delete the stored traces of this job or dataset (`c3fs rm`); how many. Never raises
+    StoreError: what is left is gc's (`orphans`), once the ref is gone."""
+    removed = 0
+    try:
+        for key in [key for key, _ in store.backend.list(prefix(kind, name))]:
+            store.backend.delete(key)
+            removed += 1
+    except StoreError as exc:
+        log.info("cannot remove the access traces of %s %s (gc will): %s", kind, name, exc)
+    return removed
+
+
+def orphans(store: Store, live: set[Ref]) -> list[str]:
+    """Keys of the stored traces whose job or dataset is not in `live` (for gc). Keys of
+    another shape under traces/ are not ours to judge: left alone."""
+    found = []
+    for key, _ in store.backend.list(ROOT):
+        parts = key[len(ROOT) :].split("/")
+        if len(parts) == 3 and all(parts) and (parts[0], parts[1]) not in live:
+            found.append(key)
+    return found
 
 
 def save(store: Store, kind: str, name: str, recorder: Recorder) -> str | None:
