@@ -69,6 +69,7 @@ def test_a_full_listing_stores_a_snapshot_a_new_machine_reads(tmp_path: Path,
     first.sync(Store.open(LocalBackend(tmp_path / "s")))  # a full listing: stores one
     snapshots = Store.open(LocalBackend(tmp_path / "s")).snapshots()
     assert len(snapshots) == 1
+    assert Store.open(LocalBackend(tmp_path / "s")).config.ref_snapshots == 1
 
     store, backend, index = new_machine(tmp_path / "s", tmp_path / "m2")
     index.sync(store)
@@ -124,6 +125,7 @@ def test_a_damaged_snapshot_is_skipped_and_every_ref_listed(tmp_path: Path, smal
         else:
             data = good[: len(good) - 8]
         backend.create(f"{SNAPSHOTS}{ms:013d}-{refsnap.digest(data)}", data)
+    Store.open(backend).save_config(ref_snapshots=1)
     store, counting, index = new_machine(tmp_path / "s", tmp_path / "m")
     index.sync(store)
     names = index.record_names(JOB)
@@ -143,6 +145,7 @@ def test_a_lying_snapshot_is_corrected_by_the_periodic_full_listing(
     data = refsnap.encode(ms, [encode_record(record("job_ghost"))]
                           + [encode_record(record(f"job_{n:05d}")) for n in range(120)])
     LocalBackend(tmp_path / "s").create(f"{SNAPSHOTS}{ms:013d}-{refsnap.digest(data)}", data)
+    Store.open(LocalBackend(tmp_path / "s")).save_config(ref_snapshots=1)
     store, _, index = new_machine(tmp_path / "s", tmp_path / "m")
     index.sync(store)
     assert index.record(JOB, "job_ghost") is not None
@@ -157,6 +160,7 @@ def test_a_stale_snapshot_is_not_read(tmp_path: Path, small_threshold) -> None:
     old = int((time.time() - indexmod.SNAPSHOT_MAX_AGE - 60) * 1000)
     data = refsnap.encode(old, [encode_record(record(f"job_{n:05d}")) for n in range(120)])
     Store.open(LocalBackend(tmp_path / "s")).put_snapshot(old, data)
+    Store.open(LocalBackend(tmp_path / "s")).save_config(ref_snapshots=1)
     store, backend, index = new_machine(tmp_path / "s", tmp_path / "m")
     index.sync(store)
     assert backend.gets["snapshots"] == 0 and backend.lists[REF_PREFIX[JOB]] == 1
@@ -166,12 +170,16 @@ def test_a_stale_snapshot_is_not_read(tmp_path: Path, small_threshold) -> None:
     index.close()
 
 
-def test_small_stores_get_no_snapshot(tmp_path: Path) -> None:
+def test_small_stores_get_no_snapshot_and_new_machines_do_not_look(tmp_path: Path) -> None:
     populated(tmp_path / "s", 50)
-    store, _, index = new_machine(tmp_path / "s", tmp_path / "m")
+    store, backend, index = new_machine(tmp_path / "s", tmp_path / "m")
     index.sync(store)
-    assert store.snapshots() == []
+    assert store.snapshots() == [] and not store.config.ref_snapshots
+    _, backend, other = new_machine(tmp_path / "s", tmp_path / "m2")
+    other.sync(Store.open(backend))
+    assert SNAPSHOTS not in backend.lists  # a mount's first byte waits for no such request
     index.close()
+    other.close()
 
 
 def test_a_new_snapshot_only_after_an_hour(tmp_path: Path, small_threshold,

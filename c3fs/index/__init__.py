@@ -557,7 +557,7 @@ class Index:
         every ref. False (nothing learned) if there is no index-free start to make this way:
         the index has synced before, the store has no log or no recent snapshot, or the
         snapshot cannot be read (then the caller lists everything)."""
-        if store.config.ref_log < 1:
+        if store.config.ref_log < 1 or not store.config.ref_snapshots:
             return False
         with self._read() as txn:  # a new index only: nothing known that may be gone
             if (txn.get(b"full_synced", db=self.meta) is not None
@@ -626,6 +626,10 @@ class Index:
                 data = refsnap.encode(started_ms, (bytes(value) for db in (self.jobs, self.datasets)
                                                    for _, value in txn.cursor(db=db)))
             key = store.put_snapshot(started_ms, data)
+            if not store.config.ref_snapshots:  # from now on new machines look for them
+                fresh = Store.open(store.backend, create=False)  # what others changed since
+                fresh.save_config(ref_snapshots=1)
+                store.config = fresh.config
             log.info("stored ref snapshot %s (%d records, %d bytes)", key, count, len(data))
         except StoreError as exc:
             log.info("could not store a ref snapshot: %s", exc)

@@ -110,6 +110,10 @@ class StoreConfig(msgspec.Struct, kw_only=True):
     # 1: refs made or removed are also noted in `changes/` (readers poll that for what is
     # new); 0: a store made before the log (readers list all refs). Older c3fs ignores it.
     ref_log: int = 0
+    # 1: `snapshots/refs/` holds ref snapshots (set by the first one stored), so that a new
+    # machine looks for one only where there are some: a small store's mount makes no
+    # request for them
+    ref_snapshots: int = 0
 
 
 class Store:
