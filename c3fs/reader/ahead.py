@@ -56,7 +56,7 @@ class Span:
     end: int
     blobs: list[tuple[bytes, Location]] = field(default_factory=list)
     plain: int = 0
-    keep: bool = True  # kept in the store's disk cache (a copy's reads are not)
+    keep: bool = True  # kept in the store's disk cache (a copy's are fetched exactly, kept nowhere)
     started: bool = False
     done: Future = field(default_factory=Future)
 
@@ -166,7 +166,7 @@ class Ahead:
     # in a worker ------------------------------------------------------------------------------
     def _fetch(self, span: Span) -> None:
         try:
-            store = self.store if span.keep else self.store.uncached
+            store = self.store if span.keep else self.store.direct
             stored = memoryview(store.read(span.pack_id, span.offset, span.end - span.offset))
             for blob_id, loc in span.blobs:
                 start = loc.offset - span.offset
