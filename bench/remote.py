@@ -372,9 +372,13 @@ class Rig:
              "--list", str(listing), "--dir", str(work / "dest")], cwd=BENCH.parent))
 
     def limit(self) -> dict[str, float]:
+        """The rig's limit: 8, 16 and 32 GETs in flight, the page cache dropped before each,
+        as before every c3fs read (a figure read from the server's page cache would be no
+        limit for c3fs's cold reads; see bench/README.md)."""
         sizes = {c: (self.src / c).stat().st_size for c in self.checkpoints}
         out = {}
         for in_flight in (8, 16, 32):
+            drop_caches()
             seconds = rig_limit(self.proxy.endpoint, "boto3", self.checkpoints, sizes, in_flight)
             out[f"limit_{in_flight}_mb_s"] = self.ckpt_bytes / seconds / MB
         out["limit_mb_s"] = max(out.values())
@@ -399,7 +403,6 @@ def measure_all(rig: Rig, tools: list[str], repeats: int, log) -> dict:
 
     for rep in range(1, repeats + 1):
         log(f"[repeat {rep}] rig limit")
-        drop_caches()
         add("rig", rig.limit())
         for tool in tools:
             log(f"[repeat {rep}] {tool}")
