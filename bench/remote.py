@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import subprocess
@@ -338,20 +339,26 @@ class Rig:
         return out
 
     def timed_pull(self, cmd: Command) -> dict[str, float]:
-        """Seconds and peak RSS of a pull, the RSS polled: measure.run_timed's also takes the
-        child's ru_maxrss, which on Linux includes the harness's own RSS, copied at fork."""
+        """Seconds, CPU seconds and peak RSS of a pull, the RSS polled: measure.run_timed's
+        also takes the child's ru_maxrss, which on Linux includes the harness's own RSS,
+        copied at fork. CPU: user + system of the children reaped meanwhile (the pull alone:
+        the server and the proxy run on until the end)."""
         before = self.proxy.requests()
         drop_caches()
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env={**os.environ, **(cmd.env or {})},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         with measure.RssPoller(proc.pid) as rss:
             _, err = proc.communicate()
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
         if proc.returncode != 0:
             raise StepFailed(f"{cmd.describe()} exited {proc.returncode}: {err.decode()[-300:]}")
         gib = self.manifest.bytes_v1 / GiB
         return {"pull_mb_s": self.manifest.bytes_v1 / seconds / MB,
+                "pull_cpu_s_per_gb": cpu / (self.manifest.bytes_v1 / 1e9),
                 "pull_requests_per_gib": (self.proxy.requests() - before) / gib,
                 "pull_rss_mib": rss.peak / (1 << 20)}
 
@@ -369,9 +376,13 @@ class Rig:
              "--list", str(listing), "--dir", str(work / "dest")], cwd=BENCH.parent))
 
     def limit(self) -> dict[str, float]:
+        """The rig's limit: 8, 16 and 32 GETs in flight, the page cache dropped before each,
+        as before every c3fs read (a figure read from the server's page cache would be no
+        limit for c3fs's cold reads; see bench/README.md)."""
         sizes = {c: (self.src / c).stat().st_size for c in self.checkpoints}
         out = {}
         for in_flight in (8, 16, 32):
+            drop_caches()
             seconds = rig_limit(self.proxy.endpoint, "boto3", self.checkpoints, sizes, in_flight)
             out[f"limit_{in_flight}_mb_s"] = self.ckpt_bytes / seconds / MB
         out["limit_mb_s"] = max(out.values())
@@ -396,7 +407,6 @@ def measure_all(rig: Rig, tools: list[str], repeats: int, log) -> dict:
 
     for rep in range(1, repeats + 1):
         log(f"[repeat {rep}] rig limit")
-        drop_caches()
         add("rig", rig.limit())
         for tool in tools:
             log(f"[repeat {rep}] {tool}")
@@ -483,6 +493,7 @@ ROWS = (("first_byte_s", "mount to first byte (s)", False),
         ("ckpt_second_mb_s", "checkpoints second read (MB/s)", True),
         ("small_cold_s", "small files cold (s)", False),
         ("pull_mb_s", "pull / download-first (MB/s)", True),
+        ("pull_cpu_s_per_gb", "pull / download-first, CPU-s per GB", False),
         ("small_requests_per_file", "requests per small file", False),
         ("ckpt_requests_per_gib", "requests per GiB, checkpoints", False),
         ("requests_per_gib", "requests per GiB read (mount)", False),

@@ -66,6 +66,7 @@ def test_every_verb_exists_where_it_means_nothing(backend: Backend) -> None:
     backend.flush([Store.pack_key(PACK_A)])
     assert backend.get(Store.pack_key(PACK_A)) == b"pack in parts"
     assert backend.uncached.get(Store.pack_key(PACK_A), 5, 2) == b"in"
+    assert backend.direct.get(Store.pack_key(PACK_A), 5, 2) == b"in"
     assert backend.sweep_temp() == 0
     assert backend.invalidate(Store.pack_key(PACK_B), 0, 10) is False
     assert (LOCAL in backend.capabilities) == isinstance(backend, LocalBackend)

@@ -258,7 +258,8 @@ class Copier:
         1.5-1.9 s with this one for small files and 4 for the parts of big files, which
         mostly decompress and hash without the GIL."""
         if self._small:
-            self._fetch_ahead([c for node, _ in self._small for c in node.entry.chunk_ids()])
+            self._fetch_ahead([c for node, _ in self._small for c in node.entry.chunk_ids()],
+                              first=True)
             futures.append(self._smalls.submit(self._write_files, self._small))
             self._small = []
 
@@ -324,11 +325,14 @@ class Copier:
             _write_all(fd, data)
             self.progress(len(data))
 
-    def _fetch_ahead(self, chunk_ids: list[bytes]) -> None:
+    def _fetch_ahead(self, chunk_ids: list[bytes], first: bool = False) -> None:
         """A remote store: these chunks in merged ranged GETs, many at once, ahead of the
-        writers (those this copy wrote already are read back instead, see `_Reuse`)."""
+        writers (those this copy wrote already are read back instead, see `_Reuse`).
+        `first`: a batch of small files, fetched before the big files' parts asked for
+        earlier (one thread writes every small file: it must not wait behind them)."""
         if self.vfs.repo.blobs.remote:
-            self.vfs.repo.blobs.prefetch(chunk_ids, skip=self._reuse.has, keep=False)
+            self.vfs.repo.blobs.prefetch(chunk_ids, skip=self._reuse.has, keep=False,
+                                         first=first)
 
     def _write_part(self, big: _BigFile, reader: FileReader, first: int, stop: int) -> None:
         self._fetch_ahead(reader.ids[first : stop + (stop - first)])  # this part and the next

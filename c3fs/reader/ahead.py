@@ -8,6 +8,11 @@ gaps of up to `GAP` bytes), and runs up to `workers` GETs at once. Each GET's bl
 until `take` hands them over (once), decoded and verified (big ones in the fetching worker,
 small ones by `take`: see DECODE_AHEAD).
 
+A wanted blob that lies inside a span queued or in flight already (in the unwanted bytes
+a GET reads over, or wanted before) is taken from that span's GET, never fetched again:
+a copy asks for its small files and for each big file's parts separately, and a push lays
+their blobs side by side in the same packs.
+
 Bounded: the plain bytes in flight and waiting never pass `budget` (a span starts only
 when it fits; blobs waiting longest go first when over); wanted spans not yet started wait
 in a queue of at most `QUEUED` spans (more are dropped: their blobs are then fetched by
@@ -21,7 +26,9 @@ repairs and reports. Thread-safe.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import logging
 import threading
 from collections import OrderedDict
@@ -56,9 +63,11 @@ class Span:
     end: int
     blobs: list[tuple[bytes, Location]] = field(default_factory=list)
     plain: int = 0
-    keep: bool = True  # kept in the store's disk cache (a copy's reads are not)
+    keep: bool = True  # kept in the store's disk cache (a copy's are fetched exactly, kept nowhere)
     started: bool = False
+    read: bool = False  # its bytes have arrived: no blob joins it any more
     done: Future = field(default_factory=Future)
+    seq: int = 0  # orders spans of one pack that start at the same offset (`Ahead._live`)
 
 
 class Ahead:
@@ -73,6 +82,9 @@ class Ahead:
         self._lock = threading.Lock()
         self._spans: dict[bytes, Span] = {}  # blob id -> its span, queued or in flight
         self._queue: OrderedDict[int, Span] = OrderedDict()  # not started, in wanted order
+        # pack -> its spans queued or in flight, not yet read, sorted: (offset, seq, span)
+        self._live: dict[str, list[tuple[int, int, Span]]] = {}
+        self._seq = itertools.count()
         # blob id -> (its location if still to be decoded, bytes)
         self._ready: LRU[bytes, tuple[Location | None, bytes]] = LRU(
             budget, weigh=lambda item: len(item[1]))
@@ -87,16 +99,18 @@ class Ahead:
         with self._lock:
             spans = list({id(span): span for span in self._spans.values()}.values())
             self._queue.clear()
+            self._live.clear()
         for span in spans:  # nobody waits for a GET that will never run
             _finish(span)
 
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._spans or blob_id in self._ready
 
-    def want(self, blob_ids: list[bytes], known: Callable[[bytes], bool], keep: bool = True
-             ) -> None:
+    def want(self, blob_ids: list[bytes], known: Callable[[bytes], bool], keep: bool = True,
+             first: bool = False) -> None:
         """Fetch these blobs ahead, in this order (`known`: already cached elsewhere; `keep`:
-        their pack blocks also go to the store's disk cache)."""
+        their pack blocks also go to the store's disk cache; `first`: before the spans
+        queued already, see `BlobSource.prefetch`)."""
         located = []
         try:
             for blob_id in dict.fromkeys(blob_ids):
@@ -107,15 +121,65 @@ class Ahead:
         except IndexDamaged:
             return  # the reader's own fetch heals the index
         with self._lock:
-            located = [(b, loc) for b, loc in located if b not in self._spans]
-            for span in spans_of(located):
+            joined: dict[int, Span] = {}  # spans queued already that now hold wanted blobs
+            rest = []
+            for blob_id, loc in located:
+                if blob_id in self._spans:
+                    continue
+                span = self._covering(loc, keep)
+                if span is None:
+                    rest.append((blob_id, loc))
+                    continue
+                self._join(span, blob_id, loc)
+                if not span.started:
+                    joined.setdefault(id(span), span)
+            added = list(joined.values())
+            for span in spans_of(rest):
                 if len(self._queue) >= QUEUED:
                     break
                 for blob_id, _ in span.blobs:
                     self._spans[blob_id] = span
                 span.keep = keep
+                span.seq = next(self._seq)
+                bisect.insort(self._live.setdefault(span.pack_id, []), (span.offset, span.seq, span))
                 self._queue[id(span)] = span
+                added.append(span)
+            if first:
+                for span in reversed(added):
+                    self._queue.move_to_end(id(span), last=False)
             self._start_fitting()
+
+    def _covering(self, loc: Location, keep: bool) -> Span | None:
+        """A span queued or in flight whose GET holds all of `loc` (a span's bytes go to the
+        disk cache or not as it says: a blob to keep joins only a span that keeps)."""
+        live = self._live.get(loc.pack_id)
+        if not live:
+            return None
+        end = loc.offset + loc.length
+        lo = bisect.bisect_left(live, (loc.offset - SPAN, -1))
+        for offset, _, span in live[lo : bisect.bisect_right(live, (loc.offset, 1 << 62))]:
+            if offset <= loc.offset and end <= span.end and (span.keep or not keep):
+                return span
+        return None
+
+    def _join(self, span: Span, blob_id: bytes, loc: Location) -> None:
+        span.blobs.append((blob_id, loc))
+        span.plain += loc.plain_len
+        if span.started:
+            self._in_flight += loc.plain_len
+        self._spans[blob_id] = span
+
+    def _retire(self, span: Span) -> None:
+        """No blob joins `span` any more (its bytes arrived, or it failed)."""
+        if span.read:
+            return
+        span.read = True
+        live = self._live.get(span.pack_id, [])
+        i = bisect.bisect_left(live, (span.offset, span.seq))
+        if i < len(live) and live[i][2] is span:
+            del live[i]
+            if not live:
+                del self._live[span.pack_id]
 
     def take(self, blob_id: bytes) -> bytes | None:
         """The decoded bytes of a blob fetched ahead (waiting for its GET if in flight, and
@@ -166,8 +230,10 @@ class Ahead:
     # in a worker ------------------------------------------------------------------------------
     def _fetch(self, span: Span) -> None:
         try:
-            store = self.store if span.keep else self.store.uncached
+            store = self.store if span.keep else self.store.direct
             stored = memoryview(store.read(span.pack_id, span.offset, span.end - span.offset))
+            with self._lock:
+                self._retire(span)  # its blobs are settled now
             for blob_id, loc in span.blobs:
                 start = loc.offset - span.offset
                 piece = stored[start : start + loc.length]  # no copy (raw blobs: one, below)
@@ -184,6 +250,7 @@ class Ahead:
             log.debug("fetching ahead from pack %s failed: %s", span.pack_id, exc)
         finally:
             with self._lock:
+                self._retire(span)
                 for blob_id, _ in span.blobs:
                     if self._spans.get(blob_id) is span:
                         del self._spans[blob_id]

@@ -3,8 +3,8 @@
 A backend is dumb storage. It knows nothing of packs or jobs; `Store` gives keys meaning.
 Every backend must pass `tests/test_backend_conformance.py`. Every backend has every verb:
 those meaningless for it (`flush` where a put is durable at once, `sweep_temp` where a
-crashed writer leaves nothing, `invalidate` and `uncached` where nothing is cached) are
-no-ops (`BackendDefaults`). What a backend is, callers learn from `capabilities`, never by
+crashed writer leaves nothing, `invalidate`, `uncached` and `direct` where nothing is cached)
+are no-ops (`BackendDefaults`). What a backend is, callers learn from `capabilities`, never by
 probing its type: `LOCAL` (a directory on this machine).
 """
 
@@ -96,6 +96,12 @@ class Backend(Protocol):
     def uncached(self) -> Backend:
         """The same store, read without any cache (for `verify`)."""
 
+    @property
+    def direct(self) -> Backend:
+        """The same store, every read fetching exactly the range asked for and keeping it
+        nowhere (a copy's merged reads: each range is read once, already as big as a
+        request should be, so rounding it to cache blocks would only fetch more)."""
+
     def occupied(self) -> bool:
         """Whether the place holds something other than a c3fs store (a new store is never
         made there)."""
@@ -117,6 +123,10 @@ class BackendDefaults:
 
     @property
     def uncached(self) -> Backend:
+        return self
+
+    @property
+    def direct(self) -> Backend:
         return self
 
     def occupied(self) -> bool:
@@ -334,6 +344,12 @@ class RetryingBackend:
     @property
     def uncached(self) -> Backend:
         inner = self.inner.uncached
+        return self if inner is self.inner else RetryingBackend(
+            inner, self.attempts, self.base_delay, self.deadline)
+
+    @property
+    def direct(self) -> Backend:
+        inner = self.inner.direct
         return self if inner is self.inner else RetryingBackend(
             inner, self.attempts, self.base_delay, self.deadline)
 

@@ -132,6 +132,13 @@ class Store:
         backend = self.backend.uncached
         return self if backend is self.backend else Store(backend, self.config)
 
+    @functools.cached_property
+    def direct(self) -> Store:
+        """This store, each read fetching exactly its range and caching it nowhere (a copy's
+        merged reads ahead, see `Backend.direct`)."""
+        backend = self.backend.direct
+        return self if backend is self.backend else Store(backend, self.config)
+
     # config -------------------------------------------------------------------------------
     @classmethod
     def open(cls, backend: Backend, create: bool = True) -> Store:
