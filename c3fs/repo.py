@@ -68,11 +68,15 @@ class Repo:
         # every lookup in such a directory decoded the whole of it again
         self._big_tree: tuple[bytes, Tree] | None = None
 
-    def tree(self, tree_id: bytes) -> Tree:
-        """A decoded tree (the last TREE_ENTRIES entries' trees are kept: trees are immutable)."""
+    def tree(self, tree_id: bytes, keep: bool = True) -> Tree:
+        """A decoded tree (the last TREE_ENTRIES entries' trees are kept: trees are immutable).
+        `keep=False`: a walk that reads each tree once (cp, pull, verify, gc) keeps it out of
+        the cache, which held ~100 MiB of trees it would never read again."""
         tree = self.cached_tree(tree_id)
         if tree is None:
             tree = decode_tree(self.blobs.get(tree_id))
+            if not keep:
+                return tree
             if len(tree.entries) + 1 > self._trees.limit:
                 self._big_tree = (tree_id, tree)
             else:

@@ -355,7 +355,8 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
     target = dst
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
         target = os.path.join(dst, show(node.name))
-    total = sum(n.size for n in vfs.walk(node) if n.kind == FILE) if output.err.is_terminal else None
+    total = sum(n.size for n in vfs.walk(node, keep=False)
+                if n.kind == FILE) if output.err.is_terminal else None
     started = time.monotonic()
     with output.progress_bar("cp", total) as advance:
         stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)

@@ -261,10 +261,10 @@ def test_a_damaged_directory_is_left_out_and_everything_else_copied(
     vfs = pushed(repo, tmp_path)
     real_children = Vfs.iter_children
 
-    def children(self, node):
+    def children(self, node, keep=True):
         if node.path[-1] == b"odd dir \xff":
             raise BlobCorrupt(node.tree_id, "p" * 64, "injected")
-        return real_children(self, node)
+        return real_children(self, node, keep)
 
     monkeypatch.setattr(Vfs, "iter_children", children)
     with pytest.raises(DataError, match="1 damaged directory not copied"):
@@ -448,10 +448,10 @@ def test_pull_goes_on_past_a_damaged_job(repo, tmp_path: Path, monkeypatch, capl
     bad = Vfs(repo).resolve("/jobs/j_file/b.txt").entry.chunk_ids()[0]
     real_children, real_chunk = Vfs.iter_children, Copier._chunk
 
-    def children(self, node):
+    def children(self, node, keep=True):
         if node.path == (b"jobs", b"j_root"):
             raise BlobCorrupt(node.tree_id, "p" * 64, "injected")
-        return real_children(self, node)
+        return real_children(self, node, keep)
 
     def chunk(self, reader, i):
         if reader.ids[i] == bad:

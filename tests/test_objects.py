@@ -266,6 +266,23 @@ def test_pack_roundtrip(blobs: list[tuple[int, bytes]]) -> None:
     assert blake3.blake3(trailer).hexdigest() == pack_id
 
 
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 4097, 65535, 65536])
+def test_a_trailer_encoded_in_batches_is_the_msgpack_of_all_entries(count: int) -> None:
+    """The builder keeps 50-byte records and encodes its trailer 4,096 entries at a time:
+    the bytes are those of one msgpack array of every entry (the header's three sizes)."""
+    builder = packfmt.PackBuilder()
+    for i in range(count):
+        builder.add(i % 2, i.to_bytes(32, "big"), i % 2, b"x" * (i % 7), 100 + i)
+    entries = builder.entries
+    assert [e.offset for e in entries[:3]] == [8, 8, 9][:count]
+    pack_id, raw = builder.finish()
+    trailer = msgspec.msgpack.encode(entries)
+    assert raw.endswith(trailer + packfmt.FOOTER.pack(len(trailer), blake3.blake3(trailer).digest(),
+                                                      packfmt.END))
+    assert packfmt.read_trailer(raw) == entries
+    assert pack_id == blake3.blake3(trailer).hexdigest()
+
+
 def test_pack_ids_name_their_content() -> None:
     a = build_pack([(packfmt.CHUNK, b"one"), (packfmt.TREE, b"two")])
     b = build_pack([(packfmt.CHUNK, b"one"), (packfmt.TREE, b"two")])

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from trees import rand_bytes, write_file
 
+from c3fs import index as index_module
 from c3fs.errors import (
     BlobCorrupt,
     BlobMissing,
@@ -291,6 +292,68 @@ def test_a_pack_deleted_while_it_is_being_learned_is_skipped(
         assert other.lookup(bytes([3]) * 32) is not None
     finally:
         other.close()
+
+
+def test_a_pack_is_indexed_in_transactions_of_a_bounded_number_of_blobs(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write transaction keeps a copy of every page it changes (LMDB keeps them for reuse)
+    and moves them in the file: a pack's blobs go in id order, INDEX_BATCH at a time."""
+    builder = PackBuilder()
+    for n in range(10):
+        builder.add(0, bytes([9 - n]) * 32, 0, b"chunk %d" % n, 7)
+    pack_id, parts = builder.finish_parts()
+    repo.store.put_pack(pack_id, parts)
+    writes: list[int] = []
+    write = repo.index._write
+    monkeypatch.setattr(index_module, "INDEX_BATCH", 3)
+    monkeypatch.setattr(repo.index, "_write", lambda: (writes.append(1), write())[1])
+    repo.index.add_pack(pack_id, 100, builder.entries)
+    assert len(writes) == 4
+    assert repo.index._half_added() == set()
+    for entry in builder.entries:
+        assert repo.index.lookup(entry.id) == (pack_id, entry.offset, entry.length,
+                                               entry.plain_len, entry.codec, entry.kind)
+    assert repo.index.pack_blob_ids(pack_id) == sorted(e.id for e in builder.entries)
+    repo.index.remove_pack(pack_id)
+    assert len(writes) == 4 + 4 + 1  # ids checked and removed 3 at a time, then the pack
+    assert all(repo.index.lookup(e.id) is None for e in builder.entries)
+    assert repo.index.pack_sizes().get(pack_id) is None
+
+
+@pytest.mark.parametrize("gone", [False, True])
+def test_a_pack_half_added_when_the_process_died_is_completed_or_removed_by_the_next_sync(
+        repo: Repo, monkeypatch: pytest.MonkeyPatch, gone: bool) -> None:
+    """A crash between two of a pack's transactions leaves its record (first) and some of
+    its blobs: the next sync adds the rest, or forgets them all if the pack is gone."""
+    builder = PackBuilder()
+    for n in range(10):
+        builder.add(0, bytes([n + 1]) * 32, 0, b"chunk %d" % n, 7)
+    pack_id, parts = builder.finish_parts()
+    repo.store.put_pack(pack_id, parts)
+    write = repo.index._write
+    calls = iter(range(100))
+
+    def dies_at_the_third() -> object:
+        if next(calls) == 2:
+            raise KeyboardInterrupt  # the process stops here
+        return write()
+
+    monkeypatch.setattr(index_module, "INDEX_BATCH", 3)
+    monkeypatch.setattr(repo.index, "_write", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        repo.index.add_pack(pack_id, 100, builder.entries)
+    monkeypatch.setattr(repo.index, "_write", write)
+    assert repo.index._half_added() == {pack_id}
+    assert sum(repo.index.lookup(e.id) is not None for e in builder.entries) == 6
+    if gone:
+        repo.store.delete_pack(pack_id)
+    repo.index.sync(repo.store, refs=False)
+    assert repo.index._half_added() == set()
+    found = [repo.index.lookup(e.id) for e in builder.entries]
+    if gone:
+        assert found == [None] * 10 and pack_id not in repo.index.pack_sizes()
+    else:
+        assert [loc.pack_id for loc in found] == [pack_id] * 10
 
 
 def test_flush_of_a_missing_key_is_key_missing(tmp_path: Path) -> None:

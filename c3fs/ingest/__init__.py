@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import blake3
 import pyfastcdc
@@ -32,7 +33,7 @@ from c3fs.fsutil import human
 from c3fs.index import Index
 from c3fs.objects import codec
 from c3fs.objects.ids import blob_id
-from c3fs.objects.pack import CHUNK, TREE, PackBuilder
+from c3fs.objects.pack import CHUNK, PACK_TABLE, TREE, PackBuilder
 from c3fs.objects.tree import DIR, FILE, LINK, Entry, encode_tree
 from c3fs.store.store import Store
 
@@ -70,16 +71,20 @@ class IngestStats:
 class PackSink:
     """Collects new blobs into packs; writes full packs in the background, `inflight` at most.
 
-    Packs are written without waiting for the disk (writeback starts at once) and made
-    durable in batches of `sync_every` bytes or `sync_blobs` blobs, whichever comes first,
-    and at `flush`; only then do their blobs enter
-    the index. Until then `_pending` answers for them, so a push dedups against itself.
+    A pack is full at the store's `pack_target` bytes or `pack_blobs` blobs. Packs are
+    written without waiting for the disk (writeback starts at once) and made durable in
+    batches of `sync_every` bytes or `sync_blobs` blobs, whichever comes first, and at
+    `flush`; only then do their blobs enter the index. Until then `_pending` answers for
+    them, so a push dedups against itself.
     """
 
     sync_every = 512 * 1024 * 1024
     # what waits for a sync is held in memory (an entry and a pending id per blob): with
     # small files, 512 MiB of packs is millions of blobs (a 1M-file push held them all)
     sync_blobs = 65536
+    # a pack of small files holds ~100,000 of them at 32 MiB: each is an id in `_pending`
+    # (~100 B) until indexed, and up to three packs are in memory at once
+    pack_blobs = 16384
 
     def __init__(self, store: Store, index: Index, stats: IngestStats, inflight: int = 2) -> None:
         self.store = store
@@ -92,7 +97,7 @@ class PackSink:
         self._slots = threading.BoundedSemaphore(inflight)
         self._pool = ThreadPoolExecutor(inflight, thread_name_prefix="c3fs-pack")
         self._writes: list[Future] = []
-        self._unsynced: list[tuple[str, int, list]] = []
+        self._unsynced: list[tuple[str, int, bytearray]] = []  # (pack id, size, entry table)
         self._unsynced_bytes = 0
         self._unsynced_blobs = 0
         self._sync_lock = threading.Lock()
@@ -110,7 +115,8 @@ class PackSink:
                 return False
             self._pending.add(blob)
             self._builder.add(kind, blob, codec_id, stored, plain_len)
-            full = self._builder if self._builder.size >= self.target else None
+            builder = self._builder
+            full = builder if builder.size >= self.target or len(builder) >= self.pack_blobs else None
             if full is not None:
                 self._builder = PackBuilder()
         if full is not None:
@@ -127,12 +133,13 @@ class PackSink:
             pack_id, parts = builder.finish_parts()
             size = sum(len(part) for part in parts)
             self.store.put_pack(pack_id, parts, sync=False)
+            del parts  # the pack's bytes: not held while syncing
             self.stats.add(stored_bytes=size, packs=1)
             log.debug("wrote pack %s: %d blobs, %d bytes", pack_id, len(builder), size)
             with self._sync_lock:
-                self._unsynced.append((pack_id, size, builder.entries))
+                self._unsynced.append((pack_id, size, builder.table))
                 self._unsynced_bytes += size
-                self._unsynced_blobs += len(builder.entries)
+                self._unsynced_blobs += len(builder)
                 due = (self._unsynced_bytes >= self.sync_every
                        or self._unsynced_blobs >= self.sync_blobs)
             if due:
@@ -146,11 +153,13 @@ class PackSink:
             batch, self._unsynced = self._unsynced, []
             self._unsynced_bytes = self._unsynced_blobs = 0
             self.store.sync_packs([pack_id for pack_id, _, _ in batch])
-            for pack_id, size, entries in batch:
-                self.index.add_pack(pack_id, size, entries)
+            for pack_id, size, table in batch:
+                self.index.add_pack_table(pack_id, size, table)
         with self._lock:
-            for _, _, entries in batch:
-                self._pending.difference_update(e.id for e in entries)
+            for _, _, table in batch:
+                ids = bytes(table)
+                self._pending.difference_update(
+                    ids[i : i + 32] for i in range(0, len(ids), PACK_TABLE.size))
 
     def _check_failed(self) -> None:
         for future in [f for f in self._writes if f.done()]:
@@ -172,6 +181,21 @@ class PackSink:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class _Stat(NamedTuple):
+    """What the walk keeps of a file's or directory's stat: an os.stat_result costs ~800 B,
+    and up to LOOKAHEAD * SMALL_BATCH files wait in the queues with theirs."""
+
+    st_mode: int
+    st_size: int
+    st_mtime_ns: int
+    st_dev: int
+    st_ino: int
+
+
+def _kept(st: os.stat_result) -> _Stat:
+    return _Stat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+
+
 @dataclass
 class _Dir:
     """A walked directory: its entries, some still being stored, and its own entry once stored."""
@@ -190,12 +214,12 @@ class _Open:
     no per-level path and works below PATH_MAX). Only the directory being listed has an
     open descriptor; its ancestors keep their (device, inode) to be found again by `..`."""
 
-    def __init__(self, parent: _Open | None, name: bytes, fd: int, st: os.stat_result,
+    def __init__(self, parent: _Open | None, name: bytes, fd: int, st: _Stat,
                  items: list[os.DirEntry], top: bytes = b"") -> None:
         self.parent, self.name, self.fd, self.st, self.top = parent, name, fd, st, top
         self.items = iter(items)
         self.parts: list[Entry | Future | _Dir] = []
-        self.small: list[tuple[bytes, os.stat_result]] = []
+        self.small: list[tuple[bytes, _Stat]] = []
 
     def display(self, name: bytes = b"") -> str:
         """The path of this directory (or of `name` in it), for messages."""
@@ -225,6 +249,7 @@ class Ingester:
         self._local = threading.local()
         self._walked: deque[_Dir] = deque()  # walked and not stored yet, in post-order
         self._tasks = 0  # file tasks under them
+        self._queued: deque[Future] = deque()  # file tasks, oldest first (some done)
         self._fds: set[int] = set()  # directory descriptors handed to file tasks
         self._fds_lock = threading.Lock()
 
@@ -322,7 +347,7 @@ class Ingester:
         except OSError as exc:
             os.close(fd)
             raise SourceError(f"{where()}: cannot list directory: {exc.strerror}") from None
-        return _Open(parent, name, fd, st, names, top=path if parent is None else b"")
+        return _Open(parent, name, fd, _kept(st), names, top=path if parent is None else b"")
 
     @staticmethod
     def _reopen_parent(child: _Open, parent: _Open) -> int:
@@ -384,12 +409,12 @@ class Ingester:
             return self._opened(into, name, name, st)
         if stat.S_ISREG(st.st_mode):
             if st.st_size < self.config.chunk_min:
-                into.small.append((name, st))
+                into.small.append((name, _kept(st)))
                 if len(into.small) >= SMALL_BATCH:
                     self._submit_small(into)
             else:
-                into.parts.append(self._files.submit(self._file_task, self._dup(into.fd), name,
-                                                     st, into))
+                self._queue(into, self._files.submit(self._file_task, self._dup(into.fd), name,
+                                                     _kept(st), into))
         elif stat.S_ISLNK(st.st_mode):
             self.stats.add(symlinks=1)
             into.parts.append(Entry(name, LINK, mode, 0, st.st_mtime_ns,
@@ -401,7 +426,16 @@ class Ingester:
 
     def _submit_small(self, into: _Open) -> None:
         batch, into.small = into.small, []
-        into.parts.append(self._smalls.submit(self._small_task, self._dup(into.fd), batch, into))
+        self._queue(into, self._smalls.submit(self._small_task, self._dup(into.fd), batch, into))
+
+    def _queue(self, into: _Open, task: Future) -> None:
+        """Add a file task to `into`; wait for the oldest unfinished ones while more than
+        LOOKAHEAD are (`_store_dirs` bounds those under finished directories; this, those
+        of one large directory: 100,000 files queued all of theirs at once)."""
+        into.parts.append(task)
+        self._queued.append(task)
+        while len(self._queued) > LOOKAHEAD:
+            self._queued.popleft().result()
 
     def _dup(self, fd: int) -> int:
         """A descriptor of the directory for one file task, which closes it; those of tasks
@@ -417,20 +451,20 @@ class Ingester:
         os.close(fd)
 
     # files --------------------------------------------------------------------------------
-    def _small_task(self, dir_fd: int, batch: list[tuple[bytes, os.stat_result]],
+    def _small_task(self, dir_fd: int, batch: list[tuple[bytes, _Stat]],
                     where: _Open) -> list[Entry]:
         try:
             return self._small_files(dir_fd, batch, where)
         finally:
             self._release(dir_fd)
 
-    def _file_task(self, dir_fd: int, name: bytes, st: os.stat_result, where: _Open) -> Entry:
+    def _file_task(self, dir_fd: int, name: bytes, st: _Stat, where: _Open) -> Entry:
         try:
             return self._file_entry(dir_fd, name, st, where)
         finally:
             self._release(dir_fd)
 
-    def _small_files(self, dir_fd: int, batch: list[tuple[bytes, os.stat_result]],
+    def _small_files(self, dir_fd: int, batch: list[tuple[bytes, _Stat]],
                      where: _Open) -> list[Entry]:
         """Store files smaller than one chunk: one read, one blob each, stats added once."""
         entries = []
@@ -458,7 +492,7 @@ class Ingester:
         self.progress(total)
         return entries
 
-    def _open_small(self, dir_fd: int, batch: list[tuple[bytes, os.stat_result]]) -> list[int | None]:
+    def _open_small(self, dir_fd: int, batch: list[tuple[bytes, _Stat]]) -> list[int | None]:
         """Open a batch of small files and ask the kernel to read them all at once
         (POSIX_FADV_WILLNEED): the reads then overlap on the disk instead of waiting one by
         one (2,500 small files from a cold cache: 0.16 s read one by one, 0.05 s so)."""
@@ -491,7 +525,7 @@ class Ingester:
         except OSError as exc:
             raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
 
-    def _file_entry(self, dir_fd: int, name: bytes, st: os.stat_result, where: _Open) -> Entry:
+    def _file_entry(self, dir_fd: int, name: bytes, st: _Stat, where: _Open) -> Entry:
         ids: list[bytes] = []
         sizes: list[int] = []
         whole = blake3.blake3()

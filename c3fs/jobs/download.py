@@ -203,7 +203,8 @@ class Copier:
     def _copy_one_dir(self, node: Node, path: bytes, futures, dirs) -> list[tuple[Node, bytes]]:
         """Make one directory and copy its files and links; return its subdirectories."""
         try:
-            children = self.vfs.iter_children(node)  # the tree is read now, nodes made lazily
+            # the tree is read now, nodes made lazily; a copy reads each tree once
+            children = self.vfs.iter_children(node, keep=False)
         except (DataError, FormatError) as exc:
             error = exc.reading(node.display)
             if dirs and self._damaged(error):  # below the copy's root: left out, not made

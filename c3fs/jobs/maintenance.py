@@ -45,7 +45,7 @@ def walk_blobs(repo: Repo, root: bytes, seen: set[bytes]) -> Iterator[tuple[byte
             continue
         seen.add(tree_id)
         yield path, tree_id, 1
-        for entry in repo.tree(tree_id).entries:
+        for entry in repo.tree(tree_id, keep=False).entries:  # each tree is read once
             child = path + b"/" + entry.name
             if entry.kind == DIR:
                 stack.append((child, entry.target))
@@ -252,7 +252,7 @@ class _Checker:
         error = self._check(tree_id)
         if error is None:
             try:
-                return self.repo.tree(tree_id)
+                return self.repo.tree(tree_id, keep=False)  # each tree is read once
             except (DataError, FormatError) as exc:
                 error = str(exc)
         _note(self.problems, tree_id, "tree", error, where)

@@ -184,12 +184,12 @@ class Vfs:
             return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree.entries)]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
 
-    def iter_children(self, node: Node) -> Iterator[tuple[bytes, Node]]:
+    def iter_children(self, node: Node, keep: bool = True) -> Iterator[tuple[bytes, Node]]:
         """`children`, with a tree's nodes made as they are consumed (its tree is read at
-        once, so a damaged one fails here, not halfway)."""
+        once, so a damaged one fails here, not halfway). `keep`: see `Repo.tree`."""
         if node.tree_id is None:
             return iter(self.children(node))
-        entries = self.repo.tree(node.tree_id).entries
+        entries = self.repo.tree(node.tree_id, keep).entries
         return ((e.name, self.entry_node(node, e, i)) for i, e in enumerate(entries))
 
     def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
@@ -204,15 +204,20 @@ class Vfs:
             raise NotFound(f"{node.display} is not a symlink")
         return node.entry.target
 
-    def walk(self, node: Node) -> Iterator[Node]:
+    def walk(self, node: Node, keep: bool = True) -> Iterator[Node]:
         """Yield `node` and every node below it, depth first with an explicit stack (any
-        depth, no recursion)."""
-        stack = [node]
+        depth, no recursion) of the directories being listed, whose nodes are made as they
+        are reached (`keep`: see `Repo.tree`)."""
+        yield node
+        stack = [self.iter_children(node, keep)] if node.is_dir else []
         while stack:
-            node = stack.pop()
-            yield node
-            if node.is_dir:
-                stack.extend(child for _, child in reversed(self.children(node)))
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            yield item[1]
+            if item[1].is_dir:
+                stack.append(self.iter_children(item[1], keep))
 
     # content ------------------------------------------------------------------------------
     def _tree_child(self, parent: Node, name: bytes) -> Node:
