@@ -664,7 +664,8 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
     import pyfuse3
 
     async def listing(ino: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
-        """What the kernel's READDIRPLUS requests would get, in replies of 50 entries."""
+        """What the kernel's READDIRPLUS requests would get, in replies of up to 50 entries
+        (the first may be shorter, FIRST_PLUS); an empty reply ends the listing."""
         found: list = []
         page: list = []
 
@@ -681,7 +682,7 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
                 page.clear()
                 await ops.readdir(fh, len(found), None)
                 found += page
-                if len(page) < 50:
+                if not page:
                     return found
         finally:
             pyfuse3.readdir_reply = real
