@@ -260,18 +260,26 @@ class Operations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
         return attr
 
-    def entry_attributes(self, ino: int, entry: Entry) -> pyfuse3.EntryAttributes:
-        """`attributes` of the node of a tree's entry, made without the node (readdir)."""
+    def tree_attributes(self) -> pyfuse3.EntryAttributes:
+        """Attributes with what every entry of a tree shares; `entry_attributes` fills in the
+        rest. readdir reuses one for all its entries: a reply copies them at once."""
         attr = pyfuse3.EntryAttributes()
+        attr.entry_timeout = attr.attr_timeout = CONTENT_TIMEOUT
+        attr.st_nlink = 1
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_blksize = BLOCK_SIZE
+        return attr
+
+    @staticmethod
+    def entry_attributes(attr: pyfuse3.EntryAttributes, ino: int,
+                         entry: Entry) -> pyfuse3.EntryAttributes:
+        """`attributes` of the node of a tree's entry, made without the node (readdir), in
+        `attr` from `tree_attributes`."""
         attr.st_ino = ino
         kind = entry.kind
         attr.generation = hash(entry.chunks if kind == FILE else entry.target) & GENERATION_MASK
-        attr.entry_timeout = attr.attr_timeout = CONTENT_TIMEOUT
         attr.st_mode = MODE_BITS[kind] | entry.mode
-        attr.st_nlink = 1
-        attr.st_uid, attr.st_gid = self.uid, self.gid
         size = attr.st_size = entry.size if kind == FILE else len(entry.target) if kind == LINK else 0
-        attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = (size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
         return attr
@@ -359,7 +367,8 @@ class Operations(pyfuse3.Operations):
                 self.inodes.remember(node)
             return
         # a tree's entries: no Node per entry (a million of them for `find`), rows added at once
-        reply, entry_attributes = pyfuse3.readdir_reply, self.entry_attributes
+        reply, entry_attributes, attr = (pyfuse3.readdir_reply, self.entry_attributes,
+                                         self.tree_attributes())
         prefix = parent.key + b"/"
         added: list[tuple[int, int]] = []
         try:
@@ -367,7 +376,7 @@ class Operations(pyfuse3.Operations):
                 entry = listing[i]
                 key = blake3.blake3(prefix + entry.name).digest(16)
                 ino = (int.from_bytes(key[:8], "little") >> 1) | 2  # vfs.ino_from_key
-                if not reply(token, entry.name, entry_attributes(ino, entry), i + 1):
+                if not reply(token, entry.name, entry_attributes(attr, ino, entry), i + 1):
                     return
                 added.append((ino, i))
         finally:
