@@ -1,6 +1,6 @@
-"""Listings through a real mount (issue 16): `find` gets plain READDIR replies (names, inode
-numbers, types) and leaves no inode rows behind; `ls -l` gets READDIRPLUS and the right
-attributes. The daemon runs in a child process that mounts in-process, so that it can report
+"""Listings through a real mount (issue 16): past a directory's first reply (READDIRPLUS)
+`find` gets plain READDIR replies (names, inode numbers, types) and leaves no inode rows
+behind; `ls -l` gets READDIRPLUS and the right attributes. The daemon runs in a child process that mounts in-process, so that it can report
 its own request counts and inode table (c3fs/fuse/ops.py, `readdir`)."""
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ def store(tmp_path_factory) -> tuple[dict[str, str], Path]:
     return env, src
 
 
-def through_mount(env: dict[str, str], mnt: Path, *commands: str) -> list[dict]:
+def through_mount(env: dict[str, str], mnt: Path, *commands: str, first: int = 0) -> list[dict]:
+    """`first`: C3FS_READDIRPLUS_FIRST, entries in a directory's first READDIRPLUS reply."""
     mnt.mkdir()
+    env = dict(env, C3FS_READDIRPLUS_FIRST=str(first))
     try:
         proc = subprocess.run([sys.executable, "-c", DAEMON, env["C3FS_STORE"], str(mnt),
                                *commands], env=env, capture_output=True, text=True, timeout=300)
@@ -86,15 +88,24 @@ def through_mount(env: dict[str, str], mnt: Path, *commands: str) -> list[dict]:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+def test_find_of_directories_that_fit_one_reply_gets_readdirplus(store, tmp_path: Path) -> None:
+    """By default a directory's first reply holds as many entries as fit (1,500 do): `du`,
+    `tar` and `cp -r` then need no LOOKUP per file."""
+    env, src = store
+    mnt = tmp_path / "mnt"
+    (find,) = through_mount(env, mnt, f"cd {mnt} && find . | wc -l")
+    assert int(find["out"]) == DIRS * PER_DIR + DIRS + 2
+    assert find["rows"] >= DIRS * PER_DIR
+
+
 def test_find_lists_every_entry_without_an_inode_row_each(store, tmp_path: Path) -> None:
     import pyfuse3
 
-    from c3fs.fuse.ops import FIRST_PLUS
-
+    FIRST_PLUS = 16  # noqa: N806
     env, src = store
     mnt = tmp_path / "mnt"
     find, again = through_mount(env, mnt, f"cd {mnt} && find . -type f",
-                                f"cd {mnt} && find . -type l")
+                                f"cd {mnt} && find . -type l", first=FIRST_PLUS)
     files = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()
                    and not p.is_symlink())
     assert sorted(line[2:] for line in find["out"].splitlines()) == files  # d_type suffices
@@ -102,7 +113,7 @@ def test_find_lists_every_entry_without_an_inode_row_each(store, tmp_path: Path)
     if not getattr(pyfuse3, "READDIRPLUS_AUTO", False):
         pytest.skip("a stock pyfuse3: every READDIR is a READDIRPLUS")
     # a directory's first reply is READDIRPLUS (the kernel's choice), kept to FIRST_PLUS
-    # entries; the rest comes as plain READDIR, which makes no row
+    # entries here; the rest comes as plain READDIR, which makes no row
     assert find["requests"]["plain"] >= 1
     assert find["rows"] <= (DIRS + 1) * (FIRST_PLUS + 1)
     assert again["rows"] <= (DIRS + 1) * (FIRST_PLUS + 1)
@@ -114,7 +125,8 @@ def test_ls_l_after_find_gets_every_attribute(store, tmp_path: Path) -> None:
     env, src = store
     mnt = tmp_path / "mnt"
     listing = "ls -ln --time-style=+%s d1 d0"
-    _, ls = through_mount(env, mnt, f"cd {mnt} && find . >/dev/null", f"cd {mnt} && {listing}")
+    _, ls = through_mount(env, mnt, f"cd {mnt} && find . >/dev/null", f"cd {mnt} && {listing}",
+                          first=16)
     native = subprocess.run(["sh", "-c", listing], cwd=src, capture_output=True, text=True,
                             check=True).stdout
     uid, gid = os.getuid(), os.getgid()

@@ -92,7 +92,11 @@ XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
 XATTR_INPUTS = b"user.c3fs.inputs"
-FIRST_PLUS = 16  # entries in a directory's first READDIRPLUS reply (see readdir)
+# Entries in a directory's first READDIRPLUS reply (see readdir); 0: as many as fit, as
+# libfuse does. A small number (16) makes `find` of directories of 1,000 files list names
+# only, but `du`, `tar` and `cp -r` (which list a whole directory, then stat each entry) then
+# cost a LOOKUP, and a READ, per file: 3-5x their daemon CPU (bench/README.md, "Scale").
+FIRST_PLUS = int(os.environ.get("C3FS_READDIRPLUS_FIRST", "0") or 0)
 STATFS_TTL = 10.0  # statfs sums every pack's size (`find`, `df` ask): at most every 10 s
 GENERATION_MASK = 0xFFFF_FFFF_FFFF_FFFF
 MODE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}
@@ -351,14 +355,16 @@ class Operations(pyfuse3.Operations):
         READDIRPLUS: every entry reported is a lookup, with its attributes. With the patched
         pyfuse3 the kernel sends it for a directory's first batch and while the application
         stats what it lists (`ls -l`); else a plain READDIR (`find`): names, inode numbers and
-        types, no lookups, no rows (`token.plus` False). The first batch is kept short
-        (FIRST_PLUS): enough for the stat of one entry to tell the kernel to go on with
-        READDIRPLUS, few inodes for a reader that only wants names."""
+        types, no lookups, no rows (`token.plus` False). The first batch may be kept short
+        (FIRST_PLUS): the stat of one entry is enough to tell the kernel to go on with
+        READDIRPLUS, and a reader that only wants names gets few inodes."""
         parent, listing = self._dirs[fh]
         if not getattr(token, "plus", True):
             self._readdir_plain(parent, listing, start_id, token)
             return
-        end = min(len(listing), FIRST_PLUS) if start_id == 0 and READDIRPLUS_AUTO else len(listing)
+        end = len(listing)
+        if start_id == 0 and READDIRPLUS_AUTO and FIRST_PLUS > 0:
+            end = min(end, FIRST_PLUS)
         if parent.tree_id is None:
             for i in range(start_id, end):
                 name, node = listing[i]
