@@ -47,11 +47,12 @@ $(VENV)/.installed: pyproject.toml $(LOCK) $(BUILD_LOCK) $(PYFUSE3_PATCHES) | sy
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# pyfuse3 from its source release with three patches (patches/README.md): reads of files
+# pyfuse3 from its source release with four patches (patches/README.md): reads of files
 # opened without an OPEN request (FUSE_NO_OPEN_SUPPORT) are handed the inode, its version
-# is a constant instead of an importlib.metadata lookup, and a READ's reply may be a list of
-# buffers (sent with writev, without the GIL). c3fs also runs on a stock pyfuse3, with one
-# OPEN and one RELEASE request per file opened and each READ's pieces joined.
+# is a constant instead of an importlib.metadata lookup, a READ's reply may be a list of
+# buffers (sent with writev, without the GIL), and the kernel may send plain READDIR when
+# names suffice (`find`). c3fs also runs on a stock pyfuse3, with one OPEN and one RELEASE
+# request per file opened, each READ's pieces joined and every READDIR a READDIRPLUS.
 pyfuse3:
 	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
 	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(PYFUSE3_BUILD) pyfuse3==$(PYFUSE3)

@@ -18,6 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -663,15 +664,18 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
     was evicted), and drops the rows, then the parents' rows, as the kernel forgets them."""
     import pyfuse3
 
-    async def listing(ino: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
-        """What the kernel's READDIRPLUS requests would get, in replies of 50 entries."""
+    async def listing(ino: int) -> list[tuple[bytes, SimpleNamespace]]:
+        """What the kernel's READDIRPLUS requests would get, in replies of up to 50 entries
+        (the first may be shorter, FIRST_PLUS); an empty reply ends the listing."""
         found: list = []
         page: list = []
 
         def reply(token, name, attr, next_id) -> bool:
             if len(page) == 50:
                 return False
-            page.append((name, attr))
+            # what the reply holds: pyfuse3 copies the attributes (readdir reuses `attr`)
+            page.append((name, SimpleNamespace(st_ino=attr.st_ino, st_size=attr.st_size,
+                                               generation=attr.generation)))
             return True
 
         fh = await ops.opendir(ino)
@@ -681,7 +685,7 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
                 page.clear()
                 await ops.readdir(fh, len(found), None)
                 found += page
-                if len(page) < 50:
+                if not page:
                     return found
         finally:
             pyfuse3.readdir_reply = real

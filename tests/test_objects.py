@@ -7,6 +7,7 @@ that bypass the encoders) must always end in the one typed error of that format
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import tracemalloc
@@ -490,6 +491,41 @@ BAD_ENTRIES_TREE = {
 def test_tree_decode_refuses_bad_entries(case: str) -> None:
     with pytest.raises(FormatError):
         decode_tree(raw_tree([BAD_ENTRIES_TREE[case]]))
+
+
+DIGEST_ENTRIES = [  # valid in a version 2 tree only, and never on a file of one chunk
+    Entry(b"g", FILE, 0o644, 6, 0, chunks=b"\1" * 64, sizes=[3, 3], digest=b"\2" * 32),
+    Entry(b"g", FILE, 0o644, 3, 0, chunks=b"\1" * 32, sizes=[3], digest=b"\2" * 32),
+]
+
+
+@settings(max_examples=20, deadline=None)
+@given(entry_lists)
+def test_tree_checks_in_bulk_find_what_the_entry_by_entry_ones_find(items) -> None:
+    """`_check` (common entries in bulk) refuses exactly what `_check_slowly` does, with the
+    same message, for every odd entry, file of an unsafe (or repeated) name, each in its place
+    by name, with or without two entries swapped, in trees of either version."""
+    from c3fs.objects import tree as trees
+
+    def outcome(check, tree: Tree) -> str | None:
+        try:
+            check(tree)
+        except FormatError as exc:
+            return str(exc)
+        return None
+
+    ordered = sorted(items, key=lambda e: e.name)
+    for odd in (None, *BAD_ENTRIES_TREE.values(), *DIGEST_ENTRIES):
+        for name in (None, *UNSAFE_NAMES, b"a", b"b"):
+            for swap, version in ((False, 1), (False, 2), (True, 2)):
+                tree = Tree(version, list(ordered))
+                for extra in (odd, None if name is None else file_entry(name)):
+                    if extra is not None:
+                        at = bisect.bisect([e.name for e in tree.entries], extra.name)
+                        tree.entries.insert(at, extra)
+                if swap and len(tree.entries) >= 2:
+                    tree.entries[0], tree.entries[-1] = tree.entries[-1], tree.entries[0]
+                assert outcome(trees._check, tree) == outcome(trees._check_slowly, tree)
 
 
 def test_tree_decode_refuses_other_versions_and_shapes() -> None:

@@ -1,6 +1,6 @@
 """The inodes the kernel knows, in a compact table: no Python object per node.
 
-After `find` of a million files the kernel holds a million inodes (readdirplus: every listed
+After `ls -lR` of a million files the kernel holds a million inodes (readdirplus: every listed
 entry is a lookup) until it forgets them. The mount keeps, per inode, one row of an
 open-addressing hash table made of parallel arrays (~28 bytes a slot, at most 3/4 full):
 

