@@ -571,7 +571,11 @@ def test_live_mount_of_another_machines_jobs(machines, s3_server: MotoServer, tm
         same_tree(tmp_path / "v1", one)
         b.ok("umount", str(one))
 
-        mixed_tree(tmp_path / "v2", seed=12, big=6 * MiB, small=10)
+        # a checkpoint alone: no small file or plot shares its pack, so nothing B's mount
+        # reads ahead (directory readahead fetches small files, and their blocks hold any
+        # chunk packed beside them) brings the bytes read below into B's memory
+        (tmp_path / "v2" / "ckpt").mkdir(parents=True)
+        write_random_file(tmp_path / "v2" / "ckpt" / "model.bin", 6 * MiB, 12)
         a.push(tmp_path / "v2", "job_a2")  # pushed elsewhere while B is mounted
         wait_until(lambda: "job_a2" in os.listdir(mnt / "jobs"), "job_a2 in B's mount", 30)
         expected = (tmp_path / "v2" / "ckpt" / "model.bin").read_bytes()
