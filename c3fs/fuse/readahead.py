@@ -19,7 +19,6 @@ cache is reclaimable, so memory stays bounded.
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Callable
 
@@ -71,8 +70,8 @@ class DirectoryReadahead:
 
     def _read_after(self, parent: Node, name: bytes) -> bytes:
         """Read the small files after `name`; return the name that starts the next window."""
-        entries = self.vfs.repo.tree(parent.tree_id).entries
-        start = bisect.bisect_right(entries, name, key=lambda e: e.name)
+        entries = self.vfs.repo.tree(parent.tree_id, check=False)
+        start = entries.bisect(name, right=True)
         window = entries[start : start + self.window]
         half = start + self.window // 2
         trigger = entries[half].name if start + self.window < len(entries) else END
