@@ -96,13 +96,15 @@ class DirectoryReadahead:
         above = parent.parent
         if above is None or above.tree_id is None or room <= 0:
             return []
-        siblings = self.vfs.repo.tree(above.tree_id).entries
+        repo = self.vfs.repo
+        siblings = repo.tree(above.tree_id, check=False)
         found: list[Entry] = []
-        for entry in siblings[bisect.bisect_right(siblings, parent.name, key=lambda e: e.name):]:
+        for i in range(siblings.bisect(parent.name, right=True), len(siblings)):
             if len(found) >= room:
                 break
+            entry = siblings[i]
             if entry.kind == DIR:
-                found += [e for e in self.vfs.repo.tree(entry.target).entries if _small(e)]
+                found += [e for e in repo.tree(entry.target, check=False) if _small(e)]
         return found[:room]
 
     def _read_ahead(self, parent: Node, entry: Entry) -> None:
