@@ -178,9 +178,9 @@ class Vfs:
         """(name, node) of every entry of a directory, sorted by name."""
         if not node.is_dir:
             raise NotADirectory(f"{node.display} is not a directory")
-        if node.tree_id is not None:
-            tree = self.repo.tree(node.tree_id)
-            return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree.entries)]
+        if node.tree_id is not None:  # (iterating checks every entry, before this returns)
+            tree = self.repo.tree(node.tree_id, check=False)
+            return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree)]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
 
     def iter_children(self, node: Node) -> Iterator[tuple[bytes, Node]]:
@@ -190,6 +190,15 @@ class Vfs:
             return iter(self.children(node))
         tree = self.repo.tree(node.tree_id)
         return ((e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree))
+
+    def iter_names(self, node: Node) -> Iterator[tuple[bytes, bool]]:
+        """(name, is a directory) of every entry of a directory, in order, made as they are
+        consumed and without a node each (`ls` of 100,000 names; checked first, as
+        `iter_children`)."""
+        if node.tree_id is None:
+            return ((name, child.is_dir) for name, child in self.children(node))
+        tree = self.repo.tree(node.tree_id)
+        return ((e.name, e.kind == DIR) for e in tree)
 
     def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
              reuse: Callable[[bytes], bytes | None] | None = None) -> FileReader:
