@@ -11,9 +11,8 @@ from typing import TypeVar
 
 from c3fs.errors import NotFound
 from c3fs.index import Index, IndexDamaged, open_index
-from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB, JobRecord
-from c3fs.objects.tree import Tree, decode_tree
+from c3fs.objects.tree import EncodedTree
 from c3fs.reader import BlobSource
 from c3fs.store.backend import LOCAL, Deadline
 from c3fs.store.store import Store, open_backend
@@ -21,10 +20,6 @@ from c3fs.store.store import Store, open_backend
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MiB = 1024 * 1024
-# decoded trees kept, by their entries (trees are immutable and named by content); an entry
-# decoded costs ~350 B, so about 90 MiB: a count of trees bounded nothing (1,024 trees of
-# 1,000 files held 350 MiB in a mount after `find`)
-TREE_ENTRIES = 262_144
 
 
 @dataclass
@@ -62,35 +57,20 @@ class Repo:
             self._last_refresh = now
             self.index.sync(self.store, full=full)
 
-    def __post_init__(self) -> None:
-        self._trees: LRU[bytes, Tree] = LRU(TREE_ENTRIES, weigh=lambda tree: len(tree.entries) + 1)
-        # the last tree too big for the cache (a directory of 262,144+ entries): without it
-        # every lookup in such a directory decoded the whole of it again
-        self._big_tree: tuple[bytes, Tree] | None = None
-
-    def tree(self, tree_id: bytes, keep: bool = True) -> Tree:
-        """A decoded tree (the last TREE_ENTRIES entries' trees are kept: trees are immutable).
+    def tree(self, tree_id: bytes, check: bool = True, keep: bool = True) -> EncodedTree:
+        """A tree (kept in the blob cache: trees are immutable, named by content), every
+        entry checked (FormatError if one is damaged). `check=False`: each entry is checked
+        when it is decoded (the mount: a lookup decodes a few names and one entry).
         `keep=False`: a walk that reads each tree once (cp, pull, verify, gc) keeps it out of
-        the cache, which held ~100 MiB of trees it would never read again."""
-        tree = self.cached_tree(tree_id)
-        if tree is None:
-            tree = decode_tree(self.blobs.get(tree_id))
-            if not keep:
-                return tree
-            if len(tree.entries) + 1 > self._trees.limit:
-                self._big_tree = (tree_id, tree)
-            else:
-                self._trees.put(tree_id, tree)
+        the cache."""
+        tree = self.blobs.tree(tree_id, keep)
+        if check:
+            tree.check()
         return tree
 
-    def cached_tree(self, tree_id: bytes) -> Tree | None:
-        """The tree if it is decoded already, else None (never blocks: for the event loop)."""
-        tree = self._trees.get(tree_id)
-        if tree is None:
-            big = self._big_tree
-            if big is not None and big[0] == tree_id:
-                return big[1]
-        return tree
+    def cached_tree(self, tree_id: bytes) -> EncodedTree | None:
+        """The tree if it is in memory already, else None (never blocks: for the event loop)."""
+        return self.blobs.cached_tree(tree_id)
 
     def record(self, kind: str, name: str) -> JobRecord:
         """The record of a job or dataset; asks the store when the index does not know it."""

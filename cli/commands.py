@@ -142,6 +142,12 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     if chosen.active and not _lists_records(node):
         raise UsageError("--project, --status, --since and --limit choose jobs or datasets: "
                          "list /jobs/, /projects/<p>/jobs/ or /datasets/")
+    if node.is_dir and not (long or as_json or chosen.active):  # names stream, row by row
+        names = vfs.iter_names(node)
+        written = output.write_lines(output.escape(name) + ("/" if is_dir else "")
+                                     for name, is_dir in names)
+        output.timing(f"ls {path}: {output.count(written, 'name')} read", started)
+        return
     if chosen.active and (limit or since):  # the newest first, read only as far as needed
         items = chosen.newest(vfs, node)
     else:

@@ -17,7 +17,8 @@ from .main import Ctx, app, pass_ctx
 @click.option("--allow-other", is_flag=True,
               help="Let other users see the mount (needs user_allow_other in /etc/fuse.conf).")
 @click.option("--cache-size", default="256MiB", show_default=True, metavar="SIZE",
-              help="Memory for decoded chunks (the daemon uses this plus a small constant).")
+              help="Memory for decoded chunks and trees (the daemon uses this plus under "
+                   "100 MiB, a million files mounted).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=str),
               help="Where the background daemon logs (default: under the cache directory).")
 @click.option("--expect", metavar="ROOT",

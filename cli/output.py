@@ -58,6 +58,8 @@ def escape(text: str | bytes) -> str:
     decoded as UTF-8; a byte that is not is shown in octal."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "surrogateescape")
+    if text.isprintable() and "\\" not in text:  # (most names: no character to escape)
+        return text
     return "".join(c if c.isprintable() and c != "\\" else _escape_char(c) for c in text)
 
 
@@ -156,19 +158,23 @@ def row(table, *cells: str) -> None:
     table.add_row(*(Text(cell) for cell in cells))
 
 
-def write_lines(lines: Iterator[str] | list[str], batch: int = 4096) -> None:
+def write_lines(lines: Iterator[str] | list[str], batch: int = 4096) -> int:
     """Print lines to stdout as they come, many to a write: rich's console costs ~0.1 ms a
     line, which made `ls` of 100,000 names take 10 s. The lines are printed as given:
-    escape untrusted text first (`escape`)."""
+    escape untrusted text first (`escape`). Returns how many were printed."""
     chunk: list[str] = []
+    written = 0
     for line in lines:
         chunk.append(line)
         if len(chunk) >= batch:
             sys.stdout.write("\n".join(chunk) + "\n")
+            written += len(chunk)
             chunk = []
     if chunk:
         sys.stdout.write("\n".join(chunk) + "\n")
+        written += len(chunk)
     sys.stdout.flush()
+    return written
 
 
 def columns(headers: tuple[str, ...], rows: list[tuple[str, ...]],

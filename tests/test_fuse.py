@@ -698,7 +698,7 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
         entries = await listing(many.st_ino)
         assert [name for name, _ in entries] == [f"f{i:04d}".encode() for i in range(400)]
         rows = len(ops.inodes)
-        ops.vfs.repo._trees.clear()  # the rows hold no node and no tree
+        ops.vfs.repo.blobs._cache.clear()  # the rows hold no node and no tree
         for name, attr in entries[::37]:
             again = await ops.getattr(attr.st_ino)
             assert (again.st_ino, again.st_size, again.generation) == (

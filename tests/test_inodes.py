@@ -52,11 +52,39 @@ def test_a_directory_row_stays_while_rows_below_need_it() -> None:
     assert len(table) == 0
 
 
-def test_rows_cost_28_bytes_a_slot_at_most_3_4_full() -> None:
+def test_rows_cost_24_bytes_and_a_4_byte_slot_at_most_3_4_full() -> None:
     rng = random.Random(3)
     table = InodeTable()
     for i in range(200_000):
         table.add((rng.getrandbits(61) << 2) | 2, 0, i)
-    size = sum(a.itemsize * len(a) for a in (table._keys, table._parents, table._index,
-                                             table._counts, table._below))
-    assert size == 28 * table.slots and len(table) == 200_000 and 4 * len(table) <= 3 * table.slots
+    assert table.nbytes == 24 * 200_000 + 4 * table.slots
+    assert len(table) == 200_000 and 4 * len(table) <= 3 * table.slots
+
+
+def test_rows_are_reused_and_compacted_and_parents_follow() -> None:
+    """Freed rows are reused; when 3/4 are free the rest move to the front, and each row
+    still names its parent (whose row moved too)."""
+    rng = random.Random(5)
+    table = InodeTable()
+    parents = [(rng.getrandbits(61) << 2) | 2 for _ in range(8)]
+    for parent in parents:
+        table.add(parent, 0, WHOLE)
+    children = {parent: [(rng.getrandbits(61) << 2) | 2 for _ in range(1000)]
+                for parent in parents}
+    for parent, inos in children.items():
+        table.add_children(parent, [(ino, i) for i, ino in enumerate(inos)])
+    rows = len(table._keys)
+    for inos in children.values():  # forget 9 of every 10: rows freed, then compacted
+        table.forget_many([(ino, 1) for i, ino in enumerate(inos) if i % 10], [])
+    assert len(table) == 808 and len(table._keys) < rows // 4
+    for parent, inos in children.items():
+        assert all(table.row(ino) == (parent, i) for i, ino in enumerate(inos) if i % 10 == 0)
+    rows = len(table._keys)
+    again = children[parents[0]][1:6]
+    table.add_children(parents[0], [(ino, 1 + i) for i, ino in enumerate(again)])
+    assert len(table._keys) == rows and table.row(again[-1]) == (parents[0], 5)  # reused
+    for parent, inos in children.items():  # the kernel forgets the directory, then the rest
+        table.forget(parent, 1)
+        table.forget_many([(ino, 1) for ino in inos if ino in table], [])
+        assert parent not in table
+    assert len(table) == 0

@@ -124,11 +124,10 @@ def test_a_tree_100000_levels_deep_is_pushed_and_listed_at_its_bottom(run_cli,
         subprocess.run(["rm", "-rf", str(tmp_path / "src")], check=False)
 
 
-def test_a_directory_too_big_for_the_tree_cache_is_decoded_once(run_cli, tmp_path: Path,
-                                                               monkeypatch) -> None:
-    """A tree heavier than the whole tree cache (262,144 entries; 100 here) is kept aside,
-    the last one met: lookups in it stay O(log n) instead of decoding it each time."""
-    from c3fs import repo as repo_module
+def test_a_directory_too_big_for_the_cache_is_read_once(run_cli, tmp_path: Path) -> None:
+    """A tree heavier than a quarter of the blob cache (~500,000 entries with the mount's
+    256 MiB; 300 entries in 4 KiB here) is kept aside, the last one met: lookups in it stay
+    O(log n) instead of reading it each time."""
     from c3fs.repo import Repo
     from c3fs.vfs import Vfs
 
@@ -137,8 +136,7 @@ def test_a_directory_too_big_for_the_tree_cache_is_decoded_once(run_cli, tmp_pat
     for i in range(300):
         (src / f"f{i:04d}").write_bytes(b"%d" % i)
     assert run_cli(["push", str(tmp_path / "src"), "-p", "lim", "-j", "wide"]).code == 0
-    monkeypatch.setattr(repo_module, "TREE_ENTRIES", 100)
-    repo = Repo.open(create=False)
+    repo = Repo.open(create=False, cache_bytes=4096)
     try:
         vfs = Vfs(repo)
         wide = vfs.resolve("/jobs/wide/wide")

@@ -38,6 +38,7 @@ from c3fs.objects.tree import (
     LINK,
     MAX_NAME,
     TREE_VERSION,
+    EncodedTree,
     Entry,
     Tree,
     decode_tree,
@@ -410,6 +411,31 @@ def test_tree_roundtrip(items: list[Entry]) -> None:
     assert tree.version == TREE_VERSION
     assert tree.entries == sorted(items, key=lambda e: e.name)
     assert encode_tree(tree.entries) == data  # canonical: same entries, same bytes, same id
+    encoded = EncodedTree(data)
+    assert encoded.version == TREE_VERSION and len(encoded) == len(items)
+    assert list(encoded) == tree.entries and encoded[:] == tree.entries
+    assert [encoded[i] for i in range(-len(items), 0)] == tree.entries
+    sequential = encoded.sequential()
+    assert [sequential[i] for i in range(len(items))] == tree.entries
+    for i, entry in enumerate(tree.entries):
+        assert encoded.find(entry.name) == i
+        assert encoded.bisect(entry.name) == i and encoded.bisect(entry.name, right=True) == i + 1
+        assert encoded.find(entry.name + b"\x00x") == -1  # (never a name: sorts right after)
+    encoded.check()
+
+
+def test_an_encoded_tree_is_read_in_place() -> None:
+    """Opening a tree decodes only where its entries start: 4 bytes an entry beside its
+    bytes, entries decoded when asked for, in runs when read in order."""
+    items = [file_entry(b"f%06d" % i) for i in range(3000)]
+    data = encode_tree(items)
+    tree = EncodedTree(data)
+    assert tree.data is data and tree.nbytes == len(data) + 4 * 3001
+    assert tree.run(2990) == items[2990:] and tree.run(3000) == [] and tree.run(0, 5) == items[:5]
+    assert tree.find(b"f002999") == 2999 and tree.find(b"f0030") == -1 and tree.find(b"") == -1
+    assert tree.bisect(b"f0015") == 1500 and tree.bisect(b"g") == 3000
+    with pytest.raises(IndexError):
+        tree[3000]
 
 
 @FAST
@@ -450,6 +476,12 @@ def test_tree_decode_refuses_unsafe_names(name: bytes) -> None:
             decode_tree(raw_tree([entry]))
         with pytest.raises(FormatError):
             encode_tree([entry])
+        encoded = EncodedTree(raw_tree([file_entry(b"a"), entry]))  # refused when decoded
+        with pytest.raises(FormatError):
+            encoded[1]
+        with pytest.raises(FormatError):
+            encoded.check()
+        assert encoded[0] == file_entry(b"a")
 
 
 def test_tree_decode_refuses_unsorted_and_duplicate_names() -> None:
@@ -459,6 +491,10 @@ def test_tree_decode_refuses_unsorted_and_duplicate_names() -> None:
         decode_tree(raw_tree([b, a]))
     with pytest.raises(FormatError, match="out of order"):
         decode_tree(raw_tree([a, a]))
+    for entries in ([b, a], [a, a], [*(file_entry(b"%04d" % i) for i in range(300)), a, a],
+                    [*(file_entry(b"%04d" % i) for i in range(256)), file_entry(b"0000")]):
+        with pytest.raises(FormatError, match="out of order"):
+            EncodedTree(raw_tree(entries)).check()
     with pytest.raises(FormatError):
         encode_tree([a, file_entry(b"a", mtime_ns=0)])
 
@@ -491,6 +527,11 @@ BAD_ENTRIES_TREE = {
 def test_tree_decode_refuses_bad_entries(case: str) -> None:
     with pytest.raises(FormatError):
         decode_tree(raw_tree([BAD_ENTRIES_TREE[case]]))
+    encoded = EncodedTree(raw_tree([BAD_ENTRIES_TREE[case]]))
+    with pytest.raises(FormatError):
+        encoded[0]
+    with pytest.raises(FormatError):
+        encoded.check()
 
 
 DIGEST_ENTRIES = [  # valid in a version 2 tree only, and never on a file of one chunk
@@ -532,10 +573,15 @@ def test_tree_decode_refuses_other_versions_and_shapes() -> None:
     for version in (0, 3):
         with pytest.raises(FormatError, match="version"):
             decode_tree(raw_tree([], version=version))
+        with pytest.raises(FormatError, match="version"):
+            EncodedTree(raw_tree([], version=version))
     for data in (b"", b"\xc1", msgspec.msgpack.encode([1]), msgspec.msgpack.encode({"v": 1}),
-                 msgspec.msgpack.encode([1, [[b"a", 0]]]), msgspec.msgpack.encode([1, [["a", 0, 0, 0, 0]]])):
+                 msgspec.msgpack.encode([1, [[b"a", 0]]]), msgspec.msgpack.encode([1, [["a", 0, 0, 0, 0]]]),
+                 msgspec.msgpack.encode([1, [1]]), msgspec.msgpack.encode([1, [[b"a", 0]], 3])):
         with pytest.raises(FormatError):
             decode_tree(data)
+        with pytest.raises(FormatError):
+            EncodedTree(data).check()
 
 
 @FAST
@@ -549,8 +595,16 @@ def test_tree_damaged_bytes_are_format_error_or_a_valid_tree(items, draw: st.Dat
     try:
         tree = decode_tree(bytes(data[:cut]))
     except FormatError:
+        tree = None
+    if tree is not None:
+        for entry in tree.entries:  # whatever decodes has passed every check
+            assert _valid_name(entry.name) and len(entry.name) <= MAX_NAME
+    try:
+        encoded = EncodedTree(bytes(data[:cut]))
+        decoded = [encoded[i] for i in range(len(encoded))]
+    except FormatError:
         return
-    for entry in tree.entries:  # whatever decodes has passed every check
+    for entry in decoded:  # each entry decoded alone has passed every check of an entry
         assert _valid_name(entry.name) and len(entry.name) <= MAX_NAME
 
 
@@ -559,6 +613,10 @@ def test_tree_damaged_bytes_are_format_error_or_a_valid_tree(items, draw: st.Dat
 def test_tree_garbage_is_format_error_or_a_valid_tree(data: bytes) -> None:
     try:
         decode_tree(data)
+    except FormatError:
+        pass
+    try:
+        EncodedTree(data).check()
     except FormatError:
         pass
 

@@ -1,5 +1,5 @@
-"""Memory bounds at 200,000 files (issue 16): push, the mount daemon after `find`, `c3fs cp
--r`, verify and gc.
+"""Memory bounds at 200,000 files (issue 16): push, the mount daemon after `ls -lR` and
+`cat`, `c3fs cp -r`, verify and gc.
 
 Slow tier: making and pushing the dataset takes ~30 s. RSS is read with psutil on the real
 processes (the daemon by its mountpoint; the commands polled every 20 ms, with their own
@@ -103,9 +103,9 @@ def ls_lr(path: Path) -> int:
 
 def test_the_daemon_keeps_a_row_not_a_node_per_inode_the_kernel_holds(big) -> None:
     """After `ls -lR` the kernel holds every listed inode (readdirplus). A second job of the
-    same trees (no new tree to decode) adds 200,000 more inodes: their rows cost 28 bytes a
-    slot (+14 MiB as the table doubles); a node object each cost ~66 MiB. The whole daemon
-    stays within 100 MiB + its chunk cache + the decoded-tree cache (262,144 entries)."""
+    same trees (no new tree to read) adds 200,000 more inodes: their rows cost 24 bytes and
+    a 4-byte hash slot (+6 MiB as the hash doubles); a node object each cost ~66 MiB. Trees
+    stay encoded in the blob cache: the whole daemon stays within 100 MiB + that cache."""
     with mount(big, Path(big["ROOT"]) / "mnt", "/", "--cache-size", "16MiB") as mnt:
         (pid,) = daemon_pids(mnt)
         daemon = psutil.Process(pid)
@@ -113,10 +113,29 @@ def test_the_daemon_keeps_a_row_not_a_node_per_inode_the_kernel_holds(big) -> No
         first = daemon.memory_info().rss
         assert ls_lr(mnt / "jobs" / "big2") == DIRS * PER_DIR + DIRS
         second = daemon.memory_info().rss
-    # measured: +24 MiB (154 -> 178 MiB); with a node object per inode +66 (200 -> 266 MiB)
-    assert second - first <= 36 * MiB, f"{(second - first) / MiB:.0f} MiB for 200,000 inodes"
-    trees = 262_144 * 400  # the repo's tree cache, ~400 B a decoded entry
-    assert second <= 100 * MiB + 16 * MiB + trees, f"daemon RSS {second / MiB:.0f} MiB"
+    # measured: +24 MiB (154 -> 178 MiB) with 28-byte rows and decoded trees; with a node
+    # object per inode +66 (200 -> 266 MiB)
+    assert second - first <= 24 * MiB, f"{(second - first) / MiB:.0f} MiB for 200,000 inodes"
+    assert second <= 100 * MiB + 16 * MiB, f"daemon RSS {second / MiB:.0f} MiB"
+
+
+def test_the_daemon_stays_within_its_cache_after_reading_every_file(big) -> None:
+    """`cat` of 200,000 files through a mount with a 16 MiB cache: the chunks, the trees
+    (kept in the same cache) and the index's mapped pages (let go of past 16 MiB) leave the
+    daemon within 100 MiB + its cache, and growing by less than the cache + 32 MiB past
+    what `ls -lR` left (the kernel holds every inode: the rows stay)."""
+    with mount(big, Path(big["ROOT"]) / "mnt", "/jobs/big", "--cache-size", "16MiB") as mnt:
+        (pid,) = daemon_pids(mnt)
+        daemon = psutil.Process(pid)
+        assert ls_lr(mnt) == DIRS * PER_DIR + DIRS
+        listed = daemon.memory_info().rss
+        out = subprocess.run("find . -type f -print0 | xargs -0 cat | wc -c", shell=True,
+                             cwd=mnt, capture_output=True, check=True, timeout=1200)
+        assert int(out.stdout) == sum(len(b"%d/%d\n" % (d, i)) for d in range(DIRS)
+                                      for i in range(PER_DIR))
+        read = daemon.memory_info().rss
+    assert read - listed <= 16 * MiB + 32 * MiB, f"+{(read - listed) / MiB:.0f} MiB by cat"
+    assert read <= 100 * MiB + 16 * MiB, f"daemon RSS {read / MiB:.0f} MiB after cat"
 
 
 def test_cp_of_200k_files_streams_its_walk(big, tmp_path: Path) -> None:

@@ -632,3 +632,50 @@ def test_the_local_table_survives_when_damage_elsewhere_replaces_the_index(tmp_p
         assert index.fresh  # the rest is relearned from the store
     finally:
         index.close()
+
+
+def _mapped_kib(path: Path) -> int:
+    """KiB of `path` this process has mapped in memory (its maps' Rss in /proc/self/smaps)."""
+    total, current = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if "-" in line.split(" ", 1)[0]:  # a mapping's header line
+                current = line.rstrip("\n").endswith(str(path))
+            elif current and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+def test_lookups_keep_few_index_pages_mapped(tmp_path: Path, monkeypatch) -> None:
+    """LMDB reads through a map of its file and never unmaps a page: a million lookups
+    held the whole blob table in the process's RSS. The index lets go of its pages once the
+    process maps MAPPED_BUDGET more file pages than after the last release."""
+    import random
+
+    from c3fs import index as index_module
+    from c3fs.objects.pack import PackEntry
+
+    monkeypatch.setattr(index_module, "MAPPED_BUDGET", 256 * KiB)
+    monkeypatch.setattr(index_module, "CHECK_EVERY", 16)
+    index = Index(tmp_path / "index", "s" * 16)
+    try:
+        ids = [os.urandom(32) for _ in range(80_000)]
+        for pack in range(8):
+            part = ids[pack * 10_000 : (pack + 1) * 10_000]
+            index.add_pack(f"{pack:064x}", 1 << 20, [
+                PackEntry(0, blob, i, 100, 100, 0) for i, blob in enumerate(part)])
+        data = tmp_path / "index" / "data.mdb"
+        assert os.path.getsize(data) > 8 * 1024 * KiB  # far more than the budget
+        random.Random(1).shuffle(ids)
+        assert _mapped_kib(data) > 2048  # (writing read its pages)
+        most = 0
+        for n, blob in enumerate(ids, 1):
+            location = index.lookup(blob)
+            assert location is not None and location.length == 100
+            if n % 1000 == 0:
+                most = max(most, _mapped_kib(data))
+        # the budget, 64 KiB a lookup between looks, and slack: the budget counts every file
+        # the process maps, and other files' pages may leave meanwhile (a busy machine)
+        assert 0 < most < 4 * 1024, f"{most} KiB of the index mapped"
+    finally:
+        index.close()

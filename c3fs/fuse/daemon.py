@@ -10,6 +10,7 @@ was ready: `ready()` returns False, or `ack_fd` closes without an "ack".
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MAX_TASKS = 64  # concurrent FUSE requests in flight (pyfuse3 worker tasks)
 READ_AHEAD_KB = 4096  # kernel readahead for the mount (the default, 128 KiB, is too small)
+TRIM_EVERY = 10.0  # seconds between two looks at the free memory inside the heap
+TRIM_ABOVE = 16 * 1024 * 1024  # free bytes inside the heap that go back to the system
 
 
 def fuse_options(allow_other: bool, source: str | None = None) -> set[str]:
@@ -87,6 +90,7 @@ async def _serve(mountpoint: str, ack_fd: int | None) -> None:
                                    abandon_on_cancel=True))
         if ack_fd is not None:
             nursery.start_soon(_stop_unless_acknowledged, ack_fd, mountpoint)
+        nursery.start_soon(_trim_heap)
         await pyfuse3.main(min_tasks=1, max_tasks=MAX_TASKS)
         nursery.cancel_scope.cancel()
 
@@ -111,6 +115,48 @@ async def _stop_on_signal() -> None:
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+async def _trim_heap() -> None:
+    """Give the heap's free pages back to the system when there are many (malloc_trim).
+
+    glibc returns only the free memory at the top of its heap by itself; the blob cache's
+    churn (a million small chunks in and out, the LRU's table growing) leaves free chunks
+    all through it: after `cat` of a million small files the daemon held 68 MiB free inside
+    its heap (295 MiB anonymous memory after malloc_trim, 358 before)."""
+    while True:
+        await trio.sleep(TRIM_EVERY)
+        if heap_free() > TRIM_ABOVE:
+            await trio.to_thread.run_sync(trim_heap)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)  # the process's own symbols
+    except OSError:
+        return None
+
+
+def heap_free() -> int:
+    """Free bytes inside glibc's heap (mallinfo2; 0 where there is no such call)."""
+    libc = _libc()
+    info = getattr(libc, "mallinfo2", None)
+    if info is None:
+        return 0
+    info.restype = _Mallinfo2
+    return info().fordblks
+
+
+def trim_heap() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 TRACE_ENV = "C3FS_TRACE"  # 0: a mount neither replays nor records access traces

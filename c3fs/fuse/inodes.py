@@ -1,19 +1,20 @@
 """The inodes the kernel knows, in a compact table: no Python object per node.
 
 After `ls -lR` of a million files the kernel holds a million inodes (readdirplus: every listed
-entry is a lookup) until it forgets them. The mount keeps, per inode, one row of an
-open-addressing hash table made of parallel arrays (~28 bytes a slot, at most 3/4 full):
+entry is a lookup) until it forgets them. The mount keeps, per inode, one row of parallel
+arrays (24 bytes) and a slot of a hash table (4 bytes, at most 3/4 full), ~31 MiB for a
+million (with the parent's 8-byte ino in each 28-byte slot of the hash itself: 56 MiB):
 
     ino -> parent ino, index of the entry in the parent's tree, lookup count, rows below
 
 A node is rebuilt from its row when a request needs it: its parent's node (rebuilt the same
-way, or one of the few kept whole), the parent's tree (the repo's tree cache) and the entry
+way, or one of the few kept whole), the parent's tree (the blob cache) and the entry
 at `index`; the rebuilt node's inode number is checked against the row (a path whose content
 changed answers ENOENT rather than another entry). Nodes outside any tree (/, /jobs,
 /projects/..., a job's root, the virtual links) are few and kept whole.
 
 A row goes when the kernel has forgotten it (FORGET) and no row below it still needs it as a
-parent; the table shrinks when it is 1/8 full.
+parent; the hash shrinks when it is 1/8 full, the rows when 3/4 of them are free.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from itertools import compress
 
 from c3fs.errors import NotFound
 from c3fs.memo import LRU
-from c3fs.objects.tree import Tree
+from c3fs.objects.tree import EncodedTree
 from c3fs.vfs import ROOT_INO, Node, Vfs
 
 WHOLE = 0xFFFF_FFFF  # `index` of a node kept whole (outside any tree)
@@ -34,20 +35,33 @@ DIRECTORIES = 4096  # rebuilt directory nodes kept (each keeps its ancestors)
 
 
 class InodeTable:
-    """ino -> (parent ino, index, lookup count, rows below): linear probing over arrays,
-    deletion by backward shift (no tombstones). Inode numbers are hashes: bits 2.. index."""
+    """ino -> (parent ino, index, lookup count, rows below). Rows are parallel arrays, dense
+    (a freed row is reused, and the rows are compacted when 3/4 are free): the key, the
+    parent's row (4 bytes, not its 8-byte ino), index, count, rows below: 24 bytes a row. An
+    open-addressing hash of row numbers finds a row by its ino (4 bytes a slot, at most 3/4
+    full, linear probing, deletion by backward shift: no tombstones). Inode numbers are
+    hashes: bits 2.. index."""
 
     def __init__(self, slots: int = MIN_SLOTS) -> None:
         self.count = 0
+        self._keys = array("Q")
+        self._parents = array("I")  # the parent's row + 1 (0: none, a node kept whole)
+        self._index = array("I")  # (a free row: the next free row + 1)
+        self._counts = array("I")
+        self._below = array("I")
+        self._free = 0  # the first free row + 1 (0: none)
         self._allocate(slots)
 
     def _allocate(self, slots: int) -> None:
+        """A hash of `slots` slots, with every row in it."""
         self._mask = slots - 1
-        self._keys = array("Q", bytes(8 * slots))
-        self._parents = array("Q", bytes(8 * slots))
-        self._index = array("I", bytes(4 * slots))
-        self._counts = array("I", bytes(4 * slots))
-        self._below = array("I", bytes(4 * slots))
+        table = self._table = array("I", bytes(4 * slots))
+        keys, mask = self._keys, self._mask
+        for row in compress(range(len(keys)), keys):  # the rows in use only
+            i = (keys[row] >> 2) & mask
+            while table[i]:
+                i = (i + 1) & mask
+            table[i] = row + 1
 
     def __len__(self) -> int:
         return self.count
@@ -56,29 +70,43 @@ class InodeTable:
     def slots(self) -> int:
         return self._mask + 1
 
+    @property
+    def nbytes(self) -> int:
+        """The memory of its arrays."""
+        return sum(a.itemsize * len(a) for a in (self._table, self._keys, self._parents,
+                                                  self._index, self._counts, self._below))
+
     def _slot(self, ino: int) -> int:
-        """The slot holding `ino`, or -1."""
-        keys, mask = self._keys, self._mask
+        """The slot holding `ino`'s row, or -1."""
+        keys, table, mask = self._keys, self._table, self._mask
         i = (ino >> 2) & mask
         while True:
-            key = keys[i]
-            if key == ino:
-                return i
-            if key == 0:
+            row = table[i]
+            if row == 0:
                 return -1
+            if keys[row - 1] == ino:
+                return i
             i = (i + 1) & mask
+
+    def _row(self, ino: int) -> int:
+        """The row of `ino`, or -1."""
+        i = self._slot(ino)
+        return -1 if i < 0 else self._table[i] - 1
 
     def __contains__(self, ino: int) -> bool:
         return self._slot(ino) >= 0
 
     def row(self, ino: int) -> tuple[int, int] | None:
         """(parent ino, index) of a known inode, else None."""
-        i = self._slot(ino)
-        return None if i < 0 else (self._parents[i], self._index[i])
+        row = self._row(ino)
+        if row < 0:
+            return None
+        parent = self._parents[row]
+        return (self._keys[parent - 1] if parent else 0), self._index[row]
 
     def lookups(self, ino: int) -> int:
-        i = self._slot(ino)
-        return 0 if i < 0 else self._counts[i]
+        row = self._row(ino)
+        return 0 if row < 0 else self._counts[row]
 
     def add(self, ino: int, parent: int, index: int) -> None:
         """One more kernel reference to `ino`, the entry `index` of directory `parent`
@@ -87,33 +115,48 @@ class InodeTable:
 
     def add_children(self, parent: int, children: list[tuple[int, int]]) -> None:
         """`add` of several entries (ino, index) of one directory (a readdir reply)."""
+        up = 0  # the parent's row + 1
         if parent > ROOT_INO:
-            if self._slot(parent) < 0:
+            up = self._row(parent) + 1
+            if not up:
                 raise NotFound(f"inode {parent} is not known (forgotten)")
-        else:
-            parent = 0
         if 4 * (self.count + len(children)) > 3 * (self._mask + 1):
-            self._resize(self._grown(self.count + len(children)))
-        keys, parents, index, counts, below = (self._keys, self._parents, self._index,
-                                               self._counts, self._below)
+            self._allocate(self._grown(self.count + len(children)))
+        keys, table, index, counts = self._keys, self._table, self._index, self._counts
         mask, new = self._mask, 0
         for ino, at in children:
             i = (ino >> 2) & mask
             while True:
-                key = keys[i]
-                if key == ino:  # known: one more reference (a job pushed again may shift it)
-                    index[i] = at
-                    if counts[i] < MAX_COUNT:
-                        counts[i] += 1
-                    break
-                if key == 0:
-                    keys[i], parents[i], index[i], counts[i], below[i] = ino, parent, at, 1, 0
+                row = table[i]
+                if row == 0:
+                    table[i] = self._new_row(ino, up, at) + 1
                     new += 1
+                    break
+                if keys[row - 1] == ino:  # known: one more reference (a job pushed again
+                    row -= 1                # may shift it)
+                    index[row] = at
+                    if counts[row] < MAX_COUNT:
+                        counts[row] += 1
                     break
                 i = (i + 1) & mask
         self.count += new
-        if parent and new:
-            below[self._slot(parent)] += new
+        if up and new:
+            self._below[up - 1] += new
+
+    def _new_row(self, ino: int, up: int, at: int) -> int:
+        row = self._free - 1
+        if row < 0:
+            row = len(self._keys)
+            self._keys.append(ino)
+            self._parents.append(up)
+            self._index.append(at)
+            self._counts.append(1)
+            self._below.append(0)
+            return row
+        self._free = self._index[row]
+        self._keys[row], self._parents[row], self._index[row] = ino, up, at
+        self._counts[row], self._below[row] = 1, 0
+        return row
 
     def _grown(self, rows: int) -> int:
         slots = self._mask + 1
@@ -131,60 +174,70 @@ class InodeTable:
     def forget_many(self, forgets: list[tuple[int, int]], gone: list[int]) -> None:
         """`forget` of each (ino, count) (a FORGET batch); appends to `gone` the inodes
         whose rows went."""
-        counts, below, parents = self._counts, self._below, self._parents
+        keys, table, counts, below, parents = (self._keys, self._table, self._counts,
+                                               self._below, self._parents)
         for ino, count in forgets:
             i = self._slot(ino)
             if i < 0:
                 continue
-            if counts[i] < MAX_COUNT:
-                counts[i] = max(0, counts[i] - count)
-            while i >= 0 and counts[i] == 0 and below[i] == 0:
-                parent = parents[i]
-                self._delete(i)
+            row = table[i] - 1
+            if counts[row] < MAX_COUNT:
+                counts[row] = max(0, counts[row] - count)
+            while counts[row] == 0 and below[row] == 0:
+                up = parents[row]
+                self._delete(i, row)
                 gone.append(ino)
-                if not parent:
+                if not up:
                     break
-                ino, i = parent, self._slot(parent)
-                if i >= 0:
-                    below[i] -= 1
+                row = up - 1
+                below[row] -= 1
+                ino = keys[row]
+                i = self._slot(ino)
+        self._shrink()
+
+    def _delete(self, i: int, row: int) -> None:
+        """Empty slot `i` (holding `row`) and free the row."""
+        keys, table, mask = self._keys, self._table, self._mask
+        j = i
+        while True:  # shift back the rows that probed past slot i
+            j = (j + 1) & mask
+            moved = table[j]
+            if moved == 0:
+                break
+            home = (keys[moved - 1] >> 2) & mask
+            if (i < j and (home <= i or home > j)) or (j < i and home <= i and home > j):
+                table[i] = moved
+                i = j
+        table[i] = 0
+        keys[row] = 0
+        self._index[row], self._free = self._free, row + 1
+        self.count -= 1
+
+    def _shrink(self) -> None:
+        """Compact the rows when 3/4 of them are free, halve the hash while 1/8 full."""
+        if len(self._keys) > MIN_SLOTS and 4 * self.count < len(self._keys):
+            self._compact()
         slots = self._mask + 1
         if slots > MIN_SLOTS and 8 * self.count < slots:
             while slots > MIN_SLOTS and 8 * self.count < slots:
                 slots //= 2
-            self._resize(slots)
+            self._allocate(slots)
 
-    def _delete(self, i: int) -> None:
-        keys, parents, index, counts, below = (self._keys, self._parents, self._index,
-                                               self._counts, self._below)
-        mask = self._mask
-        j = i
-        while True:  # shift back the rows that probed past slot i
-            j = (j + 1) & mask
-            key = keys[j]
-            if key == 0:
-                break
-            home = (key >> 2) & mask
-            if (i < j and (home <= i or home > j)) or (j < i and home <= i and home > j):
-                keys[i], parents[i], index[i] = key, parents[j], index[j]
-                counts[i], below[i] = counts[j], below[j]
-                i = j
-        keys[i] = 0
-        self.count -= 1
-
-    def _resize(self, slots: int) -> None:
-        old_keys, old_parents, old_index, old_counts, old_below = (
-            self._keys, self._parents, self._index, self._counts, self._below)
-        self._allocate(max(MIN_SLOTS, slots))
-        keys, parents, index, counts, below = (self._keys, self._parents, self._index,
-                                               self._counts, self._below)
-        mask = self._mask
-        for j in compress(range(len(old_keys)), old_keys):  # the used slots only
-            key = old_keys[j]
-            i = (key >> 2) & mask
-            while keys[i]:
-                i = (i + 1) & mask
-            keys[i], parents[i], index[i] = key, old_parents[j], old_index[j]
-            counts[i], below[i] = old_counts[j], old_below[j]
+    def _compact(self) -> None:
+        """The rows in use, moved to the front in order (their parents' rows renumbered)."""
+        keys = self._keys
+        used = array("I", compress(range(len(keys)), keys))
+        moved_to = array("I", bytes(4 * len(keys)))
+        for new, old in enumerate(used, 1):
+            moved_to[old] = new
+        parents = self._parents
+        self._parents = array("I", (moved_to[parents[old] - 1] if parents[old] else 0
+                                    for old in used))
+        for name in ("_keys", "_index", "_counts", "_below"):
+            column = getattr(self, name)
+            setattr(self, name, array(column.typecode, (column[old] for old in used)))
+        self._free = 0
+        self._allocate(self._mask + 1)
 
 
 class Inodes:
@@ -237,12 +290,12 @@ class Inodes:
                 dirs.pop(ino)
         return gone
 
-    def cached(self, ino: int, loaded: dict[bytes, Tree] | None = None) -> Node | bytes:
+    def cached(self, ino: int, loaded: dict[bytes, EncodedTree] | None = None) -> Node | bytes:
         """The node of a known inode, rebuilt from memory (the tree cache, or `loaded`); or
         the id of a tree to read first (in a worker thread), then ask again with it in
         `loaded`. NotFound for an inode the kernel forgot. On the event loop only: the table
         is not thread-safe."""
-        def tree_of(tree_id: bytes) -> Tree | None:
+        def tree_of(tree_id: bytes) -> EncodedTree | None:
             found = loaded.get(tree_id) if loaded else None
             return found if found is not None else self.vfs.repo.cached_tree(tree_id)
 
@@ -261,7 +314,7 @@ class Inodes:
             return self.root
         return self._whole.get(ino) or self._dirs.get(ino)
 
-    def _rebuild(self, ino: int, tree_of: Callable[[bytes], Tree | None]) -> Node | bytes:
+    def _rebuild(self, ino: int, tree_of: Callable[[bytes], EncodedTree | None]) -> Node | bytes:
         node = self._kept(ino)
         if node is not None:
             return node

@@ -246,7 +246,7 @@ class Operations(pyfuse3.Operations):
             node = self.inodes.cached(ino, loaded)
             if isinstance(node, Node):
                 return node
-            loaded[node] = await self._thread(self.vfs.repo.tree, node)
+            loaded[node] = await self._thread(self.vfs.repo.tree, node, False)
 
     # attributes ---------------------------------------------------------------------------
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -340,8 +340,8 @@ class Operations(pyfuse3.Operations):
         if node.tree_id is not None:
             tree = self.vfs.repo.cached_tree(node.tree_id)
             if tree is None:
-                tree = await self._thread(self.vfs.repo.tree, node.tree_id)
-            listing: list = tree.entries
+                tree = await self._thread(self.vfs.repo.tree, node.tree_id, False)
+            listing: Sequence = tree.sequential()  # (entries checked as readdir decodes them)
         else:
             listing = await self._thread(self.vfs.children, node)
         fh = next(self._handles)

@@ -19,7 +19,6 @@ cache is reclaimable, so memory stays bounded.
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Callable
 
@@ -71,8 +70,8 @@ class DirectoryReadahead:
 
     def _read_after(self, parent: Node, name: bytes) -> bytes:
         """Read the small files after `name`; return the name that starts the next window."""
-        entries = self.vfs.repo.tree(parent.tree_id).entries
-        start = bisect.bisect_right(entries, name, key=lambda e: e.name)
+        entries = self.vfs.repo.tree(parent.tree_id, check=False)
+        start = entries.bisect(name, right=True)
         window = entries[start : start + self.window]
         half = start + self.window // 2
         trigger = entries[half].name if start + self.window < len(entries) else END
@@ -97,13 +96,15 @@ class DirectoryReadahead:
         above = parent.parent
         if above is None or above.tree_id is None or room <= 0:
             return []
-        siblings = self.vfs.repo.tree(above.tree_id).entries
+        repo = self.vfs.repo
+        siblings = repo.tree(above.tree_id, check=False)
         found: list[Entry] = []
-        for entry in siblings[bisect.bisect_right(siblings, parent.name, key=lambda e: e.name):]:
+        for i in range(siblings.bisect(parent.name, right=True), len(siblings)):
             if len(found) >= room:
                 break
+            entry = siblings[i]
             if entry.kind == DIR:
-                found += [e for e in self.vfs.repo.tree(entry.target).entries if _small(e)]
+                found += [e for e in repo.tree(entry.target, check=False) if _small(e)]
         return found[:room]
 
     def _read_ahead(self, parent: Node, entry: Entry) -> None:

@@ -18,6 +18,7 @@ transaction per pack or per sync.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -54,6 +55,10 @@ INDEX_BATCH = 4096  # blobs recorded or forgotten per write transaction
 REF_FETCHES = 16  # refs fetched at once during a sync (requests in flight on a remote store)
 REF_BATCH = 1000  # refs recorded per write transaction
 _MAP_SIZE = 1 << 36
+MAPPED_BUDGET = 16 * 1024 * 1024  # index pages a process keeps mapped (see release_pages)
+CHECK_EVERY = 128  # lookups between two looks at the process's mapped pages (a lookup that
+# faults maps up to 16 pages: the kernel maps the neighbours it has, fault_around_bytes)
+_MADV_DONTNEED = 4
 PREFETCH_MAX = 64 * 1024 * 1024  # indexes up to this size are read ahead whole when opened
 LEARN_BATCH = 256  # packs whose trailers are held in memory at once by a sync
 FULL_EVERY = 600.0  # seconds between full listings of refs and packs, on a store with a log
@@ -169,6 +174,10 @@ class Index:
         self.closed = False
         self._damaged_refs: set[tuple[str, str]] = set()  # logged already
         self._changes_seen: dict[str, int] = {}  # change log keys applied: key -> stamp
+        self._lookups = 0  # since the mapped pages were last looked at
+        self._mapped_limit = 0  # release when the process maps more file pages than this
+        self._map_lock = threading.Lock()  # no release while the environment closes
+        self._map: tuple[weakref.ref, int] | None = None  # an environment, its map's address
         self.env = self._open_env()
         _OPEN.add(self)
         try:
@@ -311,10 +320,43 @@ class Index:
 
     def close(self) -> None:
         self.closed = True
-        self.env.close()
+        with self._map_lock:
+            self.env.close()
+
+    def release_pages(self) -> None:
+        """Unmap the pages of the index this process has read (MADV_DONTNEED: they stay in
+        the page cache, and a lookup maps again the few it reads). LMDB reads through a
+        shared map of data.mdb and never unmaps a page: after `cat` of a million small files
+        through the mount, every leaf of the blob table had been read once and counted in
+        the daemon's RSS (166 MiB at a million blobs). Lookups call this when the process
+        maps MAPPED_BUDGET more file pages than after the last release (a look every
+        CHECK_EVERY lookups: /proc/self/statm). The current environment's map only, found
+        in /proc/self/maps (a map of a replaced index's file says "(deleted)"), never while
+        the index is being replaced or closed."""
+        with self._damage_lock, self._map_lock:
+            env = self.env  # (held: not closed by the collector meanwhile)
+            if self.closed:
+                return
+            known = self._map
+            if known is None or known[0]() is not env:
+                found = _mapped(str(self.path / "data.mdb"), _MAP_SIZE)
+                known = self._map = None if found is None else (weakref.ref(env), found)
+            if known is not None:  # (the pages in use: the rest of the map is never read)
+                used = (env.info()["last_pgno"] + 1) * _PAGE
+                _madvise(known[1], min(used, _MAP_SIZE), _MADV_DONTNEED)
+            del env
+        self._mapped_limit = _file_pages() + MAPPED_BUDGET
+
+    def _check_mapped(self) -> None:
+        self._lookups = 0
+        if _file_pages() > self._mapped_limit:
+            self.release_pages()
 
     # blobs --------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> Location | None:
+        self._lookups += 1  # (not atomic: a look may come a few lookups late)
+        if self._lookups >= CHECK_EVERY:
+            self._check_mapped()
         env = self.env
         try:  # the hot path: no context manager of our own
             with env.begin(buffers=False) as txn:
@@ -864,6 +906,48 @@ def _check_not_truncated(env: lmdb.Environment, data_file: Path) -> None:
     if actual < needed:
         env.close()
         raise lmdb.CorruptedError(f"data.mdb is truncated ({actual} of {needed} bytes)")
+
+
+def _mapped(path: str, size: int) -> int | None:
+    """The address of the one map of `size` bytes of the file at `path` in this process
+    (None if there is none, or more than one)."""
+    found = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if line.endswith(path + "\n"):
+                    low, high = line.split(None, 1)[0].split("-")
+                    if int(high, 16) - int(low, 16) == size:
+                        found.append(int(low, 16))
+    except OSError:  # not Linux: nothing is released
+        return None
+    return found[0] if len(found) == 1 else None
+
+
+def _file_pages() -> int:
+    """Bytes of files (and shared memory) this process maps in memory: its RSS less the
+    anonymous part (/proc/self/statm; 0 if unknown)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[2]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _madvise(address: int, length: int, advice: int) -> None:
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None)
+        _libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(advice))
+    except (OSError, AttributeError):
+        pass
+
+
+_libc: ctypes.CDLL | None = None
 
 
 def _reason(exc: Exception, path: Path) -> str:

@@ -23,7 +23,7 @@ from c3fs.errors import C3fsError, ChunkSizeMismatch, DataError, FormatError
 from c3fs.fsutil import count
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
-from c3fs.objects.tree import DIR, FILE, Entry, Tree
+from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry
 from c3fs.reader import trace
 from c3fs.repo import Repo
 from c3fs.store.locks import gc_lock
@@ -248,7 +248,7 @@ class _Checker:
         while self.window:
             self._settle()
 
-    def _tree(self, tree_id: bytes, where: str) -> Tree | None:
+    def _tree(self, tree_id: bytes, where: str) -> EncodedTree | None:
         error = self._check(tree_id)
         if error is None:
             try:

@@ -1,7 +1,8 @@
 """Reading blobs and files: the one read path under the mount, `ls`, `cp` and `pull`.
 
 `BlobSource.get` returns the verified plain bytes of a blob. It keeps a bounded LRU of
-decoded blobs, merges concurrent requests for the same blob into one fetch, and can
+decoded blobs (a tree's as an `EncodedTree`: its bytes and where its entries start, one
+budget for chunks and trees), merges concurrent requests for the same blob into one fetch, and can
 prefetch blobs in worker threads. `FileReader` serves any byte range of a file by bisecting
 the cumulative chunk offsets computed once at open, and reads ahead when access is sequential.
 
@@ -30,7 +31,7 @@ from c3fs.errors import (
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.memo import LRU, SingleFlight
 from c3fs.objects import codec
-from c3fs.objects.tree import Entry, file_digest
+from c3fs.objects.tree import EncodedTree, Entry, file_digest
 from c3fs.reader.ahead import Ahead
 from c3fs.store.backend import LOCAL, BackendError, KeyMissing
 from c3fs.store.store import Store
@@ -61,8 +62,8 @@ ENTRY_OVERHEAD = 256  # a cached blob's key, bytes header and LRU entry: counted
 # size, else a million 225-byte chunks (`cat` of a million small files) held 2.5x their bytes
 
 
-def _cached_size(data: bytes) -> int:
-    return len(data) + ENTRY_OVERHEAD
+def _cached_size(value: bytes | EncodedTree) -> int:
+    return (len(value) if type(value) is bytes else value.nbytes) + ENTRY_OVERHEAD
 
 
 class BlobSource:
@@ -70,7 +71,10 @@ class BlobSource:
         self.store = store
         self.index = index
         self.cache_bytes = cache_bytes
-        self._cache: LRU[bytes, bytes] = LRU(cache_bytes, weigh=_cached_size)
+        self._cache: LRU[bytes, bytes | EncodedTree] = LRU(cache_bytes, weigh=_cached_size)
+        # the last tree too big for the cache (a directory of ~500,000 entries with the
+        # default cache): without it every lookup in such a directory read all of it again
+        self._big_tree: tuple[bytes, EncodedTree] | None = None
         self._fetches: SingleFlight[bytes, bytes] = SingleFlight()
         self._workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-fetch")
@@ -103,7 +107,7 @@ class BlobSource:
         and would only push out what the mount or a tree walk still wants)."""
         data = self._cache.get(blob_id)
         if data is not None:
-            return data
+            return data if type(data) is bytes else data.data
         if self.ahead is not None and (data := self.ahead.take(blob_id)) is not None:
             if remember and len(data) <= self.cache_bytes // 4:
                 self._cache.put(blob_id, data)
@@ -116,7 +120,30 @@ class BlobSource:
             data = self._fetch(blob_id)
             if remember and len(data) <= self.cache_bytes // 4:
                 self._cache.put(blob_id, data)
-        return data
+        return data if type(data) is bytes else data.data
+
+    def tree(self, tree_id: bytes, keep: bool = True) -> EncodedTree:
+        """The tree `tree_id`, opened (FormatError if damaged) and kept in the cache in
+        place of its bytes; a tree too big for the cache is kept aside, the last one only.
+        `keep=False`: kept nowhere (a walk that reads each tree once: cp, pull, verify, gc)."""
+        tree = self.cached_tree(tree_id)
+        if tree is None:
+            tree = EncodedTree(self.get(tree_id, remember=keep))
+            if not keep:
+                return tree
+            if len(tree.data) <= self.cache_bytes // 4:
+                self._cache.put(tree_id, tree)
+            else:
+                self._big_tree = (tree_id, tree)
+        return tree
+
+    def cached_tree(self, tree_id: bytes) -> EncodedTree | None:
+        """The tree if it is opened already, else None (never blocks: for the event loop)."""
+        tree = self._cache.get(tree_id)
+        if tree is None or type(tree) is bytes:
+            big = self._big_tree
+            return big[1] if big is not None and big[0] == tree_id else None
+        return tree
 
     def peek(self, blob_id: bytes) -> bytes | None:
         """The cached bytes of `blob_id` (or fetched ahead and decoded already), or None:
@@ -127,7 +154,7 @@ class BlobSource:
             data = self.ahead.take_decoded(blob_id)
             if data is not None and len(data) <= self.cache_bytes // 4:
                 self._cache.put(blob_id, data)
-        return data
+        return data if data is None or type(data) is bytes else data.data
 
     def prefetch(self, blob_ids: list[bytes],
                  skip: Callable[[bytes], bool] | None = None, keep: bool = True,

@@ -38,7 +38,7 @@ from c3fs.objects.pack import (
     parse_trailer,
     read_trailer,
 )
-from c3fs.objects.tree import DIR, FILE, LINK, Entry, Tree, decode_tree, encode_tree
+from c3fs.objects.tree import DIR, FILE, LINK, EncodedTree, Entry, Tree, decode_tree, encode_tree
 from c3fs.store.store import Store, StoreConfig
 from reliability.relkit import BIN, GiB, MiB, Site, leftovers, make_local_store, run_peak_rss
 
@@ -198,11 +198,13 @@ def test_fuzz_store_pack_entries(data: bytes) -> None:
 @example(b"\x92\x01\x91\x98" + b"\xc4\x00" + b"\x00" * 7)
 def test_fuzz_decode_tree(data: bytes) -> None:
     only_typed_errors(decode_tree, data)
+    only_typed_errors(lambda d: EncodedTree(d).check(), data)
 
 
 @pytest.mark.parametrize("data", MSGPACK_BOMBS)
 def test_decode_tree_bombs(data: bytes) -> None:
     only_typed_errors(decode_tree, data)
+    only_typed_errors(lambda d: EncodedTree(d).check(), data)
 
 
 @FUZZ

@@ -72,7 +72,7 @@ DECODE_EVERY_BOMB = IMPORT_EVERYTHING + textwrap.dedent("""
     import json
     from c3fs.errors import C3fsError
     from c3fs.objects.job import decode_record
-    from c3fs.objects.tree import decode_tree
+    from c3fs.objects.tree import EncodedTree, decode_tree
     from c3fs.objects.pack import FOOTER, MAGIC, read_trailer
     from c3fs.objects.nesting import check_json_depth
     from c3fs.store.store import Store
@@ -88,6 +88,7 @@ DECODE_EVERY_BOMB = IMPORT_EVERYTHING + textwrap.dedent("""
                                              b"C3PKEND\\n")
 
     decoders = {"record": decode_record, "tree": decode_tree,
+                "encoded tree": lambda d: EncodedTree(d).check(),
                 "trailer": lambda d: read_trailer(pack(d)),
                 "config": lambda d: Store.open(Mem(d), create=False),
                 "lock": lambda d: check_json_depth(d, "lock")}
@@ -115,7 +116,7 @@ def test_every_bomb_is_a_typed_error_after_every_import(tmp_path: Path) -> None:
     proc = python(DECODE_EVERY_BOMB, *paths)
     assert proc.returncode == 0, f"exit {proc.returncode} (a signal if < 0): {proc.stderr[-2000:]}"
     results = json.loads(proc.stdout)
-    assert len(results) == 5 * len(paths)
+    assert len(results) == 6 * len(paths)
     untyped = [r for r in results if r[1].startswith("UNTYPED")]
     assert not untyped
     assert all(r[1] != "ok" for r in results if r[0] != "lock")  # nothing decodes as valid
