@@ -165,9 +165,11 @@ def test_copy_of_a_remote_job_fetches_every_pack_range_ahead(
         same_tree(src, tmp_path / "out")
         # ~160 chunks of the big file, 6 plots, 400 small files: a handful of merged GETs
         assert len(counting.gets) <= 40, len(counting.gets)
-        # fetched exactly, not rounded out to cache blocks (then: 1.47x the packs' bytes)
+        # fetched exactly, not rounded out to cache blocks (then: 1.47x the packs' bytes;
+        # now ~1.0x, 1.18x once under heavy load: a reader that wants a blob before the GET
+        # ahead that covers it is queued fetches it itself)
         fetched = sum(length or 0 for _, _, length in counting.gets)
-        assert fetched <= 1.15 * sum(size for _, size in repo.store.list_packs()), fetched
+        assert fetched <= 1.3 * sum(size for _, size in repo.store.list_packs()), fetched
     finally:
         repo.close()
 

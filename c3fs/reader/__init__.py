@@ -128,7 +128,7 @@ class BlobSource:
         `keep=False`: kept nowhere (a walk that reads each tree once: cp, pull, verify, gc)."""
         tree = self.cached_tree(tree_id)
         if tree is None:
-            tree = EncodedTree(self.get(tree_id, remember=keep))
+            tree = EncodedTree(self.get(tree_id))
             if not keep:
                 return tree
             if len(tree.data) <= self.cache_bytes // 4:
