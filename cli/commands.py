@@ -148,6 +148,14 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
                                      for name, is_dir in names)
         output.timing(f"ls {path}: {output.count(written, 'name')} read", started)
         return
+    if long and not as_json and _lists_records(node) and not (limit or since):
+        records, links = vfs.listed_records(node)  # no node a record: 100,000 jobs
+        if chosen.active:
+            records = [r for r in records if chosen.keeps(r)]
+        output.timing(f"ls {path}: {output.count(len(records), 'record')} read", started)
+        if records:  # (an empty listing prints nothing, as `ls -l` of an empty directory)
+            _print_records(records, links)
+        return
     if chosen.active and (limit or since):  # the newest first, read only as far as needed
         items = chosen.newest(vfs, node)
     else:
@@ -177,7 +185,7 @@ class RecordFilter:
 
     def apply(self, vfs: Vfs, items: list[tuple[bytes, Node]]) -> list[tuple[bytes, Node]]:
         pairs = [(item, _record_of(vfs, item[1])) for item in items]
-        kept = [(item, r) for item, r in pairs if r is not None and self._keeps(r)]
+        kept = [(item, r) for item, r in pairs if r is not None and self.keeps(r)]
         if self.limit is not None:
             kept = sorted(kept, key=lambda pair: pair[1].created)[-self.limit:]
         return [item for item, _ in kept]
@@ -191,12 +199,12 @@ class RecordFilter:
         kind = JOB if path[-1] == b"jobs" else DATASET
         project = path[1].decode() if len(path) == 3 else None
         records = vfs.repo.newest(
-            kind, lambda r: self._keeps(r) and (project is None or r.project == project),
+            kind, lambda r: self.keeps(r) and (project is None or r.project == project),
             self.limit, self.since)
         items = [(r.id.encode(), vfs.ref_root(r)) for r in reversed(records)]
         return items if self.limit is not None else sorted(items, key=lambda item: item[0])
 
-    def _keeps(self, record: JobRecord) -> bool:
+    def keeps(self, record: JobRecord) -> bool:
         return ((self.project is None or record.project == self.project)
                 and (self.status is None or record.status == self.status)
                 and (self.since is None or record.created >= self.since))
@@ -277,15 +285,7 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
              if r is None and _virtual_link(n)]
     records = [r for r in records if r is not None]
     if records and len(records) + len(links) == len(items):
-        rows = [(output.escape(r.id), output.escape(r.project),
-                 output.escape(r.status + (f" ({r.reason})" if r.reason else "")),
-                 output.human(r.logical_bytes), output.human(r.stored_delta), str(r.files),
-                 output.age(r.ended or r.created))
-                for r in sorted(records, key=lambda r: r.created)]
-        rows += [(f"{output.escape(name)} -> {output.escape(n.entry.target)}", "", "", "", "",
-                  "", output.age(n.mtime_ns / 1e9)) for name, n in links]
-        output.write_lines(output.columns(
-            ("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE"), rows, right=(3, 4, 5)))
+        _print_records(records, links)
         return
 
     def line(name: bytes, node: Node) -> str:
@@ -296,6 +296,20 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
         return text
 
     output.write_lines(line(name, node) for name, node in items)
+
+
+def _print_records(records: list[JobRecord], links: list[tuple[bytes, Node]]) -> None:
+    """`ls -l` of jobs or datasets: one row each, oldest first, then the links (`latest`)."""
+    escape, human, age = output.escape, output.human, output.age
+    rows = [(escape(r.id), escape(r.project),
+             escape(r.status + (f" ({r.reason})" if r.reason else "")),
+             human(r.logical_bytes), human(r.stored_delta), str(r.files),
+             age(r.ended or r.created))
+            for r in sorted(records, key=lambda r: r.created)]
+    rows += [(f"{escape(name)} -> {escape(n.entry.target)}", "", "", "", "", "",
+              age(n.mtime_ns / 1e9)) for name, n in links]
+    output.write_lines(output.columns(
+        ("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE"), rows, right=(3, 4, 5)))
 
 
 # cp -----------------------------------------------------------------------------------------

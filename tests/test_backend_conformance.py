@@ -479,3 +479,25 @@ def test_list_after_gives_only_later_keys(backend: Backend) -> None:
     assert sorted(k for k, _ in backend.list("log/", after="log/2026120616/0002-b")) == keys[2:4]
     assert sorted(k for k, _ in backend.list("log/", after="log/2026120618")) == []
     assert sorted(k for k, _ in backend.list("log/", after="log/")) == keys[:4]
+
+
+def test_local_list_after_skips_names_by_prefix_order(tmp_path) -> None:
+    """The local backend skips a folder's names that sort before `after` without looking at
+    them, but keeps a name that is a prefix of `after`'s part ("ab" of "ab-x": "ab/c" sorts
+    after "ab-x", '/' being greater than '-'); checked against a plain filter of every key."""
+    import random
+
+    rng = random.Random(7)
+    backend = LocalBackend(tmp_path)
+
+    def part() -> str:
+        return "".join(rng.choice("ab-0z+") for _ in range(rng.randint(1, 3)))
+
+    keys: list[str] = []
+    for key in ["ab/c", *("/".join(part() for _ in range(rng.randint(1, 3))) for _ in range(300))]:
+        if any(k.startswith(key + "/") or key.startswith(k + "/") or k == key for k in keys):
+            continue  # a file where a folder is, or the other way round
+        backend.put(key, b"")
+        keys.append(key)
+    for after in ["ab-x", "ab", "a", "ab/", *(part() + rng.choice(["", "/" + part()]) for _ in range(200))]:
+        assert sorted(k for k, _ in backend.list("", after=after)) == sorted(k for k in keys if k > after), after

@@ -508,6 +508,18 @@ def test_ls_limit_reads_only_the_newest_records(run_cli, store_env, tmp_path: Pa
     out = run_cli(["ls", "/jobs/", "--limit", "3", "--project", "p1"]).ok().out.split()
     assert out == ["job292/", "job295/", "job298/"]  # p1's newest three, oldest first
     assert len(decoded) <= 10, len(decoded)  # the seed's and p1's newest, a p0 and p2 between
+    import c3fs.vfs as vfsmod
+
+    made = []  # `ls -l` of a /jobs/-like directory prints records: no node for each
+    real_root = vfsmod.Vfs.ref_root
+    monkeypatch.setattr(vfsmod.Vfs, "ref_root", lambda self, r: made.append(1) or real_root(self, r))
+    rows = run_cli(["ls", "-l", "/projects/p1/jobs/"]).ok().out.splitlines()
+    assert [row.split()[0] for row in rows] == ["ID", *(f"job{n:03d}" for n in range(1, 300, 3)),
+                                                "latest"], rows
+    assert rows[-1].split()[:3] == ["latest", "->", "job298"], rows[-1]
+    rows = run_cli(["ls", "-l", "/jobs/", "--project", "p2", "--status", "succeeded"]).ok().out
+    assert [row.split()[0] for row in rows.splitlines()] == ["ID", *(f"job{n:03d}" for n in range(2, 300, 3))]
+    assert made == [], len(made)
 
 
 def test_ls_escapes_names_in_long_and_plain_listings(run_cli, tmp_path: Path) -> None:

@@ -293,6 +293,22 @@ class Vfs:
             found = [item for item in found if item[0] != LATEST] + [(LATEST, newest)]
         return found
 
+    def listed_records(self, node: Node) -> tuple[list[JobRecord], list[tuple[bytes, Node]]]:
+        """What a /jobs/-like directory (/jobs/, /datasets/, /projects/<p>/jobs|datasets/)
+        lists, as records and its links (`latest`), without a node per record: `ls -l` of
+        100,000 jobs reads only what it prints. The same entries as `children`."""
+        path = node.path
+        self.repo.refresh()
+        records = self._records(_TOP[path[-1]])
+        links: list[tuple[bytes, Node]] = []
+        if len(path) == 3:
+            records = [r for r in records if r.project.encode() == path[1]]
+            newest = self._link_child(path, LATEST) if path[2] == JOBS else None
+            if newest is not None:  # (it hides a job named `latest`, as `children` does)
+                records = [r for r in records if r.id.encode() != LATEST]
+                links.append((LATEST, newest))
+        return records, links
+
     # virtual links: latest and tags -------------------------------------------------------
     def _link_child(self, path: tuple[bytes, ...], name: bytes) -> Node | None:
         """The link `name` in /projects/<p>/jobs (`latest`) or /projects/<p>/tags, if any."""
