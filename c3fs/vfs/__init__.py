@@ -302,11 +302,15 @@ class Vfs:
         records = self._records(_TOP[path[-1]])
         links: list[tuple[bytes, Node]] = []
         if len(path) == 3:
+            from c3fs.jobs import tags
+
             records = [r for r in records if r.project.encode() == path[1]]
-            newest = self._link_child(path, LATEST) if path[2] == JOBS else None
+            newest = (tags.latest(records, path[1].decode(errors="replace")) if path[2] == JOBS
+                      else None)
             if newest is not None:  # (it hides a job named `latest`, as `children` does)
                 records = [r for r in records if r.id.encode() != LATEST]
-                links.append((LATEST, newest))
+                links.append((LATEST, self._link(path, LATEST, newest.id.encode(),
+                                                 newest.ended or newest.created)))
         return records, links
 
     # virtual links: latest and tags -------------------------------------------------------
