@@ -297,3 +297,74 @@ def test_a_paged_directory_through_a_mount(run_cli, store_env, tmp_path, paged) 
         assert _listing(out) == _listing(src)
         found = subprocess.run(["find", str(m)], capture_output=True, check=True).stdout
         assert len(found.splitlines()) == len(_listing(src)) + 1
+
+
+def test_the_mount_rebuilds_a_forgotten_node_of_a_paged_directory(run_cli, store_env, tmp_path,
+                                                                  paged) -> None:
+    """The inode table keeps (parent, index) rows: an entry of a paged directory is found
+    again by its index through its page, read in a worker thread as for any tree."""
+    from c3fs.fuse.inodes import Inodes
+    from c3fs.repo import Repo
+    from c3fs.vfs import Vfs
+
+    src = tmp_path / "src"
+    _make(src, files=700)
+    assert run_cli(["push", str(src), "-p", "p", "-j", "a"]).code == 0
+    repo = Repo.open(str(store_env.store))
+    try:
+        vfs = Vfs(repo, "/jobs/a")
+        inodes = Inodes(vfs, vfs.root)
+        big = vfs.lookup(vfs.root, b"big")
+        inodes.remember(big)
+        wanted = [vfs.lookup(big, b"f%05d" % i) for i in (0, 99, 350, 699)]
+        wanted.append(vfs.lookup(big, b"sub"))
+        for node in wanted:
+            inodes.remember(node)
+        assert {node.index for node in wanted} != {-1} and len(repo.tree(big.tree_id).pages) > 3
+        repo.blobs._cache.clear()  # every tree and page forgotten
+        for node in wanted:
+            loaded: dict = {}
+            reads = 0
+            while not hasattr(found := inodes.cached(node.ino, loaded), "ino"):
+                loaded[found] = repo.tree(found, False)  # what the mount does in a thread
+                reads += 1
+            assert (found.ino, found.entry, found.index) == (node.ino, node.entry, node.index)
+            assert reads <= 2
+        assert vfs.lookup_cached(big, b"f00350") is not None  # its page is in memory
+        repo.blobs._cache.clear()
+        repo.tree(big.tree_id, check=False)  # the index only
+        assert vfs.lookup_cached(big, b"f00350") is None  # (the mount then asks a thread)
+        assert vfs.lookup(big, b"f00350").entry == wanted[2].entry
+        assert vfs.lookup_cached(big, b"f00350") is not None
+    finally:
+        repo.close()
+
+
+def test_the_api_walk_and_the_catalog_read_a_paged_directory(run_cli, store_env, tmp_path,
+                                                            paged) -> None:
+    import c3fs
+    from starlette.testclient import TestClient
+
+    from c3fs.repo import Repo
+    from c3fs.web.app import ENTRIES, make_app
+
+    src = tmp_path / "src"
+    _make(src, files=ENTRIES + 300)
+    assert run_cli(["push", str(src), "-p", "p", "-j", "a"]).code == 0
+    with c3fs.Store(store_env.store) as store:
+        walked = [info.path for info in store.walk("/jobs/a")]
+        big = [w for w in walked if w.startswith("/jobs/a/big/") and w.count("/") == 4]
+        assert big == sorted(big) and len(big) == len(list((src / "big").iterdir()))
+        assert sorted(w.removeprefix("/jobs/a/") for w in walked[1:]) == \
+            sorted(p for p, _, _ in _listing(src))
+        assert len(store.ls("/jobs/a/big")) == len(list((src / "big").iterdir()))
+    repo = Repo.open(str(store_env.store))
+    try:
+        client = TestClient(make_app(repo))
+        second = client.get("/browse/jobs/a/big/", params={"page": 2})
+        assert second.status_code == 200
+        assert "f00500" in second.text and "f00499" not in second.text and "sub" in second.text
+        past = client.get("/browse/jobs/a/big/", params={"page": 9})  # the last page
+        assert "f00500" in past.text and "f00499" not in past.text
+    finally:
+        repo.close()

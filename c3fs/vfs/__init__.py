@@ -192,6 +192,18 @@ class Vfs:
             return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree)]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
 
+    def children_slice(self, node: Node, start: int,
+                       stop: int) -> tuple[int, list[tuple[bytes, Node]]]:
+        """(how many entries, `children(node)[start:stop]`), reading only those of a tree
+        (a page of a catalog listing of a paged directory of 10 M entries)."""
+        if node.tree_id is None or not node.is_dir:
+            found = self.children(node)
+            return len(found), found[start:stop]
+        tree = self.repo.tree(node.tree_id, check=False)
+        stop = min(stop, len(tree))
+        return len(tree), [(e.name, self.entry_node(node, e, i))
+                           for i, e in zip(range(start, stop), tree[start:stop], strict=True)]
+
     def iter_children(self, node: Node, keep: bool = True) -> Iterator[tuple[bytes, Node]]:
         """`children`, with a tree's nodes made as they are consumed (its tree is read at
         once, so a damaged one fails here, not halfway). `keep`: see `Repo.tree`."""
