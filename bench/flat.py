@@ -8,7 +8,8 @@ README "Limits").
 The dataset: N files in one directory, `file-00000000.bin` ..., every tenth holding a few
 bytes and the rest empty (inodes, not blocks: 2 M take seconds of disk, deleting them
 minutes). Made once under --data and reused (--keep leaves it; it is deleted otherwise).
-Results: bench/results/flat-<timestamp>.json and printed.
+Results: bench/results/flat-<timestamp>.json and printed. The page cache is not dropped
+(the machine is shared): "cold" is a fresh mount's daemon, which has read nothing yet.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from bench import measure
 from bench.c3fs_tool import c3fs_binary
-from bench.measure import Command, drop_caches, run_timed
+from bench.measure import Command, run_timed
 from bench.scale import daemon_cpu
 
 MiB = 1024 * 1024
@@ -63,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"files": args.files, "load_before": os.getloadavg()[0]}
 
     def step(name: str, *cmd: str) -> measure.Timed:
-        drop_caches()
         timed = run_timed(Command([c3fs, *cmd], env=env))
         out[name] = {"s": round(timed.seconds, 2), "cpu_s": round(timed.cpu, 2),
                      "rss_mib": round(timed.peak_rss / MiB)}
@@ -96,7 +96,6 @@ def through_mount(c3fs: str, env: dict[str, str], mnt: Path, files: int) -> dict
     out: dict = {}
     try:
         daemon = measure.find_daemon(mnt)
-        drop_caches()
         last = mnt / "flat" / f"file-{files - 1:08d}.bin"
         start = time.perf_counter()
         os.stat(last)

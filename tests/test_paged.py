@@ -342,9 +342,9 @@ def test_the_mount_rebuilds_a_forgotten_node_of_a_paged_directory(run_cli, store
 
 def test_the_api_walk_and_the_catalog_read_a_paged_directory(run_cli, store_env, tmp_path,
                                                             paged) -> None:
-    import c3fs
     from starlette.testclient import TestClient
 
+    import c3fs
     from c3fs.repo import Repo
     from c3fs.web.app import ENTRIES, make_app
 
@@ -368,3 +368,34 @@ def test_the_api_walk_and_the_catalog_read_a_paged_directory(run_cli, store_env,
         assert "f00500" in past.text and "f00499" not in past.text
     finally:
         repo.close()
+
+
+def _peak_rss_kib(argv: list[str]) -> int:
+    """The peak RSS of a command, from GNU time (its own small process forks it)."""
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], capture_output=True, text=True,
+                          env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/usr/bin/time"), reason="needs GNU time")
+def test_push_memory_does_not_grow_with_one_directory(store_env, tmp_path, monkeypatch) -> None:
+    """A flat directory ten times bigger costs push no more memory: its names are sorted in
+    runs on disk, its entries written a page at a time (before, ~1 KiB an entry)."""
+    from tests.fusehelp import C3FS
+
+    monkeypatch.setenv("C3FS_TREE_PAGE", "2000")
+    peaks = {}
+    for files in (15_000, 150_000):
+        flat = tmp_path / f"src{files}" / "flat"
+        flat.mkdir(parents=True)
+        fd = os.open(flat, os.O_RDONLY)
+        for i in range(files):
+            os.close(os.open(b"f%07d" % i, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.close(fd)
+        peaks[files] = _peak_rss_kib([C3FS, "push", str(flat.parent), "-p", "p", "-j", f"f{files}"])
+    assert peaks[150_000] < peaks[15_000] + 24 * 1024, peaks
+    listed = subprocess.run([C3FS, "ls", "/jobs/f150000/flat"], capture_output=True, check=True,
+                            env=dict(os.environ)).stdout.split()
+    assert len(listed) == 150_000 and listed[-1] == b"f0149999"
