@@ -108,9 +108,9 @@ def through_mount(c3fs: str, env: dict[str, str], mnt: Path, files: int) -> dict
         cpu = daemon_cpu(daemon)
         start = time.perf_counter()
         names = subprocess.run(["ls", "-f", str(mnt / "flat")], capture_output=True,
-                               check=True).stdout.count(b"\n")
+                               check=True).stdout.splitlines()
         out["mount_ls_f_s"] = round(time.perf_counter() - start, 2)
-        out["mount_ls_f_names"] = names - 2  # (. and ..)
+        out["mount_ls_f_names"] = sum(name not in (b".", b"..") for name in names)
         out["mount_ls_f_daemon_cpu_s"] = round(daemon_cpu(daemon) - cpu, 2)
         out["daemon_rss_after_readdir_mib"] = round(measure.tree_rss(daemon) / MiB) if daemon else None
     finally:
