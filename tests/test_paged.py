@@ -204,6 +204,10 @@ def test_push_ls_cat_cp_verify_diff_and_gc_of_a_paged_directory(run_cli, c3fs_bi
     shutil.rmtree(out)
     assert run_cli(["cp", "-r", "/jobs/b/", str(out)]).code == 0
     assert _listing(out) == _listing(src)
+    pulled = tmp_path / "pulled"
+    for _ in range(2):  # again: what is there already is compared with the job's listing
+        assert run_cli(["pull", "b", "-d", str(pulled)]).code == 0
+        assert _listing(pulled / "b") == _listing(src)
 
 
 def test_verify_names_a_missing_page_and_gc_refuses(run_cli, store_env, tmp_path, paged) -> None:
