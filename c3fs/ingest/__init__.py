@@ -189,7 +189,7 @@ def _name(entry: Entry) -> bytes:
 
 def _sorted_names(fd: int, run: int) -> Iterator[bytes]:
     """The names in directory `fd`, sorted; more than `run` of them are sorted `run` at a
-    time into temporary files (a byte of length, the name), then merged: a directory of
+    time into temporary files (two bytes of length, the name), then merged: a directory of
     10 M names is never held whole (~70 B a name in a list)."""
     runs: list = []
     batch: list[bytes] = []
@@ -210,7 +210,7 @@ def _spill(names: list[bytes]) -> BinaryIO:
     f = tempfile.TemporaryFile(prefix="c3fs-names-")
     write = f.write
     for name in names:
-        write(len(name).to_bytes(1, "big") + name)  # (a name is at most 255 bytes)
+        write(len(name).to_bytes(2, "big") + name)  # (NAME_MAX is 255; longer: refused later)
     f.seek(0)
     return f
 
@@ -218,8 +218,8 @@ def _spill(names: list[bytes]) -> BinaryIO:
 def _read_run(f: BinaryIO) -> Iterator[bytes]:
     with f:
         read = f.read
-        while size := read(1):
-            yield read(size[0])
+        while size := read(2):
+            yield read(int.from_bytes(size, "big"))
 
 
 class _Stat(NamedTuple):

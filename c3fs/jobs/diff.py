@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from c3fs.objects.tree import DIR, FILE, Entry
+from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry, PagedTree
 from c3fs.repo import Repo
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,10 @@ def diff_trees(repo: Repo, a: bytes, b: bytes) -> DiffReport:
         if ta == tb:
             report.subtrees_skipped += 1
             continue
-        merged = _merged(_entries(repo, ta, report), _entries(repo, tb, report))
+        tree_a, tree_b = repo.tree(ta, check=False), repo.tree(tb, check=False)
+        same = set(tree_a.pages) & set(tree_b.pages)  # paged: pages both have, skipped unread
+        report.subtrees_skipped += len(same)
+        merged = _merged(_read(tree_a, report, same), _read(tree_b, report, same))
         for name, ea, eb in merged:  # (two directories read side by side, never held whole)
             path = prefix + b"/" + name if prefix else name
             if ea is not None and eb is not None and ea.kind == eb.kind == DIR:
@@ -73,8 +76,21 @@ def diff_trees(repo: Repo, a: bytes, b: bytes) -> DiffReport:
 
 
 def _entries(repo: Repo, tree_id: bytes, report: DiffReport) -> Iterator[Entry]:
+    return _read(repo.tree(tree_id, check=False), report)
+
+
+def _read(tree: EncodedTree | PagedTree, report: DiffReport,
+          skip: set[bytes] | frozenset = frozenset()) -> Iterator[Entry]:
+    """The entries of a tree, checked before any is used; of a paged one, those of its
+    pages not in `skip` (each checked as it is read). A page both sides hold has the same
+    entries, a contiguous run of names on each side: leaving it out of both changes no
+    difference."""
     report.trees_read += 1
-    return iter(repo.tree(tree_id).entries)
+    if not tree.pages:
+        tree.check()
+        return iter(tree)
+    return (entry for k, page in enumerate(tree.pages) if page not in skip
+            for entry in tree.page(k))
 
 
 def _merged(a: Iterator[Entry], b: Iterator[Entry]) -> Iterator[tuple[bytes, Entry | None,
