@@ -315,15 +315,22 @@ class Store:
     def walk(self, path: str = "/", maxdepth: int | None = None) -> Iterator[Info]:
         """`Info` of `path` and of everything below it (`maxdepth` levels at most), depth
         first, in name order; links below `path` are listed, not followed."""
-        stack = [(_join(split_path(path)), self._resolve(path), 0)]
+        top, node = _join(split_path(path)), self._resolve(path)
         vfs = self._state().vfs
+        yield _info(top, node)
+        # a stack of the directories being listed, each streamed (a paged directory of 10 M
+        # entries is not made into 10 M nodes at once)
+        stack = [(top, vfs.iter_children(node), 0)] if node.is_dir and maxdepth != 0 else []
         while stack:
-            where, node, depth = stack.pop()
-            yield _info(where, node)
-            if node.is_dir and (maxdepth is None or depth < maxdepth):
-                prefix = where.rstrip("/") + "/"
-                stack.extend((prefix + _text(name), child, depth + 1)
-                             for name, child in reversed(vfs.children(node)))
+            where, items, depth = stack[-1]
+            item = next(items, None)
+            if item is None:
+                stack.pop()
+                continue
+            child_path = where.rstrip("/") + "/" + _text(item[0])
+            yield _info(child_path, item[1])
+            if item[1].is_dir and (maxdepth is None or depth + 1 < maxdepth):
+                stack.append((child_path, vfs.iter_children(item[1]), depth + 1))
 
     def open(self, path: str, mode: str = "rb", *, buffer_size: int = BUFFER_SIZE) -> File:
         """The file at `path`, read-only and binary (`mode` "rb"): read, readinto, seek,

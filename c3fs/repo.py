@@ -12,7 +12,7 @@ from typing import TypeVar
 from c3fs.errors import NotFound
 from c3fs.index import Index, IndexDamaged, open_index
 from c3fs.objects.job import DATASET, JOB, JobRecord
-from c3fs.objects.tree import EncodedTree
+from c3fs.objects.tree import EncodedTree, PagedTree
 from c3fs.reader import BlobSource
 from c3fs.store.backend import LOCAL, Deadline
 from c3fs.store.store import Store, open_backend
@@ -57,18 +57,20 @@ class Repo:
             self._last_refresh = now
             self.index.sync(self.store, full=full)
 
-    def tree(self, tree_id: bytes, check: bool = True, keep: bool = True) -> EncodedTree:
+    def tree(self, tree_id: bytes, check: bool = True,
+             keep: bool = True) -> EncodedTree | PagedTree:
         """A tree (kept in the blob cache: trees are immutable, named by content), every
         entry checked (FormatError if one is damaged). `check=False`: each entry is checked
         when it is decoded (the mount: a lookup decodes a few names and one entry).
         `keep=False`: a walk that reads each tree once (cp, pull, verify, gc) keeps it out of
-        the cache."""
+        the cache. A paged directory (`PagedTree`) reads as one tree; `check` then reads
+        every page of it."""
         tree = self.blobs.tree(tree_id, keep)
         if check:
             tree.check()
         return tree
 
-    def cached_tree(self, tree_id: bytes) -> EncodedTree | None:
+    def cached_tree(self, tree_id: bytes) -> EncodedTree | PagedTree | None:
         """The tree if it is in memory already, else None (never blocks: for the event loop)."""
         return self.blobs.cached_tree(tree_id)
 

@@ -2,7 +2,8 @@
 
 Names of 255 bytes (the POSIX NAME_MAX) go through push, ls, cp and the mount; a sparse file
 is pushed and read back at its end; a directory listing that would not fit in one blob (the
-64 MiB readers accept) is refused at push with one line, instead of a job nobody can read.
+64 MiB readers accept) is paged, and one entry too big for a page of its own is refused at
+push with one line, instead of a job nobody can read.
 Paths longer than PATH_MAX and nesting thousands deep: tests/reliability/test_rel_nesting.py.
 """
 
@@ -73,24 +74,29 @@ def test_a_sparse_file_is_pushed_and_read_at_its_end(run_cli, tmp_path: Path) ->
         repo.close()
 
 
-def test_a_listing_too_big_for_one_blob_is_refused_at_push(run_cli, tmp_path: Path,
-                                                          monkeypatch) -> None:
-    """Readers refuse blobs over 64 MiB: a directory of ~600,000 small files, or one file of
-    ~1.8 M chunks (~220 GiB of ordinary data), would make such a tree. The limit is lowered
-    here to meet it with 2,000 files."""
+def test_a_listing_too_big_for_one_blob_is_paged_and_a_page_too_big_refused(
+        run_cli, tmp_path: Path, monkeypatch) -> None:
+    """Readers refuse blobs over 64 MiB: a directory of ~600,000 small files made such a
+    tree, and is now paged (tests/test_paged.py); what is left is one entry too big for a
+    page of its own (a file of ~1.8 M chunks, ~220 GiB of ordinary data). The limit is
+    lowered here to meet both with 500 files and one long symlink."""
     from c3fs import ingest
 
-    monkeypatch.setattr(ingest, "MAX_TREE", 64 * 1024)
+    monkeypatch.setattr(ingest, "MAX_TREE", 3000)
+    monkeypatch.setenv("C3FS_TREE_PAGE", "20")
     src = tmp_path / "src" / "wide"
     src.mkdir(parents=True)
-    for i in range(2000):
+    for i in range(500):
         (src / f"file-{i:05d}.txt").write_bytes(b"%d" % i)
-    result = run_cli(["push", str(tmp_path / "src"), "-p", "lim", "-j", "wide"])
+    assert run_cli(["push", str(tmp_path / "src"), "-p", "lim", "-j", "wide"]).code == 0
+    assert len(run_cli(["ls", "/jobs/wide/wide"]).out.split()) == 500
+    (src / "long").symlink_to("x/" * 2000)
+    result = run_cli(["push", str(tmp_path / "src"), "-p", "lim", "-j", "wider"])
     assert result.code == 3, result.err
     line = result.err.strip()
-    assert "directory wide: 2,000 entries" in line and "split it into subdirectories" in line
+    assert "directory wide: " in line and "entries take" in line and "too many chunks" in line
     assert len(line.splitlines()) == 1 and "Traceback" not in line
-    assert run_cli(["ls", "/jobs/wide"]).code == 3  # no job was made
+    assert run_cli(["ls", "/jobs/wider"]).code == 3  # no job was made
 
 
 @pytest.mark.slow

@@ -570,11 +570,14 @@ def test_tree_checks_in_bulk_find_what_the_entry_by_entry_ones_find(items) -> No
 
 
 def test_tree_decode_refuses_other_versions_and_shapes() -> None:
-    for version in (0, 3):
+    for version in (0, 4):
         with pytest.raises(FormatError, match="version"):
             decode_tree(raw_tree([], version=version))
         with pytest.raises(FormatError, match="version"):
             EncodedTree(raw_tree([], version=version))
+    for tree in (decode_tree, EncodedTree):  # version 3: a paged directory's index
+        with pytest.raises(FormatError, match="paged directory"):
+            tree(raw_tree([], version=3))
     for data in (b"", b"\xc1", msgspec.msgpack.encode([1]), msgspec.msgpack.encode({"v": 1}),
                  msgspec.msgpack.encode([1, [[b"a", 0]]]), msgspec.msgpack.encode([1, [["a", 0, 0, 0, 0]]]),
                  msgspec.msgpack.encode([1, [1]]), msgspec.msgpack.encode([1, [[b"a", 0]], 3])):

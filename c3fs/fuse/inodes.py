@@ -25,7 +25,7 @@ from itertools import compress
 
 from c3fs.errors import NotFound
 from c3fs.memo import LRU
-from c3fs.objects.tree import EncodedTree
+from c3fs.objects.tree import EncodedTree, PagedTree
 from c3fs.vfs import ROOT_INO, Node, Vfs
 
 WHOLE = 0xFFFF_FFFF  # `index` of a node kept whole (outside any tree)
@@ -290,12 +290,12 @@ class Inodes:
                 dirs.pop(ino)
         return gone
 
-    def cached(self, ino: int, loaded: dict[bytes, EncodedTree] | None = None) -> Node | bytes:
+    def cached(self, ino: int, loaded: dict[bytes, EncodedTree | PagedTree] | None = None) -> Node | bytes:
         """The node of a known inode, rebuilt from memory (the tree cache, or `loaded`); or
         the id of a tree to read first (in a worker thread), then ask again with it in
         `loaded`. NotFound for an inode the kernel forgot. On the event loop only: the table
         is not thread-safe."""
-        def tree_of(tree_id: bytes) -> EncodedTree | None:
+        def tree_of(tree_id: bytes) -> EncodedTree | PagedTree | None:
             found = loaded.get(tree_id) if loaded else None
             return found if found is not None else self.vfs.repo.cached_tree(tree_id)
 
@@ -314,7 +314,7 @@ class Inodes:
             return self.root
         return self._whole.get(ino) or self._dirs.get(ino)
 
-    def _rebuild(self, ino: int, tree_of: Callable[[bytes], EncodedTree | None]) -> Node | bytes:
+    def _rebuild(self, ino: int, tree_of: Callable[[bytes], EncodedTree | PagedTree | None]) -> Node | bytes:
         node = self._kept(ino)
         if node is not None:
             return node
@@ -332,8 +332,17 @@ class Inodes:
             tree = tree_of(node.tree_id)
             if tree is None:
                 return node.tree_id
-            entries = tree.entries
-            node = self.vfs.entry_node(node, entries[index], index) if index < len(entries) else None
+            entries, at = tree.entries, index
+            if tree.pages and index < len(tree):  # a paged directory: the page of the entry
+                k = tree.page_at(index)
+                page = tree.cached_page(k)
+                if page is None:
+                    page = tree_of(tree.pages[k])
+                    if page is None:
+                        return tree.pages[k]
+                    page = tree.checked_page(k, page)
+                entries, at = page, index - tree.starts[k]
+            node = self.vfs.entry_node(node, entries[at], index) if at < len(entries) else None
             if node is None or node.ino != ino:  # the path holds other content now
                 raise NotFound(f"inode {ino} is stale (its directory changed)")
             if node.is_dir:

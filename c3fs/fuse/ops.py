@@ -359,10 +359,16 @@ class Operations(pyfuse3.Operations):
         (FIRST_PLUS): the stat of one entry is enough to tell the kernel to go on with
         READDIRPLUS, and a reader that only wants names gets few inodes."""
         parent, listing = self._dirs[fh]
-        if not getattr(token, "plus", True):
-            self._readdir_plain(parent, listing, start_id, token)
-            return
         end = len(listing)
+        tree = getattr(listing, "tree", None)
+        if tree is not None and tree.pages and start_id < end:  # a paged directory: one page
+            k = tree.page_at(start_id)  # a call, read in a thread if it is not in memory
+            if tree.cached_page(k) is None:
+                await self._thread(tree.page, k)
+            end = tree.starts[k + 1]
+        if not getattr(token, "plus", True):
+            self._readdir_plain(parent, listing, start_id, end, token)
+            return
         if start_id == 0 and READDIRPLUS_AUTO and FIRST_PLUS > 0:
             end = min(end, FIRST_PLUS)
         if parent.tree_id is None:
@@ -389,7 +395,7 @@ class Operations(pyfuse3.Operations):
             self.inodes.remember_children(parent, added)
 
     @staticmethod
-    def _readdir_plain(parent: Node, listing: list, start_id: int,
+    def _readdir_plain(parent: Node, listing: list, start_id: int, end: int,
                        token: pyfuse3.ReaddirToken) -> None:
         """A plain READDIR: one attributes object, only its inode number and type sent."""
         attr, reply = pyfuse3.EntryAttributes(), pyfuse3.readdir_reply
@@ -401,7 +407,7 @@ class Operations(pyfuse3.Operations):
                     return
             return
         prefix, hash_of, modes = parent.key + b"/", blake3.blake3, MODE_BITS
-        for i in range(start_id, len(listing)):
+        for i in range(start_id, end):
             entry = listing[i]
             name = entry.name  # ino: vfs.ino_from_key(vfs.child_key(parent.key, name))
             attr.st_ino = (int.from_bytes(hash_of(prefix + name).digest(8), "little") >> 1) | 2

@@ -15,15 +15,17 @@ leaves only unreferenced packs.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import stat
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import blake3
 import pyfastcdc
@@ -34,7 +36,7 @@ from c3fs.index import Index
 from c3fs.objects import codec
 from c3fs.objects.ids import blob_id
 from c3fs.objects.pack import CHUNK, PACK_TABLE, TREE, PackBuilder
-from c3fs.objects.tree import DIR, FILE, LINK, Entry, encode_tree
+from c3fs.objects.tree import DIR, FILE, LINK, Entry, TreeWriter, page_entries
 from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,45 @@ class PackSink:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _name(entry: Entry) -> bytes:
+    return entry.name
+
+
+def _sorted_names(fd: int, run: int) -> Iterator[bytes]:
+    """The names in directory `fd`, sorted; more than `run` of them are sorted `run` at a
+    time into temporary files (two bytes of length, the name), then merged: a directory of
+    10 M names is never held whole (~70 B a name in a list)."""
+    runs: list = []
+    batch: list[bytes] = []
+    with os.scandir(fd) as listing:
+        for item in listing:
+            batch.append(os.fsencode(item.name))
+            if len(batch) >= run:
+                batch.sort()
+                runs.append(_spill(batch))
+                batch = []
+    batch.sort()
+    if not runs:
+        return iter(batch)
+    return heapq.merge(*map(_read_run, runs), batch)
+
+
+def _spill(names: list[bytes]) -> BinaryIO:
+    f = tempfile.TemporaryFile(prefix="c3fs-names-")
+    write = f.write
+    for name in names:
+        write(len(name).to_bytes(2, "big") + name)  # (NAME_MAX is 255; longer: refused later)
+    f.seek(0)
+    return f
+
+
+def _read_run(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        read = f.read
+        while size := read(2):
+            yield read(int.from_bytes(size, "big"))
+
+
 class _Stat(NamedTuple):
     """What the walk keeps of a file's or directory's stat: an os.stat_result costs ~800 B,
     and up to LOOKAHEAD * SMALL_BATCH files wait in the queues with theirs."""
@@ -203,8 +244,9 @@ class _Dir:
     name: bytes
     mode: int
     mtime_ns: int
-    parts: list[Entry | Future | _Dir]  # in name order; a small-file task gives a list of entries
+    parts: list[Entry | Future | _Dir]  # a small-file task gives a list of entries
     tasks: int  # how many parts are futures
+    writer: TreeWriter | None = None  # a big directory's, given its first entries already
     entry: Entry | None = None
 
 
@@ -215,11 +257,13 @@ class _Open:
     open descriptor; its ancestors keep their (device, inode) to be found again by `..`."""
 
     def __init__(self, parent: _Open | None, name: bytes, fd: int, st: _Stat,
-                 items: list[os.DirEntry], top: bytes = b"") -> None:
+                 items: Iterator[bytes], top: bytes = b"") -> None:
         self.parent, self.name, self.fd, self.st, self.top = parent, name, fd, st, top
         self.items = iter(items)
         self.parts: list[Entry | Future | _Dir] = []
         self.small: list[tuple[bytes, _Stat]] = []
+        self.held = 0  # names listed and in `parts` (or `small`)
+        self.writer: TreeWriter | None = None  # once `held` grew past a page (`_drain`)
 
     def display(self, name: bytes = b"") -> str:
         """The path of this directory (or of `name` in it), for messages."""
@@ -252,6 +296,7 @@ class Ingester:
         self._queued: deque[Future] = deque()  # file tasks, oldest first (some done)
         self._fds: set[int] = set()  # directory descriptors handed to file tasks
         self._fds_lock = threading.Lock()
+        self._page = page_entries()
 
     def __enter__(self) -> Ingester:
         return self
@@ -281,20 +326,31 @@ class Ingester:
         return root.entry.target
 
     def store_tree(self, entries: list[Entry], name: bytes = b"") -> bytes:
-        """Store one tree made of existing entries (used to compose job trees). A tree over
-        MAX_TREE bytes (readers refuse bigger blobs) is refused: a directory of more than
-        ~600,000 small files, or a file of more than ~1.8 M chunks (37 B each in its entry):
-        ~220 GiB of ordinary data (128 KiB chunks on average), ~1.7 TiB of holes (1 MiB)."""
-        data = encode_tree(entries)
-        if len(data) > MAX_TREE:
-            where = f"directory {name.decode(errors='backslashreplace')}" if name else "a tree"
-            raise SourceError(
-                f"{where}: {len(entries):,} entries ({sum(len(e.sizes) for e in entries):,} "
-                f"chunks) take {len(data) / MiB:.0f} MiB, over the {MAX_TREE // MiB} MiB one "
-                "directory's listing may take (split it into subdirectories)")
-        tree_id = blob_id(data)
-        self._store_blob(TREE, tree_id, data)
-        return tree_id
+        """Store one directory made of existing entries (used to compose job trees)."""
+        writer = self.tree_writer(name)
+        for entry in sorted(entries, key=lambda e: e.name):
+            writer.add(entry)
+        return writer.finish()
+
+    def tree_writer(self, name: bytes = b"") -> TreeWriter:
+        """A writer of one directory, its entries given in name order: an ordinary tree,
+        or past `page_entries()` entries a paged one written page by page as they fill.
+        A page over MAX_TREE bytes (readers refuse bigger blobs) is refused: one file of
+        more than ~1.8 M chunks (37 B each in its entry): ~220 GiB of ordinary data (128
+        KiB chunks on average), ~1.7 TiB of holes (1 MiB)."""
+        def put(data: bytes, count: int) -> bytes:
+            if len(data) > MAX_TREE:
+                where = (f"directory {name.decode(errors='backslashreplace')}" if name
+                         else "a directory")
+                raise SourceError(
+                    f"{where}: {count:,} entries take {human(len(data))} in one tree (a page "
+                    f"of it), over the {human(MAX_TREE)} a tree may take: a file of too many "
+                    "chunks?")
+            tree_id = blob_id(data)
+            self._store_blob(TREE, tree_id, data)
+            return tree_id
+
+        return TreeWriter(put, self._page)
 
     # walking ------------------------------------------------------------------------------
     def _walk(self, top: bytes, st: os.stat_result) -> _Dir:
@@ -312,8 +368,11 @@ class Ingester:
         try:
             while True:
                 current = stack[-1]
+                if current.held >= self._page:
+                    self._drain(current)
                 name = next(current.items, None)
                 if name is not None:
+                    current.held += 1
                     child = self._entry(name, current)
                     if child is not None:  # a subdirectory: walk it now, its parent closed
                         os.close(current.fd)
@@ -343,7 +402,7 @@ class Ingester:
         except OSError as exc:
             raise SourceError(f"{where()}: cannot open directory: {exc.strerror}") from None
         try:
-            names = sorted(os.fsencode(n) for n in os.listdir(fd))
+            names = _sorted_names(fd, 4 * self._page)
         except OSError as exc:
             os.close(fd)
             raise SourceError(f"{where()}: cannot list directory: {exc.strerror}") from None
@@ -371,7 +430,7 @@ class Ingester:
             self._submit_small(current)
         parts, st = current.parts, current.st
         walked = _Dir(current.name, stat.S_IMODE(st.st_mode), st.st_mtime_ns, parts,
-                      sum(isinstance(p, Future) for p in parts))
+                      sum(isinstance(p, Future) for p in parts), current.writer)
         self._walked.append(walked)
         self._tasks += walked.tasks
         self._store_dirs(LOOKAHEAD)
@@ -382,19 +441,42 @@ class Ingester:
         left unfinished under the rest. Directories are walked in post-order (children
         before their parent), so a parent's subdirectories are stored by then."""
         while self._walked and self._tasks > keep:
-            walked = self._walked.popleft()
-            entries: list[Entry] = []
-            for part in walked.parts:
-                if isinstance(part, Future):
-                    part = part.result()
-                elif isinstance(part, _Dir):
-                    part = part.entry
-                entries.extend(part) if isinstance(part, list) else entries.append(part)
-            walked.entry = Entry(walked.name, DIR, walked.mode, 0, walked.mtime_ns,
-                                 target=self.store_tree(entries, walked.name))
-            walked.parts = []
-            self._tasks -= walked.tasks
-            self.stats.add(dirs=1)
+            self._store_next()
+
+    def _store_next(self) -> None:
+        walked = self._walked.popleft()
+        writer = walked.writer or self.tree_writer(walked.name)
+        for entry in sorted(self._resolved(walked.parts), key=_name):
+            writer.add(entry)
+        walked.entry = Entry(walked.name, DIR, walked.mode, 0, walked.mtime_ns,
+                             target=writer.finish())
+        walked.parts = []
+        self._tasks -= walked.tasks
+        self.stats.add(dirs=1)
+
+    def _resolved(self, parts: list[Entry | Future | _Dir]) -> Iterator[Entry]:
+        """The entries of `parts` (waiting for their files; a subdirectory stored first)."""
+        for part in parts:
+            if isinstance(part, Future):
+                part = part.result()
+            elif isinstance(part, _Dir):
+                while part.entry is None:  # (post-order: it is among the walked ones)
+                    self._store_next()
+                part = part.entry
+            yield from part if isinstance(part, list) else (part,)
+
+    def _drain(self, into: _Open) -> None:
+        """Hand what a big directory being walked holds so far to its tree writer, which
+        writes pages as they fill: every name listed so far is in `parts` (its last small
+        files sent now), every name still to come sorts after them. So a directory of 10 M
+        entries is held a page at a time, not whole."""
+        if into.small:
+            self._submit_small(into)
+        if into.writer is None:
+            into.writer = self.tree_writer(into.name)
+        parts, into.parts, into.held = into.parts, [], 0
+        for entry in sorted(self._resolved(parts), key=_name):
+            into.writer.add(entry)
 
     def _entry(self, name: bytes, into: _Open) -> _Open | None:
         """Add `name` (in the directory being listed) to it: as an entry, a future, or to

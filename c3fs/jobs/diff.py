@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from c3fs.objects.tree import DIR, FILE, Entry
+from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry, PagedTree
 from c3fs.repo import Repo
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,12 @@ def diff_trees(repo: Repo, a: bytes, b: bytes) -> DiffReport:
         if ta == tb:
             report.subtrees_skipped += 1
             continue
-        entries_a, entries_b = _entries(repo, ta, report), _entries(repo, tb, report)
-        for name in sorted(entries_a.keys() | entries_b.keys(), reverse=True):
+        tree_a, tree_b = repo.tree(ta, check=False), repo.tree(tb, check=False)
+        same = set(tree_a.pages) & set(tree_b.pages)  # paged: pages both have, skipped unread
+        report.subtrees_skipped += len(same)
+        merged = _merged(_read(tree_a, report, same), _read(tree_b, report, same))
+        for name, ea, eb in merged:  # (two directories read side by side, never held whole)
             path = prefix + b"/" + name if prefix else name
-            ea, eb = entries_a.get(name), entries_b.get(name)
             if ea is not None and eb is not None and ea.kind == eb.kind == DIR:
                 stack.append((path, ea.target, eb.target))
                 continue
@@ -73,9 +75,38 @@ def diff_trees(repo: Repo, a: bytes, b: bytes) -> DiffReport:
     return report
 
 
-def _entries(repo: Repo, tree_id: bytes, report: DiffReport) -> dict[bytes, Entry]:
+def _entries(repo: Repo, tree_id: bytes, report: DiffReport) -> Iterator[Entry]:
+    return _read(repo.tree(tree_id, check=False), report)
+
+
+def _read(tree: EncodedTree | PagedTree, report: DiffReport,
+          skip: set[bytes] | frozenset = frozenset()) -> Iterator[Entry]:
+    """The entries of a tree, checked before any is used; of a paged one, those of its
+    pages not in `skip` (each checked as it is read). A page both sides hold has the same
+    entries, a contiguous run of names on each side: leaving it out of both changes no
+    difference."""
     report.trees_read += 1
-    return {e.name: e for e in repo.tree(tree_id).entries}
+    if not tree.pages:
+        tree.check()
+        return iter(tree)
+    return (entry for k, page in enumerate(tree.pages) if page not in skip
+            for entry in tree.page(k))
+
+
+def _merged(a: Iterator[Entry], b: Iterator[Entry]) -> Iterator[tuple[bytes, Entry | None,
+                                                                      Entry | None]]:
+    """(name, entry of a or None, entry of b or None) of two sorted listings, in order."""
+    ea, eb = next(a, None), next(b, None)
+    while ea is not None or eb is not None:
+        if eb is None or (ea is not None and ea.name < eb.name):
+            yield ea.name, ea, None
+            ea = next(a, None)
+        elif ea is None or eb.name < ea.name:
+            yield eb.name, None, eb
+            eb = next(b, None)
+        else:
+            yield ea.name, ea, eb
+            ea, eb = next(a, None), next(b, None)
 
 
 def _one_side(repo: Repo, path: bytes, entry: Entry, report: DiffReport,
@@ -95,7 +126,7 @@ def _files(repo: Repo, path: bytes, entry: Entry,
         if entry.kind != DIR:
             yield path, entry
             continue
-        for child in _entries(repo, entry.target, report).values():
+        for child in _entries(repo, entry.target, report):
             stack.append((path + b"/" + child.name, child))
 
 

@@ -23,7 +23,7 @@ from c3fs.errors import C3fsError, ChunkSizeMismatch, DataError, FormatError
 from c3fs.fsutil import count
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
-from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry
+from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry, PagedTree
 from c3fs.reader import trace
 from c3fs.repo import Repo
 from c3fs.store.locks import gc_lock
@@ -45,7 +45,11 @@ def walk_blobs(repo: Repo, root: bytes, seen: set[bytes]) -> Iterator[tuple[byte
             continue
         seen.add(tree_id)
         yield path, tree_id, 1
-        for entry in repo.tree(tree_id, keep=False).entries:  # each tree is read once
+        tree = repo.tree(tree_id, check=False, keep=False)  # each tree is read once
+        for page in tree.pages:  # a paged directory's pages (each read as its entries are)
+            seen.add(page)
+            yield path, page, 1
+        for entry in tree.entries:
             child = path + b"/" + entry.name
             if entry.kind == DIR:
                 stack.append((child, entry.target))
@@ -239,7 +243,7 @@ class _Checker:
                 continue
             seen.add(tree_id)
             tree = self._tree(tree_id, f"{label}:{_show(path) or '/'}")
-            for entry in tree.entries if tree is not None else ():
+            for entry in self._entries(tree, f"{label}:{_show(path) or '/'}"):
                 child = path + b"/" + entry.name
                 if entry.kind == DIR and entry.target not in seen:
                     stack.append((child, entry.target))
@@ -248,15 +252,37 @@ class _Checker:
         while self.window:
             self._settle()
 
-    def _tree(self, tree_id: bytes, where: str) -> EncodedTree | None:
+    def _tree(self, tree_id: bytes, where: str) -> EncodedTree | PagedTree | None:
         error = self._check(tree_id)
         if error is None:
-            try:
-                return self.repo.tree(tree_id, keep=False)  # each tree is read once
+            try:  # each tree is read once; a paged one's pages in `_entries`
+                tree = self.repo.tree(tree_id, check=False, keep=False)
+                if not tree.pages:
+                    tree.check()
+                return tree
             except (DataError, FormatError) as exc:
                 error = str(exc)
         _note(self.problems, tree_id, "tree", error, where)
         return None
+
+    def _entries(self, tree: EncodedTree | PagedTree | None, where: str) -> Iterator[Entry]:
+        """The entries of a tree, checked; of a paged directory, those of each page that
+        can be read (a damaged page is noted, the others still walked)."""
+        if tree is None or not tree.pages:
+            yield from tree or ()
+            return
+        for k, page_id in enumerate(tree.pages):
+            error = self._check(page_id)
+            if error is None:
+                try:
+                    page = tree.page(k)
+                    page.check()
+                except (DataError, FormatError) as exc:
+                    error = str(exc)
+            if error is not None:
+                _note(self.problems, page_id, "tree", error, f"{where} (page {k})")
+                continue
+            yield from page
 
     def _file(self, entry: Entry, where: str) -> None:
         _check_sizes(self.repo, entry, self.problems, where)

@@ -17,22 +17,27 @@ its target. Names are bytes: any POSIX name survives; a name that could escape a
 
 from __future__ import annotations
 
+import bisect
+import os
 import stat
+import zlib
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
 from typing import Annotated
 
 import msgspec
 
-from c3fs.errors import FormatError
+from c3fs.errors import FormatError, UsageError
 from c3fs.objects.codec import MAX_PLAIN
 
 FILE = 0
 DIR = 1
 LINK = 2
 TREE_VERSION = 2  # 2: files of 2+ chunks carry `digest`
-TREE_VERSIONS = (1, 2)  # what is read
+PAGED = 3  # a paged directory's index (see `PagedTree`)
+LEAF_VERSIONS = (1, 2)  # ordinary trees (and the pages of a paged directory)
+TREE_VERSIONS = (1, 2, PAGED)  # what is read
 MAX_NAME = 255
 MAX_TARGET = 4096
 
@@ -101,9 +106,17 @@ def decode_tree(data: bytes) -> Tree:
     try:
         tree = _decoder.decode(data)
     except msgspec.DecodeError as exc:  # its schema is closed, so no nesting past Entry.sizes
+        _check_version(_version_of(data), leaf=True)  # a newer tree or an index: say so
         raise FormatError(f"damaged tree: {exc}") from None
     _check(tree)
     return tree
+
+
+def _version_of(data: bytes) -> int:
+    try:
+        return _raw_decoder.decode(data).version
+    except (msgspec.DecodeError, RecursionError):
+        return TREE_VERSION
 
 
 class _RawTree(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -140,7 +153,7 @@ class EncodedTree(Sequence[Entry]):
             raw = _raw_decoder.decode(data)
         except (msgspec.DecodeError, RecursionError) as exc:  # (an entry may nest anything)
             raise FormatError(f"damaged tree: {exc}") from None
-        _check_version(raw.version)
+        _check_version(raw.version, leaf=True)
         lengths = array("I", map(len, raw.entries))
         first = len(data) - sum(lengths)  # the entries are the end of the tree
         self.version = raw.version
@@ -152,6 +165,8 @@ class EncodedTree(Sequence[Entry]):
     @property
     def entries(self) -> EncodedTree:
         return self
+
+    pages: tuple[bytes, ...] = ()  # (a `PagedTree`'s page ids: an ordinary tree has none)
 
     @property
     def nbytes(self) -> int:
@@ -264,6 +279,254 @@ class _Sequential(Sequence[Entry]):
         return self._run[0]
 
 
+# paged directories ----------------------------------------------------------------------------
+PAGE_ENV = "C3FS_TREE_PAGE"  # entries a page of a paged directory holds on average
+PAGE_ENTRIES = 65536
+PAGE_WEIGHT = 128  # `_weight` a page may hold: this much per entry of PAGE_ENTRIES (8 MiB)
+
+
+def page_entries() -> int:
+    """$C3FS_TREE_PAGE (default 65,536): a directory of more entries than this (or weighing
+    more than `PAGE_WEIGHT` times this) is stored paged, its pages this big on average. It
+    decides tree ids, so every writer of a store should use the same (tests set ~100)."""
+    raw = os.environ.get(PAGE_ENV)
+    try:
+        value = int(raw) if raw else PAGE_ENTRIES
+    except ValueError:
+        value = 0
+    if value < 4:
+        raise UsageError(f"{PAGE_ENV}={raw!r}: a number of entries, at least 4")
+    return value
+
+
+class PageRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A page of a paged directory: its first name, its tree id and how many entries."""
+
+    first: bytes
+    tree: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    count: Annotated[int, msgspec.Meta(ge=1, le=2**32 - 1)]
+
+
+class _Index(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    version: int
+    pages: list[PageRef]
+
+
+_index_decoder = msgspec.msgpack.Decoder(_Index)
+
+
+def open_tree(data: bytes, load: Callable[[bytes], EncodedTree],
+              cached: Callable[[bytes], EncodedTree | None]) -> EncodedTree | PagedTree:
+    """A tree's blob opened: an `EncodedTree`, or a `PagedTree` whose pages `load(id)`
+    reads (blocking) and `cached(id)` answers from memory (never blocking)."""
+    if _version_of(data) == PAGED:
+        return PagedTree(data, load, cached)
+    return EncodedTree(data)
+
+
+class PagedTree(Sequence[Entry]):
+    """A directory too big for one tree (more than `page_entries()` entries): its entries
+    in pages, ordinary trees of contiguous ranges of names, and this index of them (tree
+    version 3: the first name, tree id and entry count of each page, in name order; older
+    readers refuse it by its version). It reads as an `EncodedTree` of all the entries:
+    `tree[i]` and `run` find the page by the entries' counts, `find`/`bisect` by the
+    pages' first names (then bisect the page: O(log n)), iterating goes page by page.
+    Nothing but the index and the last page used is held (the pages are blobs: the blob
+    cache keeps them, or not, like any tree). A page is checked against the index when it
+    is read: its count, its first name, its last name before the next page's first
+    (with each page's own order, the whole directory is in order)."""
+
+    version = PAGED
+    __slots__ = ("data", "pages", "firsts", "starts", "_load", "_cached", "_last", "_checked")
+
+    def __init__(self, data: bytes, load: Callable[[bytes], EncodedTree],
+                 cached: Callable[[bytes], EncodedTree | None]) -> None:
+        try:
+            index = _index_decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise FormatError(f"damaged paged directory: {exc}") from None
+        refs = index.pages
+        if not refs:
+            raise FormatError("damaged paged directory: no pages")
+        self.data = data
+        self.pages = tuple(ref.tree for ref in refs)
+        self.firsts = [ref.first for ref in refs]
+        for name in self.firsts:
+            check_name(name)
+        if not all(map(bytes.__lt__, self.firsts, self.firsts[1:])):
+            raise FormatError("damaged paged directory: its pages are out of order")
+        self.starts = array("Q", accumulate((ref.count for ref in refs), initial=0))
+        self._load, self._cached = load, cached
+        self._last: tuple[int, EncodedTree] | None = None
+        self._checked = False
+
+    @property
+    def entries(self) -> PagedTree:
+        return self
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data) * 2 + 48 * len(self.pages)
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    # pages --------------------------------------------------------------------------------
+    def page_at(self, i: int) -> int:
+        """The page holding entry `i` (0 <= i < len)."""
+        return bisect.bisect_right(self.starts, i) - 1
+
+    def page_for(self, name: bytes) -> int:
+        """The page where `name` is or would be."""
+        return max(bisect.bisect_right(self.firsts, name) - 1, 0)
+
+    def page(self, k: int) -> EncodedTree:
+        """Page `k`, read if it is not in memory, and checked against the index."""
+        last = self._last
+        if last is not None and last[0] == k:
+            return last[1]
+        found = self._cached(self.pages[k])
+        page = self.checked_page(k, found if found is not None else self._load(self.pages[k]))
+        self._last = (k, page)
+        return page
+
+    def cached_page(self, k: int) -> EncodedTree | None:
+        """Page `k` if it is in memory (checked), else None: never blocks."""
+        last = self._last
+        if last is not None and last[0] == k:
+            return last[1]
+        found = self._cached(self.pages[k])
+        return None if found is None else self.checked_page(k, found)
+
+    def checked_page(self, k: int, page: EncodedTree) -> EncodedTree:
+        """`page` (page `k`, read elsewhere) once it agrees with the index."""
+        if type(page) is not EncodedTree:
+            raise FormatError(f"damaged paged directory: page {k} is itself paged")
+        count = self.starts[k + 1] - self.starts[k]
+        if len(page) != count:
+            raise FormatError(f"damaged paged directory: page {k} has {len(page)} entries, "
+                              f"its index says {count}")
+        if page.name(0) != self.firsts[k]:
+            raise FormatError(f"damaged paged directory: page {k} starts at "
+                              f"{page.name(0)!r}, its index says {self.firsts[k]!r}")
+        if k + 1 < len(self.pages) and page.name(count - 1) >= self.firsts[k + 1]:
+            raise FormatError(f"damaged paged directory: page {k} overlaps the next")
+        return page
+
+    # as an EncodedTree --------------------------------------------------------------------
+    def __getitem__(self, i):  # (int -> Entry, slice -> list[Entry])
+        if type(i) is not int:
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("tree entry index out of range")
+        k = self.page_at(i)
+        return self.page(k)[i - self.starts[k]]
+
+    def run(self, i: int, count: int = RUN, check: bool = True) -> list[Entry]:
+        """Entries from `i` on, at most `count`, within one page (see `EncodedTree.run`)."""
+        if not 0 <= i < len(self):
+            return []
+        k = self.page_at(i)
+        start = self.starts[k]
+        return self.page(k).run(i - start, min(count, self.starts[k + 1] - i), check)
+
+    def sequential(self) -> Sequence[Entry]:
+        return _Sequential(self)
+
+    def name(self, i: int) -> bytes:
+        k = self.page_at(i)
+        return self.page(k).name(i - self.starts[k])
+
+    def bisect(self, name: bytes, right: bool = False) -> int:
+        k = self.page_for(name)
+        return self.starts[k] + self.page(k).bisect(name, right)
+
+    def find(self, name: bytes) -> int:
+        k = self.page_for(name)
+        i = self.page(k).find(name)
+        return -1 if i < 0 else self.starts[k] + i
+
+    def __iter__(self) -> Iterator[Entry]:
+        for k in range(len(self.pages)):
+            yield from self.page(k)  # (checks its order, the index the order across pages)
+
+    def check(self) -> None:
+        if not self._checked:
+            for k in range(len(self.pages)):
+                self.page(k).check()
+            self._checked = True
+
+
+def _weight(entry: Entry) -> int:
+    """About what an entry takes encoded (what cuts pages: it must never change)."""
+    return (16 + len(entry.name) + len(entry.target) + len(entry.chunks) + len(entry.digest)
+            + 5 * len(entry.sizes))
+
+
+class TreeWriter:
+    """Writes one directory from its entries given in name order, holding at most about a
+    page of them: an ordinary tree (byte for byte what `encode_tree` makes) while it has
+    at most `page` entries (default `page_entries()`) weighing at most `PAGE_WEIGHT`
+    each on average; past that, pages and their index (`PagedTree`). `put(data, count)`
+    stores a tree's bytes (of `count` entries) and returns its id.
+
+    Where a page ends depends on that page's own entries only: after an entry whose name
+    hashes to 0 modulo page/2 once the page holds page/2 entries, or at 2 x page entries,
+    or at the weight limit. So a change in a huge directory rewrites the pages around it,
+    not every page after it (a file added to a 10 M-entry directory: one page of ~64 k
+    entries, not on average half of the directory)."""
+
+    def __init__(self, put: Callable[[bytes, int], bytes], page: int | None = None) -> None:
+        self.put = put
+        self.page = page or page_entries()
+        self.weight = self.page * PAGE_WEIGHT
+        self.count = 0
+        self._entries: list[Entry] = []  # the page being filled (all of them until paged)
+        self._weight = 0  # of `_entries`
+        self._refs: list[PageRef] | None = None  # once paged: the pages written
+        self._last: bytes | None = None
+
+    def add(self, entry: Entry) -> None:
+        if self._last is not None and entry.name <= self._last:
+            raise FormatError(f"tree entries out of order at {entry.name!r}")
+        self._last = entry.name
+        self.count += 1
+        self._entries.append(entry)
+        self._weight += _weight(entry)
+        if self._refs is not None:
+            if self._ends_page(len(self._entries), self._weight, entry.name):
+                self._write_page(self._entries)
+                self._entries, self._weight = [], 0
+        elif len(self._entries) > self.page or self._weight > self.weight:
+            self._refs = []
+            entries, self._entries, self._weight = self._entries, [], 0
+            for item in entries:  # (the rule as it would have been applied from the start)
+                self.count -= 1
+                self._last = None
+                self.add(item)
+
+    def _ends_page(self, count: int, weight: int, name: bytes) -> bool:
+        half = self.page // 2
+        return (count >= 2 * self.page or weight >= self.weight
+                or (count >= half and zlib.crc32(name) % half == 0))
+
+    def _write_page(self, entries: list[Entry]) -> None:
+        data = _encoder.encode(Tree(TREE_VERSION, entries))
+        _check_entries(entries, TREE_VERSION)
+        self._refs.append(PageRef(entries[0].name, self.put(data, len(entries)), len(entries)))
+
+    def finish(self) -> bytes:
+        """Write what is left and return the directory's tree id."""
+        if self._refs is None:
+            return self.put(encode_tree(self._entries), len(self._entries))
+        if self._entries:
+            self._write_page(self._entries)
+            self._entries = []
+        return self.put(_encoder.encode(_Index(PAGED, self._refs)), self.count)
+
+
 def _array_header(count: int) -> bytes:
     if count < 16:
         return bytes((0x90 | count,))
@@ -277,20 +540,23 @@ def check_name(name: bytes) -> None:
         raise FormatError(f"unsafe name in tree: {name!r}")
 
 
-def _check_version(version: int) -> None:
+def _check_version(version: int, leaf: bool = False) -> None:
     if version not in TREE_VERSIONS:
         raise FormatError(f"tree version {version} is not supported by c3fs "
                           f"{_c3fs_version()}: a newer c3fs wrote it")
+    if leaf and version == PAGED:
+        raise FormatError("a paged directory's index where an ordinary tree (or a page of "
+                          "one) was expected")
 
 
 def _check(tree: Tree) -> None:
-    _check_version(tree.version)
+    _check_version(tree.version, leaf=True)
     _check_entries(tree.entries, tree.version)
 
 
 def _check_slowly(tree: Tree) -> None:
     """`_check`, every entry checked one by one (what the bulk checks must agree with)."""
-    _check_version(tree.version)
+    _check_version(tree.version, leaf=True)
     _check_entries_slowly(tree.entries, tree.version)
 
 

@@ -31,7 +31,7 @@ from c3fs.errors import (
 from c3fs.index import Index, IndexDamaged, Location
 from c3fs.memo import LRU, SingleFlight
 from c3fs.objects import codec
-from c3fs.objects.tree import EncodedTree, Entry, file_digest
+from c3fs.objects.tree import EncodedTree, Entry, PagedTree, file_digest, open_tree
 from c3fs.reader.ahead import Ahead
 from c3fs.store.backend import LOCAL, BackendError, KeyMissing
 from c3fs.store.store import Store
@@ -62,7 +62,10 @@ ENTRY_OVERHEAD = 256  # a cached blob's key, bytes header and LRU entry: counted
 # size, else a million 225-byte chunks (`cat` of a million small files) held 2.5x their bytes
 
 
-def _cached_size(value: bytes | EncodedTree) -> int:
+Tree = EncodedTree | PagedTree
+
+
+def _cached_size(value: bytes | Tree) -> int:
     return (len(value) if type(value) is bytes else value.nbytes) + ENTRY_OVERHEAD
 
 
@@ -71,10 +74,10 @@ class BlobSource:
         self.store = store
         self.index = index
         self.cache_bytes = cache_bytes
-        self._cache: LRU[bytes, bytes | EncodedTree] = LRU(cache_bytes, weigh=_cached_size)
+        self._cache: LRU[bytes, bytes | Tree] = LRU(cache_bytes, weigh=_cached_size)
         # the last tree too big for the cache (a directory of ~500,000 entries with the
         # default cache): without it every lookup in such a directory read all of it again
-        self._big_tree: tuple[bytes, EncodedTree] | None = None
+        self._big_tree: tuple[bytes, Tree] | None = None
         self._fetches: SingleFlight[bytes, bytes] = SingleFlight()
         self._workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-fetch")
@@ -122,13 +125,15 @@ class BlobSource:
                 self._cache.put(blob_id, data)
         return data if type(data) is bytes else data.data
 
-    def tree(self, tree_id: bytes, keep: bool = True) -> EncodedTree:
+    def tree(self, tree_id: bytes, keep: bool = True) -> Tree:
         """The tree `tree_id`, opened (FormatError if damaged) and kept in the cache in
         place of its bytes; a tree too big for the cache is kept aside, the last one only.
-        `keep=False`: kept nowhere (a walk that reads each tree once: cp, pull, verify, gc)."""
+        `keep=False`: kept nowhere (a walk that reads each tree once: cp, pull, verify, gc),
+        nor are the pages of a paged directory (`PagedTree`) read through it."""
         tree = self.cached_tree(tree_id)
         if tree is None:
-            tree = EncodedTree(self.get(tree_id))
+            tree = open_tree(self.get(tree_id), lambda page: self._page(page, keep),
+                             self._cached_page)
             if not keep:
                 return tree
             if len(tree.data) <= self.cache_bytes // 4:
@@ -137,13 +142,26 @@ class BlobSource:
                 self._big_tree = (tree_id, tree)
         return tree
 
-    def cached_tree(self, tree_id: bytes) -> EncodedTree | None:
+    def cached_tree(self, tree_id: bytes) -> Tree | None:
         """The tree if it is opened already, else None (never blocks: for the event loop)."""
         tree = self._cache.get(tree_id)
         if tree is None or type(tree) is bytes:
             big = self._big_tree
             return big[1] if big is not None and big[0] == tree_id else None
         return tree
+
+    def _page(self, page_id: bytes, keep: bool) -> EncodedTree:
+        """A page of a paged directory (an ordinary tree: never an index itself)."""
+        page = self._cached_page(page_id)
+        if page is None:
+            page = EncodedTree(self.get(page_id, remember=False))
+            if keep and len(page.data) <= self.cache_bytes // 4:
+                self._cache.put(page_id, page)
+        return page
+
+    def _cached_page(self, page_id: bytes) -> EncodedTree | None:
+        page = self._cache.get(page_id)
+        return page if type(page) is EncodedTree else None
 
     def peek(self, blob_id: bytes) -> bytes | None:
         """The cached bytes of `blob_id` (or fetched ahead and decoded already), or None:

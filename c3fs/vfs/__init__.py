@@ -25,7 +25,7 @@ import blake3
 from c3fs.errors import DataError, FormatError, InvalidId, NotADirectory, NotFound
 from c3fs.objects.ids import check_name
 from c3fs.objects.job import DATASET, JOB, JobRecord
-from c3fs.objects.tree import DIR, FILE, LINK, EncodedTree, Entry, st_mode
+from c3fs.objects.tree import DIR, FILE, LINK, EncodedTree, Entry, PagedTree, st_mode
 from c3fs.reader import FileReader
 from c3fs.repo import Repo
 
@@ -172,6 +172,15 @@ class Vfs:
         if parent.tree_id is None:  # (only directories have one)
             return None
         tree = self.repo.cached_tree(parent.tree_id)
+        if tree is not None and tree.pages:  # a paged directory: its page must be in memory
+            k = tree.page_for(name)
+            page = tree.cached_page(k)
+            if page is None:
+                return None
+            i = page.find(name)
+            if i < 0:
+                raise NotFound(f"{parent.child_display(name)}: no such file or directory")
+            return self.entry_node(parent, page[i], tree.starts[k] + i)
         return None if tree is None else self._child_of(parent, tree, name)
 
     def children(self, node: Node) -> list[tuple[bytes, Node]]:
@@ -182,6 +191,18 @@ class Vfs:
             tree = self.repo.tree(node.tree_id, check=False)
             return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree)]
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
+
+    def children_slice(self, node: Node, start: int,
+                       stop: int) -> tuple[int, list[tuple[bytes, Node]]]:
+        """(how many entries, `children(node)[start:stop]`), reading only those of a tree
+        (a page of a catalog listing of a paged directory of 10 M entries)."""
+        if node.tree_id is None or not node.is_dir:
+            found = self.children(node)
+            return len(found), found[start:stop]
+        tree = self.repo.tree(node.tree_id, check=False)
+        stop = min(stop, len(tree))
+        return len(tree), [(e.name, self.entry_node(node, e, i))
+                           for i, e in zip(range(start, stop), tree[start:stop], strict=True)]
 
     def iter_children(self, node: Node, keep: bool = True) -> Iterator[tuple[bytes, Node]]:
         """`children`, with a tree's nodes made as they are consumed (its tree is read at
@@ -231,7 +252,7 @@ class Vfs:
     def _tree_child(self, parent: Node, name: bytes) -> Node:
         return self._child_of(parent, self.repo.tree(parent.tree_id, check=False), name)
 
-    def _child_of(self, parent: Node, tree: EncodedTree, name: bytes) -> Node:
+    def _child_of(self, parent: Node, tree: EncodedTree | PagedTree, name: bytes) -> Node:
         i = tree.find(name)  # (O(log n): decodes a few names and the one entry)
         if i < 0:
             raise NotFound(f"{parent.child_display(name)}: no such file or directory")

@@ -167,14 +167,16 @@ class Site:
                         headers={"content-disposition": disposition("attachment", name)})
 
     def _directory(self, node: Node, request: Request) -> dict:
-        children = self.vfs.children(node)
-        pages = max(1, -(-len(children) // ENTRIES))
-        page = min(max(_int(request.query_params.get("page"), 1), 1), pages)
-        shown = children[(page - 1) * ENTRIES : page * ENTRIES]
+        page = max(_int(request.query_params.get("page"), 1), 1)
+        total, shown = self.vfs.children_slice(node, (page - 1) * ENTRIES, page * ENTRIES)
+        pages = max(1, -(-total // ENTRIES))
+        if page > pages:  # past the end: the last page
+            page = pages
+            total, shown = self.vfs.children_slice(node, (page - 1) * ENTRIES, page * ENTRIES)
         entries = [_entry(name, child) for name, child in shown]
         images = [e for e in entries if e["image"]][:THUMBNAILS]
         return dict(entries=entries, images=images, eager=EAGER, page=page, pages=pages,
-                    total=len(children))
+                    total=total)
 
     def _relations(self, record: JobRecord) -> dict:
         records = catalog.all_records(self.repo)

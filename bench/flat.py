@@ -1,0 +1,125 @@
+"""One huge flat directory (issue 16, item 5: 10 M entries in one directory): push it,
+read it back through `c3fs ls`, a mount and `verify`, and report each step's wall and CPU
+seconds and peak RSS, so that the memory of each is seen to stay bounded (paged directories:
+README "Limits").
+
+    python -m bench.flat --files 2000000 --data /tmp/flat --work /tmp/flat-work [--keep]
+
+The dataset: N files in one directory, `file-00000000.bin` ..., every tenth holding a few
+bytes and the rest empty (inodes, not blocks: 2 M take seconds of disk, deleting them
+minutes). Made once under --data and reused (--keep leaves it; it is deleted otherwise).
+Results: bench/results/flat-<timestamp>.json and printed. The page cache is not dropped
+(the machine is shared): "cold" is a fresh mount's daemon, which has read nothing yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import measure
+from bench.c3fs_tool import c3fs_binary
+from bench.measure import Command, run_timed
+from bench.scale import daemon_cpu
+
+MiB = 1024 * 1024
+
+
+def generate(flat: Path, files: int) -> None:
+    if flat.is_dir() and sum(1 for _ in os.scandir(flat)) == files:
+        return
+    flat.mkdir(parents=True, exist_ok=True)
+    fd = os.open(flat, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(files):
+            f = os.open(b"file-%08d.bin" % i, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644,
+                        dir_fd=fd)
+            if i % 10 == 0:
+                os.write(f, b"%d\n" % i)
+            os.close(f)
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.flat", description=__doc__)
+    parser.add_argument("--files", type=int, default=1_000_000)
+    parser.add_argument("--data", type=Path, default=Path("bench/data/flat"))
+    parser.add_argument("--work", type=Path, default=Path("bench/data/flat-work"))
+    parser.add_argument("--keep", action="store_true", help="keep the dataset")
+    args = parser.parse_args(argv)
+    src = args.data / "src"
+    flat = src / "flat"
+    generate(flat, args.files)
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    env = {"C3FS_STORE": str(args.work / "store"), "C3FS_CACHE_DIR": str(args.work / "cache")}
+    c3fs = c3fs_binary()
+    out: dict = {"files": args.files, "load_before": os.getloadavg()[0]}
+
+    def step(name: str, *cmd: str) -> measure.Timed:
+        timed = run_timed(Command([c3fs, *cmd], env=env))
+        out[name] = {"s": round(timed.seconds, 2), "cpu_s": round(timed.cpu, 2),
+                     "rss_mib": round(timed.peak_rss / MiB)}
+        print(name, out[name], flush=True)
+        return timed
+
+    step("push", "push", str(src), "-p", "flat", "-j", "flat")
+    listed = step("ls", "ls", "/jobs/flat/flat")
+    out["ls"]["names"] = len(listed.stdout.splitlines())
+    step("verify", "verify", "flat")
+    out.update(through_mount(c3fs, env, args.work / "mnt", args.files))
+    step("gc", "gc")
+    out["load_after"] = os.getloadavg()[0]
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"flat-{stamp}.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
+    shutil.rmtree(args.work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(src, ignore_errors=True)
+    return 0
+
+
+def through_mount(c3fs: str, env: dict[str, str], mnt: Path, files: int) -> dict:
+    """Lookups of a few names cold, then a whole listing (`ls -f`), with the daemon's RSS
+    and CPU seconds after each."""
+    mnt.mkdir(exist_ok=True)
+    measure.run(Command([c3fs, "mount", "/jobs/flat", str(mnt)], env=env))
+    out: dict = {}
+    try:
+        daemon = measure.find_daemon(mnt)
+        last = mnt / "flat" / f"file-{files - 1:08d}.bin"
+        start = time.perf_counter()
+        os.stat(last)
+        out["mount_stat_last_cold_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        start = time.perf_counter()
+        for i in range(0, files, max(1, files // 1000)):  # 1,000 lookups across the pages
+            os.stat(mnt / "flat" / f"file-{i:08d}.bin")
+        out["mount_1000_stats_s"] = round(time.perf_counter() - start, 2)
+        out["daemon_rss_after_lookups_mib"] = round(measure.tree_rss(daemon) / MiB) if daemon else None
+        cpu = daemon_cpu(daemon)
+        start = time.perf_counter()
+        names = subprocess.run(["ls", "-f", str(mnt / "flat")], capture_output=True,
+                               check=True).stdout.splitlines()
+        out["mount_ls_f_s"] = round(time.perf_counter() - start, 2)
+        out["mount_ls_f_names"] = sum(name not in (b".", b"..") for name in names)
+        out["mount_ls_f_daemon_cpu_s"] = round(daemon_cpu(daemon) - cpu, 2)
+        out["daemon_rss_after_readdir_mib"] = round(measure.tree_rss(daemon) / MiB) if daemon else None
+    finally:
+        subprocess.run([c3fs, "umount", str(mnt)], env={**os.environ, **env},
+                       capture_output=True)
+        measure.unmount(mnt)
+    print(out, flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
