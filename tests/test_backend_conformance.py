@@ -6,6 +6,7 @@ Store on S3.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -17,6 +18,8 @@ import pytest
 from s3server import MotoServer
 
 from c3fs.objects.job import JOB, JobRecord
+from c3fs.objects.pack import page_buffer
+from c3fs.store import local as local_mod
 from c3fs.store import s3 as s3mod
 from c3fs.store.backend import (
     LOCAL,
@@ -204,6 +207,65 @@ def test_local_temp_files_are_not_listed(tmp_path) -> None:
     backend.put("packs/ab/real", b"x")
     (tmp_path / "store" / "packs" / "ab" / f"{TMP_PREFIX}half.123").write_bytes(b"crash")
     assert dict(backend.list("packs/")) == {"packs/ab/real": 1}
+
+
+@pytest.mark.parametrize("size", [0, 4095, MiB - 1, MiB, 3 * MiB + 123, 8 * MiB])
+@pytest.mark.parametrize("sync", [True, False])
+def test_pack_parts_in_page_aligned_memory(backend: Backend, size: int, sync: bool) -> None:
+    """A pack given as parts whose first is a page-aligned buffer (`PackBuilder`'s; a local
+    store writes its whole blocks with O_DIRECT, the rest through the page cache) is
+    stored byte for byte, whatever its length; as is one that starts off a page."""
+    buffer = page_buffer(size + 1)
+    buffer[:] = os.urandom(size + 1)
+    key = f"packs/ab/{PACK_A}"
+    for first in (memoryview(buffer)[:size], memoryview(buffer)[1:]):
+        parts = [first, b"trailer", b"footer!"]
+        expect = b"".join(parts)
+        backend.put(key, parts, sync=sync)
+        backend.flush([key])
+        assert backend.size(key) == len(expect)
+        assert backend.get(key) == expect
+
+
+def test_local_pack_blocks_skip_the_page_cache(tmp_path) -> None:
+    """The whole blocks of a pack in page-aligned memory reach the disk without a copy in
+    the page cache (O_DIRECT): reading them without waiting for the disk fails. (Only
+    that: whether the last partial block, written through the cache, is still there
+    depends on anyone's drop_caches.)"""
+    backend = LocalBackend(tmp_path / "store")
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_CREAT | os.O_WRONLY | os.O_DIRECT, 0o600))
+    except OSError:
+        pytest.skip("no O_DIRECT on this file system")
+    size = 4 * MiB
+    buffer = page_buffer(size)
+    buffer[:] = os.urandom(size)
+    backend.put(f"packs/ab/{PACK_A}", [memoryview(buffer)[: size - 100], b"tail"])
+    fd = os.open(tmp_path / "store" / "packs" / "ab" / PACK_A, os.O_RDONLY)
+    try:
+        for block in (0, size // 2, size - 2 * 4096):
+            with pytest.raises(BlockingIOError):  # EAGAIN: not in the page cache
+                os.preadv(fd, [bytearray(4096)], block, os.RWF_NOWAIT)
+    finally:
+        os.close(fd)
+    assert backend.get(f"packs/ab/{PACK_A}") == buffer[: size - 100] + b"tail"
+
+
+def test_local_pack_without_direct_io(tmp_path, monkeypatch) -> None:
+    """A file system that refuses O_DIRECT gets the same bytes through the page cache."""
+    real = local_mod.fcntl.fcntl
+
+    def refuse(fd, cmd, arg=0):
+        if cmd == local_mod.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(local_mod.fcntl, "fcntl", refuse)
+    backend = LocalBackend(tmp_path / "store")
+    buffer = page_buffer(2 * MiB)
+    buffer[:] = os.urandom(2 * MiB)
+    backend.put(f"packs/ab/{PACK_A}", [memoryview(buffer), b"tail"])
+    assert backend.get(f"packs/ab/{PACK_A}") == bytes(buffer) + b"tail"
 
 
 # S3 only ----------------------------------------------------------------------------------

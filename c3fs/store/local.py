@@ -13,6 +13,7 @@ Files are created 0600 and directories 0700: a store is private to its owner.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from c3fs.store.backend import LOCAL, BackendDefaults, BackendError, KeyExists, 
 TMP_PREFIX = ".tmp."
 _FD_CACHE = 64
 _IOV_MAX = 1024
+_BLOCK = 4096  # O_DIRECT writes whole blocks from memory aligned to one
+_DIRECT_MIN = 1024 * 1024  # smaller parts are written through the page cache
 
 
 class LocalBackend(BackendDefaults):
@@ -201,8 +204,13 @@ class LocalBackend(BackendDefaults):
 
 
 def _write_all(fd: int, data: bytes | list[bytes]) -> None:
-    """Write `data` (bytes, or a list of parts gathered with writev) completely."""
+    """Write `data` (bytes, or a list of parts gathered with writev) completely. The whole
+    blocks at the start of a large first part in page-aligned memory (a pack's buffer, see
+    `PackBuilder`) are written with O_DIRECT: the disk reads them from that memory, where
+    a buffered write copies every byte into the page cache first (~18% of a push's CPU)."""
     parts = [memoryview(data)] if isinstance(data, bytes | bytearray) else [memoryview(p) for p in data]
+    if parts:
+        parts[0] = parts[0][_write_direct(fd, parts[0]) :]
     first = 0
     while first < len(parts):
         written = os.writev(fd, parts[first : first + _IOV_MAX])
@@ -211,6 +219,36 @@ def _write_all(fd: int, data: bytes | list[bytes]) -> None:
             first += 1
         if written:
             parts[first] = parts[first][written:]
+
+
+def _write_direct(fd: int, part: memoryview) -> int:
+    """Write the whole blocks at the start of `part` with O_DIRECT, if it is large and
+    page-aligned and the file system allows it; how many bytes were written (the rest is
+    for an ordinary write, from the file offset this leaves)."""
+    size = len(part) // _BLOCK * _BLOCK
+    if size < _DIRECT_MIN or part.readonly or not _page_aligned(part):
+        return 0
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+    except OSError:  # no direct I/O on this file system
+        return 0
+    done = 0
+    try:
+        while done < size:
+            done += os.write(fd, part[done:size])
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: blocks this device refuses: write the rest as usual
+            raise
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+    return done
+
+
+def _page_aligned(part: memoryview) -> bool:
+    import ctypes  # only here: the mount's start imports this module
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(part)) % _BLOCK == 0
 
 
 def _first_after(folder: str, after: str | None) -> str:
