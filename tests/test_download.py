@@ -139,6 +139,42 @@ def test_a_single_file_copies_into_the_current_dir(repo, tmp_path: Path, staging
     assert (tmp_path / "copy.bin").stat().st_mode & 0o777 == 0o444
 
 
+def _default_acl(mode_other: int) -> bytes:
+    """A default ACL (the kernel's xattr form): owner rwx, group rwx, others `mode_other`."""
+    import struct
+
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                           for tag, perm in ((0x01, 7), (0x04, 7), (0x20, mode_other)))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0])
+def test_files_get_their_modes_with_or_without_fchmod(repo, tmp_path: Path, staging: str,
+                                                      parts: int, umask: int,
+                                                      monkeypatch) -> None:
+    """A file is created with its final mode where the umask lets it through (no fchmod);
+    any other gets fchmod: a mode the umask would change, setuid and the like, a file under
+    a temp name, a directory whose default ACL decides new files' modes."""
+    vfs = pushed(repo, tmp_path)
+    chmodded: list[int] = []
+    real_fchmod = os.fchmod
+    monkeypatch.setattr(os, "fchmod", lambda fd, mode: chmodded.append(mode) or real_fchmod(fd, mode))
+    old = os.umask(umask)
+    try:
+        stats = Copier(vfs, keep_setuid=True).copy(root(vfs), tmp_path / "dst")
+        (tmp_path / "acl").mkdir()
+        os.setxattr(tmp_path / "acl", "system.posix_acl_default", _default_acl(0))
+        Copier(vfs).copy(vfs.resolve("/jobs/j1/exec.sh"), tmp_path / "acl" / "exec.sh")
+    finally:
+        os.umask(old)
+    assert trees.diff(trees.without_special(trees.snapshot(tmp_path / "src")),
+                      trees.snapshot(tmp_path / "dst")) == []
+    assert (tmp_path / "acl" / "exec.sh").stat().st_mode & 0o7777 == 0o755  # not 0o750
+    modes = [m.mode for m in trees.snapshot(tmp_path / "src").values() if m.kind == "file"]
+    needed = [m for m in modes if m & ~0o777 or m & umask or staging == "temp-name"]
+    assert sorted(chmodded) == sorted([*needed, 0o755])
+    assert len(needed) < stats.files or staging == "temp-name"
+
+
 def entries(path: Path) -> list[Path]:
     return [Path(d, n) for d, dirs, files in os.walk(path) for n in dirs + files]
 

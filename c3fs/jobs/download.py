@@ -132,6 +132,9 @@ class Copier:
         self._reuse = _Reuse()
         self._tree = False  # copying a directory: damaged data is left out, the rest copied
         self._in_place: set[bytes] = set()  # files written in place (`_write_in_place`)
+        self._umask = _umask()
+        self._acl_dirs: set[bytes] = set()  # directories whose default ACL, not the umask,
+        # sets a new file's mode (`_creation_mode`)
 
     def copy(self, node: Node, dest: str | os.PathLike, follow: bool = True) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir.
@@ -146,6 +149,8 @@ class Copier:
         parent = os.path.dirname(os.path.normpath(target)) or b"."
         check_destination(target)
         _make_parents(parent, create=node.kind == DIR)
+        if node.kind != DIR and _default_acl(parent):
+            self._acl_dirs.add(parent)
         found = None if node.kind == DIR else _existing(target, follow=follow)
         into_special = found is not None and _is_special(found)
         self._proc_fds = None if into_special else _open_proc_fds(parent)  # no probe in /dev
@@ -212,6 +217,8 @@ class Copier:
                 return []
             raise error from None
         fresh = _make_dir(path)  # a directory made just now holds nothing to skip or replace
+        if _default_acl(path):
+            self._acl_dirs.add(path)
         dirs.append((path, node))
         self.stats.dirs += 1
         subdirs = []
@@ -274,7 +281,7 @@ class Copier:
             return
         self._big_slots.acquire()  # bounds open fds and queued work; the last part releases it
         big = _BigFile(node, path, len(parts), self._proc_fds, self._reuse,
-                       path in self._in_place)
+                       path in self._in_place, self._creation_mode(node, path))
         for first, stop in parts:
             futures.append(self._bigs.submit(self._write_part, big, reader, first, stop))
 
@@ -286,7 +293,8 @@ class Copier:
         staged = None
         try:
             with _named_errors(node, path):
-                staged = _Staged(path, self._proc_fds, path in self._in_place)
+                staged = _Staged(path, self._proc_fds, path in self._in_place,
+                                 self._creation_mode(node, path))
                 reader = self._open(node)
                 for i in range(len(reader.ids)):
                     data = self._chunk(reader, i)
@@ -381,6 +389,18 @@ class Copier:
     def _mode(self, node: Node) -> int:
         return node.mode & self.mode_mask
 
+    def _creation_mode(self, node: Node, path: bytes) -> int | None:
+        """The mode to create `path`'s staged file with when the kernel then gives it its
+        final mode, so that no fchmod is needed (`_Staged`); else None. The kernel applies
+        the umask (or the directory's default ACL, which then decides) to the mode a file
+        is created with and never drops a permission bit the umask lets through; setuid,
+        setgid and sticky are set by fchmod."""
+        mode = node.mode & self.mode_mask
+        if mode & ~0o777 or mode & self._umask or (
+                self._acl_dirs and os.path.dirname(path) in self._acl_dirs):
+            return None
+        return mode
+
     def _count(self, node: Node) -> None:
         with self._stats_lock:
             self.stats.files += 1
@@ -418,9 +438,10 @@ class _BigFile:
     (so a queued file holds no fd), named by the last to end."""
 
     def __init__(self, node: Node, path: bytes, parts: int, proc_fds: int | None,
-                 reuse: _Reuse, in_place: bool = False) -> None:
+                 reuse: _Reuse, in_place: bool = False, mode: int | None = None) -> None:
         self.node, self.path, self.proc_fds = node, path, proc_fds
         self.in_place = in_place
+        self.mode = mode
         self.reuse = reuse
         self.staged: _Staged | None = None
         self.source = False  # its chunks are offered to later files (`_Reuse`)
@@ -438,7 +459,7 @@ class _BigFile:
         """The staged file's fd; None once a part has failed (the rest need not write)."""
         with self._lock:
             if self.staged is None and not self.failed:
-                self.staged = _Staged(self.path, self.proc_fds, self.in_place)
+                self.staged = _Staged(self.path, self.proc_fds, self.in_place, self.mode)
                 self.source = self.reuse.adopt(self.staged)
             return None if self.failed else self.staged.fd
 
@@ -453,15 +474,22 @@ class _Staged:
     """A file being written where no one sees it: unnamed (O_TMPFILE) in its final directory
     when the filesystem and /proc allow, else under a temp name beside its final name.
     `commit` sets mode and mtime through the fd and only then names it; `in_place`: it
-    copies the bytes into the existing file at `path` instead (`_write_in_place`)."""
+    copies the bytes into the existing file at `path` instead (`_write_in_place`). `mode`:
+    an unnamed file is created with it, the mode it must end with (`_creation_mode`), and
+    needs no fchmod: one system call less a file (a file under a temp name is visible, and
+    is made 0600 whatever `mode`)."""
 
-    def __init__(self, path: bytes, proc_fds: int | None, in_place: bool = False) -> None:
+    def __init__(self, path: bytes, proc_fds: int | None, in_place: bool = False,
+                 mode: int | None = None) -> None:
         self.path = path
         self.proc_fds = proc_fds
         self.in_place = in_place
         self.tmp: bytes | None = None
         self.kept = -1  # the fd, held open past commit/discard for `_Reuse` (see `keep`)
-        self.fd = _open_unnamed(path) if proc_fds is not None else None
+        self.fd = None
+        if proc_fds is not None:
+            self.fd = _open_unnamed(path, 0o600 if mode is None or in_place else mode)
+        self.moded = self.fd is not None and mode is not None and not in_place
         if self.fd is None:
             self.tmp = _temp_name(path)
             self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -482,7 +510,8 @@ class _Staged:
             _copy_in(self.fd, self.path, mtime_ns)
             self.discard()
             return
-        os.fchmod(self.fd, mode)
+        if not self.moded:
+            os.fchmod(self.fd, mode)
         os.utime(self.fd, ns=(mtime_ns, mtime_ns))  # after the last write, which sets mtime
         if self.tmp is None:
             self._link()
@@ -599,15 +628,38 @@ def _open_proc_fds(probe_dir: bytes) -> int | None:
     return proc_fds
 
 
-def _open_unnamed(path: bytes) -> int | None:
+def _open_unnamed(path: bytes, mode: int = 0o600) -> int | None:
     """An O_TMPFILE fd in `path`'s directory, or None where the filesystem has none."""
     parent = os.path.dirname(path) or b"."
     try:
-        return os.open(parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        return os.open(parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             return None
         raise
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (/proc, Linux 4.7+); where it cannot
+    be read, 0o777: no file is then created with its final mode (every one gets fchmod)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777
+
+
+def _default_acl(directory: bytes) -> bool:
+    """Whether `directory` has a default ACL (new files then get their mode from it, not
+    from the umask); a file system without ACLs has none."""
+    try:
+        os.getxattr(directory, "system.posix_acl_default")
+    except OSError as exc:  # none, or no ACLs here; anything else: assume there is one
+        return exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
 
 
 def _temp_name(path: bytes) -> bytes:
