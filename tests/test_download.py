@@ -26,6 +26,7 @@ from c3fs.jobs import download
 from c3fs.jobs.download import Copier
 from c3fs.jobs.pull import pending_jobs, pull
 from c3fs.jobs.push import push_dir
+from c3fs.objects.tree import DIR, FILE
 from c3fs.vfs import Vfs
 
 
@@ -290,6 +291,39 @@ def test_a_damaged_file_is_left_out_and_everything_else_copied(
         del expected[path]
     assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []  # dirs' modes too
     assert not leftovers(tmp_path / "dst")
+
+
+@pytest.mark.logs("is corrupt")
+def test_small_files_are_read_a_batch_at_a_time_and_a_damaged_one_is_named(
+        repo, tmp_path: Path, monkeypatch, caplog) -> None:
+    """A batch of small files is read in a few reads of neighbouring blobs, not one a file;
+    a blob damaged on disk among them is still found by its check and its file left out."""
+    vfs = pushed(repo, tmp_path)
+    small = [n for n in vfs.walk(root(vfs)) if n.kind == FILE and 0 < n.size <= download.BATCH_READ]
+    assert len(small) >= 20
+    victim = vfs.resolve(b"/jobs/j1/exec.sh")
+    loc = repo.index.lookup(victim.entry.chunk_ids()[0])
+    pack = repo.store.backend.root / repo.store.pack_key(loc.pack_id)
+    raw = bytearray(pack.read_bytes())
+    raw[loc.offset + loc.length // 2] ^= 0x40
+    pack.write_bytes(bytes(raw))
+    reads: list[int] = []
+    real_read = type(repo.store).read
+    monkeypatch.setattr(type(repo.store), "read",
+                        lambda self, pack_id, offset, length: reads.append(length)
+                        or real_read(self, pack_id, offset, length))
+    big = vfs.resolve(b"/jobs/j1/big.bin")
+    with pytest.raises(DataError, match="1 damaged file not copied"):
+        Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"cannot read /jobs/j1/exec.sh: blob {victim.entry.chunk_ids()[0].hex()} is corrupt "
+        f"in pack {loc.pack_id}: content does not match its id"]
+    expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
+    del expected[b"exec.sh"]
+    assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
+    trees_read = sum(n.kind == DIR for n in vfs.walk(root(vfs)))  # (the copy keeps none)
+    small_reads = len(reads) - len(big.entry.chunk_ids()) - trees_read
+    assert small_reads <= 3, (small_reads, len(small))  # a batch; the damaged blob again
 
 
 def test_a_damaged_directory_is_left_out_and_everything_else_copied(

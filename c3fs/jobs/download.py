@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 TMP = b".c3fs-tmp."
 SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
 SMALL_BATCH = 64
+BATCH_READ = 64 * 1024  # a batch's files up to this size are read at once (at most 4 MiB)
 PART = 16 * 1024 * 1024  # a bigger file is written in parts of about this size, in parallel
 PENDING = 256  # tasks queued ahead of the writers (a batch of small files is one): the walk
 # waits for the oldest beyond that, so a million files are never all queued (as nodes) at once
@@ -286,16 +287,21 @@ class Copier:
             futures.append(self._bigs.submit(self._write_part, big, reader, first, stop))
 
     def _write_files(self, batch: list[tuple[Node, bytes]]) -> None:
+        """A batch of small files; the chunks of those up to BATCH_READ bytes are read at
+        once first (`BlobSource.get_many`: a local store), at most 4 MiB of them."""
+        got = self.vfs.repo.blobs.get_many(
+            [c for node, _ in batch if node.size <= BATCH_READ for c in node.entry.chunk_ids()])
         for node, path in batch:
-            self._write_file(node, path)
+            self._write_file(node, path, got)
 
-    def _write_file(self, node: Node, path: bytes) -> None:
+    def _write_file(self, node: Node, path: bytes, got: dict[bytes, bytes] | None = None) -> None:
+        """`got`: chunks read already (`_write_files`)."""
         staged = None
         try:
             with _named_errors(node, path):
                 staged = _Staged(path, self._proc_fds, path in self._in_place,
                                  self._creation_mode(node, path))
-                reader = self._open(node)
+                reader = self._open(node, got)
                 for i in range(len(reader.ids)):
                     data = self._chunk(reader, i)
                     _write_all(staged.fd, data)
@@ -362,10 +368,16 @@ class Copier:
             raise
         self._end_part(big)
 
-    def _open(self, node: Node) -> FileReader:
+    def _open(self, node: Node, got: dict[bytes, bytes] | None = None) -> FileReader:
         """A reader whose chunks are read back from this copy's output where it wrote them
-        already, else fetched and not kept in the LRU (a copy reads each chunk once)."""
-        return self.vfs.open(node, readahead=0, remember=False, reuse=self._reuse.get)
+        already, else fetched and not kept in the LRU (a copy reads each chunk once).
+        `got`: chunks read already, taken from there first."""
+        reuse = self._reuse.get
+        if got:
+            def reuse(chunk_id: bytes, again=reuse) -> bytes | None:
+                data = got.get(chunk_id)
+                return again(chunk_id) if data is None else data
+        return self.vfs.open(node, readahead=0, remember=False, reuse=reuse)
 
     def _chunk(self, reader: FileReader, i: int) -> bytes:
         return reader.chunk(i)
