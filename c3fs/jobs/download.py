@@ -6,8 +6,11 @@ filesystem has no O_TMPFILE, under a temp name renamed into place. Either way an
 interrupted copy never leaves a half-written file under a real name, and a killed one
 leaves no temp file either where O_TMPFILE works. An unnamed file spares the kernel the
 directory lock while it allocates the inode, so one directory's files are created in
-parallel, and needs no rename; mode and mtime are set through the fd, not the path. Modes
-(without setuid, setgid and sticky bits unless asked), mtimes and symlinks are restored; links are created, never followed. A directory on the
+parallel, and needs no rename; mode and mtime are set through the fd, not the path (an
+unnamed file whose mode the umask lets through is created with it: no fchmod). Small files
+go in batches to one thread, their chunks read first in a few reads of neighbouring blobs.
+Modes (without setuid, setgid and sticky bits unless asked), mtimes and symlinks are
+restored; links are created, never followed. A directory on the
 way that is a symlink or a file is an error, never written through. A file whose size and
 mtime already match is skipped, so a copy run again fetches only what is missing or changed.
 A fifo or device already at a file's destination is opened and written into, as `cp` does
