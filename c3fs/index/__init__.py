@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple, NoReturn
@@ -359,28 +359,15 @@ class Index:
 
     # blobs --------------------------------------------------------------------------------
     def lookup(self, blob_id: bytes) -> Location | None:
-        self._lookups += 1  # (not atomic: a look may come a few lookups late)
+        return self.lookup_many((blob_id,))[0]
+
+    def lookup_many(self, blob_ids: Sequence[bytes]) -> list[Location | None]:
+        """`lookup` of each of `blob_ids`, in one read transaction (a copy's small files)."""
+        self._lookups += len(blob_ids)  # (not atomic: a look may come a few lookups late)
         if self._lookups >= CHECK_EVERY:
             self._check_mapped()
         env = self.env
         try:  # the hot path: no context manager of our own
-            with env.begin(buffers=False) as txn:
-                raw = txn.get(blob_id, db=self.blobs)
-            return None if raw is None else _location(raw)
-        except _DAMAGE as exc:
-            self._damaged(exc, env)
-        except lmdb.Error as exc:
-            if self._replaced(env):
-                self._damaged(exc, env)
-            raise
-
-    def lookup_many(self, blob_ids: list[bytes]) -> list[Location | None]:
-        """`lookup` of each of `blob_ids`, in one read transaction (a copy's small files)."""
-        self._lookups += len(blob_ids)
-        if self._lookups >= CHECK_EVERY:
-            self._check_mapped()
-        env = self.env
-        try:
             with env.begin(buffers=False) as txn:
                 raws = [txn.get(blob_id, db=self.blobs) for blob_id in blob_ids]
             return [None if raw is None else _location(raw) for raw in raws]
