@@ -15,6 +15,7 @@ leaves only unreferenced packs.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import logging
 import os
@@ -246,6 +247,37 @@ def _read_run(f: BinaryIO) -> Iterator[bytes]:
         read = f.read
         while size := read(2):
             yield read(int.from_bytes(size, "big"))
+
+
+def _may_have_holes(fd: int) -> bool:
+    """Whether a file takes fewer blocks than its size: sparse (or compressed by its file
+    system), so worth asking where its data is."""
+    st = os.fstat(fd)
+    return st.st_blocks * 512 < st.st_size
+
+
+def _feed_zeros(hasher, count: int) -> None:
+    """Give `hasher` `count` zero bytes (a hole's part of a file's digest)."""
+    zeros = memoryview(bytes(min(count, READ_BLOCK)))
+    while count:
+        step = min(count, len(zeros))
+        hasher.update(zeros[:step])
+        count -= step
+
+
+def _hole_after(fd: int, at: int) -> int:
+    """How many bytes from `at` on are a hole (0 if data starts there, or if the file
+    system cannot say). The file offset is left where it was."""
+    here = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        data = os.lseek(fd, at, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # (EINVAL: the file system cannot say)
+            return 0
+        data = os.fstat(fd).st_size  # no data after `at`: a hole up to the end
+    finally:
+        os.lseek(fd, here, os.SEEK_SET)
+    return max(data - at, 0)
 
 
 class _Stat(NamedTuple):
@@ -670,6 +702,7 @@ class Ingester:
         """
         cutter = self._cutter()
         reach = self.config.chunk_max
+        holes = _may_have_holes(f.fileno()) and self._zeros_cut_at_max()
         ring: list[bytearray] = [bytearray() for _ in range(RING)]
         window: deque[tuple[int, Future]] = deque()  # (block number, task), in file order
         carry = memoryview(b"")
@@ -708,8 +741,38 @@ class Ingester:
                 window.append((number, self._chunks.submit(self._store_batch, batch)))
             carry = view[start:]
             number, size = number + 1, READ_BLOCK
+            if holes and not eof:
+                at = f.tell() - len(carry)  # where the next chunk starts
+                skip = _hole_after(f.fileno(), at) // reach * reach
+                if skip:  # every chunk there is `reach` zeros: as reading would cut them
+                    while window:  # (the file's chunks are yielded in order)
+                        yield from window.popleft()[1].result()
+                    yield from self._hole_chunks(skip)
+                    _feed_zeros(whole, skip - len(carry))  # (the carry's were read)
+                    f.seek(at + skip)
+                    carry = memoryview(b"")
         while window:
             yield from window.popleft()[1].result()
+
+    def _zeros_cut_at_max(self) -> bool:
+        """Whether FastCDC cuts a run of zeros into chunks of exactly `chunk_max` (then the
+        chunks of a hole are known without reading it). Checked once, not assumed."""
+        known = getattr(self, "_zero_cuts", None)
+        if known is None:
+            reach = self.config.chunk_max
+            cuts = [c.length for c in self._cutter().cut_buf(bytes(3 * reach))]
+            known = self._zero_cuts = cuts == [reach] * 3
+        return known
+
+    def _hole_chunks(self, size: int) -> Iterator[tuple[bytes, int]]:
+        """The chunks of `size` bytes of a hole (a multiple of `chunk_max`): the same chunk
+        of zeros each time, stored once."""
+        reach = self.config.chunk_max
+        zeros = bytes(reach)
+        zero_id = blob_id(zeros)
+        self._store_blob(CHUNK, zero_id, zeros)
+        for _ in range(size // reach):
+            yield zero_id, reach
 
     def _store_batch(self, batch: list[memoryview]) -> list[tuple[bytes, int]]:
         return [self._store_chunk(data) for data in batch]
