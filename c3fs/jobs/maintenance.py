@@ -21,6 +21,7 @@ import blake3
 
 from c3fs.errors import C3fsError, ChunkSizeMismatch, DataError, FormatError
 from c3fs.fsutil import count
+from c3fs.index.marks import MarkSet
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
 from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry, PagedTree
@@ -36,14 +37,13 @@ def live_records(repo: Repo) -> list[JobRecord]:
     return repo.jobs() + repo.datasets()
 
 
-def walk_blobs(repo: Repo, root: bytes, seen: set[bytes]) -> Iterator[tuple[bytes, bytes, int]]:
+def walk_blobs(repo: Repo, root: bytes, seen: MarkSet) -> Iterator[tuple[bytes, bytes, int]]:
     """Yield (path, blob id, kind 0 chunk / 1 tree) below `root`, skipping seen subtrees."""
     stack = [(b"", root)]
     while stack:
         path, tree_id = stack.pop()
-        if tree_id in seen:
+        if not seen.mark(tree_id):
             continue
-        seen.add(tree_id)
         yield path, tree_id, 1
         tree = repo.tree(tree_id, check=False, keep=False)  # each tree is read once
         for page in tree.pages:  # a paged directory's pages (each read as its entries are)
@@ -55,8 +55,7 @@ def walk_blobs(repo: Repo, root: bytes, seen: set[bytes]) -> Iterator[tuple[byte
                 stack.append((child, entry.target))
             elif entry.kind == FILE:
                 for chunk_id in entry.chunk_ids():
-                    if chunk_id not in seen:
-                        seen.add(chunk_id)
+                    if seen.mark(chunk_id):
                         yield child, chunk_id, 0
 
 
@@ -76,9 +75,8 @@ class GcReport:
 def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None = None) -> GcReport:
     """`progress(text)`: which phase gc is in, for a status line."""
     say = progress or (lambda text: None)
-    with gc_lock(repo.store) as lease:
+    with gc_lock(repo.store) as lease, MarkSet() as live:  # (on disk past 65,536 ids)
         repo.index.sync(repo.store, full=True)
-        live: set[bytes] = set()
         records = live_records(repo)
         for n, record in enumerate(records, 1):
             say(f"marking what {record.kind} {record.id} uses ({n}/{len(records)})")
@@ -100,17 +98,17 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
         return report
 
 
-def _sweep(repo: Repo, live: set[bytes], dry_run: bool, say: Callable[[str], None]) -> GcReport:
+def _sweep(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None]) -> GcReport:
     sizes = repo.index.pack_sizes()
     report = GcReport(len(sizes), sum(sizes.values()), dry_run=dry_run)
-    partly: list[tuple[str, list[bytes]]] = []
+    partly: list[str] = []  # (their live blobs are listed again when each is repacked)
     for pack_id, size in sizes.items():
-        keep = [b for b in repo.index.pack_blob_ids(pack_id) if b in live and _here(repo, b, pack_id)]
         all_ids = repo.index.pack_blob_ids(pack_id)
-        if len(keep) == len(all_ids):
+        keep = len(_live_in(repo, live, pack_id, all_ids))
+        if keep == len(all_ids):
             continue
         if keep:
-            partly.append((pack_id, keep))
+            partly.append(pack_id)
         else:
             report.packs_deleted += 1
             report.bytes_freed += size
@@ -118,8 +116,14 @@ def _sweep(repo: Repo, live: set[bytes], dry_run: bool, say: Callable[[str], Non
                 _delete_pack(repo, pack_id)
     if partly:
         say(f"repacking {count(len(partly), 'pack')} partly in use")
-        _repack(repo, partly, sizes, report, dry_run)
+        _repack(repo, live, partly, sizes, report, dry_run)
     return report
+
+
+def _live_in(repo: Repo, live: MarkSet, pack_id: str, blob_ids: list[bytes]) -> list[bytes]:
+    """The blobs of `blob_ids` (the pack's) that are live and that the index finds in this
+    pack (a blob also in another pack is kept where the index points)."""
+    return [b for b in blob_ids if b in live and _here(repo, b, pack_id)]
 
 
 def _sweep_traces(repo: Repo, records: list[JobRecord], dry_run: bool) -> int:
@@ -136,12 +140,12 @@ def _here(repo: Repo, blob_id: bytes, pack_id: str) -> bool:
     return loc is not None and loc.pack_id == pack_id
 
 
-def _repack(repo, partly, sizes, report: GcReport, dry_run: bool) -> None:
+def _repack(repo, live: MarkSet, partly, sizes, report: GcReport, dry_run: bool) -> None:
     builder = PackBuilder()
     done: list[str] = []
-    for pack_id, keep in partly:
+    for pack_id in partly:
         report.packs_repacked += 1
-        for blob_id in keep:
+        for blob_id in _live_in(repo, live, pack_id, repo.index.pack_blob_ids(pack_id)):
             loc = repo.index.lookup(blob_id)
             builder.add(loc.kind, blob_id, loc.codec,
                         repo.store.read(loc.pack_id, loc.offset, loc.length), loc.plain_len)
@@ -201,15 +205,15 @@ def verify(repo: Repo, names: list[str] | list[tuple[str, str]] | None = None,
     Each blob is read once, and each job walks each of its trees once (a subtree shared
     by many paths is named by the first path met): work is linear in the unique trees and
     chunks, however they are shared (40 levels of {a -> T, b -> T} are 41 trees, not 2**40
-    paths). At most `WINDOW` chunk checks are in flight; what stays is one entry per
-    blob checked (its error, if any)."""
+    paths). At most `WINDOW` chunk checks are in flight; the blobs checked, and each job's
+    trees walked, are marks (c3fs.index.marks: on disk past 65,536), and what stays in
+    memory is the error of each blob that has one."""
     report = VerifyReport()
     refs = [(JOB, n) if isinstance(n, str) else n for n in names or []]
     records = [repo.record(kind, n) for kind, n in refs] if refs else live_records(repo)
     if not names:
         report.problems += _damaged_refs(repo)
-    with ThreadPoolExecutor(workers) as pool:
-        checker = _Checker(repo, pool, report, progress)
+    with ThreadPoolExecutor(workers) as pool, _Checker(repo, pool, report, progress) as checker:
         for record in records:
             report.records += 1
             checker.record(record)
@@ -227,21 +231,32 @@ class _Checker:
                  progress: Callable[[int], None] | None) -> None:
         self.repo, self.pool, self.report, self.progress = repo, pool, report, progress
         self.problems: dict[tuple[bytes, str], Problem] = {}
-        self.checked: dict[bytes, str | None] = {}  # blob id -> its error (None: fine)
+        self.checked = MarkSet()  # the blobs checked, fine or not
+        self.errors: dict[bytes, str] = {}  # a blob checked -> its error (set before its mark)
         self.window: deque[tuple[bytes, str, Future]] = deque()
         self.inflight: dict[bytes, Future] = {}
 
+    def __enter__(self) -> _Checker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.checked.close()
+
     def record(self, record: JobRecord) -> None:
+        with MarkSet() as seen:  # this job's trees walked already
+            self._walk(record, seen)
+        while self.window:
+            self._settle()
+
+    def _walk(self, record: JobRecord, seen: MarkSet) -> None:
         label = f"{record.kind} {record.id}"
-        seen: set[bytes] = set()  # this job's trees walked already
         stack = [(b"", record.root_id)]
         if record.logs:  # the job's stdout and stderr (c3fs.jobs.logs)
             stack.append((b"<logs>", bytes.fromhex(record.logs)))
         while stack:
             path, tree_id = stack.pop()
-            if tree_id in seen:
+            if not seen.mark(tree_id):
                 continue
-            seen.add(tree_id)
             tree = self._tree(tree_id, f"{label}:{_show(path) or '/'}")
             for entry in self._entries(tree, f"{label}:{_show(path) or '/'}"):
                 child = path + b"/" + entry.name
@@ -249,8 +264,6 @@ class _Checker:
                     stack.append((child, entry.target))
                 elif entry.kind == FILE:
                     self._file(entry, f"{label}:{_show(child)}")
-        while self.window:
-            self._settle()
 
     def _tree(self, tree_id: bytes, where: str) -> EncodedTree | PagedTree | None:
         error = self._check(tree_id)
@@ -293,8 +306,8 @@ class _Checker:
             return
         for chunk_id in entry.chunk_ids():
             if chunk_id in self.checked:
-                if self.checked[chunk_id] is not None:
-                    _note(self.problems, chunk_id, "chunk", self.checked[chunk_id], where)
+                if chunk_id in self.errors:
+                    _note(self.problems, chunk_id, "chunk", self.errors[chunk_id], where)
                 continue
             future = self.inflight.get(chunk_id)
             if future is None:
@@ -322,17 +335,16 @@ class _Checker:
         once more for each such file it is in (its own check is still done once)."""
         whole = blake3.blake3()
         for chunk_id in entry.chunk_ids():
-            error = self.checked.get(chunk_id, "")
-            if error is None or error == "":
+            done = chunk_id in self.checked
+            error = self.errors.get(chunk_id) if done else None
+            if error is None:  # (fine, or not checked yet: read for the digest)
+                data = b""
                 try:
                     data = self.repo.blobs.fetch_uncached(chunk_id)
-                    error = None
                 except DataError as exc:
                     error = str(exc)
-                if chunk_id not in self.checked:
-                    self.checked[chunk_id] = error
-                    if error is None:
-                        self._count(len(data))
+                if not done:
+                    self._checked(chunk_id, error, data)
             if error is not None:
                 return ("chunk", chunk_id, error)
             whole.update(data)
@@ -344,16 +356,21 @@ class _Checker:
     def _check(self, blob_id: bytes) -> str | None:
         """Read `blob_id` from the store (no cache), once; its error, or None."""
         if blob_id in self.checked:
-            return self.checked[blob_id]
+            return self.errors.get(blob_id)
+        data, error = b"", None
         try:
             data = self.repo.blobs.fetch_uncached(blob_id)
-            error = None
-            self._count(len(data))
         except DataError as exc:
             error = str(exc)
-        self.checked[blob_id] = error
+        self._checked(blob_id, error, data)
         return error
 
+    def _checked(self, blob_id: bytes, error: str | None, data) -> None:
+        """Note that `blob_id` was checked (counted once, whichever thread is first)."""
+        if error is not None:
+            self.errors[blob_id] = error
+        if self.checked.mark(blob_id) and error is None:
+            self._count(len(data))
 
     def _count(self, size: int) -> None:
         with _count_lock:
