@@ -20,7 +20,11 @@ def ids(n: int, seed: int) -> list[bytes]:
     return [rng.randbytes(32) for _ in range(n)]
 
 
-def test_a_mark_set_is_a_set_before_and_after_it_moves_to_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", [marks._FIRST, 16])
+def test_a_mark_set_is_a_set_before_and_after_it_moves_to_a_file(tmp_path: Path, monkeypatch,
+                                                                 first: int) -> None:
+    """(A first table of 16 slots: made 4x larger 6 times on the way to 20,000 ids.)"""
+    monkeypatch.setattr(marks, "_FIRST", first)
     kept = ids(20_000, 1)
     with MarkSet(spill=100, where=tmp_path) as seen:
         assert seen.mark(bytes(32)) and not seen.mark(bytes(32))  # the zero id: kept apart
@@ -28,7 +32,7 @@ def test_a_mark_set_is_a_set_before_and_after_it_moves_to_a_file(tmp_path: Path)
             assert seen.mark(blob_id)
             if n == 100:
                 assert seen.spilled and not seen.mark(kept[0])
-        assert seen.spilled and len(seen) == 20_001  # (the table doubled 5 times past 2**18)
+        assert seen.spilled and len(seen) == 20_001
         assert all(blob_id in seen for blob_id in kept) and bytes(32) in seen
         assert not any(blob_id in seen for blob_id in ids(20_000, 2))
         assert not any(seen.mark(blob_id) for blob_id in kept[::7])
