@@ -453,6 +453,11 @@ class Index:
             return sum(_PACK.unpack_from(v)[0] for v in txn.cursor(db=self.packs).iternext(
                 keys=False, values=True))
 
+    def blob_count(self) -> int:
+        """How many blobs the index knows (gc and verify size their marks with it)."""
+        with self._read() as txn:
+            return txn.stat(self.blobs)["entries"]
+
     def pack_blob_ids(self, pack_id: str) -> list[bytes]:
         with self._read() as txn:
             raw = txn.get(bytes.fromhex(pack_id), db=self.packs) or b""

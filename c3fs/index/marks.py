@@ -38,8 +38,12 @@ class MarkSet:
     """A set of 32-byte ids: `mark(id)` (True if it was not there), `id in marks`, `len`.
     Close it (or use it as a context manager) to free its file."""
 
-    def __init__(self, spill: int | None = None, where: str | Path | None = None) -> None:
+    def __init__(self, spill: int | None = None, where: str | Path | None = None,
+                 expect: int = 0) -> None:
+        """`expect`: how many ids it will likely hold (the table is made that large at once,
+        sparse, rather than enlarged on the way: each enlargement moves every id)."""
         self._set: set[bytes] | None = set()
+        self._expect = expect
         self._spill = SPILL if spill is None else spill
         self._where = where
         self._lock = threading.Lock()
@@ -124,7 +128,7 @@ class MarkSet:
         return True
 
     def _to_file(self) -> None:
-        self._grow(max(_FIRST, 1 << (2 * len(self._set)).bit_length()))
+        self._grow(max(_FIRST, 1 << (2 * max(len(self._set), self._expect)).bit_length()))
         held, self._set = self._set, None  # (kept if the file could not be made)
         for blob_id in held:
             self._insert(blob_id)

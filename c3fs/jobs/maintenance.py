@@ -75,27 +75,34 @@ class GcReport:
 def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None = None) -> GcReport:
     """`progress(text)`: which phase gc is in, for a status line."""
     say = progress or (lambda text: None)
-    with gc_lock(repo.store) as lease, MarkSet() as live:  # (on disk past 65,536 ids)
+    with gc_lock(repo.store) as lease:
         repo.index.sync(repo.store, full=True)
-        records = live_records(repo)
-        for n, record in enumerate(records, 1):
-            say(f"marking what {record.kind} {record.id} uses ({n}/{len(records)})")
-            try:
-                for root in (record.root_id, *([bytes.fromhex(record.logs)] if record.logs else [])):
-                    for _ in walk_blobs(repo, root, live):  # the artifacts, and the logs
-                        pass
-            except (DataError, FormatError) as exc:
-                raise C3fsError(f"gc stopped: {record.kind} {record.id} cannot be read ({exc}); "
-                                "run `c3fs verify` — nothing was deleted") from None
-        say(f"sweeping: {len(live)} blobs in use")
-        lease.check()  # a push that broke our lock may be using what looks dead
-        report = _sweep(repo, live, dry_run, say)
-        report.traces_deleted = _sweep_traces(repo, records, dry_run)
-        if not dry_run:
-            repo.store.backend.sweep_temp()
-            repo.store.prune_changes()
-            repo.store.prune_snapshots()
-        return report
+        with MarkSet(expect=repo.index.blob_count()) as live:  # (on disk past 65,536 ids)
+            return _collect(repo, lease, live, dry_run, say)
+
+
+def _collect(repo: Repo, lease, live: MarkSet, dry_run: bool, say: Callable[[str], None]
+             ) -> GcReport:
+    """Mark what the live jobs and datasets reach, then sweep and repack the packs."""
+    records = live_records(repo)
+    for n, record in enumerate(records, 1):
+        say(f"marking what {record.kind} {record.id} uses ({n}/{len(records)})")
+        try:
+            for root in (record.root_id, *([bytes.fromhex(record.logs)] if record.logs else [])):
+                for _ in walk_blobs(repo, root, live):  # the artifacts, and the logs
+                    pass
+        except (DataError, FormatError) as exc:
+            raise C3fsError(f"gc stopped: {record.kind} {record.id} cannot be read ({exc}); "
+                            "run `c3fs verify` — nothing was deleted") from None
+    say(f"sweeping: {len(live)} blobs in use")
+    lease.check()  # a push that broke our lock may be using what looks dead
+    report = _sweep(repo, live, dry_run, say)
+    report.traces_deleted = _sweep_traces(repo, records, dry_run)
+    if not dry_run:
+        repo.store.backend.sweep_temp()
+        repo.store.prune_changes()
+        repo.store.prune_snapshots()
+    return report
 
 
 def _sweep(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None]) -> GcReport:
@@ -231,7 +238,7 @@ class _Checker:
                  progress: Callable[[int], None] | None) -> None:
         self.repo, self.pool, self.report, self.progress = repo, pool, report, progress
         self.problems: dict[tuple[bytes, str], Problem] = {}
-        self.checked = MarkSet()  # the blobs checked, fine or not
+        self.checked = MarkSet(expect=repo.index.blob_count())  # the blobs checked, fine or not
         self.errors: dict[bytes, str] = {}  # a blob checked -> its error (set before its mark)
         self.window: deque[tuple[bytes, str, Future]] = deque()
         self.inflight: dict[bytes, Future] = {}
