@@ -36,7 +36,7 @@ def test_a_mark_set_is_a_set_before_and_after_it_moves_to_a_file(tmp_path: Path,
         assert all(blob_id in seen for blob_id in kept) and bytes(32) in seen
         assert not any(blob_id in seen for blob_id in ids(20_000, 2))
         assert not any(seen.mark(blob_id) for blob_id in kept[::7])
-        assert len(seen) == 20_001
+        assert len(seen) == 20_001 and sorted(seen) == sorted([bytes(32), *kept])
         assert os.listdir(tmp_path) == []  # the table's file has no name
 
 

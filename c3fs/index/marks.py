@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from c3fs.errors import C3fsError
@@ -85,6 +86,20 @@ class MarkSet:
                 return self._zero
             return self._slot(blob_id)[1]
 
+    def __iter__(self) -> Iterator[bytes]:
+        """Every id, in no useful order: one sequential read of the table (not to be called
+        while another thread marks)."""
+        if self._set is not None:
+            yield from list(self._set)
+            return
+        if self._zero:
+            yield _EMPTY
+        for start in range(0, (self._mask + 1) * ID, _BLOCK):
+            block = os.pread(self._fd, _BLOCK, start)
+            for at in range(0, len(block), ID):
+                if block[at:at + ID] != _EMPTY:
+                    yield block[at:at + ID]
+
     def mark(self, blob_id: bytes) -> bool:
         """Add `blob_id`; whether it was new."""
         if len(blob_id) != ID:
@@ -144,9 +159,8 @@ class MarkSet:
             for start in range(0, old_slots * ID, _BLOCK):
                 block = os.pread(old.fileno(), _BLOCK, start)
                 for at in range(0, len(block), ID):
-                    blob_id = block[at:at + ID]
-                    if blob_id != _EMPTY:
-                        self._insert(blob_id)
+                    if block[at:at + ID] != _EMPTY:
+                        self._insert(block[at:at + ID])
 
     def _new_table(self, slots: int):
         where = Path(self._where or cache_dir())

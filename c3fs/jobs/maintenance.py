@@ -108,11 +108,15 @@ def _collect(repo: Repo, lease, live: MarkSet, dry_run: bool, say: Callable[[str
 def _sweep(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None]) -> GcReport:
     sizes = repo.index.pack_sizes()
     report = GcReport(len(sizes), sum(sizes.values()), dry_run=dry_run)
+    kept = dict.fromkeys(sizes, 0)  # a pack's live blobs that the index finds in it
+    for blob_id in live:  # (one read of the marks in their order, not a lookup per blob)
+        loc = repo.index.lookup(blob_id)
+        if loc is not None and loc.pack_id in kept:
+            kept[loc.pack_id] += 1
     partly: list[str] = []  # (their live blobs are listed again when each is repacked)
     for pack_id, size in sizes.items():
-        all_ids = repo.index.pack_blob_ids(pack_id)
-        keep = len(_live_in(repo, live, pack_id, all_ids))
-        if keep == len(all_ids):
+        keep = kept[pack_id]
+        if keep == len(repo.index.pack_blob_ids(pack_id)):
             continue
         if keep:
             partly.append(pack_id)

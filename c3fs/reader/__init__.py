@@ -165,8 +165,8 @@ class BlobSource:
         nor are the pages of a paged directory (`PagedTree`) read through it."""
         tree = self.cached_tree(tree_id)
         if tree is None:
-            tree = open_tree(self.get(tree_id), lambda page: self._page(page, keep),
-                             self._cached_page)
+            tree = open_tree(self.get(tree_id, remember=keep),  # (keep=False: nor its bytes)
+                             lambda page: self._page(page, keep), self._cached_page)
             if not keep:
                 return tree
             if len(tree.data) <= self.cache_bytes // 4:
