@@ -229,11 +229,12 @@ def test_verify_names_a_missing_page_and_gc_refuses(run_cli, store_env, tmp_path
     repo = Repo.open(str(store_env.store))
     try:
         page = _pages(repo, "/jobs/a", "big")[1]
-        walked = set()
+        from c3fs.index.marks import MarkSet
         from c3fs.jobs.maintenance import walk_blobs
 
-        trees = {blob for _, blob, kind in walk_blobs(repo, repo.record("job", "a").root_id,
-                                                       walked) if kind == 1}
+        with MarkSet() as walked:
+            trees = {blob for _, blob, kind in walk_blobs(repo, repo.record("job", "a").root_id,
+                                                           walked) if kind == 1}
         assert page in trees  # gc's reachability follows the pages
     finally:
         repo.close()

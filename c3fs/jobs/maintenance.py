@@ -47,8 +47,8 @@ def walk_blobs(repo: Repo, root: bytes, seen: MarkSet) -> Iterator[tuple[bytes, 
         yield path, tree_id, 1
         tree = repo.tree(tree_id, check=False, keep=False)  # each tree is read once
         for page in tree.pages:  # a paged directory's pages (each read as its entries are)
-            seen.add(page)
-            yield path, page, 1
+            if seen.mark(page):
+                yield path, page, 1
         for entry in tree.entries:
             child = path + b"/" + entry.name
             if entry.kind == DIR:
