@@ -299,7 +299,7 @@ class Vfs:
         if len(path) == 0:
             return [(n, self._virtual((n,))) for n in (DATASETS, JOBS, PROJECTS)]
         if len(path) == 1 and path[0] in _TOP:
-            return [(r.id.encode(), self.ref_root(r)) for r in self._records(_TOP[path[0]])]
+            return self._record_children(path)
         if len(path) == 1:
             projects = {r.project.encode() for r in self._records(JOB) + self._records(DATASET)}
             return [(p, self._virtual((PROJECTS, p))) for p in projects]
@@ -307,32 +307,38 @@ class Vfs:
             return [(n, self._virtual((*path, n))) for n in (DATASETS, JOBS, TAGS)]
         if path[2] == TAGS:
             return self._tag_links(path)
-        records = self._records(_TOP[path[2]])
-        found = [(r.id.encode(), self.ref_root(r)) for r in records if r.project.encode() == path[1]]
-        newest = self._link_child(path, LATEST) if path[2] == JOBS else None
-        if newest is not None:  # (it hides a job named `latest` in this view only)
-            found = [item for item in found if item[0] != LATEST] + [(LATEST, newest)]
-        return found
+        return self._record_children(path)
+
+    def _record_children(self, path: tuple[bytes, ...]) -> list[tuple[bytes, Node]]:
+        records, links = self._listed_records(path)
+        return [(r.id.encode(), self.ref_root(r)) for r in records] + links
 
     def listed_records(self, node: Node) -> tuple[list[JobRecord], list[tuple[bytes, Node]]]:
         """What a /jobs/-like directory (/jobs/, /datasets/, /projects/<p>/jobs|datasets/)
         lists, as records and its links (`latest`), without a node per record: `ls -l` of
         100,000 jobs reads only what it prints. The same entries as `children`."""
-        path = node.path
         self.repo.refresh()
+        return self._listed_records(node.path)
+
+    def _listed_records(self, path: tuple[bytes, ...]
+                        ) -> tuple[list[JobRecord], list[tuple[bytes, Node]]]:
         records = self._records(_TOP[path[-1]])
         links: list[tuple[bytes, Node]] = []
         if len(path) == 3:
-            from c3fs.jobs import tags
-
             records = [r for r in records if r.project.encode() == path[1]]
-            newest = (tags.latest(records, path[1].decode(errors="replace")) if path[2] == JOBS
-                      else None)
-            if newest is not None:  # (it hides a job named `latest`, as `children` does)
+            newest = self._latest_link(path, records) if path[2] == JOBS else None
+            if newest is not None:  # (it hides a job named `latest` in this view only)
                 records = [r for r in records if r.id.encode() != LATEST]
-                links.append((LATEST, self._link(path, LATEST, newest.id.encode(),
-                                                 newest.ended or newest.created)))
+                links.append((LATEST, newest))
         return records, links
+
+    def _latest_link(self, path: tuple[bytes, ...], records: list[JobRecord]) -> Node | None:
+        """/projects/<p>/jobs/latest: a link to the newest SUCCEEDED job of <p> in `records`."""
+        from c3fs.jobs import tags
+
+        record = tags.latest(records, path[1].decode(errors="replace"))
+        return None if record is None else self._link(path, LATEST, record.id.encode(),
+                                                      record.ended or record.created)
 
     # virtual links: latest and tags -------------------------------------------------------
     def _link_child(self, path: tuple[bytes, ...], name: bytes) -> Node | None:
@@ -344,9 +350,7 @@ class Vfs:
         project = path[1].decode(errors="replace")
         if path[2] == JOBS and name == LATEST:
             self.repo.refresh()
-            record = tags.latest(self._records(JOB), project)
-            return None if record is None else self._link(path, name, record.id.encode(),
-                                                          record.ended or record.created)
+            return self._latest_link(path, self._records(JOB))
         if path[2] != TAGS:
             return None
         try:
