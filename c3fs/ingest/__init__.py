@@ -768,9 +768,7 @@ class Ingester:
         """The chunks of `size` bytes of a hole (a multiple of `chunk_max`): the same chunk
         of zeros each time, stored once."""
         reach = self.config.chunk_max
-        zeros = bytes(reach)
-        zero_id = blob_id(zeros)
-        self._store_blob(CHUNK, zero_id, zeros)
+        zero_id, _ = self._store_chunk(bytes(reach))
         for _ in range(size // reach):
             yield zero_id, reach
 
