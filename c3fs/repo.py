@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -19,6 +19,8 @@ from c3fs.store.store import Store, open_backend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# records a read of the index when a listing streams them (`iter_records`)
+RECORD_BATCH = 1024
 MiB = 1024 * 1024
 
 
@@ -103,6 +105,21 @@ class Repo:
 
     def records(self, kind: str) -> list[JobRecord]:
         return self._healing(self.index.records, kind)
+
+    def iter_records(self, kind: str, by_created: bool = False,
+                     since: float | None = None) -> Iterator[JobRecord]:
+        """The records of `kind`, by name or the oldest first (from `since`), read as they
+        are consumed, `RECORD_BATCH` to a read of the index: memory does not grow with the
+        number of jobs."""
+        after = None
+        while True:
+            batch = self._healing(self.index.record_batch, kind, by_created, after,
+                                  RECORD_BATCH, since)
+            for _, record in batch:
+                yield record
+            if len(batch) < RECORD_BATCH:
+                return
+            after = batch[-1][0]
 
     def _healing(self, read: Callable[..., T], *args) -> T:
         """`read(*args)` from the index; if it meets damage, the index has been replaced by a

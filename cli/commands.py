@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -20,6 +21,8 @@ from .main import Ctx, app, pass_ctx
 log = logging.getLogger("c3fs.cli")
 
 if TYPE_CHECKING:  # the library is imported in the commands: `c3fs --help` stays quick
+    from collections.abc import Iterable, Iterator
+
     from c3fs.objects.job import JobRecord
     from c3fs.vfs import Node, Vfs
 
@@ -129,7 +132,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
       c3fs ls /jobs/ --project vision --limit 20
       c3fs ls --json /projects/vision/jobs/
     """
-    from c3fs.vfs import Vfs
+    from c3fs.vfs import Vfs, lists_records
 
     started = time.monotonic()
     repo = ctx.repo()
@@ -139,7 +142,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
     vfs = Vfs(repo)
     node = vfs.resolve(path)
     chosen = RecordFilter(project, status, since, limit)
-    if chosen.active and not _lists_records(node):
+    if chosen.active and not lists_records(node.path):
         raise UsageError("--project, --status, --since and --limit choose jobs or datasets: "
                          "list /jobs/, /projects/<p>/jobs/ or /datasets/")
     if node.is_dir and not (long or as_json or chosen.active):  # names stream, row by row
@@ -148,20 +151,31 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
                                      for name, is_dir in names)
         output.timing(f"ls {path}: {output.count(written, 'name')} read", started)
         return
-    if long and not as_json and _lists_records(node) and not (limit or since):
-        records, links = vfs.listed_records(node)  # no node a record: 100,000 jobs
-        if chosen.active:
-            records = [r for r in records if chosen.keeps(r)]
-        output.timing(f"ls {path}: {output.count(len(records), 'record')} read", started)
-        if records:  # (an empty listing prints nothing, as `ls -l` of an empty directory)
-            _print_records(records, links)
+    if lists_records(node.path) and not limit:  # records stream: none held, no node each
+        if long and not as_json:  # the oldest first, from --since
+            records, links = vfs.listed_records(node, by_created=True, since=chosen.since)
+            if chosen.active:
+                records = (r for r in records if chosen.keeps(r))
+            written = _print_records(records, links)
+            output.timing(f"ls {path}: {output.count(written, 'record')} printed", started)
+            return
+        items: Iterable[tuple[bytes, Node]] = vfs.iter_record_children(node)
+        if chosen.active:  # (links have no record: a filter leaves them out, as `apply`)
+            items = ((name, n) for name, n in items
+                     if n.record is not None and chosen.keeps(n.record))
+        if as_json:
+            written = output.print_json_listing(
+                {"schema": LS_SCHEMA, "path": node.display}, "entries",
+                (_json_item(vfs, name, n) for name, n in items))
+        else:
+            written = output.write_lines(output.escape(name) + ("/" if n.is_dir else "")
+                                         for name, n in items)
+        output.timing(f"ls {path}: {output.count(written, 'name')} printed", started)
         return
-    if chosen.active and (limit or since):  # the newest first, read only as far as needed
+    if chosen.active:  # --limit: the newest first, read only as far as needed
         items = chosen.newest(vfs, node)
     else:
         items = vfs.children(node) if node.is_dir else [(node.name, node)]
-        if chosen.active:
-            items = chosen.apply(vfs, items)
     output.timing(f"ls {path}: {output.count(len(items), 'name')} read", started)
     if as_json:
         output.print_json({"schema": LS_SCHEMA, "path": node.display,
@@ -183,13 +197,6 @@ class RecordFilter:
         self.since = _since(since) if since else None
         self.active = any(v is not None for v in (project, status, since, limit))
 
-    def apply(self, vfs: Vfs, items: list[tuple[bytes, Node]]) -> list[tuple[bytes, Node]]:
-        pairs = [(item, _record_of(vfs, item[1])) for item in items]
-        kept = [(item, r) for item, r in pairs if r is not None and self.keeps(r)]
-        if self.limit is not None:
-            kept = sorted(kept, key=lambda pair: pair[1].created)[-self.limit:]
-        return [item for item, _ in kept]
-
     def newest(self, vfs: Vfs, node: Node) -> list[tuple[bytes, Node]]:
         """What `apply` keeps of `node`'s listing (a /jobs/-like directory), from the index's
         order of creation: `--limit 20` of 100,000 jobs decodes 20 records, not 100,000."""
@@ -208,13 +215,6 @@ class RecordFilter:
         return ((self.project is None or record.project == self.project)
                 and (self.status is None or record.status == self.status)
                 and (self.since is None or record.created >= self.since))
-
-
-def _lists_records(node: Node) -> bool:
-    """Whether `node` is /jobs/, /datasets/ or /projects/<p>/jobs|datasets/."""
-    path = node.path
-    return path in ((b"jobs",), (b"datasets",)) or (
-        len(path) == 3 and path[0] == b"projects" and path[2] in (b"jobs", b"datasets"))
 
 
 def _since(text: str) -> float:
@@ -298,18 +298,32 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
     output.write_lines(line(name, node) for name, node in items)
 
 
-def _print_records(records: list[JobRecord], links: list[tuple[bytes, Node]]) -> None:
-    """`ls -l` of jobs or datasets: one row each, oldest first, then the links (`latest`)."""
+def _print_records(records: Iterable[JobRecord], links: list[tuple[bytes, Node]]) -> int:
+    """`ls -l` of jobs or datasets: one row each, in the order given (the oldest first),
+    then the links (`latest`); nothing if there is no record. Returns how many rows."""
     escape, human, age = output.escape, output.human, output.age
-    rows = [(escape(r.id), escape(r.project),
-             escape(r.status + (f" ({r.reason})" if r.reason else "")),
-             human(r.logical_bytes), human(r.stored_delta), str(r.files),
-             age(r.ended or r.created))
-            for r in sorted(records, key=lambda r: r.created)]
-    rows += [(f"{escape(name)} -> {escape(n.entry.target)}", "", "", "", "", "",
-              age(n.mtime_ns / 1e9)) for name, n in links]
-    output.write_lines(output.columns(
-        ("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE"), rows, right=(3, 4, 5)))
+    count = 0
+
+    def rows() -> Iterator[tuple[str, ...]]:
+        nonlocal count
+        for r in records:
+            count += 1
+            yield (escape(r.id), escape(r.project),
+                   escape(r.status + (f" ({r.reason})" if r.reason else "")),
+                   human(r.logical_bytes), human(r.stored_delta), str(r.files),
+                   age(r.ended or r.created))
+        if count:
+            for name, n in links:
+                yield (f"{escape(name)} -> {escape(n.entry.target)}", "", "", "", "", "",
+                       age(n.mtime_ns / 1e9))
+
+    lines = output.columns(("ID", "PROJECT", "STATUS", "SIZE", "STORED", "FILES", "AGE"),
+                           rows(), right=(3, 4, 5))
+    head = next(lines)  # (every row read: the widths are known)
+    if count:  # (an empty listing prints nothing, as `ls -l` of an empty directory)
+        output.write_lines(itertools.chain([head], lines))
+    lines.close()
+    return count
 
 
 # cp -----------------------------------------------------------------------------------------

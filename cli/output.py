@@ -10,8 +10,9 @@ import contextlib
 import json
 import re
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from c3fs.errors import UsageError
@@ -177,22 +178,52 @@ def write_lines(lines: Iterator[str] | list[str], batch: int = 4096) -> int:
     return written
 
 
-def columns(headers: tuple[str, ...], rows: list[tuple[str, ...]],
+def columns(headers: tuple[str, ...], rows: Iterable[tuple[str, ...]],
             right: tuple[int, ...] = ()) -> Iterator[str]:
     """A table as plain lines: columns as wide as their widest cell, two spaces apart, the
     header bold on a terminal; `right`: the columns aligned right. Linear in the rows (a
-    rich table of 100,000 jobs took minutes); cells must be escaped already."""
-    widths = [len(h) for h in headers]
-    for i, column in enumerate(zip(*rows, strict=True)):  # (zip, map and max run in C)
-        widths[i] = max(widths[i], *map(len, column))
-    # one format string for every line: a call a row, not a call a cell
-    spec = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths))
-    line = spec.format
+    rich table of 100,000 jobs took minutes); cells must be escaped already (no control
+    character in them: a row is held as one line).
 
-    head = line(*headers).rstrip()
-    yield f"\033[1m{head}\033[0m" if sys.stdout.isatty() else head
-    for row in rows:
-        yield line(*row).rstrip()
+    The widths are known only once every row is seen: the rows are held meanwhile, in
+    memory up to `SPILL` bytes and in a temporary file past that, so a listing of 100,000
+    jobs does not hold them all."""
+    widths = [len(h) for h in headers]
+    with tempfile.SpooledTemporaryFile(SPILL, mode="w+", encoding="utf-8", newline="\n",
+                                       errors="surrogateescape") as held:
+        for batch in _batched(rows, ROWS):
+            for i, column in enumerate(zip(*batch, strict=True)):  # (zip, map, max run in C)
+                widths[i] = max(widths[i], *map(len, column))
+            held.write("".join(map(_held_line, batch)))
+        held.seek(0)
+        # one format string for every line: a call a row, not a call a cell
+        spec = "  ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths))
+        line = spec.format
+
+        head = line(*headers).rstrip()
+        yield f"\033[1m{head}\033[0m" if sys.stdout.isatty() else head
+        for text in held:
+            yield line(*text[:-1].split(_CELL)).rstrip()
+
+
+SPILL = 4 * 1024 * 1024  # bytes of a table's rows held in memory; past that, in a file
+ROWS = 1024  # rows measured at once (the widths: zip, map and max, in C)
+_CELL = "\x1f"  # between a held row's cells (escaped cells have no control characters)
+
+
+def _held_line(row: tuple[str, ...]) -> str:
+    return _CELL.join(row) + "\n"
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def table(*headers: str):
@@ -202,3 +233,23 @@ def table(*headers: str):
     for i, h in enumerate(headers):  # the first column names the row: never folded
         t.add_column(h, overflow="fold", no_wrap=i == 0)
     return t
+
+
+def print_json_listing(fields: dict, key: str, items: Iterable) -> int:
+    """`print_json({**fields, key: list(items)})`, the same text, with the items written as
+    they come instead of held: `ls --json` of 100,000 jobs. Returns how many items."""
+    import msgspec
+
+    marker = "\0items\0"  # where the list goes in the document's text
+    head, _, tail = json.dumps(msgspec.to_builtins({**fields, key: marker}), indent=2,
+                               sort_keys=True).partition(json.dumps(marker))
+    write = sys.stdout.write
+    write(head)
+    written = 0
+    for item in items:  # each at the list's depth: its lines indented by 4 (one level in)
+        text = json.dumps(msgspec.to_builtins(item), indent=2, sort_keys=True)
+        write(("[\n    " if not written else ",\n    ") + text.replace("\n", "\n    "))
+        written += 1
+    write(("\n  ]" if written else "[]") + tail + "\n")
+    sys.stdout.flush()
+    return written

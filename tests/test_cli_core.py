@@ -522,6 +522,67 @@ def test_ls_limit_reads_only_the_newest_records(run_cli, store_env, tmp_path: Pa
     assert made == [], len(made)
 
 
+def test_ls_of_jobs_streams_its_records(run_cli, store_env, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ls`, `ls -l` and `ls --json` of a /jobs/-like directory read its records a batch at a
+    time and hold no more rows than a small spill: listing 1,600 jobs takes the Python
+    memory that listing 200 does (held, they were ~1.3 KB a record). The batches' seams do
+    not show in what is printed."""
+    import contextlib
+    import tracemalloc
+
+    from c3fs_cli import output
+    from c3fs_cli.main import main
+
+    import c3fs.repo as repomod
+
+    monkeypatch.setattr(repomod, "RECORD_BATCH", 50)
+    monkeypatch.setattr(output, "SPILL", 16 * 1024)
+    monkeypatch.setattr(output, "ROWS", 64)
+    root = push_ok(run_cli, small_src(tmp_path), "seed", project="p0")["root"]
+    store = Store.open(LocalBackend(store_env.store))
+    listings = (["ls", "/jobs/"], ["ls", "-l", "/jobs/"], ["ls", "--json", "/jobs/"],
+                ["ls", "-l", "/projects/p1/jobs/"], ["ls", "/jobs/", "--status", "succeeded"])
+
+    made = 0
+
+    def peaks(jobs: int) -> list[int]:
+        nonlocal made
+        for n in range(made, jobs):
+            store.create_ref(JobRecord(id=f"job{n:04d}", project=f"p{n % 3}", root=root,
+                                       created=2_000_000.0 - n))  # the newest has the lowest id
+        made = jobs
+        run_cli(["ls", "/jobs/"]).ok()  # the index learns them (each new one: the sync's cost)
+        found = []
+        refresh = repomod.Repo.refresh  # (measured apart: the listing, not the sync)
+        monkeypatch.setattr(repomod.Repo, "refresh", lambda self, force=False, full=False: None)
+        for argv in listings:
+            with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+                tracemalloc.start()
+                with contextlib.suppress(SystemExit):
+                    main(list(argv))
+                found.append(tracemalloc.get_traced_memory()[1])
+                tracemalloc.stop()
+        monkeypatch.setattr(repomod.Repo, "refresh", refresh)
+        return found
+
+    few, many = peaks(200), peaks(1_600)
+    grown = [m - f for f, m in zip(few, many, strict=True)]
+    assert max(grown) < 400_000, list(zip(listings, few, many, strict=True))
+
+    rows = run_cli(["ls", "-l", "/jobs/"]).ok().out.splitlines()  # the oldest first
+    assert [row.split()[0] for row in rows[1:]] == [f"job{n:04d}" for n in range(1_599, -1, -1)] + ["seed"]
+    assert {row[7:10] for row in rows[1:]} == {"  p"}  # one width: the seed's row too
+    rows = run_cli(["ls", "-l", "/jobs/", "--since", "1970-01-24T03:16:40+00:00"]).ok().out
+    assert [row.split()[0] for row in rows.splitlines()[1:]] == [  # created 1,999,000 on
+        f"job{n:04d}" for n in range(1_000, -1, -1)] + ["seed"]
+    listed = json.loads(run_cli(["ls", "--json", "/jobs/"]).ok().out)["entries"]
+    assert [e["name"] for e in listed] == [f"job{n:04d}" for n in range(1_600)] + ["seed"]
+    assert listed[7]["record"]["project"] == "p1"
+    rows = run_cli(["ls", "/projects/p1/jobs/"]).ok().out.split()
+    assert rows == [f"job{n:04d}/" for n in range(1, 1_600, 3)] + ["latest"]
+
+
 def test_ls_escapes_names_in_long_and_plain_listings(run_cli, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -521,6 +521,39 @@ class Index:
                 if not cursor.prev():
                     return
 
+    def record_batch(self, kind: str, by_created: bool, after: bytes | None, count: int,
+                     since: float | None = None) -> list[tuple[bytes, JobRecord]]:
+        """Up to `count` records of `kind` that come after the key `after` (None: from the
+        first; `since`: the first created then), in the order of their names or of their
+        creation, each with its key to go on from: a listing of 100,000 jobs is read a
+        batch at a time, in a transaction of its own, never held whole."""
+        found: list[tuple[bytes, JobRecord]] = []
+        with self._read() as txn:
+            records = self._db(kind)
+            if by_created:
+                cursor = txn.cursor(db=self.by_created)
+                start = after if after is not None else (
+                    _CREATED.pack(since) if since is not None else b"")
+                tag = f"/{kind}/".encode()
+            else:
+                cursor = txn.cursor(db=records)
+                start = after if after is not None else b""
+            if not cursor.set_range(start):
+                return found
+            if after is not None and cursor.key() == after and not cursor.next():
+                return found
+            while len(found) < count:
+                key = bytes(cursor.key())
+                if not by_created:
+                    found.append((key, decode_record(bytes(cursor.value()))))
+                elif key[_CREATED.size:].startswith(tag):
+                    raw = txn.get(key[_CREATED.size + len(tag):], db=records)
+                    if raw is not None:  # (a key whose record is gone: skipped, as `newest`)
+                        found.append((key, decode_record(raw)))
+                if not cursor.next():
+                    break
+        return found
+
     def record(self, kind: str, name: str) -> JobRecord | None:
         with self._read() as txn:
             raw = txn.get(name.encode(), db=self._db(kind))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgspec
@@ -208,9 +209,10 @@ def find_tag(store: Store, name: str, project: str | None) -> Tag:
     return found[0]
 
 
-def latest(records: list[JobRecord], project: str) -> JobRecord | None:
-    """The newest SUCCEEDED job of `project` (by end time, then id), or None."""
-    done = [r for r in records if r.kind == JOB and r.project == project and r.status == SUCCEEDED]
+def latest(records: Iterable[JobRecord], project: str) -> JobRecord | None:
+    """The newest SUCCEEDED job of `project` (by end time, then id), or None; `records` are
+    read once, as they come (a store's 100,000 jobs: none held)."""
+    done = (r for r in records if r.kind == JOB and r.project == project and r.status == SUCCEEDED)
     return max(done, key=lambda r: (r.ended or r.created, r.id), default=None)
 
 

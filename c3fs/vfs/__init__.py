@@ -17,7 +17,8 @@ lookups and across remounts. Names are bytes throughout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import heapq
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import blake3
@@ -85,6 +86,13 @@ class Node:
 
 
 ROOT_KEY = b""
+
+
+def lists_records(path: tuple[bytes, ...]) -> bool:
+    """Whether `path` is /jobs/, /datasets/ or /projects/<p>/jobs|datasets/: a listing of
+    job or dataset records."""
+    return (len(path) == 1 and path[0] in _TOP) or (
+        len(path) == 3 and path[0] == PROJECTS and path[2] in _TOP)
 
 
 def child_key(parent_key: bytes, name: bytes) -> bytes:
@@ -208,6 +216,8 @@ class Vfs:
         """`children`, with a tree's nodes made as they are consumed (its tree is read at
         once, so a damaged one fails here, not halfway). `keep`: see `Repo.tree`."""
         if node.tree_id is None:
+            if lists_records(node.path):
+                return self.iter_record_children(node)
             return iter(self.children(node))
         tree = self.repo.tree(node.tree_id, keep=keep)
         return ((e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree))
@@ -217,7 +227,9 @@ class Vfs:
         consumed and without a node each (`ls` of 100,000 names; checked first, as
         `iter_children`)."""
         if node.tree_id is None:
-            return ((name, child.is_dir) for name, child in self.children(node))
+            children = (self.iter_record_children(node) if lists_records(node.path)
+                        else self.children(node))
+            return ((name, child.is_dir) for name, child in children)
         tree = self.repo.tree(node.tree_id)
         return ((e.name, e.kind == DIR) for e in tree)
 
@@ -301,7 +313,8 @@ class Vfs:
         if len(path) == 1 and path[0] in _TOP:
             return self._record_children(path)
         if len(path) == 1:
-            projects = {r.project.encode() for r in self._records(JOB) + self._records(DATASET)}
+            projects = {r.project.encode() for kind in (JOB, DATASET)
+                        for r in self.repo.iter_records(kind)}
             return [(p, self._virtual((PROJECTS, p))) for p in projects]
         if len(path) == 2:
             return [(n, self._virtual((*path, n))) for n in (DATASETS, JOBS, TAGS)]
@@ -313,26 +326,38 @@ class Vfs:
         records, links = self._listed_records(path)
         return [(r.id.encode(), self.ref_root(r)) for r in records] + links
 
-    def listed_records(self, node: Node) -> tuple[list[JobRecord], list[tuple[bytes, Node]]]:
+    def listed_records(self, node: Node, by_created: bool = False, since: float | None = None
+                       ) -> tuple[Iterator[JobRecord], list[tuple[bytes, Node]]]:
         """What a /jobs/-like directory (/jobs/, /datasets/, /projects/<p>/jobs|datasets/)
-        lists, as records and its links (`latest`), without a node per record: `ls -l` of
-        100,000 jobs reads only what it prints. The same entries as `children`."""
+        lists: its records, by name or the oldest first (created from `since` on), read as
+        they are consumed, and its links (`latest`). `ls` of 100,000 jobs makes no node a
+        record and holds none of them. The same entries as `children`."""
         self.repo.refresh()
-        return self._listed_records(node.path)
+        return self._listed_records(node.path, by_created, since)
 
-    def _listed_records(self, path: tuple[bytes, ...]
-                        ) -> tuple[list[JobRecord], list[tuple[bytes, Node]]]:
-        records = self._records(_TOP[path[-1]])
-        links: list[tuple[bytes, Node]] = []
-        if len(path) == 3:
-            records = [r for r in records if r.project.encode() == path[1]]
-            newest = self._latest_link(path, records) if path[2] == JOBS else None
-            if newest is not None:  # (it hides a job named `latest` in this view only)
-                records = [r for r in records if r.id.encode() != LATEST]
-                links.append((LATEST, newest))
-        return records, links
+    def _listed_records(self, path: tuple[bytes, ...], by_created: bool = False,
+                        since: float | None = None
+                        ) -> tuple[Iterator[JobRecord], list[tuple[bytes, Node]]]:
+        kind = _TOP[path[-1]]
+        records = self.repo.iter_records(kind, by_created, since)
+        if len(path) != 3:
+            return records, []
+        project = path[1]
+        # (a pass of its own: the newest by end time, which the listing's order is not)
+        newest = self._latest_link(path, self.repo.iter_records(kind)) if path[2] == JOBS else None
+        if newest is None:
+            return (r for r in records if r.project.encode() == project), []
+        # (the link hides a job named `latest` in this view only)
+        return ((r for r in records if r.project.encode() == project and r.id.encode() != LATEST),
+                [(LATEST, newest)])
 
-    def _latest_link(self, path: tuple[bytes, ...], records: list[JobRecord]) -> Node | None:
+    def iter_record_children(self, node: Node) -> Iterator[tuple[bytes, Node]]:
+        """`children` of a /jobs/-like directory, a node made as each is consumed."""
+        records, links = self.listed_records(node)
+        return heapq.merge(((r.id.encode(), self.ref_root(r)) for r in records), links,
+                           key=lambda item: item[0])
+
+    def _latest_link(self, path: tuple[bytes, ...], records: Iterable[JobRecord]) -> Node | None:
         """/projects/<p>/jobs/latest: a link to the newest SUCCEEDED job of <p> in `records`."""
         from c3fs.jobs import tags
 
@@ -350,7 +375,7 @@ class Vfs:
         project = path[1].decode(errors="replace")
         if path[2] == JOBS and name == LATEST:
             self.repo.refresh()
-            return self._latest_link(path, self._records(JOB))
+            return self._latest_link(path, self.repo.iter_records(JOB))
         if path[2] != TAGS:
             return None
         try:
@@ -375,9 +400,6 @@ class Vfs:
         return Node(ino_from_key(key), LINK, 0o777, len(target), mtime, name, parent, key,
                     parent.depth + 1, None, None, entry)
 
-    def _records(self, kind: str) -> list[JobRecord]:
-        return self.repo.records(kind)
-
     def _record(self, kind: str, name: bytes) -> JobRecord:
         try:
             text = check_name(name.decode(), kind)
@@ -387,5 +409,5 @@ class Vfs:
 
     def _project_exists(self, name: bytes) -> bool:
         self.repo.refresh()
-        records = self._records(JOB) + self._records(DATASET)
-        return any(r.project.encode() == name for r in records)
+        return any(r.project.encode() == name for kind in (JOB, DATASET)
+                   for r in self.repo.iter_records(kind))
