@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
+from c3fs.objects.job import DATASET, JOB
 from c3fs.repo import Repo
 
 
@@ -43,7 +45,7 @@ def balance(repo: Repo) -> Balance:
     repo.refresh(full=True)
     sizes = repo.index.pack_sizes()
     result = Balance(sum(sizes.values()), len(sizes), repo.store.config.quota, Usage())
-    for record in repo.jobs() + repo.datasets():
+    for record in itertools.chain(repo.iter_records(JOB), repo.iter_records(DATASET)):
         for usage in (result.total, result.projects.setdefault(record.project, Usage())):
             if record.kind == "job":
                 usage.jobs += 1
