@@ -67,6 +67,28 @@ def test_listings(vfs: Vfs) -> None:
                       "/jobs/job_a/sub", "/jobs/job_a/sub/metrics.json", "/jobs/job_a/weights.bin"]
 
 
+def test_record_listings_stream_and_page(vfs: Vfs, repo: Repo,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A /jobs/-like directory read a batch of records at a time: the same entries as
+    `children`, in name order, the links among them; a page of it (the web view) holds the
+    page only; a held listing's nodes carry no record (a mount of 100,000 jobs)."""
+    import c3fs.repo as repomod
+
+    monkeypatch.setattr(repomod, "RECORD_BATCH", 1)  # a seam between every two records
+    for path in ("/jobs", "/projects/nlp/jobs", "/projects/vision/jobs", "/datasets"):
+        node = vfs.resolve(path)
+        held = vfs.children(node)
+        assert [n for n, _ in vfs.iter_record_children(node)] == [n for n, _ in held]
+        assert all(child.record is None for _, child in held)
+        for start, stop in ((0, 1), (1, 2), (0, 5), (2, 9)):
+            total, shown = vfs.children_slice(node, start, stop)
+            assert (total, [n for n, _ in shown]) == (len(held), [n for n, _ in held[start:stop]])
+    assert [n for n, _ in vfs.iter_record_children(vfs.resolve("/projects/nlp/jobs"))] == [
+        b"job_b", b"latest"]
+    assert [c.record.project for _, c in vfs.iter_record_children(vfs.resolve("/jobs"))] == [
+        "vision", "nlp"]
+
+
 def test_lookup_errors(vfs: Vfs) -> None:
     with pytest.raises(NotFound):
         vfs.resolve("/jobs/job_a/nope")
