@@ -106,6 +106,14 @@ class Repo:
     def records(self, kind: str) -> list[JobRecord]:
         return self._healing(self.index.records, kind)
 
+    def find_record(self, kind: str, name: str) -> JobRecord | None:
+        """The record of a job or dataset as the index knows it, or None (no store fetch)."""
+        return self._healing(self.index.record, kind, name)
+
+    def consumers(self, kind: str, name: str) -> list[JobRecord]:
+        """The jobs whose inputs name the job or dataset `name` of `kind`, by name."""
+        return self._healing(self.index.consumers, kind, name)
+
     def iter_records(self, kind: str, by_created: bool = False,
                      since: float | None = None) -> Iterator[JobRecord]:
         """The records of `kind`, by name or the oldest first (from `since`), read as they

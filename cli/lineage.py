@@ -44,7 +44,7 @@ def lineage(ctx: Ctx, job: str, direction: str | None, depth: int, as_json: bool
         raise UsageError("give --json or --dot, not both")
     repo = ctx.repo()
     start = _start(repo, job)
-    graph = graphs.lineage(graphs.all_records(repo), start, depth, limit=100_000,
+    graph = graphs.lineage(graphs.indexed_records(repo), start, depth, limit=100_000,
                            up=direction != "down", down=direction != "up")
     if as_json:
         output.print_json(graphs.as_json(graph, start))

@@ -284,6 +284,45 @@ def test_lineage_up_down_json_dot(run_cli, store_env, tmp_path) -> None:
     assert run_cli(["lineage", "c", "--json", "--dot"]).code == 2
 
 
+def test_lineage_reads_the_records_it_shows(run_cli, store_env, tmp_path, monkeypatch) -> None:
+    """The index keeps who read what (`by_input`): a lineage walk decodes the records it
+    reaches, not the store's 200 others; a record replaced or removed takes its edges."""
+    import msgspec
+
+    import c3fs.index as indexmod
+    from c3fs.objects.job import JobRecord
+    from c3fs.repo import Repo
+    from c3fs.store.local import LocalBackend
+    from c3fs.store.store import Store
+
+    roots = _chain(run_cli, store_env, tmp_path)
+    store = Store.open(LocalBackend(store_env.store))
+    for n in range(200):
+        store.create_ref(JobRecord(id=f"other{n:03d}", project="q", root=roots["a"],
+                                   created=1_000_000.0 + n))
+    run_cli(["ls", "/jobs/"]).ok()  # the index learns them
+    decoded = []
+    real = indexmod.decode_record
+    monkeypatch.setattr(indexmod, "decode_record", lambda raw: decoded.append(1) or real(raw))
+    data = json.loads(run_cli(["lineage", "b", "--json"]).ok().out)
+    assert {n["id"] for n in data["nodes"]} == {"a", "b", "c", "d"}
+    assert len(decoded) <= 12, len(decoded)
+    monkeypatch.setattr(indexmod, "decode_record", real)
+
+    repo = Repo.open(str(store_env.store))
+    try:
+        assert [r.id for r in repo.consumers("job", "b")] == ["c"]
+        assert [r.id for r in repo.consumers("job", "c")] == ["d"]
+        c = repo.find_record("job", "c")
+        repo.index.put_record(msgspec.structs.replace(c, inputs=[]))  # c re-created
+        assert repo.consumers("job", "b") == []
+        repo.index.remove_record("job", "d")
+        assert repo.consumers("job", "c") == [] and repo.consumers("job", "d") == []
+        assert [r.id for r in repo.consumers("job", "gone")] == ["e"]
+    finally:
+        repo.close()
+
+
 def test_ls_l_of_a_job_shows_its_inputs(run_cli, store_env, tmp_path) -> None:
     roots = _chain(run_cli, store_env, tmp_path)
     out = run_cli(["ls", "-l", "/jobs/c"]).out.splitlines()

@@ -37,7 +37,7 @@ import lmdb
 from c3fs.errors import FormatError, NotFound, StoreError, UsageError
 from c3fs.fsutil import make_private_dir
 from c3fs.objects import refsnap
-from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record
+from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record, input_ref
 from c3fs.objects.pack import PACK_TABLE, PackEntry, entry_table
 from c3fs.preload import cache_dir
 from c3fs.store.backend import KeyMissing
@@ -45,7 +45,8 @@ from c3fs.store.store import Store
 
 log = logging.getLogger(__name__)
 
-SCHEMA = b"2"  # 2: `by_created` (an index of schema 1 is made anew: a full sync)
+# 2: `by_created`; 3: `by_input` (an index of an older schema is made anew: a full sync)
+SCHEMA = b"3"
 _LOC = struct.Struct("<32sQIIBB")
 _PACK = struct.Struct("<Q")
 TABLE = PACK_TABLE  # a pack's entry: blob id, then what `_LOC` holds after the pack id
@@ -299,12 +300,13 @@ class Index:
         self.jobs = env.open_db(b"jobs")
         self.datasets = env.open_db(b"datasets")
         self.by_created = env.open_db(b"by_created")  # created, kind, id: the newest first
+        self.by_input = env.open_db(b"by_input")  # an input's kind/name, then its consumer's
         self.meta = env.open_db(b"meta")
         self.local = env.open_db(b"local")
         return env
 
     def _lmdb_env(self) -> lmdb.Environment:
-        return lmdb.open(str(self.path), map_size=_MAP_SIZE, max_dbs=8, readahead=False,
+        return lmdb.open(str(self.path), map_size=_MAP_SIZE, max_dbs=16, readahead=False,
                          mode=0o600, lock=True)
 
     def _check_identity(self) -> bool:
@@ -315,7 +317,7 @@ class Index:
             ) == SCHEMA:
                 return txn.get(b"synced", db=self.meta) is None
             for db in (self.blobs, self.packs, self.jobs, self.datasets, self.local,
-                       self.by_created):
+                       *self._by_record):
                 txn.drop(db, delete=False)
             txn.put(b"store_id", self.store_id, db=self.meta)
             txn.put(b"schema", SCHEMA, db=self.meta)
@@ -488,18 +490,55 @@ class Index:
         with self._write() as txn:
             self._delete_record(txn, kind, name)
 
+    @property
+    def _by_record(self) -> tuple:
+        """The tables kept from the records (dropped with them)."""
+        return (self.by_created, self.by_input)
+
     def _put_record(self, txn: lmdb.Transaction, record: JobRecord) -> None:
         name = record.id.encode()
         old = txn.get(name, db=self._db(record.kind))
         if old is not None:
-            txn.delete(_created_key(_created_of(old), record.kind, record.id), db=self.by_created)
+            self._unkey(txn, record.kind, record.id, old)
         txn.put(name, encode_record(record), db=self._db(record.kind))
         txn.put(_created_key(record.created, record.kind, record.id), b"", db=self.by_created)
+        for key in _input_keys(record):
+            txn.put(key, b"", db=self.by_input)
 
     def _delete_record(self, txn: lmdb.Transaction, kind: str, name: str) -> None:
         old = txn.pop(name.encode(), db=self._db(kind))
         if old is not None:
-            txn.delete(_created_key(_created_of(old), kind, name), db=self.by_created)
+            self._unkey(txn, kind, name, old)
+
+    def _unkey(self, txn: lmdb.Transaction, kind: str, name: str, raw: bytes) -> None:
+        """Remove what the tables kept from a record being replaced or removed (one that
+        cannot be read left nothing there to remove: it was checked when it was put)."""
+        try:
+            old = decode_record(bytes(raw))
+        except FormatError:
+            return
+        txn.delete(_created_key(old.created, kind, name), db=self.by_created)
+        for key in _input_keys(old):
+            txn.delete(key, db=self.by_input)
+
+    def consumers(self, kind: str, name: str) -> list[JobRecord]:
+        """The records whose inputs name the job or dataset `name` of `kind`, by name: read
+        from `by_input`, not by decoding every record."""
+        prefix = f"{kind}/{name}/".encode()
+        found = []
+        with self._read() as txn:
+            cursor = txn.cursor(db=self.by_input)
+            if not cursor.set_range(prefix):
+                return found
+            for key in cursor.iternext(values=False):
+                key = bytes(key)
+                if not key.startswith(prefix):
+                    break
+                user_kind, _, user = key[len(prefix):].decode().partition("/")
+                raw = txn.get(user.encode(), db=self._db(user_kind))
+                if raw is not None:
+                    found.append(decode_record(raw))
+        return found
 
     def newest(self, kind: str, since: float | None = None) -> Iterator[JobRecord]:
         """Records of `kind`, the most recently created first, down to `since`: as many as
@@ -734,7 +773,7 @@ class Index:
         except StoreError as exc:
             log.info("cannot read ref snapshot %s (%s): listing every ref", key, exc)
         with self._write() as txn:  # what a damaged one said is not kept
-            for db in (self.jobs, self.datasets, self.by_created):
+            for db in (self.jobs, self.datasets, *self._by_record):
                 txn.drop(db, delete=False)
         return False
 
@@ -864,7 +903,7 @@ class Index:
         """Forget everything but local state and relearn it from the store."""
         try:
             with self._sync_lock, self._write() as txn:
-                for db in (self.blobs, self.packs, self.jobs, self.datasets, self.by_created):
+                for db in (self.blobs, self.packs, self.jobs, self.datasets, *self._by_record):
                     txn.drop(db, delete=False)
         except IndexDamaged as exc:  # dropping walks every page: a new one is in its place
             self.heal(exc, store)
@@ -881,17 +920,16 @@ class Index:
 _CREATED = struct.Struct(">d")  # a time >= 0 (records are checked): bytes sort as numbers
 
 
+def _input_keys(record: JobRecord) -> set[bytes]:
+    """`by_input` keys of a record: the kind and name of each job or dataset its inputs
+    name, then its own (`job/a/job/b`: b read a). Names hold no `/`: they are checked."""
+    own = f"/{record.kind}/{record.id}"
+    return {f"{ref[0]}/{ref[1]}{own}".encode()
+            for ref in map(input_ref, record.inputs) if ref is not None}
+
+
 def _created_key(created: float, kind: str, name: str) -> bytes:
     return _CREATED.pack(created) + f"/{kind}/{name}".encode()
-
-
-def _created_of(raw: bytes) -> float:
-    """The creation time of an encoded record (0 if it cannot be read: its key is then
-    not found, and stays until the index is rebuilt; listings skip it)."""
-    try:
-        return decode_record(bytes(raw)).created
-    except FormatError:
-        return 0.0
 
 
 def full_sync_every() -> float:

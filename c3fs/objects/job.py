@@ -66,6 +66,30 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(JobRecord)
 
 
+Ref = tuple[str, str]  # (kind, name) of a job or dataset
+
+
+def ref_of(path: str) -> Ref | None:
+    """The job or dataset an input's ref names (`/jobs/<id>/...`,
+    `/projects/<p>/jobs/<id>/...`, `/datasets/<name>`), or None (a tag, `latest`, a path
+    with `..`)."""
+    parts = [p for p in path.split("/") if p and p != "."]
+    if ".." in parts:
+        return None
+    if len(parts) >= 4 and parts[0] == "projects":
+        if parts[2] == "tags" or parts[2:4] == ["jobs", "latest"]:
+            return None  # moves: only what it resolved to (`resolved`) names a record
+        parts = parts[2:]
+    if len(parts) >= 2 and parts[0] in ("jobs", "datasets"):
+        return (JOB if parts[0] == "jobs" else DATASET), parts[1]
+    return None
+
+
+def input_ref(item: Input) -> Ref | None:
+    """The record an input was read from: what its ref resolved to when it ran, else the ref."""
+    return ref_of(item.resolved) if item.resolved else ref_of(item.ref)
+
+
 def encode_record(record: JobRecord) -> bytes:
     return _encoder.encode(record)
 

@@ -179,7 +179,7 @@ class Site:
                     total=total)
 
     def _relations(self, record: JobRecord) -> dict:
-        records = catalog.all_records(self.repo)
+        records = catalog.indexed_records(self.repo)
         inputs = []
         for item in record.inputs:
             ref = catalog.input_ref(item)
@@ -187,7 +187,7 @@ class Site:
             url = node_url("/browse/", split_path(item.resolved or item.ref)) if found else None
             inputs.append(dict(ref=item.ref, root=item.root, mount=item.mount, url=url,
                                record=found))
-        users = catalog.consumers(records).get((record.kind, record.id), [])
+        users = records.users((record.kind, record.id))
         return dict(inputs=inputs, consumers=sorted(users, key=lambda r: r.created))
 
     def _preview(self, node: Node) -> previews.Preview:
@@ -248,7 +248,7 @@ class Site:
         if kind is None:
             raise NotFound(f"no such kind {request.path_params['kind']!r}")
         record = self.repo.record(kind, request.path_params["name"])
-        graph = catalog.lineage(catalog.all_records(self.repo), (kind, record.id))
+        graph = catalog.lineage(catalog.indexed_records(self.repo), (kind, record.id))
         from c3fs.web.svg import lineage_svg
 
         return self.page("lineage.html", record=record, graph=graph,

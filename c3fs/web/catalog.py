@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from c3fs.jobs.lineage import (  # noqa: F401  (the lineage graph lives in c3fs.jobs.lineage)
     Graph,
     GraphNode,
+    Records,
     Ref,
-    all_records,
-    consumers,
+    indexed_records,
     input_ref,
     lineage,
     ref_of,
