@@ -93,6 +93,35 @@ def test_job_list_sorts_filters_and_pages(repo, jobs, client: TestClient) -> Non
     assert client.get("/jobs", params={"page": "x", "sort": "nonsense"}).status_code == 200
 
 
+def test_a_listing_page_is_that_of_a_sorted_list() -> None:
+    """`listing` reads the records once and keeps the rows up to its page; each page (ties
+    in the order given, descending too, past the end the last) is the sorted list's."""
+    import random
+
+    from c3fs.objects.job import JobRecord
+    from c3fs.web import catalog
+
+    rng = random.Random(7)
+    records = [JobRecord(id=f"j{n:04d}", project=rng.choice("abc"), root="0" * 64,
+                         status=rng.choice((SUCCEEDED, FAILED, TIMEOUT)),
+                         created=float(rng.randrange(50)), logical_bytes=rng.randrange(3),
+                         files=rng.randrange(4)) for n in range(730)]
+    for sort in catalog.SORTS:
+        for descending in (False, True):
+            for page, status in ((1, ""), (2, ""), (8, ""), (99, ""), (3, FAILED)):
+                query = catalog.Query(sort=sort, descending=descending, page=page, status=status)
+                got = catalog.listing(iter(records), query)
+                matching = [r for r in records if not status or r.status == status]
+                expect = sorted(matching, key=catalog.SORTS[sort], reverse=descending)
+                pages = -(-len(matching) // catalog.PAGE)
+                shown = min(page, pages)
+                assert [r.id for r in got.rows] == [
+                    r.id for r in expect[(shown - 1) * catalog.PAGE : shown * catalog.PAGE]]
+                assert (got.total, got.pages) == (len(matching), pages)
+                assert got.statuses == sorted({r.status for r in records})
+                assert got.projects == ["a", "b", "c"]
+
+
 def test_job_page_shows_record_files_thumbnails_inputs_and_consumers(client: TestClient,
                                                                        jobs) -> None:
     page = client.get(f"/browse/jobs/{TRAIN}/")

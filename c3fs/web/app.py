@@ -11,6 +11,7 @@ threads, since the vfs and the reader block (LMDB, the store, zstd, blake3).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import urllib.parse
@@ -101,7 +102,7 @@ class Site:
         self.repo.refresh()
         projects: dict[str, dict[str, int]] = {}
         for kind in (JOB, DATASET):
-            for record in self.repo.records(kind):
+            for record in self.repo.iter_records(kind):
                 row = projects.setdefault(record.project, {"jobs": 0, "datasets": 0,
                                                            "logical": 0, "stored": 0})
                 row["jobs" if kind == JOB else "datasets"] += 1
@@ -121,7 +122,7 @@ class Site:
                               params.get("q", ""), params.get("sort", "age"),
                               params.get("order") == "desc", _int(params.get("page"), 1))
         self.repo.refresh()
-        result = catalog.listing(self.repo.records(kind), query)
+        result = catalog.listing(self.repo.iter_records(kind), query)
         return self.page("list.html", kind=kind, query=query, result=result,
                          statuses=STATUSES, link=_list_link(kind, query),
                          page=min(max(query.page, 1), result.pages))
@@ -260,7 +261,7 @@ class Site:
 
         measure = "logical" if request.query_params.get("measure") == "logical" else "stored"
         totals = balance(self.repo)
-        records = self.repo.records(JOB) + self.repo.records(DATASET)
+        records = itertools.chain(self.repo.iter_records(JOB), self.repo.iter_records(DATASET))
         series = catalog.usage_series(records, measure)
         series = sorted(series, key=lambda s: -s.points[-1][1])[:10]
         return self.page("balance.html", totals=totals, measure=measure,
