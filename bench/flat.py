@@ -8,6 +8,13 @@ README "Limits").
 The dataset: N files in one directory, `file-00000000.bin` ..., every tenth holding a few
 bytes and the rest empty (inodes, not blocks: 2 M take seconds of disk, deleting them
 minutes). Made once under --data and reused (--keep leaves it; it is deleted otherwise).
+
+    python -m bench.flat --files 10000000 --crafted --work /tmp/flat-work
+
+`--crafted`: no files and no push: the same directory's trees are written into the store by
+the library's own tree writer (what push writes for it, the file bytes aside) and the job
+registered, so the readers (ls, verify, the mount, gc) can be measured at 10 M entries
+without creating 10 M files (~35 minutes here, and as long again to delete them).
 Results: bench/results/flat-<timestamp>.json and printed. The page cache is not dropped
 (the machine is shared): "cold" is a fresh mount's daemon, which has read nothing yet.
 """
@@ -53,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("bench/data/flat"))
     parser.add_argument("--work", type=Path, default=Path("bench/data/flat-work"))
     parser.add_argument("--keep", action="store_true", help="keep the dataset")
+    parser.add_argument("--crafted", action="store_true",
+                        help="write the job's trees directly, no files and no push")
     args = parser.parse_args(argv)
     src = args.data / "src"
     flat = src / "flat"
-    generate(flat, args.files)
+    if not args.crafted:
+        generate(flat, args.files)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     env = {"C3FS_STORE": str(args.work / "store"), "C3FS_CACHE_DIR": str(args.work / "cache")}
@@ -70,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         print(name, out[name], flush=True)
         return timed
 
-    step("push", "push", str(src), "-p", "flat", "-j", "flat")
+    if args.crafted:
+        out["crafted"] = craft(env, args.files)
+        print("crafted", out["crafted"], flush=True)
+    else:
+        step("push", "push", str(src), "-p", "flat", "-j", "flat")
     listed = step("ls", "ls", "/jobs/flat/flat")
     out["ls"]["names"] = len(listed.stdout.splitlines())
     step("verify", "verify", "flat")
@@ -83,9 +97,48 @@ def main(argv: list[str] | None = None) -> int:
     (results / f"flat-{stamp}.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     shutil.rmtree(args.work, ignore_errors=True)
-    if not args.keep:
+    if not args.keep and not args.crafted:
         shutil.rmtree(src, ignore_errors=True)
     return 0
+
+
+def craft(env: dict[str, str], files: int) -> dict:
+    """Job `flat` of project `flat`: the directory `flat` of `files` entries, as `generate`
+    makes it, its trees written by the ingester's tree writer (pages as they fill)."""
+    from c3fs.ingest import Ingester
+    from c3fs.jobs.push import ingest, record_for
+    from c3fs.objects.job import JOB
+    from c3fs.objects.tree import DIR, FILE, Entry
+    from c3fs.repo import Repo
+
+    mtime = 1_700_000_000 * 10**9
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def build(ingester: Ingester) -> bytes:
+        writer = ingester.tree_writer(b"flat")
+        for i in range(files):
+            data = b"%d\n" % i if i % 10 == 0 else b""
+            chunk, size = ingester._store_chunk(data) if data else (b"", 0)
+            writer.add(Entry(b"file-%08d.bin" % i, FILE, 0o644, size, mtime, chunks=chunk,
+                             sizes=[size] if size else []))
+            ingester.stats.add(files=1, logical_bytes=size)
+        flat = writer.finish()
+        return ingester.store_tree([Entry(b"flat", DIR, 0o755, 0, mtime, target=flat)])
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        repo = Repo.open()
+        try:
+            ingest(repo, build, lambda root, stats: record_for(JOB, "flat", "flat", root,
+                                                                stats, time.time()))
+        finally:
+            repo.close()
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
+    return {"s": round(time.perf_counter() - start, 2),
+            "cpu_s": round(time.process_time() - cpu, 2)}
 
 
 def through_mount(c3fs: str, env: dict[str, str], mnt: Path, files: int) -> dict:
