@@ -14,7 +14,6 @@ import ctypes
 import logging
 import os
 import signal
-import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -56,7 +55,7 @@ def run(opening: Opening, ref: str, mountpoint: str, *, allow_other: bool,
     mount cannot start."""
     tune_collector()
     vfs = opening.result()
-    traces = mount_traces(vfs)
+    traces = mount_traces(vfs, opening.replaying)
     try:
         try:
             pyfuse3.init(Operations(vfs, readahead=chunk_readahead(vfs.repo.blobs.remote),
@@ -159,39 +158,17 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
-TRACE_ENV = "C3FS_TRACE"  # 0: a mount neither replays nor records access traces
-
-
-def traces_enabled() -> bool:
-    return os.environ.get(TRACE_ENV, "1") != "0"
-
-
-def mount_traces(vfs: Vfs) -> trace.Traces | None:
+def mount_traces(vfs: Vfs, replaying: tuple[str, str] | None = None) -> trace.Traces | None:
     """Learned prefetch (c3fs/reader/trace.py): on a remote store, the mount records what
     its readers read, per job, and replays a job's stored trace: a mount of one job at once
-    (while the mount starts), a namespace mount when a job is first read."""
-    if not (vfs.repo.blobs.remote and traces_enabled()):
+    (`replaying`: the job whose trace replays already, from the mount's start, see
+    c3fs/fuse/opening.py), a namespace mount when a job is first read."""
+    if not (vfs.repo.blobs.remote and trace.enabled()):
         return None
-    traces = trace.Traces(first=partial(start_replay, vfs))
+    traces = trace.Traces(first=partial(trace.start_replay, vfs.repo.store, vfs.repo.blobs.prefetch))
     if vfs.root.ref is not None:
-        traces.start(vfs.root.ref)
+        traces.start(vfs.root.ref, first=vfs.root.ref != replaying)
     return traces
-
-
-def start_replay(vfs: Vfs, ref: tuple[str, str]) -> None:
-    threading.Thread(target=replay_trace, args=(vfs, *ref), daemon=True,
-                     name="c3fs-replay").start()
-
-
-def replay_trace(vfs: Vfs, kind: str, name: str) -> None:
-    """Fetch the chunks of the job's stored access trace, in its order, ahead of readers."""
-    try:
-        ids = trace.load(vfs.repo.store, kind, name)
-        if ids:
-            log.info("replaying an access trace of %d chunks of %s %s", len(ids), kind, name)
-            vfs.repo.blobs.prefetch(ids)
-    except Exception:  # a hint only: never the mount's end
-        log.debug("replaying the access trace of %s %s failed", kind, name, exc_info=True)
 
 
 def chunk_readahead(remote: bool = False) -> int:

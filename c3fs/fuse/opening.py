@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 
 from c3fs.errors import MountError, NotADirectory, NotFound
+from c3fs.objects.job import DATASET, JOB
+from c3fs.reader import trace
 from c3fs.repo import Repo
 from c3fs.store.backend import Deadline
-from c3fs.vfs import Vfs
+from c3fs.vfs import DATASETS, JOBS, Vfs, split_path
 
 
-def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
+def open_vfs(store_url: str | None, ref: str, cache_bytes: int,
+             opened: Callable[[Repo], None] | None = None) -> Vfs:
+    """`opened(repo)` is called once the store is open, before `ref` is resolved."""
     # Mounting nothing is a mistake. Each read is an operation: a store that stops answering
     # fails the reads waiting on it after one deadline, and the next read tries it again.
     try:
@@ -27,6 +32,8 @@ def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
         raise MountError(f"cannot open the store as this user: {exc.strerror}: "
                          f"{exc.filename}") from None
     try:
+        if opened is not None:
+            opened(repo)
         vfs = Vfs(repo, ref or "/")
     except NotFound as exc:
         repo.close()
@@ -41,10 +48,18 @@ def open_vfs(store_url: str | None, ref: str, cache_bytes: int) -> Vfs:
 
 
 class Opening:
-    """`open_vfs` running in a thread from construction; `result()` waits for it."""
+    """`open_vfs` running in a thread from construction; `result()` waits for it.
+
+    A mount of one job on a remote store also starts replaying the job's access trace (learned
+    prefetch, c3fs/reader/trace.py) as soon as the store is open, beside resolving the ref
+    (2 round trips: the ref, the tree) and the imports: the trace's own 2 (list, get) and its
+    chunks' GETs then overlap them, instead of starting once the mount is up (`replaying`:
+    that job, whose trace the mount then does not replay again)."""
 
     def __init__(self, store_url: str | None, ref: str, cache_bytes: int) -> None:
         limit_malloc_arenas()  # before any thread allocates
+        self.replaying: trace.Ref | None = None
+        self._ref = ref
         self._vfs: Vfs | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._open, args=(store_url, ref, cache_bytes),
@@ -53,9 +68,18 @@ class Opening:
 
     def _open(self, store_url: str | None, ref: str, cache_bytes: int) -> None:
         try:
-            self._vfs = open_vfs(store_url, ref, cache_bytes)
+            self._vfs = open_vfs(store_url, ref, cache_bytes, self._replay)
         except BaseException as exc:  # noqa: BLE001  (raised again by result(), in the caller)
             self._error = exc
+
+    def _replay(self, repo: Repo) -> None:
+        try:
+            job = ref_of_path(split_path(self._ref or "/"))
+        except NotFound:
+            return  # (resolving it says what is wrong)
+        if job is not None and repo.blobs.remote and trace.enabled():
+            trace.start_replay(repo.store, repo.blobs.prefetch, job)
+            self.replaying = job
 
     def result(self) -> Vfs:
         self._thread.join()
@@ -69,6 +93,19 @@ class Opening:
         self._thread.join()
         if self._vfs is not None:
             self._vfs.repo.close()
+
+
+def ref_of_path(parts: tuple[bytes, ...]) -> trace.Ref | None:
+    """The job or dataset a mount of this path is, told from the path alone (its parts:
+    /jobs/<id>, /datasets/<name>), or None. A guess: an alias (`latest`) has no traces
+    under its own name, and the mount replays the trace of what it resolves to."""
+    kinds = {JOBS: JOB, DATASETS: DATASET}
+    if len(parts) != 2 or parts[0] not in kinds:
+        return None
+    try:
+        return kinds[parts[0]], parts[1].decode()
+    except UnicodeDecodeError:
+        return None
 
 
 def limit_malloc_arenas() -> None:

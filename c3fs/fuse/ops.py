@@ -434,11 +434,13 @@ class Operations(pyfuse3.Operations):
         self._files[fh] = await self._open(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
-    async def _open(self, node: Node) -> OpenFile:
+    async def _open(self, node: Node, start: bool = True) -> OpenFile:
+        """`start`: fetch the first chunks ahead now (an OPEN: ready by the first READ)."""
         many = node.entry is not None and len(node.entry.chunks) > 32 * OPEN_IN_THREAD
         reader = (await self._thread(self.vfs.open, node, self.readahead) if many
                   else self.vfs.open(node, self.readahead))
-        reader.start()  # ready by the first READ
+        if start:
+            reader.start()
         parent = self._parent(node)
         if parent is not None:
             self.directory_readahead.opened(parent, node)
@@ -453,7 +455,8 @@ class Operations(pyfuse3.Operations):
         if found is None or found.node.entry != node.entry:  # (a path may get new content)
             if node.kind != FILE:
                 raise IsADirectory(f"{node.display} is not a regular file")
-            found = await self._open(node)
+            # (opened by its first READ: a file of one chunk is fetched by this READ itself)
+            found = await self._open(node, start=node.entry is not None and len(node.entry.chunks) > 32)
             self.readers.put(fh, found)
         return found
 

@@ -433,6 +433,8 @@ class FileReader:
         big ranged GETs), and double the window, up to $C3FS_READ_WINDOW (mountpoint-s3
         grows its window the same way)."""
         end = self.starts[last + 1]
+        if last + 1 >= len(self.ids):  # nothing after it (a small file read whole)
+            return
         if self.starts[self._wanted] - end >= self._window // 2 or self._wanted >= len(self.ids):
             return
         goal = bisect.bisect_left(self.starts, end + self._window, lo=last + 1)

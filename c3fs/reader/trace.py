@@ -26,6 +26,7 @@ mount that stored one after the job's `rm`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -44,7 +45,32 @@ MAX_BYTES = MAX_IDS * ID + 4096  # the largest object read back as a trace
 MAX_TRACES = 8  # traces kept per job: a mount stores none once there are this many
 MAX_JOBS = 256  # jobs one mount records traces of (a namespace mount)
 ROOT = "traces/"
+ENV = "C3FS_TRACE"  # 0: a mount neither replays nor records access traces
 Ref = tuple[str, str]  # (kind, name): a job or a dataset
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1") != "0"
+
+
+def replay(store: Store, prefetch: Callable[[list[bytes]], None], kind: str, name: str) -> int:
+    """Ask for the chunks of the job's stored trace, in its order (`prefetch`: the reader's,
+    fetched ahead of readers); how many. A hint only: never raises."""
+    try:
+        ids = load(store, kind, name)
+        if ids:
+            log.info("replaying an access trace of %d chunks of %s %s", len(ids), kind, name)
+            prefetch(ids)
+        return len(ids)
+    except Exception:
+        log.debug("replaying the access trace of %s %s failed", kind, name, exc_info=True)
+        return 0
+
+
+def start_replay(store: Store, prefetch: Callable[[list[bytes]], None], ref: Ref) -> None:
+    """`replay` in a thread of its own."""
+    threading.Thread(target=replay, args=(store, prefetch, *ref), daemon=True,
+                     name="c3fs-replay").start()
 
 
 class Recorder:
@@ -97,15 +123,16 @@ class Traces:
             with self._lock:
                 self._total += len(recorder) - before
 
-    def start(self, ref: Ref) -> Recorder | None:
-        """The recorder of `ref`, made (and `first` called) if new; None past `jobs`."""
+    def start(self, ref: Ref, first: bool = True) -> Recorder | None:
+        """The recorder of `ref`, made (and `first` called, unless told not to: its trace
+        replays already) if new; None past `jobs`."""
         with self._lock:
             if ref in self.recorders:
                 return self.recorders[ref]
             if len(self.recorders) >= self.jobs:
                 return None
             recorder = self.recorders[ref] = Recorder(self.limit)
-        if self._first is not None:
+        if self._first is not None and first:
             self._first(ref)
         return recorder
 
