@@ -248,6 +248,109 @@ def test_a_replayed_trace_is_fetched_in_its_order_in_merged_gets(
         repo.close()
 
 
+def test_a_small_blob_fetched_ahead_is_handed_over_decoded_without_waiting(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    """`peek` (what a READ on the event loop asks) decodes a small blob that arrived still
+    encoded (ahead.DECODE_AHEAD): the READ needs no worker thread; never before it arrived."""
+    src = tmp_path / "src"
+    mixed_tree(src, seed=9, big=MiB, small=40)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        files = [n for n in vfs.walk(vfs.root) if n.kind == FILE and 0 < n.size < 64 * KiB]
+        ids = [n.entry.chunk_ids()[0] for n in files]
+        trees = len(counting.gets)  # (the walk's)
+        assert all(repo.blobs.peek(i) is None for i in ids)  # nothing fetched: never waits
+        assert len(counting.gets) == trees
+        repo.blobs.prefetch(ids)
+        wait_until(lambda: all(i in repo.blobs.ahead._ready for i in ids), "the blobs fetched", 30)
+        gets = len(counting.gets)
+        for node, chunk in zip(files, ids, strict=True):
+            data = repo.blobs.peek(chunk)
+            assert data == (src / node_path(node)).read_bytes()
+            assert repo.blobs.peek(chunk) == data  # kept in the chunk cache once decoded
+        assert len(counting.gets) == gets  # nothing fetched again
+    finally:
+        repo.close()
+
+
+def test_reading_a_small_file_whole_asks_for_nothing_ahead_but_a_big_one_does(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    """A READ of a one-chunk file fetches that chunk itself: asking `Ahead` for the chunks
+    after it (none) only cost every small file's READ a lock and a scan."""
+    src = tmp_path / "src"
+    mixed_tree(src, seed=11, big=4 * MiB, small=10)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, _ = remote_repo(s3_url, home)
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        asked: list[list[bytes]] = []
+        prefetch = repo.blobs.prefetch
+        repo.blobs.prefetch = lambda ids, *args, **kwargs: (asked.append(list(ids)),
+                                                            prefetch(ids, *args, **kwargs))
+        files = [n for n in vfs.walk(vfs.root) if n.kind == FILE]
+        small = next(n for n in files if len(n.entry.chunk_ids()) == 1 and n.size < 64 * KiB)
+        assert vfs.open(small).read(0, small.size) == (src / node_path(small)).read_bytes()
+        assert asked == []
+        big = next(n for n in files if len(n.entry.chunk_ids()) > 4)
+        assert vfs.open(big).read(0, 128 * KiB) == (src / node_path(big)).read_bytes()[:128 * KiB]
+        assert asked and asked[0][0] == big.entry.chunk_ids()[1]  # the window after it
+    finally:
+        repo.close()
+
+
+def test_a_mount_of_one_job_replays_its_trace_from_the_stores_open(
+        s3_url: str, tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Opening a mount of /jobs/<id> starts the trace's replay as soon as the store is open
+    (beside resolving the ref), and the mount then does not replay it a second time; a
+    mount of the namespace, or of a folder, replays a job's trace only when it is read."""
+    from c3fs.fuse.daemon import mount_traces
+    from c3fs.fuse.opening import Opening, ref_of_path
+
+    src = tmp_path / "src"
+    mixed_tree(src, seed=10, big=MiB, small=60)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, _ = remote_repo(s3_url, tmp_path / "first")
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        small = [n for n in vfs.walk(vfs.root) if n.kind == FILE and n.size < 64 * KiB][:30]
+        recorder = trace.Recorder()
+        for node in small:
+            recorder.add(node.entry.chunk_ids())
+        trace.save(repo.store, "job", "j1", recorder)
+        wanted = {f"{loc.pack_id}.{loc.offset // MiB}"
+                  for loc in map(repo.index.lookup, recorder._order)}
+    finally:
+        repo.close()
+
+    assert ref_of_path((b"jobs", b"j1")) == ("job", "j1")
+    assert ref_of_path((b"datasets", b"d")) == ("dataset", "d")
+    assert ref_of_path(()) is None and ref_of_path((b"jobs",)) is None
+    assert ref_of_path((b"jobs", b"j1", b"metrics")) is None
+    caplog.set_level("INFO", logger="c3fs.reader.trace")
+    second = tmp_path / "second"  # another machine
+    os.environ["C3FS_CACHE_DIR"] = str(second)
+    opening = Opening(s3_url, "/jobs/j1", 256 * MiB)
+    vfs = opening.result()
+    try:
+        assert opening.replaying == ("job", "j1")
+        wait_until(lambda: wanted <= cached_blocks(second), "the traced blocks fetched", 30)
+        replayed = []
+        traces = mount_traces(vfs, opening.replaying)
+        assert traces is not None and set(traces.recorders) == {("job", "j1")}  # it records
+        traces._first = replayed.append
+        traces.start(("job", "j1"))
+        assert replayed == []  # replayed once, from the start
+        assert caplog.text.count("replaying an access trace of 30 chunks of job j1") == 1
+    finally:
+        vfs.repo.close()
+    for ref in ("/", "/jobs"):
+        opening = Opening(s3_url, ref, 256 * MiB)
+        opening.result().repo.close()
+        assert opening.replaying is None
+
+
 def node_path(node) -> str:
     parts = []
     while node.parent is not None and node.depth > 2:
