@@ -277,8 +277,8 @@ def test_a_small_blob_fetched_ahead_is_handed_over_decoded_without_waiting(
 
 def test_reading_a_small_file_whole_asks_for_nothing_ahead_but_a_big_one_does(
         s3_url: str, tmp_path: Path, home: Path) -> None:
-    """A READ of a one-chunk file fetches that chunk itself: asking `Ahead` for the chunks
-    after it (none) only cost every small file's READ a lock and a scan."""
+    """Reading a one-chunk file whole asks `Ahead` for no window after it (there is nothing
+    after it: the call only cost every small file's READ a lock and a scan)."""
     src = tmp_path / "src"
     mixed_tree(src, seed=11, big=4 * MiB, small=10)
     push(s3_url, src, "j1", tmp_path / "pusher")

@@ -434,13 +434,13 @@ class Operations(pyfuse3.Operations):
         self._files[fh] = await self._open(node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
-    async def _open(self, node: Node, start: bool = True) -> OpenFile:
-        """`start`: fetch the first chunks ahead now (an OPEN: ready by the first READ)."""
+    async def _open(self, node: Node) -> OpenFile:
         many = node.entry is not None and len(node.entry.chunks) > 32 * OPEN_IN_THREAD
         reader = (await self._thread(self.vfs.open, node, self.readahead) if many
                   else self.vfs.open(node, self.readahead))
-        if start:
-            reader.start()
+        # ready by the first READ; and a chunk inside a GET fetching ahead already (the bytes
+        # it reads over) is taken from it: without this, 21 GETs for 1,000 small files, not 8
+        reader.start()
         parent = self._parent(node)
         if parent is not None:
             self.directory_readahead.opened(parent, node)
@@ -455,8 +455,7 @@ class Operations(pyfuse3.Operations):
         if found is None or found.node.entry != node.entry:  # (a path may get new content)
             if node.kind != FILE:
                 raise IsADirectory(f"{node.display} is not a regular file")
-            # (opened by its first READ: a file of one chunk is fetched by this READ itself)
-            found = await self._open(node, start=node.entry is not None and len(node.entry.chunks) > 32)
+            found = await self._open(node)
             self.readers.put(fh, found)
         return found
 
