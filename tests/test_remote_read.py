@@ -18,11 +18,11 @@ from fusehelp import force_unmount, wait_until
 from test_s3_store import mixed_tree, same_tree
 from trees import write_random_file
 
-from c3fs.index import open_index
+from c3fs.index import Location, open_index
 from c3fs.jobs.download import Copier
 from c3fs.objects.tree import FILE
 from c3fs.reader import BlobSource, FileReader, trace
-from c3fs.reader.ahead import BUDGET, SPAN
+from c3fs.reader.ahead import BUDGET, SPAN, WIDE_GAP, spans_of
 from c3fs.repo import Repo
 from c3fs.store.cache import BlockCache
 from c3fs.store.store import Store, open_backend
@@ -298,6 +298,25 @@ def test_reading_a_small_file_whole_asks_for_nothing_ahead_but_a_big_one_does(
         assert asked and asked[0][0] == big.entry.chunk_ids()[1]  # the window after it
     finally:
         repo.close()
+
+
+def test_a_wave_of_more_spans_than_workers_reads_over_wider_gaps_if_that_fits_it() -> None:
+    """Runs of small blobs 1 MiB apart: one GET each (reading over 256 KiB at most), unless
+    asked for in one wave (`fit`: the workers) and merging over up to WIDE_GAP makes them
+    fit; runs farther apart, or other packs, stay apart."""
+    def runs(pack: str, starts: list[int]) -> list[tuple[bytes, Location]]:
+        return [(f"{pack}{at}-{i}".encode(), Location(pack, at + i * 1000, 900, 1000, 1, 0))
+                for at in starts for i in range(5)]
+
+    near = runs("a", [0, MiB, 2 * MiB, 3 * MiB]) + runs("b", [0, MiB])
+    assert len(spans_of(near)) == 6
+    assert len(spans_of(near, fit=8)) == 6  # fits already: nothing read over
+    merged = spans_of(near, fit=4)
+    assert len(merged) == 2 and sorted(s.pack_id for s in merged) == ["a", "b"]
+    assert all(s.end - s.offset <= SPAN for s in merged)
+    assert sorted(b for s in merged for b, _ in s.blobs) == sorted(b for b, _ in near)
+    far = runs("a", [0, WIDE_GAP + MiB, 2 * (WIDE_GAP + MiB)])
+    assert len(spans_of(far, fit=2)) == 3  # wider gaps would not fit them: as they were
 
 
 def test_a_mount_of_one_job_replays_its_trace_from_the_stores_open(

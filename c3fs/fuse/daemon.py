@@ -165,7 +165,7 @@ def mount_traces(vfs: Vfs, replaying: tuple[str, str] | None = None) -> trace.Tr
     c3fs/fuse/opening.py), a namespace mount when a job is first read."""
     if not (vfs.repo.blobs.remote and trace.enabled()):
         return None
-    traces = trace.Traces(first=partial(trace.start_replay, vfs.repo.store, vfs.repo.blobs.prefetch))
+    traces = trace.Traces(first=partial(trace.start_replay, vfs.repo.store, vfs.repo.blobs))
     if vfs.root.ref is not None:
         traces.start(vfs.root.ref, first=vfs.root.ref != replaying)
     return traces

@@ -78,7 +78,7 @@ class Opening:
         except NotFound:
             return  # (resolving it says what is wrong)
         if job is not None and repo.blobs.remote and trace.enabled():
-            trace.start_replay(repo.store, repo.blobs.prefetch, job)
+            trace.start_replay(repo.store, repo.blobs, job)
             self.replaying = job
 
     def result(self) -> Vfs:

@@ -209,16 +209,18 @@ class BlobSource:
 
     def prefetch(self, blob_ids: list[bytes],
                  skip: Callable[[bytes], bool] | None = None, keep: bool = True,
-                 first: bool = False) -> None:
+                 first: bool = False, wave: bool = False) -> None:
         """Start fetching blobs not yet cached or in flight, in worker threads (a remote
         store: in this order, neighbours in a pack merged into one ranged GET). `skip`:
         blobs the caller has elsewhere (a copy's own output); `keep=False`: a copy's, read
         once, fetched exactly and kept out of the store's disk cache; `first`: a remote
         store fetches them before what was asked for earlier (few bytes that one thread
-        waits for, one file after another: a copy's small files)."""
+        waits for, one file after another: a copy's small files); `wave`: a remote store
+        reads over wider gaps if that fetches them all in one wave of GETs (a replayed
+        trace, wanted at once: c3fs/reader/ahead.py `spans_of`)."""
         if self.ahead is not None:
             self.ahead.want(blob_ids, lambda b: b in self._cache or b in self._fetches
-                            or (skip is not None and skip(b)), keep, first)
+                            or (skip is not None and skip(b)), keep, first, wave)
             return
         for blob_id in blob_ids:
             if blob_id not in self._cache and blob_id not in self._fetches:

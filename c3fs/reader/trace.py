@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import blake3
 import zstandard
@@ -36,6 +37,9 @@ import zstandard
 from c3fs.errors import StoreError
 from c3fs.store.backend import KeyExists, KeyMissing
 from c3fs.store.store import Store
+
+if TYPE_CHECKING:
+    from c3fs.reader import BlobSource
 
 log = logging.getLogger(__name__)
 MAGIC = b"C3TRACE1"
@@ -53,23 +57,24 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
 
-def replay(store: Store, prefetch: Callable[[list[bytes]], None], kind: str, name: str) -> int:
-    """Ask for the chunks of the job's stored trace, in its order (`prefetch`: the reader's,
-    fetched ahead of readers); how many. A hint only: never raises."""
+def replay(store: Store, blobs: BlobSource, kind: str, name: str) -> int:
+    """Ask `blobs` for the chunks of the job's stored trace, in its order, at once (fetched
+    ahead of readers in one wave of GETs where it can be); how many. A hint only: never
+    raises."""
     try:
         ids = load(store, kind, name)
         if ids:
             log.info("replaying an access trace of %d chunks of %s %s", len(ids), kind, name)
-            prefetch(ids)
+            blobs.prefetch(ids, wave=True)
         return len(ids)
     except Exception:
         log.debug("replaying the access trace of %s %s failed", kind, name, exc_info=True)
         return 0
 
 
-def start_replay(store: Store, prefetch: Callable[[list[bytes]], None], ref: Ref) -> None:
+def start_replay(store: Store, blobs: BlobSource, ref: Ref) -> None:
     """`replay` in a thread of its own."""
-    threading.Thread(target=replay, args=(store, prefetch, *ref), daemon=True,
+    threading.Thread(target=replay, args=(store, blobs, *ref), daemon=True,
                      name="c3fs-replay").start()
 
 
