@@ -221,14 +221,20 @@ def test_a_trace_round_trips_through_the_store_and_bad_ones_are_ignored(
     assert len(list(store.backend.list("traces/job/j1/"))) == trace.MAX_TRACES
 
 
-def test_a_replayed_trace_is_fetched_in_its_order_in_merged_gets(
-        s3_url: str, tmp_path: Path, home: Path) -> None:
+def pushed_job(s3_url: str, tmp_path: Path, home: Path, seed: int, small: int,
+               big: int = MiB) -> tuple[Path, Repo, Counting, Vfs]:
+    """A job j1 pushed from a `mixed_tree`, and a fresh machine's repo and Vfs of it."""
     src = tmp_path / "src"
-    mixed_tree(src, seed=7, big=MiB, small=300)
+    mixed_tree(src, seed=seed, big=big, small=small)
     push(s3_url, src, "j1", tmp_path / "pusher")
     repo, counting = remote_repo(s3_url, home)
+    return src, repo, counting, Vfs(repo, "/jobs/j1")
+
+
+def test_a_replayed_trace_is_fetched_in_its_order_in_merged_gets(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    src, repo, counting, vfs = pushed_job(s3_url, tmp_path, home, seed=7, small=300)
     try:
-        vfs = Vfs(repo, "/jobs/j1")
         files = [n for n in vfs.walk(vfs.root) if n.kind == FILE and n.size < 64 * KiB]
         order = random.Random(1).sample(files, 100)
         recorder = trace.Recorder()
@@ -252,12 +258,8 @@ def test_a_small_blob_fetched_ahead_is_handed_over_decoded_without_waiting(
         s3_url: str, tmp_path: Path, home: Path) -> None:
     """`peek` (what a READ on the event loop asks) decodes a small blob that arrived still
     encoded (ahead.DECODE_AHEAD): the READ needs no worker thread; never before it arrived."""
-    src = tmp_path / "src"
-    mixed_tree(src, seed=9, big=MiB, small=40)
-    push(s3_url, src, "j1", tmp_path / "pusher")
-    repo, counting = remote_repo(s3_url, home)
+    src, repo, counting, vfs = pushed_job(s3_url, tmp_path, home, seed=9, small=40)
     try:
-        vfs = Vfs(repo, "/jobs/j1")
         files = [n for n in vfs.walk(vfs.root) if n.kind == FILE and 0 < n.size < 64 * KiB]
         ids = [n.entry.chunk_ids()[0] for n in files]
         trees = len(counting.gets)  # (the walk's)
@@ -279,12 +281,8 @@ def test_reading_a_small_file_whole_asks_for_nothing_ahead_but_a_big_one_does(
         s3_url: str, tmp_path: Path, home: Path) -> None:
     """Reading a one-chunk file whole asks `Ahead` for no window after it (there is nothing
     after it: the call only cost every small file's READ a lock and a scan)."""
-    src = tmp_path / "src"
-    mixed_tree(src, seed=11, big=4 * MiB, small=10)
-    push(s3_url, src, "j1", tmp_path / "pusher")
-    repo, _ = remote_repo(s3_url, home)
+    src, repo, _, vfs = pushed_job(s3_url, tmp_path, home, seed=11, small=10, big=4 * MiB)
     try:
-        vfs = Vfs(repo, "/jobs/j1")
         asked: list[list[bytes]] = []
         prefetch = repo.blobs.prefetch
         repo.blobs.prefetch = lambda ids, *args, **kwargs: (asked.append(list(ids)),
@@ -327,12 +325,8 @@ def test_a_mount_of_one_job_replays_its_trace_from_the_stores_open(
     from c3fs.fuse.daemon import mount_traces
     from c3fs.fuse.opening import Opening, ref_of_path
 
-    src = tmp_path / "src"
-    mixed_tree(src, seed=10, big=MiB, small=60)
-    push(s3_url, src, "j1", tmp_path / "pusher")
-    repo, _ = remote_repo(s3_url, tmp_path / "first")
+    src, repo, _, vfs = pushed_job(s3_url, tmp_path, tmp_path / "first", seed=10, small=60)
     try:
-        vfs = Vfs(repo, "/jobs/j1")
         small = [n for n in vfs.walk(vfs.root) if n.kind == FILE and n.size < 64 * KiB][:30]
         recorder = trace.Recorder()
         for node in small:

@@ -195,24 +195,17 @@ class Ahead:
             if span.started:
                 span.done.result()
         item = self._ready.pop(blob_id)
-        if item is None:
-            return None
-        with self._lock:
-            self._start_fitting()
-        loc, data = item
-        if loc is None:
-            return data
-        try:
-            return self._decode(blob_id, loc, data)
-        except (DataError, FormatError):
-            return None  # the caller's own fetch reads it again, and reports it
+        return None if item is None else self._hand_over(blob_id, item)
 
     def take_decoded(self, blob_id: bytes) -> bytes | None:
         """`take`, but only a blob already fetched: never waits; decodes only a small one
         (left for its reader, see DECODE_AHEAD: ~10 µs, less than a thread round trip)."""
-        item = self._ready.get(blob_id)
-        if item is None or self._ready.pop(blob_id) is None:
-            return None
+        item = self._ready.pop(blob_id)
+        return None if item is None else self._hand_over(blob_id, item)
+
+    def _hand_over(self, blob_id: bytes, item: tuple[Location | None, bytes]) -> bytes | None:
+        """The bytes of a blob just taken out of `_ready` (room for more GETs now), decoded if
+        still encoded; None if damaged: the caller's own fetch reads it again, and reports it."""
         with self._lock:
             self._start_fitting()
         loc, data = item
@@ -221,7 +214,7 @@ class Ahead:
         try:
             return self._decode(blob_id, loc, data)
         except (DataError, FormatError):
-            return None  # the caller's own fetch reads it again, and reports it
+            return None
 
     # scheduling (under the lock) ------------------------------------------------------------
     def _start_fitting(self) -> None:
