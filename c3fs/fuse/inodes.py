@@ -124,21 +124,40 @@ class InodeTable:
             self._allocate(self._grown(self.count + len(children)))
         keys, table, index, counts = self._keys, self._table, self._index, self._counts
         mask, new = self._mask, 0
+        # Rows past the last are made at once: their keys appended as they come (probing
+        # reads them), their index and count kept aside until the loop ends.
+        base, new_index, new_counts = len(keys), [], []
         for ino, at in children:
             i = (ino >> 2) & mask
             while True:
                 row = table[i]
                 if row == 0:
-                    table[i] = self._new_row(ino, up, at) + 1
+                    if self._free:  # a freed row, reused
+                        table[i] = self._new_row(ino, up, at) + 1
+                    else:
+                        keys.append(ino)
+                        new_index.append(at)
+                        new_counts.append(1)
+                        table[i] = len(keys)
                     new += 1
                     break
                 if keys[row - 1] == ino:  # known: one more reference (a job pushed again
                     row -= 1                # may shift it)
-                    index[row] = at
-                    if counts[row] < MAX_COUNT:
-                        counts[row] += 1
+                    if row >= base:  # (the same inode twice in one batch)
+                        new_index[row - base] = at
+                        new_counts[row - base] += 1
+                    else:
+                        index[row] = at
+                        if counts[row] < MAX_COUNT:
+                            counts[row] += 1
                     break
                 i = (i + 1) & mask
+        if new_index:
+            made = len(new_index)
+            index.extend(new_index)
+            counts.extend(new_counts)
+            self._parents.extend(array("I", (up,)) * made)
+            self._below.extend(array("I", bytes(4 * made)))
         self.count += new
         if up and new:
             self._below[up - 1] += new

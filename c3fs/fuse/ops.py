@@ -67,7 +67,17 @@ from c3fs.fuse.inodes import Inodes
 from c3fs.fuse.readahead import SMALL_FILE, DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB
-from c3fs.objects.tree import DIR, FILE, LINK, Entry, file_digest
+from c3fs.objects.tree import (
+    DIR,
+    FILE,
+    LINK,
+    RUN,
+    EncodedTree,
+    Entry,
+    PagedTree,
+    Shown,
+    file_digest,
+)
 from c3fs.reader import FileReader
 from c3fs.reader.trace import Traces
 from c3fs.vfs import Node, Vfs
@@ -276,7 +286,7 @@ class Operations(pyfuse3.Operations):
 
     @staticmethod
     def entry_attributes(attr: pyfuse3.EntryAttributes, ino: int,
-                         entry: Entry) -> pyfuse3.EntryAttributes:
+                         entry: Entry | Shown) -> pyfuse3.EntryAttributes:
         """`attributes` of the node of a tree's entry, made without the node (readdir), in
         `attr` from `tree_attributes`."""
         attr.st_ino = ino
@@ -335,13 +345,13 @@ class Operations(pyfuse3.Operations):
     # directories --------------------------------------------------------------------------
     @handler
     async def opendir(self, inode: int, ctx=None) -> int:
-        """A tree's directory keeps its (immutable) entries; others their listing, taken now."""
+        """A tree's directory keeps its (immutable) tree; others their listing, taken now."""
         node = await self._node(inode)
         if node.tree_id is not None:
             tree = self.vfs.repo.cached_tree(node.tree_id)
             if tree is None:
                 tree = await self._thread(self.vfs.repo.tree, node.tree_id, False)
-            listing: Sequence = tree.sequential()  # (entries checked as readdir decodes them)
+            listing: Sequence = tree  # (entries checked as readdir decodes them)
         else:
             listing = await self._thread(self.vfs.children, node)
         fh = next(self._handles)
@@ -357,63 +367,70 @@ class Operations(pyfuse3.Operations):
         stats what it lists (`ls -l`); else a plain READDIR (`find`): names, inode numbers and
         types, no lookups, no rows (`token.plus` False). The first batch may be kept short
         (FIRST_PLUS): the stat of one entry is enough to tell the kernel to go on with
-        READDIRPLUS, and a reader that only wants names gets few inodes."""
+        READDIRPLUS, and a reader that only wants names gets few inodes.
+
+        A tree's entries are decoded `RUN` at a time as a listing shows them (`Listed`, or
+        `Shown` with their attributes: not their chunk lists), and make no Node each."""
         parent, listing = self._dirs[fh]
+        plus = getattr(token, "plus", True)
+        if parent.tree_id is None:
+            self._readdir_listing(listing, start_id, token, plus)
+            return
         end = len(listing)
-        tree = getattr(listing, "tree", None)
-        if tree is not None and tree.pages and start_id < end:  # a paged directory: one page
-            k = tree.page_at(start_id)  # a call, read in a thread if it is not in memory
-            if tree.cached_page(k) is None:
-                await self._thread(tree.page, k)
-            end = tree.starts[k + 1]
-        if not getattr(token, "plus", True):
+        if listing.pages and start_id < end:  # a paged directory: one page
+            k = listing.page_at(start_id)  # a call, read in a thread if it is not in memory
+            if listing.cached_page(k) is None:
+                await self._thread(listing.page, k)
+            end = listing.starts[k + 1]
+        if not plus:
             self._readdir_plain(parent, listing, start_id, end, token)
             return
         if start_id == 0 and READDIRPLUS_AUTO and FIRST_PLUS > 0:
             end = min(end, FIRST_PLUS)
-        if parent.tree_id is None:
-            for i in range(start_id, end):
-                name, node = listing[i]
-                if not pyfuse3.readdir_reply(token, name, self.attributes(node), i + 1):
-                    return
-                self.inodes.remember(node)
-            return
-        # a tree's entries: no Node per entry (a million of them for `find`), rows added at once
         reply, entry_attributes, attr = (pyfuse3.readdir_reply, self.entry_attributes,
                                          self.tree_attributes())
-        prefix = parent.key + b"/"
-        added: list[tuple[int, int]] = []
+        prefix, hash_of, from_bytes = parent.key + b"/", blake3.blake3, int.from_bytes
+        added: list[tuple[int, int]] = []  # rows added at once (no Node per entry)
+        i = start_id
         try:
-            for i in range(start_id, end):
-                entry = listing[i]
-                key = blake3.blake3(prefix + entry.name).digest(16)
-                ino = (int.from_bytes(key[:8], "little") >> 1) | 2  # vfs.ino_from_key
-                if not reply(token, entry.name, entry_attributes(attr, ino, entry), i + 1):
-                    return
-                added.append((ino, i))
+            while i < end:
+                for entry in listing.listed(i, min(RUN, end - i), True):
+                    name = entry.name  # ino: vfs.ino_from_key(vfs.child_key(parent.key, name))
+                    ino = (from_bytes(hash_of(prefix + name).digest(8), "little") >> 1) | 2
+                    if not reply(token, name, entry_attributes(attr, ino, entry), i + 1):
+                        return
+                    added.append((ino, i))
+                    i += 1
         finally:
             self.inodes.remember_children(parent, added)
 
-    @staticmethod
-    def _readdir_plain(parent: Node, listing: list, start_id: int, end: int,
-                       token: pyfuse3.ReaddirToken) -> None:
-        """A plain READDIR: one attributes object, only its inode number and type sent."""
-        attr, reply = pyfuse3.EntryAttributes(), pyfuse3.readdir_reply
-        if parent.tree_id is None:
-            for i in range(start_id, len(listing)):
-                name, node = listing[i]
-                attr.st_ino, attr.st_mode = node.ino, node.st_mode
-                if not reply(token, name, attr, i + 1):
-                    return
-            return
-        prefix, hash_of, modes = parent.key + b"/", blake3.blake3, MODE_BITS
-        for i in range(start_id, end):
-            entry = listing[i]
-            name = entry.name  # ino: vfs.ino_from_key(vfs.child_key(parent.key, name))
-            attr.st_ino = (int.from_bytes(hash_of(prefix + name).digest(8), "little") >> 1) | 2
-            attr.st_mode = modes[entry.kind]
-            if not reply(token, name, attr, i + 1):
+    def _readdir_listing(self, listing: list[tuple[bytes, Node]], start_id: int,
+                         token: pyfuse3.ReaddirToken, plus: bool) -> None:
+        """readdir of a listing outside any tree (/jobs, /projects/...)."""
+        reply = pyfuse3.readdir_reply
+        for i in range(start_id, len(listing)):
+            name, node = listing[i]
+            if not reply(token, name, self.attributes(node), i + 1):
                 return
+            if plus:
+                self.inodes.remember(node)
+
+    @staticmethod
+    def _readdir_plain(parent: Node, tree: EncodedTree | PagedTree, start_id: int, end: int,
+                       token: pyfuse3.ReaddirToken) -> None:
+        """A plain READDIR of a tree: one attributes object, only its inode number and type
+        sent."""
+        attr, reply = pyfuse3.EntryAttributes(), pyfuse3.readdir_reply
+        prefix, hash_of, from_bytes, modes = parent.key + b"/", blake3.blake3, int.from_bytes, MODE_BITS
+        i = start_id
+        while i < end:
+            for entry in tree.listed(i, min(RUN, end - i)):
+                name = entry.name  # ino: vfs.ino_from_key(vfs.child_key(parent.key, name))
+                attr.st_ino = (from_bytes(hash_of(prefix + name).digest(8), "little") >> 1) | 2
+                attr.st_mode = modes[entry.kind]
+                i += 1
+                if not reply(token, name, attr, i):
+                    return
 
     @handler
     async def releasedir(self, fh: int) -> None:
