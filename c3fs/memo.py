@@ -89,6 +89,16 @@ class LRU(Generic[K, V]):
                 self._weight -= self._weigh(value)
             return value
 
+    def discard(self, keys: list[K]) -> None:
+        """Remove each of `keys` that is here (not passed to `evicted`, as `pop`)."""
+        if not self._items:
+            return
+        with self._lock:
+            items, weigh = self._items, self._weigh
+            for key in keys:
+                if key in items:
+                    self._weight -= weigh(items.pop(key))
+
     def pop_where(self, wanted: Callable[[K], bool]) -> int:
         """Remove every key `wanted` says yes to (each passed to `evicted`); how many."""
         with self._lock:

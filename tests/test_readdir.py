@@ -137,3 +137,36 @@ def test_ls_l_after_find_gets_every_attribute(store, tmp_path: Path) -> None:
         line for line in mine if line[:1] != ["total"]]
     assert ls["rows"] >= 2 * PER_DIR  # READDIRPLUS: the kernel took every entry
     assert ls["requests"].get("plain", 0) == 0
+
+
+# Prints, for every entry under the current directory, its inode number as readdir gives it
+# (DirEntry.inode(): d_ino, no stat) and as lstat gives it, in two passes.
+INODES = ("import json, os; d = {}\n"
+          "for top, dirs, files in os.walk('.'):\n"
+          "    for e in os.scandir(top): d[os.path.join(top, e.name)[2:]] = [e.inode()]\n"
+          "for p in d: d[p].append(os.lstat(p).st_ino)\n"
+          "print(json.dumps(d))")
+
+
+@pytest.mark.parametrize("first", [0, 16])
+def test_inode_numbers_are_the_paths_whatever_the_reply(store, tmp_path: Path, first: int) -> None:
+    """Every entry's inode number, from a plain READDIR, a READDIRPLUS or a LOOKUP, is the
+    hash of its canonical path (`vfs.ino_of`): the same as before readdir decoded entries
+    without their chunk lists, and the same on a second listing (rows known already)."""
+    from c3fs.vfs import ino_of
+
+    env, src = store
+    mnt = tmp_path / "mnt"
+    script = tmp_path / "inodes.py"
+    script.write_text(INODES)
+    command = f"cd {mnt} && {sys.executable} {script}"
+    one, two = through_mount(env, mnt, command, command, first=first)
+    found, again = json.loads(one["out"]), json.loads(two["out"])
+    expected = {str(p.relative_to(src)) for p in src.rglob("*")}
+    assert set(found) == expected
+    for rel, inodes in found.items():
+        ino = ino_of((b"jobs", b"j", *(part.encode() for part in rel.split("/"))))
+        assert inodes == [ino, ino], rel
+    assert again == found
+    if first and getattr(__import__("pyfuse3"), "READDIRPLUS_AUTO", False):
+        assert one["requests"]["plain"] >= 1  # some came by plain READDIR

@@ -195,11 +195,17 @@ class InodeTable:
         whose rows went."""
         keys, table, counts, below, parents = (self._keys, self._table, self._counts,
                                                self._below, self._parents)
+        mask = self._mask
         for ino, count in forgets:
-            i = self._slot(ino)
-            if i < 0:
+            i = (ino >> 2) & mask  # (`_slot`, inline: a FORGET batch may hold 1,000s)
+            while True:
+                row = table[i]
+                if row == 0 or keys[row - 1] == ino:
+                    break
+                i = (i + 1) & mask
+            if row == 0:
                 continue
-            row = table[i] - 1
+            row -= 1
             if counts[row] < MAX_COUNT:
                 counts[row] = max(0, counts[row] - count)
             while counts[row] == 0 and below[row] == 0:
@@ -300,13 +306,12 @@ class Inodes:
     def forget_many(self, forgets: list[tuple[int, int]]) -> list[int]:
         """A FORGET batch; the inodes whose rows went (the kernel knows them no more)."""
         gone: list[int] = []
-        self.table.forget_many([f for f in forgets if f[0] != ROOT_INO], gone)
-        whole, dirs = self._whole, self._dirs
-        for ino in gone:
-            if whole:
-                whole.pop(ino, None)
-            if ino in dirs:
-                dirs.pop(ino)
+        self.table.forget_many(forgets, gone)  # (the root has no row: ignored)
+        if self._whole:
+            pop = self._whole.pop
+            for ino in gone:
+                pop(ino, None)
+        self._dirs.discard(gone)
         return gone
 
     def cached(self, ino: int, loaded: dict[bytes, EncodedTree | PagedTree] | None = None) -> Node | bytes:

@@ -322,10 +322,7 @@ class Operations(pyfuse3.Operations):
 
     @handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        readers = self.readers
-        for ino in self.inodes.forget_many(list(inode_list)):
-            if ino in readers:
-                readers.pop(ino)
+        self.readers.discard(self.inodes.forget_many(list(inode_list)))
 
     @handler
     async def getattr(self, inode: int, ctx=None) -> pyfuse3.EntryAttributes:
