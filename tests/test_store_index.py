@@ -679,3 +679,30 @@ def test_lookups_keep_few_index_pages_mapped(tmp_path: Path, monkeypatch) -> Non
         assert 0 < most < 4 * 1024, f"{most} KiB of the index mapped"
     finally:
         index.close()
+
+
+def test_stored_bytes_is_kept_with_each_pack_added_or_removed(tmp_path: Path) -> None:
+    """statfs's sum of pack sizes is a running total: it reads no pack's record (each maps
+    the pack's whole list of blob ids), unless its count of packs disagrees with the table."""
+    index = Index(tmp_path / "index", "store")
+    try:
+        ids = [bytes([n]) * 32 for n in range(4)]
+        for n, pack in enumerate(ids):
+            index.add_pack(pack.hex(), 1000 * (n + 1), [])
+        assert index.stored_bytes() == sum(index.pack_sizes().values()) == 10_000
+        index.remove_pack(ids[1].hex())
+        index.add_pack(ids[3].hex(), 4000, [])  # added again: its record replaced
+        assert index.stored_bytes() == sum(index.pack_sizes().values()) == 8000
+        index.remove_pack(b"\x77".hex() * 32)  # unknown: nothing changes
+        with index.env.begin(write=True) as txn:  # a total other than the table's sum, kept
+            txn.put(index_module._STORED, index_module._STORED_VALUE.pack(3, 12_345),
+                    db=index.stored)
+        assert index.stored_bytes() == 12_345  # (so the table's records were not read)
+        with index.env.begin(write=True) as txn:  # a count that disagrees: summed again
+            txn.put(index_module._STORED, index_module._STORED_VALUE.pack(7, 1), db=index.stored)
+        assert index.stored_bytes() == 8000
+        with index.env.begin() as txn:  # ... and kept again
+            assert index_module._STORED_VALUE.unpack(txn.get(index_module._STORED,
+                                                             db=index.stored)) == (3, 8000)
+    finally:
+        index.close()
