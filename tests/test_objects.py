@@ -424,6 +424,27 @@ def test_tree_roundtrip(items: list[Entry]) -> None:
     encoded.check()
 
 
+def test_a_listing_decodes_what_it_shows_of_each_entry() -> None:
+    """readdir's runs: names and kinds (`Listed`), or the attributes without chunk sizes
+    (`Shown`), equal to the entries' own fields; out of order or out of range: refused."""
+    items = [file_entry(b"f%04d" % i, mtime_ns=i) for i in range(300)]
+    items += [Entry(b"g", DIR, 0o755, 0, 7, target=b"\3" * 32),
+              Entry(b"h", LINK, 0o777, 0, 8, target=b"f0001")]
+    tree = EncodedTree(encode_tree(items))
+    listed = tree.listed(250, 100)
+    assert [(e.name, e.kind) for e in listed] == [(e.name, e.kind) for e in items[250:]]
+    shown = tree.listed(0, 400, True)
+    assert [(e.name, e.kind, e.mode, e.size, e.mtime_ns, e.target, e.chunks) for e in shown] == [
+        (e.name, e.kind, e.mode, e.size, e.mtime_ns, e.target, e.chunks) for e in items]
+    assert tree.listed(302) == [] and tree.listed(-1) == []
+    out_of_order = EncodedTree(raw_tree([file_entry(b"b"), file_entry(b"a")]))
+    with pytest.raises(FormatError, match="out of order"):
+        out_of_order.listed(0)
+    bad_kind = EncodedTree(raw_tree([Entry(b"a", 7, 0o644, 0, 0)]))
+    with pytest.raises(FormatError):
+        bad_kind.listed(0, shown=True)
+
+
 def test_an_encoded_tree_is_read_in_place() -> None:
     """Opening a tree decodes only where its entries start: 4 bytes an entry beside its
     bytes, entries decoded when asked for, in runs when read in order."""
@@ -481,6 +502,9 @@ def test_tree_decode_refuses_unsafe_names(name: bytes) -> None:
             encoded[1]
         with pytest.raises(FormatError):
             encoded.check()
+        for shown in (False, True):  # a listing (readdir) refuses it too
+            with pytest.raises(FormatError):
+                encoded.listed(0, 2, shown)
         assert encoded[0] == file_entry(b"a")
 
 

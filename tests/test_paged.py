@@ -84,6 +84,8 @@ def test_a_paged_listing_reads_as_the_unpaged_one(found: list[bytes], page: int,
     for i in range(0, len(tree), 37):
         run = tree.run(i)
         assert run and run == list(flat)[i:i + len(run)]
+        listed = tree.listed(i, 300)  # (readdir: within one page)
+        assert [e.name for e in listed] == [e.name for e in flat.listed(i, len(listed))]
     tree.check()
 
 
