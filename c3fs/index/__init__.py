@@ -560,7 +560,7 @@ class Index:
                 user_kind, _, user = key[len(prefix):].decode().partition("/")
                 raw = txn.get(user.encode(), db=self._db(user_kind))
                 if raw is not None:
-                    found.append(decode_record(raw))
+                    found.append(_keyed_record(user.encode(), raw))
         return found
 
     def newest(self, kind: str, since: float | None = None) -> Iterator[JobRecord]:
@@ -577,9 +577,10 @@ class Index:
                 if since is not None and created < since:
                     return
                 if key[_CREATED.size:].startswith(tag):
-                    raw = txn.get(key[_CREATED.size + len(tag):], db=self._db(kind))
+                    name = key[_CREATED.size + len(tag):]
+                    raw = txn.get(name, db=self._db(kind))
                     if raw is not None:
-                        yield decode_record(raw)
+                        yield _keyed_record(name, raw)
                 if not cursor.prev():
                     return
 
@@ -607,11 +608,12 @@ class Index:
             while len(found) < count:
                 key = bytes(cursor.key())
                 if not by_created:
-                    found.append((key, decode_record(bytes(cursor.value()))))
+                    found.append((key, _keyed_record(key, cursor.value())))
                 elif key[_CREATED.size:].startswith(tag):
-                    raw = txn.get(key[_CREATED.size + len(tag):], db=records)
+                    name = key[_CREATED.size + len(tag):]
+                    raw = txn.get(name, db=records)
                     if raw is not None:  # (a key whose record is gone: skipped, as `newest`)
-                        found.append((key, decode_record(raw)))
+                        found.append((key, _keyed_record(name, raw)))
                 if not cursor.next():
                     break
         return found
@@ -619,12 +621,12 @@ class Index:
     def record(self, kind: str, name: str) -> JobRecord | None:
         with self._read() as txn:
             raw = txn.get(name.encode(), db=self._db(kind))
-            return decode_record(raw) if raw is not None else None
+            return _keyed_record(name.encode(), raw) if raw is not None else None
 
     def records(self, kind: str = JOB) -> list[JobRecord]:
         with self._read() as txn:
-            raws = [bytes(v) for _, v in txn.cursor(db=self._db(kind))]
-            return [decode_record(raw) for raw in raws]
+            raws = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._db(kind))]
+            return [_keyed_record(key, raw) for key, raw in raws]
 
     def record_names(self, kind: str = JOB) -> set[str]:
         with self._read() as txn:
@@ -942,6 +944,16 @@ class Index:
 
 
 _CREATED = struct.Struct(">d")  # a time >= 0 (records are checked): bytes sort as numbers
+
+
+def _keyed_record(key: bytes, raw) -> JobRecord:
+    """The record the index holds under `key`, which must be its id: LMDB keeps no
+    checksums, and a damaged key would list one job twice (a sync, not finding it under its
+    name, adds it again) or under a name nobody gave it. A mismatch is damage (healed)."""
+    record = decode_record(bytes(raw))
+    if record.id.encode() != key:
+        raise FormatError(f"the index holds the record of {record.id!r} under {key!r}")
+    return record
 
 
 def _input_keys(record: JobRecord) -> set[bytes]:
