@@ -10,6 +10,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def make_private_dir(path: Path) -> None:
@@ -140,3 +141,43 @@ def age(ts: float | None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{int(seconds)}s ago"
+
+
+def sorted_names(fd: int, run: int) -> Iterator[bytes]:
+    """The names in directory `fd`, sorted; more than `run` of them are sorted `run` at a
+    time into temporary files (two bytes of length, the name), then merged: a directory of
+    10 M names is never held whole (~70 B a name in a list). `scandir` has read all
+    of it when this returns: `fd` may be closed then."""
+    runs: list = []
+    batch: list[bytes] = []
+    with os.scandir(fd) as listing:
+        for item in listing:
+            batch.append(os.fsencode(item.name))
+            if len(batch) >= run:
+                batch.sort()
+                runs.append(_spill(batch))
+                batch = []
+    batch.sort()
+    if not runs:
+        return iter(batch)
+    import heapq
+
+    return heapq.merge(*map(_read_run, runs), batch)
+
+
+def _spill(names: list[bytes]) -> BinaryIO:
+    import tempfile
+
+    f = tempfile.TemporaryFile(prefix="c3fs-names-")
+    write = f.write
+    for name in names:
+        write(len(name).to_bytes(2, "big") + name)  # (NAME_MAX is 255; longer: refused later)
+    f.seek(0)
+    return f
+
+
+def _read_run(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        read = f.read
+        while size := read(2):
+            yield read(int.from_bytes(size, "big"))

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the library is imported in the commands: `c3fs --help` stay
     from collections.abc import Iterable, Iterator
 
     from c3fs.objects.job import JobRecord
+    from c3fs.objects.tree import Entry
     from c3fs.vfs import Node, Vfs
 
 NAMESPACE_TOP = (b"jobs", b"projects", b"datasets")
@@ -151,6 +152,18 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
                                      for name, is_dir in names)
         output.timing(f"ls {path}: {output.count(written, 'name')} read", started)
         return
+    if node.is_dir and node.tree_id is not None:  # a tree's directory: rows stream, no node
+        # each (2 M entries: a page of them in memory, not 2 M nodes)
+        entries, display = vfs.iter_entries(node), node.display
+        if as_json:
+            written = output.print_json_listing(
+                {"schema": LS_SCHEMA, "path": display}, "entries",
+                (_json_entry(display, e) for e in entries))
+        else:
+            _print_inputs(_record_of(vfs, node))
+            written = output.write_lines(_long_line(e.name, e) for e in entries)
+        output.timing(f"ls {path}: {output.count(written, 'name')} printed", started)
+        return
     if lists_records(node.path) and not limit:  # records stream: none held, no node each
         if long and not as_json:  # the oldest first, from --since
             records, links = vfs.listed_records(node, by_created=True, since=chosen.since)
@@ -264,22 +277,33 @@ def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
     """One entry of `ls --json`: the same fields for every path (a job, a folder, /jobs/);
     `record` on a job's or dataset's root, `target` on a symlink. `mode`: permission bits,
     a number."""
-    from c3fs.objects.tree import DIR, FILE
-
-    kind = {FILE: "file", DIR: "dir"}.get(node.kind, "symlink")
-    item = {"name": show(name), "path": node.display, "type": kind, "mode": node.mode,
-            "size": node.size, "mtime_ns": node.mtime_ns}
-    if kind == "symlink":
-        item["target"] = show(node.entry.target) if node.entry is not None else None
+    item = _json_fields(name, node.display, node.kind, node.mode, node.size, node.mtime_ns,
+                        node.entry.target if node.entry is not None else None)
     record = _record_of(vfs, node)
     if record is not None:
         item["record"] = record
     return item
 
 
-def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
+def _json_entry(parent: str, entry: Entry) -> dict:
+    """`_json_item` of an entry of the tree of directory `parent` (its display path)."""
+    return _json_fields(entry.name, parent.rstrip("/") + "/" + show(entry.name), entry.kind,
+                        entry.mode, entry.size, entry.mtime_ns, entry.target)
+
+
+def _json_fields(name: bytes, display: str, kind: int, mode: int, size: int, mtime_ns: int,
+                 target: bytes | None) -> dict:
     from c3fs.objects.tree import DIR, FILE
 
+    kind_name = {FILE: "file", DIR: "dir"}.get(kind, "symlink")
+    item = {"name": show(name), "path": display, "type": kind_name, "mode": mode,
+            "size": size, "mtime_ns": mtime_ns}
+    if kind_name == "symlink":
+        item["target"] = show(target) if target is not None else None
+    return item
+
+
+def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
     records = [_record_of(vfs, n) for _, n in items]
     links = [(name, n) for (name, n), r in zip(items, records, strict=True)
              if r is None and _virtual_link(n)]
@@ -288,14 +312,19 @@ def _print_long(vfs: Vfs, items: list[tuple[bytes, Node]]) -> None:
         _print_records(records, links)
         return
 
-    def line(name: bytes, node: Node) -> str:
-        text = (f"{stat.filemode(node.st_mode)} {node.size:>12} {output.mtime(node.mtime_ns)} "
-                f"{output.escape(name)}")
-        if node.entry is not None and node.kind not in (FILE, DIR):
-            text += f" -> {output.escape(node.entry.target)}"
-        return text
+    output.write_lines(_long_line(name, node) for name, node in items)
 
-    output.write_lines(line(name, node) for name, node in items)
+
+def _long_line(name: bytes, item: Node | Entry) -> str:
+    """One row of `ls -l` of a directory's entries: a node, or an entry of its tree."""
+    from c3fs.objects.tree import DIR, FILE, Entry, st_mode
+
+    entry = item if isinstance(item, Entry) else item.entry
+    text = (f"{stat.filemode(st_mode(item.kind, item.mode))} {item.size:>12} "
+            f"{output.mtime(item.mtime_ns)} {output.escape(name)}")
+    if entry is not None and item.kind not in (FILE, DIR):
+        text += f" -> {output.escape(entry.target)}"
+    return text
 
 
 def _print_records(records: Iterable[JobRecord], links: list[tuple[bytes, Node]]) -> int:

@@ -628,6 +628,14 @@ class Index:
             raws = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._db(kind))]
             return [_keyed_record(key, raw) for key, raw in raws]
 
+    def record_count(self, kind: str = JOB) -> int:
+        with self._read() as txn:
+            return txn.stat(self._db(kind))["entries"]
+
+    def has_record(self, kind: str, name: str) -> bool:
+        with self._read() as txn:
+            return txn.get(name.encode(), db=self._db(kind)) is not None
+
     def record_names(self, kind: str = JOB) -> set[str]:
         with self._read() as txn:
             return {bytes(k).decode() for k in txn.cursor(db=self._db(kind)).iternext(values=False)}

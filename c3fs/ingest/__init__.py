@@ -16,23 +16,21 @@ leaves only unreferenced packs.
 from __future__ import annotations
 
 import errno
-import heapq
 import logging
 import os
 import stat
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import blake3
 import pyfastcdc
 
 from c3fs.errors import NotFound, SourceError
-from c3fs.fsutil import human
+from c3fs.fsutil import human, sorted_names
 from c3fs.index import Index
 from c3fs.objects import codec
 from c3fs.objects.ids import blob_id
@@ -212,41 +210,6 @@ class PackSink:
 
 def _name(entry: Entry) -> bytes:
     return entry.name
-
-
-def _sorted_names(fd: int, run: int) -> Iterator[bytes]:
-    """The names in directory `fd`, sorted; more than `run` of them are sorted `run` at a
-    time into temporary files (two bytes of length, the name), then merged: a directory of
-    10 M names is never held whole (~70 B a name in a list)."""
-    runs: list = []
-    batch: list[bytes] = []
-    with os.scandir(fd) as listing:
-        for item in listing:
-            batch.append(os.fsencode(item.name))
-            if len(batch) >= run:
-                batch.sort()
-                runs.append(_spill(batch))
-                batch = []
-    batch.sort()
-    if not runs:
-        return iter(batch)
-    return heapq.merge(*map(_read_run, runs), batch)
-
-
-def _spill(names: list[bytes]) -> BinaryIO:
-    f = tempfile.TemporaryFile(prefix="c3fs-names-")
-    write = f.write
-    for name in names:
-        write(len(name).to_bytes(2, "big") + name)  # (NAME_MAX is 255; longer: refused later)
-    f.seek(0)
-    return f
-
-
-def _read_run(f: BinaryIO) -> Iterator[bytes]:
-    with f:
-        read = f.read
-        while size := read(2):
-            yield read(int.from_bytes(size, "big"))
 
 
 def _may_have_holes(fd: int) -> bool:
@@ -460,7 +423,7 @@ class Ingester:
         except OSError as exc:
             raise SourceError(f"{where()}: cannot open directory: {exc.strerror}") from None
         try:
-            names = _sorted_names(fd, 4 * self._page)
+            names = sorted_names(fd, 4 * self._page)
         except OSError as exc:
             os.close(fd)
             raise SourceError(f"{where()}: cannot list directory: {exc.strerror}") from None

@@ -10,6 +10,7 @@ at any point leaves at worst duplicate blobs, never a missing one.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import deque
@@ -32,9 +33,12 @@ from c3fs.store.locks import gc_lock
 log = logging.getLogger(__name__)
 
 
-def live_records(repo: Repo) -> list[JobRecord]:
+def live_records(repo: Repo) -> tuple[int, Iterator[JobRecord]]:
+    """How many jobs and datasets there are, and their records, read a batch at a time as
+    they are consumed (100,000 jobs: a batch of records in memory, not 100,000)."""
     repo.refresh(full=True)
-    return repo.jobs() + repo.datasets()
+    total = repo.index.record_count(JOB) + repo.index.record_count(DATASET)
+    return total, itertools.chain(repo.iter_records(JOB), repo.iter_records(DATASET))
 
 
 def walk_blobs(repo: Repo, root: bytes, seen: MarkSet) -> Iterator[tuple[bytes, bytes, int]]:
@@ -84,9 +88,9 @@ def gc(repo: Repo, dry_run: bool = False, progress: Callable[[str], None] | None
 def _collect(repo: Repo, lease, live: MarkSet, dry_run: bool, say: Callable[[str], None]
              ) -> GcReport:
     """Mark what the live jobs and datasets reach, then sweep and repack the packs."""
-    records = live_records(repo)
+    total, records = live_records(repo)
     for n, record in enumerate(records, 1):
-        say(f"marking what {record.kind} {record.id} uses ({n}/{len(records)})")
+        say(f"marking what {record.kind} {record.id} uses ({n}/{max(n, total)})")
         try:
             for root in (record.root_id, *([bytes.fromhex(record.logs)] if record.logs else [])):
                 for _ in walk_blobs(repo, root, live):  # the artifacts, and the logs
@@ -97,7 +101,7 @@ def _collect(repo: Repo, lease, live: MarkSet, dry_run: bool, say: Callable[[str
     say(f"sweeping: {len(live)} blobs in use")
     lease.check()  # a push that broke our lock may be using what looks dead
     report = _sweep(repo, live, dry_run, say)
-    report.traces_deleted = _sweep_traces(repo, records, dry_run)
+    report.traces_deleted = _sweep_traces(repo, dry_run)
     if not dry_run:
         repo.store.backend.sweep_temp()
         repo.store.prune_changes()
@@ -137,10 +141,11 @@ def _live_in(repo: Repo, live: MarkSet, pack_id: str, blob_ids: list[bytes]) -> 
     return [b for b in blob_ids if b in live and _here(repo, b, pack_id)]
 
 
-def _sweep_traces(repo: Repo, records: list[JobRecord], dry_run: bool) -> int:
+def _sweep_traces(repo: Repo, dry_run: bool) -> int:
     """Delete the access traces of jobs and datasets that are gone (a mount that stored
-    one after `c3fs rm`, an rm that could not delete them); how many."""
-    dead = trace.orphans(repo.store, {(record.kind, record.id) for record in records})
+    one after `c3fs rm`, an rm that could not delete them); how many. (Whether a job is
+    live: asked of the index, which gc's lock keeps as it was while marking.)"""
+    dead = trace.orphans(repo.store, lambda ref: repo.index.has_record(*ref))
     for key in [] if dry_run else dead:
         repo.store.backend.delete(key)
     return len(dead)
@@ -221,7 +226,7 @@ def verify(repo: Repo, names: list[str] | list[tuple[str, str]] | None = None,
     memory is the error of each blob that has one."""
     report = VerifyReport()
     refs = [(JOB, n) if isinstance(n, str) else n for n in names or []]
-    records = [repo.record(kind, n) for kind, n in refs] if refs else live_records(repo)
+    records = [repo.record(kind, n) for kind, n in refs] if refs else live_records(repo)[1]
     if not names:
         report.problems += _damaged_refs(repo)
     with ThreadPoolExecutor(workers) as pool, _Checker(repo, pool, report, progress) as checker:

@@ -164,13 +164,13 @@ def remove(store: Store, kind: str, name: str) -> int:
     return removed
 
 
-def orphans(store: Store, live: set[Ref]) -> list[str]:
-    """Keys of the stored traces whose job or dataset is not in `live` (for gc). Keys of
+def orphans(store: Store, live: Callable[[Ref], bool]) -> list[str]:
+    """Keys of the stored traces whose job or dataset is not `live` (for gc). Keys of
     another shape under traces/ are not ours to judge: left alone."""
     found = []
     for key, _ in store.backend.list(ROOT):
         parts = key[len(ROOT) :].split("/")
-        if len(parts) == 3 and all(parts) and (parts[0], parts[1]) not in live:
+        if len(parts) == 3 and all(parts) and not live((parts[0], parts[1])):
             found.append(key)
     return found
 

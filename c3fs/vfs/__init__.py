@@ -236,8 +236,16 @@ class Vfs:
             children = (self.iter_record_children(node) if lists_records(node.path)
                         else self.children(node))
             return ((name, child.is_dir) for name, child in children)
-        tree = self.repo.tree(node.tree_id)
-        return ((e.name, e.kind == DIR) for e in tree)
+        return ((e.name, e.kind == DIR) for e in self.iter_entries(node))
+
+    def iter_entries(self, node: Node) -> Iterator[Entry]:
+        """The entries of a directory backed by a tree, in order, decoded as they are
+        consumed (a paged one page by page): no node each, so `ls -l` and `ls --json` of 2 M
+        entries hold a page, not 2 M nodes. The whole tree is checked first, so a damaged
+        entry fails here, before anything is printed."""
+        if node.tree_id is None or not node.is_dir:
+            raise NotADirectory(f"{node.display} is not a directory of a tree")
+        return iter(self.repo.tree(node.tree_id))
 
     def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
              reuse: Callable[[bytes], bytes | None] | None = None) -> FileReader:
