@@ -240,12 +240,13 @@ class Vfs:
 
     def iter_entries(self, node: Node) -> Iterator[Entry]:
         """The entries of a directory backed by a tree, in order, decoded as they are
-        consumed (a paged one page by page): no node each, so `ls -l` and `ls --json` of 2 M
-        entries hold a page, not 2 M nodes. The whole tree is checked first, so a damaged
-        entry fails here, before anything is printed."""
+        consumed (a paged one page by page): no node each, and the tree kept nowhere, so
+        `ls`, `ls -l` and `ls --json` of 2 M entries hold a page, not 2 M nodes nor the cache's
+        worth of pages. The whole tree is checked first (a paged one: each page read twice),
+        so a damaged entry fails here, before anything is printed."""
         if node.tree_id is None or not node.is_dir:
             raise NotADirectory(f"{node.display} is not a directory of a tree")
-        return iter(self.repo.tree(node.tree_id))
+        return iter(self.repo.tree(node.tree_id, keep=False))
 
     def open(self, node: Node, readahead: int = 8, *, remember: bool = True,
              reuse: Callable[[bytes], bytes | None] | None = None) -> FileReader:
