@@ -100,7 +100,9 @@ class Backend(Protocol):
     def direct(self) -> Backend:
         """The same store, every read fetching exactly the range asked for and keeping it
         nowhere (a copy's merged reads: each range is read once, already as big as a
-        request should be, so rounding it to cache blocks would only fetch more)."""
+        request should be, so rounding it to cache blocks would only fetch more). Its `get`
+        may return a read-only buffer (memoryview) instead of bytes: the bytes as the
+        client received them, not copied once more (S3: a merged GET of 4 MiB)."""
 
     def occupied(self) -> bool:
         """Whether the place holds something other than a c3fs store (a new store is never

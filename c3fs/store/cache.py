@@ -300,7 +300,7 @@ class BlockCache:
 
     @property
     def direct(self) -> Backend:
-        return self.inner
+        return self.inner.direct
 
     # backend verbs ------------------------------------------------------------------------
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

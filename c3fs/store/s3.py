@@ -22,6 +22,8 @@ lost may meet its own object and raise KeyExists.
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import re
 from collections.abc import Iterator
@@ -111,6 +113,7 @@ class S3Backend(BackendDefaults):
         self._provider = credential_provider
         self._credentials_source = credentials_source
         self._bucket_seen = False
+        self._views = False  # ranged reads as buffers, not bytes (`direct`)
         credentials = {
             "access_key_id": access_key_id,
             "secret_access_key": secret_access_key,
@@ -129,6 +132,15 @@ class S3Backend(BackendDefaults):
                 )
                 for timeout in (request_timeout, bulk_timeout)
             )
+
+    @functools.cached_property
+    def direct(self) -> S3Backend:
+        """This bucket, its ranged reads returned as read-only buffers of the bytes obstore
+        received (`Backend.direct`): `to_bytes` would copy each one again (a copy's merged
+        GETs: 4 MiB each, the copy and its fresh pages ~8% of a remote pull's CPU)."""
+        view = copy.copy(self)
+        view._views = True
+        return view
 
     def _client(self, nbytes: int | None) -> S3Store:
         """The client whose timeout suits a request moving `nbytes` (None: not known)."""
@@ -162,8 +174,8 @@ class S3Backend(BackendDefaults):
 
     def _read(self, key: str, offset: int, length: int | None) -> bytes:
         if length is not None:
-            client = self._client(length)
-            return obstore.get_range(client, key, start=offset, length=length).to_bytes()
+            got = obstore.get_range(self._client(length), key, start=offset, length=length)
+            return memoryview(got) if self._views else got.to_bytes()
         # Whole objects are metadata (config, refs, locks): data is always read by range.
         client, options = (self._bulk, {"range": {"offset": offset}}) if offset else (self.store, None)
         return obstore.get(client, key, options=options).bytes().to_bytes()
