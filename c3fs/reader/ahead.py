@@ -114,13 +114,11 @@ class Ahead:
         their pack blocks also go to the store's disk cache; `first`: before the spans
         queued already, see `BlobSource.prefetch`; `wave`: in one wave of GETs if reading
         over wider gaps makes them fit the workers, see `spans_of`)."""
-        located = []
-        try:
-            for blob_id in dict.fromkeys(blob_ids):
-                if blob_id not in self and not known(blob_id):
-                    loc = self.index.lookup(blob_id)
-                    if loc is not None:
-                        located.append((blob_id, loc))
+        wanted = [b for b in dict.fromkeys(blob_ids) if b not in self and not known(b)]
+        try:  # one index transaction for all of them (a batch of 64 small files)
+            located = [(blob_id, loc) for blob_id, loc in
+                       zip(wanted, self.index.lookup_many(wanted) if wanted else [], strict=True)
+                       if loc is not None]
         except IndexDamaged:
             return  # the reader's own fetch heals the index
         with self._lock:
