@@ -148,8 +148,8 @@ def _print_pulled(pulled, as_json: bool) -> None:
                             "bytes": p.stats.bytes, "unchanged": p.stats.skipped} for p in pulled])
         return
     for p in pulled:
-        output.out.print(f"{p.record.id} -> {p.dest} ({output.count(p.stats.files, 'file')}, "
-                         f"{output.human(p.stats.bytes)}, {p.stats.skipped} unchanged)", markup=False)
+        output.result_line(f"{p.record.id} -> {p.dest} ({output.count(p.stats.files, 'file')}, "
+                           f"{output.human(p.stats.bytes)}, {p.stats.skipped} unchanged)")
 
 
 # balance ------------------------------------------------------------------------------------
