@@ -90,9 +90,12 @@ class Ahead:
         # pack -> its spans queued or in flight, not yet read, sorted: (offset, seq, span)
         self._live: dict[str, list[tuple[int, int, Span]]] = {}
         self._seq = itertools.count()
-        # blob id -> (its location if still to be decoded, bytes)
+        # blob id -> (its location if still to be decoded, bytes); one still to be decoded
+        # weighs its plain length, what it becomes (a copy's is a view that holds its GET's
+        # buffer: weighed by its few stored bytes, a well-compressed blob would let
+        # many 4 MiB buffers pile up within the budget)
         self._ready: LRU[bytes, tuple[Location | None, bytes]] = LRU(
-            budget, weigh=lambda item: len(item[1]))
+            budget, weigh=lambda item: len(item[1]) if item[0] is None else item[0].plain_len)
         self._in_flight = 0  # plain bytes of started spans
         self._closed = False
         self.workers = workers
