@@ -206,6 +206,28 @@ def test_a_blob_that_fails_ahead_is_fetched_and_checked_by_its_reader(
         repo.close()
 
 
+@pytest.mark.logs("cached copy was damaged")
+def test_a_copys_blob_spoiled_ahead_is_fetched_again_by_its_writer(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    """A copy's compressed blobs wait in `Ahead` undecoded (views of their GET's buffer) and
+    are decoded and verified by the writer that takes them: bytes spoiled on the way for the
+    merged GET fail there, and the blob is fetched again, never written."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(7)  # digits: zstd stores them in about half their size
+    (src / "big.txt").write_bytes(b"".join(b"%.6f\n" % rnd.random() for _ in range(900_000)))
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    repo, counting = remote_repo(s3_url, home)
+    try:
+        counting.inner = SpoilOnce(counting.inner)
+        vfs = Vfs(repo, "/jobs/j1")
+        Copier(vfs).copy(vfs.root, tmp_path / "dst")
+        assert (tmp_path / "dst" / "big.txt").read_bytes() == (src / "big.txt").read_bytes()
+        assert counting.inner.spoiled == 1
+    finally:
+        repo.close()
+
+
 # learned prefetch (c3fs/reader/trace.py) ------------------------------------------------------
 def test_a_trace_round_trips_through_the_store_and_bad_ones_are_ignored(
         s3_url: str, tmp_path: Path, home: Path, caplog: pytest.LogCaptureFixture) -> None:
