@@ -204,7 +204,11 @@ class Ahead:
 
     def take_decoded(self, blob_id: bytes) -> bytes | None:
         """`take`, but only a blob already fetched: never waits; decodes only a small one
-        (left for its reader, see DECODE_AHEAD: ~10 µs, less than a thread round trip)."""
+        (left for its reader, see DECODE_AHEAD: ~10 µs, less than a thread round trip; a
+        copy's big ones also wait undecoded: those are left for `take`)."""
+        item = self._ready.get(blob_id)
+        if item is None or (item[0] is not None and item[0].plain_len >= DECODE_AHEAD):
+            return None
         item = self._ready.pop(blob_id)
         return None if item is None else self._hand_over(blob_id, item)
 
