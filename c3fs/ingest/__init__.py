@@ -631,9 +631,12 @@ class Ingester:
     def _file_entry(self, dir_fd: int, name: bytes, st: _Stat, where: _Open) -> Entry:
         ids: list[bytes] = []
         sizes: list[int] = []
-        whole = blake3.blake3()
         try:
             with open(os.open(name, OPEN_FILE, dir_fd=dir_fd), "rb", buffering=0) as f:
+                # a sparse file's holes are hashed as zeros, up to terabytes of them: in
+                # threads (1 TiB: 7 -> 15 GB/s here, the same CPU)
+                whole = blake3.blake3(max_threads=blake3.blake3.AUTO
+                                      if _may_have_holes(f.fileno()) else 1)
                 for chunk_id, size in self._store_chunks(f, st.st_size, whole):
                     ids.append(chunk_id)
                     sizes.append(size)
