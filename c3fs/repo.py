@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from c3fs.errors import NotFound
 from c3fs.index import Index, IndexDamaged, open_index
-from c3fs.objects.job import DATASET, JOB, JobRecord
+from c3fs.objects.job import JobRecord
 from c3fs.objects.tree import EncodedTree, PagedTree
 from c3fs.reader import BlobSource
 from c3fs.store.backend import LOCAL, Deadline
@@ -96,12 +96,6 @@ class Repo:
             return list(itertools.islice(found, limit))
 
         return self._healing(read)
-
-    def jobs(self) -> list[JobRecord]:
-        return self.records(JOB)
-
-    def datasets(self) -> list[JobRecord]:
-        return self.records(DATASET)
 
     def records(self, kind: str) -> list[JobRecord]:
         return self._healing(self.index.records, kind)

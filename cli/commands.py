@@ -510,7 +510,7 @@ def index_rebuild(ctx: Ctx) -> None:
     repo.index.rebuild(repo.store)
     packs = len(repo.index.pack_sizes())
     output.note(f"index rebuilt: {output.count(packs, 'pack')}, "
-                     f"{output.count(len(repo.jobs()), 'job')}, "
-                     f"{output.count(len(repo.datasets()), 'dataset')}")
+                     f"{output.count(repo.index.record_count('job'), 'job')}, "
+                     f"{output.count(repo.index.record_count('dataset'), 'dataset')}")
 
 

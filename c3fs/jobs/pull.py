@@ -63,8 +63,8 @@ class PullIncomplete(DataError):
 def pending_jobs(repo: Repo) -> list[JobRecord]:
     """SUCCEEDED jobs never pulled to this machine, oldest first."""
     repo.refresh(force=True)
-    jobs = [r for r in repo.jobs() if r.status == SUCCEEDED and not is_pulled(repo, r)]
-    return sorted(jobs, key=lambda r: r.created)
+    return [r for r in repo.iter_records(JOB, by_created=True)
+            if r.status == SUCCEEDED and not is_pulled(repo, r)]
 
 
 def is_pulled(repo: Repo, record: JobRecord) -> bool:
