@@ -8,7 +8,7 @@ import contextlib
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -144,19 +144,25 @@ def age(ts: float | None) -> str:
 
 
 def sorted_names(fd: int, run: int) -> Iterator[bytes]:
-    """The names in directory `fd`, sorted; more than `run` of them are sorted `run` at a
-    time into temporary files (two bytes of length, the name), then merged: a directory of
-    10 M names is never held whole (~70 B a name in a list). `scandir` has read all
-    of it when this returns: `fd` may be closed then."""
+    """The names in directory `fd`, sorted (see `sorted_spilled`): a directory of 10 M names
+    is never held whole (~70 B a name in a list). `scandir` has read all of it when this
+    returns: `fd` may be closed then."""
+    with os.scandir(fd) as listing:
+        return sorted_spilled((os.fsencode(item.name) for item in listing), run)
+
+
+def sorted_spilled(names: Iterable[bytes], run: int) -> Iterator[bytes]:
+    """`names` (each under 64 KiB), sorted; more than `run` of them are sorted `run` at a
+    time into temporary files (two bytes of length, the name), then merged. `names` has
+    been read to its end when this returns."""
     runs: list = []
     batch: list[bytes] = []
-    with os.scandir(fd) as listing:
-        for item in listing:
-            batch.append(os.fsencode(item.name))
-            if len(batch) >= run:
-                batch.sort()
-                runs.append(_spill(batch))
-                batch = []
+    for name in names:
+        batch.append(name)
+        if len(batch) >= run:
+            batch.sort()
+            runs.append(_spill(batch))
+            batch = []
     batch.sort()
     if not runs:
         return iter(batch)

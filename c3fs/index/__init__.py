@@ -35,7 +35,7 @@ from typing import NamedTuple, NoReturn
 import lmdb
 
 from c3fs.errors import FormatError, NotFound, StoreError, UsageError
-from c3fs.fsutil import make_private_dir
+from c3fs.fsutil import make_private_dir, sorted_spilled
 from c3fs.objects import refsnap
 from c3fs.objects.job import DATASET, JOB, JobRecord, decode_record, encode_record, input_ref
 from c3fs.objects.pack import PACK_TABLE, PackEntry, entry_table
@@ -64,6 +64,7 @@ _STORED_VALUE = struct.Struct("<QQ")
 INDEX_BATCH = 4096  # blobs recorded or forgotten per write transaction
 REF_FETCHES = 16  # refs fetched at once during a sync (requests in flight on a remote store)
 REF_BATCH = 1000  # refs recorded per write transaction
+REF_SORT_RUN = 65536  # a full sync sorts the store's ref names this many at a time (~5 MB)
 _MAP_SIZE = 1 << 36
 MAPPED_BUDGET = 16 * 1024 * 1024  # index pages a process keeps mapped (see release_pages)
 CHECK_EVERY = 128  # lookups between two looks at the process's mapped pages (a lookup that
@@ -636,6 +637,21 @@ class Index:
         with self._read() as txn:
             return txn.get(name.encode(), db=self._db(kind)) is not None
 
+    def record_keys(self, kind: str, after: bytes | None, count: int) -> list[bytes]:
+        """Up to `count` names (keys) of records of `kind` after `after`, in order."""
+        with self._read() as txn:
+            cursor = txn.cursor(db=self._db(kind))
+            if not (cursor.set_range(after) if after is not None else cursor.first()):
+                return []
+            keys: list[bytes] = []
+            for key in cursor.iternext(values=False):
+                if key == after:
+                    continue
+                keys.append(bytes(key))
+                if len(keys) == count:
+                    break
+            return keys
+
     def record_names(self, kind: str = JOB) -> set[str]:
         with self._read() as txn:
             return {bytes(k).decode() for k in txn.cursor(db=self._db(kind)).iternext(values=False)}
@@ -885,25 +901,41 @@ class Index:
             return None
 
     def _sync_refs(self, store: Store, kind: str) -> None:
-        """Forget refs gone from the store and learn new ones: fetched `REF_FETCHES` at a
-        time (each is a request on a remote store), recorded `REF_BATCH` to a transaction
-        (a commit is an fsync: one per ref made a new machine's first `ls` of 2,000 jobs
-        take 10 s, 7.6 s of it in commits)."""
-        known = self.record_names(kind)
-        present = set(store.list_refs(kind))
-        gone = sorted(known - present)
-        for start in range(0, len(gone), REF_BATCH):
-            with self._write() as txn:
-                for name in gone[start:start + REF_BATCH]:
-                    self._delete_record(txn, kind, name)
-        new = sorted(present - known)
-        if not new:
-            return
+        """Forget refs gone from the store and learn new ones. The store's names (sorted,
+        in spilled runs past `REF_BATCH`) are walked beside the index's, `REF_BATCH` of each
+        at a time, so neither side is held whole: 100,000 refs were two sets of ~20 MB.
+        New refs are fetched `REF_FETCHES` at a time (each is a request on a remote store)
+        and recorded a batch to a transaction (a commit is an fsync: one per ref made a new
+        machine's first `ls` of 2,000 jobs take 10 s, 7.6 s of it in commits)."""
+        present = sorted_spilled((name.encode() for name in store.list_refs(kind)),
+                                 REF_SORT_RUN)
+        ahead = next(present, None)  # the store's next name, not yet taken
+        after: bytes | None = None
         with ThreadPoolExecutor(REF_FETCHES, thread_name_prefix="c3fs-ref") as pool:
-            for start in range(0, len(new), REF_BATCH):
-                names = new[start:start + REF_BATCH]
-                fetched = pool.map(lambda name: self._fetch_ref(store, kind, name), names)
-                self.put_records([record for record in fetched if record is not None])
+            while True:
+                known = self.record_keys(kind, after, REF_BATCH)
+                end = known[-1] if len(known) == REF_BATCH else None  # None: the index's end
+                listed: list[bytes] = []
+                while ahead is not None and (end is None or ahead <= end):
+                    if len(listed) == REF_BATCH:  # the rest of this stretch: next round
+                        end = listed[-1]
+                        known = [key for key in known if key <= end]
+                        break
+                    listed.append(ahead)
+                    ahead = next(present, None)
+                gone = sorted(set(known).difference(listed))
+                if gone:
+                    with self._write() as txn:
+                        for key in gone:
+                            self._delete_record(txn, kind, key.decode())
+                new = sorted(set(listed).difference(known))
+                if new:  # all at or before `end`: the next round's keys come after it
+                    fetched = pool.map(lambda key: self._fetch_ref(store, kind, key.decode()),
+                                       new)
+                    self.put_records([record for record in fetched if record is not None])
+                if end is None and ahead is None:
+                    return
+                after = end if end is not None else listed[-1]
 
     def put_records(self, records: list[JobRecord]) -> None:
         with self._write() as txn:
