@@ -151,33 +151,55 @@ def sorted_names(fd: int, run: int) -> Iterator[bytes]:
         return sorted_spilled((os.fsencode(item.name) for item in listing), run)
 
 
-def sorted_spilled(names: Iterable[bytes], run: int) -> Iterator[bytes]:
-    """`names` (each under 64 KiB), sorted; more than `run` of them are sorted `run` at a
-    time into temporary files (two bytes of length, the name), then merged. `names` has
-    been read to its end when this returns."""
-    runs: list = []
-    batch: list[bytes] = []
-    for name in names:
-        batch.append(name)
-        if len(batch) >= run:
-            batch.sort()
-            runs.append(_spill(batch))
-            batch = []
-    batch.sort()
-    if not runs:
-        return iter(batch)
-    import heapq
-
-    return heapq.merge(*map(_read_run, runs), batch)
+def sorted_spilled(items: Iterable[bytes], run: int) -> Iterator[bytes]:
+    """`items`, sorted (see `SpilledSort`). `items` has been read to its end when this
+    returns."""
+    sorter = SpilledSort(run)
+    for item in items:
+        sorter.add(item)
+    return iter(sorter)
 
 
-def _spill(names: list[bytes]) -> BinaryIO:
+class SpilledSort:
+    """Byte strings added one at a time and read back sorted, with at most `run` of them in
+    memory: each `run` is sorted into a temporary file (four bytes of length, the item),
+    and the files are merged when read."""
+
+    def __init__(self, run: int) -> None:
+        self.run = run
+        self.count = 0
+        self._runs: list[BinaryIO] = []
+        self._batch: list[bytes] = []
+
+    def add(self, item: bytes) -> None:
+        self._batch.append(item)
+        self.count += 1
+        if len(self._batch) >= self.run:
+            self._batch.sort()
+            self._runs.append(_spill(self._batch))
+            self._batch = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The items in order: once (the spilled runs are read and closed)."""
+        runs, batch = self._runs, sorted(self._batch)
+        self._runs, self._batch = [], []
+        if not runs:
+            return iter(batch)
+        import heapq
+
+        return heapq.merge(*map(_read_run, runs), batch)
+
+
+def _spill(items: list[bytes]) -> BinaryIO:
     import tempfile
 
-    f = tempfile.TemporaryFile(prefix="c3fs-names-")
+    f = tempfile.TemporaryFile(prefix="c3fs-sort-")
     write = f.write
-    for name in names:
-        write(len(name).to_bytes(2, "big") + name)  # (NAME_MAX is 255; longer: refused later)
+    for item in items:
+        write(len(item).to_bytes(4, "big") + item)
     f.seek(0)
     return f
 
@@ -185,5 +207,5 @@ def _spill(names: list[bytes]) -> BinaryIO:
 def _read_run(f: BinaryIO) -> Iterator[bytes]:
     with f:
         read = f.read
-        while size := read(2):
+        while size := read(4):
             yield read(int.from_bytes(size, "big"))

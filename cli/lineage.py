@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import click
@@ -112,13 +113,11 @@ def diff(ctx: Ctx, a: str, b: str, path: str | None, as_json: bool) -> None:
     else:
         report = diff_trees(repo, tree_a.tree_id, tree_b.tree_id)
     if as_json:
-        output.print_json({"a": tree_a.display, "b": tree_b.display,
-                           "identical": report.identical,
-                           "added": [c.as_dict() for c in report.added],
-                           "removed": [c.as_dict() for c in report.removed],
-                           "changed": [c.as_dict() for c in report.changed],
-                           "trees_read": report.trees_read,
-                           "subtrees_skipped": report.subtrees_skipped})
+        output.print_json_lists(
+            {"a": tree_a.display, "b": tree_b.display, "identical": report.identical,
+             "trees_read": report.trees_read, "subtrees_skipped": report.subtrees_skipped},
+            {kind: (c.as_dict() for c in getattr(report, kind))
+             for kind in ("added", "removed", "changed")})
     else:
         _print_diff(report)
     sys.stdout.flush()
@@ -151,13 +150,13 @@ def _print_diff(report) -> None:
     def show(c) -> str:
         return output.escape(c.path)
 
-    lines = [f"+ {show(c)}  {output.human(c.size_b)}" for c in report.added]
-    lines += [f"- {show(c)}  {output.human(c.size_a)}" for c in report.removed]
-    lines += [f"M {show(c)}  {output.human(c.size_a)} -> {output.human(c.size_b)}, "
-              f"{output.human(c.shared)} shared" for c in report.changed]
-    output.write_lines(lines)
+    output.write_lines(itertools.chain(
+        (f"+ {show(c)}  {output.human(c.size_b)}" for c in report.added),
+        (f"- {show(c)}  {output.human(c.size_a)}" for c in report.removed),
+        (f"M {show(c)}  {output.human(c.size_a)} -> {output.human(c.size_b)}, "
+         f"{output.human(c.shared)} shared" for c in report.changed)))
     output.note(f"{len(report.added)} added, {len(report.removed)} removed, "
-                     f"{len(report.changed)} changed")
+                f"{len(report.changed)} changed")
 
 
 # logs ---------------------------------------------------------------------------------------

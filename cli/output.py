@@ -263,18 +263,30 @@ def table(*headers: str):
 def print_json_listing(fields: dict, key: str, items: Iterable) -> int:
     """`print_json({**fields, key: list(items)})`, the same text, with the items written as
     they come instead of held: `ls --json` of 100,000 jobs. Returns how many items."""
+    return print_json_lists(fields, {key: items})[key]
+
+
+def print_json_lists(fields: dict, lists: dict[str, Iterable]) -> dict[str, int]:
+    """`print_json({**fields, **lists})` with each of `lists` (top-level keys) written item
+    by item as it is read. Returns how many items each had."""
     import msgspec
 
-    marker = "\0items\0"  # where the list goes in the document's text
-    head, _, tail = json.dumps(msgspec.to_builtins({**fields, key: marker}), indent=2,
-                               sort_keys=True).partition(json.dumps(marker))
+    markers = {key: json.dumps(f"\0items{k}\0") for k, key in enumerate(lists)}
+    text = json.dumps(msgspec.to_builtins({**fields, **{key: json.loads(marker) for key, marker
+                                                         in markers.items()}}),
+                      indent=2, sort_keys=True)
     write = sys.stdout.write
-    write(head)
-    written = 0
-    for item in items:  # each at the list's depth: its lines indented by 4 (one level in)
-        text = json.dumps(msgspec.to_builtins(item), indent=2, sort_keys=True)
-        write(("[\n    " if not written else ",\n    ") + text.replace("\n", "\n    "))
-        written += 1
-    write(("\n  ]" if written else "[]") + tail + "\n")
+    counts: dict[str, int] = {}
+    for key in sorted(lists, key=lambda key: text.index(markers[key])):  # as the text has them
+        head, _, text = text.partition(markers[key])
+        write(head)
+        written = 0
+        for item in lists[key]:  # each at the list's depth: its lines indented by 4
+            item_text = json.dumps(msgspec.to_builtins(item), indent=2, sort_keys=True)
+            write(("[\n    " if not written else ",\n    ") + item_text.replace("\n", "\n    "))
+            written += 1
+        write("\n  ]" if written else "[]")
+        counts[key] = written
+    write(text + "\n")
     sys.stdout.flush()
-    return written
+    return counts

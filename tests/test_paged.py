@@ -204,7 +204,7 @@ def test_push_ls_cat_cp_verify_diff_and_gc_of_a_paged_directory(run_cli, c3fs_bi
     try:  # the pages both jobs share are skipped unread: a few of ~20 differ
         roots = [repo.record("job", j).root_id for j in "ab"]
         report = diff_trees(repo, *roots)
-        assert len(report.added + report.removed + report.changed) == 3
+        assert len(report.added) + len(report.removed) + len(report.changed) == 3
         assert report.subtrees_skipped >= len(pages) - 4, (report, len(pages))
     finally:
         repo.close()

@@ -10,9 +10,11 @@ chunks A has too (what the store deduplicates).
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from c3fs.fsutil import SpilledSort
 from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry, PagedTree
 from c3fs.repo import Repo
 
@@ -31,11 +33,40 @@ class Change:
                 "size_b": self.size_b, "shared": self.shared}
 
 
+_SIZES = struct.Struct(">qqq")  # size_a, size_b (-1: None), shared
+SORT_RUN = 65536  # changes of one kind held before a sorted run goes to a temporary file
+
+
+class Changes:
+    """Changes of one kind, read back in the order of their paths (once): past `SORT_RUN`
+    they wait sorted in temporary files, so two trees of a million files that share
+    nothing are compared in the memory of a few (a list of Change was ~300 B a file)."""
+
+    def __init__(self) -> None:
+        self._sorted = SpilledSort(SORT_RUN)
+
+    def append(self, change: Change) -> None:
+        # NUL ends the path (no name holds one) and sorts before every byte, so the items
+        # sort as their paths do
+        self._sorted.add(change.path + b"\0" + _SIZES.pack(
+            -1 if change.size_a is None else change.size_a,
+            -1 if change.size_b is None else change.size_b, change.shared))
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def __iter__(self) -> Iterator[Change]:
+        for item in self._sorted:
+            path, size_a, size_b, shared = item[:-25], *_SIZES.unpack_from(item, len(item) - 24)
+            yield Change(path, None if size_a < 0 else size_a, None if size_b < 0 else size_b,
+                         shared)
+
+
 @dataclass
 class DiffReport:
-    added: list[Change] = field(default_factory=list)
-    removed: list[Change] = field(default_factory=list)
-    changed: list[Change] = field(default_factory=list)
+    added: Changes = field(default_factory=Changes)
+    removed: Changes = field(default_factory=Changes)
+    changed: Changes = field(default_factory=Changes)
     trees_read: int = 0
     subtrees_skipped: int = 0  # directories found identical by their tree id
 
@@ -45,7 +76,8 @@ class DiffReport:
 
 
 def diff_trees(repo: Repo, a: bytes, b: bytes) -> DiffReport:
-    """The differences between tree `a` and tree `b` (depth first, explicit stack)."""
+    """The differences between tree `a` and tree `b` (depth first, explicit stack); each
+    kind of change is read back in the order of its paths."""
     report = DiffReport()
     stack: list[tuple[bytes, bytes, bytes]] = [(b"", a, b)]
     while stack:
@@ -53,7 +85,7 @@ def diff_trees(repo: Repo, a: bytes, b: bytes) -> DiffReport:
         if ta == tb:
             report.subtrees_skipped += 1
             continue
-        tree_a, tree_b = repo.tree(ta, check=False), repo.tree(tb, check=False)
+        tree_a, tree_b = repo.tree(ta, False, False), repo.tree(tb, False, False)  # read once
         same = set(tree_a.pages) & set(tree_b.pages)  # paged: pages both have, skipped unread
         report.subtrees_skipped += len(same)
         merged = _merged(_read(tree_a, report, same), _read(tree_b, report, same))
@@ -70,13 +102,11 @@ def diff_trees(repo: Repo, a: bytes, b: bytes) -> DiffReport:
                           ea.kind == DIR or eb.kind == DIR else None, a_side=False)
             if ea is not None and eb is not None and DIR not in (ea.kind, eb.kind):
                 _compare(path, ea, eb, report)
-    for found in (report.added, report.removed, report.changed):
-        found.sort(key=lambda c: c.path)
     return report
 
 
 def _entries(repo: Repo, tree_id: bytes, report: DiffReport) -> Iterator[Entry]:
-    return _read(repo.tree(tree_id, check=False), report)
+    return _read(repo.tree(tree_id, check=False, keep=False), report)
 
 
 def _read(tree: EncodedTree | PagedTree, report: DiffReport,
