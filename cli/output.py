@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -260,6 +261,9 @@ def table(*headers: str):
     return t
 
 
+JSON_BATCH = 1024  # items of a streamed JSON list encoded at once (one call: ~4x faster than each)
+
+
 def print_json_listing(fields: dict, key: str, items: Iterable) -> int:
     """`print_json({**fields, key: list(items)})`, the same text, with the items written as
     they come instead of held: `ls --json` of 100,000 jobs. Returns how many items."""
@@ -281,10 +285,12 @@ def print_json_lists(fields: dict, lists: dict[str, Iterable]) -> dict[str, int]
         head, _, text = text.partition(markers[key])
         write(head)
         written = 0
-        for item in lists[key]:  # each at the list's depth: its lines indented by 4
-            item_text = json.dumps(msgspec.to_builtins(item), indent=2, sort_keys=True)
-            write(("[\n    " if not written else ",\n    ") + item_text.replace("\n", "\n    "))
-            written += 1
+        items = iter(lists[key])
+        for batch in iter(lambda: list(itertools.islice(items, JSON_BATCH)), []):  # noqa: B023
+            # a batch as the list's items are in the whole document: one level in
+            inner = json.dumps({"": msgspec.to_builtins(batch)}, indent=2, sort_keys=True)
+            write(("[\n" if not written else ",\n") + inner[len('{\n  "": [\n'):-len("\n  ]\n}")])
+            written += len(batch)
         write("\n  ]" if written else "[]")
         counts[key] = written
     write(text + "\n")

@@ -539,6 +539,7 @@ def test_ls_of_jobs_streams_its_records(run_cli, store_env, tmp_path: Path,
     monkeypatch.setattr(repomod, "RECORD_BATCH", 50)
     monkeypatch.setattr(output, "SPILL", 16 * 1024)
     monkeypatch.setattr(output, "ROWS", 64)
+    monkeypatch.setattr(output, "JSON_BATCH", 16)
     root = push_ok(run_cli, small_src(tmp_path), "seed", project="p0")["root"]
     store = Store.open(LocalBackend(store_env.store))
     listings = (["ls", "/jobs/"], ["ls", "-l", "/jobs/"], ["ls", "--json", "/jobs/"],

@@ -221,3 +221,20 @@ def test_completion_never_asks_a_remote_store(run_cli, s3_url: str, s3_server, t
         assert complete("c3fs pull rem", env, timeout=20) == ["remote1"]
     finally:
         s3_server.resume()
+
+
+@pytest.mark.parametrize("count", [0, 1, 1023, 1024, 1025, 2500])
+def test_streamed_json_lists_are_the_text_of_the_whole_document(count, monkeypatch,
+                                                                 capsys) -> None:
+    """`ls --json` and `diff --json` write their lists a batch at a time: the text is
+    exactly `json.dumps` of the whole document, at and across batch boundaries."""
+    from c3fs_cli import output
+
+    items = [{"path": f"d/{n}", "size": n, "none": None, "deep": {"z": [1, "é"], "a": 2}}
+             for n in range(count)]
+    fields = {"a": "x", "z": [1, {"b": 2}], "trees_read": 3}
+    counts = output.print_json_lists(fields, {"removed": iter(items[:2]), "added": iter(items),
+                                              "changed": iter(())})
+    assert counts == {"added": count, "removed": min(count, 2), "changed": 0}
+    whole = {**fields, "added": items, "removed": items[:2], "changed": []}
+    assert capsys.readouterr().out == json.dumps(whole, indent=2, sort_keys=True) + "\n"
