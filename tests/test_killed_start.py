@@ -117,7 +117,8 @@ def _kill_during_start(m: Path, point: str, sig: int) -> bool:
         caller.send_signal(sig)
         caller.send_signal(signal.SIGCONT)  # a frozen caller gets its SIGTERM now
         caller.wait()
-        os.kill(daemons[0], signal.SIGCONT)
+        if frozen != caller.pid:  # (a daemon never frozen may be gone already: that is the point)
+            os.kill(frozen, signal.SIGCONT)
         # a bound for a hang, not a timing: on a loaded machine (two suites at once) the
         # daemon's unmount and exit once took longer than the default 15 s
         wait_until(lambda: not alive(daemons[0]), "the daemon to unmount and exit", 60.0)
