@@ -24,10 +24,10 @@ inode (`readers`). With a stock pyfuse3 (no `READ_INODE_WITHOUT_OPEN`), or with
 `C3FS_FUSE_OPEN=1`, files are opened the classic way: one reader per OPEN, dropped at RELEASE.
 
 The first READ of a file (or its OPEN) starts fetching its first chunks (FileReader.start,
-the reader's own pool). A lookup or a first read of a small file tells `DirectoryReadahead`,
-which reads the next small files of the directory in a worker thread; those the kernel
-already knows are pushed into its page cache (notify_store) and cost no READ at all, the
-others wait decoded in the chunk cache for their READ (see c3fs/fuse/readahead.py).
+the reader's own pool). A first read of a small file (not its LOOKUP: `du` and `find -size`
+look files up without reading them) tells `DirectoryReadahead`, which reads the next small
+files of the directory in a worker thread; those the kernel already knows are pushed into
+its page cache (notify_store) and cost no READ at all, the others wait decoded in the chunk cache for their READ (see c3fs/fuse/readahead.py).
 
 Errors: handlers raise only `pyfuse3.FUSEError`, built in one place (`_fuse_error`) from one
 table (`ERRNO`). A missing or corrupt chunk is EIO with one `log.error` line naming the job,
@@ -104,8 +104,10 @@ XATTR_DATASET = b"user.c3fs.dataset"
 XATTR_INPUTS = b"user.c3fs.inputs"
 # Entries in a directory's first READDIRPLUS reply (see readdir); 0: as many as fit, as
 # libfuse does. A small number (16) makes `find` of directories of 1,000 files list names
-# only, but `du`, `tar` and `cp -r` (which list a whole directory, then stat each entry) then
-# cost a LOOKUP, and a READ, per file: 3-5x their daemon CPU (bench/README.md, "Scale").
+# only, but `du`, `tar` and `cp -r` (which list a whole directory, then stat each entry), and
+# a data loader that lists in one process and opens in others, then cost a LOOKUP per file
+# (~45 µs of daemon CPU, against ~2.5 for an entry of a READDIRPLUS; bench/README.md,
+# "`find` and `ls -lR` through the mount").
 FIRST_PLUS = int(os.environ.get("C3FS_READDIRPLUS_FIRST", "0") or 0)
 STATFS_TTL = 10.0  # statfs sums every pack's size (`find`, `df` ask): at most every 10 s
 GENERATION_MASK = 0xFFFF_FFFF_FFFF_FFFF
@@ -314,10 +316,11 @@ class Operations(pyfuse3.Operations):
             if parent.ref is None:  # a listing that grows: never cache a miss
                 raise
             return negative_entry()  # content never changes: the kernel may cache the miss
-        if node.kind == FILE:
-            self.directory_readahead.opened(parent, node)  # `cat *`, `cp -r`: the next ones
-            if self.traces is not None and node.entry is not None and node.size <= SMALL_FILE:
-                self.traces.add(node.ref, node.entry.chunk_ids())  # (read ahead: maybe no READ)
+        # (no directory readahead here: `du`, `find -size` look files up without reading
+        # them; the first READ of a small file starts it, see `_open`)
+        if (node.kind == FILE and self.traces is not None and node.entry is not None
+                and node.size <= SMALL_FILE):
+            self.traces.add(node.ref, node.entry.chunk_ids())  # (read ahead: maybe no READ)
         return self._entry(node)
 
     @handler
