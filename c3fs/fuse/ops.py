@@ -27,7 +27,8 @@ The first READ of a file (or its OPEN) starts fetching its first chunks (FileRea
 the reader's own pool). A first read of a small file (not its LOOKUP: `du` and `find -size`
 look files up without reading them) tells `DirectoryReadahead`, which reads the next small
 files of the directory in a worker thread; those the kernel already knows are pushed into
-its page cache (notify_store) and cost no READ at all, the others wait decoded in the chunk cache for their READ (see c3fs/fuse/readahead.py).
+its page cache (notify_store) and cost no READ at all, the others wait decoded in the chunk
+cache for their READ (see c3fs/fuse/readahead.py).
 
 Errors: handlers raise only `pyfuse3.FUSEError`, built in one place (`_fuse_error`) from one
 table (`ERRNO`). A missing or corrupt chunk is EIO with one `log.error` line naming the job,
