@@ -18,7 +18,7 @@ from c3fs.jobs.push import push_dir
 from c3fs.repo import Repo
 from c3fs.store.backend import BackendError
 from c3fs.store.store import Store
-from c3fs.vfs import ROOT_INO, Vfs
+from c3fs.vfs import ROOT_INO, ROOT_KEY, Vfs, child_inos, child_key, ino_from_key, ino_of
 
 KiB, MiB = 1024, 1024 * 1024
 BIG = rand_bytes(3 * MiB, 7)  # many chunks
@@ -218,3 +218,12 @@ def test_a_lookup_in_a_big_directory_decodes_a_few_names_and_one_entry(
     with pytest.raises(NotFound):
         vfs.lookup(wide, b"f20000")
     assert len(repo.blobs.cached_tree(wide.tree_id)) == 20_000  # kept, encoded
+
+
+def test_inode_numbers_of_a_run_are_each_paths() -> None:
+    """`child_inos` (readdir's run at once) gives what `ino_of` gives each path."""
+    key = child_key(child_key(ROOT_KEY, b"jobs"), b"j")
+    names = [b"a", b"b" * 255, "é".encode(), *(b"f%05d" % i for i in range(300))]
+    assert child_inos(key, names) == [ino_of((b"jobs", b"j", name)) for name in names]
+    assert child_inos(key, names) == [ino_from_key(child_key(key, name)) for name in names]
+    assert child_inos(key, []) == []

@@ -20,7 +20,7 @@ parent; the hash shrinks when it is 1/8 full, the rows when 3/4 of them are free
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import compress
 
 from c3fs.errors import NotFound
@@ -112,23 +112,24 @@ class InodeTable:
     def add(self, ino: int, parent: int, index: int) -> None:
         """One more kernel reference to `ino`, the entry `index` of directory `parent`
         (`parent` 0 and `index` WHOLE: a node kept whole, which pins no parent row)."""
-        self.add_children(parent, [(ino, index)])
+        self.add_children(parent, (ino,), index)
 
-    def add_children(self, parent: int, children: list[tuple[int, int]]) -> None:
-        """`add` of several entries (ino, index) of one directory (a readdir reply)."""
+    def add_children(self, parent: int, inos: Sequence[int], first: int) -> None:
+        """`add` of entries `first`, `first + 1`... of one directory (a readdir reply), whose
+        inode numbers are `inos`."""
         up = 0  # the parent's row + 1
         if parent > ROOT_INO:
             up = self._row(parent) + 1
             if not up:
                 raise NotFound(f"inode {parent} is not known (forgotten)")
-        if 2 * (self.count + len(children)) > self._mask + 1:
-            self._allocate(self._grown(self.count + len(children)))
+        if 2 * (self.count + len(inos)) > self._mask + 1:
+            self._allocate(self._grown(self.count + len(inos)))
         keys, table, index, counts = self._keys, self._table, self._index, self._counts
         mask, new = self._mask, 0
         # Rows past the last are made at once: their keys appended as they come (probing
         # reads them), their index and count kept aside until the loop ends.
         base, new_index, new_counts = len(keys), [], []
-        for ino, at in children:
+        for at, ino in enumerate(inos, first):
             i = (ino >> 2) & mask
             while True:
                 row = table[i]
@@ -295,10 +296,11 @@ class Inodes:
             self.table.add(node.ino, 0, WHOLE)
             self._whole[node.ino] = node
 
-    def remember_children(self, parent: Node, children: list[tuple[int, int]]) -> None:
-        """`remember` of entries of a tree directory, given as (ino, index)."""
-        if children:
-            self.table.add_children(parent.ino, children)
+    def remember_children(self, parent: Node, inos: Sequence[int], first: int) -> None:
+        """`remember` of the entries `first`, `first + 1`... of a tree directory, whose inode
+        numbers are `inos`."""
+        if inos:
+            self.table.add_children(parent.ino, inos, first)
 
     def forget(self, ino: int, count: int) -> bool:
         """Drop `count` references; True if the kernel no longer knows the inode."""

@@ -81,7 +81,7 @@ from c3fs.objects.tree import (
 )
 from c3fs.reader import FileReader
 from c3fs.reader.trace import Traces
-from c3fs.vfs import Node, Vfs
+from c3fs.vfs import Node, Vfs, child_inos
 
 # a patched pyfuse3 (patches/) sends a READ's reply given as a list of buffers without joining
 REPLY_PARTS = getattr(pyfuse3, "READ_REPLY_PARTS", False)
@@ -390,20 +390,16 @@ class Operations(pyfuse3.Operations):
             end = min(end, FIRST_PLUS)
         reply, entry_attributes, attr = (pyfuse3.readdir_reply, self.entry_attributes,
                                          self.tree_attributes())
-        prefix, hash_of, from_bytes = parent.key + b"/", blake3.blake3, int.from_bytes
-        added: list[tuple[int, int]] = []  # rows added at once (no Node per entry)
         i = start_id
-        try:
-            while i < end:
-                for entry in listing.listed(i, min(RUN, end - i), True):
-                    name = entry.name  # ino: vfs.ino_from_key(vfs.child_key(parent.key, name))
-                    ino = (from_bytes(hash_of(prefix + name).digest(8), "little") >> 1) | 2
-                    if not reply(token, name, entry_attributes(attr, ino, entry), i + 1):
-                        return
-                    added.append((ino, i))
-                    i += 1
-        finally:
-            self.inodes.remember_children(parent, added)
+        while i < end:  # a run of entries, then their rows at once (no Node per entry)
+            entries = listing.listed(i, min(RUN, end - i), True)
+            inos = child_inos(parent.key, [entry.name for entry in entries])
+            for k, entry in enumerate(entries):
+                if not reply(token, entry.name, entry_attributes(attr, inos[k], entry), i + k + 1):
+                    self.inodes.remember_children(parent, inos[:k], i)
+                    return
+            self.inodes.remember_children(parent, inos, i)
+            i += len(entries)
 
     def _readdir_listing(self, listing: list[tuple[bytes, Node]], start_id: int,
                          token: pyfuse3.ReaddirToken, plus: bool) -> None:
@@ -421,16 +417,16 @@ class Operations(pyfuse3.Operations):
                        token: pyfuse3.ReaddirToken) -> None:
         """A plain READDIR of a tree: one attributes object, only its inode number and type
         sent."""
-        attr, reply = pyfuse3.EntryAttributes(), pyfuse3.readdir_reply
-        prefix, hash_of, from_bytes, modes = parent.key + b"/", blake3.blake3, int.from_bytes, MODE_BITS
+        attr, reply, modes = pyfuse3.EntryAttributes(), pyfuse3.readdir_reply, MODE_BITS
         i = start_id
         while i < end:
-            for entry in tree.listed(i, min(RUN, end - i)):
-                name = entry.name  # ino: vfs.ino_from_key(vfs.child_key(parent.key, name))
-                attr.st_ino = (from_bytes(hash_of(prefix + name).digest(8), "little") >> 1) | 2
+            entries = tree.listed(i, min(RUN, end - i))
+            inos = child_inos(parent.key, [entry.name for entry in entries])
+            for entry, ino in zip(entries, inos, strict=True):
+                attr.st_ino = ino
                 attr.st_mode = modes[entry.kind]
                 i += 1
-                if not reply(token, name, attr, i):
+                if not reply(token, entry.name, attr, i):
                     return
 
     @handler

@@ -18,6 +18,8 @@ lookups and across remounts. Names are bytes throughout.
 from __future__ import annotations
 
 import heapq
+import sys
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -116,6 +118,16 @@ def ino_of(path: tuple[bytes, ...]) -> int:
 
 def child_ino(parent: Node, name: bytes) -> int:
     return ino_from_key(child_key(parent.key, name))
+
+
+def child_inos(parent_key: bytes, names: Iterable[bytes]) -> list[int]:
+    """`ino_from_key(child_key(parent_key, name))` of each name (a readdir reply's run: the
+    digests' first 8 bytes turned into numbers at once, ~0.1 µs a name less than one by one)."""
+    prefix, hash_of = parent_key + b"/", blake3.blake3
+    keys = array("Q", b"".join([hash_of(prefix + name).digest(8) for name in names]))
+    if sys.byteorder != "little":
+        keys.byteswap()
+    return [(key >> 1) | 2 for key in keys]
 
 
 def split_path(path: str | bytes) -> tuple[bytes, ...]:
