@@ -95,9 +95,8 @@ class LRU(Generic[K, V]):
             return
         with self._lock:
             items, weigh = self._items, self._weigh
-            for key in keys:
-                if key in items:
-                    self._weight -= weigh(items.pop(key))
+            for key in items.keys() & keys:  # (a FORGET's 1,000s of keys: checked in C)
+                self._weight -= weigh(items.pop(key))
 
     def pop_where(self, wanted: Callable[[K], bool]) -> int:
         """Remove every key `wanted` says yes to (each passed to `evicted`); how many."""

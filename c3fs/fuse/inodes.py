@@ -218,6 +218,8 @@ class InodeTable:
                     break
                 row = up - 1
                 below[row] -= 1
+                if counts[row] or below[row]:  # (the parent stays: no need for its slot)
+                    break
                 ino = keys[row]
                 i = self._slot(ino)
         self._shrink()
@@ -310,10 +312,8 @@ class Inodes:
         """A FORGET batch; the inodes whose rows went (the kernel knows them no more)."""
         gone: list[int] = []
         self.table.forget_many(forgets, gone)  # (the root has no row: ignored)
-        if self._whole:
-            pop = self._whole.pop
-            for ino in gone:
-                pop(ino, None)
+        for ino in self._whole.keys() & gone:  # (few kept whole: the batch checked in C)
+            del self._whole[ino]
         self._dirs.discard(gone)
         return gone
 
