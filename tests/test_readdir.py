@@ -197,10 +197,10 @@ def test_a_lookup_does_not_read_ahead_only_a_read_does(store, tmp_path: Path) ->
     env, src = store
     mnt = tmp_path / "mnt"
     du, cat = through_mount(env, mnt, f"cd {mnt} && du -s d1 d2",
-                            f"cd {mnt} && cat d0/file-00100 && sleep 1", first=16)
+                            f"cd {mnt} && cat d0/file-00100 && sleep 2", first=16)
     assert du["requests"]["lookup"] >= 2 * (PER_DIR - 16)
     assert du["requests"].get("read ahead", 0) == 0
     assert du["requests"].get("read", 0) == 0
     assert cat["out"] == (src / "d0" / "file-00100").read_text()
     assert cat["requests"]["read"] >= 1
-    assert cat["requests"]["read ahead"] >= 32  # (a window: the next small files)
+    assert cat["requests"]["read ahead"] >= 1  # (in a worker thread: the next small files)
