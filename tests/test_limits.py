@@ -135,7 +135,7 @@ def test_a_listing_too_big_for_one_blob_is_paged_and_a_page_too_big_refused(
     from c3fs import ingest
 
     monkeypatch.setattr(ingest, "MAX_TREE", 3000)
-    monkeypatch.setenv("C3FS_TREE_PAGE", "20")
+    monkeypatch.setenv("C3FS_TREE_PAGE", "320")  # pages of ~20 entries
     src = tmp_path / "src" / "wide"
     src.mkdir(parents=True)
     for i in range(500):

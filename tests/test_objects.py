@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from c3fs.errors import BlobCorrupt, FormatError, InvalidId
 from c3fs.objects import codec
 from c3fs.objects import pack as packfmt
+from c3fs.objects import tree as tree_module
 from c3fs.objects.ids import blob_id, check_name, new_job_id, parse_hex_id
 from c3fs.objects.job import (
     DATASET,
@@ -44,6 +45,7 @@ from c3fs.objects.tree import (
     decode_tree,
     encode_tree,
     file_digest,
+    open_tree,
 )
 
 MiB = 1024 * 1024
@@ -457,6 +459,35 @@ def test_an_encoded_tree_is_read_in_place() -> None:
     assert tree.bisect(b"f0015") == 1500 and tree.bisect(b"g") == 3000
     with pytest.raises(IndexError):
         tree[3000]
+
+
+@pytest.mark.parametrize("count", [0, 3, 20, 70_000])
+def test_a_tree_encoded_otherwise_opens_as_the_canonical_one(count: int, monkeypatch) -> None:
+    """Where entries start is found from the header c3fs writes (an array of two, a small
+    version, the entries' array header): a tree whose header is encoded otherwise (legal
+    msgpack, bigger ints) opens the same, and opening decodes its entries only once."""
+    items = [file_entry(b"f%06d" % i) for i in range(count)]
+    data = encode_tree(items)
+    body = b"".join(map(msgspec.msgpack.encode, items))
+    n = len(items)
+    for header in (b"\x92\x02", b"\x92\xcc\x02", b"\xdc\x00\x02\x02", b"\xdd\x00\x00\x00\x02\x02"):
+        for entries_header in ([b"\xdc" + n.to_bytes(2, "big")] if n < 1 << 16 else []) + [
+                b"\xdd" + n.to_bytes(4, "big")]:
+            other = header + entries_header + body
+            tree = open_tree(other, None, None)
+            assert tree.version == TREE_VERSION and len(tree) == n
+            assert tree[:] == items and (not n or tree.find(items[-1].name) == n - 1)
+    calls = []
+    real = tree_module._raw_decoder
+
+    class Counting:
+        def decode(self, buf):
+            calls.append(len(buf))
+            return real.decode(buf)
+
+    monkeypatch.setattr(tree_module, "_raw_decoder", Counting())
+    opened = open_tree(data, None, None)
+    assert opened[:] == items and calls == [len(data)]
 
 
 @FAST

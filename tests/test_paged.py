@@ -40,7 +40,7 @@ def _entry(name: bytes, size: int = 1) -> Entry:
     return Entry(name, FILE, 0o644, size, 7, chunks=blob_id(name), sizes=[size])
 
 
-def _written(entries: list[Entry], page: int) -> tuple[bytes, dict[bytes, bytes]]:
+def _written(entries: list[Entry], page: int | None) -> tuple[bytes, dict[bytes, bytes]]:
     blobs: dict[bytes, bytes] = {}
 
     def put(data: bytes, count: int) -> bytes:
@@ -97,6 +97,28 @@ def test_page_boundaries_depend_on_each_page_only() -> None:
     a, b = _opened(a_id, a_blobs), _opened(b_id, b_blobs)
     assert len(a.pages) >= 30
     assert len(set(b.pages) - set(a.pages)) <= 2
+
+
+def test_a_lookup_in_a_directory_of_100000_entries_reads_one_small_page() -> None:
+    """Past 65,536 entries (the default), pages of ~4,096 (a 16th), never over 8,192: a
+    fresh mount's `stat` of one entry reads the index and one page. Pages of ~65,536 cost
+    it ~8 ms of CPU (reading, decompressing, verifying and finding the entries of up to
+    131,072)."""
+    entries = [Entry(b"file-%08d.bin" % i, FILE, 0o644, 0, 7) for i in range(100_000)]
+    tree_id, blobs = _written(entries, None)
+    loaded = []
+
+    def load(page_id: bytes) -> EncodedTree:
+        loaded.append(page_id)
+        return EncodedTree(blobs[page_id])
+
+    tree = open_tree(blobs[tree_id], load, lambda i: None)
+    counts = [tree.starts[k + 1] - tree.starts[k] for k in range(len(tree.pages))]
+    assert max(counts) <= 8192 and 15 <= len(counts) <= 50, counts
+    assert tree.find(b"file-00099999.bin") == 99_999 and len(loaded) == 1
+    assert len(tree.page(len(counts) - 1)) == counts[-1] and len(loaded) == 1
+    small_id, small_blobs = _written(entries[:65_536], None)  # not paged: as before
+    assert small_blobs == {small_id: encode_tree(entries[:65_536])}
 
 
 def test_a_page_that_disagrees_with_its_index_is_refused() -> None:

@@ -113,6 +113,11 @@ def decode_tree(data: bytes) -> Tree:
 
 
 def _version_of(data: bytes) -> int:
+    """A tree's version, from its first two bytes when it starts as every tree c3fs writes
+    does (an array of two, the version a small int), else by decoding it (its entries left
+    encoded): opening a tree decoded it twice to learn its version, ~60 ns an entry."""
+    if len(data) >= 2 and data[0] == 0x92 and data[1] < 0x80:
+        return data[1]
     try:
         return _raw_decoder.decode(data).version
     except (msgspec.DecodeError, RecursionError):
@@ -180,12 +185,16 @@ class EncodedTree(Sequence[Entry]):
         except (msgspec.DecodeError, RecursionError) as exc:  # (an entry may nest anything)
             raise FormatError(f"damaged tree: {exc}") from None
         _check_version(raw.version, leaf=True)
-        lengths = array("I", map(len, raw.entries))
-        first = len(data) - sum(lengths)  # the entries are the end of the tree
+        # where each entry starts: one pass from where the entries begin as c3fs writes
+        # trees (`_entries_at`), else from the end (the entries are the end of the tree)
+        starts = array("I", accumulate(map(len, raw.entries), initial=_entries_at(data)))
+        if starts[-1] != len(data):
+            starts = array("I", accumulate(map(len, raw.entries),
+                                           initial=len(data) - sum(map(len, raw.entries))))
         self.version = raw.version
         self.data = data
         self._view = memoryview(data)
-        self._starts = array("I", accumulate(lengths, initial=first))
+        self._starts = starts
         self._checked = False
 
     @property
@@ -322,15 +331,17 @@ class _Sequential(Sequence[Entry]):
 
 
 # paged directories ----------------------------------------------------------------------------
-PAGE_ENV = "C3FS_TREE_PAGE"  # entries a page of a paged directory holds on average
+PAGE_ENV = "C3FS_TREE_PAGE"  # a directory of more entries than this is stored paged
 PAGE_ENTRIES = 65536
-PAGE_WEIGHT = 128  # `_weight` a page may hold: this much per entry of PAGE_ENTRIES (8 MiB)
+PAGE_SPLIT = 16  # its pages hold a 16th of that on average (4,096 entries)
+PAGE_WEIGHT = 128  # `_weight` a page may hold: this much per entry of its size (512 KiB)
 
 
 def page_entries() -> int:
     """$C3FS_TREE_PAGE (default 65,536): a directory of more entries than this (or weighing
-    more than `PAGE_WEIGHT` times this) is stored paged, its pages this big on average. It
-    decides tree ids, so every writer of a store should use the same (tests set ~100)."""
+    more than `PAGE_WEIGHT` times this) is stored paged, its pages `page_size` of this on
+    average. It decides tree ids, so every writer of a store should use the same (tests
+    set ~100)."""
     raw = os.environ.get(PAGE_ENV)
     try:
         value = int(raw) if raw else PAGE_ENTRIES
@@ -339,6 +350,15 @@ def page_entries() -> int:
     if value < 4:
         raise UsageError(f"{PAGE_ENV}={raw!r}: a number of entries, at least 4")
     return value
+
+
+def page_size(paged_above: int) -> int:
+    """The entries a page holds on average in a directory paged past `paged_above` entries:
+    a 16th of it, at least 4. Pages were as big as the threshold (~65,536 entries, ~1-3 MB)
+    until c3fs 0.2.0: a lookup in a fresh mount then read, decompressed, verified and found
+    the entries of up to 131,072 of them, ~8 ms of CPU for a `stat` (readers take pages of
+    any size: only new directories' ids changed)."""
+    return max(paged_above // PAGE_SPLIT, 4)
 
 
 class PageRef(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -516,21 +536,23 @@ def _weight(entry: Entry) -> int:
 
 
 class TreeWriter:
-    """Writes one directory from its entries given in name order, holding at most about a
-    page of them: an ordinary tree (byte for byte what `encode_tree` makes) while it has
-    at most `page` entries (default `page_entries()`) weighing at most `PAGE_WEIGHT`
-    each on average; past that, pages and their index (`PagedTree`). `put(data, count)`
-    stores a tree's bytes (of `count` entries) and returns its id.
+    """Writes one directory from its entries given in name order, holding at most about
+    `paged_above` of them: an ordinary tree (byte for byte what `encode_tree` makes) while
+    it has at most `paged_above` entries (default `page_entries()`) weighing at most
+    `PAGE_WEIGHT` each on average; past that, pages of `page_size(paged_above)` entries on
+    average and their index (`PagedTree`). `put(data, count)` stores a tree's bytes (of
+    `count` entries) and returns its id.
 
     Where a page ends depends on that page's own entries only: after an entry whose name
     hashes to 0 modulo page/2 once the page holds page/2 entries, or at 2 x page entries,
     or at the weight limit. So a change in a huge directory rewrites the pages around it,
-    not every page after it (a file added to a 10 M-entry directory: one page of ~64 k
+    not every page after it (a file added to a 10 M-entry directory: one page of ~4 k
     entries, not on average half of the directory)."""
 
-    def __init__(self, put: Callable[[bytes, int], bytes], page: int | None = None) -> None:
+    def __init__(self, put: Callable[[bytes, int], bytes], paged_above: int | None = None) -> None:
         self.put = put
-        self.page = page or page_entries()
+        self.above = paged_above or page_entries()
+        self.page = page_size(self.above)
         self.weight = self.page * PAGE_WEIGHT
         self.count = 0
         self._entries: list[Entry] = []  # the page being filled (all of them until paged)
@@ -549,7 +571,7 @@ class TreeWriter:
             if self._ends_page(len(self._entries), self._weight, entry.name):
                 self._write_page(self._entries)
                 self._entries, self._weight = [], 0
-        elif len(self._entries) > self.page or self._weight > self.weight:
+        elif len(self._entries) > self.above or self._weight > self.above * PAGE_WEIGHT:
             self._refs = []
             entries, self._entries, self._weight = self._entries, [], 0
             for item in entries:  # (the rule as it would have been applied from the start)
@@ -575,6 +597,14 @@ class TreeWriter:
             self._write_page(self._entries)
             self._entries = []
         return self.put(_encoder.encode(_Index(PAGED, self._refs)), self.count)
+
+
+def _entries_at(data: bytes) -> int:
+    """Where a tree's first entry starts if it begins as c3fs writes trees (an array of two,
+    a small version, then the entries' array header), else 0 (then found from the end)."""
+    if len(data) < 3 or data[0] != 0x92 or data[1] >= 0x80:
+        return 0
+    return {0xdc: 5, 0xdd: 7}.get(data[2], 3 if 0x90 <= data[2] <= 0x9f else 0)
 
 
 def _array_header(count: int) -> bytes:
