@@ -413,9 +413,9 @@ class PagedTree(Sequence[Entry]):
         self.data = data
         self.pages = tuple(ref.tree for ref in refs)
         self.firsts = [ref.first for ref in refs]
-        for name in self.firsts:
-            check_name(name)
-        if not all(map(bytes.__lt__, self.firsts, self.firsts[1:])):
+        if not _names_ok(self.firsts):  # (in bulk: 2,441 pages of a 10 M-entry directory)
+            for name in self.firsts:
+                check_name(name)
             raise FormatError("damaged paged directory: its pages are out of order")
         self.starts = array("Q", accumulate((ref.count for ref in refs), initial=0))
         self._load, self._cached = load, cached
