@@ -354,10 +354,11 @@ def page_entries() -> int:
 
 def page_size(paged_above: int) -> int:
     """The entries a page holds on average in a directory paged past `paged_above` entries:
-    a 16th of it, at least 4. Pages were as big as the threshold (~65,536 entries, ~1-3 MB)
-    until c3fs 0.2.0: a lookup in a fresh mount then read, decompressed, verified and found
-    the entries of up to 131,072 of them, ~8 ms of CPU for a `stat` (readers take pages of
-    any size: only new directories' ids changed)."""
+    a 16th of it, at least 4. The first builds that paged wrote pages as big as the
+    threshold (~65,536 entries, ~1-3 MB): a lookup in a fresh mount then read, decompressed,
+    verified and found the entries of up to 131,072 of them, ~8 ms of CPU for one `stat`.
+    Readers take pages of any size (their index counts each page's entries): only the ids of
+    paged directories written from now on differ from those builds'."""
     return max(paged_above // PAGE_SPLIT, 4)
 
 
