@@ -86,7 +86,11 @@ def default_project() -> str | None:
 def _tree_bytes(directory: str) -> int | None:
     from c3fs.fsutil import tree_bytes
 
-    return tree_bytes(directory) if output.err.is_terminal else None
+    # (asked without rich when stderr is surely no terminal: its import costs a push ~30 ms
+    # before the walk starts)
+    if output.no_bar() or not output.err.is_terminal:
+        return None
+    return tree_bytes(directory)
 
 
 # ls -----------------------------------------------------------------------------------------

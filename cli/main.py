@@ -230,12 +230,41 @@ def main(argv: list[str] | None = None) -> None:
     output.quiet = False
     try:
         _run(argv)
+    except SystemExit as exc:
+        if argv is None:
+            _exit_now(exc.code)  # returns only when a thread is still working
+        raise
     finally:  # the flags' exports end with the command (tests run many in one process)
         for var, value in exported.items():
             if value is None:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
+
+
+def _exit_now(code: object) -> None:
+    """End the command's own process at once, skipping the interpreter's teardown: its
+    final collection and freeing of every object took 0.05-0.15 s after a push of 10,000
+    files (a tenth of it), with nothing left to do. What an ordinary exit does first is
+    done first: the `atexit` functions run (logging's flush among them) and the standard
+    streams are flushed. Returns (for an ordinary exit) if a thread other than a daemon one
+    is still running: the interpreter would wait for it."""
+    import threading
+
+    if not (code is None or isinstance(code, int)):  # a message: sys.exit prints it
+        return
+    current = threading.current_thread()
+    if any(not t.daemon for t in threading.enumerate() if t is not current):
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # a reader gone, a stream closed: as at exit
+        code = code or 1
+    os._exit(code or 0)
 
 
 def _run(argv: list[str] | None) -> None:

@@ -124,11 +124,17 @@ def note(text: str) -> None:
         _console("err").print(text, markup=False, highlight=False)
 
 
+def no_bar() -> bool:
+    """Whether surely no progress bar is drawn (-q, or stderr no terminal), asked without
+    importing rich (see `_plain`)."""
+    return quiet or _plain(sys.stderr)
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int | None) -> Iterator:
     """Yields an `advance(n)` callable; draws a bar only when stderr is a terminal (and not
     under -q). Sizes in IEC units (KiB, MiB), as every summary."""
-    if quiet or _plain(sys.stderr):  # (rich not even imported: see `_plain`)
+    if no_bar():
         yield lambda n: None
         return
     console = _console("err")
