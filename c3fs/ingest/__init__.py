@@ -132,7 +132,16 @@ class PackSink:
                 return True
         return self.index.lookup(blob) is not None
 
-    def add(self, kind: int, blob: bytes, codec_id: int, stored: bytes, plain_len: int) -> bool:
+    def known_many(self, blobs: list[bytes]) -> list[bool]:
+        """`known` of each of `blobs`, the index asked once (one read transaction)."""
+        with self._lock:
+            queued = [blob in self._pending for blob in blobs]
+        rest = [blob for blob, q in zip(blobs, queued, strict=True) if not q]
+        found = iter(self.index.lookup_many(rest) if rest else ())
+        return [q or next(found) is not None for q in queued]
+
+    def add(self, kind: int, blob: bytes, codec_id: int, stored: bytes | memoryview,
+            plain_len: int) -> bool:
         """Queue a blob for the current pack; False if it is already stored or queued."""
         with self._lock:
             if blob in self._pending:
@@ -569,28 +578,43 @@ class Ingester:
 
     def _small_files(self, dir_fd: int, batch: list[tuple[bytes, _Stat]],
                      where: _Open) -> list[Entry]:
-        """Store files smaller than one chunk: one read, one blob each, stats added once."""
-        entries = []
-        files = chunks = total = 0
-        verbose = log.isEnabledFor(logging.INFO)  # -v: one line a file
+        """Store files smaller than one chunk: one read, one blob each, the batch's blobs
+        looked up and compressed together (`_store_batch`), stats added once."""
+        cut: dict[int, Entry] = {}  # files that grew to a chunk or more, by place in batch
+        contents: list[bytes] = []  # the others' (but empty ones'), in batch order
+        sizes: list[int] = []
         fds = self._open_small(dir_fd, batch)
         try:
             for i, (name, st) in enumerate(batch):
                 fd, fds[i] = fds[i], None  # `_read_small` closes it
                 data = self._read_small(dir_fd, name, fd, where)
                 if data is None:  # it grew past one chunk since the walk saw it: cut it
-                    entries.append(self._file_entry(dir_fd, name, st, where))
+                    cut[i] = self._file_entry(dir_fd, name, st, where)
+                    sizes.append(0)
                     continue
-                chunk_id, size = self._store_chunk(data) if data else (b"", 0)
-                entries.append(Entry(name, FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns,
-                                     chunks=chunk_id, sizes=[size] if size else []))
-                if verbose:
-                    log.info("stored %s (%s)", where.display(name), human(size))
-                files, chunks, total = files + 1, chunks + bool(size), total + size
+                sizes.append(len(data))
+                if data:
+                    contents.append(data)
         finally:
             for fd in fds:
                 if fd is not None:
                     os.close(fd)
+        stored = iter(self._store_batch(contents))
+        del contents
+        entries: list[Entry] = []
+        files = chunks = total = 0
+        verbose = log.isEnabledFor(logging.INFO)  # -v: one line a file
+        for i, (name, st) in enumerate(batch):
+            if i in cut:  # (counted by `_file_entry`)
+                entries.append(cut[i])
+                continue
+            size = sizes[i]
+            chunk_id = next(stored)[0] if size else b""
+            entries.append(Entry(name, FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns,
+                                 chunks=chunk_id, sizes=[size] if size else []))
+            if verbose:
+                log.info("stored %s (%s)", where.display(name), human(size))
+            files, chunks, total = files + 1, chunks + bool(size), total + size
         self.stats.add(files=files, logical_bytes=total, chunks=chunks)
         self.progress(total)
         return entries
@@ -738,8 +762,25 @@ class Ingester:
         for _ in range(size // reach):
             yield zero_id, reach
 
-    def _store_batch(self, batch: list[memoryview]) -> list[tuple[bytes, int]]:
-        return [self._store_chunk(data) for data in batch]
+    def _store_batch(self, batch: list[bytes | memoryview]) -> list[tuple[bytes, int]]:
+        """Store chunks (a block's, or a batch of small files'); (chunk id, size) of each.
+        The index is asked once and the new ones compressed in one call (`encode_many`):
+        a GIL hand-off per batch, not three per chunk."""
+        ids = [blob_id(data) for data in batch]
+        known = self.sink.known_many(ids)
+        new: list[int] = []
+        seen: set[bytes] = set()
+        for i, chunk_id in enumerate(ids):
+            if not known[i] and chunk_id not in seen:  # (the same content twice: one blob)
+                seen.add(chunk_id)
+                new.append(i)
+        encoded = codec.encode_many([batch[i] for i in new], self.config.zstd_level)
+        added = 0
+        for i, (codec_id, stored) in zip(new, encoded, strict=True):
+            added += self.sink.add(CHUNK, ids[i], codec_id, stored, len(batch[i]))
+        if added:
+            self.stats.add(new_chunks=added)
+        return [(chunk_id, len(data)) for chunk_id, data in zip(ids, batch, strict=True)]
 
     def _cutter(self) -> pyfastcdc.FastCDC:
         cutter = getattr(self._local, "cutter", None)
