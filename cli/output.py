@@ -12,7 +12,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -220,6 +219,8 @@ def columns(headers: tuple[str, ...], rows: Iterable[tuple[str, ...]],
     The widths are known only once every row is seen: the rows are held meanwhile, in
     memory up to `SPILL` bytes and in a temporary file past that, so a listing of 100,000
     jobs does not hold them all."""
+    import tempfile  # (here: a push or pull need not load it, nor random and shutil)
+
     widths = [len(h) for h in headers]
     with tempfile.SpooledTemporaryFile(SPILL, mode="w+", encoding="utf-8", newline="\n",
                                        errors="surrogateescape") as held:

@@ -18,7 +18,6 @@ transaction per pack or per sync.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import logging
 import os
@@ -1112,6 +1111,8 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 def _madvise(address: int, length: int, advice: int) -> None:
     global _libc
+    import ctypes  # (here: its import costs every command ~5 ms, and few call this)
+
     try:
         if _libc is None:
             _libc = ctypes.CDLL(None)
@@ -1120,7 +1121,7 @@ def _madvise(address: int, length: int, advice: int) -> None:
         pass
 
 
-_libc: ctypes.CDLL | None = None
+_libc = None  # a ctypes.CDLL, made on first use
 
 
 def _reason(exc: Exception, path: Path) -> str:

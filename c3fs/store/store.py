@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -75,7 +74,7 @@ def change_stamp() -> int:
 
 def change_key(ms: int, op: str, kind: str, name: str) -> str:
     hour = time.strftime("%Y%m%d%H", time.gmtime(ms / 1000))
-    return f"{CHANGES}{hour}/{ms:013d}-{secrets.token_hex(4)}-{op}-{kind}-{name}"
+    return f"{CHANGES}{hour}/{ms:013d}-{token_hex(4)}-{op}-{kind}-{name}"
 
 
 def changes_after_key(ms: int) -> str:
