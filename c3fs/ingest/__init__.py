@@ -225,6 +225,12 @@ def _name(entry: Entry) -> bytes:
     return entry.name
 
 
+def _digest_block(hasher, block: memoryview) -> list:
+    """Give a file's next block to its digest; no chunks (a task of `_store_chunks`'s window)."""
+    hasher.update(block)
+    return []
+
+
 def _may_have_holes(fd: int) -> bool:
     """Whether a file takes fewer blocks than its size: sparse (or compressed by its file
     system), so worth asking where its data is."""
@@ -323,6 +329,11 @@ class Ingester:
         # dataset, source cached: 1.3-1.7 s with two, 1.16-1.23 s with one)
         self._smalls = ThreadPoolExecutor(1, thread_name_prefix="c3fs-small")
         self._chunks = ThreadPoolExecutor(workers, thread_name_prefix="c3fs-chunk")
+        # one thread hashes every large file's bytes in order (the file's digest), beside
+        # the thread reading and cutting it: a file alone (the last large one) is then
+        # not held to the speed of one thread doing both. One thread keeps each file's
+        # blocks in the order they were given.
+        self._digests = ThreadPoolExecutor(1, thread_name_prefix="c3fs-digest")
         self._window = 4 * workers
         self._local = threading.local()
         self._walked: deque[_Dir] = deque()  # walked and not stored yet, in post-order
@@ -339,6 +350,7 @@ class Ingester:
         self._files.shutdown(wait=True, cancel_futures=True)
         self._smalls.shutdown(wait=True, cancel_futures=True)
         self._chunks.shutdown(wait=True, cancel_futures=True)
+        self._digests.shutdown(wait=True, cancel_futures=True)
         self.sink.close()
         for fd in self._fds:  # those of tasks canceled by a failure
             os.close(fd)
@@ -681,7 +693,8 @@ class Ingester:
 
     def _store_chunks(self, f, size_hint: int, whole) -> Iterator[tuple[bytes, int]]:
         """Cut `f` into chunks and store them; yield (chunk id, size) in file order. `whole`
-        (a blake3 hasher) is given every byte in order, as it is read (the file's digest).
+        (a blake3 hasher) is given every byte in order, a block at a time in the digest
+        thread, as it is read (the file's digest).
 
         The file is read `READ_BLOCK` at a time into a ring of `RING` buffers and cut in
         place; the chunks go to the hash/compress pool as views, never copied, ~1 MiB per
@@ -697,7 +710,11 @@ class Ingester:
         cutter = self._cutter()
         reach = self.config.chunk_max
         holes = _may_have_holes(f.fileno()) and self._zeros_cut_at_max()
-        ring: list[bytearray] = [bytearray() for _ in range(RING)]
+        # the buffers of this thread's last file (a fresh 5 MiB one is ~1,300 page faults,
+        # each page cleared): handed back only by a file read to its end, every task on
+        # them done (a failed file's may still be running)
+        ring: list[bytearray] = self._local.__dict__.pop("ring", None) or [
+            bytearray() for _ in range(RING)]
         window: deque[tuple[int, Future]] = deque()  # (block number, task), in file order
         carry = memoryview(b"")
         size = min(READ_BLOCK, size_hint + 1)  # + 1: a file of the size stat saw ends in one read
@@ -705,8 +722,9 @@ class Ingester:
         while not eof:
             while window and window[0][0] <= number - RING:  # the tasks still on this buffer
                 yield from window.popleft()[1].result()
-            if len(ring[number % RING]) < len(carry) + size:
-                ring[number % RING] = bytearray(len(carry) + size)
+            if len(ring[number % RING]) < len(carry) + size:  # (a carry is under `reach`)
+                ring[number % RING] = bytearray(size + reach if size == READ_BLOCK
+                                                else len(carry) + size)
             view = memoryview(ring[number % RING])[: len(carry) + size]
             view[: len(carry)] = carry
             filled = len(carry)
@@ -717,7 +735,9 @@ class Ingester:
                     break
                 filled += n
             view = view[:filled]
-            whole.update(view[len(carry):])
+            if filled > len(carry):  # (in the window: the buffer waits for it too)
+                window.append((number, self._digests.submit(_digest_block, whole,
+                                                             view[len(carry):])))
             batch: list[memoryview] = []
             batched = start = 0
             for chunk in cutter.cut_buf(view):
@@ -747,6 +767,7 @@ class Ingester:
                     carry = memoryview(b"")
         while window:
             yield from window.popleft()[1].result()
+        self._local.ring = ring
 
     def _zeros_cut_at_max(self) -> bool:
         """Whether FastCDC cuts a run of zeros into chunks of exactly `chunk_max` (then the
