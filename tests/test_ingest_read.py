@@ -411,6 +411,57 @@ def test_identical_files_within_one_push_are_stored_once(run_cli, tmp_path: Path
     assert record["stored_delta"] < 2 * MiB + 64 * KiB
 
 
+def test_small_files_stored_a_batch_at_a_time_and_large_files_one_ring(repo, monkeypatch,
+                                                                       tmp_path: Path) -> None:
+    """Small files are hashed, looked up and compressed a batch at a time: copies within one
+    batch are stored once, empty files not at all. Large files of one thread reuse its read
+    buffers from file to file (smaller, then bigger, with carries of every size) and hash
+    their digest in another thread: every file must come back whole, with its digest."""
+    import blake3
+
+    import c3fs.ingest as ingest
+
+    monkeypatch.setattr(ingest, "READ_BLOCK", 2 * MiB)  # many blocks, and carries, per file
+    src = tmp_path / "src"
+    (src / "small").mkdir(parents=True)
+    (src / "large").mkdir()
+    rng = random.Random(4)
+    same = b"epoch=1 loss=0.5\n" * 200
+    contents = {}
+    for i in range(150):  # (over two batches of SMALL_BATCH)
+        data = same if i % 10 == 0 else b"" if i % 17 == 0 else rng.randbytes(rng.randrange(1, 60 * KiB))
+        contents[f"small/f{i:03d}"] = data
+    for i, size in enumerate((9 * MiB + 7, 3 * MiB, 13 * MiB + 1, 100 * KiB, 6 * MiB)):
+        contents[f"large/g{i}"] = b"".join(rng.randbytes(200 * KiB) + b"\0" * rng.randrange(1, 300 * KiB)
+                                           for _ in range(size // (200 * KiB) + 1))[:size]
+    for name, data in contents.items():
+        trees.write_file(src / name, data)
+    record = push_dir(repo, src, "proj", "batches")
+    packed = [e.id for pack_id, size in repo.store.list_packs()
+              for e in repo.store.pack_entries(pack_id, size)]
+    assert len(packed) == len(set(packed))  # no blob stored twice
+    vfs = Vfs(repo)
+    stored_ids = set()
+    for name, data in contents.items():
+        node = vfs.resolve(f"/jobs/{record.id}/{name}")
+        assert vfs.open(node).read(0, len(data) + 1) == data, name
+        entry = node.entry
+        assert file_digest_of(entry) == blake3.blake3(data).digest(), name
+        if name.startswith("small/"):
+            stored_ids.add(entry.chunks)
+    small = [d for n, d in contents.items() if n.startswith("small/")]
+    assert len(stored_ids - {b""}) == len({d for d in small if d})  # one chunk per content
+    assert stored_ids - {b""} <= set(packed)
+    assert record.files == len(contents)
+    assert record.logical_bytes == sum(map(len, contents.values()))
+
+
+def file_digest_of(entry) -> bytes:
+    from c3fs.objects.tree import file_digest
+
+    return file_digest(entry)
+
+
 def test_push_records_are_listed_per_project(run_cli, tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
     trees.write_file(tmp_path / "s" / "f", b"x")
