@@ -719,6 +719,40 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
     trio.run(main)
 
 
+def test_the_read_after_a_lookup_takes_the_node_the_lookup_made(ops) -> None:
+    """A file's LOOKUP keeps its node for the READ that follows (no rebuild from the row);
+    a row that now names another entry, or a forgotten inode, is not answered from it."""
+    from c3fs.errors import NotFound
+    from c3fs.fuse import inodes as inodes_module
+
+    async def main() -> None:
+        jobs = await ops.lookup(1, b"jobs")
+        job = await ops.lookup(jobs.st_ino, JOB.encode())
+        many = await ops.lookup(job.st_ino, b"many")
+        first = await ops.lookup(many.st_ino, b"f0003")
+        kept = ops.inodes.cached(first.st_ino)
+        assert kept.name == b"f0003" and ops.inodes.cached(first.st_ino) is kept
+        if ops.stateless_open:
+            assert await ops.read(first.st_ino, 0, 100) == b"small file 3\n"
+        # the row names another index (as after a job id pushed again): rebuilt, not kept
+        parent_ino, index = ops.inodes.table.row(first.st_ino)
+        ops.inodes.table.add(first.st_ino, parent_ino, index + 1)
+        with pytest.raises(NotFound):
+            ops.inodes.cached(first.st_ino)  # entry index+1 has another inode number
+        ops.inodes.table.add(first.st_ino, parent_ino, index)
+        assert ops.inodes.cached(first.st_ino) is kept  # the same entry again
+        ops.inodes._dirs.discard([many.st_ino])  # the directory's node is rebuilt: so is it
+        rebuilt = ops.inodes.cached(first.st_ino)
+        assert rebuilt is not kept and rebuilt.entry == kept.entry
+        await ops.forget([(first.st_ino, 3)])
+        assert first.st_ino not in ops.inodes and ops.inodes.find(first.st_ino) is None
+        for i in range(inodes_module.FILES + 5):  # kept by count
+            await ops.lookup(many.st_ino, f"f{i:04d}".encode())
+        assert len(ops.inodes._files) == inodes_module.FILES
+
+    trio.run(main)
+
+
 @pytest.mark.logs("unexpected error in")
 def test_handlers_raise_only_fuse_errors(ops) -> None:
     import pyfuse3

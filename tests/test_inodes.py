@@ -88,3 +88,28 @@ def test_rows_are_reused_and_compacted_and_parents_follow() -> None:
         table.forget_many([(ino, 1) for ino in inos if ino in table], [])
         assert parent not in table
     assert len(table) == 0
+
+
+def test_add_of_one_entry_is_add_children_of_one() -> None:
+    """`add` (one LOOKUP) has its own path: the same rows, counts, parents and rows below
+    as `add_children` of a one-entry batch, through growth, reuse of freed rows and forgets."""
+    rng = random.Random(11)
+    one, batch = InodeTable(), InodeTable()
+    parents = [(rng.getrandbits(61) << 2) | 2 for _ in range(4)]
+    for parent in parents:
+        one.add(parent, 0, WHOLE)
+        batch.add_children(0, (parent,), WHOLE)
+    inos = [(rng.getrandbits(40) << 12) | (rng.randrange(4) << 2) | 2 for _ in range(1000)]
+    for step in range(5_000):
+        ino = rng.choice(inos)
+        parent = parents[(ino >> 12) % 4]
+        if rng.random() < 0.7:
+            one.add(ino, parent, step)
+            batch.add_children(parent, (ino,), step)
+        else:
+            assert one.forget(ino, 1) == batch.forget(ino, 1)
+    assert len(one) == len(batch) and one.slots == batch.slots
+    for ino in inos + parents:
+        assert one.row(ino) == batch.row(ino) and one.lookups(ino) == batch.lookups(ino)
+    for column in ("_keys", "_parents", "_index", "_counts", "_below"):
+        assert getattr(one, column) == getattr(batch, column), column

@@ -11,7 +11,9 @@ A node is rebuilt from its row when a request needs it: its parent's node (rebui
 way, or one of the few kept whole), the parent's tree (the blob cache) and the entry
 at `index`; the rebuilt node's inode number is checked against the row (a path whose content
 changed answers ENOENT rather than another entry). Nodes outside any tree (/, /jobs,
-/projects/..., a job's root, the virtual links) are few and kept whole.
+/projects/..., a job's root, the virtual links) are few and kept whole. The nodes of the
+files looked up last (FILES) are kept for the READ that comes right after each LOOKUP (`cat`
+of small files): a row naming the same directory node and the same index is the same entry.
 
 A row goes when the kernel has forgotten it (FORGET) and no row below it still needs it as a
 parent; the hash shrinks when it is 1/8 full, the rows when 3/4 of them are free.
@@ -32,6 +34,7 @@ WHOLE = 0xFFFF_FFFF  # `index` of a node kept whole (outside any tree)
 MAX_COUNT = 0xFFFF_FFFF  # lookup counts saturate here (such an inode is never forgotten)
 MIN_SLOTS = 1024
 DIRECTORIES = 4096  # rebuilt directory nodes kept (each keeps its ancestors)
+FILES = 256  # nodes of files just looked up, kept for the READ that follows each LOOKUP
 
 
 class InodeTable:
@@ -111,8 +114,30 @@ class InodeTable:
 
     def add(self, ino: int, parent: int, index: int) -> None:
         """One more kernel reference to `ino`, the entry `index` of directory `parent`
-        (`parent` 0 and `index` WHOLE: a node kept whole, which pins no parent row)."""
-        self.add_children(parent, (ino,), index)
+        (`parent` 0 and `index` WHOLE: a node kept whole, which pins no parent row).
+        `add_children` of one entry, without its batch's lists (one per LOOKUP)."""
+        up = 0  # the parent's row + 1
+        if parent > ROOT_INO:
+            up = self._row(parent) + 1
+            if not up:
+                raise NotFound(f"inode {parent} is not known (forgotten)")
+        i = self._slot(ino)
+        if i >= 0:  # known: one more reference (a job pushed again may shift it)
+            row = self._table[i] - 1
+            self._index[row] = index
+            if self._counts[row] < MAX_COUNT:
+                self._counts[row] += 1
+            return
+        if 2 * (self.count + 1) > self._mask + 1:
+            self._allocate(self._grown(self.count + 1))
+        table, mask = self._table, self._mask
+        i = (ino >> 2) & mask
+        while table[i]:
+            i = (i + 1) & mask
+        table[i] = self._new_row(ino, up, index) + 1
+        self.count += 1
+        if up:
+            self._below[up - 1] += 1
 
     def add_children(self, parent: int, inos: Sequence[int], first: int) -> None:
         """`add` of entries `first`, `first + 1`... of one directory (a readdir reply), whose
@@ -278,6 +303,7 @@ class Inodes:
         self.table = InodeTable()
         self._whole: dict[int, Node] = {}  # nodes outside any tree
         self._dirs: LRU[int, Node] = LRU(DIRECTORIES)  # rebuilt directories
+        self._files: LRU[int, Node] = LRU(FILES)  # files just looked up (see `_rebuild`)
 
     def __len__(self) -> int:
         return len(self.table) + 1
@@ -294,6 +320,8 @@ class Inodes:
             self.table.add(node.ino, parent.ino, node.index)
             if node.is_dir:
                 self._dirs.put(node.ino, node)
+            else:
+                self._files.put(node.ino, node)
         else:
             self.table.add(node.ino, 0, WHOLE)
             self._whole[node.ino] = node
@@ -315,6 +343,7 @@ class Inodes:
         for ino in self._whole.keys() & gone:  # (few kept whole: the batch checked in C)
             del self._whole[ino]
         self._dirs.discard(gone)
+        self._files.discard(gone)
         return gone
 
     def cached(self, ino: int, loaded: dict[bytes, EncodedTree | PagedTree] | None = None) -> Node | bytes:
@@ -353,6 +382,11 @@ class Inodes:
             chain.append((ino, row[1]))
             ino = row[0] or ROOT_INO
             node = self._kept(ino)
+        if len(chain) == 1:  # a file just looked up, in the same directory node, same entry
+            ino, index = chain[0]
+            looked_up = self._files.get(ino)
+            if looked_up is not None and looked_up.parent is node and looked_up.index == index:
+                return looked_up
         for ino, index in reversed(chain):
             if node.tree_id is None:
                 raise NotFound(f"inode {ino} is not known (its parent is not a directory)")
