@@ -771,3 +771,44 @@ def test_handlers_raise_only_fuse_errors(ops) -> None:
             assert exc.value.errno == number
 
     trio.run(main)
+
+
+def test_a_local_store_reads_a_windows_small_files_at_once(world: World, monkeypatch) -> None:
+    """A window of the directory readahead on a local store: its small files' blobs are
+    looked up together and read with one read per run of neighbours in a pack (it was a read
+    a file), each verified; a damaged one is left for its own READ, the rest still pushed."""
+    from c3fs.fuse.readahead import DirectoryReadahead
+    from c3fs.repo import Repo
+    from c3fs.vfs import Vfs
+
+    monkeypatch.setenv("C3FS_CACHE_DIR", world.env["C3FS_CACHE_DIR"])
+    repo = Repo.open(str(world.store))
+    try:
+        vfs = Vfs(repo)
+        many = vfs.resolve(f"/jobs/{JOB}/many".encode())
+        pushed: dict[int, bytes] = {}
+        readahead = DirectoryReadahead(vfs, None, lambda ino, data: pushed.update({ino: data}))
+        reads: list[int] = []
+        real_read = type(repo.store).read
+        monkeypatch.setattr(type(repo.store), "read", lambda self, pack_id, offset, length:
+                            reads.append(length) or real_read(self, pack_id, offset, length))
+        tree = repo.tree(many.tree_id)
+        victim = tree[3]  # f0003, the second file of the window (after f0002)
+        loc = repo.index.lookup(victim.chunk_ids()[0])
+        pack = repo.store.backend.root / repo.store.pack_key(loc.pack_id)
+        original = pack.read_bytes()
+        damaged = bytearray(original)
+        damaged[loc.offset + loc.length // 2] ^= 0x40
+        pack.write_bytes(bytes(damaged))
+        try:
+            readahead._read_after(many, b"f0001")
+        finally:
+            pack.write_bytes(original)
+        window = [vfs.entry_node(many, tree[i]) for i in range(2, 2 + readahead.window)]
+        got = {n.name: pushed.get(n.ino) for n in window}
+        assert got.pop(b"f0003") is None
+        assert got == {n.name: (world.src / "many" / n.name.decode()).read_bytes()
+                       for n in window if n.name != b"f0003"}
+        assert len(reads) <= 4, reads  # one a run of neighbours, then f0003 alone (one a file: 64)
+    finally:
+        repo.close()

@@ -5,7 +5,8 @@ in listing order. Each cold small file would cost a READ request, and one that w
 worker thread (a thread round trip costs more than decoding a small chunk). Only the mount
 sees this pattern (the kernel turns it into open/read/release requests), so it lives here:
 when a small file is opened, the next `window` small files of its directory are read in one
-background thread, in order, and each one the kernel already knows (listed, so looked up) is
+background thread, in order (a local store reads a window's files up to 64 KiB at once:
+neighbours in a pack with one read), and each one the kernel already knows (listed, so looked up) is
 pushed into the kernel's page cache (`push`, FUSE notify_store): opening and reading it then
 costs one OPEN request and no READ. Halfway through a window the next one starts. On a
 remote store the chunks of the next windows are fetched at once, and near a directory's end
@@ -31,6 +32,7 @@ from c3fs.vfs import Node, Vfs
 
 log = logging.getLogger(__name__)
 SMALL_FILE = 256 * 1024
+BATCH_FILE = 64 * 1024  # a local store: a window's files up to this size are read at once
 WINDOW = 64
 REMOTE_WINDOWS = 4  # windows whose chunks a remote store is asked for at once
 DIRECTORIES = 64  # directories remembered (each: the name that starts its next window)
@@ -84,6 +86,11 @@ class DirectoryReadahead:
             if start + room >= len(entries):
                 ahead += self._next_directories(parent, room - len(ahead))
             self.vfs.repo.blobs.prefetch([c for e in ahead for c in e.chunk_ids()])
+        else:  # a local store: one index transaction and one read per run of neighbours in a
+            # pack, not a lookup and a pread a file (what is left out, `get` reads alone)
+            blobs = self.vfs.repo.blobs
+            blobs.keep(blobs.get_many([c for e in window if _small(e) and e.size <= BATCH_FILE
+                                       for c in e.chunk_ids()]))
         for entry in window:
             if _small(entry):
                 self._read_ahead(parent, entry)

@@ -150,6 +150,12 @@ class BlobSource:
                     pass  # `get` reads it again, and says what is wrong
         return got
 
+    def keep(self, blobs: dict[bytes, bytes]) -> None:
+        """Keep verified plain bytes (from `get_many`) in the LRU, as `get` would have."""
+        for blob_id, data in blobs.items():
+            if len(data) <= self.cache_bytes // 4:
+                self._cache.put(blob_id, data)
+
     def _load(self, blob_id: bytes, remember: bool) -> bytes:
         data = self._cache.get(blob_id)  # fetched by another caller just now
         if data is None:
