@@ -293,7 +293,7 @@ def print_json_lists(fields: dict, lists: dict[str, Iterable]) -> dict[str, int]
         write(head)
         written = 0
         items = iter(lists[key])
-        for batch in iter(lambda: list(itertools.islice(items, JSON_BATCH)), []):  # noqa: B023
+        while batch := list(itertools.islice(items, JSON_BATCH)):
             # a batch as the list's items are in the whole document: one level in
             inner = json.dumps({"": msgspec.to_builtins(batch)}, indent=2, sort_keys=True)
             write(("[\n" if not written else ",\n") + inner[len('{\n  "": [\n'):-len("\n  ]\n}")])

@@ -932,9 +932,9 @@ class Index:
                     fetched = pool.map(lambda key: self._fetch_ref(store, kind, key.decode()),
                                        new)
                     self.put_records([record for record in fetched if record is not None])
-                if end is None and ahead is None:
+                if end is None:  # (the index's end, and the store's: else `end` was set)
                     return
-                after = end if end is not None else listed[-1]
+                after = end
 
     def put_records(self, records: list[JobRecord]) -> None:
         with self._write() as txn:

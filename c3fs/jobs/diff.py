@@ -57,9 +57,10 @@ class Changes:
 
     def __iter__(self) -> Iterator[Change]:
         for item in self._sorted:
-            path, size_a, size_b, shared = item[:-25], *_SIZES.unpack_from(item, len(item) - 24)
-            yield Change(path, None if size_a < 0 else size_a, None if size_b < 0 else size_b,
-                         shared)
+            end = len(item) - _SIZES.size  # the path, NUL, the sizes
+            size_a, size_b, shared = _SIZES.unpack_from(item, end)
+            yield Change(item[:end - 1], None if size_a < 0 else size_a,
+                         None if size_b < 0 else size_b, shared)
 
 
 @dataclass

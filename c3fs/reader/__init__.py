@@ -114,8 +114,8 @@ class BlobSource:
         if data is not None:
             return data if type(data) is bytes else data.data
         if self.ahead is not None and (data := self.ahead.take(blob_id)) is not None:
-            if remember and len(data) <= self.cache_bytes // 4:
-                self._cache.put(blob_id, data)
+            if remember:
+                self._remember(blob_id, data)
             return data
         return self._fetches.run(blob_id, lambda: self._load(blob_id, remember))
 
@@ -153,15 +153,19 @@ class BlobSource:
     def keep(self, blobs: dict[bytes, bytes]) -> None:
         """Keep verified plain bytes (from `get_many`) in the LRU, as `get` would have."""
         for blob_id, data in blobs.items():
-            if len(data) <= self.cache_bytes // 4:
-                self._cache.put(blob_id, data)
+            self._remember(blob_id, data)
+
+    def _remember(self, blob_id: bytes, data: bytes) -> None:
+        """Keep a blob's plain bytes in the LRU, unless they would take over a quarter of it."""
+        if len(data) <= self.cache_bytes // 4:
+            self._cache.put(blob_id, data)
 
     def _load(self, blob_id: bytes, remember: bool) -> bytes:
         data = self._cache.get(blob_id)  # fetched by another caller just now
         if data is None:
             data = self._fetch(blob_id)
-            if remember and len(data) <= self.cache_bytes // 4:
-                self._cache.put(blob_id, data)
+            if remember:
+                self._remember(blob_id, data)
         return data if type(data) is bytes else data.data
 
     def tree(self, tree_id: bytes, keep: bool = True) -> Tree:
@@ -209,8 +213,8 @@ class BlobSource:
         data = self._cache.get(blob_id)
         if data is None and self.ahead is not None:
             data = self.ahead.take_decoded(blob_id)
-            if data is not None and len(data) <= self.cache_bytes // 4:
-                self._cache.put(blob_id, data)
+            if data is not None:
+                self._remember(blob_id, data)
         return data if data is None or type(data) is bytes else data.data
 
     def prefetch(self, blob_ids: list[bytes],

@@ -127,7 +127,7 @@ def child_inos(parent_key: bytes, names: Iterable[bytes]) -> list[int]:
     keys = array("Q", b"".join([hash_of(prefix + name).digest(8) for name in names]))
     if sys.byteorder != "little":
         keys.byteswap()
-    return [(key >> 1) | 2 for key in keys]
+    return [(key >> 1) | 2 for key in keys]  # `ino_from_key`'s, inline (a call a name costs)
 
 
 def split_path(path: str | bytes) -> tuple[bytes, ...]:
