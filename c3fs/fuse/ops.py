@@ -87,6 +87,9 @@ from c3fs.vfs import Node, Vfs, child_inos
 REPLY_PARTS = getattr(pyfuse3, "READ_REPLY_PARTS", False)
 # ... and lets the kernel send plain READDIR requests (`readdirplus_auto`, `token.plus`)
 READDIRPLUS_AUTO = getattr(pyfuse3, "READDIRPLUS_AUTO", False)
+# ... and answers a run of a tree's entries in one call, from lists of their fields (no
+# EntryAttributes and no call per entry); None with a stock pyfuse3 (a reply per entry)
+REPLY_MANY = getattr(pyfuse3, "readdir_reply_many", None)
 
 log = logging.getLogger(__name__)
 
@@ -383,11 +386,14 @@ class Operations(pyfuse3.Operations):
             if listing.cached_page(k) is None:
                 await self._thread(listing.page, k)
             end = listing.starts[k + 1]
+        if plus and start_id == 0 and READDIRPLUS_AUTO and FIRST_PLUS > 0:
+            end = min(end, FIRST_PLUS)
+        if REPLY_MANY is not None:
+            self._readdir_runs(parent, listing, start_id, end, token, plus)
+            return
         if not plus:
             self._readdir_plain(parent, listing, start_id, end, token)
             return
-        if start_id == 0 and READDIRPLUS_AUTO and FIRST_PLUS > 0:
-            end = min(end, FIRST_PLUS)
         reply, entry_attributes, attr = (pyfuse3.readdir_reply, self.entry_attributes,
                                          self.tree_attributes())
         i = start_id
@@ -400,6 +406,37 @@ class Operations(pyfuse3.Operations):
                     return
             self.inodes.remember_children(parent, inos, i)
             i += len(entries)
+
+    def _readdir_runs(self, parent: Node, tree: EncodedTree | PagedTree, start_id: int,
+                      end: int, token: pyfuse3.ReaddirToken, plus: bool) -> None:
+        """readdir of a tree with the patched pyfuse3: a run's fields in lists, answered in
+        one call (`readdir_reply_many`, which fills the reply in C), the rows of the entries it
+        took added at once. The fields are `entry_attributes`'s; the shared ones (timeouts,
+        st_nlink, owner, st_blksize) come from `tree_attributes`."""
+        reply, bits = REPLY_MANY, MODE_BITS
+        attr = self.tree_attributes() if plus else None
+        i = start_id
+        while i < end:
+            entries = tree.listed(i, min(RUN, end - i), plus)
+            names = [entry.name for entry in entries]
+            inos = child_inos(parent.key, names)
+            if plus:
+                taken = reply(
+                    token, names, inos, [bits[entry.kind] | entry.mode for entry in entries],
+                    [entry.size if entry.kind == FILE else
+                     len(entry.target) if entry.kind == LINK else 0 for entry in entries],
+                    [entry.mtime_ns for entry in entries],
+                    [hash(entry.chunks if entry.kind == FILE else entry.target)
+                     for entry in entries],  # (the generation: masked to 64 bits in C)
+                    attr, i)
+                self.inodes.remember_children(
+                    parent, inos if taken == len(inos) else inos[:taken], i)
+            else:
+                taken = reply(token, names, inos, [bits[entry.kind] for entry in entries],
+                              first_id=i)
+            if taken < len(entries):
+                return
+            i += taken
 
     def _readdir_listing(self, listing: list[tuple[bytes, Node]], start_id: int,
                          token: pyfuse3.ReaddirToken, plus: bool) -> None:
