@@ -664,6 +664,8 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
     was evicted), and drops the rows, then the parents' rows, as the kernel forgets them."""
     import pyfuse3
 
+    from c3fs.fuse import ops as ops_module
+
     async def listing(ino: int) -> list[tuple[bytes, SimpleNamespace]]:
         """What the kernel's READDIRPLUS requests would get, in replies of up to 50 entries
         (the first may be shorter, FIRST_PLUS); an empty reply ends the listing."""
@@ -678,17 +680,30 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
                                                generation=attr.generation)))
             return True
 
+        def reply_many(token, names, inos, modes, sizes=None, mtimes_ns=None,
+                       generations=None, attr=None, first_id=0) -> int:
+            """The same a run at a time (the patched pyfuse3's `readdir_reply_many`)."""
+            taken = min(len(names), 50 - len(page))
+            page.extend((names[k], SimpleNamespace(st_ino=inos[k], st_size=sizes[k],
+                                                   generation=generations[k] % 2**64))
+                        for k in range(taken))
+            return taken
+
         fh = await ops.opendir(ino)
         real, pyfuse3.readdir_reply = pyfuse3.readdir_reply, reply
+        real_many = ops_module.REPLY_MANY
+        if real_many is not None:
+            ops_module.REPLY_MANY = reply_many
         try:
             while True:
                 page.clear()
-                await ops.readdir(fh, len(found), None)
+                await ops.readdir(fh, len(found), SimpleNamespace(plus=True))
                 found += page
                 if not page:
                     return found
         finally:
             pyfuse3.readdir_reply = real
+            ops_module.REPLY_MANY = real_many
             await ops.releasedir(fh)
 
     async def main() -> None:

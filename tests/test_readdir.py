@@ -20,12 +20,15 @@ DIRS, PER_DIR = 3, 1500
 
 # Mounts /jobs/j at argv[2] in this process, runs each shell command of argv[3:] through it
 # (a fresh mount: the kernel knows no entry yet), and prints per command its output, the
-# READDIR requests by kind, LOOKUP and READ requests, the files read ahead and the rows of the
-# inode table afterwards.
+# READDIR requests by kind, LOOKUP and READ requests, the files read ahead, the run replies
+# the kernel's buffer cut short (some entries taken, not all), and the rows of the inode table
+# afterwards with the sum of their lookup counts. $C3FS_TEST_REPLY=entries: one reply call
+# per entry, as with a stock pyfuse3 (tests/test_readdir_runs.py).
 DAEMON = """
-import collections, json, subprocess, sys
+import collections, json, os, subprocess, sys
 import pyfuse3, trio
 from c3fs.fuse.daemon import fuse_options
+import c3fs.fuse.ops as ops_module
 from c3fs.fuse.ops import Operations
 from c3fs.repo import Repo
 from c3fs.vfs import Vfs
@@ -50,14 +53,25 @@ def read_ahead_counted(*args):
     kinds["read ahead"] += 1  # (worker threads: the GIL keeps the count)
     read_ahead(*args)
 ops.directory_readahead._read_ahead = read_ahead_counted
+if os.environ.get("C3FS_TEST_REPLY") == "entries":
+    ops_module.REPLY_MANY = None
+elif ops_module.REPLY_MANY is not None:
+    many = ops_module.REPLY_MANY
+    def cut_counted(token, names, *args, **kwargs):
+        taken = many(token, names, *args, **kwargs)
+        kinds["cut runs"] += 0 < taken < len(names)
+        return taken
+    ops_module.REPLY_MANY = cut_counted
 pyfuse3.init(ops, sys.argv[2], fuse_options(False))
 results = []
 async def commands():
     for command in sys.argv[3:]:
         kinds.clear()
         done = await trio.run_process(["sh", "-c", command], capture_stdout=True, check=True)
+        table = ops.inodes.table
         results.append({"out": done.stdout.decode(), "requests": dict(kinds),
-                        "rows": len(ops.inodes)})
+                        "rows": len(ops.inodes),
+                        "lookups": sum(c for k, c in zip(table._keys, table._counts) if k)})
     pyfuse3.terminate()
 async def main():
     async with trio.open_nursery() as nursery:

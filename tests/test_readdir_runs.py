@@ -10,67 +10,19 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fusehelp import force_unmount, fuse_works, run_c3fs
+from fusehelp import fuse_works, run_c3fs
+from test_readdir import through_mount
 
 pytestmark = [pytest.mark.fuse,
               pytest.mark.skipif(not fuse_works(), reason="FUSE is unavailable")]
 needs_runs = pytest.mark.skipif(
     not hasattr(__import__("pyfuse3"), "readdir_reply_many"),
     reason="a stock pyfuse3: one reply call per entry (nothing to compare)")
-
-# Mounts /jobs/j at argv[2] in this process (argv[3]: "runs", or "entries" for the per-entry
-# path), runs each shell command of argv[4:] through it and prints per command its output,
-# the inode table's rows and the sum of their lookup counts, and how many run replies the
-# kernel's buffer cut short (some entries taken, not all).
-DAEMON = """
-import collections, json, sys
-import pyfuse3, trio
-from c3fs.fuse.daemon import fuse_options
-import c3fs.fuse.ops as ops_module
-from c3fs.fuse.ops import Operations
-from c3fs.repo import Repo
-from c3fs.vfs import Vfs
-
-repo = Repo.open(sys.argv[1])
-ops = Operations(Vfs(repo, "/jobs/j"))
-kinds = collections.Counter()
-if sys.argv[3] == "entries":
-    ops_module.REPLY_MANY = None
-elif ops_module.REPLY_MANY is not None:
-    many = ops_module.REPLY_MANY
-    def counted(token, names, *args, **kwargs):
-        taken = many(token, names, *args, **kwargs)
-        kinds["cut runs"] += 0 < taken < len(names)
-        return taken
-    ops_module.REPLY_MANY = counted
-pyfuse3.init(ops, sys.argv[2], fuse_options(False))
-results = []
-async def commands():
-    for command in sys.argv[4:]:
-        kinds.clear()
-        done = await trio.run_process(["sh", "-c", command], capture_stdout=True, check=True)
-        table = ops.inodes.table
-        results.append({"out": done.stdout.decode(), "rows": len(ops.inodes),
-                        "lookups": sum(c for k, c in zip(table._keys, table._counts) if k),
-                        "cut runs": kinds["cut runs"]})
-    pyfuse3.terminate()
-async def main():
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(commands)
-        await pyfuse3.main()
-try:
-    trio.run(main)
-finally:
-    pyfuse3.close(unmount=True)
-    repo.close()
-print(json.dumps(results))
-"""
 
 # Prints every entry under the current directory: what readdir gives (d_ino, d_type) and
 # what lstat gives (the kernel's inode, filled by READDIRPLUS or a LOOKUP).
@@ -116,17 +68,6 @@ def store(tmp_path_factory) -> tuple[dict[str, str], Path]:
     return env, root / "src"
 
 
-def through_mount(env: dict[str, str], mnt: Path, way: str, *commands: str) -> list[dict]:
-    mnt.mkdir()
-    try:
-        proc = subprocess.run([sys.executable, "-c", DAEMON, env["C3FS_STORE"], str(mnt), way,
-                               *commands], env=env, capture_output=True, text=True, timeout=600)
-    finally:
-        force_unmount(mnt)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1])
-
-
 def listed_both_ways(env: dict[str, str], src: Path, tmp_path: Path) -> dict[str, list[dict]]:
     """`find`, then every entry's readdir fields and lstat (as `ls -l`), then the rows left
     once the kernel has dropped its unused inodes (drop_caches 2: it FORGETs each)."""
@@ -136,7 +77,7 @@ def listed_both_ways(env: dict[str, str], src: Path, tmp_path: Path) -> dict[str
     for way in ("entries", "runs"):
         mnt = tmp_path / f"mnt-{way}"
         results[way] = through_mount(
-            env, mnt, way, f"cd {mnt} && find . | wc -l",
+            dict(env, C3FS_TEST_REPLY=way), mnt, f"cd {mnt} && find . | wc -l",
             f"cd {mnt} && {sys.executable} {script}",
             "sync && echo 2 > /proc/sys/vm/drop_caches && sleep 1 && "
             "echo 2 > /proc/sys/vm/drop_caches && sleep 1")
@@ -188,7 +129,7 @@ def test_runs_give_what_one_reply_per_entry_gave(store, tmp_path: Path) -> None:
     results = listed_both_ways(env, src, tmp_path)
     compare(results, src)
     # the kernel's reply buffer filled in the middle of a run, and the rest came next time
-    assert results["runs"][0]["cut runs"] + results["runs"][1]["cut runs"] >= 1
+    assert sum(step["requests"].get("cut runs", 0) for step in results["runs"]) >= 1
 
 
 @needs_runs
