@@ -294,7 +294,8 @@ class Operations(pyfuse3.Operations):
     def entry_attributes(attr: pyfuse3.EntryAttributes, ino: int,
                          entry: Entry | Shown) -> pyfuse3.EntryAttributes:
         """`attributes` of the node of a tree's entry, made without the node (readdir), in
-        `attr` from `tree_attributes`."""
+        `attr` from `tree_attributes`. `_readdir_runs` makes the same fields as lists (keep
+        the two in step: tests/test_readdir_runs.py compares them)."""
         attr.st_ino = ino
         kind = entry.kind
         attr.generation = hash(entry.chunks if kind == FILE else entry.target) & GENERATION_MASK
