@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from c3fs.fuse.inodes import MIN_SLOTS, WHOLE, InodeTable
 
 
@@ -113,3 +115,62 @@ def test_add_of_one_entry_is_add_children_of_one() -> None:
         assert one.row(ino) == batch.row(ino) and one.lookups(ino) == batch.lookups(ino)
     for column in ("_keys", "_parents", "_index", "_counts", "_below"):
         assert getattr(one, column) == getattr(batch, column), column
+
+
+def test_a_listed_job_is_kept_as_its_name_and_made_again_on_demand(run_cli, store_env,
+                                                                   tmp_path) -> None:
+    """`ls -l /jobs/` of a whole-store mount looks up every job: each is remembered as its
+    (kind, name), not a node (~650 B), and its node is made again from the index when a
+    request needs it, or NotFound if the index has no such job."""
+    import tracemalloc
+
+    from c3fs.errors import NotFound
+    from c3fs.fuse.inodes import Inodes
+    from c3fs.objects.job import JobRecord
+    from c3fs.repo import Repo
+    from c3fs.vfs import Vfs
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"hello")
+    assert run_cli(["push", str(src), "-p", "p", "-j", "first"]).code == 0
+    repo = Repo.open(str(store_env.store))
+    try:
+        root = repo.record("job", "first").root
+        for i in range(2000):
+            repo.store.create_ref(JobRecord(id=f"job-{i:05d}", project="p", created=2.0 + i,
+                                            root=root))
+        vfs = Vfs(repo)
+        inodes = Inodes(vfs, vfs.root)
+        jobs = vfs.lookup(vfs.root, b"jobs")
+        inodes.remember(jobs)
+        listing = vfs.children(jobs)
+        assert len(listing) == 2001
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _, node in listing:
+                inodes.remember(node)
+            inos = [node.ino for _, node in listing]
+            del listing, node
+            grown = tracemalloc.get_traced_memory()[0] - before - 8 * len(inos)
+        finally:
+            tracemalloc.stop()
+        assert len(inodes._whole) == 1 and len(inodes._refs) == 2001
+        assert grown / 2001 < 250, grown / 2001  # (a node each: ~900 B)
+        job = inodes.find(inos[7])
+        assert job is not None and job.ref == ("job", "job-00006") and job.tree_id == bytes.fromhex(root)
+        sub = vfs.lookup(job, b"d")
+        inodes.remember(sub)
+        inodes._dirs.discard([job.ino, sub.ino])  # (as after 4,096 other directories)
+        found = inodes.find(sub.ino)  # through its job's node, made again
+        assert found is not None and found.tree_id == sub.tree_id and found.parent.ino == job.ino
+        ghost = vfs.ref_root(JobRecord(id="ghost", project="p", created=1.0, root=root))
+        inodes.remember(ghost)  # (a job the index no longer has)
+        assert inodes.find(ghost.ino) is None
+        with pytest.raises(NotFound):
+            inodes.cached(ghost.ino)
+        inodes.forget_many([(ino, 1) for ino in [*inos, ghost.ino, sub.ino]])
+        assert not inodes._refs
+    finally:
+        repo.close()

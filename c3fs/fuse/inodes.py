@@ -11,7 +11,9 @@ A node is rebuilt from its row when a request needs it: its parent's node (rebui
 way, or one of the few kept whole), the parent's tree (the blob cache) and the entry
 at `index`; the rebuilt node's inode number is checked against the row (a path whose content
 changed answers ENOENT rather than another entry). Nodes outside any tree (/, /jobs,
-/projects/..., a job's root, the virtual links) are few and kept whole. The nodes of the
+/projects/..., the virtual links) are few and kept whole; a job's or dataset's root (`ls -l`
+of /jobs/ looks up every one: 100,000 in a big store) is kept as its (kind, name) only, and
+made again from the index when a request needs it (~650 B a job as a node). The nodes of the
 files looked up last (FILES) are kept for the READ that comes right after each LOOKUP (`cat`
 of small files): a row naming the same directory node and the same index is the same entry.
 
@@ -302,6 +304,7 @@ class Inodes:
         self.root = root
         self.table = InodeTable()
         self._whole: dict[int, Node] = {}  # nodes outside any tree
+        self._refs: dict[int, tuple[str, str]] = {}  # a job's or dataset's root: its ref
         self._dirs: LRU[int, Node] = LRU(DIRECTORIES)  # rebuilt directories
         self._files: LRU[int, Node] = LRU(FILES)  # files just looked up (see `_rebuild`)
 
@@ -324,7 +327,11 @@ class Inodes:
                 self._files.put(node.ino, node)
         else:
             self.table.add(node.ino, 0, WHOLE)
-            self._whole[node.ino] = node
+            if node.ref is not None and node.depth == 2 and node.tree_id is not None \
+                    and node.index < 0:  # (a ref's root: /jobs/<id>, /datasets/<name>)
+                self._refs[node.ino] = node.ref
+            else:
+                self._whole[node.ino] = node
 
     def remember_children(self, parent: Node, inos: Sequence[int], first: int) -> None:
         """`remember` of the entries `first`, `first + 1`... of a tree directory, whose inode
@@ -342,6 +349,8 @@ class Inodes:
         self.table.forget_many(forgets, gone)  # (the root has no row: ignored)
         for ino in self._whole.keys() & gone:  # (few kept whole: the batch checked in C)
             del self._whole[ino]
+        for ino in self._refs.keys() & gone:
+            del self._refs[ino]
         self._dirs.discard(gone)
         self._files.discard(gone)
         return gone
@@ -368,7 +377,13 @@ class Inodes:
     def _kept(self, ino: int) -> Node | None:
         if ino == ROOT_INO:
             return self.root
-        return self._whole.get(ino) or self._dirs.get(ino)
+        node = self._whole.get(ino) or self._dirs.get(ino)
+        if node is None and (ref := self._refs.get(ino)) is not None:
+            node = self.vfs.ref_node(*ref)  # (an index read: NotFound if it went meanwhile)
+            if node.ino != ino:
+                raise NotFound(f"inode {ino} is stale ({ref[1]} changed)")
+            self._dirs.put(ino, node)
+        return node
 
     def _rebuild(self, ino: int, tree_of: Callable[[bytes], EncodedTree | PagedTree | None]) -> Node | bytes:
         node = self._kept(ino)

@@ -315,6 +315,11 @@ class Vfs:
         return Node(ino_from_key(key), DIR, 0o755, 0, mtime, name, top, key, 2,
                     (record.kind, record.id), record.root_id, record=record if keep else None)
 
+    def ref_node(self, kind: str, name: str) -> Node:
+        """The root of job or dataset `name` (`kind`) again, from the index: NotFound if it
+        is gone (a mount keeps only the (kind, name) of each listed job it must answer for)."""
+        return self.ref_root(self._record(kind, name.encode()), keep=False)
+
     # the virtual part ---------------------------------------------------------------------
     def _virtual_child(self, parent: Node, name: bytes) -> Node:
         path = parent.path
