@@ -330,6 +330,8 @@ class Inodes:
             if node.ref is not None and node.depth == 2 and node.tree_id is not None \
                     and node.index < 0:  # (a ref's root: /jobs/<id>, /datasets/<name>)
                 self._refs[node.ino] = node.ref
+                self._dirs.pop(node.ino)  # (made before this lookup: the ref may name
+                # other content now, pushed again under the same id)
             else:
                 self._whole[node.ino] = node
 
