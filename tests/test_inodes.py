@@ -121,7 +121,8 @@ def test_a_listed_job_is_kept_as_its_name_and_made_again_on_demand(run_cli, stor
                                                                    tmp_path) -> None:
     """`ls -l /jobs/` of a whole-store mount looks up every job: each is remembered as its
     (kind, name), not a node (~650 B), and its node is made again from the index when a
-    request needs it, or NotFound if the index has no such job."""
+    request needs it, or NotFound if the index has no such job. The listing opendir holds
+    keeps a name, root id and mtime a job, a node made as each entry is read."""
     import tracemalloc
 
     from c3fs.errors import NotFound
@@ -144,8 +145,17 @@ def test_a_listed_job_is_kept_as_its_name_and_made_again_on_demand(run_cli, stor
         inodes = Inodes(vfs, vfs.root)
         jobs = vfs.lookup(vfs.root, b"jobs")
         inodes.remember(jobs)
-        listing = vfs.children(jobs)
-        assert len(listing) == 2001
+        vfs.children(jobs)  # (the index's own caches filled)
+        tracemalloc.start()
+        try:
+            listing = vfs.children(jobs)  # what opendir holds while `ls` reads it
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert len(listing) == 2001 and held / 2001 < 200, held / 2001  # (a node each: ~400 B)
+        made = [(name, n.ino, n.tree_id, n.mtime_ns, n.ref) for name, n in listing]
+        assert made == [(name, n.ino, n.tree_id, n.mtime_ns, n.ref)
+                        for name, n in vfs.iter_record_children(jobs)]
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]

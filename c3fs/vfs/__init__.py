@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import blake3
@@ -88,6 +88,43 @@ class Node:
 
 
 ROOT_KEY = b""
+
+
+def _mtime_ns(record: JobRecord) -> int:
+    return int((record.ended or record.created) * 1e9)
+
+
+class RecordListing(Sequence):
+    """The entries of a /jobs/-like directory, sorted by name, as a mount's opendir holds them
+    while the kernel reads them: a record's name, root id and mtime (~170 B a job, where a
+    node each took ~400 B: 100,000 jobs), its node made when the entry is read; links
+    (`latest`) as their nodes."""
+
+    def __init__(self, vfs: Vfs, kind: str) -> None:
+        self._vfs, self._kind = vfs, kind
+        self._names: list[bytes] = []
+        self._roots: list[bytes | Node] = []  # a record's root id, or a link's node
+        self._mtimes = array("q")
+
+    def add(self, name: bytes, item: JobRecord | Node) -> None:
+        self._names.append(name)
+        if isinstance(item, Node):
+            self._roots.append(item)
+            self._mtimes.append(0)
+        else:
+            self._roots.append(item.root_id)
+            self._mtimes.append(_mtime_ns(item))
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, i):  # (an index or a slice, as a list's)
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        name, root = self._names[i], self._roots[i]
+        if isinstance(root, Node):
+            return name, root
+        return name, self._vfs.ref_root_of(self._kind, name, self._mtimes[i], root)
 
 
 def lists_records(path: tuple[bytes, ...]) -> bool:
@@ -203,13 +240,15 @@ class Vfs:
             return self.entry_node(parent, page[i], tree.starts[k] + i)
         return None if tree is None else self._child_of(parent, tree, name)
 
-    def children(self, node: Node) -> list[tuple[bytes, Node]]:
+    def children(self, node: Node) -> Sequence[tuple[bytes, Node]]:
         """(name, node) of every entry of a directory, sorted by name."""
         if not node.is_dir:
             raise NotADirectory(f"{node.display} is not a directory")
         if node.tree_id is not None:  # (iterating checks every entry, before this returns)
             tree = self.repo.tree(node.tree_id, check=False)
             return [(e.name, self.entry_node(node, e, i)) for i, e in enumerate(tree)]
+        if lists_records(node.path):
+            return self.record_listing(node)
         return sorted(self._virtual_children(node.path), key=lambda item: item[0])
 
     def children_slice(self, node: Node, start: int,
@@ -308,12 +347,16 @@ class Vfs:
     def ref_root(self, record: JobRecord, keep: bool = True) -> Node:
         """The root of a job or dataset; `keep`: with its record (a listing's rows), else
         without (~1.3 KB less a node: what a mount remembers of 100,000 listed jobs)."""
-        top = self._tops[record.kind]  # canonical: /jobs/<id>, /datasets/<n>
-        name = record.id.encode()
+        return self.ref_root_of(record.kind, record.id.encode(), _mtime_ns(record),
+                                record.root_id, record if keep else None)
+
+    def ref_root_of(self, kind: str, name: bytes, mtime_ns: int, root_id: bytes,
+                    record: JobRecord | None = None) -> Node:
+        """`ref_root` from the parts of its record a node needs (a `RecordListing`'s row)."""
+        top = self._tops[kind]  # canonical: /jobs/<id>, /datasets/<n>
         key = child_key(top.key, name)
-        mtime = int((record.ended or record.created) * 1e9)
-        return Node(ino_from_key(key), DIR, 0o755, 0, mtime, name, top, key, 2,
-                    (record.kind, record.id), record.root_id, record=record if keep else None)
+        return Node(ino_from_key(key), DIR, 0o755, 0, mtime_ns, name, top, key, 2,
+                    (kind, name.decode()), root_id, record=record)
 
     def ref_node(self, kind: str, name: str) -> Node:
         """The root of job or dataset `name` (`kind`) again, from the index: NotFound if it
@@ -344,23 +387,24 @@ class Vfs:
         self.repo.refresh()
         if len(path) == 0:
             return [(n, self._virtual((n,))) for n in (DATASETS, JOBS, PROJECTS)]
-        if len(path) == 1 and path[0] in _TOP:
-            return self._record_children(path)
         if len(path) == 1:
             projects = {r.project.encode() for kind in (JOB, DATASET)
                         for r in self.repo.iter_records(kind)}
             return [(p, self._virtual((PROJECTS, p))) for p in projects]
         if len(path) == 2:
             return [(n, self._virtual((*path, n))) for n in (DATASETS, JOBS, TAGS)]
-        if path[2] == TAGS:
-            return self._tag_links(path)
-        return self._record_children(path)
+        return self._tag_links(path)  # (the others list records: `record_listing`)
 
-    def _record_children(self, path: tuple[bytes, ...]) -> list[tuple[bytes, Node]]:
-        """A /jobs/-like directory's entries, held (a mount's listing, `children`): nodes
-        without their records (`iter_record_children` has them, one at a time)."""
-        records, links = self._listed_records(path)
-        return [(r.id.encode(), self.ref_root(r, keep=False)) for r in records] + links
+    def record_listing(self, node: Node) -> RecordListing:
+        """`children` of a /jobs/-like directory, held compactly (a mount's opendir of 100,000
+        jobs): per record its name, root id and mtime; a node made as each entry is read."""
+        records, links = self.listed_records(node)
+        kind = _TOP[node.path[-1]]
+        listing = RecordListing(self, kind)
+        for name, item in heapq.merge(((r.id.encode(), r) for r in records), links,
+                                      key=lambda item: item[0]):
+            listing.add(name, item)
+        return listing
 
     def listed_records(self, node: Node, by_created: bool = False, since: float | None = None
                        ) -> tuple[Iterator[JobRecord], list[tuple[bytes, Node]]]:
