@@ -248,7 +248,7 @@ class Operations(pyfuse3.Operations):
         self.directory_readahead = DirectoryReadahead(vfs, self.limiter, self._push)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._files: dict[int, OpenFile] = {}
-        self._dirs: dict[int, tuple[Node, list[tuple[bytes, Node]]]] = {}
+        self._dirs: dict[int, tuple[Node, Sequence]] = {}
         self._handles = itertools.count(1)
         self._stored: tuple[float, int] | None = None  # (when, bytes of packs) for statfs
 
@@ -439,7 +439,7 @@ class Operations(pyfuse3.Operations):
                 return
             i += taken
 
-    def _readdir_listing(self, listing: list[tuple[bytes, Node]], start_id: int,
+    def _readdir_listing(self, listing: Sequence[tuple[bytes, Node]], start_id: int,
                          token: pyfuse3.ReaddirToken, plus: bool) -> None:
         """readdir of a listing outside any tree (/jobs, /projects/...)."""
         reply = pyfuse3.readdir_reply
