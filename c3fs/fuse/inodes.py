@@ -327,8 +327,7 @@ class Inodes:
                 self._files.put(node.ino, node)
         else:
             self.table.add(node.ino, 0, WHOLE)
-            if node.ref is not None and node.depth == 2 and node.tree_id is not None \
-                    and node.index < 0:  # (a ref's root: /jobs/<id>, /datasets/<name>)
+            if node.is_ref_root:
                 self._refs[node.ino] = node.ref
                 self._dirs.pop(node.ino)  # (made before this lookup: the ref may name
                 # other content now, pushed again under the same id)

@@ -671,7 +671,7 @@ def timeouts_of(node: Node) -> tuple[float, float]:
     directory keeps its attributes for long, but its name in /jobs is rechecked (`rm`)."""
     if node.ref is None:
         return LISTING_TIMEOUT, LISTING_TIMEOUT
-    if node.depth == 2:  # /jobs/<id> or /datasets/<name>: the root of a job or dataset
+    if node.is_ref_root:
         return LISTING_TIMEOUT, CONTENT_TIMEOUT
     return CONTENT_TIMEOUT, CONTENT_TIMEOUT
 

@@ -70,6 +70,11 @@ class Node:
         return st_mode(self.kind, self.mode)
 
     @property
+    def is_ref_root(self) -> bool:
+        """Whether this is a job's or dataset's root: /jobs/<id>, /datasets/<name>."""
+        return self.ref is not None and self.depth == 2
+
+    @property
     def path(self) -> tuple[bytes, ...]:
         """The canonical path (made by walking up: for messages and the namespace's top)."""
         names = []
