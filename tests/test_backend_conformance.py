@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from memkit import traced_peak
 from s3server import MotoServer
 
 from c3fs.objects.job import JOB, JobRecord
@@ -213,7 +214,6 @@ def test_local_list_holds_no_folder_whole(tmp_path) -> None:
     """A folder of many keys (refs/jobs/ of a store with 100,000 jobs) is listed as it is
     read: listing 4,000 keys takes the Python memory listing 400 does (held, an entry with
     the stat cached in it was ~800 B)."""
-    import tracemalloc
 
     backend = LocalBackend(tmp_path / "store")
     folder = tmp_path / "store" / "refs" / "jobs"
@@ -222,12 +222,10 @@ def test_local_list_holds_no_folder_whole(tmp_path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for n in range(keys):
             (folder / f"job{n:05d}").write_bytes(b"{}")
-        tracemalloc.start()
-        listed = sum(size for _, size in backend.list("refs/jobs/"))
-        found = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        with traced_peak() as traced:
+            listed = sum(size for _, size in backend.list("refs/jobs/"))
         assert listed == 2 * keys
-        return found
+        return traced.peak
 
     few, many = peak(400), peak(4_000)
     assert many - few < 200_000, (few, many)

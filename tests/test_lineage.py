@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fusehelp import mount, run_c3fs
+from memkit import traced_peak
 
 
 def _push(run_cli, tmp_path: Path, job: str, files: dict[str, bytes], project: str = "p") -> str:
@@ -433,7 +434,6 @@ def test_diff_of_trees_that_share_nothing_holds_no_list_of_changes(repo, tmp_pat
     """Every file added, removed or changed, each tree read once (not kept in the cache):
     3,000 files of each kind take ~0.2 MB more Python memory than 300 (3 sorted runs of
     1,000 here); held in lists, they took 2 MB more."""
-    import tracemalloc
 
     import c3fs.jobs.diff as diff_module
     from c3fs.jobs.push import push_dir
@@ -450,14 +450,12 @@ def test_diff_of_trees_that_share_nothing_holds_no_list_of_changes(repo, tmp_pat
                 (folder / f"{side}{n}").write_bytes(b"%d" % n)
                 (folder / f"same{n}").write_bytes(b"%s%d" % (side.encode(), n))
             roots.append(push_dir(repo, src, project="p", job_id=f"j{side}{count}").root_id)
-        tracemalloc.start()
-        report = diff_module.diff_trees(repo, *roots)
-        seen = sum(1 for kind in (report.added, report.removed, report.changed)
-                   for _ in kind)
-        found = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
+        with traced_peak() as traced:
+            report = diff_module.diff_trees(repo, *roots)
+            seen = sum(1 for kind in (report.added, report.removed, report.changed)
+                       for _ in kind)
         assert seen == 3 * count
-        return found
+        return traced.peak
 
     few, many = peak(300), peak(3_000)
     assert many - few < 600_000, (few, many)

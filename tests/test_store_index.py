@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from memkit import traced_peak
 from trees import rand_bytes, write_file
 
 from c3fs import index as index_module
@@ -266,7 +267,6 @@ def test_a_full_sync_holds_no_set_of_every_ref(tmp_path: Path, monkeypatch) -> N
     verify) holds a batch of names, not the store's and the index's whole (100,000 refs
     were two sets of ~20 MB): 1,000 refs take the Python memory of 100 (they took ~230 KB
     more)."""
-    import tracemalloc
 
     monkeypatch.setattr(index_module, "REF_BATCH", 25)
     monkeypatch.setattr(index_module, "REF_SORT_RUN", 250)  # 1,000 names: 4 sorted runs
@@ -280,14 +280,12 @@ def test_a_full_sync_holds_no_set_of_every_ref(tmp_path: Path, monkeypatch) -> N
         index = Index(root / "index", store.config.store_id)
         try:
             index.sync(store, full=True)
-            tracemalloc.start()
-            index.sync(store, full=True)
-            found = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
+            with traced_peak() as traced:
+                index.sync(store, full=True)
             assert index.record_names(JOB) == set(names)
         finally:
             index.close()
-        return found
+        return traced.peak
 
     few, many = peak(100), peak(1_000)
     assert many - few < 60_000, (few, many)
