@@ -5,10 +5,12 @@ its own request counts and inode table (c3fs/fuse/ops.py, `readdir`)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,8 @@ DIRS, PER_DIR = 3, 1500
 # (a fresh mount: the kernel knows no entry yet), and prints per command its output, the
 # READDIR requests by kind, LOOKUP and READ requests, the files read ahead, the run replies
 # the kernel's buffer cut short (some entries taken, not all), and the rows of the inode table
-# afterwards with the sum of their lookup counts. $C3FS_TEST_REPLY=entries: one reply call
+# afterwards with the sum of their lookup counts, and the directories listed so far from
+# fields decoded ahead (c3fs/fuse/listahead.py). $C3FS_TEST_REPLY=entries: one reply call
 # per entry, as with a stock pyfuse3 (tests/test_readdir_runs.py).
 DAEMON = """
 import collections, json, os, subprocess, sys
@@ -71,6 +74,7 @@ async def commands():
         table = ops.inodes.table
         results.append({"out": done.stdout.decode(), "requests": dict(kinds),
                         "rows": len(ops.inodes),
+                        "ahead": ops.listing_ahead.used if ops.listing_ahead else 0,
                         "lookups": sum(c for k, c in zip(table._keys, table._counts) if k)})
     pyfuse3.terminate()
 async def main():
@@ -103,14 +107,21 @@ def store(tmp_path_factory) -> tuple[dict[str, str], Path]:
 
 
 def through_mount(env: dict[str, str], mnt: Path, *commands: str, first: int = 0) -> list[dict]:
-    """`first`: C3FS_READDIRPLUS_FIRST, entries in a directory's first READDIRPLUS reply."""
+    """`first`: C3FS_READDIRPLUS_FIRST, entries in a directory's first READDIRPLUS reply.
+
+    The kernel's inode cache is the machine's: one test's `drop_caches` makes the kernel
+    FORGET inodes another test's mount is counting (the suite runs on two workers). These
+    mounts take turns (a lock file)."""
     mnt.mkdir()
     env = dict(env, C3FS_READDIRPLUS_FIRST=str(first))
-    try:
-        proc = subprocess.run([sys.executable, "-c", DAEMON, env["C3FS_STORE"], str(mnt),
-                               *commands], env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        force_unmount(mnt)
+    with open(Path(tempfile.gettempdir()) / "c3fs-tests-inode-counts.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            proc = subprocess.run([sys.executable, "-c", DAEMON, env["C3FS_STORE"], str(mnt),
+                                   *commands], env=env, capture_output=True, text=True,
+                                  timeout=300)
+        finally:
+            force_unmount(mnt)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.splitlines()[-1])
 

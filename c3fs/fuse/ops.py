@@ -9,7 +9,9 @@ Where work runs (the S3QL rule, see STYLE.md):
 - in worker threads (`trio.to_thread.run_sync` under one `CapacityLimiter`): anything that may
   fetch or decode a blob or touch the store — other lookups (trees, unknown job ids), opendir
   of a tree not decoded or of a listing, reads that miss the cache (`FileReader.read`),
-  statfs, and the trees a node needs when it is rebuilt from its row.
+  statfs, and the trees a node needs when it is rebuilt from its row;
+- in a worker thread, ahead of the request: the tree of the directory a walk is likely to
+  open next, and its first entries' fields (c3fs/fuse/listahead.py).
 
 The inodes the kernel knows are rows of a compact table (c3fs/fuse/inodes.py), not nodes:
 a node is rebuilt from its row (parent, index in the parent's tree) when a request needs it.
@@ -65,6 +67,7 @@ import trio
 
 from c3fs.errors import BlobError, DataError, FormatError, IsADirectory, NotADirectory, NotFound
 from c3fs.fuse.inodes import Inodes
+from c3fs.fuse.listahead import ListingAhead, plus_fields
 from c3fs.fuse.readahead import SMALL_FILE, DirectoryReadahead
 from c3fs.memo import LRU
 from c3fs.objects.job import DATASET, JOB
@@ -246,6 +249,7 @@ class Operations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(threads)
         self.readahead = readahead
         self.directory_readahead = DirectoryReadahead(vfs, self.limiter, self._push)
+        self.listing_ahead = ListingAhead(vfs, self.limiter, MODE_BITS) if REPLY_MANY else None
         self.uid, self.gid = os.getuid(), os.getgid()
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, tuple[Node, Sequence]] = {}
@@ -390,7 +394,10 @@ class Operations(pyfuse3.Operations):
         if plus and start_id == 0 and READDIRPLUS_AUTO and FIRST_PLUS > 0:
             end = min(end, FIRST_PLUS)
         if REPLY_MANY is not None:
-            self._readdir_runs(parent, listing, start_id, end, token, plus)
+            if (self._readdir_runs(parent, listing, start_id, end, token, plus)
+                    and end == len(listing) and (start_id < end or end == 0)):
+                # the reply holds the listing's end: decode what is likely opened next
+                self.listing_ahead.listed(parent, listing)
             return
         if not plus:
             self._readdir_plain(parent, listing, start_id, end, token)
@@ -409,35 +416,36 @@ class Operations(pyfuse3.Operations):
             i += len(entries)
 
     def _readdir_runs(self, parent: Node, tree: EncodedTree | PagedTree, start_id: int,
-                      end: int, token: pyfuse3.ReaddirToken, plus: bool) -> None:
+                      end: int, token: pyfuse3.ReaddirToken, plus: bool) -> bool:
         """readdir of a tree with the patched pyfuse3: a run's fields in lists, answered in
         one call (`readdir_reply_many`, which fills the reply in C), the rows of the entries it
-        took added at once. The fields are `entry_attributes`'s; the shared ones (timeouts,
-        st_nlink, owner, st_blksize) come from `tree_attributes`."""
+        took added at once; True if the reply took every entry up to `end`. The fields are
+        `entry_attributes`'s (`plus_fields`); the shared ones (timeouts, st_nlink, owner,
+        st_blksize) come from `tree_attributes`. A directory's runs may have been decoded
+        ahead (`ListingAhead`)."""
         reply, bits = REPLY_MANY, MODE_BITS
         attr = self.tree_attributes() if plus else None
+        ahead = self.listing_ahead.fields(parent) if plus else None
         i = start_id
         while i < end:
-            entries = tree.listed(i, min(RUN, end - i), plus)
-            names = [entry.name for entry in entries]
-            inos = child_inos(parent.key, names)
+            count = min(RUN, end - i)
             if plus:
-                taken = reply(
-                    token, names, inos, [bits[entry.kind] | entry.mode for entry in entries],
-                    [entry.size if entry.kind == FILE else
-                     len(entry.target) if entry.kind == LINK else 0 for entry in entries],
-                    [entry.mtime_ns for entry in entries],
-                    [hash(entry.chunks if entry.kind == FILE else entry.target)
-                     for entry in entries],  # (the generation: masked to 64 bits in C)
-                    attr, i)
+                fields = ahead.get(i) if ahead is not None else None
+                if fields is None or len(fields[0]) != count:
+                    fields = plus_fields(tree, parent.key, i, count, bits)
+                names, inos = fields[0], fields[1]
+                taken = reply(token, *fields, attr, i)
                 self.inodes.remember_children(
                     parent, inos if taken == len(inos) else inos[:taken], i)
             else:
-                taken = reply(token, names, inos, [bits[entry.kind] for entry in entries],
-                              first_id=i)
-            if taken < len(entries):
-                return
+                entries = tree.listed(i, count)
+                names = [entry.name for entry in entries]
+                taken = reply(token, names, child_inos(parent.key, names),
+                              [bits[entry.kind] for entry in entries], first_id=i)
+            if taken < len(names):
+                return False
             i += taken
+        return True
 
     def _readdir_listing(self, listing: Sequence[tuple[bytes, Node]], start_id: int,
                          token: pyfuse3.ReaddirToken, plus: bool) -> None:
