@@ -67,6 +67,24 @@ def test_start_reads_the_first_recorded_command_and_tolerates_any_list(cache: Pa
     assert preload.start(["-v", "ls"]) is None
 
 
+def test_no_read_ahead_when_the_listed_files_are_in_the_page_cache(tmp_path: Path) -> None:
+    files = []
+    for i in range(8):
+        path = tmp_path / f"module_{i}.pyc"
+        path.write_bytes(os.urandom(64 * 1024))
+        os.sync()  # clean pages: the kernel may drop them (below)
+        files.append(os.fsencode(path))
+    for path in files:  # read: cached
+        Path(os.fsdecode(path)).read_bytes()
+    assert preload._cached(files + [b"/no/such/file.pyc"])
+    with open(files[3], "rb") as f:  # one of the probed files evicted: read ahead
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if preload._cached(files[:4]):
+        pytest.skip("this file system keeps the pages (tmpfs?): cannot evict one")
+    assert not preload._cached(files)
+    assert preload._cached([])
+
+
 def test_an_unwritable_cache_costs_only_the_list(cache: Path) -> None:
     cache.parent.mkdir(parents=True)
     cache.write_bytes(b"a file where the directory should be")
