@@ -79,9 +79,7 @@ def test_no_read_ahead_when_the_listed_files_are_in_the_page_cache(tmp_path: Pat
     assert preload._cached(files + [b"/no/such/file.pyc"])
     with open(files[3], "rb") as f:  # one of the probed files evicted: read ahead
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    if preload._cached(files[:4]):
-        pytest.skip("this file system keeps the pages (tmpfs?): cannot evict one")
-    assert not preload._cached(files)
+    assert not preload._cached(files)  # (once: a probe that missed may start a read)
     assert preload._cached([])
 
 
