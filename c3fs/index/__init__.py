@@ -21,7 +21,6 @@ import contextlib
 import gc
 import logging
 import os
-import shutil
 import struct
 import threading
 import time
@@ -217,7 +216,7 @@ class Index:
                 # else: replacing, the files are new. "Already open" is a replaced environment
                 # being closed by another thread, whose freed inode numbers the new files
                 # reuse before py-lmdb forgets them: new files with other inodes end that.
-                shutil.rmtree(self.path, ignore_errors=True)
+                _remove_tree(self.path)
                 make_private_dir(self.path)
                 return self._lmdb_open()
         except (lmdb.Error, OSError) as exc:
@@ -258,7 +257,7 @@ class Index:
         with self._damage_lock:
             if env is self.env:
                 local = self._salvage_local(env)
-                shutil.rmtree(self.path, ignore_errors=True)
+                _remove_tree(self.path)
                 # The old environment is not closed: other threads may be in it; it goes
                 # when their transactions do. Until `env` is the new one, the table handles
                 # may be the new ones: an error a thread meets then is a retry (`_replaced`).
@@ -1122,6 +1121,12 @@ def _madvise(address: int, length: int, advice: int) -> None:
 
 
 _libc = None  # a ctypes.CDLL, made on first use
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil  # (here: it imports bz2 and lzma, ~2.5 ms of every command's start)
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _reason(exc: Exception, path: Path) -> str:

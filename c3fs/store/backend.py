@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -243,7 +242,7 @@ class RetryingBackend:
                 try:
                     result = self._within(what, fn, *args, **kwargs)
                 except TemporaryBackendError as exc:
-                    delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
+                    delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + _jitter())
                     if attempt == self.attempts or isinstance(exc, StoreTimeout) or \
                             delay >= self.deadline.left():
                         raise
@@ -357,3 +356,10 @@ class RetryingBackend:
 
     def occupied(self) -> bool:
         return self._retry("list", self.inner.occupied)
+
+
+def _jitter() -> float:
+    """A random fraction, 0 to 1 (`random` imported only when a retry needs one)."""
+    import random
+
+    return random.random()
