@@ -456,6 +456,30 @@ def test_small_files_stored_a_batch_at_a_time_and_large_files_one_ring(repo, mon
     assert record.logical_bytes == sum(map(len, contents.values()))
 
 
+def test_small_files_whose_blobs_cannot_be_stored_fail_the_push(repo, monkeypatch,
+                                                                tmp_path: Path) -> None:
+    """The small files' blobs are compressed and packed in a thread of their own, after the
+    files' entries are made: an error there must still fail the push, and register nothing."""
+    import errno
+
+    from c3fs.errors import NotFound
+    from c3fs.objects import codec
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):  # (several batches)
+        (src / f"f{i:03d}").write_bytes(b"step %d\n" % i * 50)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(codec, "encode_many", full)
+    with pytest.raises(OSError, match="No space"):
+        push_dir(repo, src, "proj", "never")
+    with pytest.raises(NotFound):
+        repo.store.get_ref(JOB, "never")
+
+
 def file_digest_of(entry) -> bytes:
     from c3fs.objects.tree import file_digest
 

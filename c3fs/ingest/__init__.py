@@ -44,6 +44,7 @@ MAX_TREE = codec.MAX_PLAIN  # the largest blob a reader accepts
 Progress = Callable[[int], None]
 BATCH_BYTES = 1024 * 1024
 SMALL_BATCH = 64  # files smaller than one chunk, stored per task
+LATER = 4  # batches of small files read and waiting to be compressed (16 MiB at most)
 LOOKAHEAD = 256  # file tasks the walk may run ahead of the directories stored
 _HUGE = 2 * MiB  # a huge page: pack buffers are whole ones
 READ_BLOCK = 4 * 1024 * 1024  # large files are read and cut this much at a time,
@@ -335,6 +336,10 @@ class Ingester:
         # blocks in the order they were given.
         self._digests = ThreadPoolExecutor(1, thread_name_prefix="c3fs-digest")
         self._window = 4 * workers
+        # the small files' blobs are compressed and queued for packs here, in batch order
+        self._blobs = ThreadPoolExecutor(1, thread_name_prefix="c3fs-small-blobs")
+        self._later: deque[Future] = deque()  # their batches not known to be stored yet
+        self._later_lock = threading.Lock()
         self._local = threading.local()
         self._walked: deque[_Dir] = deque()  # walked and not stored yet, in post-order
         self._tasks = 0  # file tasks under them
@@ -351,6 +356,7 @@ class Ingester:
         self._smalls.shutdown(wait=True, cancel_futures=True)
         self._chunks.shutdown(wait=True, cancel_futures=True)
         self._digests.shutdown(wait=True, cancel_futures=True)
+        self._blobs.shutdown(wait=True, cancel_futures=True)
         self.sink.close()
         for fd in self._fds:  # those of tasks canceled by a failure
             os.close(fd)
@@ -368,6 +374,7 @@ class Ingester:
             raise SourceError(f"{os.fsdecode(top)} is not a directory")
         root = self._walk(top, st)
         self._store_dirs(-1)
+        self._stored()  # (the trees name the small files' chunks)
         self.sink.flush()
         return root.entry.target
 
@@ -615,7 +622,9 @@ class Ingester:
             for fd in fds:
                 if fd is not None:
                     os.close(fd)
-        stored = iter(self._store_batch(contents))
+        ids = [blob_id(data) for data in contents]
+        self._store_later(contents, ids)
+        stored = iter(ids)
         del contents
         entries: list[Entry] = []
         files = chunks = total = 0
@@ -625,7 +634,7 @@ class Ingester:
                 entries.append(cut[i])
                 continue
             size = sizes[i]
-            chunk_id = next(stored)[0] if size else b""
+            chunk_id = next(stored) if size else b""
             entries.append(Entry(name, FILE, stat.S_IMODE(st.st_mode), size, st.st_mtime_ns,
                                  chunks=chunk_id, sizes=[size] if size else []))
             if verbose:
@@ -787,11 +796,30 @@ class Ingester:
         for _ in range(size // reach):
             yield zero_id, reach
 
-    def _store_batch(self, batch: list[bytes | memoryview]) -> list[tuple[bytes, int]]:
-        """Store chunks (a block's, or a batch of small files'); (chunk id, size) of each.
-        The index is asked once and the new ones compressed in one call (`encode_many`):
-        a GIL hand-off per batch, not three per chunk."""
-        ids = [blob_id(data) for data in batch]
+    def _store_later(self, contents: list[bytes], ids: list[bytes]) -> None:
+        """Store a batch of small files' blobs (`ids` of `contents`) in a thread of their
+        own; `_stored` waits for them. The small files' thread is the last one busy at the
+        end of a push: it reads and names them, and leaves the compression (~40% of its
+        time) to a core that is free by then. At most `LATER` batches wait."""
+        with self._later_lock:
+            while len(self._later) >= LATER:
+                self._later.popleft().result()
+            self._later.append(self._blobs.submit(self._store_batch, contents, ids))
+
+    def _stored(self) -> None:
+        """Wait until every batch of `_store_later` is stored (raise the error of one that
+        failed)."""
+        with self._later_lock:
+            while self._later:
+                self._later.popleft().result()
+
+    def _store_batch(self, batch: list[bytes | memoryview],
+                     ids: list[bytes] | None = None) -> list[tuple[bytes, int]]:
+        """Store chunks (a block's, or a batch of small files' with their `ids`); (chunk id,
+        size) of each. The index is asked once and the new ones compressed in one call
+        (`encode_many`): a GIL hand-off per batch, not three per chunk."""
+        if ids is None:
+            ids = [blob_id(data) for data in batch]
         known = self.sink.known_many(ids)
         new: list[int] = []
         seen: set[bytes] = set()
