@@ -2,7 +2,8 @@
 
 The walk runs in the calling thread and hands files to two pools: large files to one, small
 files (under one chunk) in batches to the other, so the two kinds share the cores instead of
-taking turns. It runs ahead of the directories it has stored by at most `LOOKAHEAD` file
+taking turns. A batch of small files is read and hashed (its entries made) in one thread and
+compressed and packed in another, so that the two halves overlap. It runs ahead of the directories it has stored by at most `LOOKAHEAD` file
 tasks; directories are stored in post-order, each once its files and subdirectories are.
 A large file is read in big blocks and cut with FastCDC in place; its chunks go, as views of
 the block, to a third pool that hashes them (blake3) and, when the index does not know them
@@ -10,7 +11,8 @@ yet, compresses them (zstd). All of these release the GIL, so both cores work ev
 single large file. `PackSink` gathers new blobs into packs and writes full packs in the
 background, a bounded number at a time; a pack's blobs enter the index only once the pack is
 durable. Nothing names the blobs until the caller registers a job, so a crash at any point
-leaves only unreferenced packs.
+leaves only unreferenced packs (a tree may be in a pack before the small files' chunks it
+names are: every push stores every chunk it does not find, whatever trees it finds).
 """
 
 from __future__ import annotations
