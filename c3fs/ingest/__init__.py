@@ -720,6 +720,11 @@ class Ingester:
         """
         cutter = self._cutter()
         reach = self.config.chunk_max
+        # a chunk cut before the end of what was read, with at least `center` bytes after
+        # its start, is cut where the stream cutter cuts it: FastCDC looks no further than
+        # the cut, and it switches masks at `center` bytes whenever that many are there.
+        # Only the rest is carried over (and cut again): 2.4% of a checkpoint's bytes, was 22%
+        center = self.config.chunk_avg
         holes = _may_have_holes(f.fileno()) and self._zeros_cut_at_max()
         # the buffers of this thread's last file (a fresh 5 MiB one is ~1,300 page faults,
         # each page cleared): handed back only by a file read to its end, every task on
@@ -752,7 +757,9 @@ class Ingester:
             batch: list[memoryview] = []
             batched = start = 0
             for chunk in cutter.cut_buf(view):
-                if not eof and chunk.offset + reach > filled:
+                end = chunk.offset + chunk.length
+                if not eof and chunk.offset + reach > filled and (
+                        end >= filled or filled - chunk.offset < center):
                     break  # this cut could move once more of the file is read
                 batch.append(chunk.data)
                 batched += chunk.length
