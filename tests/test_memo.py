@@ -1,12 +1,18 @@
-"""c3fs.memo: the single-flight (concurrent callers share one computation) and its errors."""
+"""c3fs.memo: the single-flight (concurrent callers share one computation) and its errors;
+the LRU under the blob cache's weights."""
 
 from __future__ import annotations
 
+import random
 import threading
 
 import pytest
+from memkit import traced_peak
 
-from c3fs.memo import SingleFlight
+from c3fs.memo import LRU, SingleFlight
+from c3fs.reader import _cached_size
+
+MiB = 1024 * 1024
 
 
 def test_concurrent_callers_share_one_computation() -> None:
@@ -68,3 +74,17 @@ def test_waiters_get_the_owners_error() -> None:
     with pytest.raises(KeyError):
         flight.run("k", lambda: {}["missing"])
     assert "k" not in flight
+
+
+def test_the_blob_cache_size_bounds_its_memory_for_small_blobs() -> None:
+    """Blobs of 50-400 B turning over (`cat` of a million small files): what the cache
+    allocates at its peak, the table's rebuilds included, stays within its size.
+    (tracemalloc: RSS adds ~100 B an entry of part-filled pools, in the overhead too.)"""
+    limit = 9 * MiB  # ~12,300 entries: a table of 2^16 slots, 5.3 an entry (the most is 6)
+    rng = random.Random(7)
+    with traced_peak() as traced:
+        cache: LRU[bytes, bytes] = LRU(limit, weigh=_cached_size)
+        for _ in range(8 * limit // 770):  # turned over 8 times: the table rebuilt 3 times
+            cache.put(rng.randbytes(32), rng.randbytes(rng.randint(50, 400)))
+    assert 12_000 < len(cache) < 12_600
+    assert traced.peak <= limit

@@ -60,8 +60,17 @@ def ahead_enabled() -> bool:
     return window_max() > 0
 
 
-ENTRY_OVERHEAD = 256  # a cached blob's key, bytes header and LRU entry: counted in the cache
-# size, else a million 225-byte chunks (`cat` of a million small files) held 2.5x their bytes
+# What a cached blob costs beyond its bytes, counted in the cache size so that the size bounds
+# the cache's real memory (at 256, a 256 MiB cache of the 50-400 B blobs of `cat` of a
+# million small files peaked at 332 MiB of RSS). Measured in isolation (such blobs under
+# 32-byte keys turning over 8 times; RSS and tracemalloc):
+# - the entry's objects, 256: key 65 B, the value's header 33 B, the OrderedDict's node
+#   32 B (130 B traced), ~210-250 B of RSS with pymalloc's size classes and part-filled pools;
+# - its share of the table, at most 6 x 48: a rebuild sizes it at the power of two above 3x
+#   the entries (3-6 slots an entry), 28 B a slot, and 20 B more while it is rebuilt (the old
+#   and the new table both alive).
+# 544 kept a 256 MiB cache's peak within it (349,000 entries: 192 MiB), 512 did not (261 MiB).
+ENTRY_OVERHEAD = 256 + 6 * 48
 
 
 Tree = EncodedTree | PagedTree
