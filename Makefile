@@ -109,9 +109,10 @@ bench-full: install
 
 # The peers, and the remote bench's rig: rclone and s3fs from Debian, the S3 server s3rver
 # 3.7.1 with npm into bench/s3rver/node_modules from its lock file (python -m bench remote).
+# (npm from Debian only where there is none: Debian's conflicts with a nodejs that ships its own)
 bench-peers:
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq restic borgbackup squashfs-tools squashfuse casync \
-	  rclone s3fs npm >/dev/null
+	  rclone s3fs $$(command -v npm >/dev/null || echo npm) >/dev/null
 	cd bench/s3rver && npm ci --no-audit --no-fund --silent
 
 lint: install
