@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from fusehelp import fuse_works, run_c3fs
-from test_readdir import through_mount
-from test_readdir_runs import ENTRIES, Reply, expected_entries
+from test_readdir_runs import Reply, expected_entries, listed_both_ways
 
 needs_runs = pytest.mark.skipif(
     not hasattr(__import__("pyfuse3"), "readdir_reply_many"),
@@ -152,16 +150,8 @@ def test_find_then_stat_through_a_mount_with_listing_ahead(store, tmp_path: Path
     same entries and attributes as the source, the same rows and lookup counts, and no
     lookup left once the kernel has forgotten its inodes."""
     env, src = store
-    script = tmp_path / "entries.py"
-    script.write_text(ENTRIES)
-    results = {}
-    for way, switch in (("ahead", "1"), ("off", "0")):
-        mnt = tmp_path / f"mnt-{way}"
-        results[way] = through_mount(
-            dict(env, C3FS_LIST_AHEAD=switch), mnt, f"cd {mnt} && find . | wc -l",
-            f"cd {mnt} && {sys.executable} {script}",
-            "sync && echo 2 > /proc/sys/vm/drop_caches && sleep 1 && "
-            "echo 2 > /proc/sys/vm/drop_caches && sleep 1")
+    results = listed_both_ways(env, src, tmp_path, {"ahead": {"C3FS_LIST_AHEAD": "1"},
+                                                    "off": {"C3FS_LIST_AHEAD": "0"}})
     expected = expected_entries(src)
     for way in results.values():
         assert int(way[0]["out"]) == len(expected) + 1

@@ -68,16 +68,18 @@ def store(tmp_path_factory) -> tuple[dict[str, str], Path]:
     return env, root / "src"
 
 
-def listed_both_ways(env: dict[str, str], src: Path, tmp_path: Path) -> dict[str, list[dict]]:
+def listed_both_ways(env: dict[str, str], src: Path, tmp_path: Path,
+                     ways: dict[str, dict[str, str]] | None = None) -> dict[str, list[dict]]:
     """`find`, then every entry's readdir fields and lstat (as `ls -l`), then the rows left
-    once the kernel has dropped its unused inodes (drop_caches 2: it FORGETs each)."""
+    once the kernel has dropped its unused inodes (drop_caches 2: it FORGETs each); through a
+    mount each way, with its environment (by default: one reply per entry, and runs)."""
     script = tmp_path / "entries.py"
     script.write_text(ENTRIES)
     results = {}
-    for way in ("entries", "runs"):
+    for way, switches in (ways or {w: {"C3FS_TEST_REPLY": w} for w in ("entries", "runs")}).items():
         mnt = tmp_path / f"mnt-{way}"
         results[way] = through_mount(
-            dict(env, C3FS_TEST_REPLY=way), mnt, f"cd {mnt} && find . | wc -l",
+            dict(env, **switches), mnt, f"cd {mnt} && find . | wc -l",
             f"cd {mnt} && {sys.executable} {script}",
             "sync && echo 2 > /proc/sys/vm/drop_caches && sleep 1 && "
             "echo 2 > /proc/sys/vm/drop_caches && sleep 1")
