@@ -6,9 +6,20 @@ over the first checkpoint held in memory and cut as c3fs cuts it (its store defa
     fastcdc      cutting (pyfastcdc `cut_buf`, c3fs's min/avg/max sizes)
     blake3       hashing each chunk (a chunk id)
     zstd-N enc   compressing each chunk, at c3fs's level and at squashfs's (3)
-    zstd dec     decompressing each chunk (c3fs's level), into a fresh buffer
+    zstd dec     decompressing each chunk (c3fs's level), into a fresh buffer (all kept)
+    zstd dec, recycled
+                 the same, each result dropped at once, so that malloc hands its memory to
+                 the next (as in c3fs's readers, which keep nothing but the cache)
+    first touch  writing once to memory the process never touched (an anonymous mmap):
+                 page faults and zeroing, and on a virtual machine whatever the host does to
+                 back a page the guest never used or gave back (seen: 3-7 µs a 4 KiB page,
+                 ~0.2 on bare metal). Every path pays it for the page cache pages it fills
+                 and for each fresh buffer: it is why `zstd dec` can read 4x slower than
+                 `zstd dec, recycled` on such a machine.
     ingest floor fastcdc + blake3 + zstd enc at c3fs's level: CPU per GB no ingest can go below
     decode floor zstd dec + blake3 (verify): the same for every read of a compressed chunk
+    decode floor, recycled
+                 zstd dec, recycled + blake3
 
 and, from the parent, `cat` of the whole v1 tree with a cold page cache (native read: the
 disk's and the kernel's share of every tool's figure). Each is MB/s (of plain bytes) and
@@ -19,6 +30,7 @@ floor says how much is overhead.
 from __future__ import annotations
 
 import json
+import mmap
 import resource
 import subprocess
 import sys
@@ -89,13 +101,34 @@ def _kernels(path: str) -> dict[str, tuple[float, float, int]]:
         if lvl == level:
             frames = done
     dctx = zstandard.ZstdDecompressor()
+    timed(f"zstd-{level} dec, recycled", lambda: _each(
+        dctx.decompress(f, max_output_size=len(c)) for f, c in zip(frames, chunks, strict=True)))
     timed(f"zstd-{level} dec", lambda: [dctx.decompress(f, max_output_size=len(c))
                                         for f, c in zip(frames, chunks, strict=True)])
+    timed("first touch", lambda: _first_touch(view))
     results[f"ingest floor (fastcdc + blake3 + zstd-{level})"] = _sum(
         results, "fastcdc", "blake3", f"zstd-{level} enc")
     results[f"decode floor (zstd-{level} dec + blake3)"] = _sum(
         results, f"zstd-{level} dec", "blake3")
+    results[f"decode floor, recycled (zstd-{level} dec, recycled + blake3)"] = _sum(
+        results, f"zstd-{level} dec, recycled", "blake3")
     return results
+
+
+def _each(results) -> None:
+    for _ in results:  # each dropped before the next is made
+        pass
+
+
+def _first_touch(data: memoryview) -> None:
+    """Copy `data` once into memory this process never touched, 1 MiB at a time."""
+    fresh = mmap.mmap(-1, len(data))
+    try:
+        step = 1 << 20
+        for at in range(0, len(data), step):
+            fresh[at : at + step] = data[at : at + step]
+    finally:
+        fresh.close()
 
 
 def _sum(results: dict, *names: str) -> tuple[float, float, int]:

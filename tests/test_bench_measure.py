@@ -51,3 +51,22 @@ def test_without_gnu_time_the_poll_still_counts(monkeypatch: pytest.MonkeyPatch)
     code = "import time; b = bytearray(80 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5)"
     timed = run_timed(Command([sys.executable, "-c", code]))
     assert 80 * MiB <= timed.peak_rss < 200 * MiB
+
+
+def test_ceilings_time_each_kernel_over_the_whole_file(tmp_path: Path) -> None:
+    """Every kernel runs over all of the file, recycled and fresh decoding and the first touch
+    of new memory among them, and each floor sums its parts."""
+    from bench import ceilings
+
+    data = b"".join(bytes([i % 251]) * 4096 + bytes(range(256)) * 16 for i in range(600))
+    path = tmp_path / "ckpt"
+    path.write_bytes(data)
+    found = ceilings._kernels(str(path))
+    level = ceilings.c3fs_params()["zstd_level"]
+    for name in ("fastcdc", "blake3", f"zstd-{level} dec", f"zstd-{level} dec, recycled",
+                 "first touch"):
+        wall, cpu, nbytes = found[name]
+        assert nbytes == len(data) and wall > 0 and cpu >= 0, name
+    floor = found[f"decode floor, recycled (zstd-{level} dec, recycled + blake3)"]
+    parts = [found[f"zstd-{level} dec, recycled"], found["blake3"]]
+    assert floor[0] == pytest.approx(sum(p[0] for p in parts))
