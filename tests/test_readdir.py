@@ -110,7 +110,7 @@ def through_mount(env: dict[str, str], mnt: Path, *commands: str, first: int = 0
     """`first`: C3FS_READDIRPLUS_FIRST, entries in a directory's first READDIRPLUS reply.
 
     The kernel's inode cache is the machine's: one test's `drop_caches` makes the kernel
-    FORGET inodes another test's mount is counting (the suite runs on two workers). These
+    FORGET inodes another test's mount is counting (the suite runs on several workers). These
     mounts take turns (a lock file)."""
     mnt.mkdir()
     env = dict(env, C3FS_READDIRPLUS_FIRST=str(first))
