@@ -690,3 +690,91 @@ def test_damaged_data_never_reaches_a_file_written_in_place(repo, tmp_path: Path
     with pytest.raises(DataError):
         Copier(vfs).copy(vfs.resolve("/jobs/j1/big.bin"), tmp_path / "big.bin")
     assert (tmp_path / "big.bin").read_bytes() == b"keep me" and not leftovers(tmp_path)
+
+
+def test_big_file_tasks_leave_a_core_to_queued_small_files() -> None:
+    """While a batch of small files is queued or running, at most `limit` big-file tasks run
+    (the cores but the small files' thread's); once none is queued, or a queued one is
+    cancelled, every task runs."""
+    import threading
+    from concurrent.futures import Future
+
+    lanes = download._Lanes(1)
+
+    def run(entered: threading.Event, release: threading.Event | None = None) -> threading.Thread:
+        def task() -> None:
+            with lanes.big():
+                entered.set()
+                if release is not None:
+                    release.wait(10)
+        thread = threading.Thread(target=task)
+        thread.start()
+        return thread
+
+    batch = Future()
+    lanes.small_queued(batch)
+    first, second, release = threading.Event(), threading.Event(), threading.Event()
+    threads = [run(first, release)]
+    assert first.wait(5)
+    threads.append(run(second))
+    assert not second.wait(0.3)  # the other core is the small files' thread's
+    release.set()
+    assert second.wait(5)  # its turn came when the first ended
+    for thread in threads:
+        thread.join(5)
+
+    batch.set_result(None)  # no small files left: no limit
+    release = threading.Event()
+    entered = [threading.Event() for _ in range(3)]
+    threads = [run(e, release) for e in entered]
+    assert all(e.wait(5) for e in entered)
+
+    cancelled = Future()
+    lanes.small_queued(cancelled)  # (three tasks run: a fourth waits)
+    fourth = threading.Event()
+    threads.append(run(fourth))
+    assert not fourth.wait(0.3)
+    assert cancelled.cancel()  # a batch that never runs frees the lanes as well
+    assert fourth.wait(5)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+
+
+def test_a_copy_with_small_and_big_files_keeps_a_core_for_the_small_files(
+        repo, tmp_path: Path, monkeypatch) -> None:
+    """On two cores, a big file's parts run one at a time while small files are queued
+    (`_Lanes`), and every file is copied whole. The small files' thread is held until
+    four big-file tasks have started, so that small batches are surely queued meanwhile."""
+    import contextlib
+    import threading
+
+    monkeypatch.setattr(download, "PART", 256 * 1024)
+    monkeypatch.setattr(download, "SMALL_BATCH", 1)  # each small file queued as it is met
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    vfs = pushed(repo, tmp_path)
+    seen: list[tuple[int, int]] = []  # (big tasks running, small batches queued), per task
+    started = threading.Event()
+    real_big, real_write_files = download._Lanes.big, Copier._write_files
+
+    @contextlib.contextmanager
+    def big(self):
+        with real_big(self):
+            with self._cond:
+                seen.append((self._running, self._smalls))
+                if len(seen) >= 4:
+                    started.set()
+            yield
+
+    def write_files(self, batch):
+        started.wait(10)
+        real_write_files(self, batch)
+
+    monkeypatch.setattr(download._Lanes, "big", big)
+    monkeypatch.setattr(Copier, "_write_files", write_files)
+    Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    assert trees.diff(trees.as_copied(trees.snapshot(tmp_path / "src")),
+                      trees.snapshot(tmp_path / "dst")) == []
+    assert len(seen) >= 10  # big.bin's parts
+    assert sum(1 for _, smalls in seen if smalls) >= 3, seen
+    assert all(running == 1 for running, smalls in seen if smalls), seen
