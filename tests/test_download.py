@@ -9,6 +9,7 @@ never written through.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -16,6 +17,8 @@ import os
 import socket
 import stat
 import subprocess
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -696,9 +699,6 @@ def test_big_file_tasks_leave_a_core_to_queued_small_files() -> None:
     """While a batch of small files is queued or running, at most `limit` big-file tasks run
     (the cores but the small files' thread's); once none is queued, or a queued one is
     cancelled, every task runs."""
-    import threading
-    from concurrent.futures import Future
-
     lanes = download._Lanes(1)
 
     def run(entered: threading.Event, release: threading.Event | None = None) -> threading.Thread:
@@ -746,9 +746,6 @@ def test_a_copy_with_small_and_big_files_keeps_a_core_for_the_small_files(
     """On two cores, a big file's parts run one at a time while small files are queued
     (`_Lanes`), and every file is copied whole. The small files' thread is held until
     four big-file tasks have started, so that small batches are surely queued meanwhile."""
-    import contextlib
-    import threading
-
     monkeypatch.setattr(download, "PART", 256 * 1024)
     monkeypatch.setattr(download, "SMALL_BATCH", 1)  # each small file queued as it is met
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})

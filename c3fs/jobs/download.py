@@ -103,8 +103,9 @@ class _Lanes:
     every worker runs. The small files' thread is then the copy's critical path: its time
     is Python and short system calls, and with every big-file worker runnable too (4 on 2
     cores) the scheduler gave it ~35% of a core, so it ran on alone for the last ~40% of a
-    pull. The whole dataset, cold, 2 cores: 1.67-1.84 s against 2.02-2.10 s (6 pairs).
-    Only a local store's copies: a remote one's tasks wait on the network."""
+    pull. A pull of the bench's dataset, cold, 2 cores: 2.12 -> 1.805 s median, 8 pairs,
+    the same CPU (bench/README.md). Only a local store's copies: a remote one's tasks
+    wait on the network."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
