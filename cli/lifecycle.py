@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from c3fs.errors import UsageError
+from c3fs.errors import NotFound, UsageError
 
 from . import output
 from .commands import cp, default_project, ls
@@ -208,9 +208,7 @@ def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
       c3fs rm --dataset imagenet-mini
     """
     repo = ctx.repo()
-    refs = ref_names(jobs, dataset)
-    for kind, name in refs:
-        repo.store.get_ref(kind, name)  # unknown -> NotFound before anything is removed
+    refs = checked_refs(jobs, dataset, repo.store.get_ref)  # unknown: NotFound, nothing removed
     from c3fs.reader import trace
 
     for kind, name in refs:
@@ -220,21 +218,38 @@ def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
         output.note(f"removed {kind} {name}")
 
 
-def ref_names(names: tuple[str, ...], dataset: bool = False) -> list[tuple[str, str]]:
-    """(kind, name) of each argument, once each: a job id (a dataset name with --dataset), or
-    the path `ls` shows: /jobs/<id>, /projects/<p>/jobs/<id>, /datasets/<name>, ..."""
+def ref_names(names: tuple[str, ...], dataset: bool = False) -> list[tuple[str, str, str | None]]:
+    """(kind, name, project) of each argument, once each: a job id (a dataset name with
+    --dataset; project None), or the path `ls` shows: /jobs/<id>, /projects/<p>/jobs/<id>,
+    /datasets/<name>, ... (project <p> for a /projects/<p>/ path; a trailing / is allowed)."""
     from c3fs.objects.job import DATASET, JOB
 
-    refs: dict[tuple[str, str], None] = {}
+    refs: dict[tuple[str, str, str | None], None] = {}
     for name in names:
         parts = [p for p in name.split("/") if p] if name.startswith("/") else []
+        project = None
         if parts[:1] == ["projects"] and len(parts) == 4:
-            parts = parts[2:]
+            project, parts = parts[1], parts[2:]
         if len(parts) == 2 and parts[0] in ("jobs", "datasets"):
-            refs[(JOB if parts[0] == "jobs" else DATASET, parts[1])] = None
+            refs[(JOB if parts[0] == "jobs" else DATASET, parts[1], project)] = None
         else:
-            refs[(DATASET if dataset else JOB, name)] = None
+            refs[(DATASET if dataset else JOB, name.rstrip("/") or name, None)] = None
     return list(refs)
+
+
+def checked_refs(names: tuple[str, ...], dataset: bool, lookup) -> list[tuple[str, str]]:
+    """`ref_names`, each known (`lookup(kind, name)`: its record, or NotFound) and in the
+    project its path names: NotFound (exit 3) before anything is done, as `ls` of that path
+    says."""
+    refs = []
+    for kind, name, project in ref_names(names, dataset):
+        record = lookup(kind, name)
+        if project is not None and record.project != project:
+            raise NotFound(f"/projects/{project}/{kind}s/{name}: no such {kind} (it is in "
+                           f"project {record.project})")
+        if (kind, name) not in refs:
+            refs.append((kind, name))
+    return refs
 
 
 @app.command()
@@ -285,7 +300,8 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
     from c3fs.jobs.maintenance import verify as run_verify
 
     with output.progress_bar("verify", None) as advance:
-        report = run_verify(ctx.repo(), ref_names(jobs, dataset), progress=advance)
+        repo = ctx.repo()
+        report = run_verify(repo, checked_refs(jobs, dataset, repo.record), progress=advance)
     if as_json:
         output.print_json(report)
     else:

@@ -211,6 +211,33 @@ def test_balance_quota_rm_gc(c3fs_bin, tmp_path: Path) -> None:
     assert res.code == 3 and "nope" in res.err
 
 
+def test_rm_and_verify_of_a_project_path_hold_to_that_project(c3fs_bin, tmp_path: Path) -> None:
+    """/projects/<p>/jobs/<id> names the job in project <p> only, as `ls` of that path
+    does: another project's job of that id is neither removed nor verified (exit 3, nothing
+    done); the path `ls /jobs/` prints, with its slash, names the job."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("alpha's\n")
+    assert c3fs_bin("push", str(data), "-p", "alpha", "-j", "job_a").code == 0
+    assert c3fs_bin("push", str(data), "-p", "alpha", "-j", "job_b").code == 0
+    assert c3fs_bin("cp", "-r", str(data), "/projects/alpha/datasets/ds1").code == 0
+    assert c3fs_bin("ls", "/projects/beta/jobs/job_a").code == 3
+    for argv in (["rm", "/projects/beta/jobs/job_a"],
+                 ["rm", "/jobs/job_b", "/projects/nosuch/jobs/job_a"],  # nothing removed
+                 ["rm", "--dataset", "/projects/beta/datasets/ds1"],
+                 ["verify", "/projects/beta/jobs/job_a"]):
+        res = c3fs_bin(*argv)
+        assert res.code == 3 and "no such" in res.err and "project alpha" in res.err, res.err
+        assert len(res.err.strip().splitlines()) == 1, res.err
+    assert c3fs_bin("ls", "/jobs/").out.split() == ["job_a/", "job_b/"]
+    assert c3fs_bin("verify", "/projects/alpha/jobs/job_a", "job_b/").code == 0
+    res = c3fs_bin("rm", "/projects/alpha/jobs/job_a", "job_b/", "--dataset")
+    assert res.code == 3  # (with --dataset the names are datasets: job_b/ is not one)
+    res = c3fs_bin("rm", "/projects/alpha/jobs/job_a", "job_b/")
+    assert res.code == 0 and res.err.count("removed") == 2, res.err
+    assert c3fs_bin("ls", "/jobs/").out.split() == []
+
+
 def test_pull_into_a_pipe_prints_its_line_without_rich(c3fs_bin, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A pull in a script (stdout and stderr pipes) prints its result line as it is and
