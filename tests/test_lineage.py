@@ -389,6 +389,23 @@ def test_diff_of_two_jobs(run_cli, store_env, tmp_path) -> None:
     assert run_cli(["diff", "a", "b", "missing/dir"]).code == 3
 
 
+def test_diff_counts_an_empty_directory_only_one_side_has(run_cli, store_env, tmp_path) -> None:
+    """A copy of either job makes its empty directories: one only B has is added ("path/",
+    size 0), one only A has is removed; the jobs are not identical (exit 1)."""
+    for name, empty in (("a", "gone"), ("b", "newempty")):
+        src = tmp_path / name
+        (src / "deep" / empty).mkdir(parents=True)
+        (src / "x").write_bytes(b"same")
+        assert run_cli(["push", str(src), "-p", "p", "-j", name]).code == 0
+    result = run_cli(["diff", "a", "b", "--json"])
+    assert result.code == 1, result.err
+    data = json.loads(result.out)
+    assert [(c["path"], c["size_b"]) for c in data["added"]] == [("deep/newempty/", 0)]
+    assert [(c["path"], c["size_a"]) for c in data["removed"]] == [("deep/gone/", 0)]
+    text = run_cli(["diff", "a", "b"])
+    assert "+ deep/newempty/  0 B" in text.out and "1 added, 1 removed, 0 changed" in text.err
+
+
 def test_diff_reads_only_the_trees_on_the_changed_path(run_cli, store_env, tmp_path) -> None:
     files = {f"d{i:02d}/s{j:02d}/f{k}": f"{i} {j} {k}".encode()
              for i in range(30) for j in range(10) for k in range(5)}

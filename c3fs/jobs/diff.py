@@ -3,7 +3,8 @@
 Directories with the same tree id are identical and skipped without being read, so a job of
 a million files whose one file changed costs the trees on that file's path. A file is
 changed when its kind, content (its chunk ids) or link target differs; modes and mtimes are
-not compared (as `diff -r`). For a changed file, `shared` is how many of its bytes in B are
+not compared (as `diff -r`). A directory only one side has is its files, and each empty
+directory in it, listed as "path/" (as `diff -r` says "Only in"). For a changed file, `shared` is how many of its bytes in B are
 chunks A has too (what the store deduplicates).
 """
 
@@ -142,23 +143,31 @@ def _merged(a: Iterator[Entry], b: Iterator[Entry]) -> Iterator[tuple[bytes, Ent
 
 def _one_side(repo: Repo, path: bytes, entry: Entry, report: DiffReport,
               into: list[Change] | None, a_side: bool) -> None:
-    """Everything at `path` that only one side has (a directory: every file below it)."""
+    """Everything at `path` that only one side has (a directory: every file below it, and
+    each empty directory, as "path/" of size 0)."""
     if into is None:
         return
     for sub, item in _files(repo, path, entry, report):
-        into.append(Change(sub, item.size if a_side else None, None if a_side else item.size))
+        size = 0 if item.kind == DIR else item.size
+        into.append(Change(sub, size if a_side else None, None if a_side else size))
 
 
 def _files(repo: Repo, path: bytes, entry: Entry,
            report: DiffReport) -> Iterator[tuple[bytes, Entry]]:
+    """The files and links at or below `path`, and its empty directories ("path/"): a copy
+    makes those too, so two trees that differ by one are not identical."""
     stack = [(path, entry)]
     while stack:
         path, entry = stack.pop()
         if entry.kind != DIR:
             yield path, entry
             continue
+        empty = True
         for child in _entries(repo, entry.target, report):
+            empty = False
             stack.append((path + b"/" + child.name, child))
+        if empty:
+            yield path + b"/", entry
 
 
 def _compare(path: bytes, ea: Entry, eb: Entry, report: DiffReport) -> None:
