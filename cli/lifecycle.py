@@ -160,6 +160,11 @@ def _print_pulled(pulled, as_json: bool) -> None:
 def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
     """Show storage usage: stored bytes, logical bytes, savings and the (soft) quota.
 
+    CHARGED (--by-project) is what each job or dataset added to the store when it was
+    registered: bytes it shares with an earlier one are charged to that one, and bytes
+    stored by a push that was interrupted are charged to none, also once a later push
+    uses them. It is who brought the bytes in, not a split of what is stored now.
+
     \b
     Examples:
       c3fs balance
