@@ -363,8 +363,10 @@ def test_damaged_config_and_store_path_that_is_a_file(run_cli, store_env, tmp_pa
     (store_env.store / "config").write_bytes(b"\x00garbage")
     assert "damaged" in run_cli(["ls", "/"]).assert_one_line_error()
     trees.write_file(tmp_path / "a-file", b"x")
-    result = run_cli(["--store", str(tmp_path / "a-file"), "ls", "/"])
-    result.assert_one_line_error()
+    src = small_src(tmp_path)
+    for argv in (["ls", "/"], ["push", str(src), "-p", "p"]):  # the same error, both
+        line = run_cli(["--store", str(tmp_path / "a-file"), *argv]).assert_one_line_error()
+        assert "a-file is not a directory" in line and "creates it" not in line, line
     assert (tmp_path / "a-file").read_bytes() == b"x"
 
 

@@ -39,6 +39,9 @@ class LocalBackend(BackendDefaults):
         self.root = Path(root).absolute()
         self.url = str(self.root)
         self._fds: LRU[str, int] = LRU(_FD_CACHE, evicted=lambda key, fd: os.close(fd))
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise BackendError(f"store {self.root} is not a directory (a local store is one: "
+                               "check --store, C3FS_STORE or `store` in the c3fs config)")
         if not create:
             return
         try:
