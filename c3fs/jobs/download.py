@@ -12,7 +12,11 @@ go in batches to one thread, their chunks read first in a few reads of neighbour
 Modes (without setuid, setgid and sticky bits unless asked), mtimes and symlinks are
 restored; links are created, never followed. A directory on the
 way that is a symlink or a file is an error, never written through. A file whose size and
-mtime already match is skipped, so a copy run again fetches only what is missing or changed.
+mtime already match is skipped, so a copy run again fetches only what is missing or changed
+(rsync's quick check, which `c3fs cp` promises). Where the caller knows the
+destination holds a copy of other content (`pull` of a job re-created since it was pulled
+there: same size and mtime say nothing then), `check_content` makes such a file skipped only
+if its bytes match too, each chunk's blake3 against the chunk's id (`_same_content`).
 A fifo or device already at a file's destination is opened and written into, as `cp` does
 (`c3fs cp x /dev/null`), never replaced; a socket there is an error.
 
@@ -163,11 +167,14 @@ class CopyStats:
 
 class Copier:
     def __init__(self, vfs: Vfs, workers: int = 4, progress: Callable[[int], None] | None = None,
-                 keep_setuid: bool = False):
+                 keep_setuid: bool = False, check_content: bool = False):
         """`keep_setuid`: give files and directories the setuid, setgid and sticky bits the
         store says (by default they are dropped: a store is untrusted, as a tarball is to
-        `tar` without --same-permissions)."""
+        `tar` without --same-permissions). `check_content`: a file already there with the
+        same size and mtime is skipped only if its bytes are the same too (see the module
+        doc); by default size and mtime decide."""
         self.vfs = vfs
+        self.check_content = check_content
         self.mode_mask = 0o7777 if keep_setuid else 0o777
         self.workers = workers
         self.progress = progress or (lambda n: None)
@@ -292,7 +299,8 @@ class Copier:
             if found is not None and _is_special(found):
                 futures.append(self._bigs.submit(self._write_into, node, path))  # may block
                 return
-            if found is not None and _unchanged(found, node):
+            if found is not None and _unchanged(found, node) and (
+                    not self.check_content or _same_content(path, node)):
                 self.stats.skipped += 1
                 log.info("unchanged %s", node.display)
                 self.progress(node.size)
@@ -918,6 +926,24 @@ def _copy_in(staged_fd: int, path: bytes, mtime_ns: int) -> None:
 
 def _unchanged(st: os.stat_result, node: Node) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == node.size and st.st_mtime_ns == node.mtime_ns
+
+
+def _same_content(path: bytes, node: Node) -> bool:
+    """Whether the file at `path` holds `node`'s bytes: each chunk's blake3 (its id) over
+    the file's next bytes, stopping at the first that differs; as sound as the file's digest
+    and known for trees of every version. A file that cannot be read is not the same."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as f:
+            for chunk_id, size in zip(node.entry.chunk_ids(), node.entry.sizes, strict=True):
+                if blob_id(f.read(size)) != chunk_id:
+                    return False
+            return not f.read(1)
+    except (OSError, ValueError):
+        return False
 
 
 def _finish_dirs(dirs: list[tuple[bytes, Node]], mode_of: Callable[[Node], int],
