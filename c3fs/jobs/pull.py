@@ -5,6 +5,15 @@ is pulled. A job is marked pulled only once its copy is complete; the copier ski
 already present with the same size and mtime, so an interrupted pull run again only
 fetches what is missing or different.
 
+Size and mtime are trusted only where the destination can hold nothing but this job's files
+(or none): no mark (a first pull, or its re-run after an interruption), or a mark of this
+root at this destination. Where the mark names another root (a re-created job: reproducible
+builds, `cp -p` and untarred files keep their mtimes) or another destination, a file with
+the job's size and mtime is skipped only if its bytes match (`Copier(check_content=True)`),
+so that an old file is never kept as the new job's; files that match are left untouched.
+A re-run of such a pull after an interruption compares again (the mark still names the
+old root): the cost of one read of the local files, next to fetching them.
+
 A mark (`pulled/<job id>` in the index's local table, JSON) names the job's root tree, so a
 job removed and pushed again under the same id with other content is pulled again. Marks
 written before they named the root (`{"dest", "time"}`) stand for the job that existed when
@@ -94,7 +103,8 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
         target = os.path.join(dest, record.id)
         recreated = _recreated(repo, record) and os.path.isdir(target)
         try:
-            copier = Copier(vfs, progress=progress, keep_setuid=keep_setuid)
+            copier = Copier(vfs, progress=progress, keep_setuid=keep_setuid,
+                            check_content=_may_hold_other(repo, record, target))
             stats = copier.copy(vfs.ref_root(record), target, follow=False)  # c3fs named it
         except (DataError, FormatError) as exc:
             if isinstance(exc, BlobUnavailable):  # the store did not answer: stop
@@ -123,6 +133,20 @@ def _recreated(repo: Repo, record: JobRecord) -> bool:
     except ValueError:
         return False
     return isinstance(mark, dict) and mark.get("root", record.root) != record.root
+
+
+def _may_hold_other(repo: Repo, record: JobRecord, target: str) -> bool:
+    """Whether `target` may hold files of another job under this id with the same sizes and
+    mtimes: it exists and the mark names another root (or an old mark, another job) or
+    another destination. No mark: trusted, as `cp` trusts what it finds."""
+    raw = repo.index.local_get(f"pulled/{record.id}")
+    if raw is None or not os.path.isdir(target):
+        return False
+    try:
+        dest = json.loads(raw).get("dest")
+    except (ValueError, AttributeError):
+        return True
+    return not is_pulled(repo, record) or dest != os.path.abspath(target)
 
 
 def _warn_extras(vfs: Vfs, record: JobRecord, target: str) -> None:
