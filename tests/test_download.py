@@ -497,6 +497,93 @@ def test_pulling_a_recreated_job_names_what_the_old_one_left(c3fs_bin, tmp_path:
     assert "nothing new to pull" in c3fs_bin("pull", "--dest", str(dest)).ok().err
 
 
+# a re-created job's files with the old sizes and mtimes: compared, not trusted -------------
+MTIME = 1_767_225_600_000_000_000  # 2026-01-01: a reproducible build's, `cp -p`'s, a tarball's
+BIG_OLD = trees.rand_bytes(3 * 1024 * 1024, 11)  # several chunks, over SMALL_FILE
+BIG_NEW = BIG_OLD[:1024 * 1024] + trees.rand_bytes(4096, 12) + BIG_OLD[1024 * 1024 + 4096:]
+
+
+def recreate(c3fs_bin, tmp_path: Path, job: str, old: dict[str, bytes],
+             new: dict[str, bytes], *pull_args: str) -> Path:
+    """Push `old` as `job`, pull it, remove it, push `new` (same mtimes) under the same id."""
+    dest = tmp_path / "pulled"
+    for name, files in (("old", old), ("new", new)):
+        (tmp_path / name).mkdir()
+        for file, body in files.items():
+            trees.write_file(tmp_path / name / file, body, mtime_ns=MTIME)
+    c3fs_bin("push", str(tmp_path / "old"), "-p", "vision", "-j", job).ok()
+    c3fs_bin("pull", *pull_args, "--dest", str(dest)).ok()
+    c3fs_bin("rm", job).ok()
+    c3fs_bin("push", str(tmp_path / "new"), "-p", "vision", "-j", job).ok()
+    return dest
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["pending", "named"])
+def test_a_recreated_job_with_the_old_sizes_and_mtimes_gets_its_bytes(c3fs_bin, tmp_path: Path,
+                                                                     named: bool) -> None:
+    """The issue's reproduction: `pull` said "1 unchanged" and kept AAAA."""
+    job = ("job_r",) if named else ()
+    dest = recreate(c3fs_bin, tmp_path, "job_r", {"a": b"AAAA\n"}, {"a": b"BBBB\n"}, *job)
+    res = json.loads(c3fs_bin("pull", *job, "--dest", str(dest), "--json").ok().out)
+    assert [(p["job"], p["files"], p["unchanged"]) for p in res] == [("job_r", 1, 0)]
+    assert (dest / "job_r" / "a").read_bytes() == b"BBBB\n"
+    assert (dest / "job_r" / "a").stat().st_mtime_ns == MTIME
+
+
+def test_a_recreated_jobs_files_that_match_are_left_untouched(c3fs_bin, tmp_path: Path) -> None:
+    same = {"same.txt": b"kept", "empty": b"", "big-same.bin": BIG_NEW[::-1]}
+    old = {**same, "a.txt": b"AAAA", "big.bin": BIG_OLD}
+    new = {**same, "a.txt": b"BBBB", "big.bin": BIG_NEW}
+    dest = recreate(c3fs_bin, tmp_path, "job_s", old, new) / "job_s"
+    before = {name: (dest / name).stat() for name in old}
+    res = json.loads(c3fs_bin("pull", "--dest", str(dest.parent), "--json").ok().out)
+    assert [(p["files"], p["unchanged"]) for p in res] == [(2, 3)]
+    for name, body in new.items():
+        assert (dest / name).read_bytes() == body
+        after = (dest / name).stat()
+        assert after.st_mtime_ns == MTIME
+        untouched = (after.st_ino, after.st_ctime_ns) == (before[name].st_ino,
+                                                          before[name].st_ctime_ns)
+        assert untouched == (name in same), name
+
+
+@pytest.mark.parametrize("marked", [False, True], ids=["interrupted", "pulled"])
+def test_a_pull_of_the_same_root_again_trusts_sizes_and_mtimes(repo, tmp_path: Path, monkeypatch,
+                                                               marked: bool) -> None:
+    """A first pull run again after an interruption (no mark yet), or the job named again
+    once pulled: files with the job's sizes and mtimes are skipped unread, as before."""
+    vfs = pushed(repo, tmp_path)
+    target = tmp_path / "pulled" / "j1"
+    if marked:
+        pull(repo, ["j1"], str(tmp_path / "pulled"))
+    else:
+        Copier(vfs).copy(root(vfs), target, follow=False)  # what the interrupted pull wrote
+    (target / "big.bin").unlink()
+    compared: list[bytes] = []
+    monkeypatch.setattr(download, "_same_content", lambda path, node: compared.append(path))
+    [pulled] = pull(repo, ["j1"], str(tmp_path / "pulled"))
+    assert compared == []
+    assert pulled.stats.files == 1 and pulled.stats.skipped > 1
+    assert (target / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
+
+
+def test_a_pull_to_another_destination_compares_what_is_there(repo, tmp_path: Path) -> None:
+    """The mark names this root but another destination: what `target` holds (here a copy
+    made by hand of other bytes, same size and mtime) is not known to be this job's."""
+    src = tmp_path / "src"
+    src.mkdir()
+    trees.write_file(src / "a", b"new!", mtime_ns=MTIME)
+    push_dir(repo, str(src), "proj", "j2")
+    pull(repo, ["j2"], str(tmp_path / "first"))
+    (tmp_path / "second" / "j2").mkdir(parents=True)
+    trees.write_file(tmp_path / "second" / "j2" / "a", b"old!", mtime_ns=MTIME)
+    [pulled] = pull(repo, ["j2"], str(tmp_path / "second"))
+    assert (pulled.stats.files, pulled.stats.skipped) == (1, 0)
+    assert (tmp_path / "second" / "j2" / "a").read_bytes() == b"new!"
+    [pulled] = pull(repo, ["j2"], str(tmp_path / "second"))  # marked there now: trusted
+    assert (pulled.stats.files, pulled.stats.skipped) == (0, 1)
+
+
 @pytest.mark.parametrize("marked", ["before", "after"])
 def test_marks_without_a_root_still_count(repo, tmp_path: Path, marked: str) -> None:
     """A mark written before marks named the root: {"dest", "time"} only. It stands for the
