@@ -490,6 +490,9 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
     else:
         raise UsageError(f"upload to {dst!r}: use /projects/<project>/datasets/<name> "
                          "(or /datasets/<name> with --project)")
+    if os.path.exists(src) and not os.path.isdir(src):
+        raise UsageError(f"{src} is not a directory: a dataset is uploaded from one (put the "
+                         "file in a directory, then cp -r DIR /datasets/NAME)")
     if not recursive:
         raise UsageError("uploading a dataset copies a directory: use cp -r")
     repo = ctx.repo(write=True)

@@ -379,6 +379,10 @@ def test_datasets_upload_list_download(c3fs_bin, tmp_path: Path) -> None:
     out = tmp_path / "back"
     assert c3fs_bin("cp", "-r", "/datasets/mini", str(out)).code == 0
     assert (out / "train.csv").read_text() == (data / "train.csv").read_text()
+    for argv in (["cp"], ["cp", "-r"]):  # a file: one error that says what to do, either way
+        res = c3fs_bin(*argv, str(data / "train.csv"), "/projects/vision/datasets/one")
+        assert res.code == 2 and "train.csv is not a directory: a dataset is uploaded from one" \
+            in res.err and len(res.err.splitlines()) == 1, res.err
 
 
 @contextlib.contextmanager
