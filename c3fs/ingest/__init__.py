@@ -52,6 +52,9 @@ _HUGE = 2 * MiB  # a huge page: pack buffers are whole ones
 READ_BLOCK = 4 * 1024 * 1024  # large files are read and cut this much at a time,
 RING = 3  # into this many buffers per file
 OPEN_FILE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW  # a file swapped for a link is not followed
+# reads of a file that changes while it is read (as tar, restic and borg see it: its size,
+# mtime or ctime moved, or not its size's worth of bytes came); the last is stored as read
+READ_ATTEMPTS = 3
 
 
 @dataclass
@@ -65,12 +68,20 @@ class IngestStats:
     stored_bytes: int = 0  # bytes of the packs this ingest wrote
     packs: int = 0
     skipped: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # files stored as read, still changing
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
         with self._lock:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def add_changed(self, path: str) -> None:
+        """`path` changed at each of its READ_ATTEMPTS reads: stored as last read, and said so."""
+        log.warning("%s changed while it was read (%d attempts): stored as read", path,
+                    READ_ATTEMPTS)
+        with self._lock:
+            self.changed.append(path)
 
 
 class PackSink:
@@ -234,10 +245,9 @@ def _digest_block(hasher, block: memoryview) -> list:
     return []
 
 
-def _may_have_holes(fd: int) -> bool:
+def _may_have_holes(st: os.stat_result) -> bool:
     """Whether a file takes fewer blocks than its size: sparse (or compressed by its file
     system), so worth asking where its data is."""
-    st = os.fstat(fd)
     return st.st_blocks * 512 < st.st_size
 
 
@@ -272,12 +282,31 @@ class _Stat(NamedTuple):
     st_mode: int
     st_size: int
     st_mtime_ns: int
+    st_ctime_ns: int
     st_dev: int
     st_ino: int
 
 
 def _kept(st: os.stat_result) -> _Stat:
-    return _Stat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+    return _Stat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+
+def _unchanged(before: _Stat, after: _Stat, read: int) -> bool:
+    """Whether a read of `read` bytes of a file, between its stats `before` and `after`, saw
+    one state of it: the same inode, size, mtime and ctime (a write, a truncation or a chmod
+    moves ctime), and as many bytes as its size. (Timestamps move at the kernel's clock
+    tick: a write within the tick of the stat before it shows only in the size.)"""
+    return before == after and read == after.st_size
+
+
+class _Read(NamedTuple):
+    """One read of a large file: its chunks stored, and what they make."""
+
+    chunks: bytes  # their ids, joined
+    sizes: list[int]
+    digest: bytes  # blake3 of the bytes read
+    stat: _Stat  # the file's, after the read
+    unchanged: bool  # whether the read saw one state of the file (`_unchanged`)
 
 
 @dataclass
@@ -551,7 +580,7 @@ class Ingester:
                     self._submit_small(into)
             else:
                 self._queue(into, self._files.submit(self._file_task, self._dup(into.fd), name,
-                                                     _kept(st), into))
+                                                     into))
         elif stat.S_ISLNK(st.st_mode):
             self.stats.add(symlinks=1)
             into.parts.append(Entry(name, LINK, mode, 0, st.st_mtime_ns,
@@ -595,9 +624,9 @@ class Ingester:
         finally:
             self._release(dir_fd)
 
-    def _file_task(self, dir_fd: int, name: bytes, st: _Stat, where: _Open) -> Entry:
+    def _file_task(self, dir_fd: int, name: bytes, where: _Open) -> Entry:
         try:
-            return self._file_entry(dir_fd, name, st, where)
+            return self._file_entry(dir_fd, name, where)
         finally:
             self._release(dir_fd)
 
@@ -608,13 +637,15 @@ class Ingester:
         cut: dict[int, Entry] = {}  # files that grew to a chunk or more, by place in batch
         contents: list[bytes] = []  # the others' (but empty ones'), in batch order
         sizes: list[int] = []
+        stats: list[_Stat] = []  # each file's as read (its mode and mtime are stored)
         fds = self._open_small(dir_fd, batch)
         try:
             for i, (name, st) in enumerate(batch):
                 fd, fds[i] = fds[i], None  # `_read_small` closes it
-                data = self._read_small(dir_fd, name, fd, where)
+                data, read_st = self._read_small(dir_fd, name, fd, st, where)
+                stats.append(read_st)
                 if data is None:  # it grew past one chunk since the walk saw it: cut it
-                    cut[i] = self._file_entry(dir_fd, name, st, where)
+                    cut[i] = self._file_entry(dir_fd, name, where)
                     sizes.append(0)
                     continue
                 sizes.append(len(data))
@@ -631,7 +662,7 @@ class Ingester:
         entries: list[Entry] = []
         files = chunks = total = 0
         verbose = log.isEnabledFor(logging.INFO)  # -v: one line a file
-        for i, (name, st) in enumerate(batch):
+        for i, ((name, _), st) in enumerate(zip(batch, stats, strict=True)):
             if i in cut:  # (counted by `_file_entry`)
                 entries.append(cut[i])
                 continue
@@ -664,48 +695,91 @@ class Ingester:
             fds.append(fd)
         return fds
 
-    def _read_small(self, dir_fd: int, name: bytes, fd: int | None, where: _Open) -> bytes | None:
-        """The content of a file smaller than one chunk (None if it grew to a chunk);
-        reads and closes `fd` (from `_open_small`), or opens `name` if that failed."""
+    def _read_small(self, dir_fd: int, name: bytes, fd: int | None, st: _Stat,
+                    where: _Open) -> tuple[bytes | None, _Stat]:
+        """The content of a file smaller than one chunk (None if it grew to a chunk) and its
+        stat as read; reads and closes `fd` (from `_open_small`), or opens `name` if that
+        failed. A file that changed while it was read is opened and read again, up to
+        READ_ATTEMPTS reads in all. The walk's stat `st` is the first read's before: one
+        fstat a file, after its read."""
+        before: _Stat | None = st
+        for _ in range(READ_ATTEMPTS):
+            data, before, after = self._read_small_once(dir_fd, name, fd, before, where)
+            if data is None or _unchanged(before, after, len(data)):
+                return data, after
+            fd = before = None
+        self.stats.add_changed(where.display(name))
+        return data, after
+
+    def _read_small_once(self, dir_fd: int, name: bytes, fd: int | None, before: _Stat | None,
+                         where: _Open) -> tuple[bytes | None, _Stat, _Stat]:
+        """One read of `_read_small`: (content or None, stat before, stat after); `before`
+        is taken from the opened file when not given."""
         limit = self.config.chunk_min
         try:
             if fd is None:
                 fd = os.open(name, OPEN_FILE, dir_fd=dir_fd)
             try:
+                if before is None:
+                    before = _kept(os.fstat(fd))
                 data = os.read(fd, limit)
-                return None if len(data) == limit else data
+                while len(data) < min(before.st_size, limit):  # a short read: read on
+                    more = os.read(fd, limit - len(data))
+                    if not more:
+                        break
+                    data += more
+                after = _kept(os.fstat(fd))
             finally:
                 os.close(fd)
         except OSError as exc:
             raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
+        return (None if len(data) == limit else data), before, after
 
-    def _file_entry(self, dir_fd: int, name: bytes, st: _Stat, where: _Open) -> Entry:
+    def _file_entry(self, dir_fd: int, name: bytes, where: _Open) -> Entry:
+        """Store a file cut into chunks. One that changed while it was read is read again,
+        up to READ_ATTEMPTS times in all (the chunks of a torn read stay unreferenced)."""
+        for _ in range(READ_ATTEMPTS):
+            read = self._read_file(dir_fd, name, where)
+            if read.unchanged:
+                break
+        else:
+            self.stats.add_changed(where.display(name))
+        total = sum(read.sizes)
+        if log.isEnabledFor(logging.INFO):  # -v: one line a file
+            log.info("stored %s (%s, %d chunks)", where.display(name), human(total),
+                     len(read.sizes))
+        self.stats.add(files=1, logical_bytes=total, chunks=len(read.sizes))
+        self.progress(total)
+        st = read.stat
+        return Entry(name, FILE, stat.S_IMODE(st.st_mode), total, st.st_mtime_ns,
+                     chunks=read.chunks, sizes=read.sizes,
+                     digest=read.digest if len(read.sizes) > 1 else b"")  # else: its chunk id
+
+    def _read_file(self, dir_fd: int, name: bytes, where: _Open) -> _Read:
+        """Open `name`, store its chunks and say what was read, between two fstats."""
         ids: list[bytes] = []
         sizes: list[int] = []
         try:
             with open(os.open(name, OPEN_FILE, dir_fd=dir_fd), "rb", buffering=0) as f:
+                before = os.fstat(f.fileno())
+                holes = _may_have_holes(before)
                 # a sparse file's holes are hashed as zeros, up to terabytes of them: in
                 # threads (1 TiB: 7 -> 15 GB/s here, the same CPU)
-                whole = blake3.blake3(max_threads=blake3.blake3.AUTO
-                                      if _may_have_holes(f.fileno()) else 1)
-                for chunk_id, size in self._store_chunks(f, st.st_size, whole):
+                whole = blake3.blake3(max_threads=blake3.blake3.AUTO if holes else 1)
+                for chunk_id, size in self._store_chunks(f, before.st_size, whole, holes):
                     ids.append(chunk_id)
                     sizes.append(size)
+                after = _kept(os.fstat(f.fileno()))
         except OSError as exc:
             raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
-        total = sum(sizes)
-        if log.isEnabledFor(logging.INFO):  # -v: one line a file
-            log.info("stored %s (%s, %d chunks)", where.display(name), human(total), len(ids))
-        self.stats.add(files=1, logical_bytes=total, chunks=len(ids))
-        self.progress(total)
-        return Entry(name, FILE, stat.S_IMODE(st.st_mode), total, st.st_mtime_ns,
-                     chunks=b"".join(ids), sizes=sizes,
-                     digest=whole.digest() if len(ids) > 1 else b"")  # else: its chunk id
+        return _Read(b"".join(ids), sizes, whole.digest(), after,
+                     _unchanged(_kept(before), after, sum(sizes)))
 
-    def _store_chunks(self, f, size_hint: int, whole) -> Iterator[tuple[bytes, int]]:
+    def _store_chunks(self, f, size_hint: int, whole, sparse: bool) -> Iterator[tuple[bytes, int]]:
         """Cut `f` into chunks and store them; yield (chunk id, size) in file order. `whole`
         (a blake3 hasher) is given every byte in order, a block at a time in the digest
-        thread, as it is read (the file's digest).
+        thread, as it is read (the file's digest). A `sparse` file's holes are not read
+        when its file system says where they are.
 
         The file is read `READ_BLOCK` at a time into a ring of `RING` buffers and cut in
         place; the chunks go to the hash/compress pool as views, never copied, ~1 MiB per
@@ -725,7 +799,7 @@ class Ingester:
         # the cut, and it switches masks at `center` bytes whenever that many are there.
         # Only the rest is carried over (and cut again): 2.4% of a checkpoint's bytes, was 22%
         center = self.config.chunk_avg
-        holes = _may_have_holes(f.fileno()) and self._zeros_cut_at_max()
+        holes = sparse and self._zeros_cut_at_max()
         # the buffers of this thread's last file (a fresh 5 MiB one is ~1,300 page faults,
         # each page cleared): handed back only by a file read to its end, every task on
         # them done (a failed file's may still be running)

@@ -36,9 +36,12 @@ def ensure_free(repo: Repo, kind: str, name: str) -> None:
 
 def ingest(repo: Repo, build: Callable[[Ingester], bytes],
            make_record: Callable[[bytes, IngestStats], JobRecord],
-           progress: Callable[[int], None] | None = None) -> JobRecord:
+           progress: Callable[[int], None] | None = None,
+           changed: list[str] | None = None) -> JobRecord:
     """Run `build` (which stores trees and returns a root id), then register the record
-    `make_record(root, stats)`, all under the push lock.
+    `make_record(root, stats)`, all under the push lock. The paths of files that kept
+    changing while they were read (stored as read, each named in a warning) are added to
+    `changed`.
 
     Both the index sync and the ref are inside the lock: a gc can neither delete packs
     between our sync and our dedup lookups, nor see our new packs (and the old blobs we
@@ -49,6 +52,8 @@ def ingest(repo: Repo, build: Callable[[Ingester], bytes],
         with Ingester(repo.store, repo.index, progress=progress) as ingester:
             root = build(ingester)
             ingester.sink.flush()
+        if changed is not None:
+            changed.extend(ingester.stats.changed)
         lease.check()  # a gc that broke our lock may have deleted what the ref would name
         return register(repo, make_record(root, ingester.stats))
 
@@ -80,8 +85,9 @@ def _warn_quota(repo: Repo) -> None:
 
 def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | None = None,
              kind: str = JOB, progress: Callable[[int], None] | None = None,
-             **fields) -> JobRecord:
-    """Store `path` and register it as job `job_id` (a fresh id if None) of `project`."""
+             changed: list[str] | None = None, **fields) -> JobRecord:
+    """Store `path` and register it as job `job_id` (a fresh id if None) of `project`;
+    files that kept changing while read are added to `changed` (see `ingest`)."""
     check_name(project, "project")
     what = "dataset name" if kind == DATASET else "job id"
     name = new_job_id() if job_id is None else check_name(job_id, what)  # "" is invalid, not "none"
@@ -90,7 +96,7 @@ def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | No
     return ingest(repo, lambda ing: ing.ingest_dir(path),
                   lambda root, stats: record_for(kind, name, project, root, stats, started,
                                                  **fields),
-                  progress)
+                  progress, changed)
 
 
 def record_for(kind: str, name: str, project: str, root: bytes, stats: IngestStats,
