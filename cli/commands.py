@@ -46,16 +46,26 @@ def show(name: bytes) -> str:
 @click.option("-p", "--project",
               help="Project the job belongs to (default: `project` of the c3fs config, C3FS_PROJECT).")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
-@click.option("--json", "as_json", is_flag=True, help="Print the job record as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the job record as JSON (with `changed`: files that changed while read, "
+                   "if any).")
 @pass_ctx
 def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_json: bool) -> None:
     """Store DIRECTORY as a finished job's artifacts.
+
+    A file that changes while it is read (its size, mtime or ctime moved, or not its size's
+    worth of bytes came) is read again, 3 reads at most. One still changing is stored as
+    last read (its size, chunks and digest all describe those bytes) and named in a
+    warning "changed while it was read" and in --json's `changed`; the push goes on and
+    exits 0 (the job is registered, the other files are whole). -q hides the warning.
 
     \b
     Examples:
       c3fs push ./artifacts --project vision
       c3fs push ./out -p vision -j job_resnet_01 --json
     """
+    import msgspec
+
     from c3fs.jobs.push import push_dir
 
     project = default_project() if project is None else project
@@ -64,17 +74,21 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
                          "or C3FS_PROJECT)")
     started = time.monotonic()
     repo = ctx.repo(write=True)
+    changed: list[str] = []
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
-        record = push_dir(repo, directory, project, job_id, progress=advance)
+        record = push_dir(repo, directory, project, job_id, progress=advance, changed=changed)
     output.timing(f"push {record.id}: {output.count(record.files, 'file')}, "
                   f"{output.human(record.logical_bytes)} read, "
                   f"{output.human(record.stored_delta)} stored", started, record.logical_bytes)
-    if as_json:
-        output.print_json(record)
+    if as_json:  # (`changed` only when there are: else the record as `ls --json` shows it)
+        output.print_json({**msgspec.to_builtins(record), "changed": changed} if changed
+                          else record)
         return
     output.out.print(record.id)
     output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
-                     f"{output.human(record.stored_delta)} newly stored")
+                     f"{output.human(record.stored_delta)} newly stored"
+                     + (f", {output.count(len(changed), 'file')} changed while read"
+                        if changed else ""))
 
 
 def default_project() -> str | None:
