@@ -1,0 +1,206 @@
+"""Files that change while push reads them: read again, or stored as read and named.
+
+The change is made at a chosen moment by wrapping the reads the ingest code makes (a large
+file's `readinto`, a small file's `os.read`): right after the first read of an opening of a
+chosen file, that file is rewritten in place (same inode, new bytes and size). A large
+file's read then goes on into the new bytes (torn: old start, new rest); a small file's
+read is whole but outdated. Real files, a real store; only the timing is arranged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+import pytest
+import trees
+from trees import MiB
+
+import c3fs.ingest as ingest
+from c3fs.jobs.push import push_dir
+from c3fs.objects.tree import file_digest
+from c3fs.vfs import Vfs
+
+LARGE = "ckpt\x1b.bin"  # (a control character: the warning must escape it)
+SMALL = "metrics.json"
+
+
+def large_version(k: int) -> bytes:
+    """The large file's k-th content: over one READ_BLOCK, so its first read is partial."""
+    return trees.rand_bytes(ingest.READ_BLOCK + (1 + k) * MiB + 7 * k, seed=100 + k)
+
+
+def small_version(k: int) -> bytes:
+    return b'{"step": %d, "loss": 0.5}\n' % k * (40 + 10 * k)
+
+
+class Racer:
+    """Rewrites chosen files right after the first read of an opening of theirs, while
+    `changes(name, done)` says so (`done`: rewrites of that file so far); counts openings
+    and reads of every file c3fs reads."""
+
+    def __init__(self, src: Path, versions: dict[str, Callable[[int], bytes]],
+                 changes: Callable[[str, int], bool]) -> None:
+        self.src, self.versions, self.changes = src, versions, changes
+        self.rewrites: Counter[str] = Counter()
+        self.opens: Counter[str] = Counter()
+        self.reads: Counter[str] = Counter()
+        self._names = {self._key(os.stat(src / name)): name for name in versions}
+
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int]:
+        return st.st_dev, st.st_ino
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        racer, real_read = self, os.read
+
+        class Watched(io.FileIO):  # what `open(fd, "rb", buffering=0)` gives, watched
+            first = True
+
+            def readinto(self, buffer) -> int | None:
+                n = super().readinto(buffer)
+                racer.after_read(self.fileno(), first=self.first)
+                self.first = False
+                return n
+
+        def opener(fd: int, mode: str = "r", buffering: int = -1) -> io.FileIO:
+            assert (mode, buffering) == ("rb", 0)
+            racer.opened(fd)
+            return Watched(fd, mode)
+
+        def read(fd: int, n: int) -> bytes:
+            data = real_read(fd, n)
+            racer.after_read(fd, first=True)  # (a small file: one read an opening)
+            return data
+
+        monkeypatch.setattr(ingest, "open", opener, raising=False)
+        monkeypatch.setattr(os, "read", read)
+
+    def name_of(self, fd: int) -> str | None:
+        return self._names.get(self._key(os.fstat(fd)))
+
+    def opened(self, fd: int) -> None:
+        self.opens[self.name_of(fd) or "?"] += 1
+
+    def after_read(self, fd: int, first: bool) -> None:
+        name = self.name_of(fd)
+        if name is None:
+            return
+        self.reads[name] += 1
+        if first and self.changes(name, self.rewrites[name]):
+            self.rewrites[name] += 1
+            with open(self.src / name, "r+b") as f:  # in place: the same inode
+                f.write(self.versions[name](self.rewrites[name]))
+                f.truncate()
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    trees.write_file(src / LARGE, large_version(0), mtime_ns=trees.BASE_NS)
+    trees.write_file(src / SMALL, small_version(0), mtime_ns=trees.BASE_NS)
+    trees.write_file(src / "steady.bin", trees.rand_bytes(ingest.READ_BLOCK + MiB, seed=7))
+    return src
+
+
+def racer(src: Path, monkeypatch: pytest.MonkeyPatch, changes: Callable[[str, int], bool]) -> Racer:
+    racing = Racer(src, {LARGE: large_version, SMALL: small_version}, changes)
+    racing.install(monkeypatch)
+    return racing
+
+
+def escaped(text: str) -> str:
+    return text.replace("\x1b", "\\x1b")  # as `ls -b` and c3fs's messages show ESC
+
+
+def push(run_cli, src: Path, job: str):
+    result = run_cli(["push", str(src), "-p", "proj", "-j", job, "--json"])
+    assert result.code == 0, result.err
+    return result, json.loads(result.out)
+
+
+def copied(run_cli, job: str, tmp_path: Path) -> Path:
+    result = run_cli(["cp", "-r", f"/jobs/{job}", str(tmp_path / job)])
+    assert result.code == 0, result.err
+    return tmp_path / job
+
+
+def test_a_file_changed_once_while_read_is_read_again(run_cli, src: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first read of each is spoiled (the large one torn), the second is steady: what is
+    stored is each file's content now, with no warning."""
+    racing = racer(src, monkeypatch, lambda name, done: done == 0)
+    result, record = push(run_cli, src, "job_once")
+    assert racing.rewrites == {LARGE: 1, SMALL: 1}
+    assert "warning" not in result.err and "changed" not in record
+    back = copied(run_cli, "job_once", tmp_path)
+    assert (back / LARGE).read_bytes() == large_version(1)
+    assert (back / SMALL).read_bytes() == small_version(1)
+    assert racing.opens[LARGE] == 2 and racing.opens["?"] == 1  # (steady.bin: once)
+
+
+@pytest.mark.logs("changed while it was read")
+def test_a_file_that_keeps_changing_is_stored_as_read_and_named(
+        run_cli, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of 3 reads is spoiled: the last one is stored, exactly as read, the push
+    succeeds and says which files (stderr, --json), and the store agrees with itself."""
+    racing = racer(src, monkeypatch, lambda name, done: True)
+    result, record = push(run_cli, src, "job_torn")
+    assert racing.rewrites == {LARGE: 3, SMALL: 3}
+    paths = sorted(str(src / name) for name in (LARGE, SMALL))
+    assert sorted(record["changed"]) == paths
+    warnings = [line for line in result.err_lines if line.startswith("c3fs: warning: ")]
+    assert "\x1b" not in result.err
+    assert sorted(warnings) == sorted(
+        f"c3fs: warning: {escaped(path)} changed while it was read (3 attempts): stored as read"
+        for path in paths), result.err
+    # the third read: the start of version 2, then (the file rewritten) the rest of version 3
+    torn = large_version(2)[: ingest.READ_BLOCK] + large_version(3)[ingest.READ_BLOCK :]
+    back = copied(run_cli, "job_torn", tmp_path)
+    assert (back / LARGE).read_bytes() == torn
+    assert (back / SMALL).read_bytes() == small_version(2)  # read whole, then changed
+    listing = run_cli(["ls", "--json", "/jobs/job_torn"])
+    sizes = {item["name"]: item["size"] for item in json.loads(listing.out)["entries"]}
+    assert sizes[LARGE] == len(torn)  # (--json is exact)
+    assert sizes[SMALL] == len(small_version(2))
+    verify = run_cli(["verify"])
+    assert verify.code == 0, verify.out + verify.err  # chunks against the files' digests
+
+
+@pytest.mark.logs("changed while it was read")
+def test_a_file_stored_as_read_is_one_consistent_entry(repo, src: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The entry of a file stored as read: its size, chunk sizes and digest all describe the
+    bytes that come back (through the reader the mount and `cp` use)."""
+    racer(src, monkeypatch, lambda name, done: True)
+    changed: list[str] = []
+    record = push_dir(repo, src, "proj", "job_entry", changed=changed)
+    assert sorted(changed) == sorted(str(src / name) for name in (LARGE, SMALL))
+    vfs = Vfs(repo)
+    for name in (LARGE, SMALL):
+        node = vfs.resolve(f"/jobs/{record.id}/{name}")
+        data = vfs.open(node).read(0, node.entry.size + 1)
+        assert len(data) == node.entry.size == sum(node.entry.sizes), name
+        assert file_digest(node.entry) == blake3.blake3(data).digest(), name
+    assert record.logical_bytes == sum(
+        vfs.resolve(f"/jobs/{record.id}/{name}").entry.size for name in os.listdir(src))
+
+
+def test_an_unchanging_push_reads_each_file_once(run_cli, src: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    racing = racer(src, monkeypatch, lambda name, done: False)
+    result, record = push(run_cli, src, "job_still")
+    assert "warning" not in result.err and "changed" not in record
+    assert racing.opens[LARGE] == 1 and racing.opens["?"] == 1  # steady.bin
+    assert racing.reads[SMALL] == 1
+    # READ_BLOCK at a time, then the read that finds the end
+    assert racing.reads[LARGE] == -(-len(large_version(0)) // ingest.READ_BLOCK) + 1
+    back = copied(run_cli, "job_still", tmp_path)
+    assert (back / LARGE).read_bytes() == large_version(0)
+    assert (back / SMALL).read_bytes() == small_version(0)
