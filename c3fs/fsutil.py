@@ -117,6 +117,20 @@ def shortened(path: bytes | str, keep: int = 60) -> str:
     return text if len(text) <= 3 * keep else f"{text[:keep]}...{text[-keep:]}"
 
 
+def json_name(key: str, raw: bytes) -> dict[str, str]:
+    """A name or path for JSON output, exactly: `{key: text}` when `raw` is UTF-8; when it
+    is not, the text (each byte that is not UTF-8 as `\\xNN`, as a name holding those four
+    characters reads too) and `{key}_b64`, the bytes in base64. A reader takes `{key}_b64`
+    when present, else `{key}` encoded as UTF-8."""
+    try:
+        return {key: raw.decode()}
+    except UnicodeDecodeError:
+        import base64
+
+        return {key: raw.decode("utf-8", "backslashreplace"),
+                key + "_b64": base64.b64encode(raw).decode("ascii")}
+
+
 def count(n: int, noun: str) -> str:
     """`1 file`, `2 files`, `0 files`."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from c3fs.errors import IsADirectory, UsageError
+from c3fs.fsutil import json_name
 
 from . import output
 from .complete import complete_dir, complete_path, complete_path_or_file
@@ -130,7 +131,9 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
 
     Jobs and datasets are listed oldest first; --project, --status, --since and --limit
     choose which (on /jobs/, /projects/<p>/jobs/ and /datasets/). Names are printed as
-    GNU `ls -b` prints them (control characters escaped); --json is exact.
+    GNU `ls -b` prints them (control characters escaped). --json is exact: a name, path or
+    link target that is not UTF-8 has its bytes in base64 in name_b64, path_b64 or
+    target_b64 besides (name etc. then shows each such byte as \\xNN).
 
     \b
     Paths:
@@ -172,11 +175,11 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
         return
     if node.is_dir and node.tree_id is not None:  # a tree's directory: rows stream, no node
         # each (2 M entries: a page of them in memory, not 2 M nodes)
-        entries, display = vfs.iter_entries(node), node.display
+        entries, raw = vfs.iter_entries(node), raw_path(node)
         if as_json:
             written = output.print_json_listing(
-                {"schema": LS_SCHEMA, "path": display}, "entries",
-                (_json_entry(display, e) for e in entries))
+                {"schema": LS_SCHEMA, **json_name("path", raw)}, "entries",
+                (_json_entry(raw, e) for e in entries))
         else:
             _print_inputs(_record_of(vfs, node))
             written = output.write_lines(_long_line(e.name, e) for e in entries)
@@ -196,7 +199,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
                      if n.record is not None and chosen.keeps(n.record))
         if as_json:
             written = output.print_json_listing(
-                {"schema": LS_SCHEMA, "path": node.display}, "entries",
+                {"schema": LS_SCHEMA, **json_name("path", raw_path(node))}, "entries",
                 (_json_item(vfs, name, n) for name, n in items))
         else:
             written = output.write_lines(output.escape(name) + ("/" if n.is_dir else "")
@@ -209,7 +212,7 @@ def ls(ctx: Ctx, path: str, long: bool, as_json: bool, project: str | None, stat
         items = vfs.children(node) if node.is_dir else [(node.name, node)]
     output.timing(f"ls {path}: {output.count(len(items), 'name')} read", started)
     if as_json:
-        output.print_json({"schema": LS_SCHEMA, "path": node.display,
+        output.print_json({"schema": LS_SCHEMA, **json_name("path", raw_path(node)),
                            "entries": [_json_item(vfs, name, n) for name, n in items]})
     elif long:
         _print_inputs(_record_of(vfs, node))
@@ -291,11 +294,17 @@ def _virtual_link(node: Node) -> bool:
 LS_SCHEMA = 1  # `ls --json`: {"schema", "path", "entries": [...]}, the same for every path
 
 
+def raw_path(node: Node) -> bytes:
+    """The path of `node` as bytes, exactly (`node.display` escapes bytes that are not UTF-8)."""
+    return b"/" + b"/".join(node.path)
+
+
 def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
     """One entry of `ls --json`: the same fields for every path (a job, a folder, /jobs/);
     `record` on a job's or dataset's root, `target` on a symlink. `mode`: permission bits,
-    a number."""
-    item = _json_fields(name, node.display, node.kind, node.mode, node.size, node.mtime_ns,
+    a number. A name, path or target that is not UTF-8 has its bytes in `name_b64`,
+    `path_b64`, `target_b64` too (`json_name`)."""
+    item = _json_fields(name, raw_path(node), node.kind, node.mode, node.size, node.mtime_ns,
                         node.entry.target if node.entry is not None else None)
     record = _record_of(vfs, node)
     if record is not None:
@@ -303,21 +312,21 @@ def _json_item(vfs: Vfs, name: bytes, node: Node) -> dict:
     return item
 
 
-def _json_entry(parent: str, entry: Entry) -> dict:
-    """`_json_item` of an entry of the tree of directory `parent` (its display path)."""
-    return _json_fields(entry.name, parent.rstrip("/") + "/" + show(entry.name), entry.kind,
+def _json_entry(parent: bytes, entry: Entry) -> dict:
+    """`_json_item` of an entry of the tree of directory `parent` (its `raw_path`)."""
+    return _json_fields(entry.name, parent.rstrip(b"/") + b"/" + entry.name, entry.kind,
                         entry.mode, entry.size, entry.mtime_ns, entry.target)
 
 
-def _json_fields(name: bytes, display: str, kind: int, mode: int, size: int, mtime_ns: int,
+def _json_fields(name: bytes, path: bytes, kind: int, mode: int, size: int, mtime_ns: int,
                  target: bytes | None) -> dict:
     from c3fs.objects.tree import DIR, FILE
 
     kind_name = {FILE: "file", DIR: "dir"}.get(kind, "symlink")
-    item = {"name": show(name), "path": display, "type": kind_name, "mode": mode,
-            "size": size, "mtime_ns": mtime_ns}
+    item = {**json_name("name", name), **json_name("path", path), "type": kind_name,
+            "mode": mode, "size": size, "mtime_ns": mtime_ns}
     if kind_name == "symlink":
-        item["target"] = show(target) if target is not None else None
+        item.update(json_name("target", target) if target is not None else {"target": None})
     return item
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import click
 
 from c3fs.errors import UsageError
+from c3fs.fsutil import json_name
 
 from . import output
+from .commands import raw_path
 from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
@@ -94,7 +96,8 @@ def diff(ctx: Ctx, a: str, b: str, path: str | None, as_json: bool) -> None:
     A and B are job ids or refs (/jobs/<id>, /datasets/<name>, latest, tags, or folders in
     them); PATH, if given, is a folder or file inside both. Directories whose tree id is the
     same (same names, contents, modes and mtimes below) are skipped unread. Contents and link targets are compared, not modes or mtimes.
-    Exit 0 when identical, 1 when different (as diff), 2 or more on errors.
+    Exit 0 when identical, 1 when different (as diff), 2 or more on errors. --json is exact:
+    a path that is not UTF-8 has its bytes in base64 in path_b64 (a_b64, b_b64) besides.
 
     \b
     Examples:
@@ -114,7 +117,8 @@ def diff(ctx: Ctx, a: str, b: str, path: str | None, as_json: bool) -> None:
         report = diff_trees(repo, tree_a.tree_id, tree_b.tree_id)
     if as_json:
         output.print_json_lists(
-            {"a": tree_a.display, "b": tree_b.display, "identical": report.identical,
+            {**json_name("a", raw_path(tree_a)), **json_name("b", raw_path(tree_b)),
+             "identical": report.identical,
              "trees_read": report.trees_read, "subtrees_skipped": report.subtrees_skipped},
             {kind: (c.as_dict() for c in getattr(report, kind))
              for kind in ("added", "removed", "changed")})

@@ -3,6 +3,7 @@ schema, IEC units, shell completion from the local index."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -143,6 +144,41 @@ def test_one_ls_json_schema_for_every_path(run_cli, pushed) -> None:
     assert seen["/jobs/j1/link"]["target"] == "a.txt"
     assert seen["/projects/vision/jobs/latest"]["target"] == "j1"
     assert "record" not in seen["/jobs/j1/sub/b.bin"]
+
+
+def exact(entry: dict, key: str) -> bytes:
+    """A name, path or target of `--json` output as bytes: `{key}_b64`, else `{key}`."""
+    if key + "_b64" in entry:
+        return base64.b64decode(entry[key + "_b64"])
+    return entry[key].encode()
+
+
+def test_json_listings_keep_names_that_are_not_utf8_exact(run_cli, tmp_path: Path) -> None:
+    src, changed = tmp_path / "w", tmp_path / "w2"
+    names = {b"a\xff": b"NON-UTF8\n", b"a\\xff": b"LITERAL\n", "é".encode(): b"E\n"}
+    for top in (src, changed):
+        top.mkdir()
+        for name, body in names.items():
+            Path(os.fsdecode(os.fsencode(top) + b"/" + name)).write_bytes(body)
+        os.symlink(b"t\xfd", os.fsencode(top) + b"/ln")
+    Path(os.fsdecode(os.fsencode(changed) + b"/a\xff")).write_bytes(b"other\n")
+    run_cli(["push", str(src), "-p", "p", "-j", "jw"]).ok()
+    run_cli(["push", str(changed), "-p", "p", "-j", "jw2"]).ok()
+    listing = json.loads(run_cli(["ls", "--json", "/jobs/jw"]).ok().out)
+    entries = {exact(e, "name"): e for e in listing["entries"]}
+    assert sorted(entries) == sorted([*names, b"ln"])  # two names, told apart
+    assert {exact(e, "path") for e in entries.values()} == {b"/jobs/jw/" + n for n in entries}
+    assert entries[b"a\xff"]["name_b64"] == base64.b64encode(b"a\xff").decode()
+    assert exact(entries[b"ln"], "target") == b"t\xfd"
+    for valid in (b"a\\xff", "é".encode()):  # UTF-8: as before, no other field
+        assert entries[valid]["name"] == valid.decode()
+        assert not {"name_b64", "path_b64"} & set(entries[valid])
+    one = json.loads(run_cli(["ls", "--json", os.fsdecode(b"/jobs/jw/a\xff")]).ok().out)
+    assert exact(one, "path") == b"/jobs/jw/a\xff"
+    assert [exact(e, "name") for e in one["entries"]] == [b"a\xff"]
+    diff = run_cli(["diff", "--json", "jw", "jw2"])
+    assert diff.code == 1, diff.err
+    assert [exact(c, "path") for c in json.loads(diff.out)["changed"]] == [b"a\xff"]
 
 
 # units ----------------------------------------------------------------------------------------

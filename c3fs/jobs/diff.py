@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from c3fs.fsutil import SpilledSort
+from c3fs.fsutil import SpilledSort, json_name
 from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry, PagedTree
 from c3fs.repo import Repo
 
@@ -30,8 +30,9 @@ class Change:
     shared: int = 0  # changed files: bytes of B's chunks that A has too
 
     def as_dict(self) -> dict:
-        return {"path": self.path.decode("utf-8", "backslashreplace"), "size_a": self.size_a,
-                "size_b": self.size_b, "shared": self.shared}
+        """`path` exactly: also `path_b64` when it is not UTF-8 (`json_name`)."""
+        return {**json_name("path", self.path), "size_a": self.size_a, "size_b": self.size_b,
+                "shared": self.shared}
 
 
 _SIZES = struct.Struct(">qqq")  # size_a, size_b (-1: None), shared
