@@ -331,6 +331,19 @@ def test_ls_of_a_missing_path(run_cli, tmp_path: Path, path: str) -> None:
     assert result.code == 3
 
 
+@pytest.mark.parametrize(("path", "said"), [("/jobs/*/", "no job '*'"),
+                                            ("/jobs/a b", "no job 'a b'"),
+                                            ("/projects/proj/jobs/a b", "no job 'a b'"),
+                                            ("/datasets/x\ny", "no dataset 'x\\ny'"),
+                                            ("/jobs/nope", "no job 'nope'")])
+def test_a_name_that_is_no_id_is_named_as_a_missing_one_is(run_cli, tmp_path: Path, path: str,
+                                                            said: str) -> None:
+    push_ok(run_cli, small_src(tmp_path), "j1")
+    result = run_cli(["ls", path])
+    assert result.assert_one_line_error() == f"c3fs: error: {said}"  # no b'...' (bytes repr)
+    assert result.code == 3
+
+
 def write_config(store_dir: Path, **changes) -> bytes:
     config = msgspec.to_builtins(StoreConfig(store_id="s1", created=1.0))
     config.update(changes)

@@ -488,8 +488,8 @@ class Vfs:
     def _record(self, kind: str, name: bytes) -> JobRecord:
         try:
             text = check_name(name.decode(), kind)
-        except Exception:
-            raise NotFound(f"no {kind} {name!r}") from None
+        except Exception:  # (worded as `Repo.record` words a valid id it does not know)
+            raise NotFound(f"no {kind} {name.decode(errors='backslashreplace')!r}") from None
         return self.repo.record(kind, text)
 
     def _project_exists(self, name: bytes) -> bool:
