@@ -394,10 +394,11 @@ class Store:
         """Download jobs' artifacts into `dest`/<job id>/ (ids or paths to whole jobs; None:
         every SUCCEEDED job not pulled here before), as `c3fs pull` does."""
         from c3fs.jobs.pull import pull as run_pull
+        from c3fs.jobs.tags import bare_id
 
         repo = self.repo
         names = [jobs] if isinstance(jobs, str) else list(jobs or [])
-        job_ids = [self.record(j).id if "/" in j else j for j in names]
+        job_ids = [bare_id(j) or self.record(j).id for j in names]
         return run_pull(repo, job_ids, os.fspath(dest), None, keep_setuid)
 
     # open files ---------------------------------------------------------------------------

@@ -124,10 +124,10 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
     """
     from c3fs.jobs.pull import PullIncomplete
     from c3fs.jobs.pull import pull as run_pull
-    from c3fs.jobs.tags import resolve_job
+    from c3fs.jobs.tags import bare_id, resolve_job
 
     repo = ctx.repo()
-    job_ids = [resolve_job(repo, j).id if "/" in j else j for j in jobs]
+    job_ids = [bare_id(j) or resolve_job(repo, j).id for j in jobs]
     started = time.monotonic()
     try:
         with output.progress_bar("pull", None) as advance:

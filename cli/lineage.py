@@ -58,11 +58,12 @@ def lineage(ctx: Ctx, job: str, direction: str | None, depth: int, as_json: bool
 
 
 def _start(repo, job: str) -> tuple[str, str]:
+    from c3fs.jobs.tags import bare_id
     from c3fs.objects.job import JOB
     from c3fs.vfs import Vfs
 
-    if "/" not in job:
-        return JOB, repo.record(JOB, job).id
+    if (job_id := bare_id(job)) is not None:
+        return JOB, repo.record(JOB, job_id).id
     node = Vfs(repo).resolve(job)
     if node.ref is None or node.depth != 2:
         raise UsageError(f"{job} is not a job or dataset: give a job id or a ref to a whole job")
@@ -130,10 +131,11 @@ def diff(ctx: Ctx, a: str, b: str, path: str | None, as_json: bool) -> None:
 
 
 def _tree(repo, ref: str, path: str | None):
+    from c3fs.jobs.tags import bare_id
     from c3fs.vfs import Vfs
 
-    if "/" not in ref:
-        ref = f"/jobs/{ref}"
+    if (job_id := bare_id(ref)) is not None:
+        ref = f"/jobs/{job_id}"
     node = Vfs(repo).resolve(ref.rstrip("/") + ("/" + path.lstrip("/") if path else ""))
     if node.ref is None:
         raise UsageError(f"{node.display} is not in a job or dataset")

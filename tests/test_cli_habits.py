@@ -104,6 +104,28 @@ def test_cat_writes_files_like_cp_to_stdout(pushed, c3fs_bin) -> None:
     assert c3fs_bin("cat", "a.txt").code == 2
 
 
+# job ids ----------------------------------------------------------------------------------------
+def test_a_job_id_may_end_with_a_slash(run_cli, pushed, tmp_path: Path) -> None:
+    """As a shell completes the directory a pull made (./j1/), and `ls /jobs/` prints ids."""
+    work = tmp_path / "work"
+    work.mkdir()
+    run_cli(["run", "-q", "-p", "vision", "-j", "r1", "-C", str(work), "--", "echo", "hi"]).ok()
+    pulled = run_cli(["pull", "j1/", "/jobs/r1/", "-d", str(tmp_path / "p"), "--json"]).ok()
+    assert [p["job"] for p in json.loads(pulled.out)] == ["j1", "r1"]
+    assert run_cli(["logs", "r1/"]).ok().out == "hi\n"
+    assert run_cli(["logs", "/jobs/r1/"]).ok().out == "hi\n"
+    lineage = json.loads(run_cli(["lineage", "j1/", "--json"]).ok().out)
+    assert lineage["start"] == ["job", "j1"]
+    assert run_cli(["diff", "j1/", "/jobs/j1/"]).code == 0
+    assert run_cli(["tag", "j1/", "best"]).ok().out.strip() == "/projects/vision/tags/best -> j1"
+    assert "is not a job" in run_cli(["logs", "/"]).assert_one_line_error()
+    from c3fs.api import Store
+
+    with Store() as store:
+        assert store.record("j1/").id == "j1"
+        assert [p.record.id for p in store.pull("j1/", tmp_path / "api")] == ["j1"]
+
+
 # exit codes -----------------------------------------------------------------------------------
 def code_constants() -> set[int]:
     import c3fs.errors as errors

@@ -216,14 +216,21 @@ def latest(records: Iterable[JobRecord], project: str) -> JobRecord | None:
     return max(done, key=lambda r: (r.ended or r.created, r.id), default=None)
 
 
+def bare_id(ref: str) -> str | None:
+    """The job id a JOB argument is, if it is one: `job_x`, or `job_x/` (as a shell completes
+    the directory a pull made); None for a path (`/jobs/<id>`, latest, a tag)."""
+    name = ref.rstrip("/")
+    return name if name and "/" not in name else None
+
+
 def resolve_job(repo, ref: str) -> JobRecord:
-    """The job a JOB argument names: a job id, or a ref resolving to a whole job
+    """The job a JOB argument names: a job id (`bare_id`), or a ref resolving to a whole job
     (`/projects/<p>/jobs/latest`, `/projects/<p>/tags/<name>`, `/jobs/<id>`)."""
     from c3fs.errors import UsageError
     from c3fs.vfs import Vfs
 
-    if "/" not in ref:
-        return repo.record(JOB, ref)
+    if (job_id := bare_id(ref)) is not None:
+        return repo.record(JOB, job_id)
     node = Vfs(repo).resolve(ref)
     if node.ref is None or node.ref[0] != JOB or node.depth != 2:
         raise UsageError(f"{ref} is not a job: give a job id or a ref to a whole job")
