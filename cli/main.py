@@ -131,6 +131,16 @@ class C3fsGroup(click.Group):
         super().add_command(cmd, name)
         _add_global_options(cmd)
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # past click, which would end the command with exit 1
+            raise ReaderGone from None
+
+
+class ReaderGone(Exception):
+    """stdout's reader went away (`c3fs cat FILE | head`): the command ends quietly."""
+
 
 def _add_global_options(cmd: click.Command) -> None:
     if getattr(cmd, "_c3fs_globals", False):
@@ -161,7 +171,9 @@ EXIT_CODES = (
     (7, "locked: gc or a push holds the store"),
     (8, "mount: FUSE failed, or a pin (--expect, digest:) did not match"),
     (130, "interrupted (Ctrl-C)"),
+    (141, "stdout closed by its reader (a pipe to head): the rest unwritten, no message"),
 )
+READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for cat(1) writing to a closed pipe
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES) + \
     "\n  (c3fs run exits with its job's code: see c3fs run --help)"
 
@@ -262,9 +274,20 @@ def _exit_now(code: object) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except (BrokenPipeError, ValueError):  # a reader gone, a stream closed: as at exit
+    except BrokenPipeError:  # a reader gone: as `_run` ends the command
+        code = code or READER_GONE
+    except ValueError:  # a stream closed: as at exit
         code = code or 1
     os._exit(code or 0)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a reader that went away is
+    dropped at exit, not reported as another BrokenPipeError."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor (tests capture stdout in memory)
+        pass
 
 
 def _run(argv: list[str] | None) -> None:
@@ -282,9 +305,9 @@ def _run(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         output.err.print("c3fs: interrupted", markup=False)
         sys.exit(130)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    except (BrokenPipeError, ReaderGone):  # stdout's reader is gone: end quietly, as cat(1)
+        _drop_stdout()
+        sys.exit(READER_GONE)
     if _command:
         preload.record(_command)  # the files this command loaded, read ahead next time
     sys.exit(0)

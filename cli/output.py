@@ -42,6 +42,7 @@ def _console(name: str) -> Console:
         from rich.console import Console
 
         console = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+        console.on_broken_pipe = _reader_gone  # type: ignore[method-assign]
         if not console.is_terminal:  # a pipe or a file: rows are never folded (grep, cut)
             console.width = 100_000
         globals()[name] = console
@@ -63,6 +64,12 @@ def escape(text: str | bytes) -> str:
     if text.isprintable() and "\\" not in text:  # (most names: no character to escape)
         return text
     return "".join(c if c.isprintable() and c != "\\" else _escape_char(c) for c in text)
+
+
+def _reader_gone() -> None:
+    """Instead of rich's own handling (stdout to /dev/null, then exit 1): the command ends
+    as any other whose stdout's reader went away (see `c3fs_cli.main._run`)."""
+    raise BrokenPipeError(32, "Broken pipe")
 
 
 def _escape_char(c: str) -> str:

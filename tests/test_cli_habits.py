@@ -126,6 +126,37 @@ def test_a_job_id_may_end_with_a_slash(run_cli, pushed, tmp_path: Path) -> None:
         assert [p.record.id for p in store.pull("j1/", tmp_path / "api")] == ["j1"]
 
 
+@pytest.mark.parametrize("argv", [["cat", "/jobs/j1/a.txt", "/jobs/j1/sub/b.bin"],
+                                  ["cp", "/jobs/j1/sub/b.bin", "-"], ["ls", "/jobs/many"],
+                                  ["ls", "-l", "/jobs/many"], ["ls", "--json", "/jobs/many"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(run_cli, pushed, tmp_path: Path,
+                                                          argv: list[str]) -> None:
+    """As cat(1) in `cat FILE | head -c 10`: no message, exit 141 (128 + SIGPIPE, as a shell
+    reports cat's) once the pipe is closed. Each output is written in several writes, each
+    more than a pipe holds: CPython returns a short count, no error, from the write the
+    reader left during (sys.stdout then loses the rest unsaid), the next one fails."""
+    many = tmp_path / "many"
+    many.mkdir()
+    for n in range(9000):
+        (many / f"{n:06d}-{'x' * 60}").touch()
+    run_cli(["push", str(many), "-p", "vision", "-j", "many", "-q"]).ok()
+    proc = subprocess.Popen([str(C3FS_BIN), *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == b""
+
+
+def test_rich_output_to_a_gone_reader_ends_as_the_rest(monkeypatch) -> None:
+    from c3fs_cli import output
+
+    with pytest.raises(BrokenPipeError):  # not rich's own SystemExit(1)
+        output._console("out").on_broken_pipe()
+
+
+# exit codes -----------------------------------------------------------------------------------
 # exit codes -----------------------------------------------------------------------------------
 def code_constants() -> set[int]:
     import c3fs.errors as errors
@@ -138,7 +169,7 @@ def test_the_exit_code_table_matches_the_code(run_cli) -> None:
     from c3fs_cli.main import EXIT_CODES
 
     tabled = {code for code, _ in EXIT_CODES}
-    assert tabled == code_constants() | {0, 130}  # 130: Ctrl-C (c3fs_cli.main)
+    assert tabled == code_constants() | {0, 130, 141}  # Ctrl-C, stdout closed (c3fs_cli.main)
     help_text = run_cli(["--help"]).ok().out
     readme = (ROOT / "README.md").read_text()
     for code, text in EXIT_CODES:

@@ -229,7 +229,7 @@ class Copier:
             raise DestinationError(f"{one_line(node.display)} is {what}: only a file can be "
                                    "written to stdout (-)")
         try:
-            with _named_errors(node, b"stdout"):
+            with _named_errors(node, b"stdout", passing=BrokenPipeError):
                 self._stream(node, fd)
         finally:
             self.stats.reused = self._reuse.close()
@@ -856,10 +856,14 @@ def _parts(starts: list[int], size: int) -> list[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def _named_errors(node: Node, path: bytes) -> Iterator[None]:
-    """A failure to write says which destination file; a bad chunk says which job file."""
+def _named_errors(node: Node, path: bytes,
+                  passing: type[OSError] | tuple[type[OSError], ...] = ()) -> Iterator[None]:
+    """A failure to write says which destination file; a bad chunk says which job file.
+    `passing`: the errors raised as they are (stdout's reader gone: the caller decides)."""
     try:
         yield
+    except passing:
+        raise
     except OSError as exc:
         raise DestinationError(f"{os.fsdecode(path)}: {exc.strerror}") from None
     except (DataError, FormatError) as exc:
