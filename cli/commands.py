@@ -529,13 +529,28 @@ def _upload_dataset(ctx: Ctx, src: str, dst: str, recursive: bool, project: str 
 # index --------------------------------------------------------------------------------------
 @app.group()
 def index() -> None:
-    """Maintain the local index (a cache of the store, rebuilt from it)."""
+    """Maintain the local index (a cache of the store, rebuilt from it).
+
+    \b
+    Examples:
+      c3fs index rebuild
+      c3fs index rebuild -q     # no summary
+    """
 
 
 @index.command("rebuild")
 @pass_ctx
 def index_rebuild(ctx: Ctx) -> None:
-    """Rebuild the local LMDB index from the store's packs and refs."""
+    """Rebuild the local LMDB index from the store's packs and refs.
+
+    Every command brings the index up to date by itself; rebuild it from scratch when it
+    was lost or damaged, or its summary (packs, jobs, datasets) is wanted.
+
+    \b
+    Examples:
+      c3fs index rebuild
+      c3fs index rebuild --store /mnt/shared/c3fs   # a store of another path
+    """
     repo = ctx.repo()
     repo.index.rebuild(repo.store)
     packs = len(repo.index.pack_sizes())

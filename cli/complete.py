@@ -153,6 +153,10 @@ def completion(shell: str) -> None:
       bash:  echo 'eval "$(c3fs completion bash)"' >> ~/.bashrc
       zsh:   echo 'eval "$(c3fs completion zsh)"' >> ~/.zshrc
       fish:  c3fs completion fish > ~/.config/fish/completions/c3fs.fish
+    \b
+    Examples:
+      eval "$(c3fs completion bash)"     # this bash only, at once
+      c3fs completion zsh | head -n 3    # see what would be installed
     """
     cls = get_completion_class(shell)
     assert cls is not None  # (click ships all three)

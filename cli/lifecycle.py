@@ -327,7 +327,14 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
 # config -------------------------------------------------------------------------------------
 @app.group()
 def config() -> None:
-    """Show c3fs's settings (and where each comes from), or change the store's (quota)."""
+    """Show c3fs's settings (and where each comes from), or change the store's (quota).
+
+    \b
+    Examples:
+      c3fs config show
+      c3fs config show --local --json    # this machine's settings, no request to the store
+      c3fs config set quota 50GiB
+    """
 
 
 @config.command("show")
@@ -436,7 +443,14 @@ def config_set(ctx: Ctx, key: str, value: str) -> None:
 # data aliases (the platform's `c3 data ls/cp`) ------------------------------------------------
 @app.group()
 def data() -> None:
-    """Aliases for people used to the platform: `c3fs data ls`, `c3fs data cp`."""
+    """Aliases for people used to the platform: `c3fs data ls`, `c3fs data cp`.
+
+    \b
+    Examples:
+      c3fs data ls -l /jobs/
+      c3fs data cp /jobs/job_abc123/metrics.json .
+      c3fs data cp -r ./imagenet-mini /projects/vision/datasets/imagenet-mini
+    """
 
 
 data.add_command(ls, "ls")

@@ -156,6 +156,21 @@ def test_rich_output_to_a_gone_reader_ends_as_the_rest(monkeypatch) -> None:
         output._console("out").on_broken_pipe()
 
 
+# help ---------------------------------------------------------------------------------------------
+def test_every_command_and_group_shows_examples(run_cli) -> None:
+    import click
+    from c3fs_cli.main import app
+
+    def commands(group: click.Group, prefix: list[str]):
+        for name, command in group.commands.items():
+            yield [*prefix, name]
+            if isinstance(command, click.Group):
+                yield from commands(command, [*prefix, name])
+
+    for argv in commands(app, []):
+        assert "Examples:" in run_cli([*argv, "--help"]).ok().out, argv
+
+
 # exit codes -----------------------------------------------------------------------------------
 # exit codes -----------------------------------------------------------------------------------
 def code_constants() -> set[int]:
