@@ -444,7 +444,7 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
         return
     target = dst
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
-        target = os.path.join(dst, show(node.name))
+        target = os.path.join(dst, os.fsdecode(node.name))  # the name's bytes, as cp -r
     total = sum(n.size for n in vfs.walk(node, keep=False)
                 if n.kind == FILE) if output.err.is_terminal else None
     started = time.monotonic()

@@ -247,6 +247,11 @@ def test_json_listings_keep_names_that_are_not_utf8_exact(run_cli, tmp_path: Pat
     diff = run_cli(["diff", "--json", "jw", "jw2"])
     assert diff.code == 1, diff.err
     assert [exact(c, "path") for c in json.loads(diff.out)["changed"]] == [b"a\xff"]
+    out = tmp_path / "out"
+    out.mkdir()
+    run_cli(["cp", os.fsdecode(b"/jobs/jw/a\xff"), f"{out}/"]).ok()  # into a dir: its name
+    assert os.listdir(os.fsencode(out)) == [b"a\xff"]                # as stored, not as shown
+    assert Path(os.fsdecode(os.fsencode(out) + b"/a\xff")).read_bytes() == b"NON-UTF8\n"
 
 
 # units ----------------------------------------------------------------------------------------
