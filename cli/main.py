@@ -299,6 +299,12 @@ def _run(argv: list[str] | None) -> None:
     except click.exceptions.Abort:
         output.err.print("c3fs: aborted", markup=False)
         sys.exit(130)
+    except click.UsageError as exc:  # one line, as c3fs's own errors, not click's three
+        message = one_line(exc.format_message()).rstrip(".")
+        message = message[:1].lower() + message[1:]  # (click's are sentences: "No such ...")
+        hint = f" ({exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        output.err.print(f"c3fs: error: {message}{hint}", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

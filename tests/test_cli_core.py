@@ -636,3 +636,16 @@ def test_help_imports_none_of_the_heavy_modules(argv: list[str], tmp_path: Path)
         assert "Usage: c3fs" in proc.stdout
         imported = set(proc.stdout.splitlines()[-1].split()[1:])
         assert not imported & HEAVY
+
+
+def test_usage_errors_are_one_line_naming_the_help(run_cli) -> None:
+    """click's usage errors ("Usage: ...", "Try ...", "Error: ...") are one line, as every
+    other c3fs error, with the command whose --help says more; exit 2."""
+    for argv, said, help_of in (
+            (["push", ".", "--dataset", "x"], "no such option '--dataset'", "c3fs push"),
+            (["ls", "/jobs/", "--limit", "0"], "invalid value for '--limit'", "c3fs ls"),
+            (["rm"], "missing argument 'JOBS...'", "c3fs rm"),
+            (["nosuchcmd"], "no such command 'nosuchcmd'", "c3fs")):
+        result = run_cli(argv)
+        line = result.assert_one_line_error()
+        assert result.code == 2 and said in line and line.endswith(f"({help_of} --help)"), line
