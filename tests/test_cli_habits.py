@@ -149,6 +149,30 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(run_cli, pushed, tmp_p
     assert err == b""
 
 
+def test_a_command_started_with_stdout_closed_writes_nothing_into_its_files(
+        run_cli, tmp_path: Path) -> None:
+    """`c3fs push DIR >&- 2>&-`, then `c3fs ls >&-`: no traceback (sys.stdout was None), and
+    nothing printed lands in a file the command opened in the closed stream's place (the
+    store verifies, the listing's exit is 0)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(300_000))
+
+    def closed(*fds: int):
+        return lambda: [os.close(fd) for fd in fds]
+
+    push = subprocess.run([str(C3FS_BIN), "push", str(src), "-p", "p", "-j", "j1", "-v"],
+                          preexec_fn=closed(1, 2), check=False)
+    assert push.returncode == 0
+    listing = subprocess.run([str(C3FS_BIN), "ls", "-l", "/jobs/j1"], preexec_fn=closed(1),
+                             stderr=subprocess.PIPE, check=False)
+    assert listing.returncode == 0 and listing.stderr == b"", listing.stderr
+    run_cli(["verify"]).ok()
+    out = tmp_path / "out"
+    run_cli(["cp", "-r", "/jobs/j1", str(out)]).ok()
+    assert (out / "f").read_bytes() == (src / "f").read_bytes()
+
+
 def test_rich_output_to_a_gone_reader_ends_as_the_rest(monkeypatch) -> None:
     from c3fs_cli import output
 
