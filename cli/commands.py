@@ -48,8 +48,8 @@ def show(name: bytes) -> str:
               help="Project the job belongs to (default: `project` of the c3fs config, C3FS_PROJECT).")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the job record as JSON (with `changed`: files that changed while read, "
-                   "if any).")
+              help="Print the job record as JSON (with `changed`, if any: a {path} for each "
+                   "file that changed while read).")
 @pass_ctx
 def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_json: bool) -> None:
     """Store DIRECTORY as a finished job's artifacts.
@@ -82,8 +82,8 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
                   f"{output.human(record.logical_bytes)} read, "
                   f"{output.human(record.stored_delta)} stored", started, record.logical_bytes)
     if as_json:  # (`changed` only when there are: else the record as `ls --json` shows it)
-        output.print_json({**msgspec.to_builtins(record), "changed": changed} if changed
-                          else record)
+        output.print_json({**msgspec.to_builtins(record), "changed": [
+            json_name("path", os.fsencode(path)) for path in changed]} if changed else record)
         return
     output.out.print(record.id)
     output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "

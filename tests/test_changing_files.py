@@ -154,7 +154,7 @@ def test_a_file_that_keeps_changing_is_stored_as_read_and_named(
     result, record = push(run_cli, src, "job_torn")
     assert racing.rewrites == {LARGE: 3, SMALL: 3}
     paths = sorted(str(src / name) for name in (LARGE, SMALL))
-    assert sorted(record["changed"]) == paths
+    assert sorted(c["path"] for c in record["changed"]) == paths
     warnings = [line for line in result.err_lines if line.startswith("c3fs: warning: ")]
     assert "\x1b" not in result.err
     assert sorted(warnings) == sorted(
@@ -202,5 +202,40 @@ def test_an_unchanging_push_reads_each_file_once(run_cli, src: Path, tmp_path: P
     # READ_BLOCK at a time, then the read that finds the end
     assert racing.reads[LARGE] == -(-len(large_version(0)) // ingest.READ_BLOCK) + 1
     back = copied(run_cli, "job_still", tmp_path)
+    assert (back / LARGE).read_bytes() == large_version(0)
+    assert (back / SMALL).read_bytes() == small_version(0)
+
+
+class Mover(Racer):
+    """Removes the large file, and moves the small one to another directory, right after
+    the first read of each (a rotated checkpoint, a temp file renamed into place)."""
+
+    def after_read(self, fd: int, first: bool) -> None:
+        name = self.name_of(fd)
+        if name is None:
+            return
+        self.reads[name] += 1
+        if first and not self.rewrites[name]:
+            self.rewrites[name] += 1
+            if name == LARGE:
+                os.unlink(self.src / name)
+            else:
+                os.rename(self.src / name, self.src.parent / "moved")
+
+
+@pytest.mark.logs("changed while it was read")
+def test_a_file_removed_or_renamed_while_read_is_stored_as_read(
+        run_cli, src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its read was whole (the open file outlives its name), but its ctime moved: read
+    again, the name no longer opens it, so the read made stands, named in a warning. The
+    push goes on (exit 0), as before the check existed: it failed, 'No such file'."""
+    moving = Mover(src, {LARGE: large_version, SMALL: small_version}, lambda name, done: False)
+    moving.install(monkeypatch)
+    result, record = push(run_cli, src, "job_moved")
+    assert moving.rewrites == {LARGE: 1, SMALL: 1}
+    assert sorted(c["path"] for c in record["changed"]) == sorted(str(src / n)
+                                                                  for n in (LARGE, SMALL))
+    assert result.err.count("changed while it was read (2 attempts): stored as read") == 2
+    back = copied(run_cli, "job_moved", tmp_path)
     assert (back / LARGE).read_bytes() == large_version(0)
     assert (back / SMALL).read_bytes() == small_version(0)

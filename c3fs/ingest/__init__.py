@@ -76,10 +76,11 @@ class IngestStats:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
-    def add_changed(self, path: str) -> None:
-        """`path` changed at each of its READ_ATTEMPTS reads: stored as last read, and said so."""
+    def add_changed(self, path: str, attempts: int = READ_ATTEMPTS) -> None:
+        """`path` changed at each of its `attempts` reads (the last one: its name no longer
+        opened it, renamed or removed since): stored as last read, and said so."""
         log.warning("%s changed while it was read (%d attempts): stored as read", path,
-                    READ_ATTEMPTS)
+                    attempts)
         with self._lock:
             self.changed.append(path)
 
@@ -291,12 +292,15 @@ def _kept(st: os.stat_result) -> _Stat:
     return _Stat(st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
 
 
-def _unchanged(before: _Stat, after: _Stat, read: int) -> bool:
+def _unchanged(before: _Stat, after: os.stat_result, read: int) -> bool:
     """Whether a read of `read` bytes of a file, between its stats `before` and `after`, saw
-    one state of it: the same inode, size, mtime and ctime (a write, a truncation or a chmod
-    moves ctime), and as many bytes as its size. (Timestamps move at the kernel's clock
-    tick: a write within the tick of the stat before it shows only in the size.)"""
-    return before == after and read == after.st_size
+    one state of it: the same inode, size, mtime and ctime (a write, a truncation, a chmod
+    or an mtime set back, as `rsync --inplace` does, move ctime), and as many bytes as its
+    size. (Timestamps move at the kernel's clock tick: a write within the tick of the stat
+    before it shows only in the size.) Fields compared, no tuple made: it runs per file."""
+    return (read == after.st_size == before.st_size and after.st_mtime_ns == before.st_mtime_ns
+            and after.st_ctime_ns == before.st_ctime_ns and after.st_ino == before.st_ino
+            and after.st_mode == before.st_mode)
 
 
 class _Read(NamedTuple):
@@ -700,19 +704,27 @@ class Ingester:
         """The content of a file smaller than one chunk (None if it grew to a chunk) and its
         stat as read; reads and closes `fd` (from `_open_small`), or opens `name` if that
         failed. A file that changed while it was read is opened and read again, up to
-        READ_ATTEMPTS reads in all. The walk's stat `st` is the first read's before: one
-        fstat a file, after its read."""
+        READ_ATTEMPTS reads in all; one whose name no longer opens it (renamed, removed) is
+        stored as last read. The walk's stat `st` is the first read's before: one fstat a
+        file, after its read."""
         before: _Stat | None = st
-        for _ in range(READ_ATTEMPTS):
-            data, before, after = self._read_small_once(dir_fd, name, fd, before, where)
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                got, before, after = self._read_small_once(dir_fd, name, fd, before, where)
+            except SourceError:
+                if not attempt:
+                    raise
+                break  # renamed, removed or made unreadable since: the last read stands
+            data = got
             if data is None or _unchanged(before, after, len(data)):
-                return data, after
+                return data, before  # (the same state as after: no stat made of it)
+            kept = _kept(after)
             fd = before = None
-        self.stats.add_changed(where.display(name))
-        return data, after
+        self.stats.add_changed(where.display(name), attempt + 1)
+        return data, kept
 
     def _read_small_once(self, dir_fd: int, name: bytes, fd: int | None, before: _Stat | None,
-                         where: _Open) -> tuple[bytes | None, _Stat, _Stat]:
+                         where: _Open) -> tuple[bytes | None, _Stat, os.stat_result]:
         """One read of `_read_small`: (content or None, stat before, stat after); `before`
         is taken from the opened file when not given."""
         limit = self.config.chunk_min
@@ -728,7 +740,7 @@ class Ingester:
                     if not more:
                         break
                     data += more
-                after = _kept(os.fstat(fd))
+                after = os.fstat(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -737,13 +749,22 @@ class Ingester:
 
     def _file_entry(self, dir_fd: int, name: bytes, where: _Open) -> Entry:
         """Store a file cut into chunks. One that changed while it was read is read again,
-        up to READ_ATTEMPTS times in all (the chunks of a torn read stay unreferenced)."""
-        for _ in range(READ_ATTEMPTS):
-            read = self._read_file(dir_fd, name, where)
+        up to READ_ATTEMPTS times in all (the chunks of a torn read stay unreferenced); one
+        whose name no longer opens it (renamed, removed) is stored as last read."""
+        read: _Read | None = None
+        attempts = 0
+        while attempts < READ_ATTEMPTS:
+            attempts += 1
+            try:
+                read = self._read_file(dir_fd, name, where)
+            except SourceError:
+                if read is None:
+                    raise
+                break  # renamed, removed or made unreadable since: the last read stands
             if read.unchanged:
                 break
-        else:
-            self.stats.add_changed(where.display(name))
+        if not read.unchanged:
+            self.stats.add_changed(where.display(name), attempts)
         total = sum(read.sizes)
         if log.isEnabledFor(logging.INFO):  # -v: one line a file
             log.info("stored %s (%s, %d chunks)", where.display(name), human(total),
@@ -769,11 +790,11 @@ class Ingester:
                 for chunk_id, size in self._store_chunks(f, before.st_size, whole, holes):
                     ids.append(chunk_id)
                     sizes.append(size)
-                after = _kept(os.fstat(f.fileno()))
+                after = os.fstat(f.fileno())
         except OSError as exc:
             raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
-        return _Read(b"".join(ids), sizes, whole.digest(), after,
-                     _unchanged(_kept(before), after, sum(sizes)))
+        return _Read(b"".join(ids), sizes, whole.digest(), _kept(after),
+                     _unchanged(before, after, sum(sizes)))
 
     def _store_chunks(self, f, size_hint: int, whole, sparse: bool) -> Iterator[tuple[bytes, int]]:
         """Cut `f` into chunks and store them; yield (chunk id, size) in file order. `whole`
