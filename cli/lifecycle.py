@@ -81,18 +81,26 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
 
 
 def finish_run(record, code: int, as_json: bool) -> None:
-    """Say how a run ended (the record, or its id) and exit with the job's code."""
-    if record is not None:
-        status = record.status + (f" ({record.reason})" if record.reason else "")
-        output.note(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
-                         f"{output.human(record.logical_bytes)} logical, "
-                         f"{output.human(record.stored_delta)} newly stored")
-        if as_json:
-            output.print_json(record)
-        else:
-            output.out.print(record.id)
-    elif as_json:
-        output.print_json(None)  # the job could not be recorded (the errors say why)
+    """Say how a run ended (the record, or its id) and exit with the job's code, also when
+    stdout's reader left (`c3fs run ... | head`): not 141, which scripts take for a
+    harmless SIGPIPE, for a job that failed."""
+    from .main import drop_stdout
+
+    try:
+        if record is not None:
+            status = record.status + (f" ({record.reason})" if record.reason else "")
+            output.note(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
+                        f"{output.human(record.logical_bytes)} logical, "
+                        f"{output.human(record.stored_delta)} newly stored")
+            if as_json:
+                output.print_json(record)
+            else:
+                output.out.print(record.id)
+        elif as_json:
+            output.print_json(None)  # the job could not be recorded (the errors say why)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        drop_stdout()
     sys.exit(code)
 
 

@@ -281,7 +281,7 @@ def _exit_now(code: object) -> None:
     os._exit(code or 0)
 
 
-def _drop_stdout() -> None:
+def drop_stdout() -> None:
     """Point stdout at /dev/null: what is still buffered for a reader that went away is
     dropped at exit, not reported as another BrokenPipeError."""
     try:
@@ -312,7 +312,7 @@ def _run(argv: list[str] | None) -> None:
         output.err.print("c3fs: interrupted", markup=False)
         sys.exit(130)
     except (BrokenPipeError, ReaderGone):  # stdout's reader is gone: end quietly, as cat(1)
-        _drop_stdout()
+        drop_stdout()
         sys.exit(READER_GONE)
     if _command:
         preload.record(_command)  # the files this command loaded, read ahead next time

@@ -173,6 +173,24 @@ def test_a_command_started_with_stdout_closed_writes_nothing_into_its_files(
     assert (out / "f").read_bytes() == (src / "f").read_bytes()
 
 
+@pytest.mark.parametrize("job_code", [0, 3])
+def test_run_into_a_pipe_its_reader_leaves_exits_with_the_jobs_code(
+        run_cli, tmp_path: Path, job_code: int) -> None:
+    """`c3fs run -- CMD | head -n1`: the job's code (README: run exits with it), not 141,
+    which a script takes for a harmless SIGPIPE, for a job that failed."""
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen(
+        [str(C3FS_BIN), "run", "-p", "p", "-C", str(work), "--", "sh", "-c",
+         f"yes | head -n 200000; exit {job_code}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == job_code, err
+    assert b"Traceback" not in err
+
+
 def test_rich_output_to_a_gone_reader_ends_as_the_rest(monkeypatch) -> None:
     from c3fs_cli import output
 
