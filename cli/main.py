@@ -290,6 +290,19 @@ def drop_stdout() -> None:
         pass
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reader has left (poll says POLLERR), or
+    cannot be told (no file descriptor: tests capture stdout in memory)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
 def _run(argv: list[str] | None) -> None:
     try:
         app.main(args=argv, prog_name="c3fs", standalone_mode=False)
@@ -311,8 +324,12 @@ def _run(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         output.err.print("c3fs: interrupted", markup=False)
         sys.exit(130)
-    except (BrokenPipeError, ReaderGone):  # stdout's reader is gone: end quietly, as cat(1)
-        drop_stdout()
+    except (BrokenPipeError, ReaderGone):
+        if not _stdout_gone():  # another pipe or socket: an error like any other
+            output.err.print("c3fs: error: broken pipe (a reader other than stdout's left)",
+                             markup=False, highlight=False)
+            sys.exit(1)
+        drop_stdout()  # stdout's reader is gone: end quietly, as cat(1)
         sys.exit(READER_GONE)
     if _command:
         preload.record(_command)  # the files this command loaded, read ahead next time

@@ -191,6 +191,19 @@ def test_run_into_a_pipe_its_reader_leaves_exits_with_the_jobs_code(
     assert b"Traceback" not in err
 
 
+def test_only_stdouts_own_reader_gone_is_quiet(monkeypatch) -> None:
+    """A broken pipe is exit 141, no message, only when stdout's reader left; stdout still
+    read, it is an error (another pipe or socket of the command's)."""
+    from c3fs_cli import main
+
+    read_end, write_end = os.pipe()
+    with open(write_end, "w") as stdout:
+        monkeypatch.setattr("sys.stdout", stdout)
+        assert not main._stdout_gone()
+        os.close(read_end)
+        assert main._stdout_gone()
+
+
 def test_rich_output_to_a_gone_reader_ends_as_the_rest(monkeypatch) -> None:
     from c3fs_cli import output
 
