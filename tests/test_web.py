@@ -197,6 +197,25 @@ def test_hostile_names_are_escaped_and_still_served(client: TestClient) -> None:
     assert client.get(raw(HOSTILE_IMG_NAME, TRAIN).replace(TRAIN, f"{TRAIN}/plots")).status_code == 200
 
 
+def test_a_name_holding_a_newline_is_browsed_and_served(repo, tmp_path: Path) -> None:
+    """A file, and a folder with what is below it, whose names hold a newline: the links
+    the pages make lead to them (not a bare 404)."""
+    from c3fs.jobs.push import push_dir
+
+    src = tmp_path / "nl"
+    (src / "d\nir").mkdir(parents=True)
+    (src / "d\nir" / "in.txt").write_bytes(b"inside")
+    (src / "new\nline.txt").write_bytes(b"newline name")
+    push_dir(repo, src, "p", "job_nl")
+    client = TestClient(make_app(repo))
+    assert client.get(raw("new\nline.txt", "job_nl")).content == b"newline name"
+    folder = client.get("/browse/jobs/job_nl/" + q("d\nir") + "/")
+    assert folder.status_code == 200 and "in.txt" in folder.text
+    assert client.get(raw("d\nir/in.txt", "job_nl")).content == b"inside"
+    job = client.get("/browse/jobs/job_nl/").text
+    assert q("new\nline.txt") in job  # the page's own link
+
+
 def test_hostile_svg_and_html_are_never_rendered_as_markup(client: TestClient) -> None:
     for name, body in (("evil.svg", EVIL_SVG), ("report.html", EVIL_HTML)):
         download = client.get(raw(name))

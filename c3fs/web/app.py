@@ -21,6 +21,7 @@ import blake3
 import jinja2
 from markupsafe import Markup
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -58,12 +59,28 @@ EAGER = 24  # thumbnails loaded at once; later ones when scrolled to
 LOG_LINES = 50  # the last lines of each log shown on a job's page
 
 
+class _AnyPath(Convertor):
+    """starlette's `path`, newlines included: its `.*` stops at one, so a file or folder
+    whose name holds one (and all below it) was a bare 404."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anypath", _AnyPath())
+
+
 def make_app(repo: Repo, token: str | None = None) -> Guard:
     """The ASGI app over `repo`, wrapped in the guard (GET/HEAD only, token, headers)."""
     site = Site(repo)
     routes = [
         Route("/", site.home), Route("/jobs", site.jobs), Route("/datasets", site.datasets),
-        Route("/browse/{path:path}", site.browse), Route("/raw/{path:path}", site.raw),
+        Route("/browse/{path:anypath}", site.browse), Route("/raw/{path:anypath}", site.raw),
         Route("/lineage/{kind}/{name}", site.lineage), Route("/balance", site.balance),
         Route("/logs/{kind}/{name}/{stream}", site.log),
         Mount("/static", StaticFiles(packages=[("c3fs.web", "static")]), name="static"),
