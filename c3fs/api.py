@@ -289,9 +289,11 @@ class Store:
         parent = vfs.resolve(b"/" + b"/".join(parts[:-1]))
         return vfs.lookup(parent, parts[-1])
 
-    def info(self, path: str) -> Info:
-        """The entry at `path` (a link is described, not followed). NotFound if none."""
-        return _info(_join(split_path(path)), self._lstat(path))
+    def info(self, path: str, follow: bool = False) -> Info:
+        """The entry at `path` (a link is described, not followed; with `follow`, what it
+        leads to, under `path`'s name). NotFound if none."""
+        node = self._resolve(path) if follow else self._lstat(path)
+        return _info(_join(split_path(path)), node)
 
     @overload
     def ls(self, path: str = "/", detail: Literal[False] = False) -> list[str]: ...

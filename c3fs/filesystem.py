@@ -79,9 +79,17 @@ class C3fsFileSystem(AbstractFileSystem):
         return [_entry(i) for i in infos] if detail else [i.path for i in infos]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """As fsspec's local filesystem: a link (`latest`, a tag) is described by what it
+        leads to, with `islink` and `destination` (so `isdir` of a job's `latest` is true
+        and pandas / pyarrow read it as the job's folder); one that leads nowhere, as a link."""
         path = self._strip_protocol(path)
         with _os_errors(path):
-            return _entry(self.store.info(path))
+            info = self.store.info(path)
+            if info.target is not None:
+                with contextlib.suppress(NotFound, NotADirectory):
+                    return {**_entry(self.store.info(path, follow=True)), "islink": True,
+                            "destination": info.target}
+            return _entry(info)
 
     def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False,
              detail: bool = False, **kwargs: Any) -> Any:

@@ -84,7 +84,10 @@ def test_ls_info_find_glob(fs: C3fsFileSystem) -> None:
     info = fs.info("c3fs:///jobs/job_f/m.csv")
     assert (info["name"], info["type"], info["size"], info["mode"]) == (
         "/jobs/job_f/m.csv", "file", len(CSV), 0o644)
-    assert fs.info("/projects/vision/jobs/latest")["type"] == "link"
+    latest = fs.info("/projects/vision/jobs/latest")  # followed, as fsspec's local fs does
+    assert (latest["type"], latest["islink"], latest["destination"]) == (
+        "directory", True, "job_f")
+    assert fs.isdir("/projects/vision/jobs/latest") and not fs.isfile("/projects/vision/jobs/latest")
     assert fs.isdir("/jobs/job_f/table") and fs.isfile("/jobs/job_f/m.csv")
     assert not fs.exists("/jobs/job_nope") and fs.exists("/jobs/job_f")
     assert fs.find("/jobs/job_f/table") == [f"/jobs/job_f/table/part-{i}.parquet" for i in range(3)]
@@ -164,6 +167,10 @@ def test_pyarrow_reads_a_dataset_through_c3fs(fs: C3fsFileSystem) -> None:
     assert table.column("step").to_pylist() == list(range(20, 30))
     dataset = ds.dataset("/jobs/job_f/table", filesystem=fs, format="parquet")
     assert sorted(dataset.files) == [f"/jobs/job_f/table/part-{i}.parquet" for i in range(3)]
+    latest = ds.dataset("/projects/vision/jobs/latest/table", filesystem=fs, format="parquet")
+    assert latest.to_table().num_rows == 30  # through the link
+    assert len(pd.read_parquet("c3fs:///projects/vision/jobs/latest/table",
+                               storage_options={"store": fs.store})) == 30
     whole = dataset.to_table()
     assert whole.num_rows == 30 and sorted(whole.column("step").to_pylist()) == list(range(30))
     filtered = dataset.to_table(filter=ds.field("step") >= 25)
