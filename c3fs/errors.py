@@ -123,9 +123,12 @@ class BlobCorrupt(BlobError):
 
 class BlobUnavailable(BlobError):
     """The store did not answer for the pack holding the blob (after its retries): the blob
-    may well be there, so nothing is repaired, and a copy stops rather than leaving it out."""
+    may well be there, so nothing is repaired, and a copy stops rather than leaving it out.
+    Exit 5, the store's, not 6: nothing is known to be damaged (a script must not take an
+    outage for damage)."""
 
     state = "unavailable"
+    exit_code = 5
 
 
 class SourceError(C3fsError):

@@ -166,7 +166,7 @@ EXIT_CODES = (
     (2, "usage: bad option, argument, id or config file"),
     (3, "not found: no such job, path or source file"),
     (4, "exists or refused: a taken id, a destination that refused the write"),
-    (5, "store: unreachable, denied, wrong format version"),
+    (5, "store: unreachable (also mid-copy: run it again), denied, wrong format version"),
     (6, "damaged or missing data (verify, cp -r, pull finish the rest first)"),
     (7, "locked: gc or a push holds the store"),
     (8, "mount: FUSE failed, or a pin (--expect, digest:) did not match"),

@@ -862,3 +862,35 @@ def test_a_copy_with_small_and_big_files_keeps_a_core_for_the_small_files(
     assert len(seen) >= 10  # big.bin's parts
     assert sum(1 for _, smalls in seen if smalls) >= 3, seen
     assert all(running == 1 for running, smalls in seen if smalls), seen
+
+
+def test_a_store_that_stops_answering_stops_the_copy_with_the_stores_exit_code(
+        run_cli, store_env, tmp_path: Path, monkeypatch) -> None:
+    """Not exit 6 (damage) for an outage: 5, the store's, saying how far the copy got and
+    that a re-run goes on from there; the re-run, the store back, completes the copy."""
+    from c3fs.store.backend import BackendError
+    from c3fs.store.store import Store
+
+    src = tmp_path / "src"
+    for i in range(40):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        trees.write_file(src / f"d{i % 4}" / f"f{i:02d}.bin", trees.rand_bytes(300_000, i))
+    run_cli(["push", str(src), "-p", "p", "-j", "j1"]).ok()
+    real_read, reads = Store.read, []
+
+    def failing(self, *args, **kwargs):
+        reads.append(1)
+        if len(reads) > 5:
+            raise BackendError("no answer from the store within 6 s")
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "read", failing)
+    monkeypatch.setenv("C3FS_CACHE_DIR", str(tmp_path / "other-cache"))  # nothing cached
+    stopped = run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "out")])
+    line = stopped.assert_one_line_error()
+    assert stopped.code == 5 and "unavailable" in line and "the copy stopped after" in line, line
+    assert "run it again" in line
+    monkeypatch.setattr(Store, "read", real_read)
+    run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "out")]).ok()
+    assert trees.diff(trees.as_copied(trees.snapshot(src)),
+                      trees.snapshot(tmp_path / "out")) == []

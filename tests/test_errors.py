@@ -45,5 +45,5 @@ def test_an_error_of_another_module_comes_back_as_its_nearest_kind() -> None:
 
 def test_blob_errors_say_what_happened() -> None:
     unavailable = BlobUnavailable(b"\2" * 32, "cd" * 32, "connection refused")
-    assert isinstance(unavailable, DataError) and unavailable.exit_code == 6
+    assert isinstance(unavailable, DataError) and unavailable.exit_code == 5  # the store's
     assert str(unavailable) == f"blob {'02' * 32} is unavailable in pack {'cd' * 32}: connection refused"

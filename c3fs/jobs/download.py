@@ -213,6 +213,12 @@ class Copier:
         self._tree = node.kind == DIR
         try:
             self._copy_all(node, target, found)
+        except BlobUnavailable as exc:
+            if self._tree:  # say how far the copy got, and that a re-run goes on from there
+                exc.args = (f"{exc.args[0]}; the copy stopped after "
+                            f"{count(self.stats.files, 'file')}: run it again once the store "
+                            "answers (it fetches only what is missing)",)
+            raise
         finally:
             self.stats.reused = self._reuse.close()
             if self._proc_fds is not None:
