@@ -567,9 +567,15 @@ def test_a_pull_of_the_same_root_again_trusts_sizes_and_mtimes(repo, tmp_path: P
     assert (target / "big.bin").read_bytes() == (tmp_path / "src" / "big.bin").read_bytes()
 
 
-def test_a_pull_to_another_destination_compares_what_is_there(repo, tmp_path: Path) -> None:
+def test_a_pull_to_another_destination_compares_what_is_there(repo, tmp_path: Path,
+                                                               monkeypatch) -> None:
     """The mark names this root but another destination: what `target` holds (here a copy
-    made by hand of other bytes, same size and mtime) is not known to be this job's."""
+    made by hand of other bytes, same size and mtime) is not known to be this job's. The
+    comparison runs in a worker: a big file read to compare holds up no other file."""
+    threads: list[str] = []
+    real_same = download._same_content
+    monkeypatch.setattr(download, "_same_content", lambda path, node: threads.append(
+        threading.current_thread().name) or real_same(path, node))
     src = tmp_path / "src"
     src.mkdir()
     trees.write_file(src / "a", b"new!", mtime_ns=MTIME)
@@ -580,6 +586,7 @@ def test_a_pull_to_another_destination_compares_what_is_there(repo, tmp_path: Pa
     [pulled] = pull(repo, ["j2"], str(tmp_path / "second"))
     assert (pulled.stats.files, pulled.stats.skipped) == (1, 0)
     assert (tmp_path / "second" / "j2" / "a").read_bytes() == b"new!"
+    assert len(threads) == 1 and threads[0].startswith("c3fs-cp_"), threads
     [pulled] = pull(repo, ["j2"], str(tmp_path / "second"))  # marked there now: trusted
     assert (pulled.stats.files, pulled.stats.skipped) == (0, 1)
 

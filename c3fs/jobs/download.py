@@ -305,11 +305,12 @@ class Copier:
             if found is not None and _is_special(found):
                 futures.append(self._bigs.submit(self._write_into, node, path))  # may block
                 return
-            if found is not None and _unchanged(found, node) and (
-                    not self.check_content or _same_content(path, node)):
-                self.stats.skipped += 1
-                log.info("unchanged %s", node.display)
-                self.progress(node.size)
+            if found is not None and _unchanged(found, node):
+                if self.check_content:  # read and hashed in a worker, not on this walk
+                    futures.append(self._bigs.submit(self._compare_or_write, node, path,
+                                                     found))
+                    return
+                self._skipped(node)
                 return
             if found is not None and _write_in_place(found):
                 self._in_place.add(path)
@@ -319,6 +320,23 @@ class Copier:
             self._small.append((node, path))
             if len(self._small) >= SMALL_BATCH:
                 self._flush_small(futures)
+
+    def _skipped(self, node: Node) -> None:
+        with self._stats_lock:
+            self.stats.skipped += 1
+        log.info("unchanged %s", node.display)
+        self.progress(node.size)
+
+    def _compare_or_write(self, node: Node, path: bytes, found: os.stat_result) -> None:
+        """A file with the node's size and mtime where another job's may be (`check_content`):
+        left as it is if its bytes are the node's, else written (whole, by this worker: a
+        re-created job's changed file is rare)."""
+        if _same_content(path, node):
+            self._skipped(node)
+            return
+        if _write_in_place(found):
+            self._in_place.add(path)
+        self._write_file(node, path)
 
     def _flush_small(self, futures) -> None:
         """Small files go in batches to one thread of their own: one task, one hand-off, for
