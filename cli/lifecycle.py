@@ -386,7 +386,7 @@ def config_show(ctx: Ctx, as_json: bool, local: bool) -> None:
     problems = []
     store = settings.get("store").value or ""
     if store.startswith("s3://"):
-        rows.append(_credentials_row(problems))
+        rows.append(_credentials_row(problems, rows))
     if not local:
         rows.extend(_store_rows(ctx, problems))
     if as_json:
@@ -400,16 +400,25 @@ def config_show(ctx: Ctx, as_json: bool, local: bool) -> None:
         raise problems[0]
 
 
-def _credentials_row(problems: list) -> dict:
-    """Where an s3:// store's credentials come from; never the keys."""
+def _credentials_row(problems: list, rows: list[dict]) -> dict:
+    """Where an s3:// store's credentials come from; never the keys. The endpoint and
+    region `rows` leave unset are filled in as requests find them (an AWS profile's
+    `endpoint_url` and `region`, else AWS's)."""
     from c3fs.errors import C3fsError
-    from c3fs.store.aws import resolve
+    from c3fs.store.aws import DEFAULT_REGION, resolve
 
     try:
         found = resolve()
     except C3fsError as exc:
         problems.append(exc)
         return {"key": "credentials", "value": None, "source": f"error: {exc}"}
+    for row in rows:
+        if row["value"] is not None or row["key"] not in ("endpoint", "region"):
+            continue
+        if row["key"] in found.found_in:
+            row.update(value=getattr(found, row["key"]), source=found.found_in[row["key"]])
+        elif row["key"] == "region":
+            row.update(value=DEFAULT_REGION, source="default (AWS's)")
     key_id = (found.credentials or {}).get("access_key_id")
     shown = f"{key_id[:4]}...{key_id[-4:]}" if key_id and len(key_id) > 12 else None
     return {"key": "credentials", "value": shown, "source": found.source}

@@ -262,3 +262,26 @@ def test_a_bad_config_file_is_one_line_naming_file_and_line(run_cli, tmp_path: P
     assert result.code == 2, result.err
     assert result.err.count("\n") == 1 and words in result.err
     assert f"c3fs: error: {config}:{line}: " in result.err
+
+
+def test_config_show_names_the_endpoint_and_region_an_aws_profile_gives(tmp_path: Path) -> None:
+    """Where requests go, when an AWS profile says it (`endpoint_url`, `region`), not
+    "- default"; a profile without them: AWS's region, said to be the default."""
+    env = aws_home(tmp_path, "AKIAEXAMPLEEXAMPLE01", "secret-not-shown")
+    config, credentials = Path(env["AWS_CONFIG_FILE"]), Path(env["AWS_SHARED_CREDENTIALS_FILE"])
+    config.write_text(config.read_text() + "\n[profile site]\nregion = eu-west-3\n"
+                      "endpoint_url = http://127.0.0.1:9/\n\n[profile bare]\n")
+    credentials.write_text(credentials.read_text() + "".join(
+        f"\n[{name}]\naws_access_key_id = AKIAEXAMPLEEXAMPLE02\naws_secret_access_key = s\n"
+        for name in ("site", "bare")))
+    for profile, endpoint, region, source in (
+            ("site", "http://127.0.0.1:9/", "eu-west-3", "AWS profile 'site' (from env AWS_PROFILE)"),
+            ("bare", None, "us-east-1", "default (AWS's)")):
+        shown = c3fs(dict(env, AWS_PROFILE=profile), "config", "show", "--store", "s3://b/c3",
+                     "--local", "--json")
+        assert shown.returncode == 0, shown.stderr
+        rows = {r["key"]: r for r in json.loads(shown.stdout)["settings"]}
+        assert (rows["endpoint"]["value"], rows["region"]["value"]) == (endpoint, region)
+        assert rows["region"]["source"] == source
+        if endpoint:
+            assert rows["endpoint"]["source"] == source

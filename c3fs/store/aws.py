@@ -44,6 +44,7 @@ class AwsSettings:
     credentials: dict[str, str] | None  # static keys, or None with `provider`
     provider: Any = None  # a callable for obstore's credential_provider
     source: str = ""  # where the credentials come from, for messages (never a secret)
+    found_in: dict[str, str] = field(default_factory=dict)  # endpoint/region: what profile
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def all_secrets(self) -> tuple[str, ...]:
@@ -82,8 +83,12 @@ def _from_botocore(profile: settings.Setting, endpoint: str | None,
         session = botocore.session.Session(profile=name)
         scoped = session.get_scoped_config()
         credentials = session.get_credentials()
-        region = region or session.get_config_variable("region") or DEFAULT_REGION
-        endpoint = endpoint or scoped.get("endpoint_url")
+        found_in = {}
+        if not region and (region := session.get_config_variable("region")):
+            found_in["region"] = where
+        if not endpoint and (endpoint := scoped.get("endpoint_url")):
+            found_in["endpoint"] = where
+        region = region or DEFAULT_REGION
     except botocore.exceptions.ProfileNotFound:
         raise StoreError(f"no AWS profile {name!r} (from {origin}) in "
                          f"{_config_files()}") from None
@@ -98,7 +103,8 @@ def _from_botocore(profile: settings.Setting, endpoint: str | None,
     method = getattr(credentials, "method", "") or "unknown"
     source = f"{where}, {method}"
     log.debug("S3 credentials from %s", source)
-    return AwsSettings(endpoint, region, None, _Provider(credentials, source), source)
+    return AwsSettings(endpoint, region, None, _Provider(credentials, source), source,
+                       found_in=found_in)
 
 
 def _config_files() -> str:
