@@ -66,6 +66,19 @@ def test_invalid_job_id(run_cli, store_env, tmp_path: Path, job_id: str) -> None
     assert refs(store_env) == [] and packs(store_env) == []
 
 
+def test_a_job_cannot_be_named_latest(run_cli, store_env, tmp_path: Path) -> None:
+    """/projects/<p>/jobs/latest is the link to the project's newest job: a job of that name
+    made it a loop (ls: too many levels of links), then was hidden behind it."""
+    src = small_src(tmp_path)
+    for argv in (["push", str(src), "-p", "proj", "-j", "latest"],
+                 ["run", "-p", "proj", "-j", "latest", "-C", str(tmp_path), "--", "true"]):
+        line = run_cli(argv).assert_one_line_error()
+        assert "invalid job id 'latest'" in line, line
+    assert refs(store_env) == []
+    run_cli(["push", str(src), "-p", "proj", "-j", "latest1"]).ok()
+    assert run_cli(["ls", "/projects/proj/jobs/latest"]).code == 0
+
+
 @pytest.mark.parametrize("project", BAD_IDS, ids=repr)
 def test_invalid_project_id(run_cli, store_env, tmp_path: Path, project: str) -> None:
     result = run_cli(["push", str(small_src(tmp_path)), f"--project={project}", "-j", "ok"])

@@ -15,7 +15,7 @@ from c3fs.errors import AlreadyExists, NotFound
 from c3fs.fsutil import human
 from c3fs.index import IndexUnavailable
 from c3fs.ingest import Ingester, IngestStats
-from c3fs.objects.ids import check_name, new_job_id
+from c3fs.objects.ids import check_name, check_new_job_id, new_job_id
 from c3fs.objects.job import DATASET, JOB, SUCCEEDED, JobRecord
 from c3fs.repo import Repo
 from c3fs.store.backend import KeyExists
@@ -89,8 +89,10 @@ def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | No
     """Store `path` and register it as job `job_id` (a fresh id if None) of `project`;
     files that kept changing while read are added to `changed` (see `ingest`)."""
     check_name(project, "project")
-    what = "dataset name" if kind == DATASET else "job id"
-    name = new_job_id() if job_id is None else check_name(job_id, what)  # "" is invalid, not "none"
+    if job_id is None:
+        name = new_job_id()
+    else:  # ("" is invalid, not "none")
+        name = check_name(job_id, "dataset name") if kind == DATASET else check_new_job_id(job_id)
     ensure_free(repo, kind, name)
     started = time.time()
     return ingest(repo, lambda ing: ing.ingest_dir(path),

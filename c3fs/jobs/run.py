@@ -53,7 +53,7 @@ from c3fs.jobs.runstate import (
     fresh_artifacts,
     lock_workdir,
 )
-from c3fs.objects.ids import check_name, new_job_id
+from c3fs.objects.ids import check_name, check_new_job_id, new_job_id
 from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
 from c3fs.repo import Repo
 from c3fs.vfs import Vfs
@@ -93,7 +93,7 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
     """Run the job; return its record (None if it could not be written) and the exit code."""
     _check_timeout(spec.timeout)
     check_name(spec.project, "project")
-    job_id = new_job_id() if spec.job_id is None else check_name(spec.job_id, "job id")
+    job_id = new_job_id() if spec.job_id is None else check_new_job_id(spec.job_id)
     ensure_free(repo, JOB, job_id)
     clean_stale_runs()
     outputs = _without_artifacts(output_dirs(spec.workdir, spec.config.output))

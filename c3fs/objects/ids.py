@@ -28,6 +28,17 @@ def check_name(value: str, what: str = "job id") -> str:
     return value
 
 
+def check_new_job_id(value: str) -> str:
+    """`check_name` of a job id being given to a new job: `latest` too is refused, the name
+    of the link to a project's newest job (a job of that name made the link a loop, and was
+    hidden behind it once another job came)."""
+    check_name(value, "job id")
+    if value == "latest":
+        raise InvalidId("invalid job id 'latest': /projects/<p>/jobs/latest is the link to "
+                        "the project's newest job")
+    return value
+
+
 def is_name(value: str) -> bool:
     """Whether `value` is a valid job, project or dataset name (see `check_name`)."""
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
