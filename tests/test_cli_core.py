@@ -79,6 +79,35 @@ def test_a_job_cannot_be_named_latest(run_cli, store_env, tmp_path: Path) -> Non
     assert run_cli(["ls", "/projects/proj/jobs/latest"]).code == 0
 
 
+def test_a_link_that_cannot_be_read_is_one_line(run_cli, store_env, tmp_path: Path,
+                                                monkeypatch) -> None:
+    """As /proc/<pid>/cwd to root: readlink denied. One line naming it, not a traceback."""
+    src = small_src(tmp_path)
+    os.symlink("elsewhere", src / "ln")
+    real = os.readlink
+
+    def denied(path, *args, **kwargs):
+        if os.fsencode(path) == b"ln":
+            raise PermissionError(13, "Permission denied")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", denied)
+    result = run_cli(["push", str(src), "-p", "proj", "-j", "j1"])
+    line = result.assert_one_line_error()
+    assert result.code == 3 and "ln: cannot read the link: Permission denied" in line, line
+    assert refs(store_env) == []
+
+
+def test_a_push_of_a_directory_holding_the_store_is_refused(run_cli, store_env,
+                                                              tmp_path: Path) -> None:
+    """`c3fs push /` or `push ~` with the store inside: refused before anything is stored."""
+    run_cli(["push", str(small_src(tmp_path)), "-p", "proj", "-j", "j0"]).ok()  # (the store)
+    for top in (tmp_path, store_env.store):
+        line = run_cli(["push", str(top), "-p", "proj", "-j", "j1"]).assert_one_line_error()
+        assert f"the store {store_env.store} is inside {top}" in line, line
+    assert refs(store_env) == ["jobs/j0"]
+
+
 @pytest.mark.parametrize("project", BAD_IDS, ids=repr)
 def test_invalid_project_id(run_cli, store_env, tmp_path: Path, project: str) -> None:
     result = run_cli(["push", str(small_src(tmp_path)), f"--project={project}", "-j", "ok"])

@@ -586,9 +586,13 @@ class Ingester:
                 self._queue(into, self._files.submit(self._file_task, self._dup(into.fd), name,
                                                      into))
         elif stat.S_ISLNK(st.st_mode):
+            try:  # (/proc's links deny even root)
+                target = os.readlink(name, dir_fd=into.fd)
+            except OSError as exc:
+                raise SourceError(f"{into.display(name)}: cannot read the link: "
+                                  f"{exc.strerror}") from None
             self.stats.add(symlinks=1)
-            into.parts.append(Entry(name, LINK, mode, 0, st.st_mtime_ns,
-                                    target=os.readlink(name, dir_fd=into.fd)))
+            into.parts.append(Entry(name, LINK, mode, 0, st.st_mtime_ns, target=target))
         else:
             log.warning("skipping %s: not a regular file, directory or symlink", into.display(name))
             self.stats.skipped.append(into.display(name))

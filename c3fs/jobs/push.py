@@ -83,6 +83,20 @@ def _warn_quota(repo: Repo) -> None:
                     "rejected)", human(used), human(quota))
 
 
+def _check_not_inside(repo: Repo, path: str | os.PathLike) -> None:
+    """A local store inside the pushed directory (`c3fs push /`, `push ~` with the store in
+    ~) would be read into itself while it grows: refused before anything is stored."""
+    from c3fs.errors import UsageError
+    from c3fs.store.backend import LOCAL
+
+    if LOCAL not in repo.store.backend.capabilities:
+        return
+    top, store = os.path.realpath(path), os.path.realpath(repo.store.url)
+    if store == top or store.startswith(top.rstrip("/") + "/"):
+        raise UsageError(f"the store {store} is inside {os.fsdecode(path)}: a push would "
+                         "store the store itself (push a directory that does not hold it)")
+
+
 def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | None = None,
              kind: str = JOB, progress: Callable[[int], None] | None = None,
              changed: list[str] | None = None, **fields) -> JobRecord:
@@ -94,6 +108,7 @@ def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | No
     else:  # ("" is invalid, not "none")
         name = check_name(job_id, "dataset name") if kind == DATASET else check_new_job_id(job_id)
     ensure_free(repo, kind, name)
+    _check_not_inside(repo, path)
     started = time.time()
     return ingest(repo, lambda ing: ing.ingest_dir(path),
                   lambda root, stats: record_for(kind, name, project, root, stats, started,
