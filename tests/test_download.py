@@ -901,3 +901,28 @@ def test_a_store_that_stops_answering_stops_the_copy_with_the_stores_exit_code(
     run_cli(["cp", "-r", "/jobs/j1", str(tmp_path / "out")]).ok()
     assert trees.diff(trees.as_copied(trees.snapshot(src)),
                       trees.snapshot(tmp_path / "out")) == []
+
+
+def test_a_sparse_files_holes_stay_holes_in_its_copy(run_cli, tmp_path: Path) -> None:
+    """A push stores a hole as zeros at almost no cost; `cp -r` and `pull` leave a hole
+    there again (neither fetched nor written), also one at the file's end, and the bytes
+    are the source's. One file in parts (over PART), one written whole (under it)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, size in (("big.sparse", 64 * 1024 * 1024), ("small.sparse", 12 * 1024 * 1024)):
+        with open(src / name, "wb") as f:
+            f.truncate(size)  # holes, then data at a few places (not at the end)
+            for at in (0, size // 3, size // 2):
+                f.seek(at)
+                f.write(trees.rand_bytes(5000, at))
+    run_cli(["push", str(src), "-p", "p", "-j", "sp"]).ok()
+    run_cli(["cp", "-r", "/jobs/sp", str(tmp_path / "cp")]).ok()
+    run_cli(["pull", "sp", "-d", str(tmp_path / "pulled")]).ok()
+    for copy in (tmp_path / "cp", tmp_path / "pulled" / "sp"):
+        for name in ("big.sparse", "small.sparse"):
+            original, copied = src / name, copy / name
+            assert copied.stat().st_size == original.stat().st_size
+            assert copied.read_bytes() == original.read_bytes()
+            # each run of data costs at most the 1 MiB chunks of zeros on either side of it
+            # (only a whole chunk of zeros is a known hole), and its own block
+            assert copied.stat().st_blocks * 512 <= 3 * (2 * 1024 * 1024 + 8192), (copy, name)

@@ -186,6 +186,9 @@ class Copier:
         self._lanes = _Lanes(max(1, len(os.sched_getaffinity(0)) - 1)
                              if not vfs.repo.blobs.remote else workers)
         self._reuse = _Reuse()
+        # a run of zeros as a push cuts a sparse file's holes: `chunk_max` of them (`_hole`)
+        self._zero_size = vfs.repo.store.config.chunk_max
+        self._zero_id = blob_id(bytes(self._zero_size))
         self._tree = False  # copying a directory: damaged data is left out, the rest copied
         self._in_place: set[bytes] = set()  # files written in place (`_write_in_place`)
         self._umask = _umask()
@@ -388,10 +391,18 @@ class Copier:
                 staged = _Staged(path, self._proc_fds, path in self._in_place,
                                  self._creation_mode(node, path))
                 reader = self._open(node, got)
+                holes = False
                 for i in range(len(reader.ids)):
+                    if hole := self._hole(reader, i):
+                        os.lseek(staged.fd, hole, os.SEEK_CUR)
+                        holes = True
+                        self.progress(hole)
+                        continue
                     data = self._chunk(reader, i)
                     _write_all(staged.fd, data)
                     self.progress(len(data))
+                if holes:  # (one at the end: the file is as long as its last write)
+                    os.ftruncate(staged.fd, node.size)
                 staged.commit(self._mode(node), node.mtime_ns)
         except BaseException as exc:  # never a partial file under the real name
             _discard(staged)
@@ -441,6 +452,9 @@ class Copier:
             with self._lanes.big(), _named_errors(big.node, big.path):
                 fd = big.open()
                 for i in range(first, stop) if fd is not None else ():
+                    if hole := self._hole(reader, i):
+                        self.progress(hole)
+                        continue
                     data = self._chunk(reader, i)
                     _pwrite_all(fd, data, reader.starts[i])
                     if big.source:  # written: later files may read this chunk back
@@ -468,6 +482,15 @@ class Copier:
     def _chunk(self, reader: FileReader, i: int) -> bytes:
         return reader.chunk(i)
 
+    def _hole(self, reader: FileReader, i: int) -> int:
+        """The size of chunk `i` if it is a run of zeros as a push cuts a sparse file's
+        holes (`chunk_max` zeros, whose id is known), else 0. Such a chunk is neither
+        fetched nor written: the copy keeps a hole there, so a sparse file pulled takes the
+        disk its data takes (a 1 TiB one took 1 TiB). Its id names its bytes: nothing goes
+        unchecked."""
+        size = reader.starts[i + 1] - reader.starts[i]
+        return size if size == self._zero_size and reader.ids[i] == self._zero_id else 0
+
     def _end_part(self, big: _BigFile) -> None:
         """The last part to end names the file, or drops it if any part failed."""
         if not big.part_done():
@@ -478,6 +501,7 @@ class Copier:
             return
         try:
             with _named_errors(big.node, big.path):
+                os.ftruncate(big.staged.fd, big.node.size)  # a hole at its end is not written
                 big.staged.commit(self._mode(big.node), big.node.mtime_ns)
         except BaseException:
             _discard(big.staged)
