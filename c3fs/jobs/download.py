@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -188,7 +189,7 @@ class Copier:
         self._reuse = _Reuse()
         # a run of zeros as a push cuts a sparse file's holes: `chunk_max` of them (`_hole`)
         self._zero_size = vfs.repo.store.config.chunk_max
-        self._zero_id = blob_id(bytes(self._zero_size))
+        self._zero_id = _zeros_id(self._zero_size)
         self._tree = False  # copying a directory: damaged data is left out, the rest copied
         self._in_place: set[bytes] = set()  # files written in place (`_write_in_place`)
         self._umask = _umask()
@@ -878,6 +879,12 @@ def _make_dir(path: bytes) -> bool:
     if st.st_mode & 0o700 != 0o700:
         os.chmod(path, st.st_mode | 0o700)  # a copy made before may have left it read-only
     return False
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros_id(size: int) -> bytes:
+    """The chunk id of `size` zeros (once a process: a pull makes a Copier for each job)."""
+    return blob_id(bytes(size))
 
 
 def _write_all(fd: int, data: bytes) -> None:
