@@ -536,7 +536,8 @@ def test_upload_error_keeps_the_logs_in_the_working_dir(run_cli, store_env, tmp_
     from c3fs.errors import StoreError
     from c3fs.jobs import run
 
-    assert run_cli(["push", str(tmp_path), "-p", "p", "-j", "first"]).code == 0  # a store
+    (tmp_path / "first").mkdir()
+    assert run_cli(["push", str(tmp_path / "first"), "-p", "p", "-j", "first"]).code == 0  # a store
 
     def broken(*args, **kwargs):
         raise StoreError("injected: the store went away")

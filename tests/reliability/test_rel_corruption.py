@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import pytest
 
 from reliability.relkit import (
@@ -77,8 +78,12 @@ def locate(site: Site) -> tuple[dict[str, DirModel], dict]:
 
 def blob_at(models, where, kind: str, path: str, codec: int | None = None,
             job: str = "job-a") -> bytes:
+    """The first blob of `kind` at `path`, but a chunk of zeros: a copy writes a hole for
+    one of those (its id names its bytes) and never reads it, so its damage breaks no copy
+    (verify still finds it)."""
     for blob_kind, blob_id, blob_path in all_blobs(models[job]):
-        if blob_kind == kind and blob_path == path and (codec is None or where[blob_id].codec == codec):
+        if blob_kind == kind and blob_path == path and (codec is None or where[blob_id].codec == codec) \
+                and blob_id != blake3.blake3(bytes(where[blob_id].plain_len)).digest():
             return blob_id
     raise AssertionError(f"no {kind} at {path}")
 
