@@ -235,6 +235,7 @@ def ref_names(names: tuple[str, ...], dataset: bool = False) -> list[tuple[str, 
     """(kind, name, project) of each argument, once each: a job id (a dataset name with
     --dataset; project None), or the path `ls` shows: /jobs/<id>, /projects/<p>/jobs/<id>,
     /datasets/<name>, ... (project <p> for a /projects/<p>/ path; a trailing / is allowed)."""
+    from c3fs.jobs.tags import bare_id
     from c3fs.objects.job import DATASET, JOB
 
     refs: dict[tuple[str, str, str | None], None] = {}
@@ -246,7 +247,7 @@ def ref_names(names: tuple[str, ...], dataset: bool = False) -> list[tuple[str, 
         if len(parts) == 2 and parts[0] in ("jobs", "datasets"):
             refs[(JOB if parts[0] == "jobs" else DATASET, parts[1], project)] = None
         else:
-            refs[(DATASET if dataset else JOB, name.rstrip("/") or name, None)] = None
+            refs[(DATASET if dataset else JOB, bare_id(name) or name, None)] = None
     return list(refs)
 
 
