@@ -1,5 +1,5 @@
 """c3fs.memo: the single-flight (concurrent callers share one computation) and its errors;
-the LRU under the blob cache's weights."""
+the blob cache (`RandomCache`): its bound, its memory, and a second pass over more than it holds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import pytest
 from memkit import traced_peak
 
-from c3fs.memo import LRU, SingleFlight
+from c3fs.memo import LRU, RandomCache, SingleFlight
 from c3fs.reader import _cached_size
 
 MiB = 1024 * 1024
@@ -83,8 +83,48 @@ def test_the_blob_cache_size_bounds_its_memory_for_small_blobs() -> None:
     limit = 9 * MiB  # ~12,300 entries: a table of 2^16 slots, 5.3 an entry (the most is 6)
     rng = random.Random(7)
     with traced_peak() as traced:
-        cache: LRU[bytes, bytes] = LRU(limit, weigh=_cached_size)
+        cache: RandomCache[bytes, bytes] = RandomCache(limit, _cached_size)
         for _ in range(8 * limit // 770):  # turned over 8 times: the table rebuilt 3 times
             cache.put(rng.randbytes(32), rng.randbytes(rng.randint(50, 400)))
     assert 12_000 < len(cache) < 12_600
     assert traced.peak <= limit
+
+
+def test_random_cache_keeps_its_bound_and_every_value_it_says_it_has() -> None:
+    cache: RandomCache[int, bytes] = RandomCache(1000, len)
+    rng = random.Random(3)
+    kept: dict[int, bytes] = {}
+    for _ in range(5000):
+        key = rng.randrange(300)
+        value = rng.randbytes(rng.randint(1, 120))
+        cache.put(key, value)
+        kept[key] = value
+        assert cache.weight == sum(len(cache.get(k)) for k in range(300) if k in cache) <= 1000
+        assert cache.get(key) == value  # the value just kept is never the one evicted
+    assert all(cache.get(k) == kept[k] for k in range(300) if k in cache)
+    cache.put(1, b"x" * 1001)  # heavier than the whole cache: never kept
+    assert cache.get(1) in (None, kept[1])
+    cache.clear()
+    assert len(cache) == 0 and cache.weight == 0 and cache.get(key) is None
+    cache.put(5, b"abc")
+    assert cache.get(5) == b"abc" and cache.weight == 3
+
+
+@pytest.mark.parametrize("kind", [LRU, RandomCache])
+def test_a_second_pass_over_more_than_the_cache_holds_finds_some_of_it(kind) -> None:
+    """The steps of a checkpoint series, or an epoch over a dataset: 1,250 blobs through a
+    cache of 1,000, twice. The second pass finds a good part of them in `RandomCache`
+    (about two thirds); an LRU, whose every miss evicts the blob wanted next, finds none."""
+    cache = kind(1000 * 100, lambda v: len(v)) if kind is RandomCache else kind(1000 * 100, weigh=len)
+    for key in range(1250):
+        cache.put(key, bytes(100))
+    hits = 0
+    for key in range(1250):
+        if cache.get(key) is not None:
+            hits += 1
+        else:
+            cache.put(key, bytes(100))
+    if kind is LRU:
+        assert hits == 0
+    else:
+        assert hits > 400

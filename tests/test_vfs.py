@@ -119,6 +119,35 @@ def test_read_cached_never_fetches(vfs: Vfs) -> None:
     assert reader.read_cached(0, 100) == b'{"loss": 0.5}\n'
 
 
+def test_the_next_step_of_a_series_finds_its_shared_chunks_cached(
+        store_env, tmp_path: Path) -> None:
+    """Two steps of a checkpoint series (the second the first with one region rewritten),
+    read one after the other through a cache smaller than one step: most of the second's
+    chunks are the first's, and a good part of them are still cached. With an LRU none
+    were: each miss evicted the oldest chunk, the one wanted next."""
+    step = rand_bytes(6 * MiB, 11)
+    src = tmp_path / "series"
+    src.mkdir()
+    write_file(src / "step_0.bin", step)
+    write_file(src / "step_1.bin", step[: 3 * MiB] + rand_bytes(256 * KiB, 12) + step[3 * MiB + 256 * KiB :])
+    repo = Repo.open(str(store_env.store), cache_bytes=5 * MiB)
+    try:
+        push_dir(repo, src, "vision", "job_series")
+        vfs = Vfs(repo)
+        first = vfs.open(vfs.resolve("/jobs/job_series/step_0.bin"), readahead=0)
+        second = vfs.open(vfs.resolve("/jobs/job_series/step_1.bin"), readahead=0)
+        assert first.read(0, len(step)) == step
+        shared = [i for i, c in enumerate(second.ids) if c in set(first.ids)]
+        assert len(shared) > 0.8 * len(second.ids) > 20
+        found = 0
+        for i in range(len(second.ids)):
+            found += i in shared and repo.blobs.peek(second.ids[i]) is not None
+            second.chunk(i)
+        assert found > 0.25 * len(shared)
+    finally:
+        repo.close()
+
+
 def test_the_copiers_hooks(vfs: Vfs, repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     """`reuse` is asked first; `remember=False` leaves fetched chunks out of the LRU."""
     node = vfs.resolve("/jobs/job_a/weights.bin")

@@ -120,7 +120,7 @@ async def _trim_heap() -> None:
     """Give the heap's free pages back to the system when there are many (malloc_trim).
 
     glibc returns only the free memory at the top of its heap by itself; the blob cache's
-    churn (a million small chunks in and out, the LRU's table growing) leaves free chunks
+    churn (a million small chunks in and out, the cache's table growing) leaves free chunks
     all through it: after `cat` of a million small files the daemon held 68 MiB free inside
     its heap (295 MiB anonymous memory after malloc_trim, 358 before)."""
     while True:

@@ -13,7 +13,7 @@ remote store the chunks of the next windows are fetched at once, and near a dire
 those of the directories after it in its parent (`cat */*`: 20 directories of 50 files
 cost 2 serial round trips, not 5 or one per directory).
 
-Reads go through the one read path (`Vfs.open`: a FileReader over the reader's bounded LRU,
+Reads go through the one read path (`Vfs.open`: a FileReader over the reader's bounded cache,
 every chunk verified); a damaged file is skipped and left for its own READ to report. The kernel's page
 cache is reclaimable, so memory stays bounded.
 """

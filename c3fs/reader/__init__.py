@@ -1,7 +1,7 @@
 """Reading blobs and files: the one read path under the mount, `ls`, `cp` and `pull`.
 
-`BlobSource.get` returns the verified plain bytes of a blob. It keeps a bounded LRU of
-decoded blobs (a tree's as an `EncodedTree`: its bytes and where its entries start, one
+`BlobSource.get` returns the verified plain bytes of a blob. It keeps a bounded cache of
+decoded blobs (evicting at random, not the least recently used: `memo.RandomCache`) (a tree's as an `EncodedTree`: its bytes and where its entries start, one
 budget for chunks and trees), merges concurrent requests for the same blob into one fetch, and can
 prefetch blobs in worker threads. `FileReader` serves any byte range of a file by bisecting
 the cumulative chunk offsets computed once at open, and reads ahead when access is sequential.
@@ -29,7 +29,7 @@ from c3fs.errors import (
     UsageError,
 )
 from c3fs.index import Index, IndexDamaged, Location
-from c3fs.memo import LRU, SingleFlight
+from c3fs.memo import RandomCache, SingleFlight
 from c3fs.objects import codec
 from c3fs.objects.tree import EncodedTree, Entry, PagedTree, file_digest, open_tree
 from c3fs.reader.ahead import Ahead
@@ -65,7 +65,8 @@ def ahead_enabled() -> bool:
 # million small files peaked at 332 MiB of RSS). Measured in isolation (such blobs under
 # 32-byte keys turning over 8 times; RSS and tracemalloc):
 # - the entry's objects, 256: key 65 B, the value's header 33 B, the OrderedDict's node
-#   32 B (130 B traced), ~210-250 B of RSS with pymalloc's size classes and part-filled pools;
+#   32 B (130 B traced), ~210-250 B of RSS with pymalloc's size classes and part-filled pools
+#   (that was the LRU's; `RandomCache` has a list slot of 8 B in the node's place);
 # - its share of the table, at most 6 x 48: a rebuild sizes it at the power of two above 3x
 #   the entries (3-6 slots an entry), 28 B a slot, and 20 B more while it is rebuilt (the old
 #   and the new table both alive).
@@ -85,7 +86,7 @@ class BlobSource:
         self.store = store
         self.index = index
         self.cache_bytes = cache_bytes
-        self._cache: LRU[bytes, bytes | Tree] = LRU(cache_bytes, weigh=_cached_size)
+        self._cache: RandomCache[bytes, bytes | Tree] = RandomCache(cache_bytes, _cached_size)
         # the last tree too big for the cache (a directory of ~500,000 entries with the
         # default cache): without it every lookup in such a directory read all of it again
         self._big_tree: tuple[bytes, Tree] | None = None
@@ -117,7 +118,7 @@ class BlobSource:
 
     def get(self, blob_id: bytes, remember: bool = True) -> bytes:
         """Verified plain bytes of `blob_id`; BlobMissing / BlobCorrupt, never wrong bytes.
-        `remember=False` leaves a fetched blob out of the LRU (a copy reads each chunk once,
+        `remember=False` leaves a fetched blob out of the cache (a copy reads each chunk once,
         and would only push out what the mount or a tree walk still wants)."""
         data = self._cache.get(blob_id)
         if data is not None:
@@ -160,12 +161,12 @@ class BlobSource:
         return got
 
     def keep(self, blobs: dict[bytes, bytes]) -> None:
-        """Keep verified plain bytes (from `get_many`) in the LRU, as `get` would have."""
+        """Keep verified plain bytes (from `get_many`) in the cache, as `get` would have."""
         for blob_id, data in blobs.items():
             self._remember(blob_id, data)
 
     def _remember(self, blob_id: bytes, data: bytes) -> None:
-        """Keep a blob's plain bytes in the LRU, unless they would take over a quarter of it."""
+        """Keep a blob's plain bytes in the cache, unless they would take over a quarter of it."""
         if len(data) <= self.cache_bytes // 4:
             self._cache.put(blob_id, data)
 
@@ -351,7 +352,7 @@ class FileReader:
 
     `read` serves any byte range and reads ahead when access is sequential; `chunk` serves
     one whole chunk (a copy writes a file chunk by chunk, its parts in parallel). With
-    `remember=False` fetched chunks stay out of the LRU; `reuse(chunk_id)` may hand back a
+    `remember=False` fetched chunks stay out of the cache; `reuse(chunk_id)` may hand back a
     chunk's verified bytes from elsewhere (a copy's own output) before any fetch."""
 
     def __init__(self, blobs: BlobSource, entry: Entry, readahead: int = 8, *,
