@@ -8,7 +8,9 @@ it looks for the other's, so at least one of two racing parties sees the other.
 Leases. A holder rewrites its lock every `lease / 4` seconds (a heartbeat thread; each
 body carries a new beat number) for as long as it lives. Another process judges a lock:
 
-- held by a process of this host (same host name): alive exactly while that pid exists;
+- held by a process of this host (same host name, boot and pid namespace): alive exactly
+  while that pid exists and is the process that wrote it (its start time: a pid taken
+  again by another process after a kill -9 is not the holder); of an earlier boot: dead;
 - held elsewhere: alive if its body changes while we watch; expired once it has not
   changed for its lease, measured by *this* host's monotonic clock. No timestamp from
   another machine is compared with ours, so skewed clocks cannot break a live lock.
@@ -19,14 +21,19 @@ So meeting a dead lock of another host costs one lease of watching (default 60 s
 was alive (it could not renew: a paused process, a lost network) finds out at its next
 heartbeat, and `Lease.check` then fails the command before it registers anything.
 
-Bodies are JSON: {"version", "kind", "host", "pid", "user", "command", "started", "lease",
-"beat"}; "started" is the holder's clock, shown to people, never used to judge. Bodies of
-older c3fs ({"host", "pid", "time"}) never change, so they expire after one lease.
+Bodies are JSON: {"version", "kind", "host", "pid", "boot", "pidns", "start", "user",
+"command", "started", "lease", "beat"}; "boot" is the host's boot id, "pidns" the holder's pid namespace, "start" its start time in clock ticks
+after boot (/proc/<pid>/stat); "started" is the holder's clock, shown to people, never used
+to judge. A body without "boot", "pidns" or "start" (an older c3fs's) is judged by its pid
+alone.
+Bodies of the first c3fs ({"host", "pid", "time"}) never change, so they expire after one
+lease.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import json
 import logging
@@ -66,6 +73,36 @@ def this_host() -> str:
     return os.uname().nodename
 
 
+@functools.cache
+def boot_id() -> str:
+    """This boot of this host ("" where the kernel does not say)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def pid_namespace() -> str:
+    """The pid namespace of this process, as /proc shows it ("pid:[4026531836]"; "" unknown):
+    a pid names the same process only within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def start_time(pid: int | str = "self") -> int:
+    """When process `pid` started, in clock ticks after boot (0: unknown; -1: it is a
+    zombie, dead but not yet reaped by its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b") ", 1)[1].split()
+        return -1 if fields[0] == b"Z" else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` exists on this host (it may belong to another user)."""
     try:
@@ -89,6 +126,9 @@ class LockInfo:
     command: str = ""
     started: float | None = None
     lease: float = DEFAULT_LEASE
+    boot: str = ""  # the holder's host's boot id, pid namespace and start time ("", 0:
+    pidns: str = ""  # not said: an older c3fs)
+    start: int = 0
 
     @property
     def name(self) -> str:
@@ -103,8 +143,21 @@ class LockInfo:
         what = f" ({one_line(self.command)})" if self.command else ""
         return f"pid {self.pid}{what} of {one_line(self.user)} on {one_line(self.host)}"
 
-    def local(self) -> bool:
-        return self.host == this_host() and self.pid > 0
+    def alive_here(self) -> bool | None:
+        """Whether the holder lives, judged by its pid on this host; None when that cannot
+        tell (another host, or another pid namespace of this one): watch the lock instead."""
+        if self.host != this_host() or self.pid <= 0:
+            return None
+        if self.boot and boot_id() and self.boot != boot_id():
+            return False  # written before this host last started
+        if self.pidns and self.pidns != pid_namespace():
+            return None
+        if not process_alive(self.pid):
+            return False
+        started = start_time(self.pid)  # (0: unreadable, or not said: the pid is believed)
+        if started < 0:  # a zombie: dead
+            return False
+        return not (started and self.start) or started == self.start
 
     def as_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "host": self.host, "pid": self.pid,
@@ -124,7 +177,9 @@ def parse_lock(key: str, raw: bytes) -> LockInfo:
             key, raw, host=str(body.get("host", "?")), pid=_int(body.get("pid")),
             user=str(body.get("user", "?")), command=str(body.get("command", "")),
             started=float(started) if isinstance(started, (int, float)) else None,
-            lease=min(max(float(body.get("lease", DEFAULT_LEASE)), MIN_LEASE), MAX_LEASE))
+            lease=min(max(float(body.get("lease", DEFAULT_LEASE)), MIN_LEASE), MAX_LEASE),
+            boot=str(body.get("boot", "")), pidns=str(body.get("pidns", "")),
+            start=_int(body.get("start")))
     except (FormatError, ValueError, TypeError):
         return LockInfo(key, raw)
 
@@ -156,9 +211,10 @@ def live_locks(store: Store, locks: list[LockInfo]) -> tuple[list[LockInfo], lis
 
     A lock of this host is judged at once by its pid; any other is watched, by this host's
     monotonic clock, until its body changes (alive) or one lease passes without a change."""
-    alive = [lock for lock in locks if lock.local() and process_alive(lock.pid)]
-    expired = [lock for lock in locks if lock.local() and not process_alive(lock.pid)]
-    watched = {lock.key: lock for lock in locks if not lock.local()}
+    judged = [(lock, lock.alive_here()) for lock in locks]
+    alive = [lock for lock, here in judged if here is True]
+    expired = [lock for lock, here in judged if here is False]
+    watched = {lock.key: lock for lock, here in judged if here is None}
     if watched:
         longest = max(lock.lease for lock in watched.values())
         log.info("watching %d lock(s) of other hosts for up to %.0f s: a live holder renews "
@@ -229,8 +285,10 @@ class Lease:
         self._beat += 1
         return json.dumps({
             "version": LOCK_VERSION, "kind": "gc" if self.key == GC_KEY else "push",
-            "host": this_host(), "pid": os.getpid(), "user": _user(), "command": _command(),
-            "started": self._started, "lease": self.lease, "beat": self._beat,
+            "host": this_host(), "pid": os.getpid(), "boot": boot_id(),
+            "pidns": pid_namespace(), "start": start_time(), "user": _user(),
+            "command": _command(), "started": self._started, "lease": self.lease,
+            "beat": self._beat,
         }).encode()
 
     def acquire(self, create: bool = False) -> None:

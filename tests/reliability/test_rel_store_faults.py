@@ -6,6 +6,7 @@ holders killed -9 on another "host" (a UTS namespace with another hostname)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -164,6 +165,37 @@ def test_locks_of_dead_processes_on_this_host_are_removed_at_once(site: Site,
     holder.kill()
     holder.wait()
     done = site.run("gc", env={"C3FS_LOCK_LEASE": "3600"}, timeout=60)
+    assert done.code == 0 and "removed the expired push lock" in done.err, done.err
+    assert lock_names(site) == []
+
+
+@pytest.mark.parametrize("case", ["pid taken again", "earlier boot", "zombie"])
+def test_a_lock_of_this_host_is_its_holders_not_its_pids(site: Site, small_tree: Path,
+                                                         case: str) -> None:
+    """A pid names the holder only in the boot it was written in, and only while the process
+    that has it is the one that started then: after a kill -9 the pid may be another
+    process's (a mount's lease lives for days), and after a reboot anyone's."""
+    def stat(pid: int) -> list[str]:  # /proc/<pid>/stat from its state on
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+
+    site.push(small_tree, "job_first")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    if case == "zombie":  # dead, not yet reaped by its parent (this test)
+        other.kill()
+        wait_until(lambda: stat(other.pid)[0] == "Z", "the process to be a zombie")
+    body = {"version": 1, "kind": "push", "host": os.uname().nodename, "pid": other.pid,
+            "boot": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+            "pidns": os.readlink("/proc/self/ns/pid"), "start": int(stat(os.getpid())[19]),
+            "lease": 3600, "beat": 1}
+    if case == "earlier boot":
+        body.update(boot="an-earlier-boot", start=int(stat(other.pid)[19]))
+    (site.root / "locks").mkdir(exist_ok=True)
+    (site.root / "locks" / "push-c0ffee").write_text(json.dumps(body))
+    try:
+        done = site.run("gc", env={"C3FS_LOCK_LEASE": "3600"}, timeout=60)
+    finally:
+        other.kill()
+        other.wait()
     assert done.code == 0 and "removed the expired push lock" in done.err, done.err
     assert lock_names(site) == []
 
