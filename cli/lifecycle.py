@@ -271,10 +271,15 @@ def checked_refs(names: tuple[str, ...], dataset: bool, lookup) -> list[tuple[st
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
 def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
-    """Free every stored byte that no job or dataset reaches.
+    """Free every stored byte that no job, dataset or live mount reaches.
 
     Deletes dead packs and repacks partly-live ones. Holds the store's gc lock: it will not
-    start while a push runs, and pushes wait for it (fail with a clear message).
+    start while a push runs, and pushes wait for it (fail with a clear message). What a live
+    mount of a job or dataset reads is kept, on whichever host, also once the job was
+    removed: it is freed by the first gc after the unmount. A mount of another
+    host is alive if it renews its lease (every 15 s: gc waits for that), dead once it has
+    not for 60 s (its lease is then removed). Not kept: what a mount of the whole namespace
+    reads of a removed job, and what a mount that cannot write to the store reads.
 
     \b
     Examples:
@@ -289,8 +294,10 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
         output.print_json(report)
         return
     verb = "would free" if dry_run else "freed"
+    kept = (f"; kept {output.count(report.mounted_kept, 'mounted tree')} of removed jobs "
+            "(c3fs unlock --list)" if report.mounted_kept else "")
     output.out.print(f"{verb} {output.human(report.bytes_freed)}: {output.count(report.packs_deleted, 'pack')} "
-                     f"deleted, {report.packs_repacked} repacked into {report.packs_written}",
+                     f"deleted, {report.packs_repacked} repacked into {report.packs_written}{kept}",
                      markup=False)
 
 

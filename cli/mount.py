@@ -37,7 +37,8 @@ def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
     mounting (the mount then stays on that job). --expect ROOT refuses a REF that resolves
     to another root id (`root` in `c3fs ls --json`), naming both, before mounting. The command returns once the mount is ready; the daemon stays in the background
     (unless --foreground) and logs to a file. Jobs pushed later appear without a remount.
-    Unmount with `c3fs umount MOUNTPOINT`.
+    Unmount with `c3fs umount MOUNTPOINT`. A mount of one REF holds a lease in the store while
+    it serves: gc keeps what it reads, also once its job is removed.
 
     \b
     Examples:

@@ -160,6 +160,11 @@ def test_a_user_mounts_reads_and_unmounts(user, home):
     assert "type=fuse.c3fs c3fs " in out and f"user_id={user.pw_uid}" in out  # by fusermount3
     assert out.rstrip().endswith("unmounted")
     assert (home / "cache").stat().st_uid == user.pw_uid  # the user's own index
+    # root's store takes no write from the user: rm and gc cannot know of the mount (c3fs
+    # rm --help), and the user is told, in one line
+    [warning] = [line for line in proc.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("c3fs: warning: this mount is not registered in the store ("), warning
+    assert warning.endswith(f"): rm and gc do not know that it reads job {JOB}"), warning
 
 
 def test_what_a_user_lacks_is_one_line(user, home):

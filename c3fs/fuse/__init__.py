@@ -7,7 +7,8 @@
 it forks (fast: no new interpreter) when the caller has no other thread and no LMDB
 environment open (`c3fs run` has its index open: LMDB must not cross a fork), else it runs
 `python -m c3fs.fuse`, which forks in turn. The daemon detaches (setsid, double fork, stdio
-to its log file), opens the store, resolves the ref, mounts, and reports "ok" or one error
+to its log file), opens the store, resolves the ref, holds the mount's lease in the store
+(a mount of one job or dataset: c3fs.store.mounts), mounts, and reports "ok" or one error
 line through a pipe. The caller then polls `os.path.ismount` until the mount answers, and
 acknowledges it through a second pipe, whose write end only `mount`'s caller holds (also
 when `python -m c3fs.fuse` starts the daemon). A daemon whose caller dies before that (kill -9 or
@@ -169,15 +170,16 @@ def _serve_here(store_url, ref, mountpoint, allow_other, cache_bytes, source) ->
         if notice := stock_notice():
             log.warning("%s", notice)
 
-    daemon = _import_daemon(opening := _opening(store_url, ref, cache_bytes))
+    daemon = _import_daemon(opening := _opening(store_url, ref, cache_bytes, mountpoint))
     daemon.run(opening, ref, mountpoint, allow_other=allow_other, ready=ready, source=source)
 
 
-def _opening(store_url: str | None, ref: str, cache_bytes: int):
-    """Start opening the store and resolving `ref` in a thread (c3fs.fuse.opening)."""
+def _opening(store_url: str | None, ref: str, cache_bytes: int, mountpoint: str):
+    """Start opening the store, resolving `ref` and registering the mount at `mountpoint`
+    in a thread (c3fs.fuse.opening)."""
     from c3fs.fuse.opening import Opening
 
-    return Opening(store_url, ref, cache_bytes)
+    return Opening(store_url, ref, cache_bytes, mountpoint)
 
 
 def _import_daemon(opening):
@@ -281,9 +283,9 @@ def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
     """Run the daemon; report "ok" or "error <code> <message>"; return the exit status."""
     store_url, ref, mountpoint, allow_other, cache_bytes, source = args
     try:
-        daemon = _import_daemon(opening := _opening(store_url, ref, cache_bytes))
+        daemon = _import_daemon(opening := _opening(store_url, ref, cache_bytes, mountpoint))
         daemon.run(opening, ref, mountpoint, allow_other=allow_other, source=source,
-                   ready=lambda: status.send(_ready_lines()), ack_fd=ack_fd)
+                   ready=lambda: status.send(_ready_lines(opening.warning)), ack_fd=ack_fd)
     except C3fsError as exc:
         log.error("%s", exc)
         _report_error(status, exc)
@@ -295,11 +297,12 @@ def _run_daemon(args: tuple, status: _Status, ack_fd: int) -> int:
     return 0
 
 
-def _ready_lines() -> bytes:
+def _ready_lines(warning: str | None = None) -> bytes:
     """What the daemon reports once mounted: "ok", after a "warning MESSAGE" for its caller
-    to log (the stock pyfuse3 notice)."""
-    notice = stock_notice()
-    return (f"warning {one_line(notice)}\n" if notice else "").encode(errors="replace") + b"ok\n"
+    to log for each of `warning` (the mount is not registered) and the stock pyfuse3 notice."""
+    notices = [text for text in (warning, stock_notice()) if text]
+    lines = "".join(f"warning {one_line(text)}\n" for text in notices)
+    return lines.encode(errors="replace") + b"ok\n"
 
 
 def error_line(exc: C3fsError) -> str:

@@ -1,5 +1,8 @@
 """The mount daemon: open the repo, resolve the ref, mount, serve until unmounted or signalled.
 
+The mount's lease (c3fs.store.mounts), written by `Opening` once the ref is resolved, is
+removed when the mount ends, whichever way it ends short of a kill -9.
+
 `run` is called in the process that will serve the mount (the detached daemon, or the
 caller itself with --foreground). It reports "ready" or a one-line error through `status`
 once the kernel mount exists, then serves requests on a trio loop until the file system is
@@ -55,6 +58,8 @@ def run(opening: Opening, ref: str, mountpoint: str, *, allow_other: bool,
     mount cannot start."""
     tune_collector()
     vfs = opening.result()
+    if opening.warning:
+        log.warning("%s", opening.warning)
     traces = mount_traces(vfs, opening.replaying)
     try:
         try:
@@ -77,6 +82,7 @@ def run(opening: Opening, ref: str, mountpoint: str, *, allow_other: bool,
             if traces is not None:
                 traces.save(vfs.repo.store)
     finally:
+        opening.release()  # the mount's lease (c3fs.store.mounts): it reads nothing now
         vfs.repo.close()
 
 

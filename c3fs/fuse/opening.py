@@ -10,6 +10,7 @@ joins it. This module imports neither pyfuse3 nor trio (that is its point).
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from collections.abc import Callable
 
@@ -17,8 +18,12 @@ from c3fs.errors import MountError, NotADirectory, NotFound
 from c3fs.objects.job import DATASET, JOB
 from c3fs.reader import trace
 from c3fs.repo import Repo
-from c3fs.store.backend import Deadline
+from c3fs.store import mounts
+from c3fs.store.backend import BackendError, Deadline
+from c3fs.store.locks import Lease
 from c3fs.vfs import DATASETS, JOBS, Vfs, split_path
+
+log = logging.getLogger(__name__)
 
 
 def open_vfs(store_url: str | None, ref: str, cache_bytes: int,
@@ -47,6 +52,26 @@ def open_vfs(store_url: str | None, ref: str, cache_bytes: int,
     return vfs
 
 
+def register_mount(vfs: Vfs, mountpoint: str) -> tuple[Lease | None, str | None]:
+    """The lease of a mount of one job or dataset (or a folder in one) at `mountpoint`
+    (c3fs.store.mounts: rm refuses to remove what it reads, gc keeps it), and a warning for
+    the user when the store takes no write from this user: (None, warning). (None, None)
+    for a mount of the namespace. NotFound when the ref was removed meanwhile."""
+    top = vfs.root
+    while top.depth > 2:  # the job's (dataset's) root, as resolved: /jobs/<id>
+        top = top.parent
+    if vfs.root.ref is None or vfs.root.tree_id is None or top.tree_id is None:
+        return None, None
+    try:
+        lease = mounts.register(vfs.repo.store, vfs.root.ref, vfs.root.tree_id, top.tree_id,
+                                mountpoint)
+    except BackendError as exc:
+        kind, name = vfs.root.ref
+        return None, (f"this mount is not registered in the store ({exc}): rm and gc do not "
+                      f"know that it reads {kind} {name}")
+    return lease, None
+
+
 class Opening:
     """`open_vfs` running in a thread from construction; `result()` waits for it.
 
@@ -54,12 +79,19 @@ class Opening:
     prefetch, c3fs/reader/trace.py) as soon as the store is open, beside resolving the ref
     (2 round trips: the ref, the tree) and the imports: the trace's own 2 (list, get) and its
     chunks' GETs then overlap them, instead of starting once the mount is up (`replaying`:
-    that job, whose trace the mount then does not replay again)."""
+    that job, whose trace the mount then does not replay again).
 
-    def __init__(self, store_url: str | None, ref: str, cache_bytes: int) -> None:
+    With a `mountpoint`, the mount's lease is written once the ref is resolved (`lease`,
+    `warning`: see `register_mount`); `release` removes it when the mount ends."""
+
+    def __init__(self, store_url: str | None, ref: str, cache_bytes: int,
+                 mountpoint: str | None = None) -> None:
         limit_malloc_arenas()  # before any thread allocates
         self.replaying: trace.Ref | None = None
+        self.lease: Lease | None = None
+        self.warning: str | None = None
         self._ref = ref
+        self._mountpoint = mountpoint
         self._vfs: Vfs | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._open, args=(store_url, ref, cache_bytes),
@@ -68,9 +100,18 @@ class Opening:
 
     def _open(self, store_url: str | None, ref: str, cache_bytes: int) -> None:
         try:
-            self._vfs = open_vfs(store_url, ref, cache_bytes, self._replay)
+            vfs = open_vfs(store_url, ref, cache_bytes, self._replay)
         except BaseException as exc:  # noqa: BLE001  (raised again by result(), in the caller)
             self._error = exc
+            return
+        try:
+            if self._mountpoint is not None:
+                self.lease, self.warning = register_mount(vfs, self._mountpoint)
+        except BaseException as exc:  # noqa: BLE001
+            vfs.repo.close()
+            self._error = exc
+            return
+        self._vfs = vfs
 
     def _replay(self, repo: Repo) -> None:
         try:
@@ -88,9 +129,20 @@ class Opening:
         assert self._vfs is not None
         return self._vfs
 
+    def release(self) -> None:
+        """Remove the mount's lease (the mount has ended); a store that does not answer
+        is logged: the lease then expires."""
+        lease, self.lease = self.lease, None
+        try:
+            if lease is not None:
+                lease.release()
+        except BackendError as exc:
+            log.warning("could not remove this mount's lease %s (%s): it expires", lease.key, exc)
+
     def close(self) -> None:
         """Close what was opened, for a caller that stops before using it."""
         self._thread.join()
+        self.release()
         if self._vfs is not None:
             self._vfs.repo.close()
 

@@ -6,6 +6,9 @@ push in progress has just written or is about to reference. Packs whose blobs ar
 are deleted; partly-live packs are repacked (live blobs copied as stored, no re-encoding)
 into new packs, which are durable and indexed before the old ones are deleted. A gc killed
 at any point leaves at worst duplicate blobs, never a missing one.
+
+What a live mount reads is live too, also once its job is removed: gc reads the mount leases
+(c3fs.store.mounts) after the refs, and marks each live mount's tree as a job's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from c3fs.objects.pack import PackBuilder
 from c3fs.objects.tree import DIR, FILE, EncodedTree, Entry, PagedTree
 from c3fs.reader import trace
 from c3fs.repo import Repo
+from c3fs.store import mounts
 from c3fs.store.locks import gc_lock
 
 log = logging.getLogger(__name__)
@@ -73,6 +77,7 @@ class GcReport:
     packs_written: int = 0
     bytes_freed: int = 0
     traces_deleted: int = 0  # access traces of jobs that are gone (c3fs/reader/trace.py)
+    mounted_kept: int = 0  # live mounts of trees no job or dataset reaches any more, kept
     dry_run: bool = False
 
 
@@ -98,15 +103,38 @@ def _collect(repo: Repo, lease, live: MarkSet, dry_run: bool, say: Callable[[str
         except (DataError, FormatError) as exc:
             raise C3fsError(f"gc stopped: {record.kind} {record.id} cannot be read ({exc}); "
                             "run `c3fs verify` — nothing was deleted") from None
+    mounted_kept = _mark_mounted(repo, live, dry_run, say)  # after the refs: see mounts
     say(f"sweeping: {len(live)} blobs in use")
     lease.check()  # a push that broke our lock may be using what looks dead
     report = _sweep(repo, live, dry_run, say)
+    report.mounted_kept = mounted_kept
     report.traces_deleted = _sweep_traces(repo, dry_run)
     if not dry_run:
         repo.store.backend.sweep_temp()
         repo.store.prune_changes()
         repo.store.prune_snapshots()
     return report
+
+
+def _mark_mounted(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None]) -> int:
+    """Mark what each live mount reads (its tree, a job's or a folder's); how many of them
+    read a tree that no job or dataset reaches any more (removed, or pushed again)."""
+    kept = 0
+    for lease in mounts.live(repo.store, mounts.leases(repo.store), remove=not dry_run, say=say):
+        root, place = mounts.root_of(lease), mounts.where(lease)
+        if root is None or repo.index.lookup(root) is None:  # (its bytes are gone already)
+            log.warning("the mount at %s reads a tree this store does not hold: nothing of "
+                        "it is kept", place)
+            continue
+        kept += root not in live
+        say(f"marking what the mount at {place} reads")
+        try:
+            for _ in walk_blobs(repo, root, live):
+                pass
+        except (DataError, FormatError) as exc:
+            raise C3fsError(f"gc stopped: the tree mounted at {place} cannot be read ({exc}); "
+                            "nothing was deleted") from None
+    return kept
 
 
 def _sweep(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None]) -> GcReport:

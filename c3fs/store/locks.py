@@ -1,9 +1,13 @@
-"""Push and gc locks, as objects in the store so they work across machines, with leases.
+"""Push and gc locks, and mount leases, as objects in the store so they work across
+machines, with leases.
 
 A push puts `locks/push-<token>` before it writes anything and removes it at the end; gc
 creates `locks/gc` (create-only), then refuses to run while any live push lock exists. A
 push refuses to start while a live `locks/gc` exists. Each side writes its own lock before
 it looks for the other's, so at least one of two racing parties sees the other.
+
+A mount of one job or dataset holds `locks/mount-<kind>-<name>-<token>` while it serves
+(c3fs.store.mounts): it excludes nobody; gc reads it.
 
 Leases. A holder rewrites its lock every `lease / 4` seconds (a heartbeat thread; each
 body carries a new beat number) for as long as it lives. Another process judges a lock:
@@ -22,7 +26,8 @@ was alive (it could not renew: a paused process, a lost network) finds out at it
 heartbeat, and `Lease.check` then fails the command before it registers anything.
 
 Bodies are JSON: {"version", "kind", "host", "pid", "boot", "pidns", "start", "user",
-"command", "started", "lease", "beat"}; "boot" is the host's boot id, "pidns" the holder's pid namespace, "start" its start time in clock ticks
+"command", "started", "lease", "beat"} (a mount's also "root", "mountpoint"); "boot" is the
+host's boot id, "pidns" the holder's pid namespace, "start" its start time in clock ticks
 after boot (/proc/<pid>/stat); "started" is the holder's clock, shown to people, never used
 to judge. A body without "boot", "pidns" or "start" (an older c3fs's) is judged by its pid
 alone.
@@ -55,6 +60,7 @@ log = logging.getLogger(__name__)
 LOCK_VERSION = 1
 GC_KEY = "locks/gc"
 PUSH_PREFIX = "locks/push-"
+MOUNT_PREFIX = "locks/mount-"
 DEFAULT_LEASE = 60.0
 MIN_LEASE, MAX_LEASE = 1.0, 3600.0
 
@@ -71,6 +77,13 @@ def lease_seconds() -> float:
 
 def this_host() -> str:
     return os.uname().nodename
+
+
+def lock_kind(key: str) -> str:
+    """"gc", "mount" or "push": what holds a lock, told by its key."""
+    if key == GC_KEY:
+        return "gc"
+    return "mount" if key.startswith(MOUNT_PREFIX) else "push"
 
 
 @functools.cache
@@ -129,6 +142,8 @@ class LockInfo:
     boot: str = ""  # the holder's host's boot id, pid namespace and start time ("", 0:
     pidns: str = ""  # not said: an older c3fs)
     start: int = 0
+    root: str = ""  # a mount's: the id of the tree it serves (hex), and where
+    mountpoint: str = ""
 
     @property
     def name(self) -> str:
@@ -136,11 +151,13 @@ class LockInfo:
 
     @property
     def kind(self) -> str:
-        return "gc" if self.key == GC_KEY else "push"
+        return lock_kind(self.key)
 
     def holder(self) -> str:
         """Who holds it, for messages: "pid 123 (c3fs push ./out) of root on host-a"."""
         what = f" ({one_line(self.command)})" if self.command else ""
+        if self.mountpoint:  # (a mount's command may name it relative to its directory)
+            what = f" (mount at {one_line(self.mountpoint)})"
         return f"pid {self.pid}{what} of {one_line(self.user)} on {one_line(self.host)}"
 
     def alive_here(self) -> bool | None:
@@ -160,9 +177,12 @@ class LockInfo:
         return not (started and self.start) or started == self.start
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "host": self.host, "pid": self.pid,
-                "user": self.user, "command": self.command, "started": self.started,
-                "lease": self.lease}
+        found = {"name": self.name, "kind": self.kind, "host": self.host, "pid": self.pid,
+                 "user": self.user, "command": self.command, "started": self.started,
+                 "lease": self.lease}
+        if self.kind == "mount":
+            found.update(root=self.root, mountpoint=self.mountpoint)
+        return found
 
 
 def parse_lock(key: str, raw: bytes) -> LockInfo:
@@ -179,7 +199,8 @@ def parse_lock(key: str, raw: bytes) -> LockInfo:
             started=float(started) if isinstance(started, (int, float)) else None,
             lease=min(max(float(body.get("lease", DEFAULT_LEASE)), MIN_LEASE), MAX_LEASE),
             boot=str(body.get("boot", "")), pidns=str(body.get("pidns", "")),
-            start=_int(body.get("start")))
+            start=_int(body.get("start")), root=str(body.get("root", "")),
+            mountpoint=str(body.get("mountpoint", "")))
     except (FormatError, ValueError, TypeError):
         return LockInfo(key, raw)
 
@@ -251,8 +272,9 @@ def unlock(store: Store, name: str, force: bool = False) -> LockInfo:
     """Break lock `name` ("gc", "push-<token>" or "locks/..."): at once with `force`, else
     once it is judged expired. LockedError naming the holder while it is alive."""
     key = name if name.startswith("locks/") else f"locks/{name}"
-    if key != GC_KEY and not (key.startswith(PUSH_PREFIX) and key[len(PUSH_PREFIX):].isalnum()):
-        raise UsageError(f"{name!r} is not a lock name: gc or push-<token> (c3fs unlock --list)")
+    if not lock_name(key):
+        raise UsageError(f"{name!r} is not a lock name: gc, push-<token> or mount-<...> "
+                         "(c3fs unlock --list)")
     lock = read_lock(store, key)
     if lock is None:
         raise NotFound(f"no lock {name!r} in the store (c3fs unlock --list shows them)")
@@ -265,15 +287,30 @@ def unlock(store: Store, name: str, force: bool = False) -> LockInfo:
     return lock
 
 
+def lock_name(key: str) -> bool:
+    """Whether `key` can be a lock's: locks/gc, locks/push-<token>, locks/mount-<...>."""
+    if key.startswith(PUSH_PREFIX):
+        return key[len(PUSH_PREFIX):].isalnum()
+    if key.startswith(MOUNT_PREFIX):  # (kind, name and token: c3fs.store.mounts)
+        rest = key[len(MOUNT_PREFIX):]
+        return bool(rest) and all(c.isascii() and (c.isalnum() or c in "._-") for c in rest)
+    return key == GC_KEY
+
+
 # holding ------------------------------------------------------------------------------------
 class Lease:
     """A lock this process holds: written on `acquire`, renewed by a heartbeat thread,
-    deleted on `release`. Thread-safe."""
+    deleted on `release`. Thread-safe. `fields`: more of its body (a mount's root).
+    `rejoin`: a lease that another process removed or replaced is written again at the next
+    heartbeat (a mount lives on: what it reads is kept from then on), not given up."""
 
-    def __init__(self, store: Store, key: str, lease: float | None = None) -> None:
+    def __init__(self, store: Store, key: str, lease: float | None = None,
+                 fields: dict | None = None, rejoin: bool = False) -> None:
         self.store = store
         self.key = key
         self.lease = lease if lease is not None else lease_seconds()
+        self.fields = fields or {}
+        self.rejoin = rejoin
         self.lost = False
         self._beat = 0
         self._started = time.time()  # shown to people (their clock), never judged
@@ -284,11 +321,10 @@ class Lease:
     def _next_body(self) -> bytes:
         self._beat += 1
         return json.dumps({
-            "version": LOCK_VERSION, "kind": "gc" if self.key == GC_KEY else "push",
-            "host": this_host(), "pid": os.getpid(), "boot": boot_id(),
-            "pidns": pid_namespace(), "start": start_time(), "user": _user(),
-            "command": _command(), "started": self._started, "lease": self.lease,
-            "beat": self._beat,
+            "version": LOCK_VERSION, "kind": lock_kind(self.key), "host": this_host(),
+            "pid": os.getpid(), "boot": boot_id(), "pidns": pid_namespace(),
+            "start": start_time(), "user": _user(), "command": _command(),
+            "started": self._started, "lease": self.lease, "beat": self._beat, **self.fields,
         }).encode()
 
     def acquire(self, create: bool = False) -> None:
@@ -313,7 +349,10 @@ class Lease:
             current = self.store.backend.get(self.key)
         except KeyMissing:
             current = b""
-        if current != self._body:
+        if current != self._body and self.rejoin:
+            log.error("lock %s was removed by another process while this one held it: "
+                      "written again", self.key)
+        elif current != self._body:
             self.lost = True
             log.error("lock %s was broken by another process while this one held it",
                       self.key)
