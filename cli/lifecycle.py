@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from c3fs.errors import NotFound, UsageError
+from c3fs.errors import LockedError, NotFound, UsageError
 
 from . import output
 from .commands import cp, default_project, ls
 from .complete import complete_job
 from .main import Ctx, app, pass_ctx
+
+log = logging.getLogger("c3fs.cli")
 
 
 # run ----------------------------------------------------------------------------------------
@@ -210,25 +213,45 @@ def balance(ctx: Ctx, by_project: bool, as_json: bool) -> None:
 @app.command()
 @click.argument("jobs", nargs=-1, required=True, shell_complete=complete_job)
 @click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
+@click.option("-f", "--force", is_flag=True,
+              help="Remove them even while mounted (gc keeps what a live mount reads).")
 @pass_ctx
-def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool) -> None:
+def rm(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, force: bool) -> None:
     """Remove jobs (their refs); `c3fs gc` then frees the bytes nothing else uses.
+
+    A job or dataset mounted on any host sharing the store (`c3fs mount /jobs/<id>`, a .c3
+    datasets: entry, an fstab line) is not removed: one line says where it is mounted, exit
+    7. --force removes it anyway: the mount reads on, and gc keeps what it reads until it is
+    unmounted. A mount killed -9 holds nothing (one of another host once its lease, 60 s,
+    passes unrenewed: rm waits that out). Not known to rm: a mount of the whole namespace
+    (a removed job leaves it), and one that cannot write to the store (it said so).
 
     \b
     Examples:
       c3fs rm job_abc123 job_def456 && c3fs gc
       c3fs rm /projects/vision/jobs/job_abc123
       c3fs rm --dataset imagenet-mini
+      c3fs rm --force job_abc123       # even while mounted (c3fs unlock --list: where)
     """
     repo = ctx.repo()
     refs = checked_refs(jobs, dataset, repo.store.get_ref)  # unknown: NotFound, nothing removed
     from c3fs.reader import trace
+    from c3fs.store import mounts
 
+    with output.status("rm") as update:  # (a mount of another host is watched for a lease)
+        held = mounts.held(repo.store, refs, watch=not force, say=update)
+    if held and not force:
+        places = "; ".join(mounts.mounted_at(ref, found) for ref, found in held.items())
+        raise LockedError(f"{places}: unmount it first, or rm --force (gc keeps what a mount "
+                          "reads); nothing was removed")
     for kind, name in refs:
         repo.store.delete_ref(kind, name)
         repo.index.remove_record(kind, name)
         trace.remove(repo.store, kind, name)  # its access traces (learned prefetch)
         output.note(f"removed {kind} {name}")
+        if (kind, name) in held:
+            log.warning("%s: gc keeps what the mount reads until it is unmounted",
+                        mounts.mounted_at((kind, name), held[kind, name]))
 
 
 def ref_names(names: tuple[str, ...], dataset: bool = False) -> list[tuple[str, str, str | None]]:
@@ -276,7 +299,7 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
     Deletes dead packs and repacks partly-live ones. Holds the store's gc lock: it will not
     start while a push runs, and pushes wait for it (fail with a clear message). What a live
     mount of a job or dataset reads is kept, on whichever host, also once the job was
-    removed: it is freed by the first gc after the unmount. A mount of another
+    removed (rm --force): it is freed by the first gc after the unmount. A mount of another
     host is alive if it renews its lease (every 15 s: gc waits for that), dead once it has
     not for 60 s (its lease is then removed). Not kept: what a mount of the whole namespace
     reads of a removed job, and what a mount that cannot write to the store reads.

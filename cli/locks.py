@@ -20,11 +20,11 @@ def unlock(ctx: Ctx, name: str | None, list_: bool, force: bool, as_json: bool) 
 
     Push and gc hold locks in the store and renew them while they run (a lease,
     C3FS_LOCK_LEASE seconds, default 60); so does a mount of a job or dataset while it
-    serves (gc keeps what it reads; a live mount writes its lease again if it is broken).
-    A lock held on this host is judged by its pid (and start time); one held on another
-    host is watched for up to its lease, and broken only if nobody renewed it meanwhile (the
-    clocks of the two hosts are never compared). gc and push do the same on their own when
-    they meet a lock, so unlock is for not waiting: use
+    serves (rm refuses that job, gc keeps what it reads; a live mount writes its lease again
+    if it is broken). A lock held on this host is judged by its pid (and start time); one
+    held on another host is watched for up to its lease, and broken only if nobody renewed
+    it meanwhile (the clocks of the two hosts are never compared). gc and push do the same
+    on their own when they meet a lock, so unlock is for not waiting: use
     --force when you know the holder is gone. The holder is named either way.
 
     \b

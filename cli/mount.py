@@ -38,7 +38,7 @@ def mount(ctx: Ctx, paths: tuple[str, ...], foreground: bool, allow_other: bool,
     to another root id (`root` in `c3fs ls --json`), naming both, before mounting. The command returns once the mount is ready; the daemon stays in the background
     (unless --foreground) and logs to a file. Jobs pushed later appear without a remount.
     Unmount with `c3fs umount MOUNTPOINT`. A mount of one REF holds a lease in the store while
-    it serves: gc keeps what it reads, also once its job is removed.
+    it serves: `c3fs rm` refuses its job (unless --force), and gc keeps what it reads.
 
     \b
     Examples:

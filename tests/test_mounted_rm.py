@@ -1,6 +1,6 @@
-"""rm and gc of a job that is mounted (c3fs/store/mounts.py): gc keeps what a live mount
-reads, a mount killed -9 holds nothing. Real mounts, real store; another host is a UTS
-namespace with its own host name."""
+"""rm and gc of a job that is mounted (c3fs/store/mounts.py): rm refuses it unless --force,
+gc keeps what a live mount reads, a mount killed -9 holds nothing. Real mounts, real store;
+another host is a UTS namespace with its own host name."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ JOB = "job_in_use"
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """A store holding JOB: weights.bin (3 MiB, random: one pack of its own with the tree)."""
+    """A store holding JOB: ckpt/weights.bin (3 MiB, random: one pack with the trees)."""
     src = tmp_path / "src"
-    src.mkdir()
-    (src / "weights.bin").write_bytes(random.Random(7).randbytes(3 * 1024 * 1024))
+    (src / "ckpt").mkdir(parents=True)
+    (src / "ckpt" / "weights.bin").write_bytes(random.Random(7).randbytes(3 * 1024 * 1024))
     (src / "note.txt").write_bytes(b"stage one\n")
     env = dict(os.environ, C3FS_STORE=str(tmp_path / "store"),
                C3FS_CACHE_DIR=str(tmp_path / "cache"))
@@ -34,7 +34,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def weights(tmp_path: Path) -> bytes:
-    return (tmp_path / "src" / "weights.bin").read_bytes()
+    return (tmp_path / "src" / "ckpt" / "weights.bin").read_bytes()
 
 
 def leases(env: dict[str, str]) -> list[dict]:
@@ -45,17 +45,25 @@ def jobs(env: dict[str, str]) -> list[str]:
     return [name.rstrip("/") for name in run_c3fs("ls", "/jobs/", env=env).stdout.split()]
 
 
-def test_gc_keeps_what_a_mount_reads_after_its_job_is_removed(env: dict[str, str],
-                                                              tmp_path: Path) -> None:
+def test_rm_of_a_mounted_job_is_refused_and_gc_keeps_what_the_mount_reads(
+        env: dict[str, str], tmp_path: Path) -> None:
     with mount(env, tmp_path / "m", f"/jobs/{JOB}") as m:
         [lease] = leases(env)
         assert (lease["kind"], lease["mountpoint"]) == ("mount", str(m))
-        run_c3fs("rm", JOB, env=env)
+        refused = run_c3fs("rm", JOB, env=env, check=False)
+        assert refused.returncode == 7, refused.stderr
+        assert refused.stderr.splitlines() == [
+            f"c3fs: error: job {JOB} is mounted at {m}: unmount it first, or rm --force "
+            "(gc keeps what a mount reads); nothing was removed"]
+        assert JOB in jobs(env)
+        forced = run_c3fs("rm", "--force", JOB, env=env)
+        assert f"removed job {JOB}" in forced.stderr
+        assert f"job {JOB} is mounted at {m}: gc keeps what the mount reads" in forced.stderr
         assert JOB not in jobs(env)
         kept = run_c3fs("gc", env=env).stdout
         assert kept.startswith("freed 0 B") and "kept 1 mounted tree of removed jobs" in kept
         # never read before: its chunks come from the store now, not from a cache
-        assert (m / "weights.bin").read_bytes() == weights(tmp_path)
+        assert (m / "ckpt" / "weights.bin").read_bytes() == weights(tmp_path)
         assert (m / "note.txt").read_bytes() == b"stage one\n"
     wait_until(lambda: not leases(env), "the unmounted daemon to remove its lease")
     freed = run_c3fs("gc", env=env).stdout
@@ -68,26 +76,32 @@ def test_a_mount_killed_by_kill_9_holds_nothing(env: dict[str, str], tmp_path: P
         stop(pid, signal.SIGKILL)
         wait_until(lambda: not alive(pid), "the daemon to die")
         assert len(leases(env)) == 1  # left behind, and judged by its pid at once
-        run_c3fs("rm", JOB, env=env)
-        freed = run_c3fs("gc", env=env, timeout=30)
-        assert "1 pack deleted" in freed.stdout and "kept" not in freed.stdout, freed.stdout
-        assert "removed the expired mount lock" in freed.stderr and str(m) in freed.stderr
+        removed = run_c3fs("rm", JOB, env=env, timeout=30)
+        assert "removed the expired mount lock" in removed.stderr and str(m) in removed.stderr
+        assert f"removed job {JOB}" in removed.stderr
         assert not leases(env)
+        assert "1 pack deleted" in run_c3fs("gc", env=env).stdout
 
 
-def test_a_job_mounted_by_a_chained_run_reads_on_after_rm_and_gc(
+def test_a_folder_mounted_by_a_chained_run_reads_on_after_rm_force_and_gc(
         env: dict[str, str], tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    (work / ".c3").write_text(f"project: p\ndatasets:\n  - ref: /jobs/{JOB}\n    mount: data\n")
-    script = (f"{C3FS} rm {JOB} 2>/dev/null && {C3FS} gc && "
-              f"cmp data/weights.bin {tmp_path / 'src' / 'weights.bin'} && echo same")
+    (work / ".c3").write_text(f"project: p\ndatasets:\n  - ref: /jobs/{JOB}/ckpt\n"
+                              "    mount: data\n")
+    script = (f"{C3FS} rm {JOB} 2>&1; echo rm=$?; {C3FS} rm -f {JOB} 2>/dev/null && {C3FS} gc"
+              f" && cmp data/weights.bin {tmp_path / 'src' / 'ckpt' / 'weights.bin'} && echo same")
     ran = subprocess.run([C3FS, "run", "-j", "job_next", "--", "sh", "-c", script], env=env,
                          cwd=work, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.splitlines() == [
-        "freed 0 B: 0 packs deleted, 0 repacked into 0; kept 1 mounted tree of removed jobs "
-        "(c3fs unlock --list)", "same", "job_next"]
+    lines = ran.stdout.splitlines()
+    assert lines[0] == (f"c3fs: error: job {JOB} is mounted at {work / 'data'}: unmount it "
+                        "first, or rm --force (gc keeps what a mount reads); nothing was removed")
+    assert lines[1] == "rm=7" and lines[3:] == ["same", "job_next"]
+    # what the folder holds is kept; the job's root tree and note.txt are not (repacked out)
+    assert lines[2].startswith("freed ") and lines[2].endswith(
+        ": 0 packs deleted, 1 repacked into 1; kept 1 mounted tree of removed jobs "
+        "(c3fs unlock --list)"), lines[2]
     assert not leases(env)
 
 
@@ -127,18 +141,20 @@ def _can_unshare() -> bool:
 @pytest.mark.skipif(not _can_unshare(), reason="needs unshare --uts (root)")
 def test_a_mount_on_another_host_is_judged_by_its_lease(env: dict[str, str],
                                                         tmp_path: Path) -> None:
-    """A mount of host-a renews its lease (every 0.5 s here): gc here keeps what it reads.
-    Killed -9, it is judged gone once its lease (2 s) passes unrenewed, and gc frees its
-    bytes."""
+    """A mount of host-a renews its lease (every 0.5 s here): rm here refuses, naming the
+    host; gc keeps what it reads. Killed -9, it is judged gone once its lease (2 s) passes
+    unrenewed, and gc frees its bytes."""
     env = dict(env, C3FS_LOCK_LEASE="2")
     m = tmp_path / "m"
     m.mkdir()
     subprocess.run(["unshare", "--uts", "sh", "-c", f"hostname host-a && exec {C3FS} mount "
                     f"/jobs/{JOB} {m}"], env=env, check=True, capture_output=True, timeout=60)
     try:
-        run_c3fs("rm", JOB, env=env)
+        refused = run_c3fs("rm", JOB, env=env, check=False)
+        assert refused.returncode == 7 and f"mounted at {m} on host-a" in refused.stderr
+        run_c3fs("rm", "--force", JOB, env=env)
         assert "kept 1 mounted tree" in run_c3fs("gc", env=env).stdout
-        assert (m / "weights.bin").read_bytes() == weights(tmp_path)
+        assert (m / "ckpt" / "weights.bin").read_bytes() == weights(tmp_path)
         [pid] = daemon_pids(m)
         stop(pid, signal.SIGKILL)
         wait_until(lambda: not alive(pid), "the daemon to die")

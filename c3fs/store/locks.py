@@ -7,7 +7,7 @@ push refuses to start while a live `locks/gc` exists. Each side writes its own l
 it looks for the other's, so at least one of two racing parties sees the other.
 
 A mount of one job or dataset holds `locks/mount-<kind>-<name>-<token>` while it serves
-(c3fs.store.mounts): it excludes nobody; gc reads it.
+(c3fs.store.mounts): it excludes nobody; `rm` and `gc` read it.
 
 Leases. A holder rewrites its lock every `lease / 4` seconds (a heartbeat thread; each
 body carries a new beat number) for as long as it lives. Another process judges a lock:

@@ -1,15 +1,16 @@
 """Mount leases: a mount of one job or dataset says so in the store while it serves.
 
-`gc` keeps every blob a live mount can read, also once its job is removed (rm, a job pushed
-again under its id): a mounted job's reads never start failing because of a gc, on this
-host or another that shares the store.
+`rm` refuses to remove a job or dataset that a live mount reads (unless forced), and `gc`
+keeps every blob a live mount can read, also once its job is removed (rm --force, an rm
+from an older c3fs, a job pushed again under its id): a mounted job's reads never start
+failing because of a gc, on this host or another that shares the store.
 
 Key: `locks/mount-<kind>-<name>-<token>` (kind `job` or `dataset`, token 16 hex digits), a
 lock of c3fs.store.locks: renewed every lease / 4 by the mount's daemon, removed when it
 ends, judged as locks are (on this host by pid and start time, at once: a mount killed -9
 is seen dead; elsewhere by whether it is renewed within its lease). Its body is a lock's
 plus "root" (the mounted tree's id, hex) and "mountpoint". The key says which ref it
-holds; the body, what to keep.
+holds (rm lists only the leases of what it removes); the body, what to keep.
 
 Order, so that no gc misses a mount: the daemon resolves its ref, writes its lease, then
 reads the ref from the store again and starts only if it still leads to the tree resolved.
@@ -91,27 +92,53 @@ def register(store: Store, ref: Ref, tree_id: bytes, ref_root: bytes, mountpoint
 
 
 # rm's and gc's side -------------------------------------------------------------------------
-def leases(store: Store) -> list[LockInfo]:
-    """The mount leases in the store, as read now."""
+def leases(store: Store, refs: list[Ref] | None = None) -> list[LockInfo]:
+    """The mount leases of `refs` (default: all), as read now."""
+    prefixes = [MOUNT_PREFIX] if refs is None else [f"{MOUNT_PREFIX}{k}-{n}-" for k, n in refs]
     found = []
-    for key, _ in store.backend.list(MOUNT_PREFIX):
-        lease = read_lock(store, key) if ref_of(key) is not None else None
-        if lease is not None:
-            found.append(lease)
+    for prefix in prefixes:
+        for key, _ in store.backend.list(prefix):
+            held = ref_of(key)
+            if held is None or (refs is not None and held not in refs):
+                continue  # (a prefix also lists the leases of longer names)
+            lease = read_lock(store, key)
+            if lease is not None:
+                found.append(lease)
     return found
 
 
-def live(store: Store, found: list[LockInfo], *, remove: bool = True,
+def live(store: Store, found: list[LockInfo], *, watch: bool = True, remove: bool = True,
          say: Callable[[str], None] | None = None) -> list[LockInfo]:
-    """The leases of `found` whose mounts live: those of this host judged at once, those of
-    other hosts watched for up to a lease. Expired ones are removed (`remove`), each with a
-    warning naming its mount."""
-    others = {lease.host for lease in found if lease.alive_here() is None}
-    if others and say is not None:
-        longest = max(lease.lease for lease in found)
-        say(f"checking whether the mounts on {', '.join(sorted(others))} are alive "
-            f"(up to {longest:.0f} s)")
-    alive, gone = live_locks(store, found)
+    """The leases of `found` whose mounts live. Those of this host are judged at once; those
+    of other hosts are watched for up to a lease (`watch`), else taken as live. Expired
+    ones are removed (`remove`), with a warning naming their mount."""
+    if not watch:
+        judged = [(lease, lease.alive_here()) for lease in found]
+        gone = [lease for lease, here in judged if here is False]
+        alive = [lease for lease, here in judged if here is not False]
+    else:
+        others = {lease.host for lease in found if lease.alive_here() is None}
+        if others and say is not None:
+            longest = max(lease.lease for lease in found)
+            say(f"checking whether the mounts on {', '.join(sorted(others))} are alive "
+                f"(up to {longest:.0f} s)")
+        alive, gone = live_locks(store, found)
     for lease in gone if remove else []:
         break_lock(store, lease)  # (it says so)
     return alive
+
+
+def held(store: Store, refs: list[Ref], watch: bool = True,
+         say: Callable[[str], None] | None = None) -> dict[Ref, list[LockInfo]]:
+    """The live mounts of each of `refs` that has one (see `live`)."""
+    found: dict[Ref, list[LockInfo]] = {}
+    for lease in live(store, leases(store, refs), watch=watch, say=say):
+        found.setdefault(ref_of(lease.key), []).append(lease)
+    return found
+
+
+def mounted_at(ref: Ref, found: list[LockInfo], most: int = 3) -> str:
+    """"job X is mounted at /a, /b on host-b": one line, at most `most` places named."""
+    places = sorted({where(lease) for lease in found})
+    more = f" and {len(places) - most} more" if len(places) > most else ""
+    return f"{ref[0]} {ref[1]} is mounted at {', '.join(places[:most])}{more}"
