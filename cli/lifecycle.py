@@ -327,13 +327,18 @@ def gc(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
 @app.command()
 @click.argument("jobs", nargs=-1, shell_complete=complete_job)
 @click.option("--dataset", is_flag=True, help="The names are datasets, not jobs.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as JSON (each problem's `paths`: the places it breaks, "
+                   "exactly).")
 @pass_ctx
 def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> None:
     """Read every blob the jobs reach (default: all) and check its hash.
 
     Names each damaged or missing blob with the jobs and paths it breaks; exits 6 if
-    anything is wrong.
+    anything is wrong. In --json, a problem's `broken` names them as the text does (`job
+    j1:/a/b`), and `paths` exactly: a {job (or dataset), path} each, a path that is not
+    UTF-8 with its bytes in base64 in path_b64 besides (as ls --json), a paged directory's
+    `page`; a damaged ref's has no path.
 
     \b
     Examples:
@@ -347,13 +352,13 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
         repo = ctx.repo()
         report = run_verify(repo, checked_refs(jobs, dataset, repo.record), progress=advance)
     if as_json:
-        output.print_json(report)
+        output.print_json(report.as_dict())
     else:
         for p in report.problems:
             output.out.print(f"DAMAGED {p.kind} {p.blob_id[:16]}: {output.escape(p.error)}",
                              markup=False)
             for where in p.broken[:20]:
-                output.out.print(f"  breaks {output.escape(where)}", markup=False)
+                output.out.print(f"  breaks {output.escape(str(where))}", markup=False)
             if len(p.broken) > 20:
                 output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
         verdict = "OK" if report.ok else output.count(len(report.problems), "problem")

@@ -296,6 +296,49 @@ def test_verify_names_damaged_blob(c3fs_bin, store_env, tmp_path: Path) -> None:
     assert "job v1:/weights.bin" in res.out and "corrupt" in res.out
 
 
+def _damage_first_chunk(store: Path, job: str, path: bytes) -> None:
+    """Flip a byte in the middle of the first chunk of `path` (bytes) in job `job`."""
+    from c3fs.repo import Repo
+    from c3fs.vfs import Vfs
+
+    repo = Repo.open(str(store))
+    try:
+        node = Vfs(repo).resolve(b"/jobs/" + job.encode() + path)
+        loc = repo.index.lookup(node.entry.chunk_ids()[0])
+    finally:
+        repo.close()
+    with open(store / "packs" / loc.pack_id[:2] / loc.pack_id, "r+b") as f:
+        f.seek(loc.offset + loc.length // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_verify_json_names_broken_paths_exactly(c3fs_bin, store_env, tmp_path: Path) -> None:
+    """A path that is not UTF-8 is `\\xNN` text in `broken` and in `paths`, whose entry has
+    its bytes too (`path_b64`), as `ls --json` gives them; a UTF-8 path has none."""
+    import base64
+
+    data = tmp_path / "data"
+    odd, plain = b"/sub\xfe/w\xff.bin", "/caf\u00e9.bin".encode()
+    os.makedirs(os.fsencode(data) + b"/sub\xfe")
+    for path in (odd, plain):
+        with open(os.fsencode(data) + path, "wb") as f:
+            f.write(os.urandom(300_000))
+    assert c3fs_bin("push", str(data), "-p", "p", "-j", "v1").code == 0
+    for path in (odd, plain):
+        _damage_first_chunk(store_env.store, "v1", path)
+    res = c3fs_bin("verify", "--json")
+    assert res.code == 6, res.err
+    problems = json.loads(res.out)["problems"]
+    assert sorted(w for p in problems for w in p["broken"]) == [
+        "job v1:/caf\u00e9.bin", "job v1:/sub\\xfe/w\\xff.bin"]
+    assert sorted((w for p in problems for w in p["paths"]), key=lambda w: w["path"]) == [
+        {"job": "v1", "path": "/caf\u00e9.bin"},
+        {"job": "v1", "path": "/sub\\xfe/w\\xff.bin",
+         "path_b64": base64.b64encode(odd).decode()}]
+
+
 @pytest.mark.parametrize("config, message", [
     ("output:\n  - ../outside\n", "not inside the working directory"),
     ("output:\n  - /etc\n", "not inside the working directory"),

@@ -19,12 +19,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import blake3
 
 from c3fs.errors import C3fsError, ChunkSizeMismatch, DataError, FormatError
-from c3fs.fsutil import count
+from c3fs.fsutil import count, json_name
 from c3fs.index.marks import MarkSet
 from c3fs.objects.job import DATASET, JOB, JobRecord
 from c3fs.objects.pack import PackBuilder
@@ -220,13 +220,49 @@ def _delete_pack(repo: Repo, pack_id: str) -> None:
 
 
 # verify -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Place:
+    """Where a problem breaks a job or dataset: a path of its tree (its bytes: `/` is the
+    root, `<logs>/...` the job's logs; a paged directory's `page`), or None for its ref."""
+
+    kind: str  # JOB or DATASET
+    id: str
+    path: bytes | None = None
+    page: int | None = None
+
+    def __str__(self) -> str:
+        """`job j1:/a/b` (`job j1:/big (page 3)`, `job j1` for its ref), each byte of the
+        path that is not UTF-8 as `\\xNN`."""
+        if self.path is None:
+            return f"{self.kind} {self.id}"
+        page = "" if self.page is None else f" (page {self.page})"
+        return f"{self.kind} {self.id}:{_show(self.path)}{page}"
+
+    def as_dict(self) -> dict:
+        """`{"job": id}` (`"dataset"`) with `path`, exactly as `ls --json` gives a path
+        (`path_b64` too when it is not UTF-8: `json_name`), and `page`, when it has them."""
+        place: dict = {self.kind: self.id}
+        if self.path is not None:
+            place.update(json_name("path", self.path))
+        if self.page is not None:
+            place["page"] = self.page
+        return place
+
+
 @dataclass
 class Problem:
     blob_id: str
     kind: str  # "chunk", "tree", "ref", "size" (a file's tree gives a chunk a wrong size),
     # "digest" (a file's chunks are whole but their bytes do not have its digest)
     error: str
-    broken: list[str] = field(default_factory=list)  # "<job>:<path>"
+    broken: list[Place] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """For --json: `broken`, each place as the text names it (`job j1:/a/b`), and
+        `paths`, the same places exactly (`Place.as_dict`)."""
+        return {"blob_id": self.blob_id, "kind": self.kind, "error": self.error,
+                "broken": [str(place) for place in self.broken],
+                "paths": [place.as_dict() for place in self.broken]}
 
 
 @dataclass
@@ -239,6 +275,10 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "blobs": self.blobs, "bytes": self.bytes,
+                "problems": [problem.as_dict() for problem in self.problems]}
 
 
 def verify(repo: Repo, names: list[str] | list[tuple[str, str]] | None = None,
@@ -277,7 +317,7 @@ class _Checker:
         self.problems: dict[tuple[bytes, str], Problem] = {}
         self.checked = MarkSet(expect=repo.index.blob_count())  # the blobs checked, fine or not
         self.errors: dict[bytes, str] = {}  # a blob checked -> its error (set before its mark)
-        self.window: deque[tuple[bytes, str, Future]] = deque()
+        self.window: deque[tuple[bytes, Place, Future]] = deque()
         self.inflight: dict[bytes, Future] = {}
 
     def __enter__(self) -> _Checker:
@@ -293,7 +333,6 @@ class _Checker:
             self._settle()
 
     def _walk(self, record: JobRecord, seen: MarkSet) -> None:
-        label = f"{record.kind} {record.id}"
         stack = [(b"", record.root_id)]
         if record.logs:  # the job's stdout and stderr (c3fs.jobs.logs)
             stack.append((b"<logs>", bytes.fromhex(record.logs)))
@@ -301,15 +340,16 @@ class _Checker:
             path, tree_id = stack.pop()
             if not seen.mark(tree_id):
                 continue
-            tree = self._tree(tree_id, f"{label}:{_show(path) or '/'}")
-            for entry in self._entries(tree, f"{label}:{_show(path) or '/'}"):
+            where = Place(record.kind, record.id, path or b"/")
+            tree = self._tree(tree_id, where)
+            for entry in self._entries(tree, where):
                 child = path + b"/" + entry.name
                 if entry.kind == DIR and entry.target not in seen:
                     stack.append((child, entry.target))
                 elif entry.kind == FILE:
-                    self._file(entry, f"{label}:{_show(child)}")
+                    self._file(entry, Place(record.kind, record.id, child))
 
-    def _tree(self, tree_id: bytes, where: str) -> EncodedTree | PagedTree | None:
+    def _tree(self, tree_id: bytes, where: Place) -> EncodedTree | PagedTree | None:
         error = self._check(tree_id)
         if error is None:
             try:  # each tree is read once; a paged one's pages in `_entries`
@@ -322,7 +362,7 @@ class _Checker:
         _note(self.problems, tree_id, "tree", error, where)
         return None
 
-    def _entries(self, tree: EncodedTree | PagedTree | None, where: str) -> Iterator[Entry]:
+    def _entries(self, tree: EncodedTree | PagedTree | None, where: Place) -> Iterator[Entry]:
         """The entries of a tree, checked; of a paged directory, those of each page that
         can be read (a damaged page is noted, the others still walked)."""
         if tree is None or not tree.pages:
@@ -337,11 +377,11 @@ class _Checker:
                 except (DataError, FormatError) as exc:
                     error = str(exc)
             if error is not None:
-                _note(self.problems, page_id, "tree", error, f"{where} (page {k})")
+                _note(self.problems, page_id, "tree", error, replace(where, page=k))
                 continue
             yield from page
 
-    def _file(self, entry: Entry, where: str) -> None:
+    def _file(self, entry: Entry, where: Place) -> None:
         _check_sizes(self.repo, entry, self.problems, where)
         if entry.digest:  # (tree version 2, a file of 2+ chunks): its chunks in order, hashed
             self.window.append((entry.digest, where, self.pool.submit(self._content, entry)))
@@ -427,7 +467,7 @@ class _Checker:
 _count_lock = threading.Lock()
 
 
-def _check_sizes(repo: Repo, entry: Entry, problems: dict, where: str) -> None:
+def _check_sizes(repo: Repo, entry: Entry, problems: dict, where: Place) -> None:
     """Note a file whose tree gives a chunk another size than the index knows it has (the
     plain length from its pack's trailer, checked whenever the chunk is decoded)."""
     for chunk_id, size in zip(entry.chunk_ids(), entry.sizes, strict=True):
@@ -438,7 +478,7 @@ def _check_sizes(repo: Repo, entry: Entry, problems: dict, where: str) -> None:
             return
 
 
-def _note(problems: dict, blob_id: bytes, kind: str, error: str, where: str) -> None:
+def _note(problems: dict, blob_id: bytes, kind: str, error: str, where: Place) -> None:
     problem = problems.setdefault((blob_id, kind), Problem(blob_id.hex(), kind, error))
     if where not in problem.broken:
         problem.broken.append(where)
@@ -451,7 +491,7 @@ def _damaged_refs(repo: Repo) -> list[Problem]:
             try:
                 repo.store.get_ref(kind, name)
             except C3fsError as exc:
-                found.append(Problem("", "ref", str(exc), [f"{kind} {name}"]))
+                found.append(Problem("", "ref", str(exc), [Place(kind, name)]))
     return found
 
 
