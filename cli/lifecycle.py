@@ -358,7 +358,7 @@ def verify(ctx: Ctx, jobs: tuple[str, ...], dataset: bool, as_json: bool) -> Non
             output.out.print(f"DAMAGED {p.kind} {p.blob_id[:16]}: {output.escape(p.error)}",
                              markup=False)
             for where in p.broken[:20]:
-                output.out.print(f"  breaks {output.escape(str(where))}", markup=False)
+                output.out.print(f"  breaks {where.text(output.escape)}", markup=False)
             if len(p.broken) > 20:
                 output.out.print(f"  ... and {len(p.broken) - 20} more", markup=False)
         verdict = "OK" if report.ok else output.count(len(report.problems), "problem")

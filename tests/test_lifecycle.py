@@ -314,20 +314,28 @@ def _damage_first_chunk(store: Path, job: str, path: bytes) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+ODD, LOOKALIKE, PLAIN = b"/sub\xfe/w\xff.bin", b"/sub\xfe/w\\xff.bin", "/caf\u00e9.bin".encode()
+
+
+def _job_with_damaged_names(c3fs_bin, store: Path, tmp_path: Path,
+                            names: tuple[bytes, ...]) -> None:
+    """Job v1 holding a file at each of `names`, the first chunk of each damaged."""
+    data = os.fsencode(tmp_path / "data")
+    for path in names:
+        os.makedirs(os.path.dirname(data + path), exist_ok=True)
+        with open(data + path, "wb") as f:
+            f.write(os.urandom(300_000))
+    assert c3fs_bin("push", data, "-p", "p", "-j", "v1").code == 0
+    for path in names:
+        _damage_first_chunk(store, "v1", path)
+
+
 def test_verify_json_names_broken_paths_exactly(c3fs_bin, store_env, tmp_path: Path) -> None:
     """A path that is not UTF-8 is `\\xNN` text in `broken` and in `paths`, whose entry has
     its bytes too (`path_b64`), as `ls --json` gives them; a UTF-8 path has none."""
     import base64
 
-    data = tmp_path / "data"
-    odd, plain = b"/sub\xfe/w\xff.bin", "/caf\u00e9.bin".encode()
-    os.makedirs(os.fsencode(data) + b"/sub\xfe")
-    for path in (odd, plain):
-        with open(os.fsencode(data) + path, "wb") as f:
-            f.write(os.urandom(300_000))
-    assert c3fs_bin("push", str(data), "-p", "p", "-j", "v1").code == 0
-    for path in (odd, plain):
-        _damage_first_chunk(store_env.store, "v1", path)
+    _job_with_damaged_names(c3fs_bin, store_env.store, tmp_path, (ODD, PLAIN))
     res = c3fs_bin("verify", "--json")
     assert res.code == 6, res.err
     problems = json.loads(res.out)["problems"]
@@ -336,7 +344,20 @@ def test_verify_json_names_broken_paths_exactly(c3fs_bin, store_env, tmp_path: P
     assert sorted((w for p in problems for w in p["paths"]), key=lambda w: w["path"]) == [
         {"job": "v1", "path": "/caf\u00e9.bin"},
         {"job": "v1", "path": "/sub\\xfe/w\\xff.bin",
-         "path_b64": base64.b64encode(odd).decode()}]
+         "path_b64": base64.b64encode(ODD).decode()}]
+
+
+def test_verify_shows_broken_paths_as_ls_does(c3fs_bin, store_env, tmp_path: Path) -> None:
+    """The text names a byte that is not UTF-8 as `ls` does (octal, GNU ls -b), so a name
+    holding the four characters \\xff reads otherwise (its backslash doubled)."""
+    _job_with_damaged_names(c3fs_bin, store_env.store, tmp_path, (ODD, LOOKALIKE))
+    listed = c3fs_bin("ls", "/jobs/v1/sub\udcfe")
+    assert sorted(listed.out.split()) == ["w\\377.bin", "w\\\\xff.bin"], listed.err
+    res = c3fs_bin("verify")
+    assert res.code == 6, res.err
+    breaks = sorted(line for line in res.out.splitlines() if line.startswith("  breaks "))
+    assert breaks == ["  breaks job v1:/sub\\376/w\\377.bin",
+                      "  breaks job v1:/sub\\376/w\\\\xff.bin"], res.out
 
 
 @pytest.mark.parametrize("config, message", [

@@ -233,10 +233,14 @@ class Place:
     def __str__(self) -> str:
         """`job j1:/a/b` (`job j1:/big (page 3)`, `job j1` for its ref), each byte of the
         path that is not UTF-8 as `\\xNN`."""
+        return self.text(_show)
+
+    def text(self, show: Callable[[bytes], str]) -> str:
+        """As `str`, the path shown by `show` (the CLI's: as `ls` shows names)."""
         if self.path is None:
             return f"{self.kind} {self.id}"
         page = "" if self.page is None else f" (page {self.page})"
-        return f"{self.kind} {self.id}:{_show(self.path)}{page}"
+        return f"{self.kind} {self.id}:{show(self.path)}{page}"
 
     def as_dict(self) -> dict:
         """`{"job": id}` (`"dataset"`) with `path`, exactly as `ls --json` gives a path
