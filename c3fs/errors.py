@@ -7,8 +7,9 @@ that did not answer is `BlobUnavailable` (the blob may well be there: nothing to
 a copy stops instead of going on without the file). The path of the namespace a read failed
 on is added to the same exception (`C3fsError.reading`), which keeps its type.
 
-    exit 1 C3fsError   2 UsageError   3 NotFound, SourceError   4 AlreadyExists,
-    DestinationError   5 StoreError   6 DataError, FormatError   7 LockedError   8 MountError
+    exit 1 C3fsError   2 UsageError   3 NotFound, SourceNotFound   4 AlreadyExists,
+    SourceError, DestinationError   5 StoreError   6 DataError, FormatError   7 LockedError
+    8 MountError
 """
 
 from __future__ import annotations
@@ -132,7 +133,15 @@ class BlobUnavailable(BlobError):
 
 
 class SourceError(C3fsError):
-    """A file of the pushed directory cannot be read."""
+    """A file or directory of the pushed directory refused to be read (permission denied,
+    an I/O error): exit 4, as a destination that refused the write."""
+
+    exit_code = 4
+
+
+class SourceNotFound(SourceError):
+    """A file or directory of the pushed directory is not there (removed or moved since it
+    was listed), or what was pushed is no directory: exit 3, not found."""
 
     exit_code = 3
 

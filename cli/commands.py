@@ -59,6 +59,8 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
     last read (its size, chunks and digest all describe those bytes) and named in a
     warning "changed while it was read" and in --json's `changed`; the push goes on and
     exits 0 (the job is registered, the other files are whole). -q hides the warning.
+    A file or directory that refuses to be read (permission denied, an I/O error) stops the
+    push before any job is made: one error line naming it, exit 4.
 
     \b
     Examples:

@@ -165,7 +165,7 @@ EXIT_CODES = (
     (1, "other error"),
     (2, "usage: bad option, argument, id or config file"),
     (3, "not found: no such job, path or source file"),
-    (4, "exists or refused: a taken id, a destination that refused the write"),
+    (4, "exists or refused: a taken id, a source or destination that refused the read or write"),
     (5, "store: unreachable (also mid-copy: run it again), denied, wrong format version"),
     (6, "damaged or missing data (verify, cp -r, pull finish the rest first)"),
     (7, "locked: gc or a push holds the store; rm: a mount reads the job"),

@@ -94,7 +94,7 @@ def test_a_link_that_cannot_be_read_is_one_line(run_cli, store_env, tmp_path: Pa
     monkeypatch.setattr(os, "readlink", denied)
     result = run_cli(["push", str(src), "-p", "proj", "-j", "j1"])
     line = result.assert_one_line_error()
-    assert result.code == 3 and "ln: cannot read the link: Permission denied" in line, line
+    assert result.code == 4 and "ln: cannot read the link: Permission denied" in line, line
     assert refs(store_env) == []
 
 
@@ -152,6 +152,7 @@ def test_source_is_a_file(run_cli, store_env, tmp_path: Path) -> None:
     trees.write_file(tmp_path / "file", b"x")
     result = run_cli(["push", str(tmp_path / "file"), "-p", "proj", "-j", "j"])
     assert "is not a directory" in result.assert_one_line_error()
+    assert result.code == 3  # no such directory
     assert refs(store_env) == []
 
 
@@ -208,9 +209,13 @@ def test_unreadable_source(nobody_dirs: Path, what: str) -> None:
         pytest.skip(f"cannot make {blocked} unreadable here: {probe.stderr.strip()[-200:]}")
     result = c3fs_as_nobody("push", str(src), "-p", "proj", "-j", "j1")
     line = result.assert_one_line_error()
-    assert ("secret" if what == "file" else "locked") in line
-    assert "Permission denied" in line
+    assert line == f"c3fs: error: {blocked}: " + (
+        "cannot read: Permission denied" if what == "file"
+        else "cannot open directory: Permission denied")
+    assert result.code == 4  # a source that refused the read; 3 is "not found"
     assert not (nobody_dirs / "store" / "refs" / "jobs" / "j1").exists()
+    uploaded = c3fs_as_nobody("cp", "-r", str(src), "/datasets/d1", "--project", "proj")
+    assert uploaded.assert_one_line_error() == line and uploaded.code == 4
     listed = c3fs_as_nobody("ls", "/jobs/")
     assert listed.code == 0 and listed.out == "", listed.err
 

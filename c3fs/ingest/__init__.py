@@ -31,7 +31,7 @@ from typing import NamedTuple
 import blake3
 import pyfastcdc
 
-from c3fs.errors import NotFound, SourceError
+from c3fs.errors import C3fsError, NotFound, SourceError, SourceNotFound
 from c3fs.fsutil import human, sorted_names
 from c3fs.index import Index
 from c3fs.objects import codec
@@ -55,6 +55,15 @@ OPEN_FILE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW  # a file swapped for a l
 # reads of a file that changes while it is read (as tar, restic and borg see it: its size,
 # mtime or ctime moved, or not its size's worth of bytes came); the last is stored as read
 READ_ATTEMPTS = 3
+
+
+def source_error(where: str, exc: OSError, doing: str = "") -> SourceError:
+    """The one-line error for `exc`, met `doing` something to `where` (a path of the pushed
+    directory): SourceNotFound (exit 3) when it is not there, else SourceError (exit 4: the
+    source refused the read, as a destination refuses a write)."""
+    gone = isinstance(exc, FileNotFoundError | NotADirectoryError)
+    return (SourceNotFound if gone else SourceError)(
+        f"{where}: {doing + ': ' if doing else ''}{exc.strerror}")
 
 
 @dataclass
@@ -404,9 +413,9 @@ class Ingester:
         except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file on the way
             raise NotFound(f"{os.fsdecode(top)}: no such directory") from None
         except OSError as exc:
-            raise SourceError(f"{os.fsdecode(top)}: {exc.strerror}") from None
+            raise source_error(os.fsdecode(top), exc) from None
         if not stat.S_ISDIR(st.st_mode):
-            raise SourceError(f"{os.fsdecode(top)} is not a directory")
+            raise SourceNotFound(f"{os.fsdecode(top)} is not a directory")
         root = self._walk(top, st)
         self._store_dirs(-1)
         self._stored()  # (the trees name the small files' chunks)
@@ -430,7 +439,7 @@ class Ingester:
             if len(data) > MAX_TREE:
                 where = (f"directory {name.decode(errors='backslashreplace')}" if name
                          else "a directory")
-                raise SourceError(
+                raise C3fsError(
                     f"{where}: {count:,} entries take {human(len(data))} in one tree (a page "
                     f"of it), over the {human(MAX_TREE)} a tree may take: a file of too many "
                     "chunks?")
@@ -488,12 +497,12 @@ class Ingester:
         try:
             fd = os.open(path, flags, dir_fd=dir_fd)
         except OSError as exc:
-            raise SourceError(f"{where()}: cannot open directory: {exc.strerror}") from None
+            raise source_error(where(), exc, "cannot open directory") from None
         try:
             names = sorted_names(fd, 4 * self._page)
         except OSError as exc:
             os.close(fd)
-            raise SourceError(f"{where()}: cannot list directory: {exc.strerror}") from None
+            raise source_error(where(), exc, "cannot list directory") from None
         return _Open(parent, name, fd, _kept(st), names, top=path if parent is None else b"")
 
     @staticmethod
@@ -502,14 +511,14 @@ class Ingester:
         try:
             fd = os.open(b"..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=child.fd)
         except OSError as exc:
-            raise SourceError(f"{parent.display()}: cannot open directory: {exc.strerror}") from None
+            raise source_error(parent.display(), exc, "cannot open directory") from None
         finally:
             os.close(child.fd)
             child.fd = -1
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (parent.st.st_dev, parent.st.st_ino):
             os.close(fd)
-            raise SourceError(f"{child.display()}: moved while it was being stored")
+            raise SourceNotFound(f"{child.display()}: moved while it was being stored")
         return fd
 
     def _finish(self, current: _Open) -> _Dir:
@@ -573,7 +582,7 @@ class Ingester:
         try:
             st = os.stat(name, dir_fd=into.fd, follow_symlinks=False)
         except OSError as exc:
-            raise SourceError(f"{into.display(name)}: {exc.strerror}") from None
+            raise source_error(into.display(name), exc) from None
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
             return self._opened(into, name, name, st)
@@ -589,8 +598,7 @@ class Ingester:
             try:  # (/proc's links deny even root)
                 target = os.readlink(name, dir_fd=into.fd)
             except OSError as exc:
-                raise SourceError(f"{into.display(name)}: cannot read the link: "
-                                  f"{exc.strerror}") from None
+                raise source_error(into.display(name), exc, "cannot read the link") from None
             self.stats.add(symlinks=1)
             into.parts.append(Entry(name, LINK, mode, 0, st.st_mtime_ns, target=target))
         else:
@@ -748,7 +756,7 @@ class Ingester:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
+            raise source_error(where.display(name), exc, "cannot read") from None
         return (None if len(data) == limit else data), before, after
 
     def _file_entry(self, dir_fd: int, name: bytes, where: _Open) -> Entry:
@@ -796,7 +804,7 @@ class Ingester:
                     sizes.append(size)
                 after = os.fstat(f.fileno())
         except OSError as exc:
-            raise SourceError(f"{where.display(name)}: cannot read: {exc.strerror}") from None
+            raise source_error(where.display(name), exc, "cannot read") from None
         return _Read(b"".join(ids), sizes, whole.digest(), _kept(after),
                      _unchanged(before, after, sum(sizes)))
 
