@@ -220,6 +220,24 @@ def test_unreadable_source(nobody_dirs: Path, what: str) -> None:
     assert listed.code == 0 and listed.out == "", listed.err
 
 
+@pytest.mark.parametrize("what", ["mode 000", "directory"])
+def test_a_job_config_that_cannot_be_read_is_one_line(nobody_dirs: Path, what: str) -> None:
+    """A .c3 that refuses the read (root-owned mode 000, read by nobody) or is a directory:
+    one line naming it, exit 2 as for a c3fs config file that cannot be read; nothing runs.
+    (It was a traceback.)"""
+    work = nobody_dirs / "work"
+    work.mkdir(mode=0o777)
+    config = work / ".c3"
+    if what == "directory":
+        config.mkdir()
+    else:
+        trees.write_file(config, b"project: vision\n", 0o000)
+    result = c3fs_as_nobody("run", "-C", str(work), "--", "touch", str(work / "ran"))
+    assert result.assert_one_line_error() == f"c3fs: error: {config}: cannot read the job " \
+        f"config: {'Permission denied' if what == 'mode 000' else 'Is a directory'}"
+    assert result.code == 2 and not (work / "ran").exists()
+
+
 # ---- cp destinations ---------------------------------------------------------------------
 def test_cp_of_a_dir_without_r(run_cli, tmp_path: Path) -> None:
     push_ok(run_cli, small_src(tmp_path), "j1")

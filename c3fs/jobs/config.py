@@ -54,7 +54,11 @@ def load_config(path: Path | None, workdir: Path) -> JobConfig:
             raise ConfigError(f"{path}: no such config file")
         return JobConfig()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        data = path.read_bytes()
+    except OSError as exc:  # (a directory, or mode 000 to a user: one line, as config.toml's)
+        raise ConfigError(f"{path}: cannot read the job config: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(data.decode()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
