@@ -67,8 +67,6 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
       c3fs push ./artifacts --project vision
       c3fs push ./out -p vision -j job_resnet_01 --json
     """
-    import msgspec
-
     from c3fs.jobs.push import push_dir
 
     project = default_project() if project is None else project
@@ -83,15 +81,29 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
     output.timing(f"push {record.id}: {output.count(record.files, 'file')}, "
                   f"{output.human(record.logical_bytes)} read, "
                   f"{output.human(record.stored_delta)} stored", started, record.logical_bytes)
-    if as_json:  # (`changed` only when there are: else the record as `ls --json` shows it)
-        output.print_json({**msgspec.to_builtins(record), "changed": [
-            json_name("path", os.fsencode(path)) for path in changed]} if changed else record)
+    if as_json:
+        output.print_json(record_json(record, changed))
         return
     output.out.print(record.id)
     output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
-                     f"{output.human(record.stored_delta)} newly stored"
-                     + (f", {output.count(len(changed), 'file')} changed while read"
-                        if changed else ""))
+                     f"{output.human(record.stored_delta)} newly stored{changed_note(changed)}")
+
+
+def record_json(record: JobRecord, changed: list[str]) -> object:
+    """A pushed or run job's record for --json: with `changed`, a {path} (exact:
+    `json_name`) for each file stored as read while it changed, when there are any; else
+    the record as `ls --json` shows it."""
+    import msgspec
+
+    if not changed:
+        return record
+    return {**msgspec.to_builtins(record),
+            "changed": [json_name("path", os.fsencode(path)) for path in changed]}
+
+
+def changed_note(changed: list[str]) -> str:
+    """The end of a push's or run's summary: how many files changed while read, if any."""
+    return f", {output.count(len(changed), 'file')} changed while read" if changed else ""
 
 
 def default_project() -> str | None:

@@ -12,7 +12,7 @@ import click
 from c3fs.errors import LockedError, NotFound, UsageError
 
 from . import output
-from .commands import cp, default_project, ls
+from .commands import changed_note, cp, default_project, ls, record_json
 from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
@@ -30,7 +30,8 @@ log = logging.getLogger("c3fs.cli")
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=".", help="Working directory of the job (default: .).")
 @click.option("--json", "as_json", is_flag=True,
-              help="At the end, print the job record as JSON on stdout (not just its id).")
+              help="At the end, print the job record as JSON on stdout (not just its id; with "
+                   "`changed`, if any: a {path} for each file that changed while read).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json: bool,
@@ -79,14 +80,16 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     config = load_config(config_path, workdir)
     spec = JobSpec(list(command), workdir, config, project or config.project or default_project() or "default",
                    job_id, timeout, ctx.store_url, progress=output.progress_bar)
-    record, code = run_job(ctx.repo(write=True), spec)
-    finish_run(record, code, as_json)
+    changed: list[str] = []
+    record, code = run_job(ctx.repo(write=True), spec, changed)
+    finish_run(record, code, as_json, changed)
 
 
-def finish_run(record, code: int, as_json: bool) -> None:
-    """Say how a run ended (the record, or its id) and exit with the job's code, also when
-    stdout's reader left (`c3fs run ... | head`): not 141, which scripts take for a
-    harmless SIGPIPE, for a job that failed."""
+def finish_run(record, code: int, as_json: bool, changed: list[str]) -> None:
+    """Say how a run ended (the record, or its id; with --json, the files that changed
+    while read as push says them) and exit with the job's code, also when stdout's reader
+    left (`c3fs run ... | head`): not 141, which scripts take for a harmless SIGPIPE, for a
+    job that failed."""
     from .main import drop_stdout
 
     try:
@@ -94,9 +97,10 @@ def finish_run(record, code: int, as_json: bool) -> None:
             status = record.status + (f" ({record.reason})" if record.reason else "")
             output.note(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
                         f"{output.human(record.logical_bytes)} logical, "
-                        f"{output.human(record.stored_delta)} newly stored")
+                        f"{output.human(record.stored_delta)} newly stored"
+                        f"{changed_note(changed)}")
             if as_json:
-                output.print_json(record)
+                output.print_json(record_json(record, changed))
             else:
                 output.out.print(record.id)
         elif as_json:

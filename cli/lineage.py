@@ -217,7 +217,8 @@ def _write_bytes(target, data: bytes) -> None:
 @click.option("--timeout", type=float, metavar="SECONDS", help="As for run.")
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=".", help="Working directory of the new job (default: .).")
-@click.option("--json", "as_json", is_flag=True, help="Print the new job's record as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the new job's record as JSON (with `changed`, as for run).")
 @pass_ctx
 def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir: Path,
           as_json: bool) -> None:
@@ -247,4 +248,5 @@ def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir
     config = pinned_config(record, load_config(None, workdir))
     spec = JobSpec(list(record.command), workdir, config, record.project, job_id, timeout,
                    ctx.store_url, progress=output.progress_bar)
-    finish_run(*run_job(repo, spec), as_json)
+    changed: list[str] = []
+    finish_run(*run_job(repo, spec, changed), as_json, changed)

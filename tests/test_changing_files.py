@@ -239,3 +239,34 @@ def test_a_file_removed_or_renamed_while_read_is_stored_as_read(
     back = copied(run_cli, "job_moved", tmp_path)
     assert (back / LARGE).read_bytes() == large_version(0)
     assert (back / SMALL).read_bytes() == small_version(0)
+
+
+def _results(tmp_path: Path) -> Path:
+    """A run's working dir whose `output:` dir `results` holds the two files that change
+    (files left there before the job are collected with it, as the platform does)."""
+    work = tmp_path / "work"
+    (work / "results").mkdir(parents=True)
+    (work / ".c3").write_text("project: proj\noutput: [results]\n")
+    trees.write_file(work / "results" / LARGE, large_version(0), mtime_ns=trees.BASE_NS)
+    trees.write_file(work / "results" / SMALL, small_version(0), mtime_ns=trees.BASE_NS)
+    return work
+
+
+@pytest.mark.logs("changed while it was read", "already holds")
+def test_run_json_names_the_files_that_kept_changing(run_cli, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """run --json (and rerun's, the same code) has push's `changed`: a {path} each, the
+    job SUCCEEDED and exit 0; the summary counts them."""
+    work = _results(tmp_path)
+    racing = racer(work / "results", monkeypatch, lambda name, done: done < 3)
+    result = run_cli(["run", "-C", str(work), "-j", "job_run", "--json", "--", "true"])
+    assert result.code == 0, result.err
+    assert racing.rewrites == {LARGE: 3, SMALL: 3}
+    record = json.loads(result.out)
+    assert (record["id"], record["status"]) == ("job_run", "SUCCEEDED")
+    assert sorted(record["changed"], key=lambda c: c["path"]) == [
+        {"path": str(work / "results" / name)} for name in sorted((LARGE, SMALL))]
+    assert "2 files changed while read" in result.err
+    quiet = run_cli(["run", "-C", str(work), "-j", "job_still", "--json", "--", "true"])
+    assert "changed" not in json.loads(quiet.out)  # (the racer: 3 rewrites a file, done)
+

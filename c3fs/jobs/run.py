@@ -87,10 +87,14 @@ class Outcome:
     inputs: list[Input] = field(default_factory=list)
     command_started: bool = False
     kept: Path | None = None  # the artifacts dir, kept because the upload failed
+    changed: list[str] = field(default_factory=list)  # files stored as read (`ingest`)
 
 
-def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
-    """Run the job; return its record (None if it could not be written) and the exit code."""
+def run_job(repo: Repo, spec: JobSpec,
+            changed: list[str] | None = None) -> tuple[JobRecord | None, int]:
+    """Run the job; return its record (None if it could not be written) and the exit code.
+    The files its upload stored as read, still changing (see `ingest`), are added to
+    `changed`."""
     _check_timeout(spec.timeout)
     check_name(spec.project, "project")
     job_id = new_job_id() if spec.job_id is None else check_new_job_id(spec.job_id)
@@ -113,6 +117,8 @@ def run_job(repo: Repo, spec: JobSpec) -> tuple[JobRecord | None, int]:
         record = _run_and_upload(repo, spec, job_id, artifacts, outputs, outcome, mounted, state)
     finally:
         _release(lock, state)
+    if changed is not None:
+        changed.extend(outcome.changed)
     return record, _exit_code(outcome)
 
 
@@ -257,11 +263,14 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
                 logs["logs"] = ing.ingest_dir(state.dir / "logs").hex()
             return root
 
+        changed: list[str] = []  # (the job's only once it is registered)
         with bar as advance:  # files and bytes: the artifacts'; stored: logs included
-            return ingest(repo, build,
-                          lambda root, stats: record_for(JOB, job_id, spec.project, root,
-                                                         stats, started, **fields, **logs),
-                          progress=advance)
+            record = ingest(repo, build,
+                            lambda root, stats: record_for(JOB, job_id, spec.project, root,
+                                                           stats, started, **fields, **logs),
+                            progress=advance, changed=changed)
+        outcome.changed = changed
+        return record
     except (C3fsError, OSError) as exc:
         kept_logs = keep_locally(state.dir / "logs", spec.workdir, job_id)
         if kept_logs:
