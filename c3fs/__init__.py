@@ -7,7 +7,7 @@ The Python API (README: "Python API and fsspec")::
     with c3fs.open("s3://bucket/c3", "/jobs/job_abc123/model.pt") as f:  # or a Store
         state = torch.load(f)
     c3fs.ls(None, "/projects/vision/jobs/")            # None: the default store
-    record = c3fs.push("./out", project="vision")     # the job's record
+    record = c3fs.push("./out", project="vision")     # the job's record (and .changed)
     c3fs.pull(record.id, "./runs")
     store = c3fs.Store("/data/c3fs-store")            # one store, many reads
     errors: c3fs.errors (NotFound, IsADirectory, DataError, ...); fsspec: "c3fs://" paths.
@@ -21,10 +21,10 @@ __version__ = "0.2.0"
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from c3fs import errors
-    from c3fs.api import File, Info, Store, info, ls, open, pull, push
+    from c3fs.api import File, Info, Pushed, Store, info, ls, open, pull, push
 
-__all__ = ["File", "Info", "Store", "errors", "info", "ls", "open", "pull", "push"]
-_API = {"File", "Info", "Store", "info", "ls", "open", "pull", "push"}
+__all__ = ["File", "Info", "Pushed", "Store", "errors", "info", "ls", "open", "pull", "push"]
+_API = {"File", "Info", "Pushed", "Store", "info", "ls", "open", "pull", "push"}
 
 
 def __getattr__(name: str):

@@ -36,12 +36,12 @@ from c3fs.errors import (
     NotFound,
     UsageError,
 )
+from c3fs.objects.job import JobRecord
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.vfs import MAX_LINKS, Node, Vfs, split_path
 
 if TYPE_CHECKING:
     from c3fs.jobs.pull import Pulled
-    from c3fs.objects.job import JobRecord
     from c3fs.reader import FileReader
     from c3fs.repo import Repo
 
@@ -165,6 +165,16 @@ class Info:
     mode: int  # permission bits, e.g. 0o644
     mtime: float  # seconds since the epoch
     target: str | None = None  # a link's target (`latest`, a tag, a symlink in a tree)
+
+
+class Pushed(JobRecord, kw_only=True, frozen=True):
+    """What `push` gives: the job's record (a JobRecord, every field as stored) and
+    `changed`, the files that changed while they were read, each stored as last read and
+    named in a warning (`push --json`'s `changed`). A path starts as the directory given
+    and is decoded as os.fsdecode does: os.fsencode(path) is its exact name, also one that
+    is not UTF-8. (`==` holds only between two Pushed: compare `id` with a stored record.)"""
+
+    changed: list[str] = []
 
 
 def _text(name: bytes) -> str:
@@ -384,12 +394,17 @@ class Store:
         return resolve_job(self.repo, job)
 
     def push(self, directory: str | os.PathLike[str], *, project: str,
-             job: str | None = None) -> JobRecord:
+             job: str | None = None) -> Pushed:
         """Store `directory` as a finished job of `project` (id `job`, else a fresh one);
-        the job's record. AlreadyExists if the id is taken."""
+        the job's record, with `changed`: the files that changed while they were read
+        (`Pushed`). AlreadyExists if the id is taken."""
+        import msgspec
+
         from c3fs.jobs.push import push_dir
 
-        return push_dir(self.repo, directory, project, job)
+        changed: list[str] = []
+        record = push_dir(self.repo, directory, project, job, changed=changed)
+        return Pushed(**msgspec.structs.asdict(record), changed=changed)
 
     def pull(self, jobs: str | list[str] | None = None, dest: str | os.PathLike[str] = ".",
              *, keep_setuid: bool = False) -> list[Pulled]:
@@ -557,8 +572,9 @@ def info(store: Store | str | os.PathLike[str] | None, path: str) -> Info:
 
 
 def push(directory: str | os.PathLike[str], *, project: str, job: str | None = None,
-         store: Store | str | os.PathLike[str] | None = None) -> JobRecord:
-    """Store `directory` as a finished job of `project`; its record (see `Store.push`).
+         store: Store | str | os.PathLike[str] | None = None) -> Pushed:
+    """Store `directory` as a finished job of `project`; its record, with `changed` (see
+    `Store.push`).
     A store URL that names no store yet creates one, as `c3fs push` does."""
     target = store if isinstance(store, Store) else Store(store, create=True)
     try:
@@ -575,4 +591,4 @@ def pull(jobs: str | list[str] | None = None, dest: str | os.PathLike[str] = "."
     return _store(store).pull(jobs, dest, keep_setuid=keep_setuid)
 
 
-__all__ = ["C3fsError", "File", "Info", "Store", "info", "ls", "open", "pull", "push"]
+__all__ = ["C3fsError", "File", "Info", "Pushed", "Store", "info", "ls", "open", "pull", "push"]

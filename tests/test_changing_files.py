@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -270,3 +271,29 @@ def test_run_json_names_the_files_that_kept_changing(run_cli, tmp_path: Path,
     quiet = run_cli(["run", "-C", str(work), "-j", "job_still", "--json", "--", "true"])
     assert "changed" not in json.loads(quiet.out)  # (the racer: 3 rewrites a file, done)
 
+
+@pytest.mark.logs("changed while it was read")
+def test_the_api_push_result_names_the_files_that_kept_changing(
+        store_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """c3fs.push's result is the job's record with `changed`: each path as given, a str
+    that os.fsencode turns into the exact name (here below a directory not UTF-8)."""
+    import c3fs
+
+    # the warnings name src\xff (a str with a surrogate, which pytest-xdist cannot send from
+    # a worker): seen by the check of c3fs's warnings (on the "c3fs" logger), not by root's
+    monkeypatch.setattr(logging.getLogger("c3fs"), "propagate", False)
+    src = tmp_path / os.fsdecode(b"src\xff")
+    src.mkdir()
+    trees.write_file(src / LARGE, large_version(0), mtime_ns=trees.BASE_NS)
+    trees.write_file(src / SMALL, small_version(0), mtime_ns=trees.BASE_NS)
+    racer(src, monkeypatch, lambda name, done: done < 3)
+    with c3fs.Store(store_env.store, create=True) as store:
+        pushed = store.push(src, project="proj", job="job_api")
+        assert isinstance(pushed, c3fs.Pushed) and pushed.id == "job_api"
+        assert sorted(map(os.fsencode, pushed.changed)) == sorted(
+            os.fsencode(tmp_path) + b"/src\xff/" + name.encode() for name in (LARGE, SMALL))
+        stored = store.record("job_api")
+        assert (pushed.root, pushed.files, pushed.logical_bytes) == (
+            stored.root, stored.files, stored.logical_bytes)
+        steady = store.push(src, project="proj", job="job_steady")  # (3 rewrites: done)
+        assert steady.changed == []
