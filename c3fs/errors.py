@@ -19,8 +19,16 @@ from typing import Self
 
 def one_line(text: str) -> str:
     """`text` with control characters escaped: an error stays one line, and a name from a
-    crafted store cannot send escape sequences to the terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    crafted store cannot send escape sequences to the terminal. A byte of a local path that
+    is not UTF-8 (os.fsdecode keeps it as a surrogate) is `\\xNN`, as c3fs shows such a
+    byte everywhere, not `\\udcNN`."""
+    return "".join(c if c.isprintable() else _escaped(c) for c in text)
+
+
+def _escaped(c: str) -> str:
+    if "\udc80" <= c <= "\udcff":
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1]
 
 
 class C3fsError(Exception):

@@ -156,6 +156,16 @@ def test_source_is_a_file(run_cli, store_env, tmp_path: Path) -> None:
     assert refs(store_env) == []
 
 
+def test_a_source_path_that_is_not_utf8_is_named_as_xnn(c3fs_bin, store_env,
+                                                        tmp_path: Path) -> None:
+    """The error line shows the byte 0xff of a local path as \\xff, as c3fs shows such a byte
+    in every other message and in --json, not as Python's surrogate escape \\udcff."""
+    missing = os.fsencode(tmp_path) + b"/out\xff"
+    result = c3fs_bin("push", missing, "-p", "proj", "-j", "j1")
+    assert result.assert_one_line_error() == f"c3fs: error: {tmp_path}/out\\xff: no such directory"
+    assert result.code == 3
+
+
 @pytest.fixture
 def nobody_dirs(monkeypatch: pytest.MonkeyPatch):
     """A world-traversable work dir, with store and cache owned by `nobody` (we run as root)."""

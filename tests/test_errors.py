@@ -76,3 +76,11 @@ def test_a_source_that_is_gone_is_not_found_one_that_refuses_the_read_is_refused
     assert str(made[0]) == f"{tmp_path}/gone: cannot read: No such file or directory"
     assert str(made[2]) == "f: cannot read: Permission denied"
     assert str(source_error("d", met[2][1])) == "d: Permission denied"
+
+
+def test_one_line_shows_a_byte_that_is_not_utf8_as_xnn() -> None:
+    """A local path's byte that is not UTF-8 (a surrogate from os.fsdecode) reads `\\xNN`,
+    as everywhere else c3fs shows one; control characters stay escaped, the rest as is."""
+    shown = errors.one_line(os.fsdecode(b"/src\xff/a\xfe\x1b\n\xc3\xa9"))
+    assert shown == "/src\\xff/a\\xfe\\x1b\\n\u00e9"
+    assert errors.one_line("\ud800") == "\\ud800"  # (no byte of a path: as repr shows it)
