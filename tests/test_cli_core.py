@@ -230,6 +230,26 @@ def test_unreadable_source(nobody_dirs: Path, what: str) -> None:
     assert listed.code == 0 and listed.out == "", listed.err
 
 
+def test_a_destination_that_refuses_the_write_is_refused_too(nobody_dirs: Path) -> None:
+    """The other side of an unreadable source: cp, cp -r and pull into a directory nobody
+    may not write (root's, 0755) are one line naming it, exit 4, as a source that refused
+    the read is."""
+    src = nobody_dirs / "src"
+    src.mkdir()
+    trees.write_file(src / "a.txt", b"fine")
+    assert c3fs_as_nobody("push", str(src), "-p", "proj", "-j", "j1").code == 0
+    dest = nobody_dirs / "dest"
+    dest.mkdir(mode=0o755)
+    for args, where in ((["cp", "/jobs/j1/a.txt", str(dest / "a.txt")], dest / "a.txt"),
+                        (["cp", "-r", "/jobs/j1", str(dest / "x")], dest / "x"),
+                        (["pull", "j1", "-d", str(dest)], dest / "j1")):
+        result = c3fs_as_nobody(*args)
+        line = result.assert_one_line_error()
+        assert line.startswith(f"c3fs: error: {where}: ") and "Permission denied" in line
+        assert result.code == 4, args
+    assert os.listdir(dest) == []
+
+
 @pytest.mark.parametrize("what", ["mode 000", "directory"])
 def test_a_job_config_that_cannot_be_read_is_one_line(nobody_dirs: Path, what: str) -> None:
     """A .c3 that refuses the read (root-owned mode 000, read by nobody) or is a directory:
