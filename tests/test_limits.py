@@ -9,6 +9,7 @@ Paths longer than PATH_MAX and nesting thousands deep: tests/reliability/test_re
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 from pathlib import Path
@@ -99,8 +100,34 @@ def test_a_sparse_file_is_stored_as_reading_its_holes_would(run_cli, tmp_path: P
             assert getattr(a.entry, field) == getattr(b.entry, field), field
         assert a.entry.digest == blake3.blake3(dense).digest()
         assert vfs.open(a).read(0, size) == bytes(dense)
+        assert_holes_as_in_bytes(vfs.open(a), a.entry.sizes, bytes(dense),
+                                 repo.store.config.chunk_max)
     finally:
         repo.close()
+
+
+def assert_holes_as_in_bytes(reader, sizes: list[int], content: bytes, chunk_max: int) -> None:
+    """`FileReader.seek` (SEEK_DATA, SEEK_HOLE) against the file's bytes: a hole is a run
+    of chunks of `chunk_max` zeros, whatever their ids; the end of the file is a hole;
+    offsets outside the file, and SEEK_DATA with no data after, are None (ENXIO)."""
+    starts = [0, *itertools.accumulate(sizes)]
+    hole = [end - start == chunk_max and content[start:end] == bytes(chunk_max)
+            for start, end in zip(starts, starts[1:], strict=False)]
+    assert sum(hole) >= len(hole) // 2  # (mostly holes: the test means something)
+
+    def expected(offset: int, data: bool) -> int | None:
+        if not 0 <= offset < len(content):
+            return None
+        for i, end in enumerate(starts[1:]):
+            if end > offset and hole[i] != data:
+                return max(starts[i], offset)
+        return None if data else len(content)
+
+    offsets = [-1, len(content), len(content) + 1, *starts[:-1],
+               *range(0, len(content), 100_003)]
+    for offset in offsets:
+        for data in (True, False):
+            assert reader.seek(offset, data) == expected(offset, data), (offset, data)
 
 
 @pytest.mark.slow
@@ -122,6 +149,9 @@ def test_a_sparse_file_of_1_tib_is_pushed_and_read_at_its_end(run_cli, tmp_path:
         node = vfs.resolve("/jobs/sparse/sparse.bin")
         assert node.size == size and len(set(node.entry.chunk_ids())) <= 3
         assert vfs.open(node).read(node.size - 8, 8) == b"\0\0\0\0tail"
+        reader = vfs.open(node)  # its holes found among a million chunks (SEEK_DATA, SEEK_HOLE)
+        assert size - (2 << 20) < reader.seek(0, True) < size and reader.seek(0, False) == 0
+        assert reader.seek(reader.seek(0, True), False) == size
     finally:
         repo.close()
 

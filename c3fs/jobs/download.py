@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import os
 import stat
@@ -187,9 +186,6 @@ class Copier:
         self._lanes = _Lanes(max(1, len(os.sched_getaffinity(0)) - 1)
                              if not vfs.repo.blobs.remote else workers)
         self._reuse = _Reuse()
-        # a run of zeros as a push cuts a sparse file's holes: `chunk_max` of them (`_hole`)
-        self._zero_size = vfs.repo.store.config.chunk_max
-        self._zero_id = _zeros_id(self._zero_size)
         self._tree = False  # copying a directory: damaged data is left out, the rest copied
         self._in_place: set[bytes] = set()  # files written in place (`_write_in_place`)
         self._umask = _umask()
@@ -483,14 +479,12 @@ class Copier:
     def _chunk(self, reader: FileReader, i: int) -> bytes:
         return reader.chunk(i)
 
-    def _hole(self, reader: FileReader, i: int) -> int:
-        """The size of chunk `i` if it is a run of zeros as a push cuts a sparse file's
-        holes (`chunk_max` zeros, whose id is known), else 0. Such a chunk is neither
-        fetched nor written: the copy keeps a hole there, so a sparse file pulled takes the
-        disk its data takes (a 1 TiB one took 1 TiB). Its id names its bytes: nothing goes
-        unchecked."""
-        size = reader.starts[i + 1] - reader.starts[i]
-        return size if size == self._zero_size and reader.ids[i] == self._zero_id else 0
+    @staticmethod
+    def _hole(reader: FileReader, i: int) -> int:
+        """The size of chunk `i` if it is a hole (c3fs/reader/holes.py), else 0. Such a
+        chunk is neither fetched nor written: the copy keeps a hole there, so a sparse file
+        pulled takes the disk its data takes (a 1 TiB one took 1 TiB)."""
+        return reader.hole(i)
 
     def _end_part(self, big: _BigFile) -> None:
         """The last part to end names the file, or drops it if any part failed."""
@@ -879,12 +873,6 @@ def _make_dir(path: bytes) -> bool:
     if st.st_mode & 0o700 != 0o700:
         os.chmod(path, st.st_mode | 0o700)  # a copy made before may have left it read-only
     return False
-
-
-@functools.lru_cache(maxsize=4)
-def _zeros_id(size: int) -> bytes:
-    """The chunk id of `size` zeros (once a process: a pull makes a Copier for each job)."""
-    return blob_id(bytes(size))
 
 
 def _write_all(fd: int, data: bytes) -> None:

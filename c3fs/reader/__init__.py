@@ -33,6 +33,7 @@ from c3fs.memo import RandomCache, SingleFlight
 from c3fs.objects import codec
 from c3fs.objects.tree import EncodedTree, Entry, PagedTree, file_digest, open_tree
 from c3fs.reader.ahead import Ahead
+from c3fs.reader.holes import Holes
 from c3fs.store.backend import LOCAL, BackendError, KeyMissing
 from c3fs.store.store import Store
 
@@ -86,6 +87,7 @@ class BlobSource:
         self.store = store
         self.index = index
         self.cache_bytes = cache_bytes
+        self.holes = Holes(store.config.chunk_max)  # how a push stores a sparse file's holes
         self._cache: RandomCache[bytes, bytes | Tree] = RandomCache(cache_bytes, _cached_size)
         # the last tree too big for the cache (a directory of ~500,000 entries with the
         # default cache): without it every lookup in such a directory read all of it again
@@ -362,6 +364,7 @@ class FileReader:
         self.ids = entry.chunk_ids()
         self.starts = [0, *itertools.accumulate(entry.sizes)]
         self.size = entry.size
+        self._sizes = entry.sizes
         self.readahead = readahead
         self._remember = remember
         self._reuse = reuse
@@ -413,6 +416,26 @@ class FileReader:
                 whole.update(self.chunk(i))
             self._digest = whole.digest()
         return self._digest
+
+    def hole(self, i: int) -> int:
+        """The size of chunk `i` if it is a hole (a chunk of zeros as a push cuts a sparse
+        file's holes: c3fs/reader/holes.py), else 0."""
+        size = self._sizes[i]
+        return size if self.blobs.holes.is_hole(self.ids[i], size) else 0
+
+    def seek(self, offset: int, data: bool) -> int | None:
+        """lseek(2)'s SEEK_DATA (`data`) or SEEK_HOLE from `offset`: where the first data,
+        or hole, at or after `offset` starts, the end of the file counting as a hole; None
+        where lseek fails with ENXIO (`offset` outside the file, or no data after it). A hole
+        is a run of hole chunks (c3fs/reader/holes.py); the chunk list alone answers."""
+        if not 0 <= offset < self.size:
+            return None
+        i = bisect.bisect_right(self.starts, offset) - 1
+        holes = self.blobs.holes
+        if data:
+            i = holes.next_data(self.ids, self._sizes, i)
+            return None if i == len(self.ids) else max(self.starts[i], offset)
+        return max(self.starts[holes.next_hole(self.ids, self._sizes, i)], offset)
 
     def chunk(self, i: int) -> bytes:
         """The verified bytes of chunk `i` (starting at `starts[i]`), as many as the tree says."""
