@@ -246,6 +246,53 @@ def test_statfs(mnt: Path) -> None:
     assert st.f_bavail == 0 and st.f_blocks > 0
 
 
+# sparse files -----------------------------------------------------------------------------
+SPARSE_JOB = "job_sparse"
+MiB = 1 << 20
+SPARSE = {  # name: (size, {offset: length of random data there}); holes elsewhere
+    "mixed.bin": (24 * MiB + 3, {0: 300_000, 10 * MiB + 5: 200_000}),  # a hole to the end
+    "holes.bin": (6 * MiB, {}),
+    "tail.bin": (4 * MiB + 100_000, {4 * MiB: 100_000}),
+    "dense.bin": (3 * MiB + 17, {0: 3 * MiB + 17}),
+}
+
+
+@pytest.fixture(scope="module")
+def sparse_src(world: World) -> Path:
+    """Sparse files pushed as one job (once for both ways of opening), and a dense one."""
+    src = world.root / "sparse-src"
+    src.mkdir()
+    rng = random.Random(11)
+    for name, (size, data) in SPARSE.items():
+        with open(src / name, "wb") as f:
+            f.truncate(size)
+            for at, length in data.items():
+                f.seek(at)
+                f.write(rng.randbytes(length))
+    assert os.stat(src / "mixed.bin").st_blocks * 512 < 2 * MiB  # (the source is sparse)
+    world.push(src, SPARSE_JOB)
+    return src
+
+
+def test_a_sparse_files_st_blocks_are_its_data(world: World, sparse_src: Path,
+                                               tmp_path: Path) -> None:
+    """st_blocks count the bytes that are not hole chunks (chunk_max zeros: how a push stores
+    holes), from the chunk list the file's tree entry holds: the same from a LOOKUP (a fresh
+    mount: stat by path) and from a READDIRPLUS (another: listed first, a run of entries
+    given to `readdir_reply_many` with their st_blocks). A dense file's are its size's."""
+    names = sorted(SPARSE)
+    with mount(world.env, tmp_path / "a", f"/jobs/{SPARSE_JOB}") as m:
+        looked_up = [os.stat(m / name).st_blocks for name in names]
+    with mount(world.env, tmp_path / "b", f"/jobs/{SPARSE_JOB}") as m:
+        listed = {entry.name: entry.stat().st_blocks for entry in os.scandir(m)}
+    assert [listed[name] for name in names] == looked_up
+    assert listed["holes.bin"] == 0
+    assert listed["tail.bin"] == (100_000 + 511) // 512  # 4 hole chunks, then the data
+    assert listed["dense.bin"] == (3 * MiB + 17 + 511) // 512
+    # data, then up to a chunk of zeros on either side of each run of it, and the end's
+    assert 500_000 <= listed["mixed.bin"] * 512 <= 500_000 + 5 * MiB
+
+
 # errors -----------------------------------------------------------------------------------
 WRITES = {
     "open for write": lambda j: os.open(j / "hello.txt", os.O_WRONLY),
@@ -681,7 +728,7 @@ def test_listed_entries_are_rows_rebuilt_after_their_tree_left_the_cache(ops) ->
             return True
 
         def reply_many(token, names, inos, modes, sizes=None, mtimes_ns=None,
-                       generations=None, attr=None, first_id=0) -> int:
+                       generations=None, attr=None, first_id=0, blocks=None) -> int:
             """The same a run at a time (the patched pyfuse3's `readdir_reply_many`)."""
             taken = min(len(names), 50 - len(page))
             page.extend((names[k], SimpleNamespace(st_ino=inos[k], st_size=sizes[k],

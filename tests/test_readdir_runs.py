@@ -38,11 +38,19 @@ ENTRIES = ("import json, os\n"
            "print(json.dumps(out))")
 
 
+SPARSE_HOLE = 3 << 20  # a/sparse: this many bytes of hole (3 hole chunks), then its data
+
+
 def make_tree(src: Path, files: int, paged: int) -> None:
     """Files of many sizes, modes and mtimes (some before 1970, some with nanoseconds),
-    symlinks, empty and full directories; `paged` entries in one more directory."""
+    a sparse one, symlinks, empty and full directories; `paged` entries in one more
+    directory."""
     for d in ("a", "a/sub", "a/empty", "big"):
         (src / d).mkdir(parents=True)
+    with open(src / "a" / "sparse", "wb") as f:
+        f.truncate(SPARSE_HOLE)
+        f.seek(SPARSE_HOLE)
+        f.write(os.urandom(1000))
     for i in range(files):
         path = src / "a" / f"f{i:05d}"
         path.write_bytes(os.urandom(i * 37 % 3000))
@@ -96,9 +104,10 @@ def expected_entries(src: Path) -> dict[str, list]:
         s = path.lstat()
         kind = stat.S_IFMT(s.st_mode)
         size = s.st_size if kind != stat.S_IFDIR else 0
+        data = size - SPARSE_HOLE if rel == "a/sparse" else size  # (not its hole's chunks)
         ino = ino_of((b"jobs", b"j", *(part.encode() for part in rel.split("/"))))
         found[rel] = [ino, kind == stat.S_IFDIR, kind == stat.S_IFLNK, ino,
-                      kind | stat.S_IMODE(s.st_mode), size, (size + 511) // 512, 1, uid, gid,
+                      kind | stat.S_IMODE(s.st_mode), size, (data + 511) // 512, 1, uid, gid,
                       s.st_mtime_ns, s.st_mtime_ns, s.st_mtime_ns, 1 << 20]
     return found
 
@@ -155,12 +164,13 @@ class Reply:
         self.room, self.got = room, []
 
     def __call__(self, token, names, inos, modes, sizes=None, mtimes_ns=None,
-                 generations=None, attr=None, first_id=0) -> int:
+                 generations=None, attr=None, first_id=0, blocks=None) -> int:
         taken = min(len(names), self.room - token.used)
         for k in range(taken):
             fields = [names[k], inos[k], modes[k], first_id + k + 1]
             if token.plus:
-                fields += [sizes[k], mtimes_ns[k], generations[k] & (2**64 - 1),
+                fields += [sizes[k], (sizes[k] + 511) // 512 if blocks is None else blocks[k],
+                           mtimes_ns[k], generations[k] & (2**64 - 1),
                            attr.entry_timeout, attr.attr_timeout, attr.st_nlink]
             self.got.append(fields)
         token.used += taken
@@ -186,6 +196,8 @@ def test_rows_count_exactly_the_entries_a_reply_took(room: int, tmp_path: Path,
     src.mkdir()
     for i in range(1000):
         (src / f"f{i:04d}").write_bytes(b"z" * (i % 700))
+    with open(src / "f0600", "r+b") as f:  # a sparse file amid the runs: its st_blocks
+        f.truncate(2 << 20)
         if i % 100 == 0:
             (src / f"l{i:04d}").symlink_to("x" * (i // 100 + 1))
             (src / f"d{i:04d}").mkdir()
@@ -222,7 +234,7 @@ def test_rows_count_exactly_the_entries_a_reply_took(room: int, tmp_path: Path,
                                         ops.vfs.repo.tree(ops.vfs.root.tree_id)[
                                             entry[3] - 1])
             assert entry[1:3] + entry[4:] == [
-                attr.st_ino, attr.st_mode, attr.st_size, attr.st_mtime_ns,
+                attr.st_ino, attr.st_mode, attr.st_size, attr.st_blocks, attr.st_mtime_ns,
                 attr.generation, attr.entry_timeout, attr.attr_timeout, attr.st_nlink]
         table = ops.inodes.table
         assert len(ops.inodes) == base + len(names)

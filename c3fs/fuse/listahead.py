@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import trio
 
 from c3fs.objects.tree import DIR, FILE, LINK, RUN, EncodedTree, PagedTree
+from c3fs.reader.holes import Holes
 from c3fs.vfs import Node, Vfs, child_inos
 
 log = logging.getLogger(__name__)
@@ -35,24 +36,45 @@ AHEAD = 4096  # entries of the next directory decoded ahead (a 1 MiB reply holds
 SCAN = 4096  # entries looked through for the next subdirectory before giving up
 
 # The fields of a run of entries as `pyfuse3.readdir_reply_many` takes them for a READDIRPLUS:
-# names, inode numbers, modes, sizes, mtimes and generations.
-Fields = tuple[list[bytes], list[int], list[int], list[int], list[int], list[int]]
+# names, inode numbers, modes, sizes, mtimes and generations; then st_blocks, None when each
+# is its size's (no sparse file in the run: the C function computes them).
+Fields = tuple[list[bytes], list[int], list[int], list[int], list[int], list[int],
+               list[int] | None]
 
 
 def plus_fields(tree: EncodedTree | PagedTree, key: bytes, i: int, count: int,
-                bits: dict[int, int]) -> Fields:
+                bits: dict[int, int], holes: Holes) -> Fields:
     """Entries `i` to `i + count` of the tree of the directory whose key is `key`, as a
     READDIRPLUS reply shows them (`Operations.entry_attributes`'s fields, as lists; `bits`:
-    the file-type bits of each kind)."""
+    the file-type bits of each kind; `holes`: the store's, for sparse files' st_blocks)."""
     entries = tree.listed(i, count, True)
     names = [entry.name for entry in entries]
+    sizes = [entry.size if entry.kind == FILE else
+             len(entry.target) if entry.kind == LINK else 0 for entry in entries]
     return (names, child_inos(key, names),
             [bits[entry.kind] | entry.mode for entry in entries],
-            [entry.size if entry.kind == FILE else
-             len(entry.target) if entry.kind == LINK else 0 for entry in entries],
+            sizes,
             [entry.mtime_ns for entry in entries],
             [hash(entry.chunks if entry.kind == FILE else entry.target)
-             for entry in entries])  # (the generation: masked to 64 bits in C)
+             for entry in entries],  # (the generation: masked to 64 bits in C)
+            _blocks(entries, sizes, holes))
+
+
+def _blocks(entries: list, sizes: list[int], holes: Holes) -> list[int] | None:
+    """The st_blocks of a run of entries, if one of them is a file with hole chunks; else
+    None. Only files of a hole chunk or more are looked at (only they can have one): a run
+    without any costs one `max`."""
+    if not sizes or max(sizes) < holes.size:
+        return None
+    blocks = None
+    for k, size in enumerate(sizes):
+        if size >= holes.size and entries[k].kind == FILE:
+            sparse = holes.blocks(size, entries[k].chunks)
+            if sparse != (size + 511) // 512:
+                if blocks is None:
+                    blocks = [(s + 511) // 512 for s in sizes]
+                blocks[k] = sparse
+    return blocks
 
 
 class ListingAhead:
@@ -103,7 +125,8 @@ class ListingAhead:
             return None
         end = min(len(following), AHEAD)
         return node.tree_id, node.key, {
-            i: plus_fields(following, node.key, i, min(RUN, end - i), self.bits)
+            i: plus_fields(following, node.key, i, min(RUN, end - i), self.bits,
+                           self.vfs.repo.blobs.holes)
             for i in range(0, end, RUN)}
 
     def _next(self, directory: Node, tree: EncodedTree | PagedTree) -> Node | None:

@@ -32,6 +32,11 @@ files of the directory in a worker thread; those the kernel already knows are pu
 its page cache (notify_store) and cost no READ at all, the others wait decoded in the chunk
 cache for their READ (see c3fs/fuse/readahead.py).
 
+Sparse files: a push stores a hole as chunks of zeros whose id is known
+(c3fs/reader/holes.py). A file's `st_blocks` counts only its other bytes, from the chunk list
+its tree entry holds already (a lookup or getattr reads nothing more; a file smaller than one
+such chunk is not even looked at): `du` says what it takes.
+
 Errors: handlers raise only `pyfuse3.FUSEError`, built in one place (`_fuse_error`) from one
 table (`ERRNO`). A missing or corrupt chunk is EIO with one `log.error` line naming the job,
 the path and the chunk; anything unexpected is EIO with `log.exception`.
@@ -91,8 +96,10 @@ REPLY_PARTS = getattr(pyfuse3, "READ_REPLY_PARTS", False)
 # ... and lets the kernel send plain READDIR requests (`readdirplus_auto`, `token.plus`)
 READDIRPLUS_AUTO = getattr(pyfuse3, "READDIRPLUS_AUTO", False)
 # ... and answers a run of a tree's entries in one call, from lists of their fields (no
-# EntryAttributes and no call per entry); None with a stock pyfuse3 (a reply per entry)
-REPLY_MANY = getattr(pyfuse3, "readdir_reply_many", None)
+# EntryAttributes and no call per entry), sparse files' st_blocks among them; None with a
+# stock pyfuse3, or a patched one built before it took st_blocks (a reply per entry)
+REPLY_MANY = (getattr(pyfuse3, "readdir_reply_many", None)
+              if getattr(pyfuse3, "READDIR_REPLY_BLOCKS", False) else None)
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +252,7 @@ class Operations(pyfuse3.Operations):
         self.readers: LRU = LRU(READERS)  # inode -> OpenFile, when opened without OPEN
         self._digests: LRU = LRU(DIGESTS)  # blake3 of a chunk list -> hex digest of the bytes
         self.vfs = vfs
+        self.holes = vfs.repo.blobs.holes  # where a sparse file's holes are (st_blocks)
         self.inodes = Inodes(vfs, vfs.root)
         self.limiter = trio.CapacityLimiter(threads)
         self.readahead = readahead
@@ -280,7 +288,9 @@ class Operations(pyfuse3.Operations):
         attr.st_rdev = 0
         attr.st_size = size_of(node)
         attr.st_blksize = BLOCK_SIZE
-        attr.st_blocks = (attr.st_size + 511) // 512
+        attr.st_blocks = (self.holes.blocks(attr.st_size, node.entry.chunks)
+                          if node.kind == FILE and node.entry is not None
+                          else (attr.st_size + 511) // 512)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = node.mtime_ns
         return attr
 
@@ -294,8 +304,7 @@ class Operations(pyfuse3.Operations):
         attr.st_blksize = BLOCK_SIZE
         return attr
 
-    @staticmethod
-    def entry_attributes(attr: pyfuse3.EntryAttributes, ino: int,
+    def entry_attributes(self, attr: pyfuse3.EntryAttributes, ino: int,
                          entry: Entry | Shown) -> pyfuse3.EntryAttributes:
         """`attributes` of the node of a tree's entry, made without the node (readdir), in
         `attr` from `tree_attributes`. `_readdir_runs` makes the same fields as lists (keep
@@ -305,7 +314,8 @@ class Operations(pyfuse3.Operations):
         attr.generation = hash(entry.chunks if kind == FILE else entry.target) & GENERATION_MASK
         attr.st_mode = MODE_BITS[kind] | entry.mode
         size = attr.st_size = entry.size if kind == FILE else len(entry.target) if kind == LINK else 0
-        attr.st_blocks = (size + 511) // 512
+        attr.st_blocks = (self.holes.blocks(size, entry.chunks) if kind == FILE
+                          else (size + 511) // 512)
         attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = entry.mtime_ns
         return attr
 
@@ -432,9 +442,9 @@ class Operations(pyfuse3.Operations):
             if plus:
                 fields = ahead.get(i) if ahead is not None else None
                 if fields is None or len(fields[0]) != count:
-                    fields = plus_fields(tree, parent.key, i, count, bits)
+                    fields = plus_fields(tree, parent.key, i, count, bits, self.holes)
                 names, inos = fields[0], fields[1]
-                taken = reply(token, *fields, attr, i)
+                taken = reply(token, *fields[:6], attr, i, blocks=fields[6])
                 self.inodes.remember_children(
                     parent, inos if taken == len(inos) else inos[:taken], i)
             else:
