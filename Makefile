@@ -50,16 +50,18 @@ $(VENV)/.installed: pyproject.toml $(LOCK) $(BUILD_LOCK) $(PYFUSE3_PATCHES) | sy
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-# pyfuse3 from its source release with six patches (patches/README.md): reads of files
+# pyfuse3 from its source release with seven patches (patches/README.md): reads of files
 # opened without an OPEN request (FUSE_NO_OPEN_SUPPORT) are handed the inode, its version
 # is a constant instead of an importlib.metadata lookup, a READ's reply may be a list of
 # buffers (sent with writev, without the GIL), the kernel may send plain READDIR when
 # names suffice (`find`), a readdir reply takes a run of entries in one call
-# (`readdir_reply_many`: no EntryAttributes and no call per entry), and one task takes
-# requests and runs their handlers until one waits (no hand-over between tasks per
-# request). c3fs also runs on a stock pyfuse3, with one OPEN and one RELEASE request per
-# file opened, each READ's pieces joined, every READDIR a READDIRPLUS and a reply call per
-# directory entry.
+# (`readdir_reply_many`: no EntryAttributes and no call per entry; sparse files'
+# st_blocks given), one task takes requests and runs their handlers until one waits (no
+# hand-over between tasks per request), and SEEK_DATA/SEEK_HOLE reach `Operations.lseek`
+# (FUSE_LSEEK: `cp --sparse=auto` skips a sparse file's holes). c3fs also runs on a stock
+# pyfuse3, with one OPEN and one RELEASE request per file opened, each READ's pieces
+# joined, every READDIR a READDIRPLUS and a reply call per directory entry, and every file
+# taken for data by SEEK_HOLE (the kernel's fallback).
 pyfuse3:
 	rm -rf $(PYFUSE3_BUILD) && mkdir -p $(PYFUSE3_BUILD)
 	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(PYFUSE3_BUILD) pyfuse3==$(PYFUSE3)

@@ -293,6 +293,86 @@ def test_a_sparse_files_st_blocks_are_its_data(world: World, sparse_src: Path,
     assert 500_000 <= listed["mixed.bin"] * 512 <= 500_000 + 5 * MiB
 
 
+def seek(fd: int, offset: int, whence: int) -> int | str:
+    try:
+        return os.lseek(fd, offset, whence)
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+
+
+def extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The data extents of a file, as SEEK_DATA and SEEK_HOLE walk it from 0."""
+    found, at = [], 0
+    while (start := seek(fd, at, os.SEEK_DATA)) != "ENXIO":
+        end = seek(fd, start, os.SEEK_HOLE)
+        assert isinstance(start, int) and isinstance(end, int) and at <= start < end <= size
+        found.append((start, end))
+        at = end
+        if at == size:
+            break
+    return found
+
+
+def test_seek_data_and_seek_hole_as_ext4_answers_them(sparse_src: Path, mnt: Path) -> None:
+    """Holes a whole number of chunks long (of chunk_max zeros: how a push stores holes)
+    where the file's data starts at a chunk's edge: SEEK_DATA and SEEK_HOLE through the mount
+    give what they give on the source (ext4), ENXIO included (past the end; SEEK_DATA with
+    no data after it; a negative offset); a dense file is data up to its end."""
+    for name in ("holes.bin", "tail.bin", "dense.bin"):
+        size = SPARSE[name][0]
+        offsets = [-1, 0, 1, MiB - 1, MiB, 4 * MiB - 1, 4 * MiB, 4 * MiB + 1, size - 1,
+                   size, size + 1, 1 << 40]
+        src_fd = os.open(sparse_src / name, os.O_RDONLY)
+        fd = os.open(mnt / "jobs" / SPARSE_JOB / name, os.O_RDONLY)
+        try:
+            for whence in (os.SEEK_DATA, os.SEEK_HOLE):
+                got = [seek(fd, offset, whence) for offset in offsets]
+                assert got == [seek(src_fd, offset, whence) for offset in offsets], (name, whence)
+        finally:
+            os.close(fd)
+            os.close(src_fd)
+    assert os.stat(mnt / "jobs" / SPARSE_JOB / "holes.bin").st_blocks == 0
+    dense = os.stat(mnt / "jobs" / SPARSE_JOB / "dense.bin")
+    assert dense.st_blocks == (dense.st_size + 511) // 512
+
+
+def test_a_sparse_files_holes_through_the_mount(sparse_src: Path, mnt: Path,
+                                                tmp_path: Path) -> None:
+    """A file of data, a hole, data, and a hole to its end: its data extents (SEEK_DATA,
+    SEEK_HOLE) hold all its data and little else, nothing but zeros lies outside them, every
+    answer agrees with that walk, st_blocks are the extents' bytes; its bytes read right, and
+    `cp --sparse=auto` (which asks SEEK_DATA only of a file whose st_blocks say it is sparse)
+    writes a copy as sparse as the source."""
+    size, data = SPARSE["mixed.bin"]
+    path, expected = mnt / "jobs" / SPARSE_JOB / "mixed.bin", (sparse_src / "mixed.bin").read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = extents(fd, size)
+        inside = [seek(fd, offset, os.SEEK_DATA) for offset in range(0, size, 64 * 1024)]
+    finally:
+        os.close(fd)
+    for at, length in data.items():  # every byte of data is in an extent...
+        assert any(start <= at and at + length <= end for start, end in found), at
+    gaps = zip([0] + [end for _, end in found], [start for start, _ in found] + [size],
+               strict=True)
+    for start, end in gaps:  # ...and between them are only zeros
+        assert expected[start:end] == bytes(end - start), (start, end)
+    # a hole chunk is 1 MiB: at most 1 MiB of zeros on either side of each run of data, and
+    # the end's last chunk (shorter: not a hole chunk)
+    in_extents = sum(end - start for start, end in found)
+    assert sum(data.values()) <= in_extents <= sum(data.values()) + 5 * MiB, found
+    for k, offset in enumerate(range(0, size, 64 * 1024)):  # each answer is the walk's
+        after = [max(start, offset) for start, end in found if end > offset]
+        assert inside[k] == (after[0] if after else "ENXIO"), offset
+    st = os.stat(path)
+    assert st.st_size == size and st.st_blocks == (in_extents + 511) // 512
+    assert path.read_bytes() == expected
+    subprocess.run(["cp", "--sparse=auto", str(path), str(tmp_path / "copy")], check=True)
+    copy = os.stat(tmp_path / "copy")
+    assert (tmp_path / "copy").read_bytes() == expected
+    assert copy.st_blocks * 512 <= in_extents < size / 4
+
+
 # errors -----------------------------------------------------------------------------------
 WRITES = {
     "open for write": lambda j: os.open(j / "hello.txt", os.O_WRONLY),
@@ -683,6 +763,31 @@ def test_open_answers_enosys_and_reads_go_by_inode(world: World, ops) -> None:
         assert len(ops.readers) == ops_module.READERS
         await ops.forget([(small.st_ino, 1)])  # a forgotten inode loses its reader
         assert ops.readers.get(small.st_ino) is None
+
+    trio.run(main)
+
+
+def test_lseek_by_inode_or_by_handle(sparse_src: Path, ops) -> None:
+    """lseek is handed the inode when files open without requests (the patched pyfuse3
+    passes it for file handle 0, as to `read`), an OPEN's handle otherwise; ENXIO and
+    EINVAL (a kind of seek the kernel answers itself) come from the errno table."""
+    import pyfuse3
+
+    async def main() -> None:
+        jobs = await ops.lookup(1, b"jobs")
+        job = await ops.lookup(jobs.st_ino, SPARSE_JOB.encode())
+        tail = await ops.lookup(job.st_ino, b"tail.bin")
+        fh = (tail.st_ino if ops.stateless_open
+              else (await ops.open(tail.st_ino, os.O_RDONLY, None)).fh)
+        assert await ops.lseek(fh, 0, os.SEEK_DATA) == 4 * MiB
+        assert await ops.lseek(fh, 5, os.SEEK_HOLE) == 5
+        assert await ops.lseek(fh, 4 * MiB, os.SEEK_HOLE) == tail.st_size
+        for offset, whence, number in ((tail.st_size, os.SEEK_DATA, errno.ENXIO),
+                                       (tail.st_size, os.SEEK_HOLE, errno.ENXIO),
+                                       (0, os.SEEK_SET, errno.EINVAL)):
+            with pytest.raises(pyfuse3.FUSEError) as exc:
+                await ops.lseek(fh, offset, whence)
+            assert exc.value.errno == number, (offset, whence)
 
     trio.run(main)
 

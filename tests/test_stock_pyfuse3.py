@@ -71,6 +71,11 @@ def test_a_stock_pyfuse3_mounts_and_says_so_once(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_bytes(b"alpha\n")
+    with open(src / "sparse.bin", "wb") as f:  # 3 hole chunks (of 1 MiB), then data
+        f.truncate(3 << 20)
+        f.seek(3 << 20)
+        f.write(os.urandom(1000))
+    sparse = (src / "sparse.bin").read_bytes()
     env = dict(os.environ, C3FS_STORE=str(tmp_path / "store"),
                C3FS_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(stock))
     env.pop("C3FS_FUSE_OPEN", None)
@@ -88,11 +93,24 @@ def test_a_stock_pyfuse3_mounts_and_says_so_once(tmp_path):
                                   capture_output=True, text=True, timeout=120)
             assert proc.returncode == 0, proc.stderr
             assert (mnt / "a.txt").read_bytes() == b"alpha\n"
+            sparse_through(mnt / "sparse.bin", sparse)
             run_c3fs("umount", str(mnt), env=env)
             wait_until(lambda: not os.path.ismount(mnt), "the unmount")
             return proc.stderr
         finally:
             force_unmount(mnt)
+
+    def sparse_through(path: Path, expected: bytes) -> None:
+        """A sparse file: its st_blocks are its data's (c3fs's own doing); without the patched
+        pyfuse3's lseek handler the kernel takes it all for data (SEEK_HOLE: its end), so
+        `cp --sparse=auto` reads its zeros, and copies its bytes right."""
+        assert path.read_bytes() == expected
+        assert path.stat().st_blocks == (1000 + 511) // 512
+        with open(path, "rb") as f:
+            assert os.lseek(f.fileno(), 0, os.SEEK_DATA) == 0
+            assert os.lseek(f.fileno(), 0, os.SEEK_HOLE) == len(expected)
+        subprocess.run(["cp", "--sparse=auto", str(path), str(tmp_path / "copy")], check=True)
+        assert (tmp_path / "copy").read_bytes() == expected
 
     first = mount_and_read(sys.executable, "-c", THREADED_MOUNT)
     assert first.count(NOTICE) == 1 and first.startswith("WARNING "), first
