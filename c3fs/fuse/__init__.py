@@ -459,6 +459,19 @@ def filesystem_type(path: str | bytes) -> str | None:
     return found
 
 
+def mounts_within(path: str | bytes) -> list[str]:
+    """The mount points at or below directory `path` (by its real path), from mountinfo, in
+    the order mounted: what a rename of `path` would carry along (or fail on)."""
+    real = os.fsencode(os.path.realpath(path)).rstrip(b"/")
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    points = (_unescape(line.partition(b" - ")[0].split(b" ")[4]) for line in lines)
+    return [os.fsdecode(p) for p in points if p == real or p.startswith(real + b"/")]
+
+
 def _unescape(field: bytes) -> bytes:
     """Mount points in mountinfo escape space, tab, newline and backslash as \\ooo."""
     if b"\\" not in field:

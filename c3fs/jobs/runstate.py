@@ -14,7 +14,8 @@ dir and says so. A dir without `owner.json` (or of another user) is never touche
 exclusive lock (flock) on the working dir while it uses it, so a second run there at the
 same time is refused. An `artifacts/` that is not empty when a job starts (an earlier job's,
 or the user's) is moved aside to `artifacts.prev-<time>` with a warning: never deleted,
-never collected as this job's.
+never collected as this job's; one with a mount point inside is refused instead (exit 4):
+the mount would move along with it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ ARTIFACTS = "artifacts"
 
 
 class WorkdirBusy(C3fsError):
+    exit_code = 4
+
+
+class MountedInArtifacts(C3fsError):
+    """`artifacts/` holds a mount point: moving it aside would move a live mount along."""
+
     exit_code = 4
 
 
@@ -181,6 +188,7 @@ def fresh_artifacts(workdir: Path, job_id: str) -> Path:
     """The working dir's `artifacts/`, empty: one that holds anything is moved aside."""
     artifacts = workdir / ARTIFACTS
     if artifacts.is_symlink() or (artifacts.exists() and not _empty_dir(artifacts)):
+        _check_nothing_mounted(artifacts)
         aside = _aside_name(workdir)
         n = sum(1 for _ in walk_files(artifacts)) if artifacts.is_dir() else 1
         try:
@@ -195,6 +203,20 @@ def fresh_artifacts(workdir: Path, job_id: str) -> Path:
     except OSError as exc:
         raise C3fsError(f"cannot create {artifacts}: {exc.strerror}") from None
     return artifacts
+
+
+def _check_nothing_mounted(artifacts: Path) -> None:
+    """Refuse to move aside an `artifacts/` with a mount point in it (it would move along,
+    still mounted, and its files would be neither the job's nor unmounted by it)."""
+    from c3fs.fuse import mounts_within
+
+    if artifacts.is_symlink() or not artifacts.is_dir():
+        return  # (the link is moved, not what it points to)
+    inside = mounts_within(artifacts)
+    if inside:
+        raise MountedInArtifacts(f"cannot move {artifacts} aside for the new job: {inside[0]} "
+                                 "is mounted inside it; unmount it first (c3fs umount, or "
+                                 "umount(8)), or mount it outside artifacts/")
 
 
 def _empty_dir(path: Path) -> bool:

@@ -1,0 +1,50 @@
+"""`c3fs run`'s inputs and outputs kept apart: a dataset is never mounted where the job's
+outputs are collected from (nor moved aside with the artifacts dir), and with --json or -q
+stdout carries run's result alone, the command's stdout going to stderr (and its logs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from fusehelp import force_unmount, mount, mounted
+
+
+def mounts_within(path: Path) -> list[bytes]:
+    """The mount points at or below `path`, per /proc/self/mountinfo (dead ones too)."""
+    real = os.fsencode(os.path.realpath(path))
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [line.split(b" ")[4] for line in f]
+    return [p for p in points if p == real or p.startswith(real + b"/")]
+
+
+@pytest.fixture
+def work(c3fs_bin, store_env, tmp_path: Path, monkeypatch) -> Path:
+    """A job `prev` (metrics.json) in the test's store, a private TMPDIR and a working dir
+    whose .c3 collects `results`; returns the working dir. Nothing is left mounted."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "metrics.json").write_text('{"loss": 0.1}')
+    c3fs_bin("push", str(src), "-p", "p", "-j", "prev").ok()
+    work = tmp_path / "work"
+    work.mkdir()
+    yield work
+    for point in reversed(mounts_within(work)):
+        force_unmount(point)
+
+
+@pytest.mark.fuse
+def test_an_artifacts_dir_with_a_mount_inside_is_not_moved_aside(c3fs_bin, work: Path) -> None:
+    """A mount the user made inside artifacts/: moved aside, it would stay mounted under
+    artifacts.prev-*, and the job would not find it where it was."""
+    with mount(dict(os.environ), work / "artifacts" / "prev", "/jobs/prev") as point:
+        res = c3fs_bin("run", "-j", "consumer", "--", "touch", "ran", cwd=work)
+        line = res.one_line_error()
+        assert res.code == 4 and f"{point} is mounted inside it" in line, line
+        assert mounted(point) and (point / "metrics.json").exists()
+        assert not list(work.glob("artifacts.prev-*")) and not (work / "ran").exists()
+    assert c3fs_bin("run", "-j", "after", "--", "touch", "ran", cwd=work).code == 0
+    assert len(list(work.glob("artifacts.prev-*"))) == 1  # the empty mountpoint, moved aside
