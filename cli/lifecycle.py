@@ -43,7 +43,8 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     and into the `output:` dirs of .c3; both are collected into one manifest at
     /jobs/<id>/. The `datasets:` of .c3 are mounted read-only before the command starts.
     One run at a time per working dir. What a killed run left (mounts, its temp dir) is
-    cleaned up by the next run, which says so.
+    cleaned up by the next run, which says so. A dataset mounted inside artifacts/ or an
+    `output:` dir is refused (exit 2): its files would be taken for the job's.
 
     \b
     Status and exit code:

@@ -37,6 +37,43 @@ def work(c3fs_bin, store_env, tmp_path: Path, monkeypatch) -> Path:
 
 
 @pytest.mark.fuse
+@pytest.mark.parametrize(("place", "inside"), [
+    ("artifacts/prev", "inside $C3_ARTIFACTS_DIR (artifacts/)"),
+    ("artifacts", "inside $C3_ARTIFACTS_DIR (artifacts/)"),
+    ("results/in", "inside output dir results"),
+    ("{work}/results/deep/in", "inside output dir results"),
+    (".", "$C3_ARTIFACTS_DIR (artifacts/) would be inside the read-only mount"),
+])
+def test_a_dataset_mounted_where_outputs_are_collected_is_refused(c3fs_bin, work: Path,
+                                                                   place: str, inside: str) -> None:
+    place = place.format(work=work)
+    (work / ".c3").write_text(f"output: [results]\ndatasets:\n  - ref: /jobs/prev\n"
+                              f"    mount: {place}\n")
+    (work / "artifacts").mkdir()
+    (work / "artifacts" / "old.txt").write_text("an earlier job's")
+    res = c3fs_bin("run", "-j", "consumer", "--", "sh", "-c",
+                   "cat artifacts/prev/metrics.json results/in/metrics.json; touch ran", cwd=work)
+    line = res.one_line_error()
+    assert res.code == 2 and f".c3 datasets entry /jobs/prev -> {place}: " in line, line
+    assert inside in line
+    assert not (work / "ran").exists() and mounts_within(work) == []
+    assert (work / "artifacts" / "old.txt").exists() and not list(work.glob("artifacts.prev-*"))
+    assert c3fs_bin("ls", "/jobs/consumer").code == 3
+
+
+@pytest.mark.fuse
+def test_a_dataset_mounted_beside_the_outputs_is_read(c3fs_bin, work: Path) -> None:
+    (work / ".c3").write_text("output: [results]\ndatasets:\n  - ref: /jobs/prev\n"
+                              "    mount: inputs/prev\n")
+    (work / "artifacts").mkdir()
+    (work / "artifacts" / "old.txt").write_text("an earlier job's")
+    res = c3fs_bin("run", "-j", "consumer", "--", "sh", "-c",
+                   "mkdir results; cp inputs/prev/metrics.json results/", cwd=work).ok()
+    assert "could not unmount" not in res.err and mounts_within(work) == []
+    assert c3fs_bin("ls", "/jobs/consumer/results").out.split() == ["metrics.json"]
+
+
+@pytest.mark.fuse
 def test_an_artifacts_dir_with_a_mount_inside_is_not_moved_aside(c3fs_bin, work: Path) -> None:
     """A mount the user made inside artifacts/: moved aside, it would stay mounted under
     artifacts.prev-*, and the job would not find it where it was."""

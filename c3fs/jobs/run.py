@@ -22,7 +22,9 @@ status, the local artifacts dir is kept (as always) and its path logged: nothing
 The `output:` dirs live in the working directory and may already hold files when the job
 starts (an earlier run's): they are collected with the job, as on the platform, but each
 such dir is named in a warning at job start. A command that could not start wrote nothing:
-its output dirs are not collected. A timeout must be a positive number of seconds.
+its output dirs are not collected. A timeout must be a positive number of seconds. A
+dataset mounted inside the artifacts dir or an `output:` dir, or over one, is refused
+before anything runs: its files would be collected as the job's.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 from c3fs.errors import C3fsError, UsageError
 from c3fs.fsutil import count, tree_bytes, walk_files
 from c3fs.jobs.collect import collect
-from c3fs.jobs.config import JobConfig, check_mount_path, output_dirs
+from c3fs.jobs.config import ConfigError, JobConfig, check_mount_path, output_dirs
 from c3fs.jobs.logs import Tee, keep_locally
 from c3fs.jobs.pins import canonical_ref, resolve_pinned
 from c3fs.jobs.push import ensure_free, ingest, record_for
@@ -99,8 +101,9 @@ def run_job(repo: Repo, spec: JobSpec,
     check_name(spec.project, "project")
     job_id = new_job_id() if spec.job_id is None else check_new_job_id(spec.job_id)
     ensure_free(repo, JOB, job_id)
-    clean_stale_runs()
     outputs = _without_artifacts(output_dirs(spec.workdir, spec.config.output))
+    _check_mount_places(spec, outputs)
+    clean_stale_runs()
     state = RunState(job_id, spec.workdir)
     outcome = Outcome(started=time.time())
     mounted: list[Path] = []
@@ -356,6 +359,31 @@ def _entry(ds) -> Iterator[None]:
     except C3fsError as exc:
         exc.args = (f".c3 datasets entry {ds.ref} -> {ds.mount}: {exc}", *exc.args[1:])
         raise
+
+
+def _check_mount_places(spec: JobSpec, outputs: list[tuple[tuple[str, ...], Path]]) -> None:
+    """Refuse a dataset mounted inside what is collected as the job's outputs (the artifacts
+    dir, an `output:` dir) or over it: the input's files would be taken for the job's, and
+    an artifacts dir moved aside would carry the live mount along."""
+    collected = [(f"$C3_ARTIFACTS_DIR ({ARTIFACTS}/)", spec.workdir / ARTIFACTS),
+                 *((f"output dir {'/'.join(parts)}", path) for parts, path in outputs)]
+    for ds in spec.config.datasets:
+        point = check_mount_path(ds.mount, spec.workdir)
+        for what, path in collected:
+            with _entry(ds):
+                if _within(point, path):
+                    raise ConfigError(f"the mount point is inside {what}, whose files are "
+                                      "collected as the job's: mount it outside")
+                if _within(path, point):
+                    raise ConfigError(f"{what} would be inside the read-only mount: mount "
+                                      "it elsewhere")
+
+
+def _within(path: Path, outer: Path) -> bool:
+    """`path` is `outer` or below it, as written or once symlinks are followed."""
+    written = Path(os.path.normpath(path)), Path(os.path.normpath(outer))
+    return written[0].is_relative_to(written[1]) or path.resolve().is_relative_to(
+        outer.resolve())
 
 
 def _unmount_all(mounted: list[Path]) -> None:
