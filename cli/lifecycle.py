@@ -31,7 +31,8 @@ log = logging.getLogger("c3fs.cli")
               default=".", help="Working directory of the job (default: .).")
 @click.option("--json", "as_json", is_flag=True,
               help="At the end, print the job record as JSON on stdout (not just its id; with "
-                   "`changed`, if any: a {path} for each file that changed while read).")
+                   "`changed`, if any: a {path} for each file that changed while read); the "
+                   "command's stdout then goes to stderr.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json: bool,
@@ -45,6 +46,11 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     One run at a time per working dir. What a killed run left (mounts, its temp dir) is
     cleaned up by the next run, which says so. A dataset mounted inside artifacts/ or an
     `output:` dir is refused (exit 2): its files would be taken for the job's.
+
+    The command's stdout and stderr are shown live and kept with the job (`c3fs logs`).
+    With --json or -q, stdout is c3fs's result alone (the record, or the job id): the
+    command's stdout goes to stderr instead, so `ID=$(c3fs run -q -- cmd)` and a pipe
+    to jq get just that.
 
     \b
     Status and exit code:
@@ -60,7 +66,8 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     Examples:
       c3fs run --project vision -- python train.py --epochs 3
       c3fs run --timeout 3600 -- ./eval.sh
-      c3fs run --json -- python eval.py | jq .status
+      c3fs run --json -- python eval.py | jq .status   # eval.py's stdout: on stderr
+      ID=$(c3fs run -q -- python train.py)
     \b
     .c3:
       project: vision
@@ -80,10 +87,17 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     workdir = workdir.resolve()
     config = load_config(config_path, workdir)
     spec = JobSpec(list(command), workdir, config, project or config.project or default_project() or "default",
-                   job_id, timeout, ctx.store_url, progress=output.progress_bar)
+                   job_id, timeout, ctx.store_url, stdout_to_stderr=result_only(as_json),
+                   progress=output.progress_bar)
     changed: list[str] = []
     record, code = run_job(ctx.repo(write=True), spec, changed)
     finish_run(record, code, as_json, changed)
+
+
+def result_only(as_json: bool) -> bool:
+    """Whether stdout is for run's result alone (--json's record, -q's job id), so that the
+    command's stdout goes to stderr (it is still in the job's logs)."""
+    return as_json or output.quiet
 
 
 def finish_run(record, code: int, as_json: bool, changed: list[str]) -> None:

@@ -218,7 +218,8 @@ def _write_bytes(target, data: bytes) -> None:
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=".", help="Working directory of the new job (default: .).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the new job's record as JSON (with `changed`, as for run).")
+              help="Print the new job's record as JSON (with `changed`, as for run); the "
+                   "command's stdout then goes to stderr, as for run.")
 @pass_ctx
 def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir: Path,
           as_json: bool) -> None:
@@ -238,7 +239,7 @@ def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir
     from c3fs.jobs.run import JobSpec, run_job
     from c3fs.jobs.tags import resolve_job
 
-    from .lifecycle import finish_run
+    from .lifecycle import finish_run, result_only
 
     repo = ctx.repo(write=True)
     record = resolve_job(repo, job)
@@ -247,6 +248,7 @@ def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir
     workdir = workdir.resolve()
     config = pinned_config(record, load_config(None, workdir))
     spec = JobSpec(list(record.command), workdir, config, record.project, job_id, timeout,
-                   ctx.store_url, progress=output.progress_bar)
+                   ctx.store_url, stdout_to_stderr=result_only(as_json),
+                   progress=output.progress_bar)
     changed: list[str] = []
     finish_run(*run_job(repo, spec, changed), as_json, changed)

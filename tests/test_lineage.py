@@ -563,7 +563,7 @@ def test_rerun_runs_the_same_command_as_a_new_job(c3fs_bin, run_cli, store_env, 
     assert first.code == 0, first.err
     again = c3fs_bin("rerun", "one", "--json", cwd=work)
     assert again.code == 0, again.err
-    record = json.loads(again.out[again.out.index("{"):])
+    record = json.loads(again.out)  # the command's "said" went to stderr
     assert record["id"] != "one" and record["project"] == "p"
     assert record["command"] == ["sh", "-c", "echo again >> $C3_ARTIFACTS_DIR/out; echo said"]
     assert c3fs_bin("logs", record["id"]).out == "said\n"

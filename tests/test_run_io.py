@@ -4,6 +4,7 @@ stdout carries run's result alone, the command's stdout going to stderr (and its
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -85,3 +86,36 @@ def test_an_artifacts_dir_with_a_mount_inside_is_not_moved_aside(c3fs_bin, work:
         assert not list(work.glob("artifacts.prev-*")) and not (work / "ran").exists()
     assert c3fs_bin("run", "-j", "after", "--", "touch", "ran", cwd=work).code == 0
     assert len(list(work.glob("artifacts.prev-*"))) == 1  # the empty mountpoint, moved aside
+
+
+JOB = "echo from the job; echo to stderr >&2"
+
+
+def test_run_json_stdout_is_the_record_alone(c3fs_bin, work: Path) -> None:
+    res = c3fs_bin("run", "--json", "-j", "js", "--", "sh", "-c", JOB, cwd=work).ok()
+    assert json.loads(res.out)["id"] == "js"  # one JSON document, nothing else
+    assert "from the job\n" in res.err and "to stderr\n" in res.err
+    assert c3fs_bin("logs", "js", "--stdout").out == "from the job\n"
+    assert c3fs_bin("logs", "js", "--stderr").err == "to stderr\n"
+
+
+def test_run_quiet_stdout_is_the_job_id_alone(c3fs_bin, work: Path) -> None:
+    res = c3fs_bin("run", "-q", "-j", "quiet", "--", "sh", "-c", JOB, cwd=work).ok()
+    assert res.out == "quiet\n" and "from the job\n" in res.err
+    assert c3fs_bin("logs", "quiet", "--stdout").out == "from the job\n"
+    res = c3fs_bin("run", "-j", "plain", "--", "sh", "-c", JOB, cwd=work).ok()
+    assert res.out == "from the job\nplain\n"  # without them, as before: the command's first
+
+
+def test_rerun_json_stdout_is_the_record_alone(c3fs_bin, work: Path) -> None:
+    c3fs_bin("run", "-j", "first", "--", "sh", "-c", JOB, cwd=work).ok()
+    res = c3fs_bin("rerun", "first", "-j", "again", "--json", cwd=work).ok()
+    assert json.loads(res.out)["id"] == "again" and "from the job\n" in res.err
+    res = c3fs_bin("rerun", "first", "-j", "third", "-q", cwd=work).ok()
+    assert res.out == "third\n" and "from the job\n" in res.err
+    assert c3fs_bin("logs", "third", "--stdout").out == "from the job\n"
+
+
+def test_help_says_where_the_commands_stdout_goes(c3fs_bin) -> None:
+    text = " ".join(c3fs_bin("run", "--help").ok().out.split())
+    assert "the command's stdout goes to stderr instead" in text

@@ -30,15 +30,18 @@ DRAIN = 5.0  # seconds to wait for the pipes to close after the command ended
 
 
 class Tee:
-    """Copies a child's stdout and stderr to our own (fds 1 and 2) and to files in `dir`."""
+    """Copies a child's stdout and stderr to our own (fds 1 and 2; its stdout to
+    `stdout_fd`) and to files in `dir`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, stdout_fd: int = 1) -> None:
         self.dir = directory
+        self.stdout_fd = stdout_fd
         self.dir.mkdir(parents=True, exist_ok=True)
         self._threads: list[threading.Thread] = []
 
     def start(self, proc: subprocess.Popen) -> None:
-        for name, pipe, fd in (("stdout", proc.stdout, 1), ("stderr", proc.stderr, 2)):
+        for name, pipe, fd in (("stdout", proc.stdout, self.stdout_fd),
+                               ("stderr", proc.stderr, 2)):
             thread = threading.Thread(target=self._copy, args=(pipe, fd, self.dir / name),
                                       name=f"c3fs-tee-{name}", daemon=True)
             thread.start()

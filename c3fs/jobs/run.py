@@ -76,6 +76,7 @@ class JobSpec:
     job_id: str | None = None
     timeout: float | None = None
     store_url: str | None = None
+    stdout_to_stderr: bool = False  # the command's stdout to our stderr: stdout is the result's
     # (label, total bytes) -> a context giving `advance(n)`: progress of the upload
     progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None
 
@@ -202,7 +203,7 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
         return
     outcome.command_started = True
     state.command_started(proc.pid)
-    tee = Tee(state.dir / "logs")  # the command's output, shown live and kept
+    tee = Tee(state.dir / "logs", stdout_fd=2 if spec.stdout_to_stderr else 1)  # kept too
     tee.start(proc)
     previous = _forward_signals()
     try:
