@@ -248,7 +248,7 @@ def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir
     workdir = workdir.resolve()
     config = pinned_config(record, load_config(None, workdir))
     spec = JobSpec(list(record.command), workdir, config, record.project, job_id, timeout,
-                   ctx.store_url, stdout_to_stderr=result_only(as_json),
+                   ctx.store_url, stdout_to_stderr=result_only(as_json), rerun_of=record.id,
                    progress=output.progress_bar)
     changed: list[str] = []
     finish_run(*run_job(repo, spec, changed), as_json, changed)

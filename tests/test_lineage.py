@@ -589,6 +589,24 @@ def test_rerun_refuses_an_input_whose_root_changed(c3fs_bin, run_cli, store_env,
     assert not (work / "ran").exists()
 
 
+def test_rerun_of_an_input_since_removed_names_the_recorded_input(c3fs_bin, run_cli, store_env,
+                                                                  tmp_path) -> None:
+    """rerun takes its inputs from the record, not from .c3: the error says so."""
+    from c3fs.objects.job import Input
+
+    _push(run_cli, tmp_path, "a", {"f": b"a"})
+    _push(run_cli, tmp_path, "c", {"f": b"c"})
+    _store_record(store_env, "c", command=["touch", "ran"],
+                  inputs=[Input("/projects/p/jobs/latest", _root(run_cli, "a"), "in", "/jobs/a")])
+    assert run_cli(["rm", "a"]).code == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    res = c3fs_bin("rerun", "c", cwd=work)
+    line = res.one_line_error()
+    assert res.code == 3 and "rerun of c: its recorded input /jobs/a -> in: " in line, line
+    assert ".c3" not in line and not (work / "ran").exists()
+
+
 @pytest.mark.fuse
 def test_rerun_mounts_what_the_job_read_not_what_latest_is_now(c3fs_bin, run_cli, store_env,
                                                                  tmp_path) -> None:

@@ -77,6 +77,7 @@ class JobSpec:
     timeout: float | None = None
     store_url: str | None = None
     stdout_to_stderr: bool = False  # the command's stdout to our stderr: stdout is the result's
+    rerun_of: str | None = None  # the job whose recorded inputs are `config.datasets` (rerun)
     # (label, total bytes) -> a context giving `advance(n)`: progress of the upload
     progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None
 
@@ -325,7 +326,7 @@ def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path],
     vfs = Vfs(repo)
     inputs, sources = [], []
     for ds in spec.config.datasets:  # check every ref before mounting any
-        with _entry(ds):
+        with _entry(ds, spec.rerun_of):
             node = resolve_pinned(vfs, ds.ref, ds.digest)
             check_mount_path(ds.mount, spec.workdir)
         inputs.append(Input(ref=ds.ref, root=node.tree_id.hex(), mount=ds.mount,
@@ -334,7 +335,7 @@ def _mount_datasets(repo: Repo, spec: JobSpec, mounted: list[Path],
     from c3fs.fuse import mount  # the FUSE layer is only needed by jobs that mount inputs
 
     for ds, source in zip(inputs, sources, strict=True):
-        with _entry(ds):
+        with _entry(ds, spec.rerun_of):
             path = check_mount_path(ds.mount, spec.workdir)
             clear_dead_mount(path)
             _make_mountpoint(path)
@@ -353,12 +354,15 @@ def _make_mountpoint(path: Path) -> None:
 
 
 @contextmanager
-def _entry(ds) -> Iterator[None]:
-    """Errors name the `.c3` datasets entry they are about (same error class and exit code)."""
+def _entry(ds, rerun_of: str | None) -> Iterator[None]:
+    """Errors name the `.c3` datasets entry they are about, or for a rerun the input the job
+    recorded (rerun does not read `.c3`'s datasets): same error class and exit code."""
+    what = (f".c3 datasets entry {ds.ref} -> {ds.mount}" if rerun_of is None else
+            f"rerun of {rerun_of}: its recorded input {ds.ref} -> {ds.mount}")
     try:
         yield
     except C3fsError as exc:
-        exc.args = (f".c3 datasets entry {ds.ref} -> {ds.mount}: {exc}", *exc.args[1:])
+        exc.args = (f"{what}: {exc}", *exc.args[1:])
         raise
 
 
@@ -371,7 +375,7 @@ def _check_mount_places(spec: JobSpec, outputs: list[tuple[tuple[str, ...], Path
     for ds in spec.config.datasets:
         point = check_mount_path(ds.mount, spec.workdir)
         for what, path in collected:
-            with _entry(ds):
+            with _entry(ds, spec.rerun_of):
                 if _within(point, path):
                     raise ConfigError(f"the mount point is inside {what}, whose files are "
                                       "collected as the job's: mount it outside")
