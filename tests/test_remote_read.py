@@ -142,6 +142,38 @@ def test_sequential_read_of_a_remote_file_merges_chunks_into_few_gets(
         repo.close()
 
 
+def test_reads_that_jump_forward_fetch_their_own_chunks_not_a_window(
+        s3_url: str, tmp_path: Path, home: Path) -> None:
+    """4 KiB reads 2 MiB apart are random reads, not a sequential reader's: each fetches
+    the chunk it lies in (a forward jump within the window counted as sequential and read
+    ahead, so that 20 such reads 10 MB apart fetched 120 MiB). Reads that go on from there
+    are sequential again and merge into few GETs. No disk cache: its GETs are the reader's."""
+    src = tmp_path / "src"
+    size = 32 * MiB
+    src.mkdir()
+    write_random_file(src / "big.bin", size, seed=5)
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    counting = Counting(open_backend(s3_url, cache=False))
+    store = Store.open(counting)
+    index = open_index(store)
+    index.sync(store)
+    repo = Repo(store, index, BlobSource(store, index))
+    try:
+        vfs = Vfs(repo, "/jobs/j1")
+        reader = FileReader(repo.blobs, vfs.lookup(vfs.root, b"big.bin").entry, readahead=8)
+        expected = (src / "big.bin").read_bytes()
+        offsets = range(MiB, size, 2 * MiB)
+        counting.gets.clear()  # (the index's sync and the tree)
+        for offset in offsets:
+            assert reader.read(offset, 4 * KiB) == expected[offset : offset + 4 * KiB]
+        repo.blobs.ahead._pool.shutdown(wait=True)  # (the GETs of anything asked ahead too)
+        fetched = sum(length or 0 for _, _, length in counting.gets)
+        assert len(counting.gets) <= len(offsets) + 2, counting.gets
+        assert fetched <= 8 * MiB, fetched  # ~16 chunks of ~128 KiB (was the whole 32 MiB)
+    finally:
+        repo.close()
+
+
 def test_fetching_ahead_can_be_turned_off(s3_url: str, tmp_path: Path, home: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("C3FS_READ_WINDOW", "0")

@@ -43,6 +43,8 @@ START = 4  # chunks fetched as soon as a file is opened
 WINDOW_ENV = "C3FS_READ_WINDOW"  # MiB a sequential reader of a remote store keeps in flight
 WINDOW_FIRST = 8 * MiB  # a remote reader's first window; it doubles as the reader keeps up
 WINDOW_MAX = 64 * MiB
+WINDOW_JUMP = 1 * MiB  # the first window of a run that starts after a jump (not at 0)
+SLACK = 1 * MiB  # a read this close to where the last ended (or 4 reads' length) continues it
 RUN_GAP = 64 * 1024  # `get_many` reads blobs of a pack this close to each other in one read
 RUN_MAX = 4 * MiB  # (at most this much in one)
 
@@ -372,6 +374,7 @@ class FileReader:
         self._digest = file_digest(entry)
         self._wanted = 0  # chunks before this one were asked for ahead (a remote store)
         self._window = WINDOW_FIRST
+        self._run = 0  # where the run of sequential reads the window belongs to started
 
     def start(self, chunks: int = START) -> None:
         """Begin fetching the first chunks in worker threads (on open: ready by the first
@@ -456,8 +459,7 @@ class FileReader:
         first = bisect.bisect_right(self.starts, offset) - 1
         last = bisect.bisect_left(self.starts, end) - 1
         if self.readahead and self.blobs.remote:
-            if abs(offset - self._next_offset) <= self._window:  # (the kernel's READs of a
-                self._read_ahead(last)                            # window come in any order)
+            self._remote_ahead(offset, end, last)
         elif self.readahead and offset == self._next_offset:
             self.blobs.prefetch(self.ids[last + 1 : last + 1 + self.readahead])
         self._next_offset = end  # before fetching: concurrent sequential reads still prefetch
@@ -471,6 +473,26 @@ class FileReader:
             hi = min(end - self.starts[i], len(data))
             parts.append(data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi])
         return parts
+
+    def _remote_ahead(self, offset: int, end: int, last: int) -> None:
+        """A remote store: read ahead of a read that continues the last one, as Linux and
+        mountpoint-s3 decide: one that starts where the last ended, give or take a slack
+        (`SLACK`, or 4 reads' length: the kernel's READs of a window reach the worker
+        threads slightly out of order). A read elsewhere inside what this run asked for
+        ahead (an out-of-order READ further off) leaves the run as it is; any other is a
+        jump: a random read, which fetches only its own chunks, and starts a new run whose
+        window grows from `WINDOW_JUMP` once the reads after it are sequential. The first
+        read counts as sequential only at offset 0. A forward jump counted as sequential
+        (within the window: up to 64 MiB) read a whole file for 20 reads of 4 KiB."""
+        if self._next_offset < 0:
+            near = offset == 0
+        else:
+            slack = max(SLACK, 4 * (end - offset))
+            near = self._next_offset - slack <= offset <= self._next_offset + slack
+        if near:
+            self._read_ahead(last)
+        elif not self._run <= offset < self.starts[self._wanted]:
+            self._run, self._wanted, self._window = offset, 0, WINDOW_JUMP
 
     def _read_ahead(self, last: int) -> None:
         """A remote store: once less than half the window lies fetched ahead of chunk `last`,
