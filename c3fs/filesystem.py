@@ -25,6 +25,11 @@ from fsspec import AbstractFileSystem
 from c3fs.api import BUFFER_SIZE, File, Info, Store
 from c3fs.errors import DataError, FormatError, IsADirectory, NotADirectory, NotFound
 
+# the keyword arguments fsspec itself gives every filesystem (AbstractFileSystem.__init__ and
+# its DirCache; `skip_instance_cache` is taken by the metaclass, unless one calls __init__)
+FSSPEC_OPTIONS = ("asynchronous", "loop", "skip_instance_cache", "use_listings_cache",
+                  "listings_expiry_time", "max_paths", "add_docs", "add_aliases")
+
 
 @contextlib.contextmanager
 def _os_errors(path: str) -> Iterator[None]:
@@ -52,15 +57,21 @@ def _entry(info: Info) -> dict[str, Any]:
 
 class C3fsFileSystem(AbstractFileSystem):
     """Read-only `c3fs://` filesystem. `store`: a `c3fs.Store`, a store URL (a path,
-    `file:///path`, `s3://bucket/prefix`), or None for the default store."""
+    `file:///path`, `s3://bucket/prefix`), or None for the default store, which is not
+    created if missing (reading makes no store). Any other option but fsspec's own is a
+    TypeError naming it: a misspelt `stor=` read the default store and found nothing."""
 
     protocol = "c3fs"
     root_marker = "/"
 
     def __init__(self, store: Store | str | None = None, **storage_options: Any) -> None:
+        unknown = sorted(set(storage_options) - set(FSSPEC_OPTIONS))
+        if unknown:
+            raise TypeError(f"c3fs:// has no storage option {', '.join(map(repr, unknown))} "
+                            f"(its own: 'store'; fsspec's: {', '.join(FSSPEC_OPTIONS)})")
         super().__init__(store=store, **storage_options)
         with _os_errors(str(store)):
-            self.store = store if isinstance(store, Store) else Store(store)
+            self.store = store if isinstance(store, Store) else Store(store, create=False)
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:

@@ -8,6 +8,7 @@ import errno
 import importlib.metadata
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -72,6 +73,27 @@ def test_entry_point_registers_the_protocol(store_env, job: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)  # a fresh process: fsspec found it by the entry point
     assert out.stdout.split() == ["c3fs.filesystem", "step", "True"]
+
+
+def test_an_unknown_storage_option_is_a_typeerror_and_reading_makes_no_store(
+        store_env, job: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt option is refused, naming it and the known ones (it read the default
+    store, found no job, and made that store's directory); fsspec's own options pass."""
+    default = Path(os.environ["XDG_DATA_HOME"]) / "c3fs" / "store"
+    monkeypatch.delenv("C3FS_STORE")
+    with pytest.raises(TypeError, match=r"'stor'.*'store'.*skip_instance_cache"):
+        fsspec.filesystem("c3fs", stor=str(store_env.store))
+    with pytest.raises(TypeError, match="'stor'"):
+        pd.read_csv("c3fs:///jobs/job_f/m.csv", storage_options={"stor": str(store_env.store)})
+    with pytest.raises(c3fs.errors.StoreError):
+        fsspec.filesystem("c3fs")  # the default store is not there: read, not made
+    assert not default.exists()
+    fs = fsspec.filesystem("c3fs", store=str(store_env.store), skip_instance_cache=True,
+                           use_listings_cache=False, listings_expiry_time=10, max_paths=5,
+                           asynchronous=False, loop=None)
+    assert fs.cat_file("/jobs/job_f/m.csv") == CSV
+    assert pd.read_csv("c3fs:///jobs/job_f/m.csv", storage_options={
+        "store": str(store_env.store), "use_listings_cache": False})["loss"].iloc[-1] == 0.125
 
 
 def test_ls_info_find_glob(fs: C3fsFileSystem) -> None:
