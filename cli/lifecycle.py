@@ -152,16 +152,17 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
       c3fs pull --dest ./runs          # all new completed jobs
       c3fs pull job_abc123 --keep-setuid
     """
-    from c3fs.jobs.pull import PullIncomplete
+    from c3fs.jobs.pull import PullIncomplete, pull_total, to_pull
     from c3fs.jobs.pull import pull as run_pull
     from c3fs.jobs.tags import bare_id, resolve_job
 
     repo = ctx.repo()
     job_ids = [bare_id(j) or resolve_job(repo, j).id for j in jobs]
     started = time.monotonic()
+    records = to_pull(repo, job_ids)
     try:
-        with output.progress_bar("pull", None) as advance:
-            pulled = run_pull(repo, job_ids, dest, advance, keep_setuid)
+        with output.progress_bar("pull", pull_total(records)) as advance:
+            pulled = run_pull(repo, job_ids, dest, advance, keep_setuid, records)
     except PullIncomplete as exc:  # say what did arrive, then the error
         _print_pulled(exc.pulled, as_json)
         raise

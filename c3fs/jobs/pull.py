@@ -93,9 +93,27 @@ def is_pulled(repo: Repo, record: JobRecord) -> bool:
     return isinstance(time_pulled, (int, float)) and time_pulled >= record.created
 
 
+def to_pull(repo: Repo, job_ids: list[str]) -> list[JobRecord]:
+    """The records of `job_ids`; with none, those of every completed job not pulled here
+    before (`pending_jobs`)."""
+    return [repo.record(JOB, j) for j in job_ids] if job_ids else pending_jobs(repo)
+
+
+def pull_total(records: list[JobRecord]) -> int | None:
+    """The bytes a pull of `records` goes through (the progress it reports, unchanged files
+    too), from their records; None if a record does not say (an empty job's 0 does)."""
+    if any(r.files and not r.logical_bytes for r in records):
+        return None
+    return sum(r.logical_bytes for r in records)
+
+
 def pull(repo: Repo, job_ids: list[str], dest: str,
-         progress: Callable[[int], None] | None = None, keep_setuid: bool = False) -> list[Pulled]:
-    records = [repo.record(JOB, j) for j in job_ids] if job_ids else pending_jobs(repo)
+         progress: Callable[[int], None] | None = None, keep_setuid: bool = False,
+         records: list[JobRecord] | None = None) -> list[Pulled]:
+    """`records`: `to_pull(repo, job_ids)`, if the caller has them (the CLI sizes its
+    progress bar with them)."""
+    if records is None:
+        records = to_pull(repo, job_ids)
     vfs = Vfs(repo)
     done: list[Pulled] = []
     failed: list[tuple[str, DataError | FormatError]] = []
