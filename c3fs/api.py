@@ -443,8 +443,9 @@ class _RawFile(io.RawIOBase):
         self._store = store
         self._node = node
         self._pos = 0
+        # (nothing fetched at open, as the mount does: the first read may be a footer's, at
+        # the end; one at 0 starts reading ahead at once)
         self._reader: FileReader | None = store._state().vfs.open(node)
-        self._reader.start()
         self._pid = os.getpid()
         store._file_opened()
         _live.add(self)

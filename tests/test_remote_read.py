@@ -174,6 +174,47 @@ def test_reads_that_jump_forward_fetch_their_own_chunks_not_a_window(
         repo.close()
 
 
+def test_a_parquet_footer_read_through_fsspec_fetches_about_the_footer(
+        s3_url: str, tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyarrow's read_metadata of a c3fs:// URL on an S3 store reads the file's end: one
+    GET of the footer's block (the disk cache's 1 MiB), not also the file's first chunks,
+    which opening a file fetched (1-2 MiB more), nor a window after a jump."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from c3fs import api
+    from c3fs.filesystem import C3fsFileSystem
+    from c3fs.store.s3 import S3Backend
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = 400_000
+    rng = random.Random(6)
+    table = pa.table({"a": [rng.random() for _ in range(rows)], "b": range(rows)})
+    pq.write_table(table, src / "t.parquet", compression="none")
+    size = (src / "t.parquet").stat().st_size
+    assert size > 6 * MiB
+    push(s3_url, src, "j1", tmp_path / "pusher")
+    got: list[int] = []
+    get = S3Backend.get
+    monkeypatch.setattr(S3Backend, "get", lambda self, key, offset=0, length=None: (
+        data := get(self, key, offset, length),
+        got.append(len(data)) if key.startswith("packs/") else None)[0])
+    C3fsFileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("c3fs", store=s3_url, skip_instance_cache=True)
+    try:
+        with fsspec.open("c3fs:///jobs/j1/t.parquet", store=s3_url) as f:
+            assert pq.read_metadata(f).num_rows == rows
+        fs.store.repo.blobs.ahead._pool.shutdown(wait=True)  # (anything asked ahead too)
+        assert len(got) == 1 and got[0] <= MiB, got  # the footer's block (was 2-3 GETs)
+    finally:
+        fs.store.close()
+        for store in list(api._shared.values()):
+            store.close()
+        api._shared.clear()
+
+
 def test_fetching_ahead_can_be_turned_off(s3_url: str, tmp_path: Path, home: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("C3FS_READ_WINDOW", "0")
