@@ -459,11 +459,13 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
     target = dst
     if not node.is_dir and (dst.endswith("/") or os.path.isdir(dst)):
         target = os.path.join(dst, os.fsdecode(node.name))  # the name's bytes, as cp -r
-    total = sum(n.size for n in vfs.walk(node, keep=False)
-                if n.kind == FILE) if output.err.is_terminal else None
+    sizes = [n.size for n in vfs.walk(node, keep=False)
+             if n.kind == FILE] if output.err.is_terminal else None
     started = time.monotonic()
-    with output.progress_bar("cp", total) as advance:
-        stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid).copy(node, target)
+    with output.progress_bar("cp", None if sizes is None else sum(sizes),
+                             None if sizes is None else len(sizes)) as advance:
+        stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid,
+                       files_done=lambda n: advance(0, n)).copy(node, target)
     output.timing(f"cp {src}: {output.count(stats.files, 'file')} copied", started, stats.bytes)
     output.note(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
                      f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}")

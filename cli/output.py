@@ -137,28 +137,40 @@ def no_bar() -> bool:
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int | None) -> Iterator:
-    """Yields an `advance(n)` callable; draws a bar only when stderr is a terminal (and not
-    under -q). Sizes in IEC units (KiB, MiB), as every summary."""
+def progress_bar(label: str, total: int | None, files: int | None = None) -> Iterator:
+    """Yields an `advance(n, files=0)` callable (n bytes, and files, more done); draws a bar
+    only when stderr is a terminal (and not under -q). Sizes in IEC units (KiB, MiB), as
+    every summary; `files`: how many files there are, shown as done/total beside them."""
     if no_bar():
-        yield lambda n: None
+        yield lambda n, files=0: None
         return
     console = _console("err")
     if not console.is_terminal:
-        yield lambda n: None
+        yield lambda n, files=0: None
         return
     from rich.progress import Progress
 
-    with Progress(*progress_columns(), console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+    with Progress(*progress_columns(files), console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total, files_done=0)
+        done = itertools.count(1)
+
+        def advance(n: int, files: int = 0) -> None:
+            if files:  # (next() of a count: atomic under the GIL, as the copy's threads need)
+                bar.update(task, advance=n, files_done=max(next(done) for _ in range(files)))
+            else:
+                bar.advance(task, n)
+
+        yield advance
 
 
-def progress_columns() -> tuple:
+def progress_columns(files: int | None = None) -> tuple:
     from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn
 
+    counted = () if files is None else (
+        TextColumn(f"{{task.fields[files_done]}}/{files} files", style="progress.download"),)
     return (TextColumn("[bold]{task.description}"), BarColumn(),
-            DownloadColumn(binary_units=True), _speed_column(), TimeRemainingColumn())
+            DownloadColumn(binary_units=True), *counted, _speed_column(),
+            TimeRemainingColumn())
 
 
 def _speed_column():

@@ -327,6 +327,21 @@ def test_progress_bars_count_in_iec_units_as_summaries_do() -> None:
     assert output.human(3 * 1024 * 1024) == "3.0 MiB"
 
 
+def test_a_bar_of_a_copy_shows_files_done_of_their_total() -> None:
+    from c3fs_cli import output
+    from rich.console import Console
+    from rich.progress import Progress
+
+    text = io.StringIO()
+    console = Console(file=text, force_terminal=True, width=200, color_system=None)
+    with Progress(*output.progress_columns(files=40), console=console, auto_refresh=False) as bar:
+        task = bar.add_task("pull", total=3 * 1024 * 1024, files_done=0)
+        bar.update(task, advance=1536 * 1024, files_done=12)
+        bar.refresh()
+    shown = text.getvalue()
+    assert "1.5/3.0 MiB" in shown and "12/40 files" in shown, shown
+
+
 # completion -----------------------------------------------------------------------------------
 def complete(words: str, env: dict[str, str] | None = None, timeout: float = 30) -> list[str]:
     """What the bash completion protocol answers for the command line `words` (the last

@@ -258,10 +258,11 @@ def test_pull_into_a_pipe_prints_its_line_without_rich(c3fs_bin, tmp_path: Path,
     assert forced.code == 0 and "| rich.console" in forced.err
 
 
-def test_pulls_progress_bar_has_the_jobs_total_from_their_records(
+def test_pulls_progress_bar_has_the_jobs_totals_from_their_records(
         run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pull's bar has a total (so an ETA), the bytes of the jobs' records, as cp -r's has
-    (it had none: `0/? bytes`); what it advances by adds up to it, unchanged files too."""
+    """pull's bar has a total (so an ETA), the bytes of the jobs' records, and their count
+    of files, as cp -r's has (it had none: `0/? bytes`); what it advances by adds up to
+    them, unchanged files too."""
     from c3fs_cli import output
 
     for job, sizes in (("j1", (1000, 70_000)), ("j2", (5, 0, 300_000))):
@@ -270,20 +271,21 @@ def test_pulls_progress_bar_has_the_jobs_total_from_their_records(
         for i, size in enumerate(sizes):
             (data / f"f{i}").write_bytes(os.urandom(size))
         assert run_cli(["push", str(data), "-p", "p", "-j", job]).code == 0
-    bars: list[tuple[str, int | None, list[int]]] = []
+    bars: list[tuple[str, int | None, int | None, list[tuple[int, int]]]] = []
 
     @contextlib.contextmanager
-    def recorded(label: str, total: int | None) -> Iterator:
-        bars.append((label, total, []))
-        yield bars[-1][2].append
+    def recorded(label: str, total: int | None, files: int | None = None) -> Iterator:
+        bars.append((label, total, files, []))
+        yield lambda n, files=0: bars[-1][3].append((n, files))
 
     monkeypatch.setattr(output, "progress_bar", recorded)
     assert run_cli(["pull", "j1", "j2", "--dest", str(tmp_path / "out")]).code == 0
     assert run_cli(["pull", "--dest", str(tmp_path / "out")]).code == 0  # none pending
     assert run_cli(["pull", "j2", "--dest", str(tmp_path / "out")]).code == 0  # unchanged
     total = 1000 + 70_000 + 5 + 300_000
-    assert [(label, whole, sum(steps)) for label, whole, steps in bars] == [
-        ("pull", total, total), ("pull", 0, 0), ("pull", 300_005, 300_005)]
+    assert [(label, size, files, sum(n for n, _ in steps), sum(f for _, f in steps))
+            for label, size, files, steps in bars] == [
+        ("pull", total, 5, total, 5), ("pull", 0, 0, 0, 0), ("pull", 300_005, 3, 300_005, 3)]
 
 
 def test_pull_new_jobs_and_resume(c3fs_bin, tmp_path: Path) -> None:

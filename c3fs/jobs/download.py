@@ -167,8 +167,10 @@ class CopyStats:
 
 class Copier:
     def __init__(self, vfs: Vfs, workers: int = 4, progress: Callable[[int], None] | None = None,
-                 keep_setuid: bool = False, check_content: bool = False):
-        """`keep_setuid`: give files and directories the setuid, setgid and sticky bits the
+                 keep_setuid: bool = False, check_content: bool = False,
+                 files_done: Callable[[int], None] | None = None):
+        """`progress(n)`: n more bytes copied or found unchanged; `files_done(1)`: one more
+        file. `keep_setuid`: give files and directories the setuid, setgid and sticky bits the
         store says (by default they are dropped: a store is untrusted, as a tarball is to
         `tar` without --same-permissions). `check_content`: a file already there with the
         same size and mtime is skipped only if its bytes are the same too (see the module
@@ -178,6 +180,7 @@ class Copier:
         self.mode_mask = 0o7777 if keep_setuid else 0o777
         self.workers = workers
         self.progress = progress or (lambda n: None)
+        self.files_done = files_done or (lambda n: None)
         self.stats = CopyStats()
         self._small: list[tuple[Node, bytes]] = []
         self._stats_lock = threading.Lock()
@@ -326,6 +329,7 @@ class Copier:
             self.stats.skipped += 1
         log.info("unchanged %s", node.display)
         self.progress(node.size)
+        self.files_done(1)
 
     def _compare_or_write(self, node: Node, path: bytes, found: os.stat_result) -> None:
         """A file with the node's size and mtime where another job's may be (`check_content`):
@@ -522,6 +526,7 @@ class Copier:
         with self._stats_lock:
             self.stats.files += 1
             self.stats.bytes += node.size
+        self.files_done(1)
         if log.isEnabledFor(logging.INFO):  # -v: one line a file
             log.info("copied %s (%s)", node.display, human(node.size))
 

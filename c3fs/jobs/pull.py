@@ -109,9 +109,10 @@ def pull_total(records: list[JobRecord]) -> int | None:
 
 def pull(repo: Repo, job_ids: list[str], dest: str,
          progress: Callable[[int], None] | None = None, keep_setuid: bool = False,
-         records: list[JobRecord] | None = None) -> list[Pulled]:
+         records: list[JobRecord] | None = None,
+         files_done: Callable[[int], None] | None = None) -> list[Pulled]:
     """`records`: `to_pull(repo, job_ids)`, if the caller has them (the CLI sizes its
-    progress bar with them)."""
+    progress bar with them); `progress` and `files_done`: as the Copier's."""
     if records is None:
         records = to_pull(repo, job_ids)
     vfs = Vfs(repo)
@@ -122,7 +123,8 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
         recreated = _recreated(repo, record) and os.path.isdir(target)
         try:
             copier = Copier(vfs, progress=progress, keep_setuid=keep_setuid,
-                            check_content=_may_hold_other(repo, record, target))
+                            check_content=_may_hold_other(repo, record, target),
+                            files_done=files_done)
             stats = copier.copy(vfs.ref_root(record), target, follow=False)  # c3fs named it
         except (DataError, FormatError) as exc:
             if isinstance(exc, BlobUnavailable):  # the store did not answer: stop
