@@ -149,7 +149,9 @@ class SourceError(C3fsError):
 
 class SourceNotFound(SourceError):
     """A file or directory of the pushed directory is not there (removed or moved since it
-    was listed), or what was pushed is no directory: exit 3, not found."""
+    was listed), or what was pushed is no directory: exit 3, not found. (The ingest leaves
+    out, and names, what is removed between its listing and its first read: this reaches
+    the user for the pushed directory itself, or a directory moved while it is walked.)"""
 
     exit_code = 3
 

@@ -48,8 +48,9 @@ def show(name: bytes) -> str:
               help="Project the job belongs to (default: `project` of the c3fs config, C3FS_PROJECT).")
 @click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the job record as JSON (with `changed`, if any: a {path} for each "
-                   "file that changed while read).")
+              help="Print the job record as JSON (with `changed` and `vanished`, if any: a "
+                   "{path} for each file that changed while read, and for each one removed "
+                   "before it was read).")
 @pass_ctx
 def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_json: bool) -> None:
     """Store DIRECTORY as a finished job's artifacts.
@@ -59,6 +60,10 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
     last read (its size, chunks and digest all describe those bytes) and named in a
     warning "changed while it was read" and in --json's `changed`; the push goes on and
     exits 0 (the job is registered, the other files are whole). -q hides the warning.
+    A file, symlink or directory removed after the walk listed it and before it was read
+    (a rotated log or checkpoint) is not stored, named in a warning "removed before it was
+    read: not stored" and in --json's `vanished`; the push goes on and exits 0 too (DIRECTORY
+    itself removed is an error, exit 3).
     A file or directory that refuses to be read (permission denied, an I/O error) stops the
     push before any job is made: one error line naming it, exit 4.
 
@@ -76,34 +81,38 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
     started = time.monotonic()
     repo = ctx.repo(write=True)
     changed: list[str] = []
+    vanished: list[str] = []
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
-        record = push_dir(repo, directory, project, job_id, progress=advance, changed=changed)
+        record = push_dir(repo, directory, project, job_id, progress=advance, changed=changed,
+                          vanished=vanished)
     output.timing(f"push {record.id}: {output.count(record.files, 'file')}, "
                   f"{output.human(record.logical_bytes)} read, "
                   f"{output.human(record.stored_delta)} stored", started, record.logical_bytes)
     if as_json:
-        output.print_json(record_json(record, changed))
+        output.print_json(record_json(record, changed, vanished))
         return
     output.out.print(record.id)
     output.note(f"{output.count(record.files, 'file')}, {output.human(record.logical_bytes)} logical, "
-                     f"{output.human(record.stored_delta)} newly stored{changed_note(changed)}")
+                     f"{output.human(record.stored_delta)} newly stored{changed_note(changed, vanished)}")
 
 
-def record_json(record: JobRecord, changed: list[str]) -> object:
+def record_json(record: JobRecord, changed: list[str], vanished: list[str]) -> object:
     """A pushed or run job's record for --json: with `changed`, a {path} (exact:
-    `json_name`) for each file stored as read while it changed, when there are any; else
-    the record as `ls --json` shows it."""
+    `json_name`) for each file stored as read while it changed, and `vanished`, one for
+    each file, symlink or directory removed before it was read (not stored), each list when
+    it has any; else the record as `ls --json` shows it."""
     import msgspec
 
-    if not changed:
-        return record
-    return {**msgspec.to_builtins(record),
-            "changed": [json_name("path", os.fsencode(path)) for path in changed]}
+    lists = {key: [json_name("path", os.fsencode(path)) for path in paths]
+             for key, paths in (("changed", changed), ("vanished", vanished)) if paths}
+    return {**msgspec.to_builtins(record), **lists} if lists else record
 
 
-def changed_note(changed: list[str]) -> str:
-    """The end of a push's or run's summary: how many files changed while read, if any."""
-    return f", {output.count(len(changed), 'file')} changed while read" if changed else ""
+def changed_note(changed: list[str], vanished: list[str]) -> str:
+    """The end of a push's or run's summary: how many files changed while read, and how
+    many files or directories were removed before they were read, if any."""
+    return ((f", {output.count(len(changed), 'file')} changed while read" if changed else "")
+            + (f", {len(vanished)} removed before read" if vanished else ""))
 
 
 def default_project() -> str | None:

@@ -113,9 +113,9 @@ def finish_run(record, code: int, as_json: bool, changed: list[str]) -> None:
             output.note(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
                         f"{output.human(record.logical_bytes)} logical, "
                         f"{output.human(record.stored_delta)} newly stored"
-                        f"{changed_note(changed)}")
+                        f"{changed_note(changed, [])}")
             if as_json:
-                output.print_json(record_json(record, changed))
+                output.print_json(record_json(record, changed, []))
             else:
                 output.out.print(record.id)
         elif as_json:

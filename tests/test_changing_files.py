@@ -5,6 +5,10 @@ file's `readinto`, a small file's `os.read`): right after the first read of an o
 chosen file, that file is rewritten in place (same inode, new bytes and size). A large
 file's read then goes on into the new bytes (torn: old start, new rest); a small file's
 read is whole but outdated. Real files, a real store; only the timing is arranged.
+
+Files, symlinks and directories removed between the walk's listing and their first read
+(`Vanisher`: removed for real, right after a listing or a stat of the walk) are left out
+and named.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -297,3 +302,213 @@ def test_the_api_push_result_names_the_files_that_kept_changing(
             stored.root, stored.files, stored.logical_bytes)
         steady = store.push(src, project="proj", job="job_steady")  # (3 rewrites: done)
         assert steady.changed == []
+
+
+# removed after the walk listed it, before its first read: skipped and named ------------------
+class Vanisher:
+    """Removes chosen entries for real (a directory with all it holds) at a chosen moment of
+    the walk, as a job rotating its logs and checkpoints may at any moment: right after the
+    walk lists a chosen directory (`on_listing`: the doomed entry's stat then finds it gone,
+    or, a directory listed itself, what it holds), or right after the walk's stat of the
+    entry (`on_stat`: its open or readlink then does). Only the moment is arranged, by
+    wrapping the listing (`ingest.sorted_names`) and `os.stat`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.removed: list[Path] = []
+        # (directory, name or None: at its listing) -> [(what to do first, entry to remove)]
+        self._due: dict[tuple[int, int, bytes | None],
+                        list[tuple[Callable[[], None], Path | None]]] = {}
+        real_list, real_stat = ingest.sorted_names, os.stat
+
+        def listed(fd: int, run: int):
+            names = real_list(fd, run)
+            self._fire(os.fstat(fd), None)
+            return names
+
+        def stat_(path, *, dir_fd: int | None = None, follow_symlinks: bool = True):
+            st = real_stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+            if dir_fd is not None and self._due:
+                self._fire(os.fstat(dir_fd), os.fsencode(path))
+            return st
+
+        monkeypatch.setattr(ingest, "sorted_names", listed)
+        monkeypatch.setattr(os, "stat", stat_)
+
+    def on_listing(self, listed: Path, doomed: Path | None,
+                   first: Callable[[], None] = lambda: None) -> None:
+        """Once `listed` is listed: call `first`, then remove `doomed` (None: nothing)."""
+        self._due.setdefault(self._key(listed, None), []).append((first, doomed))
+
+    def on_stat(self, doomed: Path) -> None:
+        self._due.setdefault(self._key(doomed.parent, os.fsencode(doomed.name)), []).append(
+            (lambda: None, doomed))
+
+    @staticmethod
+    def _key(directory: Path, name: bytes | None) -> tuple[int, int, bytes | None]:
+        st = os.lstat(directory)
+        return st.st_dev, st.st_ino, name
+
+    def _fire(self, st: os.stat_result, name: bytes | None) -> None:
+        for first, doomed in self._due.pop((st.st_dev, st.st_ino, name), []):
+            first()
+            if doomed is None:
+                continue
+            if doomed.is_dir() and not doomed.is_symlink():
+                shutil.rmtree(doomed)
+            else:
+                doomed.unlink()
+            self.removed.append(doomed)
+
+
+GONE = ("gone.log", LARGE, "gone-link", "gone-dir", "sub/gone.json")  # (LARGE: a chunked file)
+
+
+def _live_tree(src: Path) -> None:
+    """Files of every kind that stay, beside the GONE ones: a small file, a large one (cut
+    into chunks), a symlink and a directory holding both, in the top and one level down."""
+    for top in (src, src / "sub"):
+        top.mkdir(exist_ok=True)
+        trees.write_file(top / "keep.txt", small_version(3), mtime_ns=trees.BASE_NS)
+        trees.write_file(top / "keep.bin", large_version(2), mtime_ns=trees.BASE_NS)
+        trees.make_symlink("keep.bin", top / "keep-link")
+    trees.write_file(src / "gone.log", small_version(1))
+    trees.write_file(src / LARGE, large_version(0))
+    trees.make_symlink("keep.txt", src / "gone-link")
+    (src / "gone-dir" / "deeper").mkdir(parents=True)
+    trees.write_file(src / "gone-dir" / "x.txt", small_version(2))
+    trees.write_file(src / "gone-dir" / "deeper" / "y.bin", large_version(1))
+    trees.write_file(src / "sub" / "gone.json", small_version(4))
+    (src / "kept-empty").mkdir()
+    trees.set_dir_mtimes(src)
+
+
+def _without(snap: dict[bytes, trees.Meta], gone: list[Path], src: Path) -> dict[bytes, trees.Meta]:
+    """`snap` of `src` without the `gone` entries and what they held."""
+    rels = [os.fsencode(path.relative_to(src)) for path in gone]
+    return {rel: meta for rel, meta in snap.items()
+            if not any(rel == g or rel.startswith(g + b"/") for g in rels)}
+
+
+def _assert_stored_exactly(run_cli, job: str, record: dict, expected: dict[bytes, trees.Meta],
+                           tmp_path: Path) -> None:
+    """The job holds `expected` (a snapshot) and nothing else, byte for byte, its record
+    counts those files and bytes, and `verify` passes."""
+    back = copied(run_cli, job, tmp_path)
+    assert trees.diff(trees.as_copied(expected), trees.snapshot(back)) == []
+    files = [meta for meta in expected.values() if meta.kind == "file"]
+    assert (record["files"], record["logical_bytes"]) == (len(files),
+                                                          sum(m.size for m in files))
+    verify = run_cli(["verify"])
+    assert verify.code == 0, verify.out + verify.err
+
+
+def _warned(result, paths: list[Path]) -> None:
+    warnings = [line for line in result.err_lines if line.startswith("c3fs: warning: ")]
+    assert sorted(warnings) == [f"c3fs: warning: {escaped(str(path))} removed before it was "
+                                "read: not stored" for path in sorted(paths)], result.err
+
+
+@pytest.mark.logs("removed before it was read")
+@pytest.mark.parametrize("moment", ["listed", "stat"])
+def test_what_is_removed_before_it_is_read_is_left_out_and_named(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str) -> None:
+    """A small file, a large one, a symlink and a directory (with what it holds), removed
+    right after the walk listed them (their stat finds them gone) or right after their stat
+    (their open, readlink or listing does): each is one warning and one `vanished` path,
+    the rest is stored exactly, the push exits 0. Before, the push failed, exit 3."""
+    src = tmp_path / "src"
+    _live_tree(src)
+    expected = trees.snapshot(src)
+    doomed = [src / name for name in GONE]
+    vanisher = Vanisher(monkeypatch)
+    for path in doomed:
+        if moment == "listed":
+            vanisher.on_listing(path.parent, path)
+        else:
+            vanisher.on_stat(path)
+    result, record = push(run_cli, src, "job_gone")
+    assert sorted(vanisher.removed) == sorted(doomed)
+    _warned(result, doomed)
+    assert sorted(record["vanished"], key=lambda v: v["path"]) == [
+        {"path": str(path)} for path in sorted(doomed)]
+    assert "changed" not in record and record["status"] == "SUCCEEDED"
+    _assert_stored_exactly(run_cli, "job_gone", record, _without(expected, doomed, src),
+                           tmp_path)
+
+
+@pytest.mark.logs("removed before it was read")
+def test_a_directory_removed_while_it_is_walked_is_one_warning(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rm -rf` of a directory the walk is in, once some of its files are read (a batch of
+    small ones, a large one, a subdirectory stored whole) and others not yet: the directory
+    is left out whole, named once (not each file in it), and the job's record counts none
+    of its files."""
+    src = tmp_path / "src"
+    _live_tree(src)
+    rotated = src / "rotated"
+    (rotated / "sub").mkdir(parents=True)
+    (rotated / "zz").mkdir()
+    for i in range(ingest.SMALL_BATCH + 6):  # a batch read while the walk goes on, 6 not
+        trees.write_file(rotated / f"m{i:03}.json", small_version(i))
+    trees.write_file(rotated / "big.bin", large_version(3))
+    trees.make_symlink("big.bin", rotated / "link")
+    trees.write_file(rotated / "sub" / "s.txt", small_version(1))
+    trees.write_file(rotated / "sub" / "s.bin", large_version(4))
+    trees.write_file(rotated / "zz" / "last.txt", small_version(2))
+    expected = _without(trees.snapshot(src), [rotated], src)
+    tasks: list = []  # the file tasks of `rotated` and of its subdirectories
+    real_queue = ingest.Ingester._queue
+
+    def queue(self, into, task) -> None:
+        if into.display().startswith(str(rotated)):
+            tasks.append(task)
+        real_queue(self, into, task)
+
+    monkeypatch.setattr(ingest.Ingester, "_queue", queue)
+    vanisher = Vanisher(monkeypatch)
+    vanisher.on_listing(rotated / "zz", rotated,
+                        first=lambda: [task.result(timeout=120) for task in tasks])
+    result, record = push(run_cli, src, "job_rotated")
+    assert vanisher.removed == [rotated] and len(tasks) >= 4  # (a batch, 2 large, sub's small)
+    _warned(result, [rotated])
+    assert record["vanished"] == [{"path": str(rotated)}]
+    _assert_stored_exactly(run_cli, "job_rotated", record, expected, tmp_path)
+
+
+def test_the_pushed_directory_removed_while_it_is_walked_is_an_error(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its own removal is not left out: one error line naming it, exit 3, no job."""
+    src = tmp_path / "src"
+    _live_tree(src)
+    Vanisher(monkeypatch).on_listing(src, src)
+    result = run_cli(["push", str(src), "-p", "proj", "-j", "job_none"])
+    assert result.assert_one_line_error() == (
+        f"c3fs: error: {src}: removed while it was being stored")
+    assert result.code == 3
+    assert run_cli(["ls", "/jobs/"]).out == ""
+
+
+@pytest.mark.parametrize("replaced", ["walked", "its parent"])
+def test_a_directory_replaced_while_it_is_walked_still_stops_the_push(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaced: str) -> None:
+    """The directory the walk is in (or its parent) moved to another place, a new one made
+    in its place: the rest of the parent's listing would be looked for in another directory
+    than the one listed (a mix of two), so the push stops, one line naming it, exit 3, as
+    before: moved is not removed."""
+    src = tmp_path / "src"
+    _live_tree(src)
+    walked = src / "gone-dir" / "deeper"
+    moved = walked if replaced == "walked" else walked.parent
+
+    def replace() -> None:
+        os.rename(moved, src / "sub" / "moved")
+        moved.mkdir()
+        trees.write_file(moved / "new.txt", b"another directory")
+
+    Vanisher(monkeypatch).on_listing(walked, None, first=replace)
+    result = run_cli(["push", str(src), "-p", "proj", "-j", "job_mixed"])
+    assert result.assert_one_line_error() == (
+        f"c3fs: error: {moved}: moved while it was being stored")
+    assert result.code == 3
+    assert run_cli(["ls", "/jobs/"]).out == ""
+

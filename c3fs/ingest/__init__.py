@@ -22,7 +22,7 @@ import logging
 import os
 import stat
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,6 +78,7 @@ class IngestStats:
     packs: int = 0
     skipped: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)  # files stored as read, still changing
+    vanished: list[str] = field(default_factory=list)  # listed, then gone before read: not stored
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -92,6 +93,13 @@ class IngestStats:
                     attempts)
         with self._lock:
             self.changed.append(path)
+
+    def add_vanished(self, path: str) -> None:
+        """`path` (a file, symlink or directory) was listed, then was gone when it was to be
+        read: not stored, and said so."""
+        log.warning("%s removed before it was read: not stored", path)
+        with self._lock:
+            self.vanished.append(path)
 
 
 class PackSink:
@@ -333,6 +341,10 @@ class _Dir:
     tasks: int  # how many parts are futures
     writer: TreeWriter | None = None  # a big directory's, given its first entries already
     entry: Entry | None = None
+    gone: list[str] = field(default_factory=list)  # its `_Open`'s
+    removed: bool = False  # itself removed while it was walked: not stored, nor what it held
+    counts: Counter[str] = field(default_factory=Counter)  # its `_Open`'s
+    up: Counter[str] | None = None  # its parent's `counts`, given its own once it is stored
 
 
 class _Open:
@@ -349,6 +361,12 @@ class _Open:
         self.small: list[tuple[bytes, _Stat]] = []
         self.held = 0  # names listed and in `parts` (or `small`)
         self.writer: TreeWriter | None = None  # once `held` grew past a page (`_drain`)
+        # the paths of names listed, then gone when they were to be read (also by its file
+        # tasks, after the walk has left it): said once it is stored, unless it is gone too
+        self.gone: list[str] = []
+        # what it added to the stats (`Ingester._count`), its subdirectories' too once they
+        # are stored: taken off again if it turns out removed (`Ingester._uncount`)
+        self.counts: Counter[str] = Counter()
 
     def display(self, name: bytes = b"") -> str:
         """The path of this directory (or of `name` in it), for messages."""
@@ -390,6 +408,7 @@ class Ingester:
         self._queued: deque[Future] = deque()  # file tasks, oldest first (some done)
         self._fds: set[int] = set()  # directory descriptors handed to file tasks
         self._fds_lock = threading.Lock()
+        self._counts_lock = threading.Lock()  # (of every directory's `counts`)
         self._page = page_entries()
 
     def __enter__(self) -> Ingester:
@@ -460,7 +479,9 @@ class Ingester:
         (`openat`, never following a symlink), so any depth works: no recursion, no path
         longer than one name. A directory is finished (queued for storing) once all its
         entries are, which gives post-order; its parent is then opened again through
-        `..` and checked to be the same directory."""
+        `..` and checked to be the same directory. A name gone between its listing and its
+        first read (a rotated log, a removed checkpoint; a directory also while it is walked)
+        is left out, and named once its directory is stored (`_Open.gone`)."""
         stack = [self._opened(None, top, top, st)]
         try:
             while True:
@@ -476,16 +497,37 @@ class Ingester:
                         current.fd = -1
                         stack.append(child)
                     continue
-                walked = self._finish(current)
-                stack.pop()
+                walked = self._leave(stack)
                 if not stack:
-                    os.close(current.fd)
                     return walked
-                stack[-1].fd = self._reopen_parent(current, stack[-1])
-                stack[-1].parts.append(walked)
         finally:
             if stack and stack[-1].fd >= 0:  # the walk failed
                 os.close(stack[-1].fd)
+
+    def _leave(self, stack: list[_Open]) -> _Dir:
+        """Finish the directory on top of `stack`, listed to its end: take it off, open its
+        parent again and add it there, queued for storing; or, removed while it was walked,
+        name it in its parent's `gone` (the top: an error, as when it is not there)."""
+        current = stack[-1]
+        if current.small:  # (its last small files: they need its descriptor)
+            self._submit_small(current)
+        unlinked = not os.fstat(current.fd).st_nlink
+        stack.pop()
+        parent = stack[-1] if stack else None
+        if parent is None:
+            os.close(current.fd)
+        else:
+            parent.fd = self._reopen_parent(current, parent)
+        removed = unlinked and self._removed(current, parent)
+        walked = self._finish(current, removed)
+        if parent is None:
+            if removed:
+                raise SourceNotFound(f"{current.display()}: removed while it was being stored")
+        elif removed:
+            parent.gone.append(current.display())
+        else:
+            parent.parts.append(walked)
+        return walked
 
     def _opened(self, parent: _Open | None, name: bytes, path: bytes, st: os.stat_result) -> _Open:
         """Open and list directory `path` (a name relative to `parent`, or the top)."""
@@ -521,13 +563,29 @@ class Ingester:
             raise SourceNotFound(f"{child.display()}: moved while it was being stored")
         return fd
 
-    def _finish(self, current: _Open) -> _Dir:
-        """Queue a listed directory for storing, after its last small files."""
-        if current.small:
-            self._submit_small(current)
+    @staticmethod
+    def _removed(current: _Open, parent: _Open | None) -> bool:
+        """Whether directory `current`, which has no links left, was removed while it was
+        walked: its name in `parent` (open; the top's path, for the top) is gone or names
+        another. (A link count alone is not trusted: some file systems say 0 of any
+        directory.)"""
+        try:
+            st = os.stat(current.name, dir_fd=parent.fd if parent else None,
+                         follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        except OSError as exc:
+            raise source_error(current.display(), exc) from None
+        return (st.st_dev, st.st_ino) != (current.st.st_dev, current.st.st_ino)
+
+    def _finish(self, current: _Open, removed: bool) -> _Dir:
+        """Queue a listed directory for storing (its small files all sent): to be stored,
+        or, `removed`, only waited for."""
         parts, st = current.parts, current.st
         walked = _Dir(current.name, stat.S_IMODE(st.st_mode), st.st_mtime_ns, parts,
-                      sum(isinstance(p, Future) for p in parts), current.writer)
+                      sum(isinstance(p, Future) for p in parts), current.writer,
+                      gone=current.gone, removed=removed, counts=current.counts,
+                      up=current.parent.counts if current.parent is not None else None)
         self._walked.append(walked)
         self._tasks += walked.tasks
         self._store_dirs(LOOKAHEAD)
@@ -542,6 +600,9 @@ class Ingester:
 
     def _store_next(self) -> None:
         walked = self._walked.popleft()
+        if walked.removed:
+            self._uncount(walked)
+            return
         writer = walked.writer or self.tree_writer(walked.name)
         for entry in sorted(self._resolved(walked.parts), key=_name):
             writer.add(entry)
@@ -550,12 +611,36 @@ class Ingester:
         walked.parts = []
         self._tasks -= walked.tasks
         self.stats.add(dirs=1)
+        with self._counts_lock:  # (its tasks are done: its counts and `gone` are whole)
+            walked.counts["dirs"] += 1
+            if walked.up is not None:
+                walked.up.update(walked.counts)
+        for path in sorted(walked.gone):
+            self.stats.add_vanished(path)
+
+    def _uncount(self, walked: _Dir) -> None:
+        """Wait for the files of a directory removed while it was walked (its parent names
+        it as gone), and take what they and its stored subdirectories added off the stats:
+        it is not stored."""
+        for _ in self._resolved(walked.parts):
+            pass
+        walked.parts = []
+        self._tasks -= walked.tasks
+        self.stats.add(**{name: -value for name, value in walked.counts.items()})
+
+    def _count(self, where: _Open, **counts: int) -> None:
+        """Add `counts` to the stats, and to those of directory `where` (`_Open.counts`)."""
+        self.stats.add(**counts)
+        with self._counts_lock:
+            where.counts.update(counts)
 
     def _resolved(self, parts: list[Entry | Future | _Dir]) -> Iterator[Entry]:
         """The entries of `parts` (waiting for their files; a subdirectory stored first)."""
         for part in parts:
             if isinstance(part, Future):
                 part = part.result()
+                if part is None:  # a file gone before it was read (in `_Open.gone`)
+                    continue
             elif isinstance(part, _Dir):
                 while part.entry is None:  # (post-order: it is among the walked ones)
                     self._store_next()
@@ -578,14 +663,22 @@ class Ingester:
     def _entry(self, name: bytes, into: _Open) -> _Open | None:
         """Add `name` (in the directory being listed) to it: as an entry, a future, or to
         its batch of small files (stored many to a task); a subdirectory is returned, open
-        and listed, to be walked next. Special files are skipped with a warning."""
+        and listed, to be walked next. Special files are skipped with a warning; a name
+        gone since it was listed (removed, a rotated log) is skipped too, named in `gone`."""
         try:
             st = os.stat(name, dir_fd=into.fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            into.gone.append(into.display(name))
+            return None
         except OSError as exc:
             raise source_error(into.display(name), exc) from None
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
-            return self._opened(into, name, name, st)
+            try:
+                return self._opened(into, name, name, st)
+            except SourceNotFound:  # removed since (or a file put in its place)
+                into.gone.append(into.display(name))
+                return None
         if stat.S_ISREG(st.st_mode):
             if st.st_size < self.config.chunk_min:
                 into.small.append((name, _kept(st)))
@@ -597,9 +690,12 @@ class Ingester:
         elif stat.S_ISLNK(st.st_mode):
             try:  # (/proc's links deny even root)
                 target = os.readlink(name, dir_fd=into.fd)
+            except (FileNotFoundError, NotADirectoryError):
+                into.gone.append(into.display(name))
+                return None
             except OSError as exc:
                 raise source_error(into.display(name), exc, "cannot read the link") from None
-            self.stats.add(symlinks=1)
+            self._count(into, symlinks=1)
             into.parts.append(Entry(name, LINK, mode, 0, st.st_mtime_ns, target=target))
         else:
             log.warning("skipping %s: not a regular file, directory or symlink", into.display(name))
@@ -640,17 +736,28 @@ class Ingester:
         finally:
             self._release(dir_fd)
 
-    def _file_task(self, dir_fd: int, name: bytes, where: _Open) -> Entry:
+    def _file_task(self, dir_fd: int, name: bytes, where: _Open) -> Entry | None:
         try:
-            return self._file_entry(dir_fd, name, where)
+            return self._unless_gone(dir_fd, name, where)
         finally:
             self._release(dir_fd)
+
+    def _unless_gone(self, dir_fd: int, name: bytes, where: _Open) -> Entry | None:
+        """`_file_entry`, or None for a file gone (removed) before its first read, its path
+        added to its directory's `gone`."""
+        try:
+            return self._file_entry(dir_fd, name, where)
+        except SourceNotFound:  # (only a first read's error: a later one keeps the read)
+            where.gone.append(where.display(name))
+            return None
 
     def _small_files(self, dir_fd: int, batch: list[tuple[bytes, _Stat]],
                      where: _Open) -> list[Entry]:
         """Store files smaller than one chunk: one read, one blob each, the batch's blobs
-        looked up and compressed together (`_store_batch`), stats added once."""
-        cut: dict[int, Entry] = {}  # files that grew to a chunk or more, by place in batch
+        looked up and compressed together (`_store_batch`), stats added once. A file gone
+        before it was read is left out, its path added to its directory's `gone`."""
+        # by place in batch: files that grew to a chunk or more, cut (None: gone since)
+        cut: dict[int, Entry | None] = {}
         contents: list[bytes] = []  # the others' (but empty ones'), in batch order
         sizes: list[int] = []
         stats: list[_Stat] = []  # each file's as read (its mode and mtime are stored)
@@ -658,10 +765,16 @@ class Ingester:
         try:
             for i, (name, st) in enumerate(batch):
                 fd, fds[i] = fds[i], None  # `_read_small` closes it
-                data, read_st = self._read_small(dir_fd, name, fd, st, where)
+                try:
+                    data, read_st = self._read_small(dir_fd, name, fd, st, where)
+                except SourceNotFound:  # (a first read's error only) removed since listed
+                    where.gone.append(where.display(name))
+                    data, read_st, cut[i] = None, st, None
+                else:
+                    if data is None:  # it grew past one chunk since the walk saw it: cut it
+                        cut[i] = self._unless_gone(dir_fd, name, where)
                 stats.append(read_st)
-                if data is None:  # it grew past one chunk since the walk saw it: cut it
-                    cut[i] = self._file_entry(dir_fd, name, where)
+                if i in cut:
                     sizes.append(0)
                     continue
                 sizes.append(len(data))
@@ -680,7 +793,8 @@ class Ingester:
         verbose = log.isEnabledFor(logging.INFO)  # -v: one line a file
         for i, ((name, _), st) in enumerate(zip(batch, stats, strict=True)):
             if i in cut:  # (counted by `_file_entry`)
-                entries.append(cut[i])
+                if cut[i] is not None:
+                    entries.append(cut[i])
                 continue
             size = sizes[i]
             chunk_id = next(stored) if size else b""
@@ -689,7 +803,7 @@ class Ingester:
             if verbose:
                 log.info("stored %s (%s)", where.display(name), human(size))
             files, chunks, total = files + 1, chunks + bool(size), total + size
-        self.stats.add(files=files, logical_bytes=total, chunks=chunks)
+        self._count(where, files=files, logical_bytes=total, chunks=chunks)
         self.progress(total)
         return entries
 
@@ -717,8 +831,9 @@ class Ingester:
         stat as read; reads and closes `fd` (from `_open_small`), or opens `name` if that
         failed. A file that changed while it was read is opened and read again, up to
         READ_ATTEMPTS reads in all; one whose name no longer opens it (renamed, removed) is
-        stored as last read. The walk's stat `st` is the first read's before: one fstat a
-        file, after its read."""
+        stored as last read. The first read's error is raised (SourceNotFound: gone since the
+        walk listed it). The walk's stat `st` is the first read's before: one fstat a file,
+        after its read."""
         before: _Stat | None = st
         for attempt in range(READ_ATTEMPTS):
             try:
@@ -762,7 +877,8 @@ class Ingester:
     def _file_entry(self, dir_fd: int, name: bytes, where: _Open) -> Entry:
         """Store a file cut into chunks. One that changed while it was read is read again,
         up to READ_ATTEMPTS times in all (the chunks of a torn read stay unreferenced); one
-        whose name no longer opens it (renamed, removed) is stored as last read."""
+        whose name no longer opens it (renamed, removed) is stored as last read. The first
+        read's error is raised (SourceNotFound: gone since the walk listed it)."""
         read: _Read | None = None
         attempts = 0
         while attempts < READ_ATTEMPTS:
@@ -781,7 +897,7 @@ class Ingester:
         if log.isEnabledFor(logging.INFO):  # -v: one line a file
             log.info("stored %s (%s, %d chunks)", where.display(name), human(total),
                      len(read.sizes))
-        self.stats.add(files=1, logical_bytes=total, chunks=len(read.sizes))
+        self._count(where, files=1, logical_bytes=total, chunks=len(read.sizes))
         self.progress(total)
         st = read.stat
         return Entry(name, FILE, stat.S_IMODE(st.st_mode), total, st.st_mtime_ns,

@@ -37,11 +37,12 @@ def ensure_free(repo: Repo, kind: str, name: str) -> None:
 def ingest(repo: Repo, build: Callable[[Ingester], bytes],
            make_record: Callable[[bytes, IngestStats], JobRecord],
            progress: Callable[[int], None] | None = None,
-           changed: list[str] | None = None) -> JobRecord:
+           changed: list[str] | None = None, vanished: list[str] | None = None) -> JobRecord:
     """Run `build` (which stores trees and returns a root id), then register the record
     `make_record(root, stats)`, all under the push lock. The paths of files that kept
     changing while they were read (stored as read, each named in a warning) are added to
-    `changed`.
+    `changed`; those of files, symlinks and directories removed between their listing and
+    their first read (not stored, each named in a warning) to `vanished`.
 
     Both the index sync and the ref are inside the lock: a gc can neither delete packs
     between our sync and our dedup lookups, nor see our new packs (and the old blobs we
@@ -54,6 +55,8 @@ def ingest(repo: Repo, build: Callable[[Ingester], bytes],
             ingester.sink.flush()
         if changed is not None:
             changed.extend(ingester.stats.changed)
+        if vanished is not None:
+            vanished.extend(ingester.stats.vanished)
         lease.check()  # a gc that broke our lock may have deleted what the ref would name
         return register(repo, make_record(root, ingester.stats))
 
@@ -99,9 +102,11 @@ def _check_not_inside(repo: Repo, path: str | os.PathLike) -> None:
 
 def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | None = None,
              kind: str = JOB, progress: Callable[[int], None] | None = None,
-             changed: list[str] | None = None, **fields) -> JobRecord:
+             changed: list[str] | None = None, vanished: list[str] | None = None,
+             **fields) -> JobRecord:
     """Store `path` and register it as job `job_id` (a fresh id if None) of `project`;
-    files that kept changing while read are added to `changed` (see `ingest`)."""
+    files that kept changing while read are added to `changed`, and what was removed
+    before it was read to `vanished` (see `ingest`)."""
     check_name(project, "project")
     if job_id is None:
         name = new_job_id()
@@ -113,7 +118,7 @@ def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | No
     return ingest(repo, lambda ing: ing.ingest_dir(path),
                   lambda root, stats: record_for(kind, name, project, root, stats, started,
                                                  **fields),
-                  progress, changed)
+                  progress, changed, vanished)
 
 
 def record_for(kind: str, name: str, project: str, root: bytes, stats: IngestStats,
