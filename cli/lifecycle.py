@@ -31,8 +31,8 @@ log = logging.getLogger("c3fs.cli")
               default=".", help="Working directory of the job (default: .).")
 @click.option("--json", "as_json", is_flag=True,
               help="At the end, print the job record as JSON on stdout (not just its id; with "
-                   "`changed`, if any: a {path} for each file that changed while read); the "
-                   "command's stdout then goes to stderr.")
+                   "`changed` and `vanished`, if any, as for push); the command's stdout then "
+                   "goes to stderr.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json: bool,
@@ -90,8 +90,9 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
                    job_id, timeout, ctx.store_url, stdout_to_stderr=result_only(as_json),
                    progress=output.progress_bar)
     changed: list[str] = []
-    record, code = run_job(ctx.repo(write=True), spec, changed)
-    finish_run(record, code, as_json, changed)
+    vanished: list[str] = []
+    record, code = run_job(ctx.repo(write=True), spec, changed, vanished)
+    finish_run(record, code, as_json, changed, vanished)
 
 
 def result_only(as_json: bool) -> bool:
@@ -100,9 +101,10 @@ def result_only(as_json: bool) -> bool:
     return as_json or output.quiet
 
 
-def finish_run(record, code: int, as_json: bool, changed: list[str]) -> None:
+def finish_run(record, code: int, as_json: bool, changed: list[str],
+               vanished: list[str]) -> None:
     """Say how a run ended (the record, or its id; with --json, the files that changed
-    while read as push says them) and exit with the job's code, also when stdout's reader
+    while read and those removed before read, as push says them) and exit with the job's code, also when stdout's reader
     left (`c3fs run ... | head`): not 141, which scripts take for a harmless SIGPIPE, for a
     job that failed."""
     from .main import drop_stdout
@@ -113,9 +115,9 @@ def finish_run(record, code: int, as_json: bool, changed: list[str]) -> None:
             output.note(f"job {record.id}: {status}, {output.count(record.files, 'file')}, "
                         f"{output.human(record.logical_bytes)} logical, "
                         f"{output.human(record.stored_delta)} newly stored"
-                        f"{changed_note(changed, [])}")
+                        f"{changed_note(changed, vanished)}")
             if as_json:
-                output.print_json(record_json(record, changed, []))
+                output.print_json(record_json(record, changed, vanished))
             else:
                 output.out.print(record.id)
         elif as_json:

@@ -218,8 +218,8 @@ def _write_bytes(target, data: bytes) -> None:
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=".", help="Working directory of the new job (default: .).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print the new job's record as JSON (with `changed`, as for run); the "
-                   "command's stdout then goes to stderr, as for run.")
+              help="Print the new job's record as JSON (with `changed` and `vanished`, as for "
+                   "run); the command's stdout then goes to stderr, as for run.")
 @pass_ctx
 def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir: Path,
           as_json: bool) -> None:
@@ -251,4 +251,5 @@ def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir
                    ctx.store_url, stdout_to_stderr=result_only(as_json), rerun_of=record.id,
                    progress=output.progress_bar)
     changed: list[str] = []
-    finish_run(*run_job(repo, spec, changed), as_json, changed)
+    vanished: list[str] = []
+    finish_run(*run_job(repo, spec, changed, vanished), as_json, changed, vanished)

@@ -512,3 +512,20 @@ def test_a_directory_replaced_while_it_is_walked_still_stops_the_push(
     assert result.code == 3
     assert run_cli(["ls", "/jobs/"]).out == ""
 
+
+@pytest.mark.logs("removed before it was read", "already holds")
+def test_run_json_names_what_was_removed_before_it_was_read(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run --json (and rerun's, the same code) has push's `vanished`: a {path} each, the
+    job SUCCEEDED and exit 0; the summary counts them."""
+    work = _results(tmp_path)
+    Vanisher(monkeypatch).on_listing(work / "results", work / "results" / SMALL)
+    result = run_cli(["run", "-C", str(work), "-j", "job_run", "--json", "--", "true"])
+    assert result.code == 0, result.err
+    record = json.loads(result.out)
+    assert (record["id"], record["status"]) == ("job_run", "SUCCEEDED")
+    assert record["vanished"] == [{"path": str(work / "results" / SMALL)}]
+    assert "changed" not in record
+    assert "1 removed before read" in result.err
+    assert record["files"] == 1  # (LARGE)
+

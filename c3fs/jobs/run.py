@@ -92,13 +92,15 @@ class Outcome:
     command_started: bool = False
     kept: Path | None = None  # the artifacts dir, kept because the upload failed
     changed: list[str] = field(default_factory=list)  # files stored as read (`ingest`)
+    vanished: list[str] = field(default_factory=list)  # removed before read, not stored
 
 
 def run_job(repo: Repo, spec: JobSpec,
-            changed: list[str] | None = None) -> tuple[JobRecord | None, int]:
+            changed: list[str] | None = None,
+            vanished: list[str] | None = None) -> tuple[JobRecord | None, int]:
     """Run the job; return its record (None if it could not be written) and the exit code.
     The files its upload stored as read, still changing (see `ingest`), are added to
-    `changed`."""
+    `changed`; those it found removed before it read them (not stored) to `vanished`."""
     _check_timeout(spec.timeout)
     check_name(spec.project, "project")
     job_id = new_job_id() if spec.job_id is None else check_new_job_id(spec.job_id)
@@ -124,6 +126,8 @@ def run_job(repo: Repo, spec: JobSpec,
         _release(lock, state)
     if changed is not None:
         changed.extend(outcome.changed)
+    if vanished is not None:
+        vanished.extend(outcome.vanished)
     return record, _exit_code(outcome)
 
 
@@ -269,12 +273,13 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
             return root
 
         changed: list[str] = []  # (the job's only once it is registered)
+        vanished: list[str] = []
         with bar as advance:  # files and bytes: the artifacts'; stored: logs included
             record = ingest(repo, build,
                             lambda root, stats: record_for(JOB, job_id, spec.project, root,
                                                            stats, started, **fields, **logs),
-                            progress=advance, changed=changed)
-        outcome.changed = changed
+                            progress=advance, changed=changed, vanished=vanished)
+        outcome.changed, outcome.vanished = changed, vanished
         return record
     except (C3fsError, OSError) as exc:
         kept_logs = keep_locally(state.dir / "logs", spec.workdir, job_id)
