@@ -7,7 +7,7 @@ The Python API (README: "Python API and fsspec")::
     with c3fs.open("s3://bucket/c3", "/jobs/job_abc123/model.pt") as f:  # or a Store
         state = torch.load(f)
     c3fs.ls(None, "/projects/vision/jobs/")            # None: the default store
-    record = c3fs.push("./out", project="vision")     # the job's record (and .changed)
+    record = c3fs.push("./out", project="vision")     # the job's record (+ .changed, .vanished)
     c3fs.pull(record.id, "./runs")
     store = c3fs.Store("/data/c3fs-store")            # one store, many reads
     errors: c3fs.errors (NotFound, IsADirectory, DataError, ...); fsspec: "c3fs://" paths.

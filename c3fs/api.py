@@ -168,13 +168,16 @@ class Info:
 
 
 class Pushed(JobRecord, kw_only=True, frozen=True):
-    """What `push` gives: the job's record (a JobRecord, every field as stored) and
+    """What `push` gives: the job's record (a JobRecord, every field as stored),
     `changed`, the files that changed while they were read, each stored as last read and
-    named in a warning (`push --json`'s `changed`). A path starts as the directory given
+    named in a warning (`push --json`'s `changed`), and `vanished`, the files, symlinks and
+    directories removed after they were listed and before they were read, not stored, each
+    named in a warning (`push --json`'s `vanished`). A path starts as the directory given
     and is decoded as os.fsdecode does: os.fsencode(path) is its exact name, also one that
     is not UTF-8. (`==` holds only between two Pushed: compare `id` with a stored record.)"""
 
     changed: list[str] = []
+    vanished: list[str] = []
 
 
 def _text(name: bytes) -> str:
@@ -396,15 +399,18 @@ class Store:
     def push(self, directory: str | os.PathLike[str], *, project: str,
              job: str | None = None) -> Pushed:
         """Store `directory` as a finished job of `project` (id `job`, else a fresh one);
-        the job's record, with `changed`: the files that changed while they were read
-        (`Pushed`). AlreadyExists if the id is taken."""
+        the job's record, with `changed`: the files that changed while they were read, and
+        `vanished`: what was removed before it was read (`Pushed`). AlreadyExists if the id
+        is taken."""
         import msgspec
 
         from c3fs.jobs.push import push_dir
 
         changed: list[str] = []
-        record = push_dir(self.repo, directory, project, job, changed=changed)
-        return Pushed(**msgspec.structs.asdict(record), changed=changed)
+        vanished: list[str] = []
+        record = push_dir(self.repo, directory, project, job, changed=changed,
+                          vanished=vanished)
+        return Pushed(**msgspec.structs.asdict(record), changed=changed, vanished=vanished)
 
     def pull(self, jobs: str | list[str] | None = None, dest: str | os.PathLike[str] = ".",
              *, keep_setuid: bool = False) -> list[Pulled]:
@@ -574,8 +580,8 @@ def info(store: Store | str | os.PathLike[str] | None, path: str) -> Info:
 
 def push(directory: str | os.PathLike[str], *, project: str, job: str | None = None,
          store: Store | str | os.PathLike[str] | None = None) -> Pushed:
-    """Store `directory` as a finished job of `project`; its record, with `changed` (see
-    `Store.push`).
+    """Store `directory` as a finished job of `project`; its record, with `changed` and
+    `vanished` (see `Store.push`).
     A store URL that names no store yet creates one, as `c3fs push` does."""
     target = store if isinstance(store, Store) else Store(store, create=True)
     try:

@@ -529,3 +529,24 @@ def test_run_json_names_what_was_removed_before_it_was_read(
     assert "1 removed before read" in result.err
     assert record["files"] == 1  # (LARGE)
 
+
+@pytest.mark.logs("removed before it was read")
+def test_the_api_push_result_names_what_was_removed_before_it_was_read(
+        store_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """c3fs.push's result has `vanished` as it has `changed`: each path a str that
+    os.fsencode turns into the exact name (here below a directory not UTF-8)."""
+    import c3fs
+
+    monkeypatch.setattr(logging.getLogger("c3fs"), "propagate", False)  # (as above)
+    src = tmp_path / os.fsdecode(b"src\xff")
+    src.mkdir()
+    trees.write_file(src / LARGE, large_version(0))
+    trees.write_file(src / SMALL, small_version(0))
+    Vanisher(monkeypatch).on_stat(src / LARGE)
+    with c3fs.Store(store_env.store, create=True) as store:
+        pushed = store.push(src, project="proj", job="job_api")
+        assert list(map(os.fsencode, pushed.vanished)) == [
+            os.fsencode(tmp_path) + b"/src\xff/" + LARGE.encode()]
+        assert pushed.changed == [] and pushed.files == 1
+        steady = store.push(src, project="proj", job="job_steady")
+        assert steady.vanished == []
