@@ -199,28 +199,31 @@ def c3fs_as_nobody(*args: str):
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-@pytest.mark.parametrize("what", ["file", "dir"])
+@pytest.mark.parametrize("what", ["file", "large file", "dir"])
 def test_unreadable_source(nobody_dirs: Path, what: str) -> None:
-    """Root reads everything, so the push runs as `nobody` over a root-owned mode-000 entry."""
+    """Root reads everything, so the push runs as `nobody` over a root-owned mode-000 entry
+    (a large file: read by a file task, cut into chunks). Refused is not gone: the push
+    stops, where a file removed since it was listed is left out."""
     src = nobody_dirs / "src"
     (src / "deep").mkdir(parents=True)
     trees.write_file(src / "readable.txt", b"fine")
     trees.write_file(src / "deep" / "also-fine", trees.rand_bytes(200_000, 1))
-    if what == "file":
-        trees.write_file(src / "deep" / "secret", b"top secret", 0o000)
+    if what != "dir":
+        trees.write_file(src / "deep" / "secret", b"top secret" if what == "file"
+                         else trees.rand_bytes(300_000, 2), 0o000)
     else:
         (src / "deep" / "locked").mkdir(mode=0o000)
     for path in (src, src / "deep"):
         path.chmod(0o755)
-    blocked = src / "deep" / ("secret" if what == "file" else "locked")
+    blocked = src / "deep" / ("locked" if what == "dir" else "secret")
     probe = as_nobody(sys.executable, "-c", f"import os; os.listdir({str(src)!r}); "
-                      f"open({str(blocked)!r}) if {what == 'file'} else os.listdir({str(blocked)!r})")
+                      f"open({str(blocked)!r}) if {what != 'dir'} else os.listdir({str(blocked)!r})")
     if "PermissionError" not in probe.stderr:
         pytest.skip(f"cannot make {blocked} unreadable here: {probe.stderr.strip()[-200:]}")
     result = c3fs_as_nobody("push", str(src), "-p", "proj", "-j", "j1")
     line = result.assert_one_line_error()
     assert line == f"c3fs: error: {blocked}: " + (
-        "cannot read: Permission denied" if what == "file"
+        "cannot read: Permission denied" if what != "dir"
         else "cannot open directory: Permission denied")
     assert result.code == 4  # a source that refused the read; 3 is "not found"
     assert not (nobody_dirs / "store" / "refs" / "jobs" / "j1").exists()
