@@ -26,9 +26,11 @@ from c3fs.store.backend import (
     LOCAL,
     Backend,
     BackendError,
+    Deadline,
     KeyExists,
     KeyMissing,
     RetryingBackend,
+    StoreTimeout,
     TemporaryBackendError,
 )
 from c3fs.store.cache import BlockCache
@@ -384,18 +386,60 @@ def test_missing_bucket_is_a_clear_error(s3_url: str, call) -> None:
 
 @pytest.mark.s3
 def test_server_down_is_temporary_and_bounded(s3_server, s3_url: str) -> None:
-    backend = open_backend(s3_url)  # with the default retries
-    backend.put("packs/ab/x", b"data")
+    """A server that has answered and then refuses connections (a restart) is retried until
+    the deadline; one that never answered this command (a wrong endpoint) only a few times."""
+    backends = [open_backend(s3_url, deadline=Deadline(6.0)) for _ in range(2)]
+    for backend in backends:  # two commands, each with its deadline
+        backend.put("packs/ab/x", b"data")
     s3_server.stop()
     try:
-        for call in (lambda: backend.get("packs/ab/x", 0, 2), lambda: backend.put("y", b"1")):
+        for call in (lambda: backends[0].get("packs/ab/x", 0, 2),
+                     lambda: backends[1].put("y", b"1")):
             started = time.monotonic()
             with pytest.raises(TemporaryBackendError) as info:
                 call()
-            assert time.monotonic() - started < 30
+            assert 1.5 < time.monotonic() - started < 12  # the deadline, less one backoff
             assert "connection refused" in str(info.value)
+        with pytest.raises(StoreTimeout):  # the deadline is spent: a command is over
+            backends[0].size("packs/ab/x")
+        started = time.monotonic()
+        with pytest.raises(TemporaryBackendError, match="connection refused"):
+            open_backend(s3_url).get("packs/ab/x")  # never answered: 5 tries, not 60 s
+        assert time.monotonic() - started < 10
     finally:
         s3_server.start()
+
+
+def test_refused_connections_are_retried_until_the_deadline_once_the_store_answered() -> None:
+    """8 refusals in a row (about 10 s of a restarting server) with 5 attempts: a store that
+    answered before is waited for; one that never answered gives up after 5."""
+    answered = _Refusing(failures=0)
+    backend = RetryingBackend(answered, attempts=5, base_delay=0.01, deadline=Deadline(30.0))
+    assert backend.get("k") == b"x"  # the store answers
+    answered.failures_left = 8
+    assert backend.get("k") == b"x"
+    assert answered.calls == 1 + 9
+    fresh = _Refusing(failures=8)
+    with pytest.raises(TemporaryBackendError, match="refused 5"):
+        RetryingBackend(fresh, attempts=5, base_delay=0.01, deadline=Deadline(30.0)).get("k")
+    assert fresh.calls == 5
+
+
+class _Refusing:
+    """A backend whose next `failures_left` gets fail as a refused connection does."""
+
+    url = "refusing://"
+    capabilities = frozenset()
+
+    def __init__(self, failures: int) -> None:
+        self.failures_left, self.calls = failures, 0
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        self.calls += 1
+        if self.failures_left:
+            self.failures_left -= 1
+            raise TemporaryBackendError(f"get {key}: connection refused {self.calls}")
+        return b"x"
 
 
 @pytest.mark.s3

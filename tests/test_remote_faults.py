@@ -168,3 +168,43 @@ def _reader_ok(blobs: BlobSource, entry, src: Path) -> bool:
     with open(src / "big.bin", "rb") as f:
         f.seek(SIZE // 2)
         return data == f.read(MiB)
+
+
+def test_a_run_uploads_through_a_server_restart(tmp_path: Path) -> None:
+    """The S3 endpoint refuses connections for 5 s from the moment a job ends (its command
+    stops the proxy in front of the server, which comes back 5 s later): run's upload waits
+    it out within the deadline (60 s) and the job succeeds with its bytes whole, where it
+    used to give up after 4 retries (~3 s) and end FAILED (UPLOAD_ERROR), exit 74."""
+    server = MotoServer.launch()
+    proxy = Proxy(server.port, tmp_path / "proxy", delay_ms=0)
+    try:
+        server.create_bucket("outage")
+        proxy.start()
+        work = tmp_path / "work"
+        work.mkdir()
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "AWS_ALLOW_HTTP": "true", "C3FS_STORE": "s3://outage/p",
+               "C3FS_CACHE_DIR": str(tmp_path / "cache")}
+        env.pop("C3FS_STORE_DEADLINE", None)
+        script = (f"head -c {8 * MiB} /dev/urandom > $C3_ARTIFACTS_DIR/r.bin && "
+                  f"echo x > $C3_ARTIFACTS_DIR/r.txt && kill {proxy.proc.pid}")
+        run = subprocess.Popen([str(C3FS), "-v", "run", "-p", "pipe", "-j", "job_x", "--",
+                                "sh", "-c", script], cwd=work, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proxy.proc.wait(timeout=120)  # the job is over: the endpoint refuses from now on
+        time.sleep(5)  # the outage
+        proxy.stats.unlink()
+        proxy.start()  # the same port again
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err.decode()
+        assert b"connection refused" in err  # (-v: each retry is logged)
+        copy = tmp_path / "copy"
+        subprocess.run([str(C3FS), "cp", "-r", "/jobs/job_x", str(copy)], env=env, check=True,
+                       capture_output=True)
+        for name in ("r.bin", "r.txt"):
+            assert (copy / name).read_bytes() == (work / "artifacts" / name).read_bytes()
+        subprocess.run([str(C3FS), "verify"], env=env, check=True, capture_output=True)
+    finally:
+        proxy.stop()
+        server.stop()

@@ -7,6 +7,7 @@ server cannot produce the fault (a remote that sends wrong bytes once).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -50,10 +51,13 @@ class Machine:
 
     home: Path
     url: str
+    deadline: str = ""  # C3FS_STORE_DEADLINE (default: not set, 60 s)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("C3FS_STORE", "C3FS_DISK_CACHE")}
-        return {**env, "C3FS_CACHE_DIR": str(self.home), "COLUMNS": "100"}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("C3FS_STORE", "C3FS_DISK_CACHE", "C3FS_STORE_DEADLINE")}
+        deadline = {"C3FS_STORE_DEADLINE": self.deadline} if self.deadline else {}
+        return {**env, "C3FS_CACHE_DIR": str(self.home), "COLUMNS": "100", **deadline}
 
     def argv(self, *args: str) -> list[str]:
         return [str(C3FS), "--store", self.url, *args]
@@ -441,7 +445,8 @@ def test_server_killed_mid_push(machines, s3_server: MotoServer, tmp_path: Path)
     big = tmp_path / "big"
     mixed_tree(big, seed=6, big=192 * MiB, small=100)  # outlasts the snapshot below
     known = set(bucket_objects(s3_server, a.url))
-    push = subprocess.Popen(a.argv("push", str(big), "-p", "p", "-j", "job_big"), env=a.env(),
+    quick = dataclasses.replace(a, deadline="10")  # refused connections: retried for 10 s
+    push = subprocess.Popen(a.argv("push", str(big), "-p", "p", "-j", "job_big"), env=quick.env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_pack(s3_server, a.url, known, push, time.monotonic() + 60)
@@ -456,7 +461,7 @@ def test_server_killed_mid_push(machines, s3_server: MotoServer, tmp_path: Path)
             s3_server.start()
     line = error_line(subprocess.CompletedProcess([], push.returncode, out, err))
     assert "connection refused" in line and s3_server.endpoint in line, line
-    assert failed_after < 60, f"the push took {failed_after:.0f}s to give up"
+    assert failed_after < 30, f"the push took {failed_after:.0f}s to give up (deadline 10 s)"
     s3_server.restore(saved)
 
     assert a.jobs() == ["job_small"] and b.jobs() == ["job_small"]  # nothing half-written
@@ -554,6 +559,15 @@ def test_bad_credentials_are_a_clear_error_without_the_secret(tmp_path: Path) ->
 
 # a live mount on machine B --------------------------------------------------------------------
 @pytest.mark.fuse
+def _reads(fd: int, expected: bytes) -> bool:
+    """Whether the whole file reads (a mount whose deadline was spent fails reads at once
+    until its probe sees the store answer again)."""
+    try:
+        return os.pread(fd, len(expected) + 1, 0) == expected
+    except OSError:
+        return False
+
+
 def test_live_mount_of_another_machines_jobs(machines, s3_server: MotoServer, tmp_path) -> None:
     a, b = machines
     mixed_tree(tmp_path / "v1", seed=11, big=4 * MiB, small=60)
@@ -561,7 +575,7 @@ def test_live_mount_of_another_machines_jobs(machines, s3_server: MotoServer, tm
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        b.ok("mount", str(mnt))
+        dataclasses.replace(b, deadline="8").ok("mount", str(mnt))  # (a dead store: 8 s)
         wait_until(lambda: os.path.ismount(mnt), "the mount", 30)
         same_tree(tmp_path / "v1", mnt / "jobs" / "job_a1")  # A's job, byte-exact, on B
         one = tmp_path / "one"
@@ -597,7 +611,8 @@ def test_live_mount_of_another_machines_jobs(machines, s3_server: MotoServer, tm
             assert time.monotonic() - started < 30, "a read of a dead store hung"
             s3_server.start()
             s3_server.restore(saved)
-            assert os.pread(fd, len(expected) + 1, 0) == expected  # the same mount, working again
+            wait_until(lambda: _reads(fd, expected), "the same mount working again", 30)
+            assert os.pread(fd, len(expected) + 1, 0) == expected
         finally:
             os.close(fd)
             if not s3_server.running:

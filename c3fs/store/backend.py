@@ -141,6 +141,7 @@ class StoreTimeout(TemporaryBackendError):
 DEADLINE_ENV = "C3FS_STORE_DEADLINE"
 DEFAULT_DEADLINE = 60.0
 PROBE_INTERVAL = 1.0  # between probes of a store that did not answer (the mount daemon)
+MAX_DELAY = 4.0  # the longest backoff between two tries of a request, before jitter
 
 
 def deadline_seconds() -> float:
@@ -175,6 +176,7 @@ class Deadline:
     def __init__(self, seconds: float | None = None, rearm: bool = False) -> None:
         self.seconds = deadline_seconds() if seconds is None else seconds
         self.rearm = rearm
+        self.answered = False  # the store has answered a request of this deadline's
         self._lock = threading.Lock()
         self._busy = 0
         self._since = time.monotonic()
@@ -196,8 +198,15 @@ class Deadline:
     def progress(self) -> None:
         """A request succeeded: the store answers."""
         with self._lock:
+            self.answered = True
             if not self._spent:
                 self._since = time.monotonic()
+
+    def spend(self) -> None:
+        """A request gave up, its next try due after the deadline: spent now, not restarted
+        by the next request (the command's cleanup would wait a whole deadline again)."""
+        with self._lock:
+            self._spent = True
 
     def recovered(self) -> None:
         """The store answers again (a probe succeeded): a rearming deadline starts anew."""
@@ -220,13 +229,18 @@ class Deadline:
 
 class RetryingBackend:
     """Wraps a backend: temporary errors are retried with exponential backoff and jitter,
-    and no request waits past the operation's `Deadline`."""
+    and no request waits past the operation's `Deadline`.
+
+    A store that has not answered yet (a wrong endpoint, nothing listening) gets `attempts`
+    tries, a few seconds; once it has answered, a request is tried until the deadline: a
+    connection refused or reset mid-command is a server restarting, and is waited for."""
 
     def __init__(self, inner: Backend, attempts: int = 5, base_delay: float = 0.2,
                  deadline: Deadline | float | None = None) -> None:
-        """At most `attempts` tries of a request, none past `deadline` (a shared Deadline,
-        or its seconds; default $C3FS_STORE_DEADLINE): a server that takes every request and
-        answers none costs one deadline per operation, not attempts x the request timeout."""
+        """`attempts` tries of a request before the store first answers, then as many as fit
+        in `deadline` (a shared Deadline, or its seconds; default $C3FS_STORE_DEADLINE): a
+        server that takes every request and answers none costs one deadline per operation,
+        not attempts x the request timeout."""
         self.inner = inner
         self.url = inner.url
         self.capabilities = inner.capabilities
@@ -238,20 +252,34 @@ class RetryingBackend:
 
     def _retry(self, what: str, fn, *args, **kwargs):
         with self.deadline.request():
-            for attempt in range(1, self.attempts + 1):
+            attempt = 0
+            while True:
+                attempt += 1
                 try:
                     result = self._within(what, fn, *args, **kwargs)
                 except TemporaryBackendError as exc:
-                    delay = self.base_delay * 2 ** (attempt - 1) * (0.5 + _jitter())
-                    if attempt == self.attempts or isinstance(exc, StoreTimeout) or \
-                            delay >= self.deadline.left():
+                    delay = self._delay(attempt)
+                    if self._give_up(exc, attempt, delay):
                         raise
                     log.info("%s failed (%s); retry %d in %.1fs", what, exc, attempt, delay)
                     time.sleep(delay)
                     continue
                 self.deadline.progress()
                 return result
-        raise AssertionError("unreachable")
+
+    def _delay(self, attempt: int) -> float:
+        """Exponential backoff, at most MAX_DELAY (a store back from a restart is seen within
+        seconds), with jitter (-50 % to +50 %: clients that failed together spread out)."""
+        return min(self.base_delay * 2 ** (attempt - 1), MAX_DELAY) * (0.5 + _jitter())
+
+    def _give_up(self, exc: TemporaryBackendError, attempt: int, delay: float) -> bool:
+        if isinstance(exc, StoreTimeout):
+            return True
+        if delay >= self.deadline.left():  # the next try would come after the deadline:
+            self.deadline.spend()  # the operation is over, and its later requests with it
+            self._probe()
+            return True
+        return attempt >= self.attempts and not self.deadline.answered
 
     def _within(self, what: str, fn, *args, **kwargs):
         """`fn(*args)`, waited for no longer than the deadline allows. A call still running
