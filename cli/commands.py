@@ -42,6 +42,15 @@ def show(name: bytes) -> str:
 
 
 # push ---------------------------------------------------------------------------------------
+def lock_wait_option(default: str, then: str = "exit 7 (locked)"):
+    """--lock-wait SECONDS: how long a push (or run's upload) waits for a running gc; None
+    when not given (the library's default, which `default` names for --help)."""
+    return click.option(
+        "--lock-wait", type=click.FloatRange(min=0), metavar="SECONDS",
+        help=f"Wait this long for a gc that holds the store to finish (saying so, and how long "
+             f"so far), then {then}; 0: at once (default: {default}).")
+
+
 @app.command(context_settings={"max_content_width": 100})
 @click.argument("directory", shell_complete=complete_dir)
 @click.option("-p", "--project",
@@ -51,8 +60,10 @@ def show(name: bytes) -> str:
               help="Print the job record as JSON (with `changed` and `vanished`, if any: a "
                    "{path} for each file that changed while read, and for each one removed "
                    "before it was read).")
+@lock_wait_option("600 s, 10 min")
 @pass_ctx
-def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_json: bool) -> None:
+def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_json: bool,
+         lock_wait: float | None) -> None:
     """Store DIRECTORY as a finished job's artifacts.
 
     A file that changes while it is read (its size, mtime or ctime moved, or not its size's
@@ -66,6 +77,8 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
     itself removed is an error, exit 3).
     A file or directory that refuses to be read (permission denied, an I/O error) stops the
     push before any job is made: one error line naming it, exit 4.
+    While gc runs on the store (any machine) the push waits for it to finish, saying so
+    every 30 s, up to --lock-wait seconds; then exit 7 (locked), as at once with 0.
 
     \b
     Examples:
@@ -73,6 +86,7 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
       c3fs push ./out -p vision -j job_resnet_01 --json
     """
     from c3fs.jobs.push import push_dir
+    from c3fs.store.locks import PUSH_LOCK_WAIT
 
     project = default_project() if project is None else project
     if project is None:
@@ -84,7 +98,8 @@ def push(ctx: Ctx, directory: str, project: str | None, job_id: str | None, as_j
     vanished: list[str] = []
     with output.progress_bar("push", _tree_bytes(directory)) as advance:
         record = push_dir(repo, directory, project, job_id, progress=advance, changed=changed,
-                          vanished=vanished)
+                          vanished=vanished,
+                          lock_wait=PUSH_LOCK_WAIT if lock_wait is None else lock_wait)
     output.timing(f"push {record.id}: {output.count(record.files, 'file')}, "
                   f"{output.human(record.logical_bytes)} read, "
                   f"{output.human(record.stored_delta)} stored", started, record.logical_bytes)

@@ -12,7 +12,7 @@ import click
 from c3fs.errors import LockedError, NotFound, UsageError
 
 from . import output
-from .commands import changed_note, cp, default_project, ls, record_json
+from .commands import changed_note, cp, default_project, lock_wait_option, ls, record_json
 from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
@@ -33,10 +33,12 @@ log = logging.getLogger("c3fs.cli")
               help="At the end, print the job record as JSON on stdout (not just its id; with "
                    "`changed` and `vanished`, if any, as for push); the command's stdout then "
                    "goes to stderr.")
+@lock_wait_option("3600 s, 1 h: the job's work is done",
+                  "the upload fails (UPLOAD_ERROR, exit 74)")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json: bool,
-        command) -> None:
+        lock_wait: float | None, command) -> None:
     """Run COMMAND as a job; collect its artifacts into the store.
 
     The job writes into $C3_ARTIFACTS_DIR, the working dir's artifacts/ (pre-created and
@@ -59,6 +61,10 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
       FAILED (UPLOAD_ERROR)     74: exit 0 but the artifacts could not be stored
       TIMEOUT                   124 (--timeout passed)
       CANCELED                  130 (Ctrl-C or SIGTERM)
+
+    A gc running on the store when the job ends is waited for (saying so every 30 s) up to
+    --lock-wait seconds, then the upload fails (UPLOAD_ERROR). An S3 store that refuses
+    connections meanwhile (a restart) is retried for C3FS_STORE_DEADLINE (60 s).
 
     Options go before COMMAND (or before `--`): everything after it is the command's.
 
@@ -88,7 +94,8 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     config = load_config(config_path, workdir)
     spec = JobSpec(list(command), workdir, config, project or config.project or default_project() or "default",
                    job_id, timeout, ctx.store_url, stdout_to_stderr=result_only(as_json),
-                   progress=output.progress_bar)
+                   progress=output.progress_bar,
+                   **({} if lock_wait is None else {"lock_wait": lock_wait}))
     changed: list[str] = []
     vanished: list[str] = []
     record, code = run_job(ctx.repo(write=True), spec, changed, vanished)

@@ -11,7 +11,7 @@ from c3fs.errors import UsageError
 from c3fs.fsutil import json_name
 
 from . import output
-from .commands import raw_path
+from .commands import lock_wait_option, raw_path
 from .complete import complete_job
 from .main import Ctx, app, pass_ctx
 
@@ -220,9 +220,10 @@ def _write_bytes(target, data: bytes) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the new job's record as JSON (with `changed` and `vanished`, as for "
                    "run); the command's stdout then goes to stderr, as for run.")
+@lock_wait_option("3600 s, as for run", "the upload fails (UPLOAD_ERROR, exit 74)")
 @pass_ctx
 def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir: Path,
-          as_json: bool) -> None:
+          as_json: bool, lock_wait: float | None) -> None:
     """Run JOB's command again as a new job of its project, with its inputs pinned: each
     input is mounted where it was, from the job or dataset it resolved to then (not what
     latest or a tag names now), and refused (exit 8, nothing run) unless it still has the
@@ -249,7 +250,8 @@ def rerun(ctx: Ctx, job: str, job_id: str | None, timeout: float | None, workdir
     config = pinned_config(record, load_config(None, workdir))
     spec = JobSpec(list(record.command), workdir, config, record.project, job_id, timeout,
                    ctx.store_url, stdout_to_stderr=result_only(as_json), rerun_of=record.id,
-                   progress=output.progress_bar)
+                   progress=output.progress_bar,
+                   **({} if lock_wait is None else {"lock_wait": lock_wait}))
     changed: list[str] = []
     vanished: list[str] = []
     finish_run(*run_job(repo, spec, changed, vanished), as_json, changed, vanished)

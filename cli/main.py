@@ -168,7 +168,8 @@ EXIT_CODES = (
     (4, "exists or refused: a taken id, a source or destination that refused the read or write"),
     (5, "store: unreachable (also mid-copy: run it again), denied, wrong format version"),
     (6, "damaged or missing data (verify, cp -r, pull finish the rest first)"),
-    (7, "locked: gc or a push holds the store; rm: a mount reads the job"),
+    (7, "locked: gc or a push holds the store (push waits for gc first: --lock-wait); "
+        "rm: a mount reads the job"),
     (8, "mount: FUSE failed, or a pin (--expect, digest:) did not match"),
     (130, "interrupted (Ctrl-C)"),
     (141, "stdout closed by its reader (a pipe to head): the rest unwritten, no message"),

@@ -12,10 +12,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import C3FS_BIN
+from fusehelp import wait_until
 
 JOB_SCRIPT = textwrap.dedent("""\
     import os, json
@@ -514,10 +516,100 @@ def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path, mon
     gc_lock = store_env.store / "locks" / "gc"
     (tmp_path / "d").mkdir()
     with _renewed(gc_lock):
-        res = c3fs_bin("push", str(tmp_path / "d"), "-p", "p")
+        res = c3fs_bin("push", str(tmp_path / "d"), "-p", "p", "--lock-wait", "0")
     assert res.code == 7 and "gc is running" in res.err
     res = c3fs_bin("push", str(tmp_path / "d"), "-p", "p")
     assert res.code == 0 and "removed the expired gc lock" in res.err and not gc_lock.exists()
+
+
+# pushes wait for a running gc ---------------------------------------------------------------------
+def _gc_holding_the_store(store: Path, seconds: float) -> subprocess.Popen:
+    """A real `c3fs gc` holding the store's gc lock for about `seconds` (it watches a mount
+    lease of another host that nobody renews, as gc does before it removes such a lease),
+    returned once its lock is in the store; its stdout and stderr go to files beside it."""
+    lease = store / "locks" / f"mount-job-gone-{'0' * 16}"
+    lease.parent.mkdir(exist_ok=True)
+    lease.write_text(json.dumps({"host": "host-a", "pid": 1, "lease": seconds,
+                                 "mountpoint": "/m"}))
+    with open(store.parent / "gc.out", "wb") as out:
+        gc = subprocess.Popen([str(C3FS_BIN), "gc"], stdout=out, stderr=subprocess.STDOUT)
+    wait_until(lambda: (store / "locks" / "gc").exists() or gc.poll() is not None, "gc's lock")
+    assert gc.poll() is None, (store.parent / "gc.out").read_text()
+    return gc
+
+
+def test_a_push_waits_for_a_running_gc(c3fs_bin, store_env, tmp_path: Path) -> None:
+    """gc holds the store (a real gc process, its lock renewed) for 4 s: a push started then
+    waits for it, says so, and goes on when gc has finished (it used to exit 7 at once)."""
+    assert _new_store(c3fs_bin).code == 0
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "r.txt").write_text("x\n")
+    gc = _gc_holding_the_store(store_env.store, 4)
+    started = time.monotonic()
+    res = c3fs_bin("push", str(src), "-p", "p", "-j", "job_x")
+    assert res.code == 0, res.err
+    assert gc.wait(60) == 0, (tmp_path / "gc.out").read_text()
+    assert time.monotonic() - started > 1
+    assert (f"gc is running on this store (pid {gc.pid} (c3fs gc) of " in res.err
+            and "waiting for it to finish, 0 s so far, up to 10 min (--lock-wait)" in res.err)
+    assert "gc has finished after" in res.err
+    assert c3fs_bin("cat", "/jobs/job_x/r.txt").out == "x\n"
+    assert c3fs_bin("verify").code == 0
+
+
+def _stderr_says(path: Path, text: str) -> Callable[[], bool]:
+    return lambda: path.exists() and text in path.read_text()
+
+
+def test_a_stopped_gc_is_waited_for_up_to_lock_wait_and_a_run_succeeds_after_it(
+        c3fs_bin, store_env, tmp_path: Path) -> None:
+    """The audit's case: gc on this host, stopped (SIGSTOP) while it holds the store. A push
+    waits --lock-wait seconds, then exits 7; one interrupted while it waits exits 130 and
+    leaves no lock; a job that ends meanwhile waits, and is SUCCEEDED once gc goes on."""
+    assert _new_store(c3fs_bin).code == 0
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "r.txt").write_text("x\n")
+    gc = _gc_holding_the_store(store_env.store, 3)
+    os.kill(gc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        res = c3fs_bin("push", str(src), "-p", "p", "--lock-wait", "2")
+        assert res.code == 7 and 2 <= time.monotonic() - started < 15, res.err
+        assert res.err.splitlines()[-1] == (
+            f"c3fs: error: gc is running on this store (pid {gc.pid} (c3fs gc) of "
+            f"{_user()} on {os.uname().nodename}); push again when it has finished "
+            "(waited 2 s, --lock-wait 2)")
+        with open(tmp_path / "push.err", "wb") as err:
+            push = subprocess.Popen([str(C3FS_BIN), "push", str(src), "-p", "p"],
+                                    stderr=err)
+        wait_until(_stderr_says(tmp_path / "push.err", "waiting for it to finish"), "a wait")
+        push.send_signal(signal.SIGINT)  # Ctrl-C
+        assert push.wait(30) == 130, (tmp_path / "push.err").read_text()
+        assert not [n for n in os.listdir(store_env.store / "locks") if n.startswith("push-")]
+        work = tmp_path / "work"
+        work.mkdir()
+        with open(tmp_path / "run.err", "wb") as err:
+            run = subprocess.Popen([str(C3FS_BIN), "run", "-p", "pipe", "-j", "job_x", "--",
+                                    "sh", "-c", "echo x > $C3_ARTIFACTS_DIR/r.txt"],
+                                   cwd=work, stdout=subprocess.PIPE, stderr=err)
+        wait_until(_stderr_says(tmp_path / "run.err", "waiting for it to finish"), "a wait")
+        assert run.poll() is None
+    finally:
+        os.kill(gc.pid, signal.SIGCONT)
+    assert gc.wait(60) == 0, (tmp_path / "gc.out").read_text()
+    assert run.wait(60) == 0, (tmp_path / "run.err").read_text()
+    rec = record(c3fs_bin, "job_x")
+    assert (rec["status"], rec["reason"]) == ("SUCCEEDED", "")
+    assert c3fs_bin("cat", "/jobs/job_x/r.txt").out == "x\n"
+    assert c3fs_bin("verify").code == 0
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
 
 
 # `c3fs run` usability audit ---------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`gc` and `verify`: walk every live tree (Merkle: each subtree once) and act on packs.
 
 gc runs under the store's gc lock (c3fs.store.locks): it refuses to start while a push holds
-a push lock, and pushes refuse to start while it runs, so it never deletes a blob that a
-push in progress has just written or is about to reference. Packs whose blobs are all dead
+a push lock, and pushes wait for it to finish before they start (--lock-wait, then refuse),
+so it never deletes a blob that a push in progress has just written or is about to
+reference. Packs whose blobs are all dead
 are deleted; partly-live packs are repacked (live blobs copied as stored, no re-encoding)
 into new packs, which are durable and indexed before the old ones are deleted. A gc killed
 at any point leaves at worst duplicate blobs, never a missing one.

@@ -19,7 +19,7 @@ from c3fs.objects.ids import check_name, check_new_job_id, new_job_id
 from c3fs.objects.job import DATASET, JOB, SUCCEEDED, JobRecord
 from c3fs.repo import Repo
 from c3fs.store.backend import KeyExists
-from c3fs.store.locks import push_lock
+from c3fs.store.locks import PUSH_LOCK_WAIT, push_lock
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,20 @@ def ensure_free(repo: Repo, kind: str, name: str) -> None:
 def ingest(repo: Repo, build: Callable[[Ingester], bytes],
            make_record: Callable[[bytes, IngestStats], JobRecord],
            progress: Callable[[int], None] | None = None,
-           changed: list[str] | None = None, vanished: list[str] | None = None) -> JobRecord:
+           changed: list[str] | None = None, vanished: list[str] | None = None,
+           lock_wait: float = PUSH_LOCK_WAIT) -> JobRecord:
     """Run `build` (which stores trees and returns a root id), then register the record
-    `make_record(root, stats)`, all under the push lock. The paths of files that kept
-    changing while they were read (stored as read, each named in a warning) are added to
-    `changed`; those of files, symlinks and directories removed between their listing and
-    their first read (not stored, each named in a warning) to `vanished`.
+    `make_record(root, stats)`, all under the push lock (a running gc is waited for up to
+    `lock_wait` seconds). The paths of files that kept changing while they were read
+    (stored as read, each named in a warning) are added to `changed`; those of files,
+    symlinks and directories removed between their listing and their first read (not
+    stored, each named in a warning) to `vanished`.
 
     Both the index sync and the ref are inside the lock: a gc can neither delete packs
     between our sync and our dedup lookups, nor see our new packs (and the old blobs we
     dedup against) as garbage before our ref names them.
     """
-    with push_lock(repo.store) as lease:
+    with push_lock(repo.store, lock_wait) as lease:
         repo.index.sync(repo.store, refs=False)  # dedup against packs other machines wrote
         with Ingester(repo.store, repo.index, progress=progress) as ingester:
             root = build(ingester)
@@ -103,10 +105,11 @@ def _check_not_inside(repo: Repo, path: str | os.PathLike) -> None:
 def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | None = None,
              kind: str = JOB, progress: Callable[[int], None] | None = None,
              changed: list[str] | None = None, vanished: list[str] | None = None,
-             **fields) -> JobRecord:
+             lock_wait: float = PUSH_LOCK_WAIT, **fields) -> JobRecord:
     """Store `path` and register it as job `job_id` (a fresh id if None) of `project`;
-    files that kept changing while read are added to `changed`, and what was removed
-    before it was read to `vanished` (see `ingest`)."""
+    files that kept changing while read are added to `changed`, what was removed before
+    it was read to `vanished`, and a running gc is waited for up to `lock_wait` seconds
+    (see `ingest`)."""
     check_name(project, "project")
     if job_id is None:
         name = new_job_id()
@@ -118,7 +121,7 @@ def push_dir(repo: Repo, path: str | os.PathLike, project: str, job_id: str | No
     return ingest(repo, lambda ing: ing.ingest_dir(path),
                   lambda root, stats: record_for(kind, name, project, root, stats, started,
                                                  **fields),
-                  progress, changed, vanished)
+                  progress, changed, vanished, lock_wait)
 
 
 def record_for(kind: str, name: str, project: str, root: bytes, stats: IngestStats,

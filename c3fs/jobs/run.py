@@ -58,6 +58,7 @@ from c3fs.jobs.runstate import (
 from c3fs.objects.ids import check_name, check_new_job_id, new_job_id
 from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
 from c3fs.repo import Repo
+from c3fs.store.locks import RUN_LOCK_WAIT
 from c3fs.vfs import Vfs
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class JobSpec:
     rerun_of: str | None = None  # the job whose recorded inputs are `config.datasets` (rerun)
     # (label, total bytes) -> a context giving `advance(n)`: progress of the upload
     progress: Callable[[str, int], AbstractContextManager[Callable[[int], None]]] | None = None
+    lock_wait: float = RUN_LOCK_WAIT  # seconds the upload waits for a gc that holds the store
 
 
 @dataclass
@@ -278,7 +280,8 @@ def _upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs, ou
             record = ingest(repo, build,
                             lambda root, stats: record_for(JOB, job_id, spec.project, root,
                                                            stats, started, **fields, **logs),
-                            progress=advance, changed=changed, vanished=vanished)
+                            progress=advance, changed=changed, vanished=vanished,
+                            lock_wait=spec.lock_wait)
         outcome.changed, outcome.vanished = changed, vanished
         return record
     except (C3fsError, OSError) as exc:
@@ -317,7 +320,8 @@ def _upload_failed(repo, spec, job_id, artifacts, outcome, exc, fields):
 
         return ingest(repo, lambda ing: ing.store_tree([]),
                       lambda root, _: record_for(JOB, job_id, spec.project, root, IngestStats(),
-                                                 outcome.started, **fields))
+                                                 outcome.started, **fields),
+                      lock_wait=0)  # (the upload waited already)
     except (C3fsError, OSError) as exc2:
         log.error("job %s: could not record the failed job either: %s", job_id, exc2)
         return None

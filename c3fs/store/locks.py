@@ -3,8 +3,9 @@ machines, with leases.
 
 A push puts `locks/push-<token>` before it writes anything and removes it at the end; gc
 creates `locks/gc` (create-only), then refuses to run while any live push lock exists. A
-push refuses to start while a live `locks/gc` exists. Each side writes its own lock before
-it looks for the other's, so at least one of two racing parties sees the other.
+push waits (up to its `wait`, then refuses) while a live `locks/gc` exists, holding its own
+lock meanwhile. Each side writes its own lock before it looks for the other's, so at least
+one of two racing parties sees the other.
 
 A mount of one job or dataset holds `locks/mount-<kind>-<name>-<token>` while it serves
 (c3fs.store.mounts): it excludes nobody; `rm` and `gc` read it.
@@ -62,6 +63,8 @@ GC_KEY = "locks/gc"
 PUSH_PREFIX = "locks/push-"
 MOUNT_PREFIX = "locks/mount-"
 DEFAULT_LEASE = 60.0
+PUSH_LOCK_WAIT = 600.0  # how long a push waits for a running gc (--lock-wait), by default
+RUN_LOCK_WAIT = 3600.0  # ... and the upload of a job that has finished its work (run)
 MIN_LEASE, MAX_LEASE = 1.0, 3600.0
 
 
@@ -402,11 +405,13 @@ def _command() -> str:
 
 
 @contextlib.contextmanager
-def push_lock(store: Store) -> Iterator[Lease]:
+def push_lock(store: Store, wait: float = 0.0) -> Iterator[Lease]:
+    """Hold a push lock; while a live gc holds the store, wait for it up to `wait` seconds
+    (then LockedError, as at once with 0)."""
     lease = Lease(store, f"{PUSH_PREFIX}{token_hex(8)}")
     lease.acquire()
     try:
-        _refuse_live_gc(store)
+        _wait_for_gc(store, wait)
         yield lease
         lease.check()
     except BaseException:
@@ -415,16 +420,55 @@ def push_lock(store: Store) -> Iterator[Lease]:
     lease.release()
 
 
-def _refuse_live_gc(store: Store) -> None:
-    gc = read_lock(store, GC_KEY)
-    if gc is None:
-        return
-    alive, expired = live_locks(store, [gc])
-    if alive:
-        raise LockedError(f"gc is running on this store ({alive[0].holder()}); push again "
-                          "when it has finished")
-    for lock in expired:
-        break_lock(store, lock)
+def _wait_for_gc(store: Store, wait: float) -> None:
+    """Return once no live gc holds the store (an expired gc lock is broken); a live one is
+    waited for, up to `wait` seconds, saying so at once and every WAIT_NOTE seconds.
+
+    Our push lock is already written: a gc starting meanwhile refuses, so the gc waited for
+    is the one that holds the store now, and we go on the moment it releases it."""
+    started = time.monotonic()
+    noted = -WAIT_NOTE
+    while True:
+        gc = read_lock(store, GC_KEY)
+        if gc is None:
+            break
+        alive, expired = live_locks(store, [gc])
+        if not alive:
+            if all(break_lock(store, lock) for lock in expired):
+                break
+            continue  # renewed while we judged it: alive after all
+        waited = time.monotonic() - started
+        if waited >= wait:
+            raise LockedError(f"gc is running on this store ({alive[0].holder()}); push again "
+                              f"when it has finished{_waited(waited, wait)}")
+        if waited - noted >= WAIT_NOTE:
+            noted = waited
+            log.warning("gc is running on this store (%s, since %s): waiting for it to finish, "
+                        "%.0f s so far, up to %s (--lock-wait)", alive[0].holder(),
+                        _clock(alive[0].started), waited, _seconds(wait))
+        time.sleep(min(GC_POLL, wait - waited))
+    if time.monotonic() - started >= 1:
+        log.warning("gc has finished after %.0f s of waiting: pushing", time.monotonic() - started)
+
+
+WAIT_NOTE = 30.0  # seconds between two notes of a push waiting for gc
+GC_POLL = 1.0  # seconds between two looks at the gc lock of this host (another host's: as
+# live_locks watches it, until its body changes)
+
+
+def _waited(waited: float, wait: float) -> str:
+    return f" (waited {waited:.0f} s, --lock-wait {wait:g})" if wait > 0 else ""
+
+
+def _seconds(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min" if seconds >= 120 and seconds % 60 == 0 else f"{seconds:g} s"
+
+
+def _clock(started: float | None) -> str:
+    """A lock's start for people, by its holder's clock ("?" when it does not say)."""
+    return "?" if started is None else time.strftime("%H:%M:%S", time.localtime(started))
 
 
 @contextlib.contextmanager

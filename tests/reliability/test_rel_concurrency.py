@@ -155,10 +155,10 @@ def test_gc_between_a_push_index_sync_and_its_lock(tmp_path: Path, small_tree: P
     gc_runs = []
 
     @contextlib.contextmanager
-    def lock_after_a_gc(store):
+    def lock_after_a_gc(store, wait=0.0):
         if not gc_runs:
             gc_runs.append(machine_a.run("gc").ok())
-        with real_lock(store) as lease:
+        with real_lock(store, wait) as lease:
             yield lease
 
     monkeypatch.setattr(push_module, "push_lock", lock_after_a_gc)

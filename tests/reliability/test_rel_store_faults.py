@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,8 +125,11 @@ def test_a_gc_killed_on_one_host_does_not_block_pushes_on_another(site: Site, tm
                                                                   small_tree: Path) -> None:
     site.push(small_tree, "job_first")
     holder = hold_lock(site, "host-a", "gc")
-    live = host_run(site, "host-b", "push", str(small_tree), "-p", "rel", "-j", "job_x")
+    live = host_run(site, "host-b", "push", str(small_tree), "-p", "rel", "-j", "job_x",
+                    "--lock-wait", "2")  # (a live gc is waited for: 2 s here)
     assert live.code == 7 and "gc is running" in live.err and "on host-a" in live.err, live.err
+    assert re.search(r"waited \d+ s, --lock-wait 2\)", live.err), live.err  # (+ a look at
+    # the lock: another host's is watched until it changes, up to a quarter of its lease)
     holder.kill()  # kill -9: the lock stays behind, never renewed again
     holder.wait()
     assert lock_names(site) == ["gc"]
