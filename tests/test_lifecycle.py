@@ -757,6 +757,41 @@ def test_gc_says_which_phase_it_is_in(repo, tmp_path: Path) -> None:
     assert phases[2:] in ([], ["repacking 1 pack partly in use"]), phases
 
 
+@pytest.mark.logs("removed the expired gc lock", "was broken by another process")
+def test_a_gc_whose_lock_was_broken_while_it_stood_still_deletes_nothing(
+        repo, tmp_path: Path, monkeypatch) -> None:
+    """A gc stopped (SIGSTOP, a paused VM) for longer than its lease, whose lock another
+    host broke meanwhile (a push now taking its packs' blobs for stored), must find out
+    before its next delete, not at its heartbeat's next turn, a quarter lease later. The
+    pause is arranged: the lock is broken (as `c3fs unlock` does) right after marking, and
+    the gc then stands still for over a second before it sweeps."""
+    from c3fs.errors import LockedError
+    from c3fs.jobs import maintenance
+    from c3fs.jobs.push import push_dir
+    from c3fs.store import locks
+
+    for name in ("a", "b"):
+        src = tmp_path / name
+        src.mkdir()
+        (src / "w.bin").write_bytes(os.urandom(200_000))
+        push_dir(repo, src, "p", f"job_{name}")
+    repo.store.delete_ref("job", "job_b")
+    packs = set(repo.index.pack_sizes())
+    sweep = maintenance._sweep
+
+    def broken_then_sweep(*args, **kwargs):
+        lock = locks.read_lock(repo.store, locks.GC_KEY)
+        assert lock is not None and locks.break_lock(repo.store, lock)
+        time.sleep(1.2)
+        return sweep(*args, **kwargs)
+
+    monkeypatch.setattr(maintenance, "_sweep", broken_then_sweep)
+    with pytest.raises(LockedError, match="was broken by another process"):
+        maintenance.gc(repo)
+    assert set(repo.index.pack_sizes()) == packs
+    assert len(list(repo.store.backend.list("packs/"))) == len(packs)  # none deleted
+
+
 def test_c3_env_is_set_for_the_command(c3fs_bin, workdir: Path) -> None:
     (workdir / ".c3").write_text('env:\n  SEED: "42"\n  GREETING: hello world\n')
     script = 'echo "$SEED $GREETING" > "$C3_ARTIFACTS_DIR/env.txt"'

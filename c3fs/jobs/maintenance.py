@@ -107,7 +107,7 @@ def _collect(repo: Repo, lease, live: MarkSet, dry_run: bool, say: Callable[[str
     mounted_kept = _mark_mounted(repo, live, dry_run, say)  # after the refs: see mounts
     say(f"sweeping: {len(live)} blobs in use")
     lease.check()  # a push that broke our lock may be using what looks dead
-    report = _sweep(repo, live, dry_run, say)
+    report = _sweep(repo, live, dry_run, say, lease.confirm)
     report.mounted_kept = mounted_kept
     report.traces_deleted = _sweep_traces(repo, dry_run)
     if not dry_run:
@@ -138,7 +138,10 @@ def _mark_mounted(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str],
     return kept
 
 
-def _sweep(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None]) -> GcReport:
+def _sweep(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None],
+           confirm: Callable[[], None] = lambda: None) -> GcReport:
+    """Delete the packs nothing live is in, repack those partly in use. `confirm()`
+    before each delete: LockedError if gc's lock was broken (`Lease.confirm`)."""
     sizes = repo.index.pack_sizes()
     report = GcReport(len(sizes), sum(sizes.values()), dry_run=dry_run)
     kept = dict.fromkeys(sizes, 0)  # a pack's live blobs that the index finds in it
@@ -157,10 +160,11 @@ def _sweep(repo: Repo, live: MarkSet, dry_run: bool, say: Callable[[str], None])
             report.packs_deleted += 1
             report.bytes_freed += size
             if not dry_run:
+                confirm()
                 _delete_pack(repo, pack_id)
     if partly:
         say(f"repacking {count(len(partly), 'pack')} partly in use")
-        _repack(repo, live, partly, sizes, report, dry_run)
+        _repack(repo, live, partly, sizes, report, dry_run, confirm)
     return report
 
 
@@ -185,7 +189,8 @@ def _here(repo: Repo, blob_id: bytes, pack_id: str) -> bool:
     return loc is not None and loc.pack_id == pack_id
 
 
-def _repack(repo, live: MarkSet, partly, sizes, report: GcReport, dry_run: bool) -> None:
+def _repack(repo, live: MarkSet, partly, sizes, report: GcReport, dry_run: bool,
+            confirm: Callable[[], None]) -> None:
     builder = PackBuilder()
     done: list[str] = []
     for pack_id in partly:
@@ -196,13 +201,14 @@ def _repack(repo, live: MarkSet, partly, sizes, report: GcReport, dry_run: bool)
                         repo.store.read(loc.pack_id, loc.offset, loc.length), loc.plain_len)
         done.append(pack_id)
         if builder.size >= repo.store.config.pack_target:
-            _finish_repack(repo, builder, done, sizes, report, dry_run)
+            _finish_repack(repo, builder, done, sizes, report, dry_run, confirm)
             builder, done = PackBuilder(), []
     if done:
-        _finish_repack(repo, builder, done, sizes, report, dry_run)
+        _finish_repack(repo, builder, done, sizes, report, dry_run, confirm)
 
 
-def _finish_repack(repo, builder, old_packs, sizes, report: GcReport, dry_run: bool) -> None:
+def _finish_repack(repo, builder, old_packs, sizes, report: GcReport, dry_run: bool,
+                   confirm: Callable[[], None]) -> None:
     pack_id, data = builder.finish()
     report.packs_written += 1
     report.bytes_freed += sum(sizes[p] for p in old_packs) - len(data)
@@ -211,6 +217,7 @@ def _finish_repack(repo, builder, old_packs, sizes, report: GcReport, dry_run: b
     repo.store.put_pack(pack_id, data)
     repo.index.add_pack(pack_id, len(data), builder.entries, replace=True)
     for old in old_packs:
+        confirm()
         _delete_pack(repo, old)
 
 

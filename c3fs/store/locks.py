@@ -24,7 +24,9 @@ So meeting a dead lock of another host costs one lease of watching (default 60 s
 `C3FS_LOCK_LEASE`), after which it is broken (gc also removes expired push locks);
 `c3fs unlock` lists locks and breaks one at once. A holder whose lock was broken while it
 was alive (it could not renew: a paused process, a lost network) finds out at its next
-heartbeat, and `Lease.check` then fails the command before it registers anything.
+heartbeat, and `Lease.check` then fails the command before it registers anything; gc asks
+the store itself (`Lease.confirm`) before each delete once a second has passed since it
+last did, so a gc paused past its lease deletes nothing after the lock was broken.
 
 Bodies are JSON: {"version", "kind", "host", "pid", "boot", "pidns", "start", "user",
 "command", "started", "lease", "beat"} (a mount's also "root", "mountpoint"); "boot" is the
@@ -320,6 +322,8 @@ class Lease:
         self._body = b""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renewing = threading.Lock()  # the heartbeat's renewal, or `confirm`'s
+        self._confirmed = time.monotonic()  # when the store last showed this lock ours
 
     def _next_body(self) -> bytes:
         self._beat += 1
@@ -335,6 +339,7 @@ class Lease:
         body = self._next_body()
         (self.store.backend.create if create else self.store.backend.put)(self.key, body)
         self._body = body
+        self._confirmed = time.monotonic()
         self._thread = threading.Thread(target=self._heartbeat, name="c3fs-lease", daemon=True)
         self._thread.start()
 
@@ -348,6 +353,12 @@ class Lease:
                 return
 
     def _renew(self) -> None:
+        with self._renewing:
+            if not self.lost:
+                self._renew_held()
+
+    def _renew_held(self) -> None:
+        started = time.monotonic()
         try:
             current = self.store.backend.get(self.key)
         except KeyMissing:
@@ -363,6 +374,18 @@ class Lease:
         body = self._next_body()
         self.store.backend.put(self.key, body)
         self._body = body
+        self._confirmed = started
+
+    def confirm(self, within: float = 1.0) -> None:
+        """`check`, knowing: LockedError unless the store showed this lock ours less than
+        `within` seconds ago; else it is read (and renewed) now. Before each irreversible
+        step of a long one (gc's deletes): a process stopped for longer than its lease
+        (SIGSTOP, a VM paused) whose lock was broken meanwhile finds out before the next
+        delete, not at the heartbeat's next turn, up to a quarter lease later, while a push
+        that broke it may be taking the blobs it deletes for stored."""
+        if time.monotonic() - self._confirmed >= within:
+            self._renew()
+        self.check()
 
     def check(self) -> None:
         """LockedError if the lock was broken while held (do nothing irreversible then)."""
