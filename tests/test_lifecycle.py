@@ -739,8 +739,8 @@ def test_verify_reports_progress_in_bytes_verified(repo, tmp_path: Path) -> None
     assert report.ok and report.bytes >= 700_200 and sum(advanced) == report.bytes
 
 
-def test_gc_says_which_phase_it_is_in(repo, tmp_path: Path) -> None:
-    from c3fs.jobs.maintenance import gc
+def _two_jobs_one_removed(repo, tmp_path: Path) -> None:
+    """job_a and job_b, each a file of its own; job_b's ref removed (its pack is dead)."""
     from c3fs.jobs.push import push_dir
 
     for name in ("a", "b"):
@@ -749,6 +749,12 @@ def test_gc_says_which_phase_it_is_in(repo, tmp_path: Path) -> None:
         (src / "w.bin").write_bytes(os.urandom(200_000))
         push_dir(repo, src, "p", f"job_{name}")
     repo.store.delete_ref("job", "job_b")
+
+
+def test_gc_says_which_phase_it_is_in(repo, tmp_path: Path) -> None:
+    from c3fs.jobs.maintenance import gc
+
+    _two_jobs_one_removed(repo, tmp_path)
     phases: list[str] = []
     report = gc(repo, progress=phases.append)
     assert report.packs_deleted + report.packs_repacked >= 1
@@ -767,15 +773,9 @@ def test_a_gc_whose_lock_was_broken_while_it_stood_still_deletes_nothing(
     the gc then stands still for over a second before it sweeps."""
     from c3fs.errors import LockedError
     from c3fs.jobs import maintenance
-    from c3fs.jobs.push import push_dir
     from c3fs.store import locks
 
-    for name in ("a", "b"):
-        src = tmp_path / name
-        src.mkdir()
-        (src / "w.bin").write_bytes(os.urandom(200_000))
-        push_dir(repo, src, "p", f"job_{name}")
-    repo.store.delete_ref("job", "job_b")
+    _two_jobs_one_removed(repo, tmp_path)
     packs = set(repo.index.pack_sizes())
     sweep = maintenance._sweep
 
