@@ -89,16 +89,20 @@ def blob_at(models, where, kind: str, path: str, codec: int | None = None,
 
 
 def pack_of_chunks_only(models, where, path: str, job: str = "job-a") -> str:
-    """A pack holding a chunk of `path` and no tree. Which blobs share a pack depends on the
-    push's threads: a pack that also held a job's root tree made the damage that job's
-    whole (every copy of it fails at its root), not the files' this test expects."""
-    trees = {b for m in models.values() for kind, b, _ in all_blobs(m) if kind == "tree"}
-    for kind, blob_id, blob_path in all_blobs(models[job]):
-        if kind == "chunk" and blob_path == path:
-            pack_id = where[blob_id].pack_id
-            if not in_pack(where, pack_id) & trees:
+    """A pack holding a chunk of `path` and no job's root tree, one holding no tree at all
+    if there is one. Which blobs share a pack depends on the push's threads: a pack that
+    also held a job's root tree made the damage that job's whole (every copy of it fails at
+    its root), not the files' this test expects; a subdirectory's tree in it only adds that
+    directory's files to what is broken (`affected` counts them), as for "damaged-tree"."""
+    trees = {b: p for m in models.values() for kind, b, p in all_blobs(m) if kind == "tree"}
+    roots = {b for b, p in trees.items() if p == "/"}
+    packs = list(dict.fromkeys(where[blob_id].pack_id for kind, blob_id, blob_path
+                               in all_blobs(models[job]) if kind == "chunk" and blob_path == path))
+    for allowed in (set(), set(trees) - roots):
+        for pack_id in packs:
+            if not (in_pack(where, pack_id) & set(trees)) - allowed:
                 return pack_id
-    raise AssertionError(f"every pack holding a chunk of {path} holds a tree too")
+    raise AssertionError(f"every pack holding a chunk of {path} holds a job's root tree too")
 
 
 def in_pack(where: dict, pack_id: str, cut: int = 0) -> set[bytes]:
