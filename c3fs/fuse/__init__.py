@@ -422,54 +422,53 @@ def is_mounted(path: str) -> bool:
     return mount_type(path) is not None
 
 
-def mount_type(path: str) -> str | None:
-    """The type of the file system mounted at `path` (the topmost one), e.g. "fuse.c3fs";
-    None when nothing is. Reads /proc/self/mountinfo: never blocks on a dead daemon."""
-    path = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
-                        os.path.basename(path.rstrip("/")))
+def _mounts() -> list[tuple[bytes, str]] | None:
+    """(mount point, file system type) of each mount, in the order mounted (later ones on
+    top of earlier ones), from /proc/self/mountinfo: never blocks on a dead daemon. None
+    when it cannot be read."""
     try:
         with open("/proc/self/mountinfo", "rb") as f:
             lines = f.read().splitlines()
     except OSError:
-        return "unknown" if os.path.ismount(path) else None
-    found = None
-    for line in lines:  # later lines are mounted on top of earlier ones
+        return None
+    found = []
+    for line in lines:
         fields, _, rest = line.partition(b" - ")
-        if _unescape(fields.split(b" ")[4]) == os.fsencode(path):
-            found = rest.split(b" ")[0].decode(errors="replace")
+        found.append((_unescape(fields.split(b" ")[4]),
+                      rest.split(b" ")[0].decode(errors="replace")))
     return found
+
+
+def mount_type(path: str) -> str | None:
+    """The type of the file system mounted at `path` (the topmost one), e.g. "fuse.c3fs";
+    None when nothing is."""
+    path = os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                        os.path.basename(path.rstrip("/")))
+    mounts = _mounts()
+    if mounts is None:
+        return "unknown" if os.path.ismount(path) else None
+    at = os.fsencode(path)
+    return next((kind for point, kind in reversed(mounts) if point == at), None)
 
 
 def filesystem_type(path: str | bytes) -> str | None:
     """The type of the file system `path` (which exists) is on, e.g. "fuse.c3fs": that of
     the mount with the longest mount point above its real path. None when unknown."""
     real = os.fsencode(os.path.realpath(path))
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
     best, found = -1, None
-    for line in lines:  # later lines are mounted on top of earlier ones: >= keeps the last
-        fields, _, rest = line.partition(b" - ")
-        point = _unescape(fields.split(b" ")[4])
+    for point, kind in _mounts() or []:  # later ones are on top: >= keeps the last
         inside = real == point or real.startswith(point.rstrip(b"/") + b"/")
         if inside and len(point) >= best:
-            best, found = len(point), rest.split(b" ")[0].decode(errors="replace")
+            best, found = len(point), kind
     return found
 
 
 def mounts_within(path: str | bytes) -> list[str]:
-    """The mount points at or below directory `path` (by its real path), from mountinfo, in
-    the order mounted: what a rename of `path` would carry along (or fail on)."""
+    """The mount points at or below directory `path` (by its real path), in the order
+    mounted: what a rename of `path` would carry along (or fail on)."""
     real = os.fsencode(os.path.realpath(path)).rstrip(b"/")
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    points = (_unescape(line.partition(b" - ")[0].split(b" ")[4]) for line in lines)
-    return [os.fsdecode(p) for p in points if p == real or p.startswith(real + b"/")]
+    return [os.fsdecode(point) for point, _ in _mounts() or []
+            if point == real or point.startswith(real + b"/")]
 
 
 def _unescape(field: bytes) -> bytes:
