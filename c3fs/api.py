@@ -180,6 +180,14 @@ class Pushed(JobRecord, kw_only=True, frozen=True):
     vanished: list[str] = []
 
 
+def _seconds(value: float, name: str) -> float:
+    """`value` as a number of seconds >= 0 (inf: no end), else a UsageError naming `name`
+    (a NaN never compares, and would wait for ever)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise UsageError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
 def _text(name: bytes) -> str:
     return name.decode("utf-8", "surrogateescape")  # split_path encodes it back exactly
 
@@ -397,19 +405,23 @@ class Store:
         return resolve_job(self.repo, job)
 
     def push(self, directory: str | os.PathLike[str], *, project: str,
-             job: str | None = None) -> Pushed:
+             job: str | None = None, lock_wait: float = 600.0) -> Pushed:
         """Store `directory` as a finished job of `project` (id `job`, else a fresh one);
         the job's record, with `changed`: the files that changed while they were read, and
         `vanished`: what was removed before it was read (`Pushed`). AlreadyExists if the id
-        is taken."""
+        is taken. A gc holding the store is waited for up to `lock_wait` seconds (as
+        `c3fs push --lock-wait`: 600 by default, 0 refuses at once, math.inf waits as long
+        as it runs), with a warning at once and every 30 s; then `c3fs.errors.LockedError`,
+        naming whose gc."""
         import msgspec
 
         from c3fs.jobs.push import push_dir
 
+        wait = _seconds(lock_wait, "lock_wait")
         changed: list[str] = []
         vanished: list[str] = []
         record = push_dir(self.repo, directory, project, job, changed=changed,
-                          vanished=vanished)
+                          vanished=vanished, lock_wait=wait)
         return Pushed(**msgspec.structs.asdict(record), changed=changed, vanished=vanished)
 
     def pull(self, jobs: str | list[str] | None = None, dest: str | os.PathLike[str] = ".",
@@ -579,13 +591,15 @@ def info(store: Store | str | os.PathLike[str] | None, path: str) -> Info:
 
 
 def push(directory: str | os.PathLike[str], *, project: str, job: str | None = None,
-         store: Store | str | os.PathLike[str] | None = None) -> Pushed:
+         store: Store | str | os.PathLike[str] | None = None,
+         lock_wait: float = 600.0) -> Pushed:
     """Store `directory` as a finished job of `project`; its record, with `changed` and
-    `vanished` (see `Store.push`).
+    `vanished`; a running gc is waited for up to `lock_wait` seconds (see `Store.push`).
     A store URL that names no store yet creates one, as `c3fs push` does."""
+    wait = _seconds(lock_wait, "lock_wait")  # (before a store is made for nothing)
     target = store if isinstance(store, Store) else Store(store, create=True)
     try:
-        return target.push(directory, project=project, job=job)
+        return target.push(directory, project=project, job=job, lock_wait=wait)
     finally:
         if target is not store:
             target.close()

@@ -5,13 +5,16 @@ forked workers reading through one Store, and the errors bad input gets."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import multiprocessing
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 import zipfile
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gckit import gc_holding_the_store
 from PIL import Image
 from trees import rand_bytes, write_file
 
@@ -32,10 +36,12 @@ from c3fs.errors import (
     DataError,
     InvalidId,
     IsADirectory,
+    LockedError,
     NotFound,
     StoreError,
     UsageError,
 )
+from c3fs.store.locks import PUSH_LOCK_WAIT
 
 KiB, MiB = 1024, 1024 * 1024
 BIG = rand_bytes(3 * MiB, 11)  # many chunks
@@ -225,6 +231,42 @@ def test_pull_downloads_a_job(store: c3fs.Store, tmp_path: Path) -> None:
     assert [p.record.id for p in pulled] == ["job_a"]
     assert (tmp_path / "runs" / "job_a" / "sub" / "big.bin").read_bytes() == BIG
     assert store.pull(dest=tmp_path / "runs") == []  # nothing new
+
+
+def test_push_waits_for_a_running_gc_up_to_lock_wait(store_env, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A real gc, stopped (SIGSTOP) while it holds the store: push(lock_wait=0) refuses at
+    once (LockedError naming the gc, no wait), lock_wait=2 waits, says so, and gives up
+    after 2 s (the API always waited 600 s); once gc has finished the push goes through.
+    The default is the CLI's."""
+    assert inspect.signature(c3fs.Store.push).parameters["lock_wait"].default == PUSH_LOCK_WAIT
+    assert inspect.signature(c3fs.push).parameters["lock_wait"].default == PUSH_LOCK_WAIT
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "r.txt").write_text("x\n")
+    with c3fs.Store(store_env.store, create=True) as store:
+        gc = gc_holding_the_store(store_env.store, 3)
+        os.kill(gc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(LockedError) as refused:
+                store.push(src, project="p", lock_wait=0)
+            assert str(refused.value).startswith(f"gc is running on this store (pid {gc.pid} ")
+            assert "waited" not in str(refused.value) and "waiting" not in caplog.text
+            started = time.monotonic()
+            with pytest.raises(LockedError) as gave_up:
+                c3fs.push(src, project="p", store=store_env.store, lock_wait=2)
+            assert time.monotonic() - started >= 2
+            waited = re.search(r"\(waited (\d+) s, --lock-wait 2\)$", str(gave_up.value))
+            assert waited and 2 <= int(waited[1]) < 60, gave_up.value
+            assert "waiting for it to finish, 0 s so far, up to 2 s" in caplog.text
+            for bad in (-1, float("nan"), "5", True):
+                with pytest.raises(UsageError, match="lock_wait must be a number of seconds"):
+                    store.push(src, project="p", lock_wait=bad)
+        finally:
+            os.kill(gc.pid, signal.SIGCONT)
+        assert gc.wait(60) == 0, (tmp_path / "gc.out").read_text()
+        assert store.push(src, project="p", job="job_after", lock_wait=0).id == "job_after"
+    assert c3fs.ls(store_env.store, "/jobs/") == ["/jobs/job_after"]  # nothing else stored
 
 
 def test_stores_of_one_url_share_one_repo(store_env, store: c3fs.Store) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import C3FS_BIN
 from fusehelp import wait_until
+from gckit import gc_holding_the_store
 
 JOB_SCRIPT = textwrap.dedent("""\
     import os, json
@@ -523,21 +524,6 @@ def test_gc_and_push_exclude_each_other(c3fs_bin, store_env, tmp_path: Path, mon
 
 
 # pushes wait for a running gc ---------------------------------------------------------------------
-def _gc_holding_the_store(store: Path, seconds: float) -> subprocess.Popen:
-    """A real `c3fs gc` holding the store's gc lock for about `seconds` (it watches a mount
-    lease of another host that nobody renews, as gc does before it removes such a lease),
-    returned once its lock is in the store; its stdout and stderr go to files beside it."""
-    lease = store / "locks" / f"mount-job-gone-{'0' * 16}"
-    lease.parent.mkdir(exist_ok=True)
-    lease.write_text(json.dumps({"host": "host-a", "pid": 1, "lease": seconds,
-                                 "mountpoint": "/m"}))
-    with open(store.parent / "gc.out", "wb") as out:
-        gc = subprocess.Popen([str(C3FS_BIN), "gc"], stdout=out, stderr=subprocess.STDOUT)
-    wait_until(lambda: (store / "locks" / "gc").exists() or gc.poll() is not None, "gc's lock")
-    assert gc.poll() is None, (store.parent / "gc.out").read_text()
-    return gc
-
-
 def test_a_push_waits_for_a_running_gc(c3fs_bin, store_env, tmp_path: Path) -> None:
     """gc holds the store (a real gc process, its lock renewed) for 4 s: a push started then
     waits for it, says so, and goes on when gc has finished (it used to exit 7 at once)."""
@@ -545,7 +531,7 @@ def test_a_push_waits_for_a_running_gc(c3fs_bin, store_env, tmp_path: Path) -> N
     src = tmp_path / "d"
     src.mkdir()
     (src / "r.txt").write_text("x\n")
-    gc = _gc_holding_the_store(store_env.store, 4)
+    gc = gc_holding_the_store(store_env.store, 4)
     started = time.monotonic()
     res = c3fs_bin("push", str(src), "-p", "p", "-j", "job_x")
     assert res.code == 0, res.err
@@ -571,7 +557,7 @@ def test_a_stopped_gc_is_waited_for_up_to_lock_wait_and_a_run_succeeds_after_it(
     src = tmp_path / "d"
     src.mkdir()
     (src / "r.txt").write_text("x\n")
-    gc = _gc_holding_the_store(store_env.store, 3)
+    gc = gc_holding_the_store(store_env.store, 3)
     os.kill(gc.pid, signal.SIGSTOP)
     try:
         started = time.monotonic()
