@@ -42,8 +42,9 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     """Run COMMAND as a job; collect its artifacts into the store.
 
     The job writes into $C3_ARTIFACTS_DIR, the working dir's artifacts/ (pre-created and
-    empty; one left holding files is moved aside to artifacts.prev-<time>, never deleted),
-    and into the `output:` dirs of .c3; both are collected into one manifest at
+    empty; one left holding files is removed if the job last run there stored all of them,
+    else moved aside to artifacts.prev-<time>, never deleted), and into the `output:`
+    dirs of .c3; both are collected into one manifest at
     /jobs/<id>/. The `datasets:` of .c3 are mounted read-only before the command starts.
     One run at a time per working dir. What a killed run left (mounts, its temp dir) is
     cleaned up by the next run, which says so. A dataset mounted inside artifacts/ or an

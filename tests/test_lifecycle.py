@@ -161,6 +161,10 @@ def test_upload_error_disk_full(c3fs_bin, store_env, workdir: Path, tmp_path: Pa
         rec = record(c3fs_bin, "full")
         assert (rec["status"], rec["reason"]) == ("FAILED", "UPLOAD_ERROR")
         assert c3fs_bin("verify").code == 0
+        res = c3fs_bin("run", "-j", "after", "--", "true", cwd=workdir)  # the job last run
+        assert "moved to ./artifacts.prev-" in res.err, res.err  # here stored none of it
+        [aside] = workdir.glob("artifacts.prev-*")
+        assert (aside / "big.bin").stat().st_size == 3_000_000
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
@@ -828,12 +832,89 @@ def test_an_artifacts_dir_from_before_is_moved_aside_not_collected(c3fs_bin, wor
     assert c3fs_bin("ls", "/jobs/fresh1").out.split() == ["new.txt"]
     [aside] = workdir.glob("artifacts.prev-*")
     assert (aside / "old.txt").read_text() == "mine"
-    c3fs_bin("run", "-j", "fresh2", "--", "sh", "-c", script, cwd=workdir).ok()
+    res = c3fs_bin("run", "-j", "fresh2", "--", "sh", "-c", script, cwd=workdir).ok()
     assert c3fs_bin("ls", "/jobs/fresh2").out.split() == ["new.txt"]
-    assert len(list(workdir.glob("artifacts.prev-*"))) == 2  # fresh1's, never deleted
+    assert "held 1 file of job fresh1, all stored in it" in res.err  # removed, not moved
+    assert list(workdir.glob("artifacts.prev-*")) == [aside]  # the user's, never deleted
     (workdir / "artifacts" / "new.txt").unlink()
     res = c3fs_bin("run", "-j", "fresh3", "--", "true", cwd=workdir).ok()
-    assert "moved" not in res.err and len(list(workdir.glob("artifacts.prev-*"))) == 2
+    assert "moved" not in res.err and list(workdir.glob("artifacts.prev-*")) == [aside]
+
+
+ARTIFACTS_SCRIPT = textwrap.dedent("""\
+    import os
+    out = os.environ["C3_ARTIFACTS_DIR"]
+    assert not os.listdir(out), "artifacts dir must be fresh and empty"
+    os.makedirs(os.path.join(out, "plots"))
+    os.makedirs(os.path.join(out, "empty"))
+    open(os.path.join(out, "plots", "loss.png"), "wb").write(os.urandom(5000))
+    open(os.path.join(out, "ckpt.bin"), "wb").write(os.urandom(3 << 20))  # many chunks
+    open(os.path.join(out, "metrics.json"), "w").write(os.environ["C3_JOB_ID"])
+    open(os.path.join(out, "none.txt"), "w").close()
+    os.symlink("ckpt.bin", os.path.join(out, "best.bin"))
+    os.makedirs("results", exist_ok=True)
+    open("results/summary.txt", "w").write("ok")
+    """)
+
+
+def test_an_artifacts_dir_its_last_job_stored_is_removed_not_piled_up(
+        c3fs_bin, workdir: Path, tmp_path: Path) -> None:
+    """Runs in one working dir: the artifacts/ a job left, all of it stored in that job, is
+    removed by the next run, with one warning naming the job (each run added one more
+    artifacts.prev-*, never pruned); `c3fs pull` gets it back byte for byte. One holding
+    anything the job did not store (a byte changed, size and mtime kept; a file added; the
+    job removed from the store) is moved aside, as before, and kept."""
+    (workdir / "art.py").write_text(ARTIFACTS_SCRIPT)
+    artifacts = workdir / "artifacts"
+
+    def run(job: str) -> str:
+        return c3fs_bin("run", "-j", job, "--", sys.executable, "art.py", cwd=workdir).ok().err
+
+    def kept() -> list[Path]:
+        return sorted(workdir.glob("artifacts.prev-*"))
+
+    run("a1")
+    left = _files(artifacts)
+    err = run("a2")
+    assert ("c3fs: warning: job a2: ./artifacts held 5 files of job a1, all stored in it "
+            "(c3fs pull a1 gets them back): removed") in err.splitlines(), err
+    assert kept() == [] and _files(artifacts) != left  # a2's own
+    c3fs_bin("pull", "a1", "--dest", str(tmp_path / "pulled")).ok()
+    assert _files(tmp_path / "pulled" / "a1") == {**left, "results/": b"",
+                                                  "results/summary.txt": b"ok"}
+
+    ckpt = artifacts / "ckpt.bin"  # a byte changed, its size and mtime kept
+    st = ckpt.stat()
+    with open(ckpt, "r+b") as f:
+        f.seek(2 << 20)
+        byte = f.read(1)
+        f.seek(2 << 20)
+        f.write(bytes([byte[0] ^ 1]))
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    edited = _files(artifacts)
+    assert "moved to ./artifacts.prev-" in run("a3")
+    [aside] = kept()
+    assert _files(aside) == edited
+    assert "held 5 files of job a3, all stored in it" in run("a4") and kept() == [aside]
+    (artifacts / "plots" / "mine.txt").write_text("added by hand")
+    assert "moved to ./artifacts.prev-" in run("a5") and len(kept()) == 2
+    c3fs_bin("rm", "a5").ok()
+    assert "moved to ./artifacts.prev-" in run("a6") and len(kept()) == 3
+    assert "all stored" in run("a7") and len(kept()) == 3
+
+
+def _files(top: Path) -> dict[str, bytes | str]:
+    """Each file's bytes and each symlink's target (`-> target`) below `top`, by path."""
+    found: dict[str, bytes | str] = {}
+    for path in sorted(top.rglob("*")):
+        name = str(path.relative_to(top))
+        if path.is_symlink():
+            found[name] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            found[name] = path.read_bytes()
+        else:
+            found[name + "/"] = b""
+    return found
 
 
 def test_artifacts_listed_as_an_output_dir_is_collected_once(c3fs_bin, workdir: Path) -> None:

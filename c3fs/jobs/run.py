@@ -2,12 +2,13 @@
 
 Lifecycle: earlier runs that were killed are cleaned up after (`runstate`); each `.c3`
 dataset is mounted read-only; the working dir is locked (one run at a time there) and its
-`artifacts/` made fresh and empty (anything in it is moved aside, never deleted) and
-exported as `$C3_ARTIFACTS_DIR`, with `C3_JOB_ID`, `C3_PROJECT` and the `.c3` `env:`; the
-command runs in the working directory in its own process group; the datasets are
-unmounted (always); the artifacts dir and the `output:` dirs are collected into one tree;
-the job is registered. The artifacts dir stays in place afterwards (the next job moves it
-aside). Statuses follow the platform:
+`artifacts/` made fresh and empty (what it holds is removed if the job last run there stored
+all of it, else moved aside: `runstate`) and exported as `$C3_ARTIFACTS_DIR`, with
+`C3_JOB_ID`, `C3_PROJECT` and the `.c3` `env:`; the command runs in the working directory in
+its own process group; the datasets are unmounted (always); the artifacts dir and the
+`output:` dirs are collected into one tree; the job is registered. The artifacts dir stays in
+place afterwards (the next job removes it if this one stored all of it, else moves it aside).
+Statuses follow the platform:
 
 - exit 0, upload ok                  -> SUCCEEDED
 - exit 0, upload failed              -> FAILED / UPLOAD_ERROR (not retried; exit code 74)
@@ -54,6 +55,7 @@ from c3fs.jobs.runstate import (
     clear_dead_mount,
     fresh_artifacts,
     lock_workdir,
+    remember_run,
 )
 from c3fs.objects.ids import check_name, check_new_job_id, new_job_id
 from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
@@ -117,13 +119,15 @@ def run_job(repo: Repo, spec: JobSpec,
     try:
         outcome.inputs = _mount_datasets(repo, spec, mounted, state)
         lock = lock_workdir(spec.workdir)  # after the mounts: no daemon inherits it
-        artifacts = fresh_artifacts(spec.workdir, job_id)
+        artifacts = fresh_artifacts(spec.workdir, job_id, repo)
     except BaseException:  # nothing ran: leave nothing behind
         _unmount_all(mounted)
         _release(lock, state)
         raise
     try:
         record = _run_and_upload(repo, spec, job_id, artifacts, outputs, outcome, mounted, state)
+        if record is not None:  # (the next run here checks artifacts/ against it)
+            remember_run(repo, spec.workdir, record.id)
     finally:
         _release(lock, state)
     if changed is not None:

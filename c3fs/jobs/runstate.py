@@ -13,15 +13,21 @@ dir and says so. A dir without `owner.json` (or of another user) is never touche
 `$C3_ARTIFACTS_DIR` is the working dir's `artifacts/`, as on the platform. A run holds an
 exclusive lock (flock) on the working dir while it uses it, so a second run there at the
 same time is refused. An `artifacts/` that is not empty when a job starts (an earlier job's,
-or the user's) is moved aside to `artifacts.prev-<time>` with a warning: never deleted,
-never collected as this job's; one with a mount point inside is refused instead (exit 4):
-the mount would move along with it.
+or the user's) is never collected as this job's. When every file, symlink and directory in
+it is in the stored tree of the job last run in that working dir (noted in the local index
+when its record was written; each file's bytes hashed and matched with the file's digest
+there), it is removed, with a warning naming that job (`c3fs pull` gets it back): else each
+run would leave one more copy of a stored job behind. Anything else (a file no stored job
+has, an upload that failed, an edit since, a store that cannot be read) is moved aside to
+`artifacts.prev-<time>` with a warning, never deleted. One with a mount point inside is
+refused instead (exit 4): the mount would move along with it.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -31,15 +37,25 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import blake3
 
 from c3fs.errors import C3fsError
 from c3fs.fsutil import count, human, tree_bytes, walk_files
+from c3fs.objects.job import JOB, JobRecord
+from c3fs.objects.tree import DIR, FILE, LINK, Entry, file_digest
+
+if TYPE_CHECKING:
+    from c3fs.repo import Repo
 
 log = logging.getLogger(__name__)
 PREFIX = "c3fs-run-"
 OWNER = "owner.json"
 NAMED = re.compile(re.escape(PREFIX) + r"(.+)-(\d+)\.(\d+)-[^-]+")
 ARTIFACTS = "artifacts"
+RAN = "ran/"  # local index key: + sha256 of a working dir's real path -> the job last run there
+HASH_BLOCK = 1024 * 1024  # bytes of a file hashed at a time (checking an artifacts/ is stored)
 
 
 class WorkdirBusy(C3fsError):
@@ -184,11 +200,13 @@ def lock_workdir(workdir: Path) -> int:
     return fd
 
 
-def fresh_artifacts(workdir: Path, job_id: str) -> Path:
-    """The working dir's `artifacts/`, empty: one that holds anything is moved aside."""
+def fresh_artifacts(workdir: Path, job_id: str, repo: Repo | None = None) -> Path:
+    """The working dir's `artifacts/`, empty: one that holds anything is removed when all of
+    it is stored in the job last run there (in `repo`), else moved aside (module doc)."""
     artifacts = workdir / ARTIFACTS
     if artifacts.is_symlink() or (artifacts.exists() and not _empty_dir(artifacts)):
         _check_nothing_mounted(artifacts)
+        stored = _stored_in(repo, workdir, artifacts) if repo is not None else None
         aside = _aside_name(workdir)
         n = sum(1 for _ in walk_files(artifacts)) if artifacts.is_dir() else 1
         try:
@@ -196,13 +214,104 @@ def fresh_artifacts(workdir: Path, job_id: str) -> Path:
         except OSError as exc:
             raise C3fsError(f"cannot move {artifacts} aside to {aside.name}: "
                             f"{exc.strerror}") from None
-        log.warning("job %s: ./%s held %s from before the job; moved to ./%s (not collected, "
-                    "not deleted)", job_id, ARTIFACTS, count(n, "file"), aside.name)
+        if stored is None:
+            log.warning("job %s: ./%s held %s from before the job; moved to ./%s (not "
+                        "collected, not deleted)", job_id, ARTIFACTS, count(n, "file"),
+                        aside.name)
+        else:
+            _remove_stored(aside, job_id, stored.id, n)
     try:
         artifacts.mkdir(exist_ok=True)
     except OSError as exc:
         raise C3fsError(f"cannot create {artifacts}: {exc.strerror}") from None
     return artifacts
+
+
+def _remove_stored(aside: Path, job_id: str, stored_id: str, n: int) -> None:
+    """Remove `aside`, an `artifacts/` all of whose content job `stored_id` holds."""
+    what = (f"job {job_id}: ./{ARTIFACTS} held {count(n, 'file')} of job {stored_id}, all "
+            f"stored in it (c3fs pull {stored_id} gets them back)")
+    try:
+        shutil.rmtree(aside)
+    except OSError as exc:
+        log.warning("%s; moved to ./%s, which could not be removed: %s", what, aside.name,
+                    exc.strerror or exc)
+        return
+    log.warning("%s: removed", what)
+
+
+# is an artifacts/ all stored? ----------------------------------------------------------------
+def remember_run(repo: Repo, workdir: Path, job_id: str) -> None:
+    """Note in the local index that job `job_id` ran in `workdir` (its record is stored): the
+    next run there removes the `artifacts/` it finds if that job holds all of it."""
+    try:
+        repo.index.local_put(_ran_key(workdir), job_id.encode())
+    except C3fsError as exc:  # only a hint: the next run moves artifacts/ aside instead
+        log.debug("could not note that job %s ran in %s: %s", job_id, workdir, exc)
+
+
+def _ran_key(workdir: Path) -> str:
+    # hashed: a path may be longer than LMDB's 511-byte keys, and not UTF-8
+    return RAN + hashlib.sha256(os.fsencode(os.path.realpath(workdir))).hexdigest()
+
+
+def _stored_in(repo: Repo, workdir: Path, artifacts: Path) -> JobRecord | None:
+    """The job last run in `workdir`, if the store still has it and its tree holds all of
+    `artifacts` (`_all_in_tree`); else None, also when anything cannot be read."""
+    if artifacts.is_symlink() or not artifacts.is_dir():
+        return None
+    try:
+        noted = repo.index.local_get(_ran_key(workdir))
+        if noted is None:
+            return None
+        record = repo.store.get_ref(JOB, noted.decode())  # the store's: not one removed since
+        return record if _all_in_tree(repo, artifacts, record.root_id) else None
+    except (C3fsError, OSError, ValueError) as exc:
+        log.info("could not check %s against the job last run there (%s): moving it aside",
+                 artifacts, exc)
+        return None
+
+
+def _all_in_tree(repo: Repo, top: Path, tree_id: bytes) -> bool:
+    """Whether every file, symlink and directory below `top` is at its path in the tree
+    `tree_id`, a file with the same bytes (their blake3 is its digest), a symlink with the
+    same target. What only the tree has (the job's `output:` dirs) does not matter."""
+    dirs = [(os.fsencode(top), tree_id)]
+    while dirs:
+        path, tree_id = dirs.pop()
+        tree = repo.tree(tree_id, check=False, keep=False)  # (each entry checked when read)
+        with os.scandir(path) as items:
+            for item in items:
+                at = tree.find(item.name)
+                if at < 0 or not _same(item, tree[at], dirs):
+                    return False
+    return True
+
+
+def _same(item: os.DirEntry[bytes], entry: Entry, dirs: list[tuple[bytes, bytes]]) -> bool:
+    """Whether `item` is what `entry` stored; a directory's content is left to `dirs`."""
+    if item.is_symlink():
+        return entry.kind == LINK and os.readlink(item.path) == entry.target
+    if item.is_dir(follow_symlinks=False):
+        if entry.kind != DIR:
+            return False
+        dirs.append((item.path, entry.target))
+        return True
+    if entry.kind != FILE or not item.is_file(follow_symlinks=False):
+        return False  # (a fifo, socket or device file is never stored)
+    return (item.stat(follow_symlinks=False).st_size == entry.size
+            and _digest(item.path) == file_digest(entry))
+
+
+def _digest(path: bytes) -> bytes:
+    """blake3 of a file's bytes (not followed if it became a symlink; a fifo does not block)."""
+    hasher = blake3.blake3()
+    block = bytearray(HASH_BLOCK)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as f:
+        while n := f.readinto(block):
+            hasher.update(memoryview(block)[:n])
+    return hasher.digest()
 
 
 def _check_nothing_mounted(artifacts: Path) -> None:
