@@ -49,7 +49,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from c3fs.errors import FormatError, LockedError, NotFound, UsageError, one_line
@@ -497,7 +497,7 @@ def _clock(started: float | None) -> str:
 @contextlib.contextmanager
 def gc_lock(store: Store) -> Iterator[Lease]:
     lease = Lease(store, GC_KEY)
-    _take_gc_lock(store, lease)
+    _take(store, lease, lambda holder: f"another gc is running on this store{holder}")
     try:
         _refuse_live_pushes(store)
         yield lease
@@ -508,22 +508,24 @@ def gc_lock(store: Store) -> Iterator[Lease]:
     lease.release()
 
 
-def _take_gc_lock(store: Store, lease: Lease) -> None:
+def _take(store: Store, lease: Lease, refusal: Callable[[str], str]) -> None:
+    """Create `lease`'s lock (create-only) and hold it. One held by a live process is
+    LockedError(refusal(" (<its holder>)")); a dead one's is broken and taken over (one of
+    another host once it has gone unrenewed for its lease)."""
     for _ in range(2):
         try:
             lease.acquire(create=True)
             return
         except KeyExists:
-            held = read_lock(store, GC_KEY)
+            held = read_lock(store, lease.key)
             if held is None:
                 continue
             alive, expired = live_locks(store, [held])
             if alive:
-                raise LockedError(f"another gc is running on this store ({alive[0].holder()})") \
-                    from None
+                raise LockedError(refusal(f" ({alive[0].holder()})")) from None
             for lock in expired:
                 break_lock(store, lock)
-    raise LockedError("another gc is running on this store")
+    raise LockedError(refusal(""))
 
 
 def _refuse_live_pushes(store: Store) -> None:
