@@ -23,7 +23,9 @@ log = logging.getLogger("c3fs.cli")
 @app.command(context_settings={"allow_interspersed_args": False})
 @click.option("-p", "--project", help="Project (default: `project:` in .c3, else `project` of "
                                        "the c3fs config or C3FS_PROJECT, else 'default').")
-@click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>).")
+@click.option("-j", "--job", "job_id", help="Job id (default: a fresh job_<time>_<random>). "
+              "Reserved in the store while the job runs: a second run of it meanwhile, on any "
+              "host, is refused at its start (exit 7); one the store has already, too (exit 4).")
 @click.option("--timeout", type=float, metavar="SECONDS", help="Stop the job after this many seconds, > 0 (TIMEOUT).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Job config (default: .c3 in the working directory, if present).")
@@ -46,8 +48,9 @@ def run(ctx: Ctx, project, job_id, timeout, config_path, workdir: Path, as_json:
     else moved aside to artifacts.prev-<time>, never deleted), and into the `output:`
     dirs of .c3; both are collected into one manifest at
     /jobs/<id>/. The `datasets:` of .c3 are mounted read-only before the command starts.
-    One run at a time per working dir. What a killed run left (mounts, its temp dir) is
-    cleaned up by the next run, which says so. A dataset mounted inside artifacts/ or an
+    One run at a time per working dir, and per job id (-j) on any host sharing the store. What
+    a killed run left (mounts, its temp dir) is cleaned up by the next run, which says so;
+    the reservation of its -j id, by the next run of that id. A dataset mounted inside artifacts/ or an
     `output:` dir is refused (exit 2): its files would be taken for the job's.
 
     The command's stdout and stderr are shown live and kept with the job (`c3fs logs`).

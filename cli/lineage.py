@@ -213,7 +213,8 @@ def _write_bytes(target, data: bytes) -> None:
 # rerun --------------------------------------------------------------------------------------
 @app.command(context_settings={"max_content_width": 100})
 @click.argument("job", shell_complete=complete_job)
-@click.option("-j", "--job", "job_id", help="Id of the new job (default: a fresh one).")
+@click.option("-j", "--job", "job_id", help="Id of the new job (default: a fresh one); "
+              "reserved as for run.")
 @click.option("--timeout", type=float, metavar="SECONDS", help="As for run.")
 @click.option("-C", "--workdir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=".", help="Working directory of the new job (default: .).")

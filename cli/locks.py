@@ -1,4 +1,4 @@
-"""`c3fs unlock`: list the store's push and gc locks, break one whose holder is gone."""
+"""`c3fs unlock`: list the store's locks (push, gc, mount, run), break one whose holder is gone."""
 
 from __future__ import annotations
 
@@ -16,16 +16,18 @@ from .main import Ctx, app, pass_ctx
 @click.option("--json", "as_json", is_flag=True, help="With --list: print the locks as JSON.")
 @pass_ctx
 def unlock(ctx: Ctx, name: str | None, list_: bool, force: bool, as_json: bool) -> None:
-    """Break the store lock NAME (gc, push-<token>, mount-<...>) left by a process that is gone.
+    """Break the store lock NAME (gc, push-<token>, mount-<...>, run-<job id>) left by a
+    process that is gone.
 
     Push and gc hold locks in the store and renew them while they run (a lease,
     C3FS_LOCK_LEASE seconds, default 60); so does a mount of a job or dataset while it
     serves (rm refuses that job, gc keeps what it reads; a live mount writes its lease again
-    if it is broken). A lock held on this host is judged by its pid (and start time); one
-    held on another host is watched for up to its lease, and broken only if nobody renewed
-    it meanwhile (the clocks of the two hosts are never compared). gc and push do the same
-    on their own when they meet a lock, so unlock is for not waiting: use
-    --force when you know the holder is gone. The holder is named either way.
+    if it is broken), and `run -j ID` while its job runs (another run of ID is refused). A
+    lock held on this host is judged by its pid (and start time); one held on another host
+    is watched for up to its lease, and broken only if nobody renewed it meanwhile (the
+    clocks of the two hosts are never compared). gc, push and run do the same on their own
+    when they meet a lock, so unlock is for not waiting: use --force when you know the
+    holder is gone. The holder is named either way.
 
     \b
     Examples:

@@ -169,7 +169,7 @@ EXIT_CODES = (
     (5, "store: unreachable (also mid-copy: run it again), denied, wrong format version"),
     (6, "damaged or missing data (verify, cp -r, pull finish the rest first)"),
     (7, "locked: gc or a push holds the store (push waits for gc first: --lock-wait); "
-        "rm: a mount reads the job"),
+        "rm: a mount reads the job; run -j: a run in progress holds the id"),
     (8, "mount: FUSE failed, or a pin (--expect, digest:) did not match"),
     (130, "interrupted (Ctrl-C)"),
     (141, "stdout closed by its reader (a pipe to head): the rest unwritten, no message"),

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import C3FS_BIN
+from conftest import C3FS_BIN, CliResult
 from fusehelp import wait_until
 from gckit import gc_holding_the_store
 
@@ -464,6 +464,80 @@ def test_two_runs_at_once(c3fs_bin, workdir: Path) -> None:
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=60)
+
+
+@pytest.fixture(params=["local", "s3"])
+def a_store(request: pytest.FixtureRequest, store_env, monkeypatch) -> str:
+    """The test's store: a local dir, or a bucket of the S3 server (create-only enforced)."""
+    if request.param == "local":
+        return str(store_env.store)
+    url = request.getfixturevalue("s3_url")
+    monkeypatch.setenv("C3FS_STORE", url)
+    return url
+
+
+def _workdirs(tmp_path: Path, n: int) -> list[Path]:
+    dirs = [tmp_path / f"w{i}" for i in range(n)]
+    for work in dirs:
+        work.mkdir()
+    return dirs
+
+
+def test_two_runs_of_one_job_id_at_once_the_second_runs_nothing(c3fs_bin, a_store: str,
+                                                                 tmp_path: Path) -> None:
+    """Two `run -j same` started together (two working dirs, one store): one runs, the other
+    is refused at its start, one line naming the holder, exit 7, its command never started
+    (it used to run it too, and fail its upload at the end: UPLOAD_ERROR, exit 74). Once the
+    job is registered, a run of its id is refused at its start too (exit 4)."""
+    go = tmp_path / "go"
+    command = ["sh", "-c", f"touch ran; while [ ! -e {go} ]; do sleep 0.05; done"]
+    procs = [subprocess.Popen([str(C3FS_BIN), "run", "-j", "same", "--", *command], cwd=work,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for work in _workdirs(tmp_path, 2)]
+    try:
+        wait_until(lambda: any(p.poll() is not None for p in procs), "one run to be refused")
+        [loser] = [i for i, p in enumerate(procs) if p.poll() is not None]
+        res = CliResult(procs[loser].returncode, *procs[loser].communicate())
+        assert "job id 'same' is taken by a run in progress (pid " in res.one_line_error()
+        assert res.code == 7 and f"pid {procs[1 - loser].pid} " in res.err, res.err
+        assert os.listdir(tmp_path / f"w{loser}") == []  # not even an artifacts dir
+        assert [lock["kind"] for lock in _locks(c3fs_bin)] == ["run"]
+    finally:
+        go.touch()
+        codes = [p.wait(timeout=120) for p in procs]
+    assert codes[1 - loser] == 0, procs[1 - loser].stderr.read()
+    assert (tmp_path / f"w{1 - loser}" / "ran").exists() and _locks(c3fs_bin) == []
+    again = _workdirs(tmp_path / "w0", 1)[0]
+    res = c3fs_bin("run", "-j", "same", "--", "touch", "ran", cwd=again)
+    assert "job 'same' already exists in the store" in res.one_line_error() and res.code == 4
+    assert os.listdir(again) == [] and _locks(c3fs_bin) == []
+
+
+def _locks(c3fs_bin) -> list[dict]:
+    return json.loads(c3fs_bin("unlock", "--list", "--json").ok().out)
+
+
+@pytest.mark.logs("removed the expired run lock run-k of pid")
+def test_a_killed_runs_job_id_is_taken_over_by_the_next_run(c3fs_bin, store_env,
+                                                              tmp_path: Path) -> None:
+    """kill -9 of `c3fs run -j k` leaves its reservation in the store: the next run of k on
+    this host sees at once that its holder is gone, takes it over (saying so) and runs."""
+    first, second = _workdirs(tmp_path, 2)
+    victim = subprocess.Popen([str(C3FS_BIN), "run", "-j", "k", "--", "sh", "-c",
+                               "echo $$ > pid; exec sleep 60"], cwd=first,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (first / "pid").exists() and (first / "pid").read_text(), "the job")
+    finally:
+        victim.kill()
+        victim.wait()
+        if (first / "pid").exists():
+            os.kill(int((first / "pid").read_text()), signal.SIGKILL)
+    assert [(lock["name"], lock["pid"]) for lock in _locks(c3fs_bin)] == [("run-k", victim.pid)]
+    res = c3fs_bin("run", "-j", "k", "--", "touch", "ran", cwd=second).ok()
+    assert f"removed the expired run lock run-k of pid {victim.pid} " in res.err, res.err
+    assert (second / "ran").exists() and record(c3fs_bin, "k")["status"] == "SUCCEEDED"
+    assert _locks(c3fs_bin) == []
 
 
 def test_datasets_upload_list_download(c3fs_bin, tmp_path: Path) -> None:

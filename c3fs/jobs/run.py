@@ -1,14 +1,16 @@
 """`c3fs run`: run a command as a job and collect its artifacts, as the platform does.
 
-Lifecycle: earlier runs that were killed are cleaned up after (`runstate`); each `.c3`
-dataset is mounted read-only; the working dir is locked (one run at a time there) and its
-`artifacts/` made fresh and empty (what it holds is removed if the job last run there stored
-all of it, else moved aside: `runstate`) and exported as `$C3_ARTIFACTS_DIR`, with
-`C3_JOB_ID`, `C3_PROJECT` and the `.c3` `env:`; the command runs in the working directory in
-its own process group; the datasets are unmounted (always); the artifacts dir and the
-`output:` dirs are collected into one tree; the job is registered. The artifacts dir stays in
-place afterwards (the next job removes it if this one stored all of it, else moves it aside).
-Statuses follow the platform:
+Lifecycle: a job id the user gave is reserved in the store until the job is registered
+(`reserve_job`: another live run of that id, on any host, is refused before anything runs),
+and any id must be free in the store; earlier runs that were killed are cleaned up after
+(`runstate`); each `.c3` dataset is mounted read-only; the working dir is locked (one run at
+a time there) and its `artifacts/` made fresh and empty (what it holds is removed if the job
+last run there stored all of it, else moved aside: `runstate`) and exported as
+`$C3_ARTIFACTS_DIR`, with `C3_JOB_ID`, `C3_PROJECT` and the `.c3` `env:`; the command runs in
+the working directory in its own process group; the datasets are unmounted (always); the
+artifacts dir and the `output:` dirs are collected into one tree; the job is registered. The
+artifacts dir stays in place afterwards (the next job removes it if this one stored all of
+it, else moves it aside). Statuses follow the platform:
 
 - exit 0, upload ok                  -> SUCCEEDED
 - exit 0, upload failed              -> FAILED / UPLOAD_ERROR (not retried; exit code 74)
@@ -60,7 +62,8 @@ from c3fs.jobs.runstate import (
 from c3fs.objects.ids import check_name, check_new_job_id, new_job_id
 from c3fs.objects.job import CANCELED, FAILED, JOB, SUCCEEDED, TIMEOUT, Input, JobRecord
 from c3fs.repo import Repo
-from c3fs.store.locks import RUN_LOCK_WAIT
+from c3fs.store.backend import BackendError, TemporaryBackendError
+from c3fs.store.locks import RUN_LOCK_WAIT, Lease, reserve_job
 from c3fs.vfs import Vfs
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,36 @@ def run_job(repo: Repo, spec: JobSpec,
     _check_timeout(spec.timeout)
     check_name(spec.project, "project")
     job_id = new_job_id() if spec.job_id is None else check_new_job_id(spec.job_id)
-    ensure_free(repo, JOB, job_id)
+    reservation = None if spec.job_id is None else _reserve(repo, job_id)
+    try:
+        ensure_free(repo, JOB, job_id)  # (after reserving: a run registers before it lets go)
+        record, outcome = _run_reserved(repo, spec, job_id)
+    finally:
+        if reservation is not None:  # (one left behind is a dead run's: taken over)
+            reservation.release_after_error()
+    if changed is not None:
+        changed.extend(outcome.changed)
+    if vanished is not None:
+        vanished.extend(outcome.vanished)
+    return record, _exit_code(outcome)
+
+
+def _reserve(repo: Repo, job_id: str) -> Lease | None:
+    """Reserve a job id given by the user in the store while the job runs (`reserve_job`):
+    another live run of it, here or on another host, is refused before anything runs. A
+    fresh id is no one else's: it costs no request. A store that takes no write from this
+    user cannot hold one: said once, and the run goes on (its upload fails, as before)."""
+    try:
+        return reserve_job(repo.store, job_id)
+    except BackendError as exc:
+        if isinstance(exc, TemporaryBackendError):
+            raise
+        log.warning("job %s: its id could not be reserved in the store (%s): another run of "
+                    "the same id is not refused before it runs", job_id, exc)
+        return None
+
+
+def _run_reserved(repo: Repo, spec: JobSpec, job_id: str) -> tuple[JobRecord | None, Outcome]:
     outputs = _without_artifacts(output_dirs(spec.workdir, spec.config.output))
     _check_mount_places(spec, outputs)
     clean_stale_runs()
@@ -130,11 +162,7 @@ def run_job(repo: Repo, spec: JobSpec,
             remember_run(repo, spec.workdir, record.id)
     finally:
         _release(lock, state)
-    if changed is not None:
-        changed.extend(outcome.changed)
-    if vanished is not None:
-        vanished.extend(outcome.vanished)
-    return record, _exit_code(outcome)
+    return record, outcome
 
 
 def _run_and_upload(repo: Repo, spec: JobSpec, job_id: str, artifacts: Path, outputs,

@@ -10,6 +10,10 @@ one of two racing parties sees the other.
 A mount of one job or dataset holds `locks/mount-<kind>-<name>-<token>` while it serves
 (c3fs.store.mounts): it excludes nobody; `rm` and `gc` read it.
 
+A run given its job id (`c3fs run -j ID`) holds `locks/run-<job id>` (`reserve_job`) from
+its start until its job is registered (or could not be): created create-only, so a second
+run of that id, on any host, is refused before it runs anything. Nobody else reads it.
+
 Leases. A holder rewrites its lock every `lease / 4` seconds (a heartbeat thread; each
 body carries a new beat number) for as long as it lives. Another process judges a lock:
 
@@ -53,7 +57,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from c3fs.errors import FormatError, LockedError, NotFound, UsageError, one_line
-from c3fs.objects.ids import token_hex
+from c3fs.objects.ids import is_name, token_hex
 from c3fs.objects.nesting import check_json_depth
 from c3fs.store.backend import BackendError, KeyExists, KeyMissing, StoreTimeout
 from c3fs.store.store import Store
@@ -64,6 +68,7 @@ LOCK_VERSION = 1
 GC_KEY = "locks/gc"
 PUSH_PREFIX = "locks/push-"
 MOUNT_PREFIX = "locks/mount-"
+RUN_PREFIX = "locks/run-"
 DEFAULT_LEASE = 60.0
 PUSH_LOCK_WAIT = 600.0  # how long a push waits for a running gc (--lock-wait), by default
 RUN_LOCK_WAIT = 3600.0  # ... and the upload of a job that has finished its work (run)
@@ -85,9 +90,11 @@ def this_host() -> str:
 
 
 def lock_kind(key: str) -> str:
-    """"gc", "mount" or "push": what holds a lock, told by its key."""
+    """"gc", "mount", "run" or "push": what holds a lock, told by its key."""
     if key == GC_KEY:
         return "gc"
+    if key.startswith(RUN_PREFIX):
+        return "run"
     return "mount" if key.startswith(MOUNT_PREFIX) else "push"
 
 
@@ -278,8 +285,8 @@ def unlock(store: Store, name: str, force: bool = False) -> LockInfo:
     once it is judged expired. LockedError naming the holder while it is alive."""
     key = name if name.startswith("locks/") else f"locks/{name}"
     if not lock_name(key):
-        raise UsageError(f"{name!r} is not a lock name: gc, push-<token> or mount-<...> "
-                         "(c3fs unlock --list)")
+        raise UsageError(f"{name!r} is not a lock name: gc, push-<token>, mount-<...> or "
+                         "run-<job id> (c3fs unlock --list)")
     lock = read_lock(store, key)
     if lock is None:
         raise NotFound(f"no lock {name!r} in the store (c3fs unlock --list shows them)")
@@ -293,7 +300,10 @@ def unlock(store: Store, name: str, force: bool = False) -> LockInfo:
 
 
 def lock_name(key: str) -> bool:
-    """Whether `key` can be a lock's: locks/gc, locks/push-<token>, locks/mount-<...>."""
+    """Whether `key` can be a lock's: locks/gc, locks/push-<token>, locks/mount-<...>,
+    locks/run-<job id>."""
+    if key.startswith(RUN_PREFIX):
+        return is_name(key[len(RUN_PREFIX):])
     if key.startswith(PUSH_PREFIX):
         return key[len(PUSH_PREFIX):].isalnum()
     if key.startswith(MOUNT_PREFIX):  # (kind, name and token: c3fs.store.mounts)
@@ -508,10 +518,11 @@ def gc_lock(store: Store) -> Iterator[Lease]:
     lease.release()
 
 
-def _take(store: Store, lease: Lease, refusal: Callable[[str], str]) -> None:
+def _take(store: Store, lease: Lease, refusal: Callable[[str], str],
+          watching: Callable[[LockInfo], None] | None = None) -> None:
     """Create `lease`'s lock (create-only) and hold it. One held by a live process is
     LockedError(refusal(" (<its holder>)")); a dead one's is broken and taken over (one of
-    another host once it has gone unrenewed for its lease)."""
+    another host is first watched for up to its lease, `watching` told so)."""
     for _ in range(2):
         try:
             lease.acquire(create=True)
@@ -520,12 +531,31 @@ def _take(store: Store, lease: Lease, refusal: Callable[[str], str]) -> None:
             held = read_lock(store, lease.key)
             if held is None:
                 continue
+            if watching is not None and held.alive_here() is None:
+                watching(held)
             alive, expired = live_locks(store, [held])
             if alive:
                 raise LockedError(refusal(f" ({alive[0].holder()})")) from None
             for lock in expired:
                 break_lock(store, lock)
     raise LockedError(refusal(""))
+
+
+def reserve_job(store: Store, job_id: str) -> Lease:
+    """Reserve `job_id` for a run (`locks/run-<job id>`), held until released: LockedError
+    naming the holder while another live run of that id holds it; that of a dead run (killed,
+    its host gone) is taken over, one of another host once it has gone unrenewed for its lease.
+    The caller releases it once the job's ref exists (or could not be made)."""
+    lease = Lease(store, f"{RUN_PREFIX}{job_id}")
+
+    def watching(held: LockInfo) -> None:
+        log.warning("job id %s is reserved by a run of another host, %s: checking whether it "
+                    "is still running (up to %.0f s: a live run renews it)", job_id,
+                    held.holder(), held.lease)
+
+    _take(store, lease, lambda holder: f"job id {job_id!r} is taken by a run in progress"
+          f"{holder}: give this job another id (-j)", watching)
+    return lease
 
 
 def _refuse_live_pushes(store: Store) -> None:

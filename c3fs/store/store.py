@@ -6,7 +6,8 @@ Keys::
     packs/<xx>/<pack id>         packs (see c3fs.objects.pack)
     refs/jobs/<job id>           job records, create-only
     refs/datasets/<name>         dataset records, create-only
-    locks/<name>                 push and gc locks (see c3fs.store.locks)
+    locks/<name>                 push and gc locks, mount leases, run -j reservations
+                                 (see c3fs.store.locks)
     tags/<project>/<tag>/<gen>   tag records, create-only (see c3fs.jobs.tags)
     changes/<hour>/<ms>-<rand>-<add|rm>-<kind>-<name>
                                  the ref change log (`ref_log` 1 in config): empty objects,

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -202,6 +203,44 @@ def test_a_lock_of_this_host_is_its_holders_not_its_pids(site: Site, small_tree:
         other.wait()
     assert done.code == 0 and "removed the expired push lock" in done.err, done.err
     assert lock_names(site) == []
+
+
+@needs_uts
+def test_a_run_of_a_job_id_reserved_on_another_host(site: Site, tmp_path: Path) -> None:
+    """`run -j job_x` on host-b while a run of job_x lives on host-a: refused before it runs
+    anything, once it has seen host-a renew its reservation (exit 7, naming host-a). Once
+    host-a's run is killed -9, its reservation is taken over after one lease unrenewed."""
+    work = {name: tmp_path / name for name in ("a", "b")}
+    for path in work.values():
+        path.mkdir()
+    holder = subprocess.Popen(on_host("host-a", [str(BIN), "run", "-C", str(work["a"]), "-j",
+                                                 "job_x", "--", "sh", "-c",
+                                                 "echo $$ > pid; exec sleep 120"]),
+                              env=site.env(C3FS_LOCK_LEASE=LEASE), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (work["a"] / "pid").exists() and (work["a"] / "pid").read_text(),
+                   "host-a's job")
+        listed = json.loads(host_run(site, "host-b", "unlock", "--list", "--json").ok().out)
+        assert [(lock["name"], lock["kind"], lock["host"]) for lock in listed] == \
+            [("run-job_x", "run", "host-a")]
+        live = host_run(site, "host-b", "run", "-C", str(work["b"]), "-j", "job_x", "--",
+                        "touch", "ran")
+        assert live.code == 7 and "taken by a run in progress" in live.err, live.err
+        assert "on host-a" in live.err and "checking whether it is still running" in live.err
+        assert os.listdir(work["b"]) == []
+    finally:
+        holder.kill()  # kill -9: the reservation stays behind, never renewed again
+        holder.wait()
+        if (work["a"] / "pid").exists():
+            os.kill(int((work["a"] / "pid").read_text()), signal.SIGKILL)
+    assert lock_names(site) == ["run-job_x"]
+    after = host_run(site, "host-b", "run", "-C", str(work["b"]), "-j", "job_x", "--",
+                     "touch", "ran")
+    assert after.code == 0, after.err
+    assert "removed the expired run lock run-job_x" in after.err and "host-a" in after.err
+    assert (work["b"] / "ran").exists() and lock_names(site) == []
+    assert site.record("job_x")["host"] == "host-b"
 
 
 @needs_uts
