@@ -159,9 +159,15 @@ def test_files_get_their_modes_with_or_without_fchmod(repo, tmp_path: Path, stag
     any other gets fchmod: a mode the umask would change, setuid and the like, a file under
     a temp name, a directory whose default ACL decides new files' modes."""
     vfs = pushed(repo, tmp_path)
-    chmodded: list[int] = []
+    calls = tmp_path / "fchmod"  # a file: the copy's writing process (a fork) counts there too
     real_fchmod = os.fchmod
-    monkeypatch.setattr(os, "fchmod", lambda fd, mode: chmodded.append(mode) or real_fchmod(fd, mode))
+
+    def fchmod(fd, mode):
+        with open(calls, "a") as f:
+            f.write(f"{mode}\n")
+        real_fchmod(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
     old = os.umask(umask)
     try:
         stats = Copier(vfs, keep_setuid=True).copy(root(vfs), tmp_path / "dst")
@@ -175,6 +181,7 @@ def test_files_get_their_modes_with_or_without_fchmod(repo, tmp_path: Path, stag
     assert (tmp_path / "acl" / "exec.sh").stat().st_mode & 0o7777 == 0o755  # not 0o750
     modes = [m.mode for m in trees.snapshot(tmp_path / "src").values() if m.kind == "file"]
     needed = [m for m in modes if m & ~0o777 or m & umask or staging == "temp-name"]
+    chmodded = [int(line) for line in calls.read_text().split()]
     assert sorted(chmodded) == sorted([*needed, 0o755])
     assert len(needed) < stats.files or staging == "temp-name"
 
@@ -861,8 +868,14 @@ def test_a_copy_with_small_and_big_files_keeps_a_core_for_the_small_files(
         started.wait(10)
         real_write_files(self, batch)
 
+    def far_done(self, batch):  # (small files the copy's writing process wrote: copyproc)
+        started.wait(10)
+        real_far_done(self, batch)
+
+    real_far_done = Copier._far_done
     monkeypatch.setattr(download._Lanes, "big", big)
     monkeypatch.setattr(Copier, "_write_files", write_files)
+    monkeypatch.setattr(Copier, "_far_done", far_done)
     Copier(vfs).copy(root(vfs), tmp_path / "dst")
     assert trees.diff(trees.as_copied(trees.snapshot(tmp_path / "src")),
                       trees.snapshot(tmp_path / "dst")) == []
@@ -883,11 +896,13 @@ def test_a_store_that_stops_answering_stops_the_copy_with_the_stores_exit_code(
         (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
         trees.write_file(src / f"d{i % 4}" / f"f{i:02d}.bin", trees.rand_bytes(300_000, i))
     run_cli(["push", str(src), "-p", "p", "-j", "j1"]).ok()
-    real_read, reads = Store.read, []
+    real_read, reads = Store.read, tmp_path / "reads"  # counted in a file: the copy's
+    # writing process (a fork: c3fs/jobs/copyproc.py) reads too
 
     def failing(self, *args, **kwargs):
-        reads.append(1)
-        if len(reads) > 5:
+        with open(reads, "a") as f:
+            f.write(".")
+        if reads.stat().st_size > 5:
             raise BackendError("no answer from the store within 6 s")
         return real_read(self, *args, **kwargs)
 
@@ -926,3 +941,108 @@ def test_a_sparse_files_holes_stay_holes_in_its_copy(run_cli, tmp_path: Path) ->
             # each run of data costs at most the 1 MiB chunks of zeros on either side of it
             # (only a whole chunk of zeros is a known hole), and its own block
             assert copied.stat().st_blocks * 512 <= 3 * (2 * 1024 * 1024 + 8192), (copy, name)
+
+
+# small files written by a second process (c3fs/jobs/copyproc.py) ---------------------------
+def _near_batches(monkeypatch) -> list[list[bytes]]:
+    """The names of the files the copy's own small files' thread writes, batch by batch."""
+    near: list[list[bytes]] = []
+    real = Copier._write_files
+
+    def write_files(self, batch):
+        near.append([os.path.basename(path) for _, path in batch])
+        real(self, batch)
+
+    monkeypatch.setattr(Copier, "_write_files", write_files)
+    return near
+
+
+def test_a_directorys_small_files_are_written_by_a_second_process(repo, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Every small file of a directory's copy from a local store is written by the process
+    the copy forks, none by its own small files' thread, each as the source has it (bytes,
+    mode, mtime); without that process (one CPU) they are all written here, alike."""
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    vfs = pushed(repo, tmp_path)
+    near = _near_batches(monkeypatch)
+    stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
+    assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
+    assert near == [] and stats.files == sum(1 for m in expected.values() if m.kind == "file")
+    assert not leftovers(tmp_path / "dst")
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0})
+    assert Copier(vfs).copy(root(vfs), tmp_path / "one").files == stats.files
+    assert trees.diff(expected, trees.snapshot(tmp_path / "one")) == []
+    assert sum(map(len, near)) == stats.files - 1  # all but big.bin
+
+
+def test_a_small_file_the_second_process_cannot_write_is_written_by_the_copy(
+        repo, tmp_path: Path, monkeypatch) -> None:
+    """The process is told where the chunks it is to read lie; a chunk not read there (here:
+    one cached in memory, which the copy takes from its cache) leaves the file to the copy,
+    which writes it the usual way. Nothing is written twice, nothing left out."""
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    vfs = pushed(repo, tmp_path)
+    exec_sh = vfs.resolve("/jobs/j1/exec.sh")
+    vfs.open(exec_sh).read(0, exec_sh.size)  # its chunk now in the blob cache
+    near = _near_batches(monkeypatch)
+    stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    assert near == [[b"exec.sh"]]
+    expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
+    assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
+    assert stats.files == sum(1 for m in expected.values() if m.kind == "file")
+
+
+def test_a_copy_whose_second_process_dies_writes_the_rest_itself(repo, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The process killed (-9) after its first answer: the copy writes every batch it had
+    sent and not had answered, and the copy is whole, with no temp file."""
+    import signal
+
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "SMALL_BATCH", 2)
+    vfs = pushed(repo, tmp_path)
+    near = _near_batches(monkeypatch)
+    real_far_done, answered = Copier._far_done, []
+
+    def far_done(self, batch):
+        real_far_done(self, batch)
+        if not answered:
+            os.kill(self._far.pid, signal.SIGKILL)
+        answered.append(len(batch))
+
+    monkeypatch.setattr(Copier, "_far_done", far_done)
+    stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
+    assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
+    assert not leftovers(tmp_path / "dst")
+    files = sum(1 for m in expected.values() if m.kind == "file")
+    assert stats.files == files and len(answered) > 2
+    assert 0 < sum(map(len, near)) <= files - 1 - answered[0]  # (big.bin: not a small file)
+
+
+def test_an_interrupted_copy_kills_its_second_process(repo, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    """Ctrl-C while the copy walks: the process is killed and reaped (no orphan goes on
+    writing), and what it had not named is gone with it."""
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "SMALL_BATCH", 2)
+    vfs = pushed(repo, tmp_path)
+    writers = []
+    real_start = download.Writer.start
+
+    def start(copier, unnamed):
+        writers.append(real_start(copier, unnamed))
+        return writers[-1]
+
+    def interrupted(self, node, path, futures):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download.Writer, "start", start)
+    monkeypatch.setattr(Copier, "_submit_big", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    assert writers and writers[0] is not None
+    with pytest.raises(ChildProcessError):  # reaped already
+        os.waitpid(writers[0].pid, os.WNOHANG)
+    assert not leftovers(tmp_path / "dst")

@@ -8,7 +8,10 @@ leaves no temp file either where O_TMPFILE works. An unnamed file spares the ker
 directory lock while it allocates the inode, so one directory's files are created in
 parallel, and needs no rename; mode and mtime are set through the fd, not the path (an
 unnamed file whose mode the umask lets through is created with it: no fchmod). Small files
-go in batches to one thread, their chunks read first in a few reads of neighbouring blobs.
+go in batches to one thread, their chunks read first in a few reads of neighbouring blobs;
+a directory's copy from a local store sends them to a process of its own instead, which
+writes them with this code (c3fs/jobs/copyproc.py: the copy's critical path, on a core of
+its own).
 Modes (without setuid, setgid and sticky bits unless asked), mtimes and symlinks are
 restored; links are created, never followed. A directory on the
 way that is a symlink or a file is an error, never written through. A file whose size and
@@ -57,6 +60,7 @@ from dataclasses import dataclass, field
 
 from c3fs.errors import BlobUnavailable, DataError, DestinationError, FormatError, one_line
 from c3fs.fsutil import count, human, shortened
+from c3fs.jobs.copyproc import Writer
 from c3fs.objects.ids import blob_id, token_hex
 from c3fs.objects.tree import DIR, FILE, LINK
 from c3fs.reader import FileReader
@@ -194,6 +198,7 @@ class Copier:
         self._umask = _umask()
         self._acl_dirs: set[bytes] = set()  # directories whose default ACL, not the umask,
         # sets a new file's mode (`_creation_mode`)
+        self._far = None  # the process that writes small files too (`copyproc`)
 
     def copy(self, node: Node, dest: str | os.PathLike, follow: bool = True) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir.
@@ -247,8 +252,10 @@ class Copier:
 
     def _copy_all(self, node: Node, target: bytes, found: os.stat_result | None) -> None:
         dirs: list[tuple[bytes, Node]] = []
+        self._far = Writer.start(self, self._proc_fds is not None) if node.kind == DIR else None
         try:
             with (ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-small") as self._smalls,
+                  ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-far") as self._fars,
                   ThreadPoolExecutor(self.workers, thread_name_prefix="c3fs-cp") as self._bigs):
                 futures = _Window(PENDING)
                 if node.kind == DIR:
@@ -258,8 +265,12 @@ class Copier:
                 self._flush_small(futures)
                 futures.wait_all()
         except BaseException:  # every task has ended: the directories still get their modes
+            if self._far is not None:
+                self._far.close(kill=True)
             _finish_dirs(dirs, self._mode, strict=False)
             raise
+        if self._far is not None:
+            self._far.close()
         _finish_dirs(dirs, self._mode, strict=True)
 
     def _copy_dir(self, node: Node, path: bytes, futures, dirs) -> None:
@@ -349,7 +360,11 @@ class Copier:
         third of the copy's CPU went to those hand-offs (futex wake-ups and context
         switches). The whole dataset, cold: 2.1-2.3 s with 4 threads for every file,
         1.5-1.9 s with this one for small files and 4 for the parts of big files, which
-        mostly decompress and hash without the GIL."""
+        mostly decompress and hash without the GIL. A process has a GIL of its own: where
+        the copy has one (`copyproc`), the batch goes there, and only the files it cannot
+        take, or leaves, to the thread."""
+        if self._small and self._far is not None:
+            self._send_far(futures)
         if self._small:
             self._fetch_ahead([c for node, _ in self._small for c in node.entry.chunk_ids()],
                               first=True)
@@ -357,6 +372,36 @@ class Copier:
             self._lanes.small_queued(future)
             futures.append(future)
             self._small = []
+
+    def _send_far(self, futures) -> None:
+        """Send the batch's files to the process that writes small files too (`copyproc`),
+        with where their chunks lie; those written in place, or with a hole, stay here."""
+        holes, in_place = self.vfs.repo.blobs.holes, self._in_place
+        far, near, files = [], [], []
+        for node, path in self._small:
+            entry = node.entry
+            if path in in_place or any(map(holes.is_hole, entry.chunk_ids(), entry.sizes)):
+                near.append((node, path))
+                continue
+            far.append((node, path))
+            files.append((path, entry, self._creation_mode(node, path)))
+        where = self.vfs.repo.blobs.locate([c for _, entry, _ in files for c in entry.chunk_ids()])
+        if not far or not self._far.send(files, where):  # (gone: written here)
+            return
+        future = self._fars.submit(self._far_done, far)
+        self._lanes.small_queued(future)
+        futures.append(future)
+        self._small = near
+
+    def _far_done(self, batch: list[tuple[Node, bytes]]) -> None:
+        """Count the files the other process wrote; write those it left, here."""
+        left = set(self._far.answer(len(batch)))
+        for i, (node, _) in enumerate(batch):
+            if i not in left:
+                self.progress(node.size)
+                self._count(node)
+        if left:
+            self._write_files([batch[i] for i in sorted(left)])
 
     def _submit_big(self, node: Node, path: bytes, futures) -> None:
         """A big file is cut into parts that several workers write at once (pwrite)."""
@@ -386,11 +431,22 @@ class Copier:
 
     def _write_file(self, node: Node, path: bytes, got: dict[bytes, bytes] | None = None) -> None:
         """`got`: chunks read already (`_write_files`)."""
+        try:
+            self._write_new(node, path, got, self._creation_mode(node, path))
+        except BaseException as exc:
+            if self._damaged(exc):
+                return
+            raise
+        self._count(node)
+
+    def _write_new(self, node: Node, path: bytes, got: dict[bytes, bytes] | None,
+                   mode: int | None) -> None:
+        """Write a file whole, named only once complete (`_Staged`, created with `mode`): if
+        anything fails, nothing is left and the error is raised, naming the file."""
         staged = None
         try:
             with _named_errors(node, path):
-                staged = _Staged(path, self._proc_fds, path in self._in_place,
-                                 self._creation_mode(node, path))
+                staged = _Staged(path, self._proc_fds, path in self._in_place, mode)
                 reader = self._open(node, got)
                 holes = False
                 for i in range(len(reader.ids)):
@@ -405,12 +461,9 @@ class Copier:
                 if holes:  # (one at the end: the file is as long as its last write)
                     os.ftruncate(staged.fd, node.size)
                 staged.commit(self._mode(node), node.mtime_ns)
-        except BaseException as exc:  # never a partial file under the real name
+        except BaseException:  # never a partial file under the real name
             _discard(staged)
-            if self._damaged(exc):
-                return
             raise
-        self._count(node)
 
     def _write_into(self, node: Node, path: bytes) -> None:
         """Write into the fifo or device at `path` (a fifo: once a reader opens it). Its

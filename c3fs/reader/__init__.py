@@ -139,30 +139,21 @@ class BlobSource:
         (a copy's small files: a lookup, a read and a few Python calls less a file). Left
         out, for `get` to fetch one by one with its retries, repairs and errors: what is
         cached (`get` has it), missing, damaged, or in a remote store. Kept nowhere."""
+        return read_located(self.store, self.locate(blob_ids))
+
+    def locate(self, blob_ids: list[bytes]) -> dict[bytes, Location]:
+        """Where `get_many` would read those of `blob_ids` it reads (`read_located`): a local
+        store's, not cached, and known to the index; {} if the index is damaged (`get`
+        repairs it)."""
         if LOCAL not in self.store.backend.capabilities or not blob_ids:
             return {}
         wanted = [b for b in dict.fromkeys(blob_ids) if b not in self._cache]
         try:
             locs = self.index.lookup_many(wanted)
         except IndexDamaged:
-            return {}  # `get` repairs it
-        found = sorted((loc, blob_id) for blob_id, loc in zip(wanted, locs, strict=True)
-                       if loc is not None)
-        got: dict[bytes, bytes] = {}
-        for run in _runs(found):
-            first, last = run[0][0], run[-1][0]
-            try:
-                stored = self.store.read(first.pack_id, first.offset,
-                                         last.offset + last.length - first.offset)
-            except BackendError:  # (a missing pack too)
-                continue  # `get` says what is wrong
-            for loc, blob_id in run:
-                at = loc.offset - first.offset
-                try:
-                    got[blob_id] = self._decode(blob_id, loc, stored[at : at + loc.length])
-                except DataError:
-                    pass  # `get` reads it again, and says what is wrong
-        return got
+            return {}
+        return {blob_id: loc for blob_id, loc in zip(wanted, locs, strict=True)
+                if loc is not None}
 
     def keep(self, blobs: dict[bytes, bytes]) -> None:
         """Keep verified plain bytes (from `get_many`) in the cache, as `get` would have."""
@@ -330,6 +321,28 @@ class BlobSource:
         if len(stored) != loc.length:
             raise BlobCorrupt(blob_id, loc.pack_id, "pack is truncated")
         return codec.decode(blob_id, loc.codec, stored, loc.plain_len, loc.pack_id)
+
+
+def read_located(store: Store, where: dict[bytes, Location]) -> dict[bytes, bytes]:
+    """The verified plain bytes of the blobs at those places in `store`'s packs, neighbours
+    read at once (`_runs`); a blob whose pack cannot be read, or that is damaged, is left
+    out (`BlobSource.get` says what is wrong). Needs no index: a copy's writing process
+    (c3fs/jobs/copyproc.py) is sent the places."""
+    got: dict[bytes, bytes] = {}
+    for run in _runs(sorted((loc, blob_id) for blob_id, loc in where.items())):
+        first, last = run[0][0], run[-1][0]
+        try:
+            stored = store.read(first.pack_id, first.offset,
+                                last.offset + last.length - first.offset)
+        except BackendError:  # (a missing pack too)
+            continue
+        for loc, blob_id in run:
+            at = loc.offset - first.offset
+            try:
+                got[blob_id] = BlobSource._decode(blob_id, loc, stored[at : at + loc.length])
+            except DataError:
+                pass
+    return got
 
 
 def _runs(found: list[tuple[Location, bytes]], gap: int = RUN_GAP, most: int = RUN_MAX
