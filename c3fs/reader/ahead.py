@@ -118,9 +118,11 @@ class Ahead:
     def want(self, blob_ids: list[bytes], known: Callable[[bytes], bool], keep: bool = True,
              first: bool = False, wave: bool = False) -> None:
         """Fetch these blobs ahead, in this order (`known`: already cached elsewhere; `keep`:
-        their pack blocks also go to the store's disk cache; `first`: before the spans
-        queued already, see `BlobSource.prefetch`; `wave`: in one wave of GETs if reading
-        over wider gaps makes them fit the workers, see `spans_of`)."""
+        their GETs go through the store's disk cache, which keeps the blocks a GET holds
+        whole: one over 4+ blocks none of which is cached is exact, its edge blocks not
+        kept, see EXACT_SPAN in c3fs/store/cache.py; `first`: before the spans queued
+        already, see `BlobSource.prefetch`; `wave`: in one wave of GETs if reading over
+        wider gaps makes them fit the workers, see `spans_of`)."""
         wanted = [b for b in dict.fromkeys(blob_ids) if b not in self and not known(b)]
         try:  # one index transaction for all of them (a batch of 64 small files)
             located = [(blob_id, loc) for blob_id, loc in
