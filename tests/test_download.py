@@ -963,6 +963,7 @@ def test_a_directorys_small_files_are_written_by_a_second_process(repo, tmp_path
     the copy forks, none by its own small files' thread, each as the source has it (bytes,
     mode, mtime); without that process (one CPU) they are all written here, alike."""
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "SMALL_BATCH", 4)  # (forked for the first full batch)
     vfs = pushed(repo, tmp_path)
     near = _near_batches(monkeypatch)
     stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
@@ -982,6 +983,7 @@ def test_a_small_file_the_second_process_cannot_write_is_written_by_the_copy(
     one cached in memory, which the copy takes from its cache) leaves the file to the copy,
     which writes it the usual way. Nothing is written twice, nothing left out."""
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "SMALL_BATCH", 4)
     vfs = pushed(repo, tmp_path)
     exec_sh = vfs.resolve("/jobs/j1/exec.sh")
     vfs.open(exec_sh).read(0, exec_sh.size)  # its chunk now in the blob cache
@@ -1046,3 +1048,24 @@ def test_an_interrupted_copy_kills_its_second_process(repo, tmp_path: Path,
     with pytest.raises(ChildProcessError):  # reaped already
         os.waitpid(writers[0].pid, os.WNOHANG)
     assert not leftovers(tmp_path / "dst")
+
+
+def test_a_copy_of_fewer_small_files_than_a_batch_forks_nothing(repo, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """The process is forked for a copy's first full batch of small files: a copy of a few
+    (a pull of many small jobs: one copy each) costs no fork; its thread writes them."""
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    vfs = pushed(repo, tmp_path)
+    files = sum(1 for m in trees.snapshot(tmp_path / "src").values() if m.kind == "file")
+    monkeypatch.setattr(download, "SMALL_BATCH", files)  # more than its small files
+    started = []
+    real_start = download.Writer.start
+    monkeypatch.setattr(download.Writer, "start",
+                        lambda copier, unnamed: started.append(1) or real_start(copier, unnamed))
+    near = _near_batches(monkeypatch)
+    assert Copier(vfs).copy(root(vfs), tmp_path / "dst").files == files
+    assert started == [] and sum(map(len, near)) == files - 1  # (big.bin: in parts)
+    monkeypatch.setattr(download, "SMALL_BATCH", files - 1)  # one full batch: forked
+    near.clear()
+    assert Copier(vfs).copy(root(vfs), tmp_path / "dst2").files == files
+    assert started == [1] and near == []

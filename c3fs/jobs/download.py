@@ -199,6 +199,7 @@ class Copier:
         self._acl_dirs: set[bytes] = set()  # directories whose default ACL, not the umask,
         # sets a new file's mode (`_creation_mode`)
         self._far = None  # the process that writes small files too (`copyproc`)
+        self._may_fork = False
 
     def copy(self, node: Node, dest: str | os.PathLike, follow: bool = True) -> CopyStats:
         """Copy `node` to `dest`: a file to that path, a directory's contents into that dir.
@@ -252,7 +253,8 @@ class Copier:
 
     def _copy_all(self, node: Node, target: bytes, found: os.stat_result | None) -> None:
         dirs: list[tuple[bytes, Node]] = []
-        self._far = Writer.start(self, self._proc_fds is not None) if node.kind == DIR else None
+        self._far = None
+        self._may_fork = node.kind == DIR  # once it has a full batch of small files
         try:
             with (ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-small") as self._smalls,
                   ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-far") as self._fars,
@@ -362,7 +364,11 @@ class Copier:
         1.5-1.9 s with this one for small files and 4 for the parts of big files, which
         mostly decompress and hash without the GIL. A process has a GIL of its own: where
         the copy has one (`copyproc`), the batch goes there, and only the files it cannot
-        take, or leaves, to the thread."""
+        take, or leaves, to the thread. It is forked for the first full batch: a copy of a
+        few files (a pull of many small jobs) forks nothing."""
+        if self._may_fork and len(self._small) >= SMALL_BATCH:
+            self._may_fork = False
+            self._far = Writer.start(self, self._proc_fds is not None)
         if self._small and self._far is not None:
             self._send_far(futures)
         if self._small:
