@@ -18,6 +18,11 @@ it, else moves it aside). Statuses follow the platform:
 - `--timeout` passed                 -> TIMEOUT (exit code 124)
 - SIGINT / SIGTERM to `c3fs run`     -> CANCELED (exit code 130)
 
+A SIGINT or SIGTERM cancels the job whenever it comes while the command runs, even while it
+is being started (the command is stopped as soon as its process is known); more while the
+job is being stopped change nothing. One before the command starts, or after it ended
+(during the upload), interrupts the run: nothing is recorded.
+
 When the script failed, timed out or was canceled, the upload is best effort: errors are
 logged and whatever was collected stays browsable. Whenever the upload fails, whatever the
 status, the local artifacts dir is kept (as always) and its path logged: nothing is lost.
@@ -229,24 +234,88 @@ class _Canceled(Exception):
     pass
 
 
+CANCEL_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _CancelOnSignal:
+    """SIGINT and SIGTERM to `c3fs run` cancel its job, from just before its command starts
+    until it has ended or been stopped (`install` ... `restore`), whenever they come: one
+    that comes while the command is being started (before its process is known) is held
+    until the run waits for it (`arm`), which then raises `_Canceled`, as the handler does
+    from then on (the first time only). More while the job is being stopped (canceled or
+    timed out) change nothing: it is stopped and recorded. One that comes after the command
+    ended, or when it could not start, is given to the previous handler on `restore`
+    (Ctrl-C then interrupts the upload, as it does later on)."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.held: int | None = None  # a signal that came while not armed
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in CANCEL_SIGNALS}
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.armed:
+            self.armed = False  # (one cancel: the next signal must not interrupt the stop)
+            raise _Canceled()
+        self.held = self.held or signum
+
+    def arm(self) -> None:
+        """Cancel at the next signal, or now if one came since `install`."""
+        self.armed = True
+        if self.held is not None:
+            self._on_signal(self.held, None)
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def restore(self, stopped: bool) -> None:
+        """Put the previous handlers back and give them a signal held since the command
+        ended (none when the job was `stopped`: canceled or timed out)."""
+        self.armed = False
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        if self.held is not None and not stopped:
+            signal.raise_signal(self.held)
+
+
 def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
              state: RunState) -> None:
     env = dict(os.environ, **spec.config.env, C3_ARTIFACTS_DIR=str(artifacts),
                C3_JOB_ID=job_id, C3_PROJECT=spec.project)
+    cancel = _CancelOnSignal()
+    cancel.install()  # before the command starts: a signal once it runs is never lost
     try:
-        proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env, start_new_session=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as exc:
-        log.error("cannot start %s: %s", spec.command[0], exc.strerror)
-        outcome.status, outcome.reason, outcome.exit_code = FAILED, "SCRIPT_ERROR", 127
-        return
-    outcome.command_started = True
-    state.command_started(proc.pid)
-    tee = Tee(state.dir / "logs", stdout_fd=2 if spec.stdout_to_stderr else 1)  # kept too
-    tee.start(proc)
-    previous = _forward_signals()
+        try:
+            proc = subprocess.Popen(spec.command, cwd=spec.workdir, env=env,
+                                    start_new_session=True, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+        except OSError as exc:
+            log.error("cannot start %s: %s", spec.command[0], exc.strerror)
+            outcome.status, outcome.reason, outcome.exit_code = FAILED, "SCRIPT_ERROR", 127
+            return
+        outcome.command_started = True
+        state.command_started(proc.pid)
+        tee = Tee(state.dir / "logs", stdout_fd=2 if spec.stdout_to_stderr else 1)  # kept too
+        tee.start(proc)
+        try:
+            _wait(spec, job_id, proc, outcome, cancel)
+        finally:
+            tee.finish()
+    finally:
+        cancel.restore(stopped=outcome.status in (CANCELED, TIMEOUT))
+
+
+def _wait(spec: JobSpec, job_id: str, proc: subprocess.Popen, outcome: Outcome,
+          cancel: _CancelOnSignal) -> None:
+    """Wait for the command; stop it when it times out or the run is canceled."""
     try:
-        code = proc.wait(timeout=spec.timeout)
+        try:
+            cancel.arm()
+            code = proc.wait(timeout=spec.timeout)
+        finally:
+            cancel.disarm()
         outcome.exit_code = code if code >= 0 else 128 - code
         if code != 0:
             outcome.status, outcome.reason = FAILED, "SCRIPT_ERROR"
@@ -258,17 +327,6 @@ def _execute(spec: JobSpec, job_id: str, artifacts: Path, outcome: Outcome,
         log.error("job %s canceled; stopping it (SIGTERM, then SIGKILL after %.0fs)", job_id,
                   KILL_GRACE)
         outcome.status, outcome.exit_code = CANCELED, _stop(proc)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        tee.finish()
-
-
-def _forward_signals() -> dict:
-    def cancel(signum, frame):
-        raise _Canceled()
-
-    return {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _stop(proc: subprocess.Popen) -> int:
