@@ -1050,6 +1050,75 @@ def test_an_interrupted_copy_kills_its_second_process(repo, tmp_path: Path,
     assert not leftovers(tmp_path / "dst")
 
 
+_KILLED_COPY = """
+import os, sys, time
+from c3fs.jobs import download
+from c3fs.jobs.download import Copier
+from c3fs.repo import Repo
+from c3fs.vfs import Vfs
+
+store, dst, ready = sys.argv[1:]
+os.sched_getaffinity = lambda pid: {0, 1}
+download.SMALL_BATCH = 2
+copy, real = os.getpid(), Copier._write_new
+
+def write_new(self, node, path, got, mode):
+    if os.getpid() != copy:  # the writing process: says so, then writes nothing for an hour
+        with open(ready + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(ready + ".tmp", ready)
+        time.sleep(3600)
+    real(self, node, path, got, mode)
+
+Copier._write_new = write_new
+vfs = Vfs(Repo.open(store))
+Copier(vfs).copy(vfs.resolve("/jobs/j1"), dst)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie nobody reaps has too)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_copy_killed_with_minus_9_takes_its_second_process_along(
+        repo, store_env, tmp_path: Path) -> None:
+    """The copy (its own process here) killed with SIGKILL while its writing process has
+    batches to write: that process is killed with it, not left writing on as an orphan
+    (naming files after the copy is gone), and it has named nothing it had not finished."""
+    import signal
+    import sys
+    import time
+
+    pushed(repo, tmp_path)
+    ready = tmp_path / "ready"
+    copy = subprocess.Popen([sys.executable, "-c", _KILLED_COPY, str(store_env.store),
+                             str(tmp_path / "dst"), str(ready)])
+    child = None
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and copy.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the writing process never started writing"
+        child = int(ready.read_text())
+        copy.kill()
+        copy.wait()
+        deadline = time.monotonic() + 60  # (a bound, not a figure: it ends at once)
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child), "the writing process outlived the copy killed with -9"
+    finally:
+        if copy.poll() is None:
+            copy.kill()
+        if child is not None and not _gone(child):
+            os.kill(child, signal.SIGKILL)
+    assert not leftovers(tmp_path / "dst")
+
+
 def test_a_copy_of_fewer_small_files_than_a_batch_forks_nothing(repo, tmp_path: Path,
                                                                 monkeypatch) -> None:
     """The process is forked for a copy's first full batch of small files: a copy of a few
