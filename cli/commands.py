@@ -489,7 +489,7 @@ def cp(ctx: Ctx, src: str, dst: str, recursive: bool, project: str | None,
     with output.progress_bar("cp", None if sizes is None else sum(sizes),
                              None if sizes is None else len(sizes)) as advance:
         stats = Copier(vfs, progress=advance, keep_setuid=keep_setuid,
-                       files_done=lambda n: advance(0, n)).copy(node, target)
+                       files_done=lambda n: advance(0, n), fork=True).copy(node, target)
     output.timing(f"cp {src}: {output.count(stats.files, 'file')} copied", started, stats.bytes)
     output.note(f"{output.count(stats.files, 'file')} copied ({output.human(stats.bytes)}), "
                      f"{stats.skipped} unchanged, {output.count(stats.links, 'symlink')}")

@@ -177,7 +177,7 @@ def pull(ctx: Ctx, jobs: tuple[str, ...], dest: str, as_json: bool, keep_setuid:
         with output.progress_bar("pull", pull_total(records),
                                  sum(r.files for r in records)) as advance:
             pulled = run_pull(repo, job_ids, dest, advance, keep_setuid, records,
-                              files_done=lambda n: advance(0, n))
+                              files_done=lambda n: advance(0, n), fork=True)
     except PullIncomplete as exc:  # say what did arrive, then the error
         _print_pulled(exc.pulled, as_json)
         raise

@@ -850,6 +850,7 @@ def test_a_copy_with_small_and_big_files_keeps_a_core_for_the_small_files(
     monkeypatch.setattr(download, "PART", 256 * 1024)
     monkeypatch.setattr(download, "SMALL_BATCH", 1)  # each small file queued as it is met
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "FORK_AFTER", 0)
     vfs = pushed(repo, tmp_path)
     seen: list[tuple[int, int]] = []  # (big tasks running, small batches queued), per task
     started = threading.Event()
@@ -963,16 +964,17 @@ def test_a_directorys_small_files_are_written_by_a_second_process(repo, tmp_path
     the copy forks, none by its own small files' thread, each as the source has it (bytes,
     mode, mtime); without that process (one CPU) they are all written here, alike."""
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "FORK_AFTER", 0)
     monkeypatch.setattr(download, "SMALL_BATCH", 4)  # (forked for the first full batch)
     vfs = pushed(repo, tmp_path)
     near = _near_batches(monkeypatch)
-    stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    stats = Copier(vfs, fork=True).copy(root(vfs), tmp_path / "dst")
     expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
     assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
     assert near == [] and stats.files == sum(1 for m in expected.values() if m.kind == "file")
     assert not leftovers(tmp_path / "dst")
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0})
-    assert Copier(vfs).copy(root(vfs), tmp_path / "one").files == stats.files
+    assert Copier(vfs, fork=True).copy(root(vfs), tmp_path / "one").files == stats.files
     assert trees.diff(expected, trees.snapshot(tmp_path / "one")) == []
     assert sum(map(len, near)) == stats.files - 1  # all but big.bin
 
@@ -983,12 +985,13 @@ def test_a_small_file_the_second_process_cannot_write_is_written_by_the_copy(
     one cached in memory, which the copy takes from its cache) leaves the file to the copy,
     which writes it the usual way. Nothing is written twice, nothing left out."""
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "FORK_AFTER", 0)
     monkeypatch.setattr(download, "SMALL_BATCH", 4)
     vfs = pushed(repo, tmp_path)
     exec_sh = vfs.resolve("/jobs/j1/exec.sh")
     vfs.open(exec_sh).read(0, exec_sh.size)  # its chunk now in the blob cache
     near = _near_batches(monkeypatch)
-    stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    stats = Copier(vfs, fork=True).copy(root(vfs), tmp_path / "dst")
     assert near == [[b"exec.sh"]]
     expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
     assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
@@ -1002,6 +1005,7 @@ def test_a_copy_whose_second_process_dies_writes_the_rest_itself(repo, tmp_path:
     import signal
 
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "FORK_AFTER", 0)
     monkeypatch.setattr(download, "SMALL_BATCH", 2)
     vfs = pushed(repo, tmp_path)
     near = _near_batches(monkeypatch)
@@ -1014,7 +1018,7 @@ def test_a_copy_whose_second_process_dies_writes_the_rest_itself(repo, tmp_path:
         answered.append(len(batch))
 
     monkeypatch.setattr(Copier, "_far_done", far_done)
-    stats = Copier(vfs).copy(root(vfs), tmp_path / "dst")
+    stats = Copier(vfs, fork=True).copy(root(vfs), tmp_path / "dst")
     expected = trees.as_copied(trees.snapshot(tmp_path / "src"))
     assert trees.diff(expected, trees.snapshot(tmp_path / "dst")) == []
     assert not leftovers(tmp_path / "dst")
@@ -1028,6 +1032,7 @@ def test_an_interrupted_copy_kills_its_second_process(repo, tmp_path: Path,
     """Ctrl-C while the copy walks: the process is killed and reaped (no orphan goes on
     writing), and what it had not named is gone with it."""
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "FORK_AFTER", 0)
     monkeypatch.setattr(download, "SMALL_BATCH", 2)
     vfs = pushed(repo, tmp_path)
     writers = []
@@ -1043,7 +1048,7 @@ def test_an_interrupted_copy_kills_its_second_process(repo, tmp_path: Path,
     monkeypatch.setattr(download.Writer, "start", start)
     monkeypatch.setattr(Copier, "_submit_big", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        Copier(vfs).copy(root(vfs), tmp_path / "dst")
+        Copier(vfs, fork=True).copy(root(vfs), tmp_path / "dst")
     assert writers and writers[0] is not None
     with pytest.raises(ChildProcessError):  # reaped already
         os.waitpid(writers[0].pid, os.WNOHANG)
@@ -1060,6 +1065,7 @@ from c3fs.vfs import Vfs
 store, dst, ready = sys.argv[1:]
 os.sched_getaffinity = lambda pid: {0, 1}
 download.SMALL_BATCH = 2
+download.FORK_AFTER = 0
 copy, real = os.getpid(), Copier._write_new
 
 def write_new(self, node, path, got, mode):
@@ -1072,7 +1078,7 @@ def write_new(self, node, path, got, mode):
 
 Copier._write_new = write_new
 vfs = Vfs(Repo.open(store))
-Copier(vfs).copy(vfs.resolve("/jobs/j1"), dst)
+Copier(vfs, fork=True).copy(vfs.resolve("/jobs/j1"), dst)
 """
 
 
@@ -1119,22 +1125,59 @@ def test_a_copy_killed_with_minus_9_takes_its_second_process_along(
     assert not leftovers(tmp_path / "dst")
 
 
-def test_a_copy_of_fewer_small_files_than_a_batch_forks_nothing(repo, tmp_path: Path,
-                                                                monkeypatch) -> None:
-    """The process is forked for a copy's first full batch of small files: a copy of a few
-    (a pull of many small jobs: one copy each) costs no fork; its thread writes them."""
+def test_a_copy_forks_only_past_a_few_batches_and_only_when_asked(repo, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The process is forked once FORK_AFTER full batches of small files went to the copy's
+    thread (a copy of a few hundred files, each job of a pull of many small ones, forks
+    nothing), and only for a copy asked to (`fork`: the CLI's; a library does not fork
+    inside its caller's program)."""
     monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(download, "SMALL_BATCH", 2)
     vfs = pushed(repo, tmp_path)
     files = sum(1 for m in trees.snapshot(tmp_path / "src").values() if m.kind == "file")
-    monkeypatch.setattr(download, "SMALL_BATCH", files)  # more than its small files
+    batches = (files - 1) // 2  # full ones (big.bin is no small file)
     started = []
     real_start = download.Writer.start
     monkeypatch.setattr(download.Writer, "start",
                         lambda copier, unnamed: started.append(1) or real_start(copier, unnamed))
     near = _near_batches(monkeypatch)
-    assert Copier(vfs).copy(root(vfs), tmp_path / "dst").files == files
-    assert started == [] and sum(map(len, near)) == files - 1  # (big.bin: in parts)
-    monkeypatch.setattr(download, "SMALL_BATCH", files - 1)  # one full batch: forked
+    monkeypatch.setattr(download, "FORK_AFTER", batches)
+    assert Copier(vfs, fork=True).copy(root(vfs), tmp_path / "few").files == files
+    assert started == [] and sum(map(len, near)) == files - 1
+    monkeypatch.setattr(download, "FORK_AFTER", 0)
+    assert Copier(vfs).copy(root(vfs), tmp_path / "library").files == files
+    assert started == []
+    monkeypatch.setattr(download, "FORK_AFTER", batches - 1)  # forked for the last batch
     near.clear()
-    assert Copier(vfs).copy(root(vfs), tmp_path / "dst2").files == files
-    assert started == [1] and near == []
+    assert Copier(vfs, fork=True).copy(root(vfs), tmp_path / "many").files == files
+    assert started == [1] and 0 < sum(map(len, near)) < files - 1
+    for copy in ("few", "library", "many"):
+        assert trees.diff(trees.as_copied(trees.snapshot(tmp_path / "src")),
+                          trees.snapshot(tmp_path / copy)) == []
+
+
+def test_the_clis_cp_and_pull_write_small_files_in_a_second_process_the_api_does_not(
+        run_cli, tmp_path: Path, monkeypatch) -> None:
+    """`c3fs cp -r` and `c3fs pull` of a tree with more small files than FORK_AFTER
+    batches fork their writing process; the Python API's pull forks nothing inside its
+    caller's program. Every copy is the source's."""
+    import c3fs
+
+    monkeypatch.setattr(download.os, "sched_getaffinity", lambda pid: {0, 1})
+    src = tmp_path / "src"
+    for i in range(7):
+        (src / f"d{i}").mkdir(parents=True)
+    for i in range((download.FORK_AFTER + 2) * download.SMALL_BATCH):
+        trees.write_file(src / f"d{i % 7}" / f"f{i:04d}.json", trees.rand_bytes(200 + i, i))
+    run_cli(["push", str(src), "-p", "p", "-j", "many"]).ok()
+    started = []
+    real_start = download.Writer.start
+    monkeypatch.setattr(download.Writer, "start",
+                        lambda copier, unnamed: started.append(1) or real_start(copier, unnamed))
+    run_cli(["cp", "-r", "/jobs/many", str(tmp_path / "cp")]).ok()
+    run_cli(["pull", "many", "-d", str(tmp_path / "pulled")]).ok()
+    assert started == [1, 1]
+    c3fs.pull("many", tmp_path / "api")
+    assert started == [1, 1]
+    for copy in (tmp_path / "cp", tmp_path / "pulled" / "many", tmp_path / "api" / "many"):
+        assert trees.diff(trees.as_copied(trees.snapshot(src)), trees.snapshot(copy)) == []

@@ -26,6 +26,7 @@ killed itself (kill -9) takes it along (`_die_with`): it never writes on, an orp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -88,7 +89,12 @@ class Writer:
         self._lock = threading.Lock()  # one message at a time into the pipe
         self._dead = False
         copy, prctl = os.getpid(), _prctl()  # (found here: not in the process, each fork)
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError:
+            for fd in (to_child, self._send, self._answers, from_child):
+                os.close(fd)
+            raise
         if self.pid == 0:  # the process: never returns into the copy's code
             code = 1
             try:
@@ -143,10 +149,12 @@ class Writer:
 
     def close(self, kill: bool = False) -> None:
         """End the process: once it has written what it was sent, or at once (`kill`)."""
-        if kill:
-            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # (gone: reaped by whoever waited)
+            if kill:
+                os.kill(self.pid, signal.SIGKILL)
         os.close(self._send)
-        os.waitpid(self.pid, 0)
+        with contextlib.suppress(ChildProcessError):  # (a program that reaps its children)
+            os.waitpid(self.pid, 0)
         os.close(self._answers)
 
 

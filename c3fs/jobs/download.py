@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 TMP = b".c3fs-tmp."
 SMALL_FILE = 1024 * 1024  # files up to this size are written in batches
 SMALL_BATCH = 64
+FORK_AFTER = 4  # full batches of small files written by the thread before a process is forked
 BATCH_READ = 64 * 1024  # a batch's files up to this size are read at once (at most 4 MiB)
 PART = 16 * 1024 * 1024  # a bigger file is written in parts of about this size, in parallel
 PENDING = 256  # tasks queued ahead of the writers (a batch of small files is one): the walk
@@ -172,13 +173,17 @@ class CopyStats:
 class Copier:
     def __init__(self, vfs: Vfs, workers: int = 4, progress: Callable[[int], None] | None = None,
                  keep_setuid: bool = False, check_content: bool = False,
-                 files_done: Callable[[int], None] | None = None):
+                 files_done: Callable[[int], None] | None = None, fork: bool = False):
         """`progress(n)`: n more bytes copied or found unchanged; `files_done(1)`: one more
         file. `keep_setuid`: give files and directories the setuid, setgid and sticky bits the
         store says (by default they are dropped: a store is untrusted, as a tarball is to
         `tar` without --same-permissions). `check_content`: a file already there with the
         same size and mtime is skipped only if its bytes are the same too (see the module
-        doc); by default size and mtime decide."""
+        doc); by default size and mtime decide. `fork`: a directory's small files may be
+        written by a process of its own (`copyproc`): the CLI's copies, whose process is
+        c3fs's; a library never forks inside its caller's program (its threads, its fork
+        handlers, its open files)."""
+        self.fork = fork
         self.vfs = vfs
         self.check_content = check_content
         self.mode_mask = 0o7777 if keep_setuid else 0o777
@@ -254,7 +259,8 @@ class Copier:
     def _copy_all(self, node: Node, target: bytes, found: os.stat_result | None) -> None:
         dirs: list[tuple[bytes, Node]] = []
         self._far = None
-        self._may_fork = node.kind == DIR  # once it has a full batch of small files
+        self._may_fork = self.fork and node.kind == DIR  # after FORK_AFTER full batches
+        self._batches = 0
         try:
             with (ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-small") as self._smalls,
                   ThreadPoolExecutor(1, thread_name_prefix="c3fs-cp-far") as self._fars,
@@ -364,11 +370,14 @@ class Copier:
         1.5-1.9 s with this one for small files and 4 for the parts of big files, which
         mostly decompress and hash without the GIL. A process has a GIL of its own: where
         the copy has one (`copyproc`), the batch goes there, and only the files it cannot
-        take, or leaves, to the thread. It is forked for the first full batch: a copy of a
-        few files (a pull of many small jobs) forks nothing."""
+        take, or leaves, to the thread. It is forked once FORK_AFTER full batches went to
+        the thread: a copy of a few hundred files (each job of a pull of many small jobs)
+        forks nothing."""
         if self._may_fork and len(self._small) >= SMALL_BATCH:
-            self._may_fork = False
-            self._far = Writer.start(self, self._proc_fds is not None)
+            self._batches += 1
+            if self._batches > FORK_AFTER:
+                self._may_fork = False
+                self._far = Writer.start(self, self._proc_fds is not None)
         if self._small and self._far is not None:
             self._send_far(futures)
         if self._small:

@@ -110,9 +110,9 @@ def pull_total(records: list[JobRecord]) -> int | None:
 def pull(repo: Repo, job_ids: list[str], dest: str,
          progress: Callable[[int], None] | None = None, keep_setuid: bool = False,
          records: list[JobRecord] | None = None,
-         files_done: Callable[[int], None] | None = None) -> list[Pulled]:
+         files_done: Callable[[int], None] | None = None, fork: bool = False) -> list[Pulled]:
     """`records`: `to_pull(repo, job_ids)`, if the caller has them (the CLI sizes its
-    progress bar with them); `progress` and `files_done`: as the Copier's."""
+    progress bar with them); `progress`, `files_done` and `fork`: as the Copier's."""
     if records is None:
         records = to_pull(repo, job_ids)
     vfs = Vfs(repo)
@@ -124,7 +124,7 @@ def pull(repo: Repo, job_ids: list[str], dest: str,
         try:
             copier = Copier(vfs, progress=progress, keep_setuid=keep_setuid,
                             check_content=_may_hold_other(repo, record, target),
-                            files_done=files_done)
+                            files_done=files_done, fork=fork)
             stats = copier.copy(vfs.ref_root(record), target, follow=False)  # c3fs named it
         except (DataError, FormatError) as exc:
             if isinstance(exc, BlobUnavailable):  # the store did not answer: stop
