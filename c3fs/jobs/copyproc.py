@@ -3,9 +3,10 @@
 The small files' thread is a directory copy's critical path: its time is Python and short
 system calls (create, write, set the time, link), ~100 µs a file, and every call hands the
 GIL to whichever of the copy's other threads waits for it. A second thread for them only
-added hand-offs (bench/README.md). A process has a GIL of its own: a directory's copy forks
-one `Writer` once it has a full batch of small files (a copy of a few forks nothing), and
-sends it the batches as they are found, through a pipe; the answers come back through
+added hand-offs (bench/README.md). A process has a GIL of its own: a directory's copy by the
+CLI (`Copier(fork=True)`; a library does not fork inside its caller's program) forks one
+`Writer` once a few full batches of small files went to its thread (`FORK_AFTER`: a copy of
+a few hundred files forks nothing), and sends it the next batches as they are found, through a pipe; the answers come back through
 another, in order. The fork is safe with the copy's threads running: the process uses no
 lock they may hold (its own store, fresh pipes, the files' chunks all sent or read by it).
 
