@@ -223,3 +223,10 @@ def _read_run(f: BinaryIO) -> Iterator[bytes]:
         read = f.read
         while size := read(4):
             yield read(int.from_bytes(size, "big"))
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` to `fd` (os.write may take only part of it: a pipe, a signal)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

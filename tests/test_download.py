@@ -567,7 +567,7 @@ def test_a_pull_of_the_same_root_again_trusts_sizes_and_mtimes(repo, tmp_path: P
         Copier(vfs).copy(root(vfs), target, follow=False)  # what the interrupted pull wrote
     (target / "big.bin").unlink()
     compared: list[bytes] = []
-    monkeypatch.setattr(download, "_same_content", lambda path, node: compared.append(path))
+    monkeypatch.setattr(download, "same_content", lambda path, entry: compared.append(path))
     [pulled] = pull(repo, ["j1"], str(tmp_path / "pulled"))
     assert compared == []
     assert pulled.stats.files == 1 and pulled.stats.skipped > 1
@@ -580,9 +580,9 @@ def test_a_pull_to_another_destination_compares_what_is_there(repo, tmp_path: Pa
     made by hand of other bytes, same size and mtime) is not known to be this job's. The
     comparison runs in a worker: a big file read to compare holds up no other file."""
     threads: list[str] = []
-    real_same = download._same_content
-    monkeypatch.setattr(download, "_same_content", lambda path, node: threads.append(
-        threading.current_thread().name) or real_same(path, node))
+    real_same = download.same_content
+    monkeypatch.setattr(download, "same_content", lambda path, entry: threads.append(
+        threading.current_thread().name) or real_same(path, entry))
     src = tmp_path / "src"
     src.mkdir()
     trees.write_file(src / "a", b"new!", mtime_ns=MTIME)

@@ -37,9 +37,11 @@ import struct
 import threading
 from dataclasses import dataclass
 
+from c3fs.fsutil import write_all
 from c3fs.index import Location
 from c3fs.objects.tree import FILE, Entry
-from c3fs.store.backend import LOCAL
+from c3fs.reader import read_located
+from c3fs.store.store import Store, open_backend
 
 log = logging.getLogger(__name__)
 # one batch: (path, tree entry, the mode to create the file with or None) per file
@@ -114,8 +116,7 @@ class Writer:
         """A writer for `copier`, or None where one does not pay or cannot be killed
         cleanly: a remote store (the copy waits on the network, not on a core), one CPU, no
         O_TMPFILE (`unnamed`), or C3FS_COPY_PROCESS=0 (to compare)."""
-        store = copier.vfs.repo.store
-        if (not unnamed or LOCAL not in store.backend.capabilities
+        if (not unnamed or copier.vfs.repo.blobs.remote
                 or len(os.sched_getaffinity(0)) < 2
                 or os.environ.get("C3FS_COPY_PROCESS") == "0"):
             return None
@@ -132,7 +133,7 @@ class Writer:
             if self._dead:
                 return False
             try:
-                _write_all(self._send, _HEADER.pack(len(data)) + data)
+                write_all(self._send, _HEADER.pack(len(data)) + data)
             except OSError:
                 self._dead = True
                 return False
@@ -185,9 +186,6 @@ def _die_with(copy: int, prctl) -> None:
 def _serve(copier, requests: int, answers: int) -> None:
     """The process's loop: write each batch, answer which files it left, until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the copy decides (and kills it)
-    from c3fs.reader import read_located
-    from c3fs.store.store import Store, open_backend
-
     store = copier.vfs.repo.store
     store = Store.open(open_backend(store.url, create=False), create=False)  # its own
     copier._proc_fds = os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -210,7 +208,7 @@ def _serve(copier, requests: int, answers: int) -> None:
                 except Exception:  # noqa: BLE001 (the copy writes it again, and says why)
                     left.append(i)
         data = pickle.dumps(left, pickle.HIGHEST_PROTOCOL)
-        _write_all(answers, _HEADER.pack(len(data)) + data)
+        write_all(answers, _HEADER.pack(len(data)) + data)
 
 
 def _groups(files: Files) -> list[list[int]]:
@@ -242,8 +240,3 @@ def _read_exactly(fd: int, size: int) -> bytes:
         got += len(part)
     return b"".join(parts)
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

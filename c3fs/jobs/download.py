@@ -19,7 +19,7 @@ mtime already match is skipped, so a copy run again fetches only what is missing
 (rsync's quick check, which `c3fs cp` promises). Where the caller knows the
 destination holds a copy of other content (`pull` of a job re-created since it was pulled
 there: same size and mtime say nothing then), `check_content` makes such a file skipped only
-if its bytes match too, each chunk's blake3 against the chunk's id (`_same_content`).
+if its bytes match too, each chunk's blake3 against the chunk's id (`same_content`).
 A fifo or device already at a file's destination is opened and written into, as `cp` does
 (`c3fs cp x /dev/null`), never replaced; a socket there is an error.
 
@@ -59,10 +59,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from c3fs.errors import BlobUnavailable, DataError, DestinationError, FormatError, one_line
-from c3fs.fsutil import count, human, shortened
+from c3fs.fsutil import count, human, shortened, write_all
 from c3fs.jobs.copyproc import Writer
 from c3fs.objects.ids import blob_id, token_hex
-from c3fs.objects.tree import DIR, FILE, LINK
+from c3fs.objects.tree import DIR, FILE, LINK, Entry
 from c3fs.reader import FileReader
 from c3fs.vfs import Node, Vfs
 
@@ -354,7 +354,7 @@ class Copier:
         """A file with the node's size and mtime where another job's may be (`check_content`):
         left as it is if its bytes are the node's, else written (whole, by this worker: a
         re-created job's changed file is rare)."""
-        if _same_content(path, node):
+        if same_content(path, node.entry):
             self._skipped(node)
             return
         if _write_in_place(found):
@@ -393,14 +393,17 @@ class Copier:
         with where their chunks lie; those written in place, or with a hole, stay here."""
         holes, in_place = self.vfs.repo.blobs.holes, self._in_place
         far, near, files = [], [], []
+        chunk_ids: list[bytes] = []
         for node, path in self._small:
             entry = node.entry
-            if path in in_place or any(map(holes.is_hole, entry.chunk_ids(), entry.sizes)):
+            ids = entry.chunk_ids()
+            if path in in_place or any(map(holes.is_hole, ids, entry.sizes)):
                 near.append((node, path))
                 continue
             far.append((node, path))
             files.append((path, entry, self._creation_mode(node, path)))
-        where = self.vfs.repo.blobs.locate([c for _, entry, _ in files for c in entry.chunk_ids()])
+            chunk_ids += ids
+        where = self.vfs.repo.blobs.locate(chunk_ids)
         if not far or not self._far.send(files, where):  # (gone: written here)
             return
         future = self._fars.submit(self._far_done, far)
@@ -471,7 +474,7 @@ class Copier:
                         self.progress(hole)
                         continue
                     data = self._chunk(reader, i)
-                    _write_all(staged.fd, data)
+                    write_all(staged.fd, data)
                     self.progress(len(data))
                 if holes:  # (one at the end: the file is as long as its last write)
                     os.ftruncate(staged.fd, node.size)
@@ -503,7 +506,7 @@ class Copier:
         reader = self._open(node)
         for i in range(len(reader.ids)):
             data = self._chunk(reader, i)
-            _write_all(fd, data)
+            write_all(fd, data)
             self.progress(len(data))
 
     def _fetch_ahead(self, chunk_ids: list[bytes], first: bool = False) -> None:
@@ -948,12 +951,6 @@ def _make_dir(path: bytes) -> bool:
     return False
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -1048,8 +1045,8 @@ def _unchanged(st: os.stat_result, node: Node) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_size == node.size and st.st_mtime_ns == node.mtime_ns
 
 
-def _same_content(path: bytes, node: Node) -> bool:
-    """Whether the file at `path` holds `node`'s bytes: each chunk's blake3 (its id) over
+def same_content(path: bytes, entry: Entry) -> bool:
+    """Whether the file at `path` holds `entry`'s bytes: each chunk's blake3 (its id) over
     the file's next bytes, stopping at the first that differs; as sound as the file's digest
     and known for trees of every version. A file that cannot be read is not the same."""
     try:
@@ -1058,7 +1055,7 @@ def _same_content(path: bytes, node: Node) -> bool:
         return False
     try:
         with os.fdopen(fd, "rb") as f:
-            for chunk_id, size in zip(node.entry.chunk_ids(), node.entry.sizes, strict=True):
+            for chunk_id, size in zip(entry.chunk_ids(), entry.sizes, strict=True):
                 if blob_id(f.read(size)) != chunk_id:
                     return False
             return not f.read(1)

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from c3fs.errors import NotFound
+from c3fs.fsutil import write_all
 from c3fs.objects.job import JobRecord
 from c3fs.objects.tree import FILE
 from c3fs.reader import FileReader
@@ -74,8 +75,7 @@ class Tee:
 
 def _write_all(fd: int, data: bytes) -> None:
     try:
-        while data:
-            data = data[os.write(fd, data):]
+        write_all(fd, data)
     except OSError:  # our terminal went away: the log file still gets everything
         pass
 

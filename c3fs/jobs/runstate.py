@@ -15,8 +15,8 @@ exclusive lock (flock) on the working dir while it uses it, so a second run ther
 same time is refused. An `artifacts/` that is not empty when a job starts (an earlier job's,
 or the user's) is never collected as this job's. When every file, symlink and directory in
 it is in the stored tree of the job last run in that working dir (noted in the local index
-when its record was written; each file's bytes hashed and matched with the file's digest
-there), it is removed, with a warning naming that job (`c3fs pull` gets it back): else each
+when its record was written; each file's bytes checked against that job's chunks, as `pull`
+checks a file it may skip), it is removed, with a warning naming that job (`c3fs pull` gets it back): else each
 run would leave one more copy of a stored job behind. Anything else (a file no stored job
 has, an upload that failed, an edit since, a store that cannot be read) is moved aside to
 `artifacts.prev-<time>` with a warning, never deleted. One with a mount point inside is
@@ -39,12 +39,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import blake3
-
 from c3fs.errors import C3fsError
 from c3fs.fsutil import count, human, tree_bytes, walk_files
 from c3fs.objects.job import JOB, JobRecord
-from c3fs.objects.tree import DIR, FILE, LINK, Entry, file_digest
+from c3fs.objects.tree import DIR, FILE, LINK, Entry
 
 if TYPE_CHECKING:
     from c3fs.repo import Repo
@@ -55,7 +53,6 @@ OWNER = "owner.json"
 NAMED = re.compile(re.escape(PREFIX) + r"(.+)-(\d+)\.(\d+)-[^-]+")
 ARTIFACTS = "artifacts"
 RAN = "ran/"  # local index key: + sha256 of a working dir's real path -> the job last run there
-HASH_BLOCK = 1024 * 1024  # bytes of a file hashed at a time (checking an artifacts/ is stored)
 
 
 class WorkdirBusy(C3fsError):
@@ -274,7 +271,7 @@ def _stored_in(repo: Repo, workdir: Path, artifacts: Path) -> JobRecord | None:
 
 def _all_in_tree(repo: Repo, top: Path, tree_id: bytes) -> bool:
     """Whether every file, symlink and directory below `top` is at its path in the tree
-    `tree_id`, a file with the same bytes (their blake3 is its digest), a symlink with the
+    `tree_id`, a file with the same bytes (each chunk's blake3 is its id), a symlink with the
     same target. What only the tree has (the job's `output:` dirs) does not matter."""
     dirs = [(os.fsencode(top), tree_id)]
     while dirs:
@@ -299,19 +296,10 @@ def _same(item: os.DirEntry[bytes], entry: Entry, dirs: list[tuple[bytes, bytes]
         return True
     if entry.kind != FILE or not item.is_file(follow_symlinks=False):
         return False  # (a fifo, socket or device file is never stored)
+    from c3fs.jobs.download import same_content  # (what `pull` checks a file with)
+
     return (item.stat(follow_symlinks=False).st_size == entry.size
-            and _digest(item.path) == file_digest(entry))
-
-
-def _digest(path: bytes) -> bytes:
-    """blake3 of a file's bytes (not followed if it became a symlink; a fifo does not block)."""
-    hasher = blake3.blake3()
-    block = bytearray(HASH_BLOCK)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb", buffering=0) as f:
-        while n := f.readinto(block):
-            hasher.update(memoryview(block)[:n])
-    return hasher.digest()
+            and same_content(item.path, entry))
 
 
 def _check_nothing_mounted(artifacts: Path) -> None:
