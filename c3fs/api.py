@@ -38,6 +38,7 @@ from c3fs.errors import (
 )
 from c3fs.objects.job import JobRecord
 from c3fs.objects.tree import DIR, FILE, LINK
+from c3fs.store.locks import PUSH_LOCK_WAIT
 from c3fs.vfs import MAX_LINKS, Node, Vfs, split_path
 
 if TYPE_CHECKING:
@@ -405,7 +406,7 @@ class Store:
         return resolve_job(self.repo, job)
 
     def push(self, directory: str | os.PathLike[str], *, project: str,
-             job: str | None = None, lock_wait: float = 600.0) -> Pushed:
+             job: str | None = None, lock_wait: float = PUSH_LOCK_WAIT) -> Pushed:
         """Store `directory` as a finished job of `project` (id `job`, else a fresh one);
         the job's record, with `changed`: the files that changed while they were read, and
         `vanished`: what was removed before it was read (`Pushed`). AlreadyExists if the id
@@ -592,7 +593,7 @@ def info(store: Store | str | os.PathLike[str] | None, path: str) -> Info:
 
 def push(directory: str | os.PathLike[str], *, project: str, job: str | None = None,
          store: Store | str | os.PathLike[str] | None = None,
-         lock_wait: float = 600.0) -> Pushed:
+         lock_wait: float = PUSH_LOCK_WAIT) -> Pushed:
     """Store `directory` as a finished job of `project`; its record, with `changed` and
     `vanished`; a running gc is waited for up to `lock_wait` seconds (see `Store.push`).
     A store URL that names no store yet creates one, as `c3fs push` does."""
